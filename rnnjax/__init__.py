@@ -1,0 +1,25 @@
+"""rnnjax: the Keras 2 recurrent layer set for JAX and Flax.
+
+Three ways in:
+
+* pure functions (:mod:`rnnjax.functional`): ``LSTMCore``/``GRUCore``/``SimpleRNNCore`` and the
+  one sequence driver ``scan_rnn``/``rnn``, for ``jax.jit``/``jax.grad``/``jax.vmap``;
+* Flax modules with Keras 2's signatures and defaults: ``RNN``, ``SimpleRNN``, ``GRU``,
+  ``LSTM``, the cells and ``StackedRNNCells``;
+* stateful mode: states in the ``'rnn_state'`` collection, :func:`reset_states`.
+"""
+from rnnjax import constraints, functional, regularizers
+from rnnjax.functional import activations, initializers
+from rnnjax.layers import (
+    GRU, LSTM, RNN, STATE_COLLECTION, GRUCell, LSTMCell, SimpleRNN, SimpleRNNCell, StackedRNNCells, reset_states,
+)
+from rnnjax.regularizers import regularization_loss
+from rnnjax.constraints import keras_constraints
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRU", "LSTM", "RNN", "SimpleRNN", "GRUCell", "LSTMCell", "SimpleRNNCell", "StackedRNNCells",
+    "reset_states", "regularization_loss", "keras_constraints", "STATE_COLLECTION",
+    "activations", "initializers", "constraints", "regularizers", "functional",
+]

@@ -1,0 +1,69 @@
+"""The pure functional core of rnnjax: no Flax needed.
+
+    import rnnjax.functional as F
+    core = F.LSTMCore(units=64)                        # Keras 2 defaults (hard_sigmoid, ...)
+    params = core.init(jax.random.key(0), input_dim=8)  # LSTMParams(kernel, recurrent_kernel, bias)
+    y, state = F.rnn(core, params, x, mask=mask, return_sequences=True)
+
+Everything here works under ``jax.jit``, ``jax.grad`` and ``jax.vmap`` (inputs may be a single
+unbatched ``(T, F)`` sequence).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+
+from rnnjax.functional import activations, initializers
+from rnnjax.functional.core import dropout_masks, gate_matmul, check_input_dim
+from rnnjax.functional.driver import scan_rnn
+from rnnjax.functional.gru import GRUCore, GRUParams, GRUState
+from rnnjax.functional.lstm import LSTMCore, LSTMParams, LSTMState
+from rnnjax.functional.simple_rnn import SimpleRNNCore, SimpleRNNParams, SimpleRNNState
+
+
+def rnn(
+    core,
+    params,
+    inputs: jax.Array,
+    *,
+    initial_state: Any = None,
+    mask: Optional[jax.Array] = None,
+    go_backwards: bool = False,
+    return_sequences: bool = False,
+    zero_output_for_mask: bool = False,
+    unroll: bool = False,
+    scan_unroll: int = 1,
+    remat: bool = False,
+    dropout_mask: Optional[jax.Array] = None,
+    recurrent_dropout_mask: Optional[jax.Array] = None,
+):
+    """Runs a core over a sequence: ``(*batch, T, I) -> ((*batch, U) or (*batch, T, U), state)``.
+
+    The input projection of every step is one matmul before the loop; the loop runs only the
+    recurrent part (:func:`rnnjax.functional.driver.scan_rnn` documents the sequence semantics).
+    ``dropout_mask``/``recurrent_dropout_mask``: ``(count, *batch, I)``/``(count, *batch, U)``
+    masks from :func:`dropout_masks` (count 1, or one per gate with ``implementation=1``).
+    """
+    check_input_dim(params.kernel, inputs)
+    if initial_state is None:
+        initial_state = core.initial_state(inputs.shape[:-2], inputs.dtype)
+
+    def project(x):
+        return core.project(params, x, dropout_mask)
+
+    def step(state, xp_t):
+        return core.step(params, state, xp_t, recurrent_dropout_mask)
+
+    return scan_rnn(
+        step, inputs, initial_state, project=project, mask=mask, go_backwards=go_backwards,
+        return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask,
+        unroll=unroll, scan_unroll=scan_unroll, remat=remat,
+    )
+
+
+__all__ = [
+    "activations", "initializers", "dropout_masks", "gate_matmul", "scan_rnn", "rnn",
+    "GRUCore", "GRUParams", "GRUState", "LSTMCore", "LSTMParams", "LSTMState",
+    "SimpleRNNCore", "SimpleRNNParams", "SimpleRNNState",
+]

@@ -1,0 +1,82 @@
+"""What every functional recurrent core shares: initialisation helpers and dropout masks.
+
+A *core* is a small frozen dataclass holding a cell's static configuration (units,
+activations, ...). It knows, as pure functions of explicit parameters:
+
+* ``init(key, input_dim, dtype)`` -> a parameter ``NamedTuple`` in Keras layout,
+* ``initial_state(batch_shape, dtype)`` -> a state ``NamedTuple`` of zeros,
+* ``project(params, x, dropout_mask=None)`` -> the input projection ``x @ kernel + bias`` of
+  any number of time steps at once (``(..., I) -> (..., G*U)``),
+* ``step(params, state, xp_t, recurrent_dropout_mask=None) -> (state, y_t)`` -> the recurrent
+  part of one step, in ``lax.scan`` argument order,
+* ``__call__(params, state, x_t)`` -> both, for one raw time step.
+
+:func:`rnnjax.functional.rnn` runs a core over a sequence through the one driver.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax.functional import initializers
+
+
+def check_units(units, argument: str = "units") -> int:
+    if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units <= 0:
+        raise ValueError(f"`{argument}`: expected a positive integer, got {units!r}.")
+    return int(units)
+
+
+def check_rate(rate, argument: str) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not (0.0 <= float(rate) < 1.0):
+        raise ValueError(f"`{argument}`: expected a float in [0, 1), got {rate!r}.")
+    return float(rate)
+
+
+def check_implementation(implementation) -> int:
+    if implementation not in (1, 2):
+        raise ValueError(f"`implementation`: expected 1 or 2, got {implementation!r}.")
+    return int(implementation)
+
+
+def check_input_dim(params_kernel, x, what: str = "inputs") -> None:
+    expected = params_kernel.shape[-2]
+    if x.shape[-1] != expected:
+        raise ValueError(
+            f"`{what}`: the last axis has {x.shape[-1]} features but the parameters were built for "
+            f"{expected} (kernel shape {tuple(params_kernel.shape)})."
+        )
+
+
+def dropout_masks(key: jax.Array, rate: float, shape: Sequence[int], count: int = 1, dtype=jnp.float32) -> jax.Array:
+    """Inverted-dropout masks drawn once per sequence: ``(count, *shape)`` of ``0`` or ``1/(1-rate)``.
+
+    Keras draws ``count`` independent masks per cell (one per gate with ``implementation=1``)
+    and reuses them at every time step (Gal & Ghahramani, 2016).
+    """
+    keep = jax.random.bernoulli(key, 1.0 - rate, (count,) + tuple(shape))
+    return keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype)
+
+
+def gate_matmul(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array], gates: int) -> jax.Array:
+    """``x @ kernel`` with optional dropout masks on ``x``.
+
+    ``masks`` is ``None``, ``(1, *batch, I)`` (one mask shared by every gate) or
+    ``(gates, *batch, I)`` (gate ``g``'s columns of ``kernel`` see ``x * masks[g]``, as Keras's
+    ``implementation=1`` does). ``x`` may carry extra leading axes (time) before ``*batch``.
+    """
+    if masks is None:
+        return x @ kernel
+    if masks.shape[0] == 1:
+        return (x * masks[0]) @ kernel
+    width = kernel.shape[-1] // gates
+    return jnp.concatenate(
+        [(x * masks[g]) @ kernel[..., g * width:(g + 1) * width] for g in range(gates)], axis=-1
+    )
+
+
+def init_weight(initializer, key, shape, dtype, argument):
+    return jnp.asarray(initializers.get(initializer, argument)(key, tuple(shape), dtype), dtype)

@@ -1,0 +1,175 @@
+"""The one sequence driver: every rnnjax layer runs its cell through :func:`scan_rnn`.
+
+Given a step ``step(state, x_t) -> (new_state, y_t)`` and an input sequence, the driver
+computes, for ``t`` in processing order (``T-1 ... 0`` when ``go_backwards``)::
+
+    xp      = project(x)                        # all time steps at once, outside the loop
+    s', y   = step(s_{t-1}, xp_t[, constants])
+    s_t     = where(m_t, s', s_{t-1})           # masked steps leave every state unchanged
+    o_t     = where(m_t, y, o_{t-1})            # ... and repeat the previous output (0 at first)
+            = where(m_t, y, 0)                  # with zero_output_for_mask=True
+
+and returns ``(o_{last}, s_{last})`` or, with ``return_sequences``, all ``o_t`` in processing
+order (reversed time when ``go_backwards``, as Keras does).
+
+Shapes: ``inputs`` is ``(*batch, T, F)`` (any number of batch dimensions, none included, so a
+single unbatched sequence works and ``jax.vmap`` over it equals the batched call) or
+``(T, *batch, F)`` with ``time_major=True``; ``mask`` is ``(*batch, T)`` (``(T, *batch)`` when
+time-major) and boolean.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Step = Callable[..., tuple[Any, jax.Array]]
+
+
+def _expand_like(m: jax.Array, leaf: jax.Array) -> jax.Array:
+    """Pads a ``(*batch,)`` mask on the right so it broadcasts against ``(*batch, ...)``."""
+    return m.reshape(m.shape + (1,) * (leaf.ndim - m.ndim))
+
+
+def _masked(m, new, old):
+    return jax.tree_util.tree_map(lambda n, o: jnp.where(_expand_like(m, n), n, o), new, old)
+
+
+def _check_inputs(inputs, mask, time_major):
+    if not hasattr(inputs, "ndim") or inputs.ndim < 2:
+        raise ValueError(
+            f"`inputs`: expected an array of shape (*batch, time, features) with at least 2 "
+            f"dimensions, got {getattr(inputs, 'shape', type(inputs).__name__)}."
+        )
+    t_axis = 0 if time_major else inputs.ndim - 2
+    steps = inputs.shape[t_axis]
+    if steps == 0:
+        raise ValueError(f"`inputs`: the time axis is empty (shape {inputs.shape}); a sequence needs at least one step.")
+    if mask is not None:
+        expected = inputs.shape[:-1]
+        if tuple(mask.shape) != tuple(expected):
+            raise ValueError(
+                f"`mask`: expected shape {tuple(expected)} (the input's shape without the feature axis), "
+                f"got {tuple(mask.shape)}."
+            )
+        if mask.dtype != jnp.bool_:
+            raise TypeError(f"`mask`: expected a boolean array, got dtype {mask.dtype}; use `mask.astype(bool)`.")
+    return steps
+
+
+def _remat_chunk(steps: int) -> int:
+    """The divisor of ``steps`` closest to ``sqrt(steps)`` (1 when there is none useful)."""
+    best = 1
+    root = math.isqrt(steps)
+    for d in range(1, root + 1):
+        if steps % d == 0:
+            best = d
+    return best if best > 1 else 1
+
+
+def scan_rnn(
+    step: Step,
+    inputs: jax.Array,
+    initial_state: Any,
+    *,
+    project: Optional[Callable[[jax.Array], Any]] = None,
+    mask: Optional[jax.Array] = None,
+    constants: Any = None,
+    go_backwards: bool = False,
+    return_sequences: bool = False,
+    zero_output_for_mask: bool = False,
+    unroll: bool = False,
+    scan_unroll: int = 1,
+    remat: bool = False,
+    time_major: bool = False,
+):
+    """Runs ``step`` over the time axis of ``inputs``.
+
+    Args:
+      step: ``step(state, xp_t) -> (state, y_t)``, or ``step(state, xp_t, constants)`` when
+        ``constants`` is given. ``state`` is any pytree of ``(*batch, ...)`` arrays.
+      inputs: ``(*batch, T, F)`` (``(T, *batch, F)`` if ``time_major``).
+      initial_state: the state pytree before the first processed step.
+      project: applied once to the whole time-major input ``(T, *batch, F)`` before the loop
+        (the input projection ``x @ kernel + bias`` of all steps in one matmul); identity if None.
+      mask: boolean ``(*batch, T)``; False steps are skipped (see module docstring).
+      constants: passed unchanged to every step.
+      go_backwards: process from the last step to the first; outputs in processing order.
+      return_sequences: return every step's output instead of the last one.
+      zero_output_for_mask: output zeros at masked steps instead of repeating the last output.
+      unroll: a Python loop over the (static) time steps instead of ``lax.scan``.
+      scan_unroll: ``lax.scan``'s partial unroll factor (performance only).
+      remat: rematerialise the loop in the backward pass: steps run in chunks of about
+        ``sqrt(T)`` and only chunk boundaries are stored, so memory grows as ``sqrt(T)``
+        instead of ``T`` for about one extra forward pass of compute.
+      time_major: inputs, mask and returned sequences are time-major.
+
+    Returns:
+      ``(output, final_state)``: output ``(*batch, U)``, or ``(*batch, T, U)`` with
+      ``return_sequences`` (``(T, *batch, U)`` when time-major).
+    """
+    steps = _check_inputs(inputs, mask, time_major)
+    x = inputs if time_major else jnp.moveaxis(inputs, -2, 0)
+    xs = project(x) if project is not None else x
+    m = None
+    if mask is not None:
+        m = mask if time_major else jnp.moveaxis(mask, -1, 0)
+
+    if constants is None:
+        call = step
+    else:
+        def call(state, x_t):
+            return step(state, x_t, constants)
+
+    x0 = jax.tree_util.tree_map(lambda a: a[0], xs)
+    out_struct = jax.eval_shape(lambda s, xt: call(s, xt)[1], initial_state, x0)
+    zero_out = jnp.zeros(out_struct.shape, out_struct.dtype)
+
+    def body(carry, inp):
+        state, last = carry
+        if m is None:
+            x_t = inp
+            state, y = call(state, x_t)
+            return (state, y), (y if return_sequences else None)
+        x_t, m_t = inp
+        new_state, y = call(state, x_t)
+        state = _masked(m_t, new_state, state)
+        y = jnp.where(_expand_like(m_t, y), y, jnp.zeros_like(y) if zero_output_for_mask else last)
+        return (state, y), (y if return_sequences else None)
+
+    carry = (initial_state, zero_out)
+    seq = xs if m is None else (xs, m)
+
+    if unroll:
+        outputs = []
+        order = range(steps - 1, -1, -1) if go_backwards else range(steps)
+        for t in order:
+            carry, y = body(carry, jax.tree_util.tree_map(lambda a: a[t], seq))
+            if return_sequences:
+                outputs.append(y)
+        ys = jnp.stack(outputs) if return_sequences else None
+    else:
+        if remat and _remat_chunk(steps) > 1:
+            chunk = _remat_chunk(steps)
+            chunked = jax.tree_util.tree_map(lambda a: a.reshape((steps // chunk, chunk) + a.shape[1:]), seq)
+
+            @jax.checkpoint
+            def chunk_body(c, inp):
+                return lax.scan(body, c, inp, reverse=go_backwards, unroll=scan_unroll)
+
+            carry, ys = lax.scan(chunk_body, carry, chunked, reverse=go_backwards)
+            if return_sequences:
+                ys = ys.reshape((steps,) + ys.shape[2:])
+        else:
+            fn = jax.checkpoint(body) if remat else body
+            carry, ys = lax.scan(fn, carry, seq, reverse=go_backwards, unroll=scan_unroll)
+        if return_sequences and go_backwards:
+            ys = jnp.flip(ys, 0)
+
+    final_state, last = carry
+    if return_sequences:
+        return (ys if time_major else jnp.moveaxis(ys, 0, -2)), final_state
+    return last, final_state

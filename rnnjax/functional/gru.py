@@ -1,0 +1,123 @@
+"""GRU core (Keras layout, gate order z, r, h), both variants.
+
+Parameters: ``kernel (I, 3U)``, ``recurrent_kernel (U, 3U)``, ``bias`` ``(3U,)`` for
+``reset_after=False`` or ``(2, 3U)`` for ``reset_after=True`` (row 0 input bias, row 1
+recurrent bias), or ``None``. State: ``GRUState(h)``. With ``σ = recurrent_activation``,
+``φ = activation``, ``xp = x_t @ kernel + b_in`` split into ``xz, xr, xh``::
+
+    reset_after=False (the seed's GRU, Keras 2's default):
+      z  = σ(xz + h @ R_z)
+      r  = σ(xr + h @ R_r)
+      ĥ  = φ(xh + (r * h) @ R_h)
+    reset_after=True (Keras 3's default, cuDNN's GRU):
+      rz, rr, rh = split(h @ R + b_rec, 3)
+      z  = σ(xz + rz);  r = σ(xr + rr)
+      ĥ  = φ(xh + r * rh)
+    h_t = z * h + (1 - z) * ĥ                                        # = output y_t
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax.functional import activations
+from rnnjax.functional.core import check_implementation, check_units, gate_matmul, init_weight
+
+
+class GRUParams(NamedTuple):
+    kernel: jax.Array
+    recurrent_kernel: jax.Array
+    bias: Optional[jax.Array]
+
+
+class GRUState(NamedTuple):
+    h: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class GRUCore:
+    """The GRU step as pure functions (see the module docstring for the equations)."""
+
+    units: int
+    activation: Any = "tanh"
+    recurrent_activation: Any = "hard_sigmoid"
+    use_bias: bool = True
+    kernel_initializer: Any = "glorot_uniform"
+    recurrent_initializer: Any = "orthogonal"
+    bias_initializer: Any = "zeros"
+    implementation: int = 1
+    reset_after: bool = False
+
+    params_class = GRUParams
+    gates = 3
+
+    def __post_init__(self):
+        check_units(self.units)
+        check_implementation(self.implementation)
+        activations.get(self.activation, "activation")
+        activations.get(self.recurrent_activation, "recurrent_activation")
+
+    @property
+    def state_size(self):
+        return (self.units,)
+
+    @property
+    def output_size(self):
+        return self.units
+
+    def init(self, key, input_dim: int, dtype=jnp.float32) -> GRUParams:
+        check_units(input_dim, "input_dim")
+        u = self.units
+        k1, k2, k3 = jax.random.split(key, 3)
+        bias = None
+        if self.use_bias:
+            shape = (2, 3 * u) if self.reset_after else (3 * u,)
+            bias = init_weight(self.bias_initializer, k3, shape, dtype, "bias_initializer")
+        return GRUParams(
+            init_weight(self.kernel_initializer, k1, (input_dim, 3 * u), dtype, "kernel_initializer"),
+            init_weight(self.recurrent_initializer, k2, (u, 3 * u), dtype, "recurrent_initializer"),
+            bias,
+        )
+
+    def initial_state(self, batch_shape=(), dtype=jnp.float32) -> GRUState:
+        return GRUState(jnp.zeros(tuple(batch_shape) + (self.units,), dtype))
+
+    def project(self, params: GRUParams, x, dropout_mask=None):
+        z = gate_matmul(x, params.kernel, dropout_mask, 3)
+        if params.bias is not None:
+            z = z + (params.bias[0] if self.reset_after else params.bias)
+        return z
+
+    def step(self, params: GRUParams, state: GRUState, xp_t, recurrent_dropout_mask=None):
+        h = state.h
+        u = self.units
+        sigma = activations.get(self.recurrent_activation)
+        phi = activations.get(self.activation)
+        rk = params.recurrent_kernel
+        masks = recurrent_dropout_mask
+        if self.reset_after:
+            rec = gate_matmul(h, rk, masks, 3)
+            if params.bias is not None:
+                rec = rec + params.bias[1]
+            z = sigma(xp_t[..., :u] + rec[..., :u])
+            r = sigma(xp_t[..., u:2 * u] + rec[..., u:2 * u])
+            hh = phi(xp_t[..., 2 * u:] + r * rec[..., 2 * u:])
+        else:
+            if masks is None or masks.shape[0] == 1:
+                h_in = h if masks is None else h * masks[0]
+                rec = h_in @ rk[:, :2 * u]
+                h_for_candidate = h_in
+            else:
+                rec = gate_matmul(h, rk[:, :2 * u], masks[:2], 2)
+                h_for_candidate = h * masks[2]
+            z = sigma(xp_t[..., :u] + rec[..., :u])
+            r = sigma(xp_t[..., u:2 * u] + rec[..., u:])
+            hh = phi(xp_t[..., 2 * u:] + (r * h_for_candidate) @ rk[:, 2 * u:])
+        h = z * h + (1.0 - z) * hh
+        return GRUState(h), h
+
+    def __call__(self, params: GRUParams, state: GRUState, x_t):
+        return self.step(params, state, self.project(params, x_t))

@@ -1,0 +1,115 @@
+"""LSTM core (Keras layout, gate order i, f, c, o).
+
+Parameters: ``kernel (I, 4U)``, ``recurrent_kernel (U, 4U)``, ``bias (4U,)`` or ``None``.
+State: ``LSTMState(h, c)``, each ``(*batch, U)``. With ``σ = recurrent_activation`` and
+``φ = activation``::
+
+    z            = x_t @ kernel + bias + h_{t-1} @ recurrent_kernel        # (*batch, 4U)
+    i, f, c̃, o   = split(z, 4)
+    c_t          = σ(f) * c_{t-1} + σ(i) * φ(c̃)
+    h_t          = σ(o) * φ(c_t)                                         # = output y_t
+
+``x_t @ kernel + bias`` is :meth:`LSTMCore.project` (all steps at once); the rest is
+:meth:`LSTMCore.step`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax.functional import activations
+from rnnjax.functional.core import check_implementation, check_units, gate_matmul, init_weight
+
+
+class LSTMParams(NamedTuple):
+    kernel: jax.Array
+    recurrent_kernel: jax.Array
+    bias: Optional[jax.Array]
+
+
+class LSTMState(NamedTuple):
+    h: jax.Array
+    c: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMCore:
+    """The LSTM step as pure functions (see the module docstring for the equations)."""
+
+    units: int
+    activation: Any = "tanh"
+    recurrent_activation: Any = "hard_sigmoid"
+    use_bias: bool = True
+    kernel_initializer: Any = "glorot_uniform"
+    recurrent_initializer: Any = "orthogonal"
+    bias_initializer: Any = "zeros"
+    unit_forget_bias: bool = True
+    implementation: int = 1
+
+    params_class = LSTMParams
+    gates = 4
+
+    def __post_init__(self):
+        check_units(self.units)
+        check_implementation(self.implementation)
+        activations.get(self.activation, "activation")
+        activations.get(self.recurrent_activation, "recurrent_activation")
+
+    @property
+    def state_size(self):
+        return (self.units, self.units)
+
+    @property
+    def output_size(self):
+        return self.units
+
+    def init(self, key, input_dim: int, dtype=jnp.float32) -> LSTMParams:
+        check_units(input_dim, "input_dim")
+        u = self.units
+        k1, k2, k3 = jax.random.split(key, 3)
+        kernel = init_weight(self.kernel_initializer, k1, (input_dim, 4 * u), dtype, "kernel_initializer")
+        recurrent = init_weight(self.recurrent_initializer, k2, (u, 4 * u), dtype, "recurrent_initializer")
+        bias = None
+        if self.use_bias:
+            if self.unit_forget_bias:
+                ka, kb = jax.random.split(k3)
+                bias = jnp.concatenate([
+                    init_weight(self.bias_initializer, ka, (u,), dtype, "bias_initializer"),
+                    jnp.ones((u,), dtype),
+                    init_weight(self.bias_initializer, kb, (2 * u,), dtype, "bias_initializer"),
+                ])
+            else:
+                bias = init_weight(self.bias_initializer, k3, (4 * u,), dtype, "bias_initializer")
+        return LSTMParams(kernel, recurrent, bias)
+
+    def initial_state(self, batch_shape=(), dtype=jnp.float32) -> LSTMState:
+        z = jnp.zeros(tuple(batch_shape) + (self.units,), dtype)
+        return LSTMState(z, z)
+
+    def project(self, params: LSTMParams, x, dropout_mask=None):
+        """``x @ kernel + bias`` for ``x`` of shape ``(..., I)``; ``dropout_mask`` as in
+        :func:`rnnjax.functional.core.gate_matmul`."""
+        z = gate_matmul(x, params.kernel, dropout_mask, 4)
+        if params.bias is not None:
+            z = z + params.bias
+        return z
+
+    def step(self, params: LSTMParams, state: LSTMState, xp_t, recurrent_dropout_mask=None):
+        h, c = state
+        u = self.units
+        sigma = activations.get(self.recurrent_activation)
+        phi = activations.get(self.activation)
+        z = xp_t + gate_matmul(h, params.recurrent_kernel, recurrent_dropout_mask, 4)
+        i = sigma(z[..., :u])
+        f = sigma(z[..., u:2 * u])
+        g = phi(z[..., 2 * u:3 * u])
+        o = sigma(z[..., 3 * u:])
+        c = f * c + i * g
+        h = o * phi(c)
+        return LSTMState(h, c), h
+
+    def __call__(self, params: LSTMParams, state: LSTMState, x_t):
+        return self.step(params, state, self.project(params, x_t))

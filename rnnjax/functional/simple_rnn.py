@@ -1,0 +1,82 @@
+"""SimpleRNN core: the fully connected recurrence.
+
+Parameters: ``kernel (I, U)``, ``recurrent_kernel (U, U)``, ``bias (U,)`` or ``None``.
+State: ``SimpleRNNState(h)``, ``(*batch, U)``. With ``φ = activation``::
+
+    h_t = φ(x_t @ kernel + bias + h_{t-1} @ recurrent_kernel)        # = output y_t
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax.functional import activations
+from rnnjax.functional.core import check_units, gate_matmul, init_weight
+
+
+class SimpleRNNParams(NamedTuple):
+    kernel: jax.Array
+    recurrent_kernel: jax.Array
+    bias: Optional[jax.Array]
+
+
+class SimpleRNNState(NamedTuple):
+    h: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SimpleRNNCore:
+    """The SimpleRNN step as pure functions (see the module docstring)."""
+
+    units: int
+    activation: Any = "tanh"
+    use_bias: bool = True
+    kernel_initializer: Any = "glorot_uniform"
+    recurrent_initializer: Any = "orthogonal"
+    bias_initializer: Any = "zeros"
+
+    params_class = SimpleRNNParams
+    gates = 1
+    implementation = 2  # one dropout mask, as Keras's SimpleRNNCell
+
+    def __post_init__(self):
+        check_units(self.units)
+        activations.get(self.activation, "activation")
+
+    @property
+    def state_size(self):
+        return (self.units,)
+
+    @property
+    def output_size(self):
+        return self.units
+
+    def init(self, key, input_dim: int, dtype=jnp.float32) -> SimpleRNNParams:
+        check_units(input_dim, "input_dim")
+        k1, k2, k3 = jax.random.split(key, 3)
+        u = self.units
+        return SimpleRNNParams(
+            init_weight(self.kernel_initializer, k1, (input_dim, u), dtype, "kernel_initializer"),
+            init_weight(self.recurrent_initializer, k2, (u, u), dtype, "recurrent_initializer"),
+            init_weight(self.bias_initializer, k3, (u,), dtype, "bias_initializer") if self.use_bias else None,
+        )
+
+    def initial_state(self, batch_shape=(), dtype=jnp.float32) -> SimpleRNNState:
+        return SimpleRNNState(jnp.zeros(tuple(batch_shape) + (self.units,), dtype))
+
+    def project(self, params: SimpleRNNParams, x, dropout_mask=None):
+        z = gate_matmul(x, params.kernel, dropout_mask, 1)
+        if params.bias is not None:
+            z = z + params.bias
+        return z
+
+    def step(self, params: SimpleRNNParams, state: SimpleRNNState, xp_t, recurrent_dropout_mask=None):
+        phi = activations.get(self.activation)
+        h = phi(xp_t + gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 1))
+        return SimpleRNNState(h), h
+
+    def __call__(self, params: SimpleRNNParams, state: SimpleRNNState, x_t):
+        return self.step(params, state, self.project(params, x_t))

@@ -1,0 +1,163 @@
+"""The Keras 2 recurrent layers ``SimpleRNN``, ``GRU`` and ``LSTM`` as Flax modules.
+
+Each is ``RNN(<X>Cell(...))`` with the seed's signature and defaults; the cell's parameters
+live under ``params['cell']`` (``kernel``, ``recurrent_kernel``, ``bias``). Call::
+
+    y = layer(inputs, mask=None, initial_state=None, training=False)
+
+Extra fields beyond the seed: ``input_dim``/``input_length`` (checked), ``zero_output_for_mask``,
+``reset_after`` (GRU), ``param_dtype``, and the performance options ``scan_unroll`` and
+``remat`` (see :class:`rnnjax.RNN`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from rnnjax.layers.base import reset_layer_states, run_recurrent
+from rnnjax.layers.cells import GRUCell, LSTMCell, SimpleRNNCell
+
+
+class _KerasRecurrent(nn.Module):
+    """Shared call of the concrete layers (no fields of its own)."""
+
+    cell_class = None
+
+    def _make_cell(self):
+        names = {f.name for f in dataclasses.fields(self.cell_class)} - {"parent", "name"}
+        return self.cell_class(**{n: getattr(self, n) for n in names}, name="cell")
+
+    @nn.compact
+    def __call__(self, inputs, mask=None, initial_state=None, training: bool = False):
+        return run_recurrent(
+            self, self._make_cell(), inputs, mask=mask, initial_state=initial_state, training=training,
+            return_sequences=self.return_sequences, return_state=self.return_state,
+            go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll,
+            zero_output_for_mask=self.zero_output_for_mask, activity_regularizer=self.activity_regularizer,
+            input_dim=self.input_dim, input_length=self.input_length, scan_unroll=self.scan_unroll,
+            remat=self.remat,
+        )
+
+    def reset_states(self, states=None):
+        """Zeroes the stateful states, or sets them to ``states`` (``[h]`` or ``[h, c]``).
+
+        ``_, updates = layer.apply(variables, method='reset_states', mutable=['rnn_state'])``.
+        """
+        return reset_layer_states(self, states)
+
+
+class SimpleRNN(_KerasRecurrent):
+    """Fully-connected RNN where the output is fed back to the input (see :class:`SimpleRNNCell`)."""
+
+    units: int
+    activation: Any = "tanh"
+    use_bias: bool = True
+    kernel_initializer: Any = "glorot_uniform"
+    recurrent_initializer: Any = "orthogonal"
+    bias_initializer: Any = "zeros"
+    kernel_regularizer: Any = None
+    recurrent_regularizer: Any = None
+    bias_regularizer: Any = None
+    activity_regularizer: Any = None
+    kernel_constraint: Any = None
+    recurrent_constraint: Any = None
+    bias_constraint: Any = None
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    return_sequences: bool = False
+    return_state: bool = False
+    go_backwards: bool = False
+    stateful: bool = False
+    unroll: bool = False
+    input_dim: Optional[int] = None
+    input_length: Optional[int] = None
+    zero_output_for_mask: bool = False
+    param_dtype: Any = jnp.float32
+    scan_unroll: int = 1
+    remat: bool = False
+
+    cell_class = SimpleRNNCell
+
+
+class GRU(_KerasRecurrent):
+    """Gated Recurrent Unit - Cho et al. 2014 (see :class:`GRUCell` for the equations).
+
+    Seed defaults: ``recurrent_activation='hard_sigmoid'`` (Keras 2's ``clip(0.2x + 0.5, 0, 1)``),
+    ``implementation=1``, ``reset_after=False``. For Keras 3's GRU pass
+    ``recurrent_activation='sigmoid', reset_after=True``.
+    """
+
+    units: int
+    activation: Any = "tanh"
+    recurrent_activation: Any = "hard_sigmoid"
+    use_bias: bool = True
+    kernel_initializer: Any = "glorot_uniform"
+    recurrent_initializer: Any = "orthogonal"
+    bias_initializer: Any = "zeros"
+    kernel_regularizer: Any = None
+    recurrent_regularizer: Any = None
+    bias_regularizer: Any = None
+    activity_regularizer: Any = None
+    kernel_constraint: Any = None
+    recurrent_constraint: Any = None
+    bias_constraint: Any = None
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    implementation: int = 1
+    return_sequences: bool = False
+    return_state: bool = False
+    go_backwards: bool = False
+    stateful: bool = False
+    unroll: bool = False
+    reset_after: bool = False
+    input_dim: Optional[int] = None
+    input_length: Optional[int] = None
+    zero_output_for_mask: bool = False
+    param_dtype: Any = jnp.float32
+    scan_unroll: int = 1
+    remat: bool = False
+
+    cell_class = GRUCell
+
+
+class LSTM(_KerasRecurrent):
+    """Long Short-Term Memory layer - Hochreiter 1997 (see :class:`LSTMCell` for the equations).
+
+    Seed defaults: ``recurrent_activation='hard_sigmoid'``, ``unit_forget_bias=True``,
+    ``implementation=1``. ``return_state`` returns ``(output, h, c)``.
+    """
+
+    units: int
+    activation: Any = "tanh"
+    recurrent_activation: Any = "hard_sigmoid"
+    use_bias: bool = True
+    kernel_initializer: Any = "glorot_uniform"
+    recurrent_initializer: Any = "orthogonal"
+    bias_initializer: Any = "zeros"
+    unit_forget_bias: bool = True
+    kernel_regularizer: Any = None
+    recurrent_regularizer: Any = None
+    bias_regularizer: Any = None
+    activity_regularizer: Any = None
+    kernel_constraint: Any = None
+    recurrent_constraint: Any = None
+    bias_constraint: Any = None
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    implementation: int = 1
+    return_sequences: bool = False
+    return_state: bool = False
+    go_backwards: bool = False
+    stateful: bool = False
+    unroll: bool = False
+    input_dim: Optional[int] = None
+    input_length: Optional[int] = None
+    zero_output_for_mask: bool = False
+    param_dtype: Any = jnp.float32
+    scan_unroll: int = 1
+    remat: bool = False
+
+    cell_class = LSTMCell
