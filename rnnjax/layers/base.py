@@ -15,6 +15,7 @@ wrapped generically.
 """
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 
 from rnnjax import regularizers
 from rnnjax.functional.driver import scan_rnn
+from rnnjax.functional.conv_lstm import scan_spatial
 
 STATE_COLLECTION = "rnn_state"
 
@@ -245,7 +247,9 @@ def run_recurrent(
     else:
         init = template
 
-    output, final = scan_rnn(
+    # (batch, T, *features) with several feature axes (ConvLSTM): the same driver, time-major
+    driver = scan_rnn if inputs.ndim == 3 else functools.partial(scan_spatial, feature_ndim=inputs.ndim - 2)
+    output, final = driver(
         program.step, inputs, init, project=program.project, mask=mask, constants=constants,
         go_backwards=go_backwards, return_sequences=return_sequences,
         zero_output_for_mask=zero_output_for_mask, unroll=unroll, scan_unroll=scan_unroll, remat=remat,
@@ -317,7 +321,7 @@ class RNN(nn.Module):
             go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll,
             zero_output_for_mask=self.zero_output_for_mask, activity_regularizer=self.activity_regularizer,
             input_dim=self.input_dim, input_length=self.input_length, scan_unroll=self.scan_unroll,
-            remat=self.remat,
+            remat=self.remat, **_sequence_layout(self.cell),
         )
 
     def reset_states(self, states=None):
@@ -329,18 +333,25 @@ class RNN(nn.Module):
         return reset_layer_states(self, states)
 
 
+def _sequence_layout(cell) -> dict:
+    """``input_rank``/``input_layout`` for cells declaring ``sequence_ndim`` (ConvLSTM cells)."""
+    first = cell[0] if isinstance(cell, (list, tuple)) else cell
+    ndim = getattr(first, "sequence_ndim", None)
+    return {} if ndim is None else {"input_rank": ndim, "input_layout": first.sequence_layout}
+
+
 def reset_layer_states(module: nn.Module, states=None):
     if not module.stateful:
         raise ValueError("reset_states: the layer is not stateful (stateful=False).")
     if not module.has_variable(STATE_COLLECTION, "states"):
         raise ValueError("reset_states: the layer has no states yet; initialise it first (`init`).")
-    var = module.variable(STATE_COLLECTION, "states")
-    current = var.value
+    current = module.get_variable(STATE_COLLECTION, "states")
     if states is None:
-        var.value = jax.tree_util.tree_map(jnp.zeros_like, current)
+        new = jax.tree_util.tree_map(jnp.zeros_like, current)
     else:
         new = unflatten_states(current, states, "states")
-        var.value = jax.tree_util.tree_map(lambda n, c: n.astype(c.dtype), new, current)
+        new = jax.tree_util.tree_map(lambda n, c: n.astype(c.dtype), new, current)
+    module.put_variable(STATE_COLLECTION, "states", new)
     return None
 
 
