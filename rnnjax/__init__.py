@@ -13,6 +13,16 @@ from rnnjax.functional import activations, initializers
 from rnnjax.layers import (
     GRU, LSTM, RNN, STATE_COLLECTION, GRUCell, LSTMCell, SimpleRNN, SimpleRNNCell, StackedRNNCells, reset_states,
 )
+from rnnjax.layers.conv_lstm import (
+    ConvLSTM1D, ConvLSTM2D, ConvLSTM3D, ConvLSTM1DCell, ConvLSTM2DCell, ConvLSTM3DCell, ConvLSTMCell,
+)
+from rnnjax.functional.conv_lstm import ConvLSTMCore
+from rnnjax import cudnn
+from rnnjax.cudnn import (
+    CuDNNGRU, CuDNNLSTM, cudnn_gru_to_gru, cudnn_gru_to_torch, cudnn_lstm_to_lstm, cudnn_lstm_to_torch,
+    gru_to_cudnn_gru, gru_to_torch, lstm_to_cudnn_lstm, lstm_to_torch, torch_to_cudnn_gru,
+    torch_to_cudnn_lstm, torch_to_gru, torch_to_lstm,
+)
 from rnnjax.regularizers import regularization_loss
 from rnnjax.constraints import keras_constraints
 
@@ -22,4 +32,9 @@ __all__ = [
     "GRU", "LSTM", "RNN", "SimpleRNN", "GRUCell", "LSTMCell", "SimpleRNNCell", "StackedRNNCells",
     "reset_states", "regularization_loss", "keras_constraints", "STATE_COLLECTION",
     "activations", "initializers", "constraints", "regularizers", "functional",
+    "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell",
+    "ConvLSTMCell", "ConvLSTMCore",
+    "cudnn", "CuDNNLSTM", "CuDNNGRU", "cudnn_lstm_to_lstm", "lstm_to_cudnn_lstm", "lstm_to_torch",
+    "torch_to_lstm", "cudnn_lstm_to_torch", "torch_to_cudnn_lstm", "cudnn_gru_to_gru", "gru_to_cudnn_gru",
+    "gru_to_torch", "torch_to_gru", "cudnn_gru_to_torch", "torch_to_cudnn_gru",
 ]

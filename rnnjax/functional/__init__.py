@@ -15,11 +15,12 @@ from typing import Any, Optional
 import jax
 
 from rnnjax.functional import activations, initializers
-from rnnjax.functional.core import dropout_masks, gate_matmul, check_input_dim
+from rnnjax.functional.core import dropout_masks, gate_matmul, check_input_dim, check_state
 from rnnjax.functional.driver import scan_rnn
 from rnnjax.functional.gru import GRUCore, GRUParams, GRUState
 from rnnjax.functional.lstm import LSTMCore, LSTMParams, LSTMState
 from rnnjax.functional.simple_rnn import SimpleRNNCore, SimpleRNNParams, SimpleRNNState
+from rnnjax.functional.conv_lstm import ConvLSTMCore, ConvLSTMParams, ConvLSTMState, conv_lstm
 
 
 def rnn(
@@ -37,6 +38,7 @@ def rnn(
     remat: bool = False,
     dropout_mask: Optional[jax.Array] = None,
     recurrent_dropout_mask: Optional[jax.Array] = None,
+    custom_backward: bool = True,
 ):
     """Runs a core over a sequence: ``(*batch, T, I) -> ((*batch, U) or (*batch, T, U), state)``.
 
@@ -44,10 +46,15 @@ def rnn(
     recurrent part (:func:`rnnjax.functional.driver.scan_rnn` documents the sequence semantics).
     ``dropout_mask``/``recurrent_dropout_mask``: ``(count, *batch, I)``/``(count, *batch, U)``
     masks from :func:`dropout_masks` (count 1, or one per gate with ``implementation=1``).
+    ``custom_backward``: use the hand-written backward pass when the core has one
+    (:class:`~rnnjax.functional.driver.LinearStep`); it is reverse-mode only, so pass False to
+    differentiate in forward mode (``jax.jvp``, ``jax.jacfwd``).
     """
     check_input_dim(params.kernel, inputs)
     if initial_state is None:
         initial_state = core.initial_state(inputs.shape[:-2], inputs.dtype)
+    else:
+        initial_state = check_state(core.initial_state(inputs.shape[:-2], inputs.dtype), initial_state)
 
     def project(x):
         return core.project(params, x, dropout_mask)
@@ -59,6 +66,7 @@ def rnn(
         step, inputs, initial_state, project=project, mask=mask, go_backwards=go_backwards,
         return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask,
         unroll=unroll, scan_unroll=scan_unroll, remat=remat,
+        linear=core.linear_step(params, recurrent_dropout_mask) if custom_backward and hasattr(core, "linear_step") else None,
     )
 
 
@@ -66,4 +74,5 @@ __all__ = [
     "activations", "initializers", "dropout_masks", "gate_matmul", "scan_rnn", "rnn",
     "GRUCore", "GRUParams", "GRUState", "LSTMCore", "LSTMParams", "LSTMState",
     "SimpleRNNCore", "SimpleRNNParams", "SimpleRNNState",
+    "ConvLSTMCore", "ConvLSTMParams", "ConvLSTMState", "conv_lstm",
 ]

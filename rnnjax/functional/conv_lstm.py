@@ -1,0 +1,330 @@
+"""Convolutional LSTM core (Keras layout, gate order i, f, c, o), for 1, 2 or 3 spatial dims.
+
+Everything here is **channels_last**: a step input is ``(*batch, *spatial, C)``, a state
+``(*batch, *spatial', F)`` (``spatial'`` = the input convolution's output shape).
+
+Parameters ``ConvLSTMParams``: ``kernel kernel_size + (C, 4F)``, ``recurrent_kernel
+kernel_size + (F, 4F)``, ``bias (4F,)`` or ``None``. With ``∗`` the input convolution (the
+core's strides, padding and dilation), ``⊛`` the recurrent convolution (stride 1, padding
+'same', no dilation), ``σ = recurrent_activation`` and ``φ = activation``::
+
+    z            = x_t ∗ kernel + bias + h_{t-1} ⊛ recurrent_kernel     # (*batch, *spatial', 4F)
+    i, f, c̃, o   = split(z, 4, axis=-1)
+    c_t          = σ(f) * c_{t-1} + σ(i) * φ(c̃)
+    h_t          = σ(o) * φ(c_t)                                        # = output y_t
+
+``x_t ∗ kernel + bias`` is :meth:`ConvLSTMCore.project`; it takes any number of leading axes
+(time included), folds them into the convolution's batch axis and runs **one**
+``lax.conv_general_dilated`` for the whole sequence. The rest is :meth:`ConvLSTMCore.step`.
+:func:`conv_lstm` runs a core over a sequence ``(*batch, T, *spatial, C)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from rnnjax.functional import activations
+from rnnjax.functional.core import check_units, init_weight
+from rnnjax.functional.driver import scan_rnn
+
+_DIMENSION_NUMBERS = {
+    1: ("NWC", "WIO", "NWC"),
+    2: ("NHWC", "HWIO", "NHWC"),
+    3: ("NDHWC", "DHWIO", "NDHWC"),
+}
+
+
+class ConvLSTMParams(NamedTuple):
+    kernel: jax.Array
+    recurrent_kernel: jax.Array
+    bias: Optional[jax.Array]
+
+
+class ConvLSTMState(NamedTuple):
+    h: jax.Array
+    c: jax.Array
+
+
+def normalize_tuple(value, rank: int, argument: str) -> tuple:
+    """An int or a sequence of ``rank`` positive ints -> a tuple of ``rank`` ints."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (int(value),) * rank
+    try:
+        out = tuple(value)
+    except TypeError:
+        out = None
+    if (out is None or len(out) != rank
+            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0 for v in out)):
+        raise ValueError(
+            f"`{argument}`: expected a positive integer or a tuple of {rank} positive integers, got {value!r}."
+        )
+    return tuple(int(v) for v in out)
+
+
+def check_padding(padding) -> str:
+    if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
+        raise ValueError(f"`padding`: expected 'valid' or 'same' (any case), got {padding!r}.")
+    return padding.lower()
+
+
+def check_data_format(data_format) -> str:
+    """``None`` -> ``'channels_last'`` (Keras's default image_data_format)."""
+    if data_format is None:
+        return "channels_last"
+    if not isinstance(data_format, str) or data_format.lower() not in ("channels_last", "channels_first"):
+        raise ValueError(
+            f"`data_format`: expected 'channels_last', 'channels_first' or None, got {data_format!r}."
+        )
+    return data_format.lower()
+
+
+def conv_output_length(length: int, kernel: int, padding: str, stride: int, dilation: int) -> int:
+    """Keras/TF: 'same' -> ``ceil(L / s)``; 'valid' -> ``ceil((L - (k-1)d) / s)``."""
+    if padding == "same":
+        return -(-length // stride)
+    return -(-(length - (kernel - 1) * dilation) // stride)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvLSTMCore:
+    """The ConvLSTM step as pure functions (see the module docstring for the equations).
+
+    ``kernel_size``, ``strides`` and ``dilation_rate`` take an int or a tuple of ``rank`` ints
+    and are stored as tuples; ``padding`` is 'valid' or 'same' in any case. ``strides`` > 1
+    together with ``dilation_rate`` > 1 is an error (as in Keras).
+    """
+
+    filters: int
+    kernel_size: Any
+    rank: int = 2
+    strides: Any = 1
+    padding: str = "valid"
+    dilation_rate: Any = 1
+    activation: Any = "tanh"
+    recurrent_activation: Any = "hard_sigmoid"
+    use_bias: bool = True
+    kernel_initializer: Any = "glorot_uniform"
+    recurrent_initializer: Any = "orthogonal"
+    bias_initializer: Any = "zeros"
+    unit_forget_bias: bool = True
+
+    params_class = ConvLSTMParams
+    gates = 4
+
+    def __post_init__(self):
+        check_units(self.filters, "filters")
+        if self.rank not in _DIMENSION_NUMBERS:
+            raise ValueError(f"`rank`: expected 1, 2 or 3 spatial dimensions, got {self.rank!r}.")
+        set_ = lambda n, v: object.__setattr__(self, n, v)  # noqa: E731 (frozen dataclass)
+        set_("kernel_size", normalize_tuple(self.kernel_size, self.rank, "kernel_size"))
+        set_("strides", normalize_tuple(self.strides, self.rank, "strides"))
+        set_("dilation_rate", normalize_tuple(self.dilation_rate, self.rank, "dilation_rate"))
+        set_("padding", check_padding(self.padding))
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(
+                f"`strides`/`dilation_rate`: strides > 1 is incompatible with dilation_rate > 1; got "
+                f"strides={self.strides} and dilation_rate={self.dilation_rate}. Use strides=1 or dilation_rate=1."
+            )
+        activations.get(self.activation, "activation")
+        activations.get(self.recurrent_activation, "recurrent_activation")
+
+    @property
+    def state_size(self):
+        """Channels of each state (the spatial shape depends on the input)."""
+        return (self.filters, self.filters)
+
+    @property
+    def output_size(self):
+        return self.filters
+
+    def output_spatial_shape(self, spatial_shape) -> tuple:
+        """Spatial shape of the outputs and states for inputs of spatial shape ``spatial_shape``."""
+        spatial_shape = tuple(int(s) for s in spatial_shape)
+        if len(spatial_shape) != self.rank:
+            raise ValueError(
+                f"`inputs`: expected {self.rank} spatial dimension(s), got spatial shape {spatial_shape}."
+            )
+        out = tuple(
+            conv_output_length(n, k, self.padding, s, d)
+            for n, k, s, d in zip(spatial_shape, self.kernel_size, self.strides, self.dilation_rate)
+        )
+        if min(out) <= 0:
+            raise ValueError(
+                f"`kernel_size`: a kernel of size {self.kernel_size} with dilation_rate {self.dilation_rate} does not "
+                f"fit inputs of spatial shape {spatial_shape} with padding='valid' (output shape would be {out}); "
+                "use smaller kernels, larger inputs or padding='same'."
+            )
+        return out
+
+    def init(self, key, input_dim: int, dtype=jnp.float32) -> ConvLSTMParams:
+        check_units(input_dim, "input_dim")
+        f = self.filters
+        k1, k2, k3 = jax.random.split(key, 3)
+        kernel = init_weight(self.kernel_initializer, k1, self.kernel_size + (input_dim, 4 * f), dtype,
+                             "kernel_initializer")
+        recurrent = init_weight(self.recurrent_initializer, k2, self.kernel_size + (f, 4 * f), dtype,
+                                "recurrent_initializer")
+        bias = None
+        if self.use_bias:
+            if self.unit_forget_bias:
+                ka, kb = jax.random.split(k3)
+                bias = jnp.concatenate([
+                    init_weight(self.bias_initializer, ka, (f,), dtype, "bias_initializer"),
+                    jnp.ones((f,), dtype),
+                    init_weight(self.bias_initializer, kb, (2 * f,), dtype, "bias_initializer"),
+                ])
+            else:
+                bias = init_weight(self.bias_initializer, k3, (4 * f,), dtype, "bias_initializer")
+        return ConvLSTMParams(kernel, recurrent, bias)
+
+    def initial_state(self, batch_shape=(), dtype=jnp.float32, input_spatial_shape=None) -> ConvLSTMState:
+        """Zero states ``(*batch_shape, *output_spatial_shape(input_spatial_shape), F)``."""
+        if input_spatial_shape is None:
+            raise ValueError(
+                "`input_spatial_shape`: ConvLSTMCore.initial_state needs the inputs' spatial shape "
+                f"({self.rank} ints) to size the states."
+            )
+        shape = tuple(batch_shape) + self.output_spatial_shape(input_spatial_shape) + (self.filters,)
+        z = jnp.zeros(shape, dtype)
+        return ConvLSTMState(z, z)
+
+    def _conv(self, x, kernel, strides, padding, dilation, groups):
+        r = self.rank
+        lead = x.shape[:-(r + 1)]
+        flat = x.reshape((-1,) + x.shape[-(r + 1):])
+        y = lax.conv_general_dilated(
+            flat, kernel.astype(flat.dtype) if kernel.dtype != flat.dtype else kernel,
+            window_strides=strides, padding=padding.upper(), rhs_dilation=dilation,
+            dimension_numbers=_DIMENSION_NUMBERS[r], feature_group_count=groups,
+        )
+        return y.reshape(lead + y.shape[1:])
+
+    def _gate_conv(self, x, kernel, masks, strides, padding, dilation):
+        """``x ∗ kernel`` with optional dropout masks on ``x``: ``None``, ``(1, *batch, *spatial, C)``
+        or ``(4, ...)`` (gate g's output channels see ``x * masks[g]``, Keras's per-gate masks:
+        one grouped convolution over the 4 masked copies)."""
+        if masks is None:
+            return self._conv(x, kernel, strides, padding, dilation, 1)
+        if masks.shape[0] == 1:
+            return self._conv(x * masks[0], kernel, strides, padding, dilation, 1)
+        if masks.shape[0] != self.gates:
+            raise ValueError(f"dropout masks: expected 1 or {self.gates} masks, got {masks.shape[0]}.")
+        stacked = jnp.concatenate([x * masks[g] for g in range(self.gates)], axis=-1)
+        return self._conv(stacked, kernel, strides, padding, dilation, self.gates)
+
+    def _check_x(self, params, x, what):
+        r = self.rank
+        if x.ndim < r + 1:
+            raise ValueError(
+                f"`{what}`: expected (..., {r} spatial dims, channels) with at least {r + 1} dimensions, got shape {x.shape}."
+            )
+        if x.shape[-1] != params.kernel.shape[-2]:
+            raise ValueError(
+                f"`{what}`: {x.shape[-1]} channels but the parameters were built for {params.kernel.shape[-2]} "
+                f"(kernel shape {tuple(params.kernel.shape)})."
+            )
+        self.output_spatial_shape(x.shape[-(r + 1):-1])
+
+    def project(self, params: ConvLSTMParams, x, dropout_mask=None):
+        """``x ∗ kernel + bias`` for ``x`` of shape ``(..., *spatial, C)`` (any leading axes, e.g.
+        ``(T, batch)``: folded into one convolution) -> ``(..., *spatial', 4F)``."""
+        self._check_x(params, x, "inputs")
+        z = self._gate_conv(x, params.kernel, dropout_mask, self.strides, self.padding, self.dilation_rate)
+        if params.bias is not None:
+            z = z + params.bias
+        return z
+
+    def step(self, params: ConvLSTMParams, state: ConvLSTMState, xp_t, recurrent_dropout_mask=None):
+        h, c = state
+        f = self.filters
+        sigma = activations.get(self.recurrent_activation)
+        phi = activations.get(self.activation)
+        ones = (1,) * self.rank
+        z = xp_t + self._gate_conv(h, params.recurrent_kernel, recurrent_dropout_mask, ones, "same", ones)
+        i = sigma(z[..., :f])
+        fg = sigma(z[..., f:2 * f])
+        g = phi(z[..., 2 * f:3 * f])
+        o = sigma(z[..., 3 * f:])
+        c = fg * c + i * g
+        h = o * phi(c)
+        return ConvLSTMState(h, c), h
+
+    def __call__(self, params: ConvLSTMParams, state: ConvLSTMState, x_t):
+        return self.step(params, state, self.project(params, x_t))
+
+
+def scan_spatial(step, inputs, initial_state, *, feature_ndim: int, project=None, mask=None, **kwargs):
+    """:func:`scan_rnn` for inputs ``(*batch, T, *features)`` with ``feature_ndim`` feature axes.
+
+    The sequence is handed to the driver time-major with the feature axes flattened;
+    ``project`` (if given) sees ``(T, *batch, *features)``. Returned sequences are
+    ``(*batch, T, ...)``.
+    """
+    nb = inputs.ndim - feature_ndim - 1
+    if nb < 0:
+        raise ValueError(f"`inputs`: expected (*batch, time, {feature_ndim} feature axes), got shape {inputs.shape}.")
+    feature_shape = inputs.shape[nb + 1:]
+    if mask is not None and tuple(jnp.shape(mask)) != inputs.shape[:nb + 1]:
+        raise ValueError(f"`mask`: expected shape {inputs.shape[:nb + 1]} (batch, timesteps), got {tuple(jnp.shape(mask))}.")
+    x = jnp.moveaxis(inputs, nb, 0)
+    x = x.reshape(x.shape[:nb + 1] + (math.prod(feature_shape),))
+    m = None if mask is None else jnp.moveaxis(jnp.asarray(mask), nb, 0)
+
+    def unflat(x):
+        x = x.reshape(x.shape[:-1] + tuple(feature_shape))
+        return x if project is None else project(x)
+
+    output, final = scan_rnn(step, x, initial_state, project=unflat, mask=m, time_major=True, **kwargs)
+    if kwargs.get("return_sequences"):
+        output = jnp.moveaxis(output, 0, nb)
+    return output, final
+
+
+def conv_lstm(
+    core: ConvLSTMCore,
+    params: ConvLSTMParams,
+    inputs: jax.Array,
+    *,
+    initial_state: Optional[ConvLSTMState] = None,
+    mask: Optional[jax.Array] = None,
+    go_backwards: bool = False,
+    return_sequences: bool = False,
+    zero_output_for_mask: bool = False,
+    unroll: bool = False,
+    scan_unroll: int = 1,
+    remat: bool = False,
+    dropout_mask: Optional[jax.Array] = None,
+    recurrent_dropout_mask: Optional[jax.Array] = None,
+):
+    """Runs a ConvLSTM core over ``inputs (*batch, T, *spatial, C)`` (channels_last).
+
+    Returns ``(output, ConvLSTMState)``: output ``(*batch, *spatial', F)`` or, with
+    ``return_sequences``, ``(*batch, T, *spatial', F)``. The input convolution of all steps is
+    one convolution before the loop. ``dropout_mask``/``recurrent_dropout_mask``:
+    ``(1 or 4, *batch, *spatial, C)``/``(1 or 4, *batch, *spatial', F)``.
+    ``mask``: boolean ``(*batch, T)``; semantics of :func:`rnnjax.functional.scan_rnn`.
+    """
+    r = core.rank
+    if inputs.ndim < r + 2:
+        raise ValueError(
+            f"`inputs`: expected (*batch, time, {r} spatial dims, channels), got shape {inputs.shape}."
+        )
+    core._check_x(params, inputs, "inputs")
+    if initial_state is None:
+        initial_state = core.initial_state(inputs.shape[:-(r + 2)], inputs.dtype, inputs.shape[-(r + 1):-1])
+
+    def step(state, xp_t):
+        return core.step(params, state, xp_t, recurrent_dropout_mask)
+
+    return scan_spatial(
+        step, inputs, initial_state, feature_ndim=r + 1,
+        project=lambda x: core.project(params, x, dropout_mask), mask=mask, go_backwards=go_backwards,
+        return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask, unroll=unroll,
+        scan_unroll=scan_unroll, remat=remat,
+    )
