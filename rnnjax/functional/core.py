@@ -37,12 +37,33 @@ def check_rate(rate, argument: str) -> float:
 
 
 def check_implementation(implementation) -> int:
-    if implementation not in (1, 2):
+    if isinstance(implementation, bool) or not isinstance(implementation, numbers.Integral) or implementation not in (1, 2):
         raise ValueError(f"`implementation`: expected 1 or 2, got {implementation!r}.")
     return int(implementation)
 
 
+def check_state(template, given, argument: str = "initial_state"):
+    """Returns ``given`` (a pytree, a list/tuple of arrays or one array) in ``template``'s
+    structure, after checking that it has as many arrays as ``template`` with the same shapes."""
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    given_leaves = jax.tree_util.tree_leaves([given] if hasattr(given, "shape") else given)
+    if len(given_leaves) != len(leaves):
+        raise ValueError(
+            f"`{argument}`: expected {len(leaves)} state array(s) with shapes "
+            f"{[tuple(l.shape) for l in leaves]}, got {len(given_leaves)}."
+        )
+    for i, (g, t) in enumerate(zip(given_leaves, leaves)):
+        if tuple(jnp.shape(g)) != tuple(t.shape):
+            raise ValueError(f"`{argument}`[{i}]: expected shape {tuple(t.shape)}, got {tuple(jnp.shape(g))}.")
+    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(g) for g in given_leaves])
+
+
 def check_input_dim(params_kernel, x, what: str = "inputs") -> None:
+    if not hasattr(x, "ndim") or x.ndim < 2:
+        raise ValueError(
+            f"`{what}`: expected an array of shape (*batch, time, features) with at least 2 "
+            f"dimensions, got {getattr(x, 'shape', type(x).__name__)}."
+        )
     expected = params_kernel.shape[-2]
     if x.shape[-1] != expected:
         raise ValueError(

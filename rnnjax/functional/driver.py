@@ -20,7 +20,7 @@ time-major) and boolean.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,110 @@ def _expand_like(m: jax.Array, leaf: jax.Array) -> jax.Array:
 
 def _masked(m, new, old):
     return jax.tree_util.tree_map(lambda n, o: jnp.where(_expand_like(m, n), n, o), new, old)
+
+
+def _mask_step(m_t, new_state, state, y, last, zero_output_for_mask):
+    """The masking rule of one step (the same for every path through the driver)::
+
+        s_t = where(m_t, s', s_{t-1});  o_t = where(m_t, y, o_{t-1} or 0)
+    """
+    if m_t is None:
+        return new_state, y
+    state = _masked(m_t, new_state, state)
+    y = jnp.where(_expand_like(m_t, y), y, jnp.zeros_like(y) if zero_output_for_mask else last)
+    return state, y
+
+
+class LinearStep(NamedTuple):
+    """A step whose only matmul with the state is ``a_t = v_{t-1} @ recurrent_kernel``.
+
+    ``v_{t-1}`` is the first leaf of the state (``h``), times ``rec_mask`` (a recurrent dropout
+    mask ``(*batch, U)``) when given; then ``state_t, y_t = pointwise(pw_params, xp_t, a_t,
+    state_{t-1})`` is element-wise. LSTM, SimpleRNN and the reset-after GRU have this form.
+    Given one, :func:`scan_rnn` runs a loop with a hand-written backward pass: the backward
+    loop carries only the state cotangent and the recurrent-kernel gradient is formed after it
+    as ONE matmul ``V^T @ dA`` over all steps, instead of one small accumulation per step.
+    """
+
+    recurrent_kernel: jax.Array
+    pointwise: Callable
+    pw_params: Any
+    rec_mask: Optional[jax.Array] = None
+
+
+def _first_leaf(state):
+    return jax.tree_util.tree_leaves(state)[0]
+
+
+def _add_to_first_leaf(state, delta):
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    return jax.tree_util.tree_unflatten(treedef, [leaves[0] + delta] + leaves[1:])
+
+
+def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, return_sequences,
+                 zero_output_for_mask, scan_unroll):
+    """Runs a :class:`LinearStep` over time-major ``xs`` with a custom VJP (see its docstring)."""
+    pointwise = linear.pointwise
+
+    def cell(pw, xp_t, a_t, s_prev, last_prev, m_t):
+        s_new, y = pointwise(pw, xp_t, a_t, s_prev)
+        return _mask_step(m_t, s_new, s_prev, y, last_prev, zero_output_for_mask)
+
+    def matmul_input(s, rm):
+        v = _first_leaf(s)
+        return v if rm is None else v * rm
+
+    def forward(R, pw, xs, s0, last0, m, rm, keep_residuals):
+        def body(carry, inp):
+            s, last = carry
+            xp_t, m_t = inp
+            v = matmul_input(s, rm)
+            a = v @ R
+            s_new, out = cell(pw, xp_t, a, s, last, m_t)
+            res = (a, s, last) if keep_residuals else None
+            return (s_new, out), (out if return_sequences else None, res)
+
+        (s, last), (ys, res) = lax.scan(body, (s0, last0), (xs, m), reverse=go_backwards, unroll=scan_unroll)
+        return (ys, s, last), res
+
+    @jax.custom_vjp
+    def run(R, pw, xs, s0, last0, m, rm):
+        return forward(R, pw, xs, s0, last0, m, rm, False)[0]
+
+    def run_fwd(R, pw, xs, s0, last0, m, rm):
+        out, (a_seq, s_seq, last_seq) = forward(R, pw, xs, s0, last0, m, rm, True)
+        return out, (R, pw, xs, m, rm, a_seq, s_seq, last_seq)
+
+    def run_bwd(res, cts):
+        R, pw, xs, m, rm, a_seq, s_seq, last_seq = res
+        d_ys, d_s, d_last = cts
+        r_t = R.T
+
+        def body(carry, inp):
+            ds, dlast, dpw = carry
+            xp_t, a_t, s_prev, last_prev, m_t, dy_t = inp
+            _, vjp = jax.vjp(lambda pw, xp, a, s, l: cell(pw, xp, a, s, l, m_t), pw, xp_t, a_t, s_prev, last_prev)
+            dout = dlast if dy_t is None else dlast + dy_t
+            dpw_t, dxp, da, ds_prev, dlast_prev = vjp((ds, dout))
+            dv = da @ r_t
+            if rm is not None:
+                dv = dv * rm
+            ds_prev = _add_to_first_leaf(ds_prev, dv)
+            dpw = jax.tree_util.tree_map(jnp.add, dpw, dpw_t)
+            return (ds_prev, dlast_prev, dpw), (dxp, da)
+
+        zero_pw = jax.tree_util.tree_map(jnp.zeros_like, pw)
+        seq = (xs, a_seq, s_seq, last_seq, m, d_ys if return_sequences else None)
+        (ds0, dlast0, dpw), (dxs, da_seq) = lax.scan(
+            body, (d_s, d_last, zero_pw), seq, reverse=not go_backwards, unroll=scan_unroll)
+        v_seq = _first_leaf(s_seq)
+        if rm is not None:
+            v_seq = v_seq * rm
+        dR = v_seq.reshape(-1, v_seq.shape[-1]).T @ da_seq.reshape(-1, da_seq.shape[-1])
+        return dR.astype(R.dtype), dpw, dxs, ds0, dlast0, None, None
+
+    run.defvjp(run_fwd, run_bwd)
+    return run(linear.recurrent_kernel, linear.pw_params, xs, init_state, last0, m, linear.rec_mask)
 
 
 def _check_inputs(inputs, mask, time_major):
@@ -85,6 +189,7 @@ def scan_rnn(
     scan_unroll: int = 1,
     remat: bool = False,
     time_major: bool = False,
+    linear: Optional[LinearStep] = None,
 ):
     """Runs ``step`` over the time axis of ``inputs``.
 
@@ -104,8 +209,12 @@ def scan_rnn(
       scan_unroll: ``lax.scan``'s partial unroll factor (performance only).
       remat: rematerialise the loop in the backward pass: steps run in chunks of about
         ``sqrt(T)`` and only chunk boundaries are stored, so memory grows as ``sqrt(T)``
-        instead of ``T`` for about one extra forward pass of compute.
+        instead of ``T`` for about one extra forward pass of compute (``project`` then runs
+        per chunk, inside the checkpoint; inputs and returned sequences remain O(T)).
       time_major: inputs, mask and returned sequences are time-major.
+      linear: the same step in :class:`LinearStep` form, when it has one; the ``lax.scan``
+        path then uses the hand-written backward pass (ignored with ``unroll``, ``remat`` or
+        ``constants``). Results equal the generic path to float rounding.
 
     Returns:
       ``(output, final_state)``: output ``(*batch, U)``, or ``(*batch, T, U)`` with
@@ -130,18 +239,24 @@ def scan_rnn(
 
     def body(carry, inp):
         state, last = carry
-        if m is None:
-            x_t = inp
-            state, y = call(state, x_t)
-            return (state, y), (y if return_sequences else None)
-        x_t, m_t = inp
+        x_t, m_t = inp if m is not None else (inp, None)
         new_state, y = call(state, x_t)
-        state = _masked(m_t, new_state, state)
-        y = jnp.where(_expand_like(m_t, y), y, jnp.zeros_like(y) if zero_output_for_mask else last)
+        state, y = _mask_step(m_t, new_state, state, y, last, zero_output_for_mask)
         return (state, y), (y if return_sequences else None)
 
     carry = (initial_state, zero_out)
     seq = xs if m is None else (xs, m)
+
+    if linear is not None and not unroll and not remat and constants is None:
+        ys, final_state, last = _linear_scan(
+            linear, xs, initial_state, zero_out, m, go_backwards=go_backwards,
+            return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask,
+            scan_unroll=scan_unroll)
+        if return_sequences:
+            if go_backwards:
+                ys = jnp.flip(ys, 0)
+            return (ys if time_major else jnp.moveaxis(ys, 0, -2)), final_state
+        return last, final_state
 
     if unroll:
         outputs = []
@@ -154,10 +269,15 @@ def scan_rnn(
     else:
         if remat and _remat_chunk(steps) > 1:
             chunk = _remat_chunk(steps)
-            chunked = jax.tree_util.tree_map(lambda a: a.reshape((steps // chunk, chunk) + a.shape[1:]), seq)
+            # The raw input is chunked and projected inside the checkpoint: storing the projection
+            # of all T steps (and its cotangent) would keep the backward pass O(T * G * U).
+            raw = x if m is None else (x, m)
+            chunked = jax.tree_util.tree_map(lambda a: a.reshape((steps // chunk, chunk) + a.shape[1:]), raw)
 
             @jax.checkpoint
             def chunk_body(c, inp):
+                if project is not None:
+                    inp = project(inp) if m is None else (project(inp[0]), inp[1])
                 return lax.scan(body, c, inp, reverse=go_backwards, unroll=scan_unroll)
 
             carry, ys = lax.scan(chunk_body, carry, chunked, reverse=go_backwards)

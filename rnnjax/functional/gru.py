@@ -23,8 +23,9 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from rnnjax.functional import activations
+from rnnjax.functional import activations, initializers
 from rnnjax.functional.core import check_implementation, check_units, gate_matmul, init_weight
+from rnnjax.functional.driver import LinearStep
 
 
 class GRUParams(NamedTuple):
@@ -56,6 +57,8 @@ class GRUCore:
 
     def __post_init__(self):
         check_units(self.units)
+        for name in ("kernel_initializer", "recurrent_initializer", "bias_initializer"):
+            initializers.get(getattr(self, name), name)
         check_implementation(self.implementation)
         activations.get(self.activation, "activation")
         activations.get(self.recurrent_activation, "recurrent_activation")
@@ -94,30 +97,43 @@ class GRUCore:
     def step(self, params: GRUParams, state: GRUState, xp_t, recurrent_dropout_mask=None):
         h = state.h
         u = self.units
-        sigma = activations.get(self.recurrent_activation)
-        phi = activations.get(self.activation)
         rk = params.recurrent_kernel
         masks = recurrent_dropout_mask
         if self.reset_after:
-            rec = gate_matmul(h, rk, masks, 3)
-            if params.bias is not None:
-                rec = rec + params.bias[1]
-            z = sigma(xp_t[..., :u] + rec[..., :u])
-            r = sigma(xp_t[..., u:2 * u] + rec[..., u:2 * u])
-            hh = phi(xp_t[..., 2 * u:] + r * rec[..., 2 * u:])
+            rec_bias = None if params.bias is None else params.bias[1]
+            return self.pointwise(rec_bias, xp_t, gate_matmul(h, rk, masks, 3), state)
+        if masks is None or masks.shape[0] == 1:
+            h_in = h if masks is None else h * masks[0]
+            rec = h_in @ rk[:, :2 * u]
+            h_for_candidate = h_in
         else:
-            if masks is None or masks.shape[0] == 1:
-                h_in = h if masks is None else h * masks[0]
-                rec = h_in @ rk[:, :2 * u]
-                h_for_candidate = h_in
-            else:
-                rec = gate_matmul(h, rk[:, :2 * u], masks[:2], 2)
-                h_for_candidate = h * masks[2]
-            z = sigma(xp_t[..., :u] + rec[..., :u])
-            r = sigma(xp_t[..., u:2 * u] + rec[..., u:])
-            hh = phi(xp_t[..., 2 * u:] + (r * h_for_candidate) @ rk[:, 2 * u:])
+            rec = gate_matmul(h, rk[:, :2 * u], masks[:2], 2)
+            h_for_candidate = h * masks[2]
+        zr = activations.get(self.recurrent_activation)(xp_t[..., :2 * u] + rec)
+        z, r = zr[..., :u], zr[..., u:]
+        hh = activations.get(self.activation)(xp_t[..., 2 * u:] + (r * h_for_candidate) @ rk[:, 2 * u:])
         h = z * h + (1.0 - z) * hh
         return GRUState(h), h
+
+    def pointwise(self, rec_bias, xp_t, a_t, state: GRUState):
+        """The reset-after GRU after its recurrent matmul ``a_t = h_{t-1} @ recurrent_kernel``."""
+        u = self.units
+        rec = a_t if rec_bias is None else a_t + rec_bias
+        zr = activations.get(self.recurrent_activation)(xp_t[..., :2 * u] + rec[..., :2 * u])
+        z, r = zr[..., :u], zr[..., u:]
+        hh = activations.get(self.activation)(xp_t[..., 2 * u:] + r * rec[..., 2 * u:])
+        h = z * state.h + (1.0 - z) * hh
+        return GRUState(h), h
+
+    def linear_step(self, params: GRUParams, recurrent_dropout_mask=None):
+        """The reset-after step as a :class:`~rnnjax.functional.driver.LinearStep`; None for
+        ``reset_after=False`` (its candidate needs a second matmul, on ``r * h``) and for
+        per-gate recurrent dropout masks."""
+        m = recurrent_dropout_mask
+        if not self.reset_after or (m is not None and m.shape[0] != 1):
+            return None
+        rec_bias = None if params.bias is None else params.bias[1]
+        return LinearStep(params.recurrent_kernel, self.pointwise, rec_bias, None if m is None else m[0])
 
     def __call__(self, params: GRUParams, state: GRUState, x_t):
         return self.step(params, state, self.project(params, x_t))

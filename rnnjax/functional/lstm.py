@@ -20,8 +20,9 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from rnnjax.functional import activations
+from rnnjax.functional import activations, initializers
 from rnnjax.functional.core import check_implementation, check_units, gate_matmul, init_weight
+from rnnjax.functional.driver import LinearStep
 
 
 class LSTMParams(NamedTuple):
@@ -54,6 +55,8 @@ class LSTMCore:
 
     def __post_init__(self):
         check_units(self.units)
+        for name in ("kernel_initializer", "recurrent_initializer", "bias_initializer"):
+            initializers.get(getattr(self, name), name)
         check_implementation(self.implementation)
         activations.get(self.activation, "activation")
         activations.get(self.recurrent_activation, "recurrent_activation")
@@ -97,19 +100,44 @@ class LSTMCore:
             z = z + params.bias
         return z
 
-    def step(self, params: LSTMParams, state: LSTMState, xp_t, recurrent_dropout_mask=None):
-        h, c = state
+    def gates(self, z):
+        """``(σ(i), σ(f), φ(c̃), σ(o))`` from the pre-activations ``z (..., 4U)``.
+
+        For the common activations all four gates come from ONE transcendental pass over the
+        contiguous ``4U`` block (the same function, to float rounding): with ``s = 1/2`` on the
+        sigmoid blocks and ``1`` on the candidate block, ``σ(x) = s·tanh(s·x) + 1 - s`` and
+        ``tanh(x) = 1·tanh(1·x) + 0``. Keras 2's hard sigmoid is one ``clip`` over the block.
+        """
         u = self.units
-        sigma = activations.get(self.recurrent_activation)
-        phi = activations.get(self.activation)
-        z = xp_t + gate_matmul(h, params.recurrent_kernel, recurrent_dropout_mask, 4)
-        i = sigma(z[..., :u])
-        f = sigma(z[..., u:2 * u])
-        g = phi(z[..., 2 * u:3 * u])
-        o = sigma(z[..., 3 * u:])
-        c = f * c + i * g
-        h = o * phi(c)
+        rec, act = self.recurrent_activation, self.activation
+        if act == "tanh" and rec == "sigmoid":
+            s = jnp.concatenate([jnp.full((2 * u,), 0.5), jnp.ones((u,)), jnp.full((u,), 0.5)]).astype(z.dtype)
+            g = jnp.tanh(z * s) * s + (1 - s)
+            return g[..., :u], g[..., u:2 * u], g[..., 2 * u:3 * u], g[..., 3 * u:]
+        sigma, phi = activations.get(rec), activations.get(act)
+        if rec == "hard_sigmoid":
+            g = sigma(z)
+            return g[..., :u], g[..., u:2 * u], phi(z[..., 2 * u:3 * u]), g[..., 3 * u:]
+        return sigma(z[..., :u]), sigma(z[..., u:2 * u]), phi(z[..., 2 * u:3 * u]), sigma(z[..., 3 * u:])
+
+    def pointwise(self, pw_params, xp_t, a_t, state: LSTMState):
+        """Everything after the recurrent matmul ``a_t = h_{t-1} @ recurrent_kernel``."""
+        del pw_params  # the bias is in the input projection
+        i, f, g, o = self.gates(xp_t + a_t)
+        c = f * state.c + i * g
+        h = o * activations.get(self.activation)(c)
         return LSTMState(h, c), h
+
+    def step(self, params: LSTMParams, state: LSTMState, xp_t, recurrent_dropout_mask=None):
+        a = gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 4)
+        return self.pointwise(None, xp_t, a, state)
+
+    def linear_step(self, params: LSTMParams, recurrent_dropout_mask=None):
+        """The step as a :class:`~rnnjax.functional.driver.LinearStep` (None with per-gate masks)."""
+        m = recurrent_dropout_mask
+        if m is not None and m.shape[0] != 1:
+            return None
+        return LinearStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0])
 
     def __call__(self, params: LSTMParams, state: LSTMState, x_t):
         return self.step(params, state, self.project(params, x_t))

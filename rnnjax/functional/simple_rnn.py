@@ -13,8 +13,9 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from rnnjax.functional import activations
+from rnnjax.functional import activations, initializers
 from rnnjax.functional.core import check_units, gate_matmul, init_weight
+from rnnjax.functional.driver import LinearStep
 
 
 class SimpleRNNParams(NamedTuple):
@@ -44,6 +45,8 @@ class SimpleRNNCore:
 
     def __post_init__(self):
         check_units(self.units)
+        for name in ("kernel_initializer", "recurrent_initializer", "bias_initializer"):
+            initializers.get(getattr(self, name), name)
         activations.get(self.activation, "activation")
 
     @property
@@ -73,10 +76,20 @@ class SimpleRNNCore:
             z = z + params.bias
         return z
 
-    def step(self, params: SimpleRNNParams, state: SimpleRNNState, xp_t, recurrent_dropout_mask=None):
-        phi = activations.get(self.activation)
-        h = phi(xp_t + gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 1))
+    def pointwise(self, pw_params, xp_t, a_t, state: SimpleRNNState):
+        """``h_t = φ(xp_t + a_t)`` with ``a_t = h_{t-1} @ recurrent_kernel``."""
+        del pw_params, state
+        h = activations.get(self.activation)(xp_t + a_t)
         return SimpleRNNState(h), h
+
+    def step(self, params: SimpleRNNParams, state: SimpleRNNState, xp_t, recurrent_dropout_mask=None):
+        a = gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 1)
+        return self.pointwise(None, xp_t, a, state)
+
+    def linear_step(self, params: SimpleRNNParams, recurrent_dropout_mask=None):
+        """The step as a :class:`~rnnjax.functional.driver.LinearStep`."""
+        m = recurrent_dropout_mask
+        return LinearStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0])
 
     def __call__(self, params: SimpleRNNParams, state: SimpleRNNState, x_t):
         return self.step(params, state, self.project(params, x_t))

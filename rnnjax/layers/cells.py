@@ -66,6 +66,13 @@ class KerasCell(nn.Module):
         """Creates (at init) or fetches the parameters, reporting their penalties."""
         core = self.core()
         self._check_config()
+        if self.has_variable("params", "kernel"):
+            built = self.get_variable("params", "kernel").shape
+            if built[-2] != input_dim:
+                raise ValueError(
+                    f"`inputs`: {input_dim} features per step, but {type(self).__name__} was built for "
+                    f"{built[-2]} (kernel shape {tuple(built)})."
+                )
 
         def make(name):
             return self.param(name, lambda key: getattr(core.init(key, input_dim, self.param_dtype), name))
@@ -109,7 +116,8 @@ class KerasCell(nn.Module):
         def step(state, xp_t):
             return core.step(params, state, xp_t, rec_mask)
 
-        return CellProgram(project, step, core.initial_state, (self.units,))
+        return CellProgram(project, step, core.initial_state, (self.units,),
+                           linear=core.linear_step(params, rec_mask))
 
     def get_initial_state(self, batch_size: int, dtype=jnp.float32):
         """Zero states, a flat list in Keras order."""
