@@ -31,7 +31,8 @@ from jax import lax
 
 from rnnjax.functional import activations
 from rnnjax.functional.core import check_units, init_weight
-from rnnjax.functional.driver import scan_rnn
+from rnnjax.functional.driver import LinearStep, scan_rnn
+from rnnjax.functional.lstm import LSTMCore
 
 _DIMENSION_NUMBERS = {
     1: ("NWC", "WIO", "NWC"),
@@ -240,20 +241,40 @@ class ConvLSTMCore:
             z = z + params.bias
         return z
 
+    def pointwise(self, pw_params, xp_t, a_t, state: ConvLSTMState):
+        """The LSTM gate math after the recurrent convolution ``a_t = h_{t-1} ⊛ recurrent_kernel``
+        (the same element-wise function as :meth:`LSTMCore.pointwise`, per pixel)."""
+        lstm = LSTMCore(self.filters, self.activation, self.recurrent_activation)
+        (h, c), y = lstm.pointwise(pw_params, xp_t, a_t, state)
+        return ConvLSTMState(h, c), y
+
     def step(self, params: ConvLSTMParams, state: ConvLSTMState, xp_t, recurrent_dropout_mask=None):
-        h, c = state
-        f = self.filters
-        sigma = activations.get(self.recurrent_activation)
-        phi = activations.get(self.activation)
         ones = (1,) * self.rank
-        z = xp_t + self._gate_conv(h, params.recurrent_kernel, recurrent_dropout_mask, ones, "same", ones)
-        i = sigma(z[..., :f])
-        fg = sigma(z[..., f:2 * f])
-        g = phi(z[..., 2 * f:3 * f])
-        o = sigma(z[..., 3 * f:])
-        c = fg * c + i * g
-        h = o * phi(c)
-        return ConvLSTMState(h, c), h
+        a = self._gate_conv(state.h, params.recurrent_kernel, recurrent_dropout_mask, ones, "same", ones)
+        return self.pointwise(None, xp_t, a, state)
+
+    def recurrent_patches(self, h):
+        """``h (..., *spatial, F) -> (..., *spatial, F * prod(kernel_size))``: the recurrent
+        convolution's input windows (stride 1, 'same'), channel-major, so that
+        ``h ⊛ recurrent_kernel = patches(h) @ flat_recurrent_kernel``."""
+        r = self.rank
+        lead = h.shape[:-(r + 1)]
+        flat = h.reshape((-1,) + h.shape[-(r + 1):])
+        p = lax.conv_general_dilated_patches(flat, self.kernel_size, (1,) * r, "SAME",
+                                             dimension_numbers=_DIMENSION_NUMBERS[r])
+        return p.reshape(lead + p.shape[1:])
+
+    def linear_step(self, params: ConvLSTMParams, recurrent_dropout_mask=None):
+        """The step as a :class:`~rnnjax.functional.driver.LinearStep`: the recurrent
+        convolution as ``patches(h) @ kernel`` (its weight gradient then is one matmul after the
+        loop; XLA's kernel-gradient convolution inside a loop is slow on the CPU,
+        jax-ml/jax#12868). None with per-gate recurrent dropout masks."""
+        m = recurrent_dropout_mask
+        if m is not None and m.shape[0] != 1:
+            return None
+        rk = params.recurrent_kernel
+        flat = jnp.moveaxis(rk, -2, 0).reshape(-1, rk.shape[-1])
+        return LinearStep(flat, self.pointwise, None, None if m is None else m[0], self.recurrent_patches)
 
     def __call__(self, params: ConvLSTMParams, state: ConvLSTMState, x_t):
         return self.step(params, state, self.project(params, x_t))
@@ -326,5 +347,5 @@ def conv_lstm(
         step, inputs, initial_state, feature_ndim=r + 1,
         project=lambda x: core.project(params, x, dropout_mask), mask=mask, go_backwards=go_backwards,
         return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask, unroll=unroll,
-        scan_unroll=scan_unroll, remat=remat,
+        scan_unroll=scan_unroll, remat=remat, linear=core.linear_step(params, recurrent_dropout_mask),
     )

@@ -53,9 +53,11 @@ def _mask_step(m_t, new_state, state, y, last, zero_output_for_mask):
 class LinearStep(NamedTuple):
     """A step whose only matmul with the state is ``a_t = v_{t-1} @ recurrent_kernel``.
 
-    ``v_{t-1}`` is the first leaf of the state (``h``), times ``rec_mask`` (a recurrent dropout
-    mask ``(*batch, U)``) when given; then ``state_t, y_t = pointwise(pw_params, xp_t, a_t,
-    state_{t-1})`` is element-wise. LSTM, SimpleRNN and the reset-after GRU have this form.
+    ``v_{t-1} = recurrent_input(h_{t-1} * rec_mask)``: ``h`` is the first leaf of the state,
+    ``rec_mask`` a recurrent dropout mask ``(*batch, U)`` (optional) and ``recurrent_input`` an
+    optional linear map (ConvLSTM: the convolution patches of ``h``, so that its recurrent
+    convolution is a matmul; identity if None). Then ``state_t, y_t = pointwise(pw_params, xp_t,
+    a_t, state_{t-1})`` is element-wise. LSTM, SimpleRNN and the reset-after GRU have this form.
     Given one, :func:`scan_rnn` runs a loop with a hand-written backward pass: the backward
     loop carries only the state cotangent and the recurrent-kernel gradient is formed after it
     as ONE matmul ``V^T @ dA`` over all steps, instead of one small accumulation per step.
@@ -65,6 +67,7 @@ class LinearStep(NamedTuple):
     pointwise: Callable
     pw_params: Any
     rec_mask: Optional[jax.Array] = None
+    recurrent_input: Optional[Callable] = None
 
 
 def _first_leaf(state):
@@ -85,9 +88,11 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
         s_new, y = pointwise(pw, xp_t, a_t, s_prev)
         return _mask_step(m_t, s_new, s_prev, y, last_prev, zero_output_for_mask)
 
+    recurrent_input = linear.recurrent_input or (lambda v: v)
+
     def matmul_input(s, rm):
         v = _first_leaf(s)
-        return v if rm is None else v * rm
+        return recurrent_input(v if rm is None else v * rm)
 
     def forward(R, pw, xs, s0, last0, m, rm, keep_residuals):
         def body(carry, inp):
@@ -122,6 +127,8 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
             dout = dlast if dy_t is None else dlast + dy_t
             dpw_t, dxp, da, ds_prev, dlast_prev = vjp((ds, dout))
             dv = da @ r_t
+            if linear.recurrent_input is not None:
+                dv = jax.linear_transpose(recurrent_input, _first_leaf(s_prev))(dv)[0]
             if rm is not None:
                 dv = dv * rm
             ds_prev = _add_to_first_leaf(ds_prev, dv)
@@ -133,8 +140,7 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
         (ds0, dlast0, dpw), (dxs, da_seq) = lax.scan(
             body, (d_s, d_last, zero_pw), seq, reverse=not go_backwards, unroll=scan_unroll)
         v_seq = _first_leaf(s_seq)
-        if rm is not None:
-            v_seq = v_seq * rm
+        v_seq = recurrent_input(v_seq if rm is None else v_seq * rm)
         dR = v_seq.reshape(-1, v_seq.shape[-1]).T @ da_seq.reshape(-1, da_seq.shape[-1])
         return dR.astype(R.dtype), dpw, dxs, ds0, dlast0, None, None
 

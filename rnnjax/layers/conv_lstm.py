@@ -124,7 +124,9 @@ class ConvLSTMCell(KerasCell):
             return jax.tree_util.tree_map(lambda a: _to_first(a, axis), state) if cf else state
 
         output_shape = ((self.filters,) + out_spatial) if cf else (out_spatial + (self.filters,))
-        return CellProgram(project, step, initial_state, output_shape)
+        # channels_first cells transpose inside the step, so only channels_last has the linear form.
+        linear = None if cf else core.linear_step(params, rec_mask)
+        return CellProgram(project, step, initial_state, output_shape, linear=linear)
 
     def get_initial_state(self, batch_size: int, input_spatial_shape=None, dtype=jnp.float32):
         """Zero states ``[h, c]`` for inputs of spatial shape ``input_spatial_shape``."""
