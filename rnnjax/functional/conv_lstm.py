@@ -274,7 +274,8 @@ class ConvLSTMCore:
             return None
         rk = params.recurrent_kernel
         flat = jnp.moveaxis(rk, -2, 0).reshape(-1, rk.shape[-1])
-        return LinearStep(flat, self.pointwise, None, None if m is None else m[0], self.recurrent_patches)
+        return LinearStep(flat, self.pointwise, None, None if m is None else m[0], self.recurrent_patches,
+                          additive=True)
 
     def __call__(self, params: ConvLSTMParams, state: ConvLSTMState, x_t):
         return self.step(params, state, self.project(params, x_t))

@@ -68,6 +68,7 @@ class LinearStep(NamedTuple):
     pw_params: Any
     rec_mask: Optional[jax.Array] = None
     recurrent_input: Optional[Callable] = None
+    additive: bool = False  # pointwise sees xp_t and a_t only as xp_t + a_t (then d xp_t = d a_t)
 
 
 def _first_leaf(state):
@@ -133,12 +134,14 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
                 dv = dv * rm
             ds_prev = _add_to_first_leaf(ds_prev, dv)
             dpw = jax.tree_util.tree_map(jnp.add, dpw, dpw_t)
-            return (ds_prev, dlast_prev, dpw), (dxp, da)
+            return (ds_prev, dlast_prev, dpw), (dxp, None if linear.additive else da)
 
         zero_pw = jax.tree_util.tree_map(jnp.zeros_like, pw)
         seq = (xs, a_seq, s_seq, last_seq, m, d_ys if return_sequences else None)
         (ds0, dlast0, dpw), (dxs, da_seq) = lax.scan(
             body, (d_s, d_last, zero_pw), seq, reverse=not go_backwards, unroll=scan_unroll)
+        if linear.additive:
+            da_seq = dxs
         v_seq = _first_leaf(s_seq)
         v_seq = recurrent_input(v_seq if rm is None else v_seq * rm)
         dR = v_seq.reshape(-1, v_seq.shape[-1]).T @ da_seq.reshape(-1, da_seq.shape[-1])

@@ -137,7 +137,7 @@ class LSTMCore:
         m = recurrent_dropout_mask
         if m is not None and m.shape[0] != 1:
             return None
-        return LinearStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0])
+        return LinearStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0], additive=True)
 
     def __call__(self, params: LSTMParams, state: LSTMState, x_t):
         return self.step(params, state, self.project(params, x_t))

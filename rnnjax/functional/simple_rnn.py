@@ -89,7 +89,7 @@ class SimpleRNNCore:
     def linear_step(self, params: SimpleRNNParams, recurrent_dropout_mask=None):
         """The step as a :class:`~rnnjax.functional.driver.LinearStep`."""
         m = recurrent_dropout_mask
-        return LinearStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0])
+        return LinearStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0], additive=True)
 
     def __call__(self, params: SimpleRNNParams, state: SimpleRNNState, x_t):
         return self.step(params, state, self.project(params, x_t))
