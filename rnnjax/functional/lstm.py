@@ -100,7 +100,7 @@ class LSTMCore:
             z = z + params.bias
         return z
 
-    def gates(self, z):
+    def gate_values(self, z):
         """``(σ(i), σ(f), φ(c̃), σ(o))`` from the pre-activations ``z (..., 4U)``.
 
         For the common activations all four gates come from ONE transcendental pass over the
@@ -123,7 +123,7 @@ class LSTMCore:
     def pointwise(self, pw_params, xp_t, a_t, state: LSTMState):
         """Everything after the recurrent matmul ``a_t = h_{t-1} @ recurrent_kernel``."""
         del pw_params  # the bias is in the input projection
-        i, f, g, o = self.gates(xp_t + a_t)
+        i, f, g, o = self.gate_values(xp_t + a_t)
         c = f * state.c + i * g
         h = o * activations.get(self.activation)(c)
         return LSTMState(h, c), h
