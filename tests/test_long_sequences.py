@@ -41,7 +41,7 @@ def _grad_fn(layer, x, mask=None):
 @pytest.mark.parametrize("kind,steps", [("lstm", 10_000), ("gru", 10_007), ("stack", 10_000)])
 def test_long_sequence_grad_remat_equals_plain(kind, steps):
     """10,000+ steps, with and without remat: same loss and gradients, all finite. 10,007 is
-    prime (no sqrt(T) chunking possible: the driver checkpoints every step instead)."""
+    prime: 100 chunks of 100 steps and a remainder of 7."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(2, steps, 2)), jnp.float32)
     mask = jnp.asarray(rng.random((2, steps)) < 0.9)
@@ -168,3 +168,25 @@ def test_single_step_and_batch_of_one_match_keras(kind, batch, steps):
     assert ours[0].shape == (batch, steps, 3)
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("steps", [7, 10, 23])
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_remat_with_remainder_chunk_equals_plain(steps, go_backwards):
+    """Lengths that sqrt(T) chunks do not divide: the remainder runs as its own chunk, in the
+    right processing order; outputs, states and gradients equal the plain loop."""
+    import rnnjax.functional as F
+
+    core = F.LSTMCore(3, recurrent_activation="sigmoid")
+    params = core.init(jax.random.key(0), 2)
+    x = jax.random.normal(jax.random.key(1), (2, steps, 2))
+    mask = jax.random.bernoulli(jax.random.key(2), 0.8, (2, steps))
+
+    def f(p, remat):
+        out, state = F.rnn(core, p, x, mask=mask, go_backwards=go_backwards, return_sequences=True, remat=remat)
+        return jnp.sum(out * jnp.arange(out.size).reshape(out.shape) / out.size) + jnp.sum(state.c), (out, state)
+
+    (l1, aux1), g1 = jax.value_and_grad(lambda p: f(p, False), has_aux=True)(params)
+    (l2, aux2), g2 = jax.value_and_grad(lambda p: f(p, True), has_aux=True)(params)
+    for a, b in zip(jax.tree_util.tree_leaves((aux1, g1)), jax.tree_util.tree_leaves((aux2, g2))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 
 from rnnjax.functional import activations, initializers
 from rnnjax.functional.core import dropout_masks, gate_matmul, check_input_dim, check_state
@@ -51,10 +52,9 @@ def rnn(
     differentiate in forward mode (``jax.jvp``, ``jax.jacfwd``).
     """
     check_input_dim(params.kernel, inputs)
-    if initial_state is None:
-        initial_state = core.initial_state(inputs.shape[:-2], inputs.dtype)
-    else:
-        initial_state = check_state(core.initial_state(inputs.shape[:-2], inputs.dtype), initial_state)
+    # States are kept in at least float32 (bfloat16 inputs get float32 states), as in the layers.
+    template = core.initial_state(inputs.shape[:-2], jnp.promote_types(inputs.dtype, jnp.float32))
+    initial_state = template if initial_state is None else check_state(template, initial_state)
 
     def project(x):
         return core.project(params, x, dropout_mask)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rnnjax.functional import activations
-from rnnjax.functional.core import check_units, init_weight
+from rnnjax.functional.core import check_units, init_weight, lstm_bias
 from rnnjax.functional.driver import LinearStep, scan_rnn
 from rnnjax.functional.lstm import LSTMCore
 
@@ -171,17 +171,7 @@ class ConvLSTMCore:
                              "kernel_initializer")
         recurrent = init_weight(self.recurrent_initializer, k2, self.kernel_size + (f, 4 * f), dtype,
                                 "recurrent_initializer")
-        bias = None
-        if self.use_bias:
-            if self.unit_forget_bias:
-                ka, kb = jax.random.split(k3)
-                bias = jnp.concatenate([
-                    init_weight(self.bias_initializer, ka, (f,), dtype, "bias_initializer"),
-                    jnp.ones((f,), dtype),
-                    init_weight(self.bias_initializer, kb, (2 * f,), dtype, "bias_initializer"),
-                ])
-            else:
-                bias = init_weight(self.bias_initializer, k3, (4 * f,), dtype, "bias_initializer")
+        bias = lstm_bias(self.bias_initializer, k3, f, dtype, self.unit_forget_bias) if self.use_bias else None
         return ConvLSTMParams(kernel, recurrent, bias)
 
     def initial_state(self, batch_shape=(), dtype=jnp.float32, input_spatial_shape=None) -> ConvLSTMState:

@@ -101,3 +101,16 @@ def gate_matmul(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array], gat
 
 def init_weight(initializer, key, shape, dtype, argument):
     return jnp.asarray(initializers.get(initializer, argument)(key, tuple(shape), dtype), dtype)
+
+
+def lstm_bias(initializer, key, units: int, dtype, unit_forget_bias: bool) -> jax.Array:
+    """An LSTM bias ``(4U,)`` (gates i, f, c, o); with ``unit_forget_bias`` the forget block is
+    exactly 1 and the others come from ``initializer`` (Keras: ``init(U), ones(U), init(2U)``)."""
+    if not unit_forget_bias:
+        return init_weight(initializer, key, (4 * units,), dtype, "bias_initializer")
+    ka, kb = jax.random.split(key)
+    return jnp.concatenate([
+        init_weight(initializer, ka, (units,), dtype, "bias_initializer"),
+        jnp.ones((units,), dtype),
+        init_weight(initializer, kb, (2 * units,), dtype, "bias_initializer"),
+    ])

@@ -174,13 +174,8 @@ def _check_inputs(inputs, mask, time_major):
 
 
 def _remat_chunk(steps: int) -> int:
-    """The divisor of ``steps`` closest to ``sqrt(steps)`` (1 when there is none useful)."""
-    best = 1
-    root = math.isqrt(steps)
-    for d in range(1, root + 1):
-        if steps % d == 0:
-            best = d
-    return best if best > 1 else 1
+    """Chunk length for ``remat``: about ``sqrt(steps)`` (1 for sequences too short to chunk)."""
+    return max(1, math.isqrt(steps)) if steps >= 4 else 1
 
 
 def scan_rnn(
@@ -230,6 +225,8 @@ def scan_rnn(
       ``return_sequences`` (``(T, *batch, U)`` when time-major).
     """
     steps = _check_inputs(inputs, mask, time_major)
+    if isinstance(scan_unroll, bool) or not isinstance(scan_unroll, int) or scan_unroll < 1:
+        raise ValueError(f"`scan_unroll`: expected a positive integer, got {scan_unroll!r}.")
     x = inputs if time_major else jnp.moveaxis(inputs, -2, 0)
     xs = project(x) if project is not None else x
     m = None
@@ -278,10 +275,13 @@ def scan_rnn(
     else:
         if remat and _remat_chunk(steps) > 1:
             chunk = _remat_chunk(steps)
+            n_chunks, rest = divmod(steps, chunk)
             # The raw input is chunked and projected inside the checkpoint: storing the projection
             # of all T steps (and its cotangent) would keep the backward pass O(T * G * U).
             raw = x if m is None else (x, m)
-            chunked = jax.tree_util.tree_map(lambda a: a.reshape((steps // chunk, chunk) + a.shape[1:]), raw)
+            head = jax.tree_util.tree_map(
+                lambda a: a[:n_chunks * chunk].reshape((n_chunks, chunk) + a.shape[1:]), raw)
+            tail = jax.tree_util.tree_map(lambda a: a[n_chunks * chunk:], raw)  # the last `rest` steps
 
             @jax.checkpoint
             def chunk_body(c, inp):
@@ -289,9 +289,16 @@ def scan_rnn(
                     inp = project(inp) if m is None else (project(inp[0]), inp[1])
                 return lax.scan(body, c, inp, reverse=go_backwards, unroll=scan_unroll)
 
-            carry, ys = lax.scan(chunk_body, carry, chunked, reverse=go_backwards)
+            ys_tail = None
+            if rest and go_backwards:  # processing order: the tail comes first
+                carry, ys_tail = chunk_body(carry, tail)
+            carry, ys = lax.scan(chunk_body, carry, head, reverse=go_backwards)
+            if rest and not go_backwards:
+                carry, ys_tail = chunk_body(carry, tail)
             if return_sequences:
-                ys = ys.reshape((steps,) + ys.shape[2:])
+                ys = ys.reshape((n_chunks * chunk,) + ys.shape[2:])
+                if rest:
+                    ys = jnp.concatenate([ys, ys_tail], 0)
         else:
             fn = jax.checkpoint(body) if remat else body
             carry, ys = lax.scan(fn, carry, seq, reverse=go_backwards, unroll=scan_unroll)

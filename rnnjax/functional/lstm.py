@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.functional import activations, initializers
-from rnnjax.functional.core import check_implementation, check_units, gate_matmul, init_weight
+from rnnjax.functional.core import check_implementation, check_units, gate_matmul, init_weight, lstm_bias
 from rnnjax.functional.driver import LinearStep
 
 
@@ -75,17 +75,7 @@ class LSTMCore:
         k1, k2, k3 = jax.random.split(key, 3)
         kernel = init_weight(self.kernel_initializer, k1, (input_dim, 4 * u), dtype, "kernel_initializer")
         recurrent = init_weight(self.recurrent_initializer, k2, (u, 4 * u), dtype, "recurrent_initializer")
-        bias = None
-        if self.use_bias:
-            if self.unit_forget_bias:
-                ka, kb = jax.random.split(k3)
-                bias = jnp.concatenate([
-                    init_weight(self.bias_initializer, ka, (u,), dtype, "bias_initializer"),
-                    jnp.ones((u,), dtype),
-                    init_weight(self.bias_initializer, kb, (2 * u,), dtype, "bias_initializer"),
-                ])
-            else:
-                bias = init_weight(self.bias_initializer, k3, (4 * u,), dtype, "bias_initializer")
+        bias = lstm_bias(self.bias_initializer, k3, u, dtype, self.unit_forget_bias) if self.use_bias else None
         return LSTMParams(kernel, recurrent, bias)
 
     def initial_state(self, batch_shape=(), dtype=jnp.float32) -> LSTMState:
