@@ -21,7 +21,6 @@ core's strides, padding and dilation), ``⊛`` the recurrent convolution (stride
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 from typing import Any, NamedTuple, Optional
 
@@ -31,7 +30,7 @@ from jax import lax
 
 from rnnjax.functional import activations
 from rnnjax.functional.core import check_units, init_weight, lstm_bias
-from rnnjax.functional.driver import LinearStep, scan_rnn
+from rnnjax.functional.driver import LinearStep, scan_spatial
 from rnnjax.functional.lstm import LSTMCore
 
 _DIMENSION_NUMBERS = {
@@ -264,38 +263,17 @@ class ConvLSTMCore:
             return None
         rk = params.recurrent_kernel
         flat = jnp.moveaxis(rk, -2, 0).reshape(-1, rk.shape[-1])
+        ones = (1,) * self.rank
+
+        def recurrent_conv(h, flat_kernel):  # the same map as patches(h) @ flat_kernel, as a convolution
+            kernel = jnp.moveaxis(flat_kernel.reshape((rk.shape[-2],) + tuple(self.kernel_size) + (rk.shape[-1],)), 0, -2)
+            return self._conv(h, kernel, ones, "same", ones, 1)
+
         return LinearStep(flat, self.pointwise, None, None if m is None else m[0], self.recurrent_patches,
-                          additive=True)
+                          additive=True, recurrent_apply=recurrent_conv)
 
     def __call__(self, params: ConvLSTMParams, state: ConvLSTMState, x_t):
         return self.step(params, state, self.project(params, x_t))
-
-
-def scan_spatial(step, inputs, initial_state, *, feature_ndim: int, project=None, mask=None, **kwargs):
-    """:func:`scan_rnn` for inputs ``(*batch, T, *features)`` with ``feature_ndim`` feature axes.
-
-    The sequence is handed to the driver time-major with the feature axes flattened;
-    ``project`` (if given) sees ``(T, *batch, *features)``. Returned sequences are
-    ``(*batch, T, ...)``.
-    """
-    nb = inputs.ndim - feature_ndim - 1
-    if nb < 0:
-        raise ValueError(f"`inputs`: expected (*batch, time, {feature_ndim} feature axes), got shape {inputs.shape}.")
-    feature_shape = inputs.shape[nb + 1:]
-    if mask is not None and tuple(jnp.shape(mask)) != inputs.shape[:nb + 1]:
-        raise ValueError(f"`mask`: expected shape {inputs.shape[:nb + 1]} (batch, timesteps), got {tuple(jnp.shape(mask))}.")
-    x = jnp.moveaxis(inputs, nb, 0)
-    x = x.reshape(x.shape[:nb + 1] + (math.prod(feature_shape),))
-    m = None if mask is None else jnp.moveaxis(jnp.asarray(mask), nb, 0)
-
-    def unflat(x):
-        x = x.reshape(x.shape[:-1] + tuple(feature_shape))
-        return x if project is None else project(x)
-
-    output, final = scan_rnn(step, x, initial_state, project=unflat, mask=m, time_major=True, **kwargs)
-    if kwargs.get("return_sequences"):
-        output = jnp.moveaxis(output, 0, nb)
-    return output, final
 
 
 def conv_lstm(

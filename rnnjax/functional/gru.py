@@ -117,11 +117,15 @@ class GRUCore:
 
     def pointwise(self, rec_bias, xp_t, a_t, state: GRUState):
         """The reset-after GRU after its recurrent matmul ``a_t = h_{t-1} @ recurrent_kernel``."""
-        u = self.units
-        rec = a_t if rec_bias is None else a_t + rec_bias
-        zr = activations.get(self.recurrent_activation)(xp_t[..., :2 * u] + rec[..., :2 * u])
-        z, r = zr[..., :u], zr[..., u:]
-        hh = activations.get(self.activation)(xp_t[..., 2 * u:] + r * rec[..., 2 * u:])
+        sigma, phi = activations.get(self.recurrent_activation), activations.get(self.activation)
+        parts = lambda a: a if isinstance(a, tuple) else tuple(jnp.split(a, 3, axis=-1))  # noqa: E731
+        (xz, xr, xh), (az, ar, ah) = parts(xp_t), parts(a_t)
+        if rec_bias is not None:
+            bz, br, bh = parts(rec_bias)
+            az, ar, ah = az + bz, ar + br, ah + bh
+        z = sigma(xz + az)
+        r = sigma(xr + ar)
+        hh = phi(xh + r * ah)
         h = z * state.h + (1.0 - z) * hh
         return GRUState(h), h
 
@@ -133,7 +137,8 @@ class GRUCore:
         if not self.reset_after or (m is not None and m.shape[0] != 1):
             return None
         rec_bias = None if params.bias is None else params.bias[1]
-        return LinearStep(params.recurrent_kernel, self.pointwise, rec_bias, None if m is None else m[0])
+        return LinearStep(params.recurrent_kernel, self.pointwise, rec_bias, None if m is None else m[0],
+                          input_splits=(self.units,) * 3)
 
     def __call__(self, params: GRUParams, state: GRUState, x_t):
         return self.step(params, state, self.project(params, x_t))

@@ -24,8 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import regularizers
-from rnnjax.functional.driver import scan_rnn
-from rnnjax.functional.conv_lstm import scan_spatial
+from rnnjax.functional.driver import scan_rnn, scan_spatial
 
 STATE_COLLECTION = "rnn_state"
 
@@ -210,7 +209,6 @@ def run_recurrent(
     input_length=None,
     scan_unroll: int = 1,
     remat: bool = False,
-    state_dtype=None,
     input_rank: int = 3,
     input_layout: str = "(batch, timesteps, features)",
 ):
@@ -229,7 +227,7 @@ def run_recurrent(
             f"`constants`: {type(cell).__name__} does not take constants; only cells whose "
             "`__call__` accepts a `constants` argument do."
         )
-    template = program.initial_state(batch_shape, state_dtype or _state_dtype(dtype))
+    template = program.initial_state(batch_shape, _state_dtype(dtype))
 
     state_var = None
     if stateful:
