@@ -56,8 +56,11 @@ def rnn(
     template = core.initial_state(inputs.shape[:-2], jnp.promote_types(inputs.dtype, jnp.float32))
     initial_state = template if initial_state is None else check_state(template, initial_state)
 
+    linear = core.linear_step(params, recurrent_dropout_mask) if custom_backward and hasattr(core, "linear_step") else None
+
     def project(x):
-        return core.project(params, x, dropout_mask)
+        xp = core.project(params, x, dropout_mask)
+        return core.split_inputs(xp) if linear is None and hasattr(core, "split_inputs") else xp
 
     def step(state, xp_t):
         return core.step(params, state, xp_t, recurrent_dropout_mask)
@@ -66,7 +69,7 @@ def rnn(
         step, inputs, initial_state, project=project, mask=mask, go_backwards=go_backwards,
         return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask,
         unroll=unroll, scan_unroll=scan_unroll, remat=remat,
-        linear=core.linear_step(params, recurrent_dropout_mask) if custom_backward and hasattr(core, "linear_step") else None,
+        linear=linear,
     )
 
 

@@ -110,14 +110,17 @@ class KerasCell(nn.Module):
             rec_mask = dropout_masks(self.make_rng("dropout"), self.recurrent_dropout,
                                      tuple(batch_shape) + (self.units,), count, dtype)
 
+        linear = core.linear_step(params, rec_mask)
+
         def project(x):
-            return core.project(params, x, in_mask)
+            xp = core.project(params, x, in_mask)
+            # Without the fast path, a GRU's step takes its input pre-split (see GRUCore.split_inputs).
+            return core.split_inputs(xp) if linear is None and hasattr(core, "split_inputs") else xp
 
         def step(state, xp_t):
             return core.step(params, state, xp_t, rec_mask)
 
-        return CellProgram(project, step, core.initial_state, (self.units,),
-                           linear=core.linear_step(params, rec_mask))
+        return CellProgram(project, step, core.initial_state, (self.units,), linear=linear)
 
     def get_initial_state(self, batch_size: int, dtype=jnp.float32):
         """Zero states, a flat list in Keras order."""
