@@ -310,3 +310,17 @@ def test_scan_rnn_time_major_mask():
     with pytest.raises(ValueError, match=_msg("`mask`", "expected shape (5, 2)", "got (2, 5)")):
         F.scan_rnn(lambda s, x: (s, x), jnp.ones((5, 2, 3)), jnp.zeros((2, 3)),
                    mask=jnp.ones((2, 5), bool), time_major=True)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: rnnjax.LSTM(0), "`units`"),
+    (lambda: rnnjax.GRU(3, recurrent_dropout=-0.1), "`recurrent_dropout`"),
+    (lambda: rnnjax.SimpleRNN(3, activation="tanhh"), "`activation`"),
+    (lambda: rnnjax.LSTMCell(3, bias_constraint="max_nrm"), "`bias_constraint`"),
+    (lambda: rnnjax.GRUCell(3, implementation=0), "`implementation`"),
+    (lambda: rnnjax.SimpleRNNCell(3, recurrent_initializer="orthogonall"), "`recurrent_initializer`"),
+])
+def test_bad_arguments_fail_at_construction(make, match):
+    """As in Keras, a bad constructor argument fails when the layer is built, before any call."""
+    with pytest.raises(ValueError, match=match):
+        make()

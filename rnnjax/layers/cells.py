@@ -26,10 +26,27 @@ _WEIGHTS = ("kernel", "recurrent_kernel", "bias")
 _ARG = {"kernel": "kernel", "recurrent_kernel": "recurrent", "bias": "bias"}  # Keras argument prefixes
 
 
+def check_cell_config(obj, core_class) -> None:
+    """Validates the Keras arguments of a cell, or of a layer with the same fields, so that bad
+    values fail when the module is constructed, naming the argument (as Keras does)."""
+    names = {f.name for f in dataclasses.fields(core_class)}
+    core_class(**{n: getattr(obj, n) for n in names if hasattr(obj, n)})  # units, activations, initializers
+    check_rate(obj.dropout, "dropout")
+    check_rate(obj.recurrent_dropout, "recurrent_dropout")
+    for name in _WEIGHTS:
+        regularizers.get(getattr(obj, f"{_ARG[name]}_regularizer"), f"{_ARG[name]}_regularizer")
+        constraints.get(getattr(obj, f"{_ARG[name]}_constraint"), f"{_ARG[name]}_constraint")
+
+
 class KerasCell(nn.Module):
     """Shared machinery of the built-in cells (no fields of its own)."""
 
     core_class = None  # the functional core this cell wraps
+
+    def __post_init__(self):
+        if self.core_class is not None:
+            check_cell_config(self, self.core_class)
+        super().__post_init__()
 
     def core(self):
         names = {f.name for f in dataclasses.fields(self.core_class)}
@@ -55,17 +72,9 @@ class KerasCell(nn.Module):
                 found[name] = fn
         return found
 
-    def _check_config(self):
-        check_rate(self.dropout, "dropout")
-        check_rate(self.recurrent_dropout, "recurrent_dropout")
-        for name in _WEIGHTS:
-            regularizers.get(getattr(self, f"{_ARG[name]}_regularizer"), f"{_ARG[name]}_regularizer")
-            constraints.get(getattr(self, f"{_ARG[name]}_constraint"), f"{_ARG[name]}_constraint")
-
     def weights(self, input_dim: int):
         """Creates (at init) or fetches the parameters, reporting their penalties."""
         core = self.core()
-        self._check_config()
         if self.has_variable("params", "kernel"):
             built = self.get_variable("params", "kernel").shape
             if built[-2] != input_dim:

@@ -18,13 +18,18 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rnnjax.layers.base import reset_layer_states, run_recurrent
-from rnnjax.layers.cells import GRUCell, LSTMCell, SimpleRNNCell
+from rnnjax.layers.cells import GRUCell, LSTMCell, SimpleRNNCell, check_cell_config
 
 
 class _KerasRecurrent(nn.Module):
     """Shared call of the concrete layers (no fields of its own)."""
 
     cell_class = None
+
+    def __post_init__(self):
+        if self.cell_class is not None:
+            check_cell_config(self, self.cell_class.core_class)
+        super().__post_init__()
 
     def _make_cell(self):
         names = {f.name for f in dataclasses.fields(self.cell_class)} - {"parent", "name"}
