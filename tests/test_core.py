@@ -341,3 +341,27 @@ def test_custom_backward_equals_autodiff(core, options):
     slow = jax.jit(jax.grad(lambda p, x, h: loss(p, x, h, False), argnums=(0, 1, 2)))(params, x, h0)
     for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(slow)):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("core", [F.LSTMCore(4), F.GRUCore(4), F.GRUCore(4, reset_after=True, recurrent_activation="sigmoid")],
+                         ids=["lstm", "gru", "gru_reset_after"])
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_projection_in_chunks_equals_all_at_once(core, go_backwards):
+    """``project_chunk`` (inputs projected a span at a time inside an outer loop, with a remainder
+    span) changes no number: outputs, states and gradients equal the one-projection loop."""
+    from rnnjax.functional import scan_rnn
+
+    params = jax.tree_util.tree_map(lambda a: a + 0.05, core.init(jax.random.key(0), 3))
+    x = jax.random.normal(jax.random.key(1), (2, 11, 3))
+    mask = jax.random.bernoulli(jax.random.key(2), 0.8, (2, 11))
+
+    def run(p, chunk):
+        out, state = scan_rnn(lambda s, xt: core.step(p, s, xt), x, core.initial_state((2,)),
+                              project=lambda z: core.project(p, z), mask=mask, go_backwards=go_backwards,
+                              return_sequences=True, linear=core.linear_step(p), project_chunk=chunk)
+        return jnp.sum(out * jnp.cos(out)) + sum(jnp.sum(s) for s in state), (out, state)
+
+    (_, a), ga = jax.value_and_grad(lambda p: run(p, 0), has_aux=True)(params)
+    (_, b), gb = jax.value_and_grad(lambda p: run(p, 4), has_aux=True)(params)
+    for u, v in zip(jax.tree_util.tree_leaves((a, ga)), jax.tree_util.tree_leaves((b, gb))):
+        np.testing.assert_allclose(u, v, atol=2e-5, rtol=2e-5)
