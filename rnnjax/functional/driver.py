@@ -206,15 +206,18 @@ def _check_inputs(inputs, mask, time_major):
 # Projecting the inputs PROJECT_CHUNK steps at a time, inside an outer loop, keeps the projected
 # block in cache. Measured on a 2-core AVX-512 CPU (LSTM, 100 steps, 128 -> 128, medians): at
 # batch 128 the forward went from 52 to 36 ms and forward+backward from 142 to 135 ms; at batch
-# 32 it was +-10 %, and at batch 1-8 it was slower (the backward pass twice as slow at batch 1).
-# So it is on by default only from CHUNK_MIN_BATCH rows per step.
+# 32 it was +-10 %, at batch 1-8 slower (the backward pass twice as slow at batch 1), and for
+# 20 steps at batch 128 the backward pass went from 22 to 26 ms. So it is on by default only from
+# CHUNK_MIN_BATCH rows per step and CHUNK_MIN_STEPS steps.
 PROJECT_CHUNK = 10
 CHUNK_MIN_BATCH = 64
+CHUNK_MIN_STEPS = 50
 
 
 def _projection_chunk(steps: int, project_chunk, batch_rows: int) -> int:
     if project_chunk is None:
-        project_chunk = PROJECT_CHUNK if batch_rows >= CHUNK_MIN_BATCH else 0
+        wanted = batch_rows >= CHUNK_MIN_BATCH and steps >= CHUNK_MIN_STEPS
+        project_chunk = PROJECT_CHUNK if wanted else 0
     if isinstance(project_chunk, bool) or not isinstance(project_chunk, int) or project_chunk < 0:
         raise ValueError(f"`project_chunk`: expected a non-negative integer, got {project_chunk!r}.")
     return steps if project_chunk == 0 else project_chunk
@@ -269,7 +272,8 @@ def scan_rnn(
         ``constants``). Results equal the generic path to float rounding.
       project_chunk: project the inputs ``project_chunk`` steps at a time inside an outer loop
         (performance only: the projected block of a span stays in cache). None: 10 steps from
-        64 batch rows on, else all steps at once (see :data:`PROJECT_CHUNK`); 0: all at once.
+        64 batch rows and 50 steps on, else all steps at once (see :data:`PROJECT_CHUNK`); 0:
+        all at once.
 
     Returns:
       ``(output, final_state)``: output ``(*batch, U)``, or ``(*batch, T, U)`` with
