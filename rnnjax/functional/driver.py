@@ -3,7 +3,7 @@
 Given a step ``step(state, x_t) -> (new_state, y_t)`` and an input sequence, the driver
 computes, for ``t`` in processing order (``T-1 ... 0`` when ``go_backwards``)::
 
-    xp      = project(x)                        # all time steps at once, outside the loop
+    xp      = project(x)                        # many steps at once, outside the recurrence
     s', y   = step(s_{t-1}, xp_t[, constants])
     s_t     = where(m_t, s', s_{t-1})           # masked steps leave every state unchanged
     o_t     = where(m_t, y, o_{t-1})            # ... and repeat the previous output (0 at first)
@@ -11,6 +11,10 @@ computes, for ``t`` in processing order (``T-1 ... 0`` when ``go_backwards``)::
 
 and returns ``(o_{last}, s_{last})`` or, with ``return_sequences``, all ``o_t`` in processing
 order (reversed time when ``go_backwards``, as Keras does).
+
+How (none of it changes a number beyond float rounding): ``project`` runs on all steps at once or
+on spans of steps (``project_chunk``, ``remat``); a step given as a :class:`LinearStep` gets a
+hand-written backward pass; ``unroll`` is a Python loop, else ``lax.scan``.
 
 Shapes: ``inputs`` is ``(*batch, T, F)`` (any number of batch dimensions, none included, so a
 single unbatched sequence works and ``jax.vmap`` over it equals the batched call) or
