@@ -28,8 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from rnnjax.functional import activations
-from rnnjax.functional.core import check_units, init_weight, lstm_bias
+from rnnjax.functional.core import check_core_config, check_units, init_weight, lstm_bias
 from rnnjax.functional.driver import LinearStep, scan_spatial
 from rnnjax.functional.lstm import LSTMCore
 
@@ -131,8 +130,7 @@ class ConvLSTMCore:
                 f"`strides`/`dilation_rate`: strides > 1 is incompatible with dilation_rate > 1; got "
                 f"strides={self.strides} and dilation_rate={self.dilation_rate}. Use strides=1 or dilation_rate=1."
             )
-        activations.get(self.activation, "activation")
-        activations.get(self.recurrent_activation, "recurrent_activation")
+        check_core_config(self)
 
     @property
     def state_size(self):

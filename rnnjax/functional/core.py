@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from rnnjax.functional import initializers
+from rnnjax.functional import activations, initializers
 
 
 def check_units(units, argument: str = "units") -> int:
@@ -56,6 +56,18 @@ def check_state(template, given, argument: str = "initial_state"):
         if tuple(jnp.shape(g)) != tuple(t.shape):
             raise ValueError(f"`{argument}`[{i}]: expected shape {tuple(t.shape)}, got {tuple(jnp.shape(g))}.")
     return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(g) for g in given_leaves])
+
+
+def check_core_config(core) -> None:
+    """Validates the fields every core shares: initializers, activations and (where the core has
+    one) ``implementation``; each error names its argument."""
+    for name in ("kernel_initializer", "recurrent_initializer", "bias_initializer"):
+        initializers.get(getattr(core, name), name)
+    activations.get(core.activation, "activation")
+    if hasattr(core, "recurrent_activation"):
+        activations.get(core.recurrent_activation, "recurrent_activation")
+    if hasattr(type(core), "__dataclass_fields__") and "implementation" in type(core).__dataclass_fields__:
+        check_implementation(core.implementation)
 
 
 def check_input_dim(params_kernel, x, what: str = "inputs") -> None:

@@ -20,8 +20,8 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from rnnjax.functional import activations, initializers
-from rnnjax.functional.core import check_implementation, check_units, gate_matmul, init_weight, lstm_bias
+from rnnjax.functional import activations
+from rnnjax.functional.core import check_core_config, check_units, gate_matmul, init_weight, lstm_bias
 from rnnjax.functional.driver import LinearStep
 
 
@@ -55,11 +55,7 @@ class LSTMCore:
 
     def __post_init__(self):
         check_units(self.units)
-        for name in ("kernel_initializer", "recurrent_initializer", "bias_initializer"):
-            initializers.get(getattr(self, name), name)
-        check_implementation(self.implementation)
-        activations.get(self.activation, "activation")
-        activations.get(self.recurrent_activation, "recurrent_activation")
+        check_core_config(self)
 
     @property
     def state_size(self):

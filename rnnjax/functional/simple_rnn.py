@@ -13,8 +13,8 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from rnnjax.functional import activations, initializers
-from rnnjax.functional.core import check_units, gate_matmul, init_weight
+from rnnjax.functional import activations
+from rnnjax.functional.core import check_core_config, check_units, gate_matmul, init_weight
 from rnnjax.functional.driver import LinearStep
 
 
@@ -45,9 +45,7 @@ class SimpleRNNCore:
 
     def __post_init__(self):
         check_units(self.units)
-        for name in ("kernel_initializer", "recurrent_initializer", "bias_initializer"):
-            initializers.get(getattr(self, name), name)
-        activations.get(self.activation, "activation")
+        check_core_config(self)
 
     @property
     def state_size(self):
