@@ -541,3 +541,27 @@ def test_gpu_bench_script_runs(tmp_path):
         assert "no cuDNN RNN kernels" in rows["jax.experimental.rnn lstm"]["error"]
     assert {impl for impl, _, _ in bench.implementations()} >= {
         "rnnjax CuDNNLSTM", "rnnjax LSTM", "torch LSTM fp16", "flax OptimizedLSTMCell", "flax GRUCell"}
+
+
+def test_gpu_check_script_logic_on_cpu(monkeypatch, capsys):
+    """bench/gpu_check.py (run on a GPU) with the cuDNN kernel swapped for ``lstm_ref``: its
+    comparisons pass on a correct kernel and fail on a wrong one."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    monkeypatch.setattr(fused, "cudnn_lstm_unavailable_reason", lambda x=None: None)
+    monkeypatch.setattr(check, "cudnn_lstm_unavailable_reason", lambda x=None: None)
+    monkeypatch.setattr(check, "SHAPES", check.SHAPES[:1])
+    monkeypatch.setattr(fused, "cudnn_kernel", fused.reference_kernel)
+    assert check.main() == 0
+    assert "# 0 failure(s)" in capsys.readouterr().out
+
+    def wrong_kernel(x, h0, c0, *args):  # drops the initial cell state
+        return fused.reference_kernel(x, h0, jnp.zeros_like(c0), *args)
+
+    monkeypatch.setattr(fused, "cudnn_kernel", wrong_kernel)
+    assert check.main() == 1
+    assert "FAIL" in capsys.readouterr().out
