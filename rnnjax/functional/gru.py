@@ -85,10 +85,10 @@ class GRUCore:
         return GRUState(jnp.zeros(tuple(batch_shape) + (self.units,), dtype))
 
     def project(self, params: GRUParams, x, dropout_mask=None):
-        z = gate_matmul(x, params.kernel, dropout_mask, 3)
-        if params.bias is not None:
-            z = z + (params.bias[0] if self.reset_after else params.bias)
-        return z
+        bias = params.bias
+        if bias is not None and self.reset_after:
+            bias = bias[0]
+        return gate_matmul(x, params.kernel, dropout_mask, 3, bias)
 
     def step(self, params: GRUParams, state: GRUState, xp_t, recurrent_dropout_mask=None):
         """One step; ``xp_t`` is the projected input ``(..., 3U)`` or its parts ``(xz, xr, xh)``

@@ -81,10 +81,7 @@ class LSTMCore:
     def project(self, params: LSTMParams, x, dropout_mask=None):
         """``x @ kernel + bias`` for ``x`` of shape ``(..., I)``; ``dropout_mask`` as in
         :func:`rnnjax.functional.core.gate_matmul`."""
-        z = gate_matmul(x, params.kernel, dropout_mask, 4)
-        if params.bias is not None:
-            z = z + params.bias
-        return z
+        return gate_matmul(x, params.kernel, dropout_mask, 4, params.bias)
 
     def gate_values(self, z):
         """``(σ(i), σ(f), φ(c̃), σ(o))`` from the pre-activations ``z (..., 4U)``.

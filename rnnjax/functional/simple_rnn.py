@@ -69,10 +69,7 @@ class SimpleRNNCore:
         return SimpleRNNState(jnp.zeros(tuple(batch_shape) + (self.units,), dtype))
 
     def project(self, params: SimpleRNNParams, x, dropout_mask=None):
-        z = gate_matmul(x, params.kernel, dropout_mask, 1)
-        if params.bias is not None:
-            z = z + params.bias
-        return z
+        return gate_matmul(x, params.kernel, dropout_mask, 1, params.bias)
 
     def pointwise(self, pw_params, xp_t, a_t, state: SimpleRNNState):
         """``h_t = φ(xp_t + a_t)`` with ``a_t = h_{t-1} @ recurrent_kernel``."""
