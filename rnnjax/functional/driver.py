@@ -120,16 +120,47 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
             return linear.recurrent_apply(masked_h(s, rm), R)
         return recurrent_input(masked_h(s, rm)) @ R
 
-    def forward(R, pw, xs, s0, last0, m, rm, keep_residuals):
-        def body(carry, inp):
-            s, last = carry
-            xp_t, m_t = inp
-            a = split(recurrent(s, R, rm))
-            s_new, out = cell(pw, xp_t, a, s, last, m_t)
-            res = (a, s, last) if keep_residuals else None
-            return (s_new, out), (out if return_sequences else None, res)
+    # Residuals for the backward pass, per step: the previous state, the previous output (only
+    # with a mask: without one it is never read) and a_t (with the projected inputs xs), or for
+    # an additive step only the pre-activation z_t = xp_t + a_t, written in place over xp_t in
+    # the projected-input buffer. Less temporary memory is time on the CPU: XLA allocates its
+    # temporaries per call, and above glibc's 32 MB mmap threshold every fresh page is a page
+    # fault (~1 ns per byte on the 2-core VM of bench/README.md, as costly as the loop itself).
+    keep_last = m is not None
+    additive = linear.additive
+    steps = jax.tree_util.tree_leaves(xs)[0].shape[0]
 
-        (s, last), (ys, res) = lax.scan(body, (s0, last0), (xs, m), reverse=go_backwards, unroll=scan_unroll)
+    def take(buf, t):
+        return lax.dynamic_index_in_dim(buf, t, 0, keepdims=False)
+
+    def put(buf, value, t):
+        return lax.dynamic_update_index_in_dim(buf, value.astype(buf.dtype), t, 0)
+
+    def forward(R, pw, xs, s0, last0, m, rm, keep_residuals):
+        in_place = keep_residuals and additive
+
+        def body(carry, inp):
+            s, last, zbuf = carry
+            xp_t, m_t, t = inp
+            a = split(recurrent(s, R, rm))
+            res = None
+            if in_place:
+                # z_t = xp_t + a_t written over xp_t, then read back from the updated buffer: the
+                # old buffer has one reader, the in-place update itself (no copy by XLA).
+                zbuf = put(zbuf, take(zbuf, t) + a, t)
+                xp_t, a = take(zbuf, t), jnp.zeros_like(a)
+                res = (None, s, last if keep_last else None)
+            s_new, out = cell(pw, xp_t, a, s, last, m_t)
+            if keep_residuals and not in_place:
+                res = (a, s, last if keep_last else None)
+            return (s_new, out, zbuf), (out if return_sequences else None, res)
+
+        carry = (s0, last0, xs if in_place else None)
+        # the step index, made here (a closed-over array would leak a tracer)
+        seq = (None if in_place else xs, m, jnp.arange(steps, dtype=jnp.int32))
+        (s, last, zbuf), (ys, res) = lax.scan(body, carry, seq, reverse=go_backwards, unroll=scan_unroll)
+        if in_place:
+            res = (zbuf,) + res[1:]
         return (ys, s, last), res
 
     @jax.custom_vjp
@@ -138,7 +169,7 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
 
     def run_fwd(R, pw, xs, s0, last0, m, rm):
         out, (a_seq, s_seq, last_seq) = forward(R, pw, xs, s0, last0, m, rm, True)
-        return out, (R, pw, xs, m, rm, a_seq, s_seq, last_seq)
+        return out, (R, pw, None if additive else xs, m, rm, a_seq, s_seq, last_seq)
 
     def run_bwd(res, cts):
         R, pw, xs, m, rm, a_seq, s_seq, last_seq = res
@@ -148,6 +179,10 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
         def body(carry, inp):
             ds, dlast, dpw = carry
             xp_t, a_t, s_prev, last_prev, m_t, dy_t = inp
+            if additive:  # a_t holds z_t = xp_t + a_t: the cell sees (z_t, 0)
+                xp_t, a_t = a_t, jnp.zeros_like(a_t)
+            if last_prev is None:  # no mask: the previous output is not read
+                last_prev = dlast
             _, vjp = jax.vjp(lambda pw, xp, a, s, l: cell(pw, xp, a, s, l, m_t), pw, xp_t, a_t, s_prev, last_prev)
             dout = dlast if dy_t is None else dlast + dy_t
             dpw_t, dxp, da, ds_prev, dlast_prev = vjp((ds, dout))
@@ -162,13 +197,13 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
                 dv = dv * rm
             ds_prev = _add_to_first_leaf(ds_prev, dv)
             dpw = jax.tree_util.tree_map(jnp.add, dpw, dpw_t)
-            return (ds_prev, dlast_prev, dpw), (dxp, None if linear.additive else da)
+            return (ds_prev, dlast_prev, dpw), (dxp, None if additive else da)
 
         zero_pw = jax.tree_util.tree_map(jnp.zeros_like, pw)
         seq = (xs, a_seq, s_seq, last_seq, m, d_ys if return_sequences else None)
         (ds0, dlast0, dpw), (dxs, da_seq) = lax.scan(
             body, (d_s, d_last, zero_pw), seq, reverse=not go_backwards, unroll=scan_unroll)
-        if linear.additive:
+        if additive:  # d xp_t = d a_t = d z_t
             da_seq = dxs
         da_seq = join(da_seq)
         v_seq = _first_leaf(s_seq)
