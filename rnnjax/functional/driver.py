@@ -177,10 +177,13 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
         r_t = R.T
 
         def body(carry, inp):
-            ds, dlast, dpw = carry
-            xp_t, a_t, s_prev, last_prev, m_t, dy_t = inp
-            if additive:  # a_t holds z_t = xp_t + a_t: the cell sees (z_t, 0)
-                xp_t, a_t = a_t, jnp.zeros_like(a_t)
+            ds, dlast, dpw, zbuf = carry
+            xp_t, s_prev, last_prev, m_t, dy_t, t = inp
+            if additive:  # zbuf[t] holds z_t = xp_t + a_t: the cell sees (z_t, 0)
+                xp_t = take(zbuf, t)
+                a_t = jnp.zeros_like(xp_t)
+            else:
+                xp_t, a_t = xp_t
             if last_prev is None:  # no mask: the previous output is not read
                 last_prev = dlast
             _, vjp = jax.vjp(lambda pw, xp, a, s, l: cell(pw, xp, a, s, l, m_t), pw, xp_t, a_t, s_prev, last_prev)
@@ -197,14 +200,20 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
                 dv = dv * rm
             ds_prev = _add_to_first_leaf(ds_prev, dv)
             dpw = jax.tree_util.tree_map(jnp.add, dpw, dpw_t)
-            return (ds_prev, dlast_prev, dpw), (dxp, None if additive else da)
+            if additive:  # d xp_t = d a_t = d z_t, written over z_t (every read of z_t precedes it)
+                return (ds_prev, dlast_prev, dpw, put(zbuf, dxp, t)), None
+            return (ds_prev, dlast_prev, dpw, None), (dxp, da)
 
         zero_pw = jax.tree_util.tree_map(jnp.zeros_like, pw)
-        seq = (xs, a_seq, s_seq, last_seq, m, d_ys if return_sequences else None)
-        (ds0, dlast0, dpw), (dxs, da_seq) = lax.scan(
-            body, (d_s, d_last, zero_pw), seq, reverse=not go_backwards, unroll=scan_unroll)
+        t_index = jnp.arange(steps, dtype=jnp.int32)
+        seq = (None if additive else (xs, a_seq), s_seq, last_seq, m, d_ys if return_sequences else None, t_index)
+        (ds0, dlast0, dpw, zbuf), outs = lax.scan(
+            body, (d_s, d_last, zero_pw, a_seq if additive else None), seq,
+            reverse=not go_backwards, unroll=scan_unroll)
         if additive:  # d xp_t = d a_t = d z_t
-            da_seq = dxs
+            dxs = da_seq = zbuf
+        else:
+            dxs, da_seq = outs
         da_seq = join(da_seq)
         v_seq = _first_leaf(s_seq)
         v_seq = recurrent_input(v_seq if rm is None else v_seq * rm)
