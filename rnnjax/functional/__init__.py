@@ -59,8 +59,9 @@ def rnn(
     linear = core.linear_step(params, recurrent_dropout_mask) if custom_backward and hasattr(core, "linear_step") else None
 
     def project(x):
-        xp = core.project(params, x, dropout_mask)
-        return core.split_inputs(xp) if linear is None and hasattr(core, "split_inputs") else xp
+        if hasattr(core, "project_parts"):  # the GRU: per-gate inputs, no split copies
+            return core.project_parts(params, x, dropout_mask)
+        return core.project(params, x, dropout_mask)
 
     def step(state, xp_t):
         return core.step(params, state, xp_t, recurrent_dropout_mask)

@@ -123,13 +123,29 @@ def gate_matmul(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array], gat
                 [(x * masks[g]) @ kernel[..., g * width:(g + 1) * width] for g in range(gates)], axis=-1
             )
             return z if bias is None else z + bias
+    return gate_matmul_parts(x, kernel, None, 1, bias)[0]
+
+
+def gate_matmul_parts(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array], parts: int,
+                      bias: Optional[jax.Array] = None) -> tuple:
+    """:func:`gate_matmul` returned as ``parts`` equal blocks of the last axis, each its own
+    matmul (the GRU's per-gate inputs: no slicing of a large ``(rows, 3U)`` array, which XLA
+    copies). ``masks`` as in :func:`gate_matmul` with ``gates = parts``."""
+    width = kernel.shape[-1] // parts
+    blocks = [slice(g * width, (g + 1) * width) for g in range(parts)]
+    if masks is not None and masks.shape[0] > 1:
+        return tuple(gate_matmul(x * masks[g], kernel[:, b], None, 1, None if bias is None else bias[b])
+                     for g, b in enumerate(blocks))
+    if masks is not None:
+        x = x * masks[0]
     if x.size // max(x.shape[-1], 1) < FOLD_BIAS_MIN_ROWS:
-        return x @ kernel if bias is None else x @ kernel + bias
+        z = x @ kernel if bias is None else x @ kernel + bias
+        return (z,) if parts == 1 else tuple(z[..., b] for b in blocks)
     x2 = x.reshape(-1, x.shape[-1])
     if bias is not None:
         x2 = jnp.concatenate([x2, jnp.ones((x2.shape[0], 1), x2.dtype)], -1)
         kernel = jnp.concatenate([kernel, bias[None].astype(kernel.dtype)], 0)
-    return (x2 @ kernel).reshape(x.shape[:-1] + (kernel.shape[-1],))
+    return tuple((x2 @ kernel[:, b]).reshape(x.shape[:-1] + (width,)) for b in blocks)
 
 
 def init_weight(initializer, key, shape, dtype, argument):

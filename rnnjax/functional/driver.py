@@ -106,7 +106,7 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
     cuts = None if splits is None else [sum(splits[:k + 1]) for k in range(len(splits) - 1)]
 
     def split(a):
-        return a if cuts is None else tuple(jnp.split(a, cuts, axis=-1))
+        return a if cuts is None or isinstance(a, tuple) else tuple(jnp.split(a, cuts, axis=-1))
 
     def join(a):
         return a if cuts is None else jnp.concatenate(a, axis=-1)
@@ -214,10 +214,12 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
             dxs = da_seq = zbuf
         else:
             dxs, da_seq = outs
-        da_seq = join(da_seq)
         v_seq = _first_leaf(s_seq)
         v_seq = recurrent_input(v_seq if rm is None else v_seq * rm)
-        dR = v_seq.reshape(-1, v_seq.shape[-1]).T @ da_seq.reshape(-1, da_seq.shape[-1])
+        v2t = v_seq.reshape(-1, v_seq.shape[-1]).T
+        # per part when split (no (T, B, G*U) concatenation of the cotangents)
+        dR = join(tuple(v2t @ d.reshape(-1, d.shape[-1]) for d in da_seq)) if cuts is not None \
+            else v2t @ da_seq.reshape(-1, da_seq.shape[-1])
         return dR.astype(R.dtype), dpw, dxs, ds0, dlast0, None, None
 
     run.defvjp(run_fwd, run_bwd)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.functional import activations
-from rnnjax.functional.core import check_core_config, check_units, gate_matmul, init_weight
+from rnnjax.functional.core import check_core_config, check_units, gate_matmul, gate_matmul_parts, init_weight
 from rnnjax.functional.driver import LinearStep
 
 
@@ -114,6 +114,14 @@ class GRUCore:
         hh = activations.get(self.activation)(xh + (r * h_for_candidate) @ rk[:, 2 * u:])
         h = z * h + (1.0 - z) * hh
         return GRUState(h), h
+
+    def project_parts(self, params: GRUParams, x, dropout_mask=None):
+        """:meth:`project` as its three gate blocks ``(xz, xr, xh)``, each from its own matmul (for
+        a whole sequence this is faster than splitting ``(..., 3U)`` afterwards: no copies)."""
+        bias = params.bias
+        if bias is not None and self.reset_after:
+            bias = bias[0]
+        return gate_matmul_parts(x, params.kernel, dropout_mask, 3, bias)
 
     def split_inputs(self, xp):
         """``(..., 3U) -> (xz, xr, xh)``. Splitting the projected inputs of all steps once, before

@@ -122,9 +122,9 @@ class KerasCell(nn.Module):
         linear = core.linear_step(params, rec_mask)
 
         def project(x):
-            xp = core.project(params, x, in_mask)
-            # Without the fast path, a GRU's step takes its input pre-split (see GRUCore.split_inputs).
-            return core.split_inputs(xp) if linear is None and hasattr(core, "split_inputs") else xp
+            if hasattr(core, "project_parts"):  # the GRU: per-gate inputs, no split copies
+                return core.project_parts(params, x, in_mask)
+            return core.project(params, x, in_mask)
 
         def step(state, xp_t):
             return core.step(params, state, xp_t, rec_mask)
