@@ -365,3 +365,26 @@ def test_projection_in_chunks_equals_all_at_once(core, go_backwards):
     (_, b), gb = jax.value_and_grad(lambda p: run(p, 4), has_aux=True)(params)
     for u, v in zip(jax.tree_util.tree_leaves((a, ga)), jax.tree_util.tree_leaves((b, gb))):
         np.testing.assert_allclose(u, v, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("core", [F.SimpleRNNCore(6), F.LSTMCore(6, recurrent_activation="sigmoid"),
+                                  F.GRUCore(6, reset_after=True), F.GRUCore(6, use_bias=False)],
+                         ids=["simple", "lstm", "gru_reset_after", "gru_no_bias"])
+def test_folded_projection_equals_plain_matmul(core, monkeypatch):
+    """From FOLD_BIAS_MIN_ROWS rows on, the projection is ``[x, 1] @ [[K], [b]]`` on 2-D rows (per
+    gate for the GRU): outputs and gradients equal the plain ``x @ K + b`` path."""
+    from rnnjax.functional import core as core_module
+
+    params = jax.tree_util.tree_map(lambda a: a + 0.1, core.init(jax.random.key(0), 5))
+    x = jax.random.normal(jax.random.key(1), (8, 40, 5))  # 320 rows
+    assert 8 * 40 >= core_module.FOLD_BIAS_MIN_ROWS
+
+    def loss(p, x):
+        out, _ = F.rnn(core, p, x, return_sequences=True)
+        return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape)))
+
+    folded = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+    monkeypatch.setattr(core_module, "FOLD_BIAS_MIN_ROWS", 10 ** 9)
+    plain = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+    for a, b in zip(jax.tree_util.tree_leaves(folded), jax.tree_util.tree_leaves(plain)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)

@@ -80,6 +80,11 @@ class LinearStep(NamedTuple):
     # recurrent_apply(v, recurrent_kernel) computes recurrent_input(v) @ recurrent_kernel another
     # way (ConvLSTM: a direct convolution, faster than patches @ kernel in the forward loop).
     recurrent_apply: Optional[Callable] = None
+    # pointwise_vjp(pw, xp_t, a_t, state, (d_state, d_y)) -> (d_pw, d_xp, d_a, d_state_prev): a
+    # hand-written backward of `pointwise`, used by the backward loop instead of autodiff's
+    # (the LSTM: one element-wise pass instead of the several that autodiff's slices and pads
+    # become on the CPU).
+    pointwise_vjp: Optional[Callable] = None
 
 
 def _first_leaf(state):
@@ -96,9 +101,16 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
     """Runs a :class:`LinearStep` over time-major ``xs`` with a custom VJP (see its docstring)."""
     pointwise = linear.pointwise
 
-    def cell(pw, xp_t, a_t, s_prev, last_prev, m_t):
+    def cell(pw, xp_t, a_t, s_prev, last_prev, m_t, pointwise=pointwise):
         s_new, y = pointwise(pw, xp_t, a_t, s_prev)
         return _mask_step(m_t, s_new, s_prev, y, last_prev, zero_output_for_mask)
+
+    # The pointwise part as the backward loop differentiates it (only there: reverse mode).
+    pointwise_for_bwd = pointwise
+    if linear.pointwise_vjp is not None:
+        pointwise_for_bwd = jax.custom_vjp(pointwise)
+        pointwise_for_bwd.defvjp(lambda *args: (pointwise(*args), args),
+                                 lambda args, ct: linear.pointwise_vjp(*args, ct))
 
     recurrent_input = linear.recurrent_input or (lambda v: v)
 
@@ -186,7 +198,8 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
                 xp_t, a_t = xp_t
             if last_prev is None:  # no mask: the previous output is not read
                 last_prev = dlast
-            _, vjp = jax.vjp(lambda pw, xp, a, s, l: cell(pw, xp, a, s, l, m_t), pw, xp_t, a_t, s_prev, last_prev)
+            _, vjp = jax.vjp(lambda pw, xp, a, s, l: cell(pw, xp, a, s, l, m_t, pointwise_for_bwd),
+                             pw, xp_t, a_t, s_prev, last_prev)
             dout = dlast if dy_t is None else dlast + dy_t
             dpw_t, dxp, da, ds_prev, dlast_prev = vjp((ds, dout))
             h_like = _first_leaf(s_prev)

@@ -111,6 +111,31 @@ class LSTMCore:
         h = o * activations.get(self.activation)(c)
         return LSTMState(h, c), h
 
+    def pointwise_vjp(self, pw_params, xp_t, a_t, state: LSTMState, ct):
+        """The backward pass of :meth:`pointwise` for sigmoid gates and tanh, by hand::
+
+            z = xp + a;  t = tanh(s·z);  (i, f, g, o) = s·t + 1 - s;  c' = f·c + i·g;  h = o·tanh(c')
+            dh = dh' + dy;  dc' += dh·o·(1 - tanh²c');  dz = s²(1 - t²)·(dc'·g, dc'·c, dc'·i, dh·tanh c')
+            dc = dc'·f;  dxp = da = dz
+
+        (``s`` is 1/2 on the sigmoid blocks and 1 on the candidate block, as in :meth:`gate_values`).
+        """
+        del pw_params
+        (d_state, d_y) = ct
+        u = self.units
+        z = xp_t + a_t
+        s = jnp.concatenate([jnp.full((2 * u,), 0.5), jnp.ones((u,)), jnp.full((u,), 0.5)]).astype(z.dtype)
+        t = jnp.tanh(z * s)
+        gates = t * s + (1 - s)
+        i, f, g, o = gates[..., :u], gates[..., u:2 * u], gates[..., 2 * u:3 * u], gates[..., 3 * u:]
+        c_new = f * state.c + i * g
+        tc = jnp.tanh(c_new)
+        dh = d_state.h + d_y
+        dc = d_state.c + dh * o * (1 - tc * tc)
+        dgates = jnp.concatenate([dc * g, dc * state.c, dc * i, dh * tc], axis=-1)
+        dz = dgates * (s * s) * (1 - t * t)
+        return None, dz, dz, LSTMState(jnp.zeros_like(state.h), dc * f)
+
     def step(self, params: LSTMParams, state: LSTMState, xp_t, recurrent_dropout_mask=None):
         a = gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 4)
         return self.pointwise(None, xp_t, a, state)
@@ -120,7 +145,9 @@ class LSTMCore:
         m = recurrent_dropout_mask
         if m is not None and m.shape[0] != 1:
             return None
-        return LinearStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0], additive=True)
+        fast = self.activation == "tanh" and self.recurrent_activation == "sigmoid"
+        return LinearStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0], additive=True,
+                          pointwise_vjp=self.pointwise_vjp if fast else None)
 
     def __call__(self, params: LSTMParams, state: LSTMState, x_t):
         return self.step(params, state, self.project(params, x_t))
