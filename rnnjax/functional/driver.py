@@ -85,6 +85,10 @@ class LinearStep(NamedTuple):
     # (the LSTM: one element-wise pass instead of the several that autodiff's slices and pads
     # become on the CPU).
     pointwise_vjp: Optional[Callable] = None
+    # pw_params is a bias that `pointwise` adds to a_t (same structure): its gradient is then the
+    # sum of the a_t cotangents, formed once after the backward loop instead of a reduction over
+    # the batch at every step (the reset-after GRU's recurrent bias).
+    pw_is_bias_on_a: bool = False
 
 
 def _first_leaf(state):
@@ -187,6 +191,7 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
         R, pw, xs, m, rm, a_seq, s_seq, last_seq = res
         d_ys, d_s, d_last = cts
         r_t = R.T
+        bias_on_a = linear.pw_is_bias_on_a and pw is not None
 
         def body(carry, inp):
             ds, dlast, dpw, zbuf = carry
@@ -198,10 +203,16 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
                 xp_t, a_t = xp_t
             if last_prev is None:  # no mask: the previous output is not read
                 last_prev = dlast
-            _, vjp = jax.vjp(lambda pw, xp, a, s, l: cell(pw, xp, a, s, l, m_t, pointwise_for_bwd),
-                             pw, xp_t, a_t, s_prev, last_prev)
             dout = dlast if dy_t is None else dlast + dy_t
-            dpw_t, dxp, da, ds_prev, dlast_prev = vjp((ds, dout))
+            if bias_on_a:  # pw held constant here; its gradient is summed after the loop
+                _, vjp = jax.vjp(lambda xp, a, s, l: cell(pw, xp, a, s, l, m_t, pointwise_for_bwd),
+                                 xp_t, a_t, s_prev, last_prev)
+                dxp, da, ds_prev, dlast_prev = vjp((ds, dout))
+                dpw_t = dpw
+            else:
+                _, vjp = jax.vjp(lambda pw, xp, a, s, l: cell(pw, xp, a, s, l, m_t, pointwise_for_bwd),
+                                 pw, xp_t, a_t, s_prev, last_prev)
+                dpw_t, dxp, da, ds_prev, dlast_prev = vjp((ds, dout))
             h_like = _first_leaf(s_prev)
             if linear.recurrent_apply is not None:
                 dv = jax.linear_transpose(lambda v: linear.recurrent_apply(v, R), h_like)(join(da))[0]
@@ -212,7 +223,8 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
             if rm is not None:
                 dv = dv * rm
             ds_prev = _add_to_first_leaf(ds_prev, dv)
-            dpw = jax.tree_util.tree_map(jnp.add, dpw, dpw_t)
+            if not bias_on_a:
+                dpw = jax.tree_util.tree_map(jnp.add, dpw, dpw_t)
             if additive:  # d xp_t = d a_t = d z_t, written over z_t (every read of z_t precedes it)
                 return (ds_prev, dlast_prev, dpw, put(zbuf, dxp, t)), None
             return (ds_prev, dlast_prev, dpw, None), (dxp, da)
@@ -227,6 +239,9 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
             dxs = da_seq = zbuf
         else:
             dxs, da_seq = outs
+        if bias_on_a:
+            dpw = jax.tree_util.tree_map(lambda d, p: jnp.sum(d.reshape(-1, d.shape[-1]), 0).astype(p.dtype),
+                                         da_seq, pw)
         v_seq = _first_leaf(s_seq)
         v_seq = recurrent_input(v_seq if rm is None else v_seq * rm)
         v2t = v_seq.reshape(-1, v_seq.shape[-1]).T

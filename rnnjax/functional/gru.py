@@ -150,7 +150,7 @@ class GRUCore:
             return None
         rec_bias = None if params.bias is None else params.bias[1]
         return LinearStep(params.recurrent_kernel, self.pointwise, rec_bias, None if m is None else m[0],
-                          input_splits=(self.units,) * 3)
+                          input_splits=(self.units,) * 3, pw_is_bias_on_a=True)
 
     def __call__(self, params: GRUParams, state: GRUState, x_t):
         return self.step(params, state, self.project(params, x_t))
