@@ -282,11 +282,15 @@ def _check_inputs(inputs, mask, time_major):
 
 
 # Projecting the inputs PROJECT_CHUNK steps at a time, inside an outer loop, keeps the projected
-# block in cache. Measured on a 2-core AVX-512 CPU (LSTM, 100 steps, 128 -> 128, medians): at
-# batch 128 the forward went from 52 to 36 ms and forward+backward from 142 to 135 ms; at batch
-# 32 it was +-10 %, at batch 1-8 slower (the backward pass twice as slow at batch 1), and for
-# 20 steps at batch 128 the backward pass went from 22 to 26 ms. So it is on by default only from
-# CHUNK_MIN_BATCH rows per step and CHUNK_MIN_STEPS steps.
+# block small (fresh temporary memory costs page faults on the CPU, see _linear_scan; the
+# first explanation, the cache, was wrong). Measured on a 2-core AVX-512 CPU (LSTM, 100 steps,
+# 128 -> 128, medians, before the memory work of bench/README.md): at batch 128 the forward
+# went from 52 to 36 ms and forward+backward from 142 to 135 ms; at batch 32 it was +-10 %, at
+# batch 1-8 slower (the backward pass twice as slow at batch 1), and for 20 steps at batch 128
+# the backward pass went from 22 to 26 ms. So it is on by default only from CHUNK_MIN_BATCH rows
+# per step and CHUNK_MIN_STEPS steps. Rechecked after the bias fold and the in-place residuals
+# (all at once -> spans; LSTM (128, 100, 128, 128): forward 45 -> 32 ms, training 131 -> 115 ms;
+# (32, 1000, 128, 128): forward 108 -> 86 ms but training 320 -> 386 ms): the rule stands.
 PROJECT_CHUNK = 10
 CHUNK_MIN_BATCH = 64
 CHUNK_MIN_STEPS = 50
@@ -349,7 +353,7 @@ def scan_rnn(
         path then uses the hand-written backward pass (ignored with ``unroll`` or
         ``constants``). Results equal the generic path to float rounding.
       project_chunk: project the inputs ``project_chunk`` steps at a time inside an outer loop
-        (performance only: the projected block of a span stays in cache). None: 10 steps from
+        (performance only: the projected block of a span stays small). None: 10 steps from
         64 batch rows and 50 steps on, else all steps at once (see :data:`PROJECT_CHUNK`); 0:
         all at once.
 
@@ -426,7 +430,7 @@ def scan_rnn(
                 carry, ys = run_span(carry, raw)
         else:
             # Spans of `chunk` steps: each projected inside the outer loop (the projected block of a
-            # span stays in cache on the CPU), and with `remat` checkpointed, so that only span
+            # span stays small on the CPU), and with `remat` checkpointed, so that only span
             # boundaries are stored for the backward pass (memory ~ sqrt(T)).
             span = jax.checkpoint(run_span) if remat else run_span
             n_chunks, rest = divmod(steps, chunk)
