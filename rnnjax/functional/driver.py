@@ -143,8 +143,11 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
     # temporaries per call, and above glibc's 32 MB mmap threshold every fresh page is a page
     # fault (~1 ns per byte on the 2-core VM of bench/README.md, as costly as the loop itself).
     keep_last = m is not None
-    additive = linear.additive
     steps = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    # In place only where z_t keeps its precision in the xs buffer (not for bfloat16 inputs with
+    # float32 states); otherwise a_t is stored beside xs.
+    additive = linear.additive and not isinstance(xs, tuple) and jnp.result_type(
+        xs.dtype, linear.recurrent_kernel.dtype, _first_leaf(init_state).dtype) == xs.dtype
 
     def take(buf, t):
         return lax.dynamic_index_in_dim(buf, t, 0, keepdims=False)
