@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.functional import activations, initializers
-from rnnjax.functional.core import dropout_masks, gate_matmul, check_input_dim, check_state
+from rnnjax.functional.core import dropout_masks, gate_matmul, check_input_dim, check_state, project_inputs
 from rnnjax.functional.driver import scan_rnn
 from rnnjax.functional.gru import GRUCore, GRUParams, GRUState
 from rnnjax.functional.lstm import LSTMCore, LSTMParams, LSTMState
@@ -59,9 +59,7 @@ def rnn(
     linear = core.linear_step(params, recurrent_dropout_mask) if custom_backward and hasattr(core, "linear_step") else None
 
     def project(x):
-        if hasattr(core, "project_parts"):  # the GRU: per-gate inputs, no split copies
-            return core.project_parts(params, x, dropout_mask)
-        return core.project(params, x, dropout_mask)
+        return project_inputs(core, params, x, dropout_mask)
 
     def step(state, xp_t):
         return core.step(params, state, xp_t, recurrent_dropout_mask)

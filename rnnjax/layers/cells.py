@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rnnjax import constraints, regularizers
-from rnnjax.functional.core import check_rate, dropout_masks
+from rnnjax.functional.core import check_rate, dropout_masks, project_inputs
 from rnnjax.functional.gru import GRUCore
 from rnnjax.functional.lstm import LSTMCore
 from rnnjax.functional.simple_rnn import SimpleRNNCore
@@ -122,9 +122,7 @@ class KerasCell(nn.Module):
         linear = core.linear_step(params, rec_mask)
 
         def project(x):
-            if hasattr(core, "project_parts"):  # the GRU: per-gate inputs, no split copies
-                return core.project_parts(params, x, in_mask)
-            return core.project(params, x, in_mask)
+            return project_inputs(core, params, x, in_mask)
 
         def step(state, xp_t):
             return core.step(params, state, xp_t, rec_mask)
