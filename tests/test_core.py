@@ -388,3 +388,24 @@ def test_folded_projection_equals_plain_matmul(core, monkeypatch):
     plain = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
     for a, b in zip(jax.tree_util.tree_leaves(folded), jax.tree_util.tree_leaves(plain)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("rec", ["sigmoid", "hard_sigmoid"])
+def test_lstm_pointwise_vjp_equals_autodiff(rec):
+    """The LSTM's hand-written element-wise backward gives autodiff's cotangents, including the
+    hard sigmoid's clip edges (0.2·z + 0.5 exactly 0 or 1, where autodiff's slope is 0.1)."""
+    core = F.LSTMCore(4, recurrent_activation=rec)
+    assert core.has_fast_vjp
+    keys = jax.random.split(jax.random.key(0), 6)
+    xp = 3 * jax.random.normal(keys[0], (3, 16))
+    xp = xp.at[0, :8].set(jnp.array([-2.5, 2.5, 0.0, -3.0, 3.0, 2.5, -2.5, 1.0]))
+    a = jax.random.normal(keys[1], (3, 16)).at[0, :8].set(0.0)
+    state = F.LSTMState(jax.random.normal(keys[2], (3, 4)), jax.random.normal(keys[3], (3, 4)))
+    ct = (F.LSTMState(jax.random.normal(keys[4], (3, 4)), jax.random.normal(keys[5], (3, 4))), jnp.ones((3, 4)))
+    _, vjp = jax.vjp(lambda xp, a, s: core.pointwise(None, xp, a, s), xp, a, state)
+    d_xp, d_a, d_state = vjp(ct)
+    _, got_xp, got_a, got_state = core.pointwise_vjp(None, xp, a, state, ct)
+    for got, want in [(got_xp, d_xp), (got_a, d_a), (got_state.h, d_state.h), (got_state.c, d_state.c)]:
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert not F.LSTMCore(4, recurrent_activation="relu").has_fast_vjp
+

@@ -89,6 +89,11 @@ class LinearStep(NamedTuple):
     # sum of the a_t cotangents, formed once after the backward loop instead of a reduction over
     # the batch at every step (the reset-after GRU's recurrent bias).
     pw_is_bias_on_a: bool = False
+    # With a pointwise_vjp: write dz_t one step late in the backward loop, as the steps without
+    # one do (see _linear_scan). XLA's fusion of some hand-written backward passes still reads
+    # z_t in ops that do not feed dz_t (the hard-sigmoid LSTM: ds_prev = dc·f), and an immediate
+    # write then makes XLA copy the whole buffer at every step (32, 100, 128, 128: 40 vs 31 ms).
+    late_dz_write: bool = False
 
 
 def _first_leaf(state):
@@ -196,9 +201,10 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
         r_t = R.T
         bias_on_a = linear.pw_is_bias_on_a and pw is not None
         t_first = 0 if go_backwards else steps - 1  # the first step the backward loop processes
-        # With the hand-written element-wise backward every read of z_t feeds dz_t, so dz_t is
-        # written at once (measured: no copies); otherwise one step later (see the loop body).
-        delayed = linear.pointwise_vjp is None
+        # dz_t is written at once where every read of z_t feeds it (measured: no copies; the
+        # sigmoid LSTM's hand-written element-wise backward), otherwise one step later (see the
+        # loop body).
+        delayed = linear.pointwise_vjp is None or linear.late_dz_write
 
         def body(carry, inp):
             ds, dlast, dpw, zbuf = carry

@@ -111,29 +111,61 @@ class LSTMCore:
         h = o * activations.get(self.activation)(c)
         return LSTMState(h, c), h
 
-    def pointwise_vjp(self, pw_params, xp_t, a_t, state: LSTMState, ct):
-        """The backward pass of :meth:`pointwise` for sigmoid gates and tanh, by hand::
+    def gate_slopes(self, z):
+        """The four gates and their derivatives ``dg/dz``, each a tuple ``(i, f, c̃, o)`` of
+        ``(..., U)`` blocks, for tanh and a sigmoid or Keras 2 hard-sigmoid recurrent activation
+        (see :meth:`has_fast_vjp`)::
 
-            z = xp + a;  t = tanh(s·z);  (i, f, g, o) = s·t + 1 - s;  c' = f·c + i·g;  h = o·tanh(c')
-            dh = dh' + dy;  dc' += dh·o·(1 - tanh²c');  dz = s²(1 - t²)·(dc'·g, dc'·c, dc'·i, dh·tanh c')
-            dc = dc'·f;  dxp = da = dz
+            sigmoid:       t = tanh(s·z);  g = s·t + 1 - s;  dg/dz = s²(1 - t²)
+            hard sigmoid:  g = clip(0.2·z + 0.5, 0, 1);  dg/dz = 0.2 inside, 0 outside (0.1 where
+                           0.2·z + 0.5 is exactly 0 or 1, as autodiff of the clip);
+                           candidate block: g = tanh(z), dg/dz = 1 - g²
 
         (``s`` is 1/2 on the sigmoid blocks and 1 on the candidate block, as in :meth:`gate_values`).
         """
+        u = self.units
+        blocks = [(lo, lo + u) for lo in range(0, 4 * u, u)]
+        if self.recurrent_activation == "sigmoid":
+            s = jnp.concatenate([jnp.full((2 * u,), 0.5), jnp.ones((u,)), jnp.full((u,), 0.5)]).astype(z.dtype)
+            t = jnp.tanh(z * s)
+            g, d = t * s + (1 - s), (s * s) * (1 - t * t)
+            return tuple(g[..., lo:hi] for lo, hi in blocks), tuple(d[..., lo:hi] for lo, hi in blocks)
+        gates, slopes = [], []
+        for k, (lo, hi) in enumerate(blocks):
+            zk = z[..., lo:hi]
+            if k == 2:  # the candidate
+                t = jnp.tanh(zk)
+                gates.append(t)
+                slopes.append(1 - t * t)
+            else:
+                pre = 0.2 * zk + 0.5
+                gates.append(jnp.clip(pre, 0.0, 1.0).astype(z.dtype))
+                slopes.append(jnp.where((pre > 0) & (pre < 1), 0.2,
+                                        jnp.where((pre == 0) | (pre == 1), 0.1, 0.0)).astype(z.dtype))
+        return tuple(gates), tuple(slopes)
+
+    @property
+    def has_fast_vjp(self) -> bool:
+        """Whether :meth:`pointwise_vjp` covers this configuration (tanh, and sigmoid or
+        Keras 2's hard sigmoid)."""
+        return self.activation == "tanh" and self.recurrent_activation in ("sigmoid", "hard_sigmoid")
+
+    def pointwise_vjp(self, pw_params, xp_t, a_t, state: LSTMState, ct):
+        """The backward pass of :meth:`pointwise` by hand, with ``g = (i, f, c̃, o)`` and
+        ``g' = dg/dz`` from :meth:`gate_slopes`::
+
+            z = xp + a;  c' = f·c + i·c̃;  h = o·tanh(c')
+            dh = dh' + dy;  dc' += dh·o·(1 - tanh²c');  dz = g'·(dc'·c̃, dc'·c, dc'·i, dh·tanh c')
+            dc = dc'·f;  dxp = da = dz
+        """
         del pw_params
         (d_state, d_y) = ct
-        u = self.units
-        z = xp_t + a_t
-        s = jnp.concatenate([jnp.full((2 * u,), 0.5), jnp.ones((u,)), jnp.full((u,), 0.5)]).astype(z.dtype)
-        t = jnp.tanh(z * s)
-        gates = t * s + (1 - s)
-        i, f, g, o = gates[..., :u], gates[..., u:2 * u], gates[..., 2 * u:3 * u], gates[..., 3 * u:]
+        (i, f, g, o), (si, sf, sg, so) = self.gate_slopes(xp_t + a_t)
         c_new = f * state.c + i * g
         tc = jnp.tanh(c_new)
         dh = d_state.h + d_y
         dc = d_state.c + dh * o * (1 - tc * tc)
-        dgates = jnp.concatenate([dc * g, dc * state.c, dc * i, dh * tc], axis=-1)
-        dz = dgates * (s * s) * (1 - t * t)
+        dz = jnp.concatenate([dc * g * si, dc * state.c * sf, dc * i * sg, dh * tc * so], axis=-1)
         return None, dz, dz, LSTMState(jnp.zeros_like(state.h), dc * f)
 
     def step(self, params: LSTMParams, state: LSTMState, xp_t, recurrent_dropout_mask=None):
@@ -145,9 +177,9 @@ class LSTMCore:
         m = recurrent_dropout_mask
         if m is not None and m.shape[0] != 1:
             return None
-        fast = self.activation == "tanh" and self.recurrent_activation == "sigmoid"
         return LinearStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0], additive=True,
-                          pointwise_vjp=self.pointwise_vjp if fast else None)
+                          pointwise_vjp=self.pointwise_vjp if self.has_fast_vjp else None,
+                          late_dz_write=self.recurrent_activation != "sigmoid")
 
     def __call__(self, params: LSTMParams, state: LSTMState, x_t):
         return self.step(params, state, self.project(params, x_t))
