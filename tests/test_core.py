@@ -409,3 +409,20 @@ def test_lstm_pointwise_vjp_equals_autodiff(rec):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     assert not F.LSTMCore(4, recurrent_activation="relu").has_fast_vjp
 
+
+@pytest.mark.parametrize("masks", [None, 1, 3])
+def test_gru_loop_params_give_the_same_step(masks):
+    """``GRUCore.loop_params`` (the reset-before GRU's recurrent kernel split once, before the
+    loop) changes no number: a step with it equals a step with the Keras-layout params."""
+    core = F.GRUCore(5, reset_after=False)
+    params = core.init(jax.random.key(0), 3)
+    split = core.loop_params(params)
+    assert isinstance(split.recurrent_kernel, tuple) and len(split.recurrent_kernel) == 3
+    assert core.loop_params(split) is split
+    assert F.GRUCore(5, reset_after=True).loop_params(params) is params
+    state = F.GRUState(jax.random.normal(jax.random.key(1), (2, 5)))
+    xp = core.project(params, jax.random.normal(jax.random.key(2), (2, 3)))
+    rm = None if masks is None else F.dropout_masks(jax.random.key(3), 0.4, (2, 5), count=masks)
+    want = core.step(params, state, xp, rm)
+    got = core.step(split, state, xp, rm)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-7)

@@ -61,8 +61,10 @@ def rnn(
     def project(x):
         return project_inputs(core, params, x, dropout_mask)
 
+    loop_params = core.loop_params(params) if hasattr(core, "loop_params") else params
+
     def step(state, xp_t):
-        return core.step(params, state, xp_t, recurrent_dropout_mask)
+        return core.step(loop_params, state, xp_t, recurrent_dropout_mask)
 
     return scan_rnn(
         step, inputs, initial_state, project=project, mask=mask, go_backwards=go_backwards,

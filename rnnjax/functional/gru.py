@@ -90,28 +90,35 @@ class GRUCore:
             bias = bias[0]
         return gate_matmul(x, params.kernel, dropout_mask, 3, bias)
 
+    def loop_params(self, params: GRUParams) -> GRUParams:
+        """``params`` as :meth:`step` takes them inside a loop, prepared once before it: for
+        ``reset_after=False`` the recurrent kernel as its three gate blocks. (Sliced inside the
+        loop, XLA copied the blocks at every step and, in the backward pass, padded their
+        gradients back to ``(U, 3U)`` at every step: default GRU, batch 1, 100 steps, 128 units:
+        training 6.8 -> 1.9 ms, forward 0.94 -> 0.6 ms; bench/README.md.)"""
+        if self.reset_after or isinstance(params.recurrent_kernel, tuple):
+            return params
+        return params._replace(recurrent_kernel=tuple(jnp.split(params.recurrent_kernel, 3, axis=-1)))
+
     def step(self, params: GRUParams, state: GRUState, xp_t, recurrent_dropout_mask=None):
         """One step; ``xp_t`` is the projected input ``(..., 3U)`` or its parts ``(xz, xr, xh)``
-        (see :meth:`split_inputs`)."""
+        (see :meth:`split_inputs`); ``params`` as given or from :meth:`loop_params`."""
         h = state.h
-        u = self.units
         rk = params.recurrent_kernel
         masks = recurrent_dropout_mask
         if self.reset_after:
             rec_bias = None if params.bias is None else params.bias[1]
             return self.pointwise(rec_bias, xp_t, gate_matmul(h, rk, masks, 3), state)
+        rk_z, rk_r, rk_h = rk if isinstance(rk, tuple) else tuple(jnp.split(rk, 3, axis=-1))
         if masks is None or masks.shape[0] == 1:
-            h_in = h if masks is None else h * masks[0]
-            rec = h_in @ rk[:, :2 * u]
-            h_for_candidate = h_in
+            h_z = h_r = h_h = h if masks is None else h * masks[0]
         else:
-            rec = gate_matmul(h, rk[:, :2 * u], masks[:2], 2)
-            h_for_candidate = h * masks[2]
+            h_z, h_r, h_h = h * masks[0], h * masks[1], h * masks[2]
         xz, xr, xh = self.split_inputs(xp_t)
         sigma = activations.get(self.recurrent_activation)
-        z = sigma(xz + rec[..., :u])
-        r = sigma(xr + rec[..., u:])
-        hh = activations.get(self.activation)(xh + (r * h_for_candidate) @ rk[:, 2 * u:])
+        z = sigma(xz + h_z @ rk_z)
+        r = sigma(xr + h_r @ rk_r)
+        hh = activations.get(self.activation)(xh + (r * h_h) @ rk_h)
         h = z * h + (1.0 - z) * hh
         return GRUState(h), h
 

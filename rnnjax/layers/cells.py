@@ -124,8 +124,10 @@ class KerasCell(nn.Module):
         def project(x):
             return project_inputs(core, params, x, in_mask)
 
+        loop_params = core.loop_params(params) if hasattr(core, "loop_params") else params
+
         def step(state, xp_t):
-            return core.step(params, state, xp_t, rec_mask)
+            return core.step(loop_params, state, xp_t, rec_mask)
 
         return CellProgram(project, step, core.initial_state, (self.units,), linear=linear)
 
