@@ -367,6 +367,47 @@ def test_projection_in_chunks_equals_all_at_once(core, go_backwards):
         np.testing.assert_allclose(u, v, atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("core", [F.LSTMCore(8), F.GRUCore(8, reset_after=True), F.SimpleRNNCore(8)],
+                         ids=["lstm", "gru_reset_after", "simple"])
+@pytest.mark.parametrize("options", [{"return_sequences": True}, {"go_backwards": True},
+                                     {"go_backwards": True, "return_sequences": True, "zero_output_for_mask": True}])
+def test_inference_spans_change_no_number(monkeypatch, core, options):
+    """Not differentiated, a large projected block runs in spans (``INFER_SPAN_MIN_BYTES``);
+    differentiated, all steps at once. With the rule forced on (threshold 0): the forward's
+    temporaries shrink, outputs and final states equal the one-projection loop, and gradients
+    (parameters, inputs, initial state), jit and vmap are unchanged."""
+    from rnnjax.functional import driver
+
+    params = jax.tree_util.tree_map(lambda a: a + 0.05, core.init(jax.random.key(0), 5))
+    x = jax.random.normal(jax.random.key(1), (3, 43, 5))
+    mask = jax.random.bernoulli(jax.random.key(2), 0.8, (3, 43))
+    h0 = jax.tree_util.tree_map(lambda a: a + 0.2, core.initial_state((3,)))
+
+    def f(p, x, h0, mask=mask):
+        return F.rnn(core, p, x, mask=mask, initial_state=h0, **options)
+
+    def loss(p, x, h0):
+        out, state = f(p, x, h0)
+        return jnp.sum(out * jnp.cos(out)) + sum(jnp.sum(s * s) for s in state)
+
+    def measure():
+        fwd = jax.jit(lambda *a: f(*a))
+        temp = fwd.lower(params, x, h0).compile().memory_analysis().temp_size_in_bytes
+        grads = jax.jit(jax.grad(lambda *a: loss(*a), argnums=(0, 1, 2)))(params, x, h0)
+        per_example = jax.jit(jax.vmap(lambda xx, hh, mm: f(params, xx, hh, mm)))(x, h0, mask)
+        return temp, fwd(params, x, h0), grads, per_example
+
+    temp_all, *want = measure()
+    monkeypatch.setattr(driver, "INFER_SPAN_MIN_BYTES", 0)
+    temp_spans, *got = measure()
+    assert temp_spans < temp_all
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+    # vmap of unbatched calls equals the batched call
+    for a, b in zip(jax.tree_util.tree_leaves(got[2]), jax.tree_util.tree_leaves(got[0])):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+
+
 @pytest.mark.parametrize("core", [F.SimpleRNNCore(6), F.LSTMCore(6, recurrent_activation="sigmoid"),
                                   F.GRUCore(6, reset_after=True), F.GRUCore(6, use_bias=False)],
                          ids=["simple", "lstm", "gru_reset_after", "gru_no_bias"])

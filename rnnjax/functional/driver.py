@@ -326,6 +326,51 @@ CHUNK_MIN_BATCH = 64
 CHUNK_MIN_STEPS = 50
 
 
+# Without differentiation (inference), the projected block of all steps is split into spans of
+# PROJECT_CHUNK steps from INFER_SPAN_MIN_BYTES on, whatever the batch: it no longer has to be
+# kept for a backward pass, and a block near glibc's 32 MB mmap threshold costs page faults.
+# Measured (LSTM forward, 2-core VM): (32, 100, 128, 512) 62 -> 50 ms, (32, 1000, 128, 128)
+# 117 -> 91 ms; but (32, 300, 128, 128), a 20 MB block, 25.2 -> 25.9 ms and batch 1-8 slower.
+INFER_SPAN_MIN_BYTES = 24 * 2**20
+
+
+def _primal_choice(infer: Callable, train: Callable, *args):
+    """``infer(*args)`` when not differentiated; when differentiated, ``train(*args)`` and its
+    gradient. The two must compute the same function (they differ in how, e.g. spans).
+
+    Values the two close over and that are differentiated are hoisted by ``jax.closure_convert``
+    and passed explicitly, so their gradients flow; the backward pass is autodiff's of ``train``.
+    """
+    conv_train, c_train = jax.closure_convert(train, *args)
+    conv_infer, c_infer = jax.closure_convert(infer, *args)
+    consts = []
+    for c in list(c_train) + list(c_infer):
+        if not any(c is u for u in consts):
+            consts.append(c)
+
+    def where(cs):
+        return [next(k for k, u in enumerate(consts) if u is c) for c in cs]
+
+    i_train, i_infer = where(c_train), where(c_infer)
+    n = len(args)
+
+    def run_train(*a):
+        return conv_train(*a[:n], *[a[n + k] for k in i_train])
+
+    @jax.custom_vjp
+    def run(*a):
+        return conv_infer(*a[:n], *[a[n + k] for k in i_infer])
+
+    def run_fwd(*a):
+        return jax.vjp(run_train, *a)  # the vjp function is a pytree of its residuals
+
+    def run_bwd(vjp, ct):
+        return vjp(ct)
+
+    run.defvjp(run_fwd, run_bwd)
+    return run(*args, *consts)
+
+
 def _projection_chunk(steps: int, project_chunk, batch_rows: int) -> int:
     if project_chunk is None:
         wanted = batch_rows >= CHUNK_MIN_BATCH and steps >= CHUNK_MIN_STEPS
@@ -384,8 +429,9 @@ def scan_rnn(
         ``constants``). Results equal the generic path to float rounding.
       project_chunk: project the inputs ``project_chunk`` steps at a time inside an outer loop
         (performance only: the projected block of a span stays small). None: 10 steps from
-        64 batch rows and 50 steps on, else all steps at once (see :data:`PROJECT_CHUNK`); 0:
-        all at once.
+        64 batch rows and 50 steps on, else all steps at once (see :data:`PROJECT_CHUNK`), and
+        for a call that is not differentiated also 10 steps once the projected block of all
+        steps reaches :data:`INFER_SPAN_MIN_BYTES`; 0: all at once.
 
     Returns:
       ``(output, final_state)``: output ``(*batch, U)``, or ``(*batch, T, U)`` with
@@ -451,32 +497,47 @@ def scan_rnn(
         raw = x if m is None else (x, m)
         batch_rows = math.prod(x.shape[1:-1])
         chunk = _remat_chunk(steps) if remat else _projection_chunk(steps, project_chunk, batch_rows)
-        if chunk >= steps or chunk <= 1:
-            if remat and not use_linear:  # too short to chunk: checkpoint every step
-                xs = project_span(x)
-                seq = xs if m is None else (xs, m)
-                carry, ys = lax.scan(jax.checkpoint(body), carry, seq, reverse=go_backwards, unroll=scan_unroll)
+
+        def run_chunked(chunk, raw, carry):
+            if chunk >= steps or chunk <= 1:
+                if remat and not use_linear:  # too short to chunk: checkpoint every step
+                    xs = project_span(x)
+                    seq = xs if m is None else (xs, m)
+                    carry, ys = lax.scan(jax.checkpoint(body), carry, seq, reverse=go_backwards, unroll=scan_unroll)
+                else:
+                    carry, ys = run_span(carry, raw)
             else:
-                carry, ys = run_span(carry, raw)
-        else:
-            # Spans of `chunk` steps: each projected inside the outer loop (the projected block of a
-            # span stays small on the CPU), and with `remat` checkpointed, so that only span
-            # boundaries are stored for the backward pass (memory ~ sqrt(T)).
-            span = jax.checkpoint(run_span) if remat else run_span
-            n_chunks, rest = divmod(steps, chunk)
-            head = jax.tree_util.tree_map(
-                lambda a: a[:n_chunks * chunk].reshape((n_chunks, chunk) + a.shape[1:]), raw)
-            tail = jax.tree_util.tree_map(lambda a: a[n_chunks * chunk:], raw)  # the last `rest` steps
-            ys_tail = None
-            if rest and go_backwards:  # processing order: the tail comes first
-                carry, ys_tail = span(carry, tail)
-            carry, ys = lax.scan(span, carry, head, reverse=go_backwards)
-            if rest and not go_backwards:
-                carry, ys_tail = span(carry, tail)
-            if return_sequences:
-                ys = ys.reshape((n_chunks * chunk,) + ys.shape[2:])
-                if rest:
-                    ys = jnp.concatenate([ys, ys_tail], 0)
+                # Spans of `chunk` steps: each projected inside the outer loop (the projected block of a
+                # span stays small on the CPU), and with `remat` checkpointed, so that only span
+                # boundaries are stored for the backward pass (memory ~ sqrt(T)).
+                span = jax.checkpoint(run_span) if remat else run_span
+                n_chunks, rest = divmod(steps, chunk)
+                head = jax.tree_util.tree_map(
+                    lambda a: a[:n_chunks * chunk].reshape((n_chunks, chunk) + a.shape[1:]), raw)
+                tail = jax.tree_util.tree_map(lambda a: a[n_chunks * chunk:], raw)  # the last `rest` steps
+                ys_tail = None
+                if rest and go_backwards:  # processing order: the tail comes first
+                    carry, ys_tail = span(carry, tail)
+                carry, ys = lax.scan(span, carry, head, reverse=go_backwards)
+                if rest and not go_backwards:
+                    carry, ys_tail = span(carry, tail)
+                if return_sequences:
+                    ys = ys.reshape((n_chunks * chunk,) + ys.shape[2:])
+                    if rest:
+                        ys = jnp.concatenate([ys, ys_tail], 0)
+            return carry, ys
+
+        infer_chunk = None
+        if use_linear and not remat and project_chunk is None and chunk >= steps:
+            step_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(
+                jax.eval_shape(project_span, jax.ShapeDtypeStruct(x[:1].shape, x.dtype))))
+            if steps * step_bytes >= INFER_SPAN_MIN_BYTES and steps > PROJECT_CHUNK:
+                infer_chunk = PROJECT_CHUNK
+        if infer_chunk is None:
+            carry, ys = run_chunked(chunk, raw, carry)
+        else:  # spans when not differentiated, all steps at once when differentiated
+            carry, ys = _primal_choice(lambda r, c: run_chunked(infer_chunk, r, c),
+                                       lambda r, c: run_chunked(chunk, r, c), raw, carry)
         if return_sequences and go_backwards:
             ys = jnp.flip(ys, 0)
 
