@@ -329,8 +329,9 @@ CHUNK_MIN_STEPS = 50
 # Without differentiation (inference), the projected block of all steps is split into spans of
 # PROJECT_CHUNK steps from INFER_SPAN_MIN_BYTES on, whatever the batch: it no longer has to be
 # kept for a backward pass, and a block near glibc's 32 MB mmap threshold costs page faults.
-# Measured (LSTM forward, 2-core VM): (32, 100, 128, 512) 62 -> 50 ms, (32, 1000, 128, 128)
-# 117 -> 91 ms; but (32, 300, 128, 128), a 20 MB block, 25.2 -> 25.9 ms and batch 1-8 slower.
+# Measured (LSTM forward, 2-core VM, three compilations each): (32, 100, 128, 512) 55 -> 51 ms,
+# (32, 1000, 128, 128) 112 -> 92 ms; but (32, 300, 128, 128), a 19 MB block, 24.0 -> 26.1 ms,
+# and batch 1-8 10-15 % slower.
 INFER_SPAN_MIN_BYTES = 24 * 2**20
 
 

@@ -95,7 +95,7 @@ class GRUCore:
         ``reset_after=False`` the recurrent kernel as its three gate blocks. (Sliced inside the
         loop, XLA copied the blocks at every step and, in the backward pass, padded their
         gradients back to ``(U, 3U)`` at every step: default GRU, batch 1, 100 steps, 128 units:
-        training 6.8 -> 1.9 ms, forward 0.94 -> 0.6 ms; bench/README.md.)"""
+        training 6.5 -> 4.1 ms, forward 0.93 -> 0.59 ms; bench/README.md.)"""
         if self.reset_after or isinstance(params.recurrent_kernel, tuple):
             return params
         return params._replace(recurrent_kernel=tuple(jnp.split(params.recurrent_kernel, 3, axis=-1)))
