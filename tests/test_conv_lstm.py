@@ -333,3 +333,32 @@ def test_call_errors():
         layer.apply(v, x, initial_state=[np.zeros((2, 4, 4, 2))] * 2)
     with pytest.raises(ValueError, match="built for 4"):  # 4 channels (channels_first axis 2)
         layer.apply(v, np.zeros((2, 3, 5, 4, 2), np.float32))
+
+
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+def test_inference_spans_change_no_number(monkeypatch, fmt):
+    """ConvLSTM2D's forward projects its inputs in 2-step spans when not differentiated and the
+    projected block is large (forced here: threshold 0): smaller temporaries, the same outputs
+    and states, and the same gradients (those run the one-projection program)."""
+    from rnnjax.functional import driver
+
+    layer = rnnjax.ConvLSTM2D(3, (3, 3), padding="same", data_format=fmt, return_sequences=True,
+                              return_state=True, recurrent_activation="sigmoid")
+    shape = (2, 9, 5, 6, 2) if fmt == "channels_last" else (2, 9, 2, 5, 6)
+    x = jax.random.normal(jax.random.key(0), shape)
+    v = layer.init(jax.random.key(1), x)
+
+    def measure():
+        fwd = jax.jit(lambda v, x: layer.apply(v, x))
+        temp = fwd.lower(v, x).compile().memory_analysis().temp_size_in_bytes
+        grads = jax.jit(jax.grad(lambda v, x: sum(jnp.sum(jnp.sin(t)) for t in layer.apply(v, x)),
+                                 argnums=(0, 1)))(v, x)
+        return temp, fwd(v, x), grads
+
+    temp_all, *want = measure()
+    monkeypatch.setattr(driver, "INFER_SPAN_MIN_BYTES", 0)
+    monkeypatch.setattr(driver, "INFER_SPAN_BYTES", 0)  # the smallest span: 2 steps
+    temp_spans, *got = measure()
+    assert temp_spans < temp_all
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)

@@ -326,13 +326,18 @@ CHUNK_MIN_BATCH = 64
 CHUNK_MIN_STEPS = 50
 
 
-# Without differentiation (inference), the projected block of all steps is split into spans of
-# PROJECT_CHUNK steps from INFER_SPAN_MIN_BYTES on, whatever the batch: it no longer has to be
-# kept for a backward pass, and a block near glibc's 32 MB mmap threshold costs page faults.
-# Measured (LSTM forward, 2-core VM, three compilations each): (32, 100, 128, 512) 55 -> 51 ms,
-# (32, 1000, 128, 128) 112 -> 92 ms; but (32, 300, 128, 128), a 19 MB block, 24.0 -> 26.1 ms,
-# and batch 1-8 10-15 % slower.
-INFER_SPAN_MIN_BYTES = 24 * 2**20
+# Without differentiation (inference), the inputs are projected in spans, whatever the batch,
+# once the projected block of all steps reaches INFER_SPAN_MIN_BYTES: nothing has to be kept
+# for a backward pass, and temporaries near glibc's 32 MB mmap threshold cost page faults. A span
+# holds about INFER_SPAN_BYTES of projected inputs (2 to PROJECT_CHUNK steps). An empirical rule,
+# measured on the 2-core VM (forward, three compilations each): faster with spans LSTM
+# (32, 100, 128, 512), a 25 MiB block, 55 -> 50 ms; (32, 1000, 128, 128), 62 MiB, 112 -> 92 ms;
+# ConvLSTM2D (8, 20, 24, 24, 4, 16, 3), 22.5 MiB, 42 -> 27 ms (2-step spans; 10 steps: 32 ms);
+# GRU (32, 1000, 128, 128), 47 MiB, 74.6 vs 75.1 ms. Slower with spans: LSTM (32, 300, 128, 128),
+# 18.8 MiB, 24.0 -> 26.1 ms; SimpleRNN (32, 1000, 128, 128), 15.6 MiB, 23.9 -> 28.3 ms; batch 1-8
+# 10-15 %.
+INFER_SPAN_MIN_BYTES = 20 * 2**20
+INFER_SPAN_BYTES = 2 * 2**20
 
 
 def _primal_choice(infer: Callable, train: Callable, *args):
@@ -431,8 +436,8 @@ def scan_rnn(
       project_chunk: project the inputs ``project_chunk`` steps at a time inside an outer loop
         (performance only: the projected block of a span stays small). None: 10 steps from
         64 batch rows and 50 steps on, else all steps at once (see :data:`PROJECT_CHUNK`), and
-        for a call that is not differentiated also 10 steps once the projected block of all
-        steps reaches :data:`INFER_SPAN_MIN_BYTES`; 0: all at once.
+        for a call that is not differentiated also spans of 2-10 steps once the projected block
+        of all steps reaches :data:`INFER_SPAN_MIN_BYTES`; 0: all at once.
 
     Returns:
       ``(output, final_state)``: output ``(*batch, U)``, or ``(*batch, T, U)`` with
@@ -530,10 +535,11 @@ def scan_rnn(
 
         infer_chunk = None
         if use_linear and not remat and project_chunk is None and chunk >= steps:
-            step_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(
+            xp_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(
                 jax.eval_shape(project_span, jax.ShapeDtypeStruct(x[:1].shape, x.dtype))))
-            if steps * step_bytes >= INFER_SPAN_MIN_BYTES and steps > PROJECT_CHUNK:
-                infer_chunk = PROJECT_CHUNK
+            if steps * xp_bytes >= INFER_SPAN_MIN_BYTES:
+                span = max(2, min(PROJECT_CHUNK, INFER_SPAN_BYTES // max(xp_bytes, 1)))
+                infer_chunk = span if steps > span else None
         if infer_chunk is None:
             carry, ys = run_chunked(chunk, raw, carry)
         else:  # spans when not differentiated, all steps at once when differentiated
