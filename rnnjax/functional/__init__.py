@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.functional import activations, initializers
-from rnnjax.functional.core import dropout_masks, gate_matmul, check_input_dim, check_state, project_inputs
+from rnnjax.functional.core import dropout_masks, gate_matmul, check_input_dim, check_state, core_program
 from rnnjax.functional.driver import scan_rnn
 from rnnjax.functional.gru import GRUCore, GRUParams, GRUState
 from rnnjax.functional.lstm import LSTMCore, LSTMParams, LSTMState
@@ -58,13 +58,7 @@ def rnn(
 
     linear = core.linear_step(params, recurrent_dropout_mask) if custom_backward and hasattr(core, "linear_step") else None
 
-    def project(x):
-        return project_inputs(core, params, x, dropout_mask)
-
-    loop_params = core.loop_params(params) if hasattr(core, "loop_params") else params
-
-    def step(state, xp_t):
-        return core.step(loop_params, state, xp_t, recurrent_dropout_mask)
+    project, step = core_program(core, params, dropout_mask, recurrent_dropout_mask)
 
     return scan_rnn(
         step, inputs, initial_state, project=project, mask=mask, go_backwards=go_backwards,

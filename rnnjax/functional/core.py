@@ -119,12 +119,25 @@ def gate_matmul(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array], gat
     return gate_matmul_parts(x, kernel, masks, 1, bias)[0]
 
 
-def project_inputs(core, params, x, dropout_mask=None):
-    """A core's input projection of many steps in the form its step takes: ``core.project``, or
-    the per-gate parts of ``core.project_parts`` where the core has it (the GRU)."""
-    if hasattr(core, "project_parts"):
-        return core.project_parts(params, x, dropout_mask)
-    return core.project(params, x, dropout_mask)
+def core_program(core, params, dropout_mask=None, recurrent_dropout_mask=None):
+    """The ``(project, step)`` pair the driver runs for a core.
+
+    ``project(x)``: the input projection of many steps in the form the step takes,
+    ``core.project`` or the per-gate parts of ``core.project_parts`` where the core has it (the
+    GRU). ``step(state, xp_t)``: ``core.step`` on the parameters prepared once, here, outside the
+    loop by ``core.loop_params`` where the core has it (the reset-before GRU's kernel blocks).
+    """
+    loop_params = core.loop_params(params) if hasattr(core, "loop_params") else params
+
+    def project(x):
+        if hasattr(core, "project_parts"):
+            return core.project_parts(params, x, dropout_mask)
+        return core.project(params, x, dropout_mask)
+
+    def step(state, xp_t):
+        return core.step(loop_params, state, xp_t, recurrent_dropout_mask)
+
+    return project, step
 
 
 def gate_matmul_parts(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array], parts: int,

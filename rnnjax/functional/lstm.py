@@ -83,6 +83,11 @@ class LSTMCore:
         :func:`rnnjax.functional.core.gate_matmul`."""
         return gate_matmul(x, params.kernel, dropout_mask, 4, params.bias)
 
+    def _tanh_scale(self, dtype):
+        """``s`` of the one-tanh gate pass: 1/2 on the sigmoid blocks (i, f, o), 1 on the candidate."""
+        u = self.units
+        return jnp.concatenate([jnp.full((2 * u,), 0.5), jnp.ones((u,)), jnp.full((u,), 0.5)]).astype(dtype)
+
     def gate_values(self, z):
         """``(σ(i), σ(f), φ(c̃), σ(o))`` from the pre-activations ``z (..., 4U)``.
 
@@ -94,7 +99,7 @@ class LSTMCore:
         u = self.units
         rec, act = self.recurrent_activation, self.activation
         if act == "tanh" and rec == "sigmoid":
-            s = jnp.concatenate([jnp.full((2 * u,), 0.5), jnp.ones((u,)), jnp.full((u,), 0.5)]).astype(z.dtype)
+            s = self._tanh_scale(z.dtype)
             g = jnp.tanh(z * s) * s + (1 - s)
             return g[..., :u], g[..., u:2 * u], g[..., 2 * u:3 * u], g[..., 3 * u:]
         sigma, phi = activations.get(rec), activations.get(act)
@@ -126,7 +131,7 @@ class LSTMCore:
         u = self.units
         blocks = [(lo, lo + u) for lo in range(0, 4 * u, u)]
         if self.recurrent_activation == "sigmoid":
-            s = jnp.concatenate([jnp.full((2 * u,), 0.5), jnp.ones((u,)), jnp.full((u,), 0.5)]).astype(z.dtype)
+            s = self._tanh_scale(z.dtype)
             t = jnp.tanh(z * s)
             g, d = t * s + (1 - s), (s * s) * (1 - t * t)
             return tuple(g[..., lo:hi] for lo, hi in blocks), tuple(d[..., lo:hi] for lo, hi in blocks)

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rnnjax import constraints, regularizers
-from rnnjax.functional.core import check_rate, dropout_masks, project_inputs
+from rnnjax.functional.core import check_rate, core_program, dropout_masks
 from rnnjax.functional.gru import GRUCore
 from rnnjax.functional.lstm import LSTMCore
 from rnnjax.functional.simple_rnn import SimpleRNNCore
@@ -121,14 +121,7 @@ class KerasCell(nn.Module):
 
         linear = core.linear_step(params, rec_mask)
 
-        def project(x):
-            return project_inputs(core, params, x, in_mask)
-
-        loop_params = core.loop_params(params) if hasattr(core, "loop_params") else params
-
-        def step(state, xp_t):
-            return core.step(loop_params, state, xp_t, rec_mask)
-
+        project, step = core_program(core, params, in_mask, rec_mask)
         return CellProgram(project, step, core.initial_state, (self.units,), linear=linear)
 
     def get_initial_state(self, batch_size: int, dtype=jnp.float32):
