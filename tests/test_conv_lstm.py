@@ -265,20 +265,25 @@ def test_functional_vmap_and_single_convolution():
     # The input convolution of all steps is one conv outside the loop; inside the loop, the
     # recurrent convolution (the backward pass forms its kernel gradient after the loop).
     jaxpr = jax.make_jaxpr(lambda p, s: F.conv_lstm(core, p, s))(params, x).jaxpr
-    assert [e.primitive.name for e in jaxpr.eqns].count("conv_general_dilated") == 1
 
-    def scans(jp):
+    def walk(jp, outside, bodies):
+        """Counts the primitives outside any scan (nested calls included) and collects scan bodies."""
         for e in jp.eqns:
             if e.primitive.name == "scan":
-                yield e.params["jaxpr"].jaxpr
+                bodies.append(e.params["jaxpr"].jaxpr)
+                continue
+            outside.append(e.primitive.name)
             for v in e.params.values():
                 inner = getattr(v, "jaxpr", None)
                 if inner is not None and hasattr(inner, "eqns"):
-                    yield from scans(inner)
+                    walk(inner, outside, bodies)
                 elif hasattr(v, "eqns"):
-                    yield from scans(v)
+                    walk(v, outside, bodies)
+        return outside, bodies
 
-    (body,) = list(scans(jaxpr))
+    outside, bodies = walk(jaxpr, [], [])
+    assert outside.count("conv_general_dilated") == 1
+    (body,) = bodies
     names = [e.primitive.name for e in body.eqns]
     assert names.count("conv_general_dilated") == 1
 

@@ -408,6 +408,60 @@ def test_inference_spans_change_no_number(monkeypatch, core, options):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
 
 
+def _equations(jaxpr, found=None):
+    """Every equation of a jaxpr, nested calls and loop bodies included."""
+    found = [] if found is None else found
+    for e in jaxpr.eqns:
+        found.append(e)
+        for v in e.params.values():
+            inner = getattr(v, "jaxpr", v)
+            if hasattr(inner, "eqns"):
+                _equations(inner, found)
+    return found
+
+
+def _folded_bias(jaxpr, input_dim) -> bool:
+    """Whether a matmul takes the inputs with a column of ones, ``[x, 1]`` (``input_dim + 1`` wide)."""
+    return any(e.primitive.name == "dot_general" and any(getattr(v.aval, "shape", ())[-1:] == (input_dim + 1,)
+                                                         for v in e.invars)
+               for e in _equations(jaxpr))
+
+
+@pytest.mark.parametrize("core", [F.SimpleRNNCore(8), F.LSTMCore(8, recurrent_activation="sigmoid"), F.LSTMCore(8)],
+                         ids=["simple", "lstm", "lstm_hard_sigmoid"])
+@pytest.mark.parametrize("shape", [(8, 40), (2, 11)], ids=["folded", "plain"])
+@pytest.mark.parametrize("options", [{"return_sequences": True},
+                                     {"go_backwards": True, "return_sequences": True, "zero_output_for_mask": True}])
+def test_inference_bias_in_loop_changes_no_number(monkeypatch, core, shape, options):
+    """A call that is not differentiated adds the input bias inside the loop
+    (``core.unbiased_projection``) instead of in the projection: its outputs and states equal
+    the training program's (the primal of ``jax.vjp``) and the program with the rule off; the
+    projection of the inference program has no ``[x, 1]`` matmul (the folded bias) while the
+    training program's has one (from FOLD_BIAS_MIN_ROWS rows on)."""
+    from rnnjax.functional import core as core_module
+
+    params = jax.tree_util.tree_map(lambda a: a + 0.3, core.init(jax.random.key(0), 5))
+    x = jax.random.normal(jax.random.key(1), shape + (5,))
+    mask = jax.random.bernoulli(jax.random.key(2), 0.8, shape)
+    h0 = jax.tree_util.tree_map(lambda a: a + 0.2, core.initial_state(shape[:1]))
+
+    def f(p, x, h0, mask=mask):
+        return F.rnn(core, p, x, mask=mask, initial_state=h0, **options)
+
+    infer = jax.jit(f)(params, x, h0)
+    train = jax.jit(lambda p, x, h0: jax.vjp(lambda p: f(p, x, h0), p)[0])(params, x, h0)
+    per_example = jax.jit(jax.vmap(lambda xx, hh, mm: f(params, xx, hh, mm)))(x, h0, mask)
+    monkeypatch.setattr(type(core), "bias_in_loop", False, raising=False)
+    plain = jax.jit(f)(params, x, h0)
+    monkeypatch.undo()
+    for got in (train, plain, per_example):
+        for a, b in zip(jax.tree_util.tree_leaves(infer), jax.tree_util.tree_leaves(got)):
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+    assert not _folded_bias(jax.make_jaxpr(f)(params, x, h0).jaxpr, 5)
+    train_jaxpr = jax.make_jaxpr(lambda p: jax.vjp(lambda p: f(p, x, h0), p)[0])(params).jaxpr
+    assert _folded_bias(train_jaxpr, 5) == (shape[0] * shape[1] >= core_module.FOLD_BIAS_MIN_ROWS)
+
+
 @pytest.mark.parametrize("core", [F.SimpleRNNCore(6), F.LSTMCore(6, recurrent_activation="sigmoid"),
                                   F.GRUCore(6, reset_after=True), F.GRUCore(6, use_bias=False)],
                          ids=["simple", "lstm", "gru_reset_after", "gru_no_bias"])

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.functional import activations, initializers
-from rnnjax.functional.core import dropout_masks, gate_matmul, check_input_dim, check_state, core_program
+from rnnjax.functional.core import (dropout_masks, gate_matmul, check_input_dim, check_state, core_program,
+                                   unbiased_projection)
 from rnnjax.functional.driver import scan_rnn
 from rnnjax.functional.gru import GRUCore, GRUParams, GRUState
 from rnnjax.functional.lstm import LSTMCore, LSTMParams, LSTMState
@@ -64,7 +65,7 @@ def rnn(
         step, inputs, initial_state, project=project, mask=mask, go_backwards=go_backwards,
         return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask,
         unroll=unroll, scan_unroll=scan_unroll, remat=remat,
-        linear=linear,
+        linear=linear, unbiased_project=unbiased_projection(core, params, dropout_mask),
     )
 
 

@@ -315,4 +315,6 @@ def conv_lstm(
         project=lambda x: core.project(params, x, dropout_mask), mask=mask, go_backwards=go_backwards,
         return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask, unroll=unroll,
         scan_unroll=scan_unroll, remat=remat, linear=core.linear_step(params, recurrent_dropout_mask),
+        unbiased_project=None if params.bias is None else (
+            lambda x: core.project(params._replace(bias=None), x, dropout_mask), params.bias),
     )

@@ -23,6 +23,7 @@ time-major) and boolean.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -106,8 +107,12 @@ def _add_to_first_leaf(state, delta):
 
 
 def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, return_sequences,
-                 zero_output_for_mask, scan_unroll):
-    """Runs a :class:`LinearStep` over time-major ``xs`` with a custom VJP (see its docstring)."""
+                 zero_output_for_mask, scan_unroll, xp_bias=None):
+    """Runs a :class:`LinearStep` over time-major ``xs`` with a custom VJP (see its docstring).
+
+    ``xp_bias``: added to each step's ``xp_t`` inside the loop (``xs`` then comes from the
+    unbiased projection, see ``unbiased_project`` of :func:`scan_rnn`); not differentiable (the
+    driver passes it only to calls that are not differentiated)."""
     pointwise = linear.pointwise
 
     def cell(pw, xp_t, a_t, s_prev, last_prev, m_t, pointwise=pointwise):
@@ -160,12 +165,14 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
     def put(buf, value, t):
         return lax.dynamic_update_index_in_dim(buf, value.astype(buf.dtype), t, 0)
 
-    def forward(R, pw, xs, s0, last0, m, rm, keep_residuals):
+    def forward(R, pw, xs, s0, last0, m, rm, keep_residuals, xb=None):
         in_place = keep_residuals and additive
 
         def body(carry, inp):
             s, last, zbuf = carry
             xp_t, m_t, t = inp
+            if xb is not None:  # fused into the step's element-wise pass
+                xp_t = jax.tree_util.tree_map(lambda v, b: (v + b).astype(v.dtype), xp_t, xb)
             a = split(recurrent(s, R, rm))
             res = None
             if in_place:
@@ -188,10 +195,12 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
         return (ys, s, last), res
 
     @jax.custom_vjp
-    def run(R, pw, xs, s0, last0, m, rm):
-        return forward(R, pw, xs, s0, last0, m, rm, False)[0]
+    def run(R, pw, xs, s0, last0, m, rm, xb):
+        return forward(R, pw, xs, s0, last0, m, rm, False, xb)[0]
 
-    def run_fwd(R, pw, xs, s0, last0, m, rm):
+    def run_fwd(R, pw, xs, s0, last0, m, rm, xb):
+        if xb is not None:
+            raise AssertionError("internal: xp_bias is for calls that are not differentiated")
         out, (a_seq, s_seq, last_seq) = forward(R, pw, xs, s0, last0, m, rm, True)
         return out, (R, pw, None if additive else xs, m, rm, a_seq, s_seq, last_seq)
 
@@ -278,7 +287,7 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
         # per part when split (no (T, B, G*U) concatenation of the cotangents)
         dR = join(tuple(v2t @ d.reshape(-1, d.shape[-1]) for d in da_seq)) if cuts is not None \
             else v2t @ da_seq.reshape(-1, da_seq.shape[-1])
-        return dR.astype(R.dtype), dpw, dxs, ds0, dlast0, None, None
+        return dR.astype(R.dtype), dpw, dxs, ds0, dlast0, None, None, None
 
     run.defvjp(run_fwd, run_bwd)
     # Split outside the custom VJP: autodiff of the split joins the cotangents back.
@@ -286,7 +295,8 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
     if cuts is not None:
         xs = split(xs)
         pw = None if pw is None else split(pw)
-    return run(linear.recurrent_kernel, pw, xs, init_state, last0, m, linear.rec_mask)
+        xp_bias = None if xp_bias is None else split(xp_bias)
+    return run(linear.recurrent_kernel, pw, xs, init_state, last0, m, linear.rec_mask, xp_bias)
 
 
 def _check_inputs(inputs, mask, time_major):
@@ -377,6 +387,21 @@ def _primal_choice(infer: Callable, train: Callable, *args):
     return run(*args, *consts)
 
 
+def _same_struct(a, b) -> bool:
+    """Whether two ``jax.eval_shape`` results have the same tree, shapes and dtypes."""
+    la, ta = jax.tree_util.tree_flatten(a)
+    lb, tb = jax.tree_util.tree_flatten(b)
+    return ta == tb and all(u.shape == v.shape and u.dtype == v.dtype for u, v in zip(la, lb))
+
+
+def _add_last(xp, bias):
+    """``xp + bias`` along the last axis; ``xp`` may be a tuple of equal parts (the GRU's gates),
+    each getting its block of ``bias``."""
+    if isinstance(xp, tuple):
+        return tuple(p + b for p, b in zip(xp, jnp.split(bias, len(xp), axis=-1)))
+    return xp + bias
+
+
 def _projection_chunk(steps: int, project_chunk, batch_rows: int) -> int:
     if project_chunk is None:
         wanted = batch_rows >= CHUNK_MIN_BATCH and steps >= CHUNK_MIN_STEPS
@@ -408,6 +433,7 @@ def scan_rnn(
     time_major: bool = False,
     linear: Optional[LinearStep] = None,
     project_chunk: Optional[int] = None,
+    unbiased_project: Optional[tuple] = None,
 ):
     """Runs ``step`` over the time axis of ``inputs``.
 
@@ -438,6 +464,12 @@ def scan_rnn(
         64 batch rows and 50 steps on, else all steps at once (see :data:`PROJECT_CHUNK`), and
         for a call that is not differentiated also spans of 2-10 steps once the projected block
         of all steps reaches :data:`INFER_SPAN_MIN_BYTES`; 0: all at once.
+      unbiased_project: ``(project0, bias)`` with ``project(x) == project0(x) + bias`` (``bias``
+        along the last axis). A call that is not differentiated then runs ``project0`` and adds
+        the bias to each step's input inside the loop, where it joins the step's element-wise
+        pass (with ``linear`` and the automatic ``project_chunk`` only; see
+        :func:`_primal_choice`). A differentiated call keeps ``project``, whose folded bias
+        (:func:`rnnjax.functional.core.gate_matmul`) is faster for training.
 
     Returns:
       ``(output, final_state)``: output ``(*batch, U)``, or ``(*batch, T, U)`` with
@@ -487,15 +519,15 @@ def scan_rnn(
                 outputs.append(y)
         ys = jnp.stack(outputs) if return_sequences else None
     else:
-        def run_span(c, raw):
+        def run_span(c, raw, unbiased=None):
             """Projects a span of steps (time-major raw inputs) and runs the loop over it."""
             x_span, m_span = raw if m is not None else (raw, None)
-            xs_span = project_span(x_span)
+            xs_span = project_span(x_span) if unbiased is None else unbiased[0](x_span)
             if use_linear:
                 ys_span, state, last = _linear_scan(
                     linear, xs_span, c[0], c[1], m_span, go_backwards=go_backwards,
                     return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask,
-                    scan_unroll=scan_unroll)
+                    scan_unroll=scan_unroll, xp_bias=None if unbiased is None else unbiased[1])
                 return (state, last), ys_span
             seq_span = xs_span if m_span is None else (xs_span, m_span)
             return lax.scan(body, c, seq_span, reverse=go_backwards, unroll=scan_unroll)
@@ -504,19 +536,19 @@ def scan_rnn(
         batch_rows = math.prod(x.shape[1:-1])
         chunk = _remat_chunk(steps) if remat else _projection_chunk(steps, project_chunk, batch_rows)
 
-        def run_chunked(chunk, raw, carry):
+        def run_chunked(chunk, raw, carry, unbiased=None):
             if chunk >= steps or chunk <= 1:
                 if remat and not use_linear:  # too short to chunk: checkpoint every step
                     xs = project_span(x)
                     seq = xs if m is None else (xs, m)
                     carry, ys = lax.scan(jax.checkpoint(body), carry, seq, reverse=go_backwards, unroll=scan_unroll)
                 else:
-                    carry, ys = run_span(carry, raw)
+                    carry, ys = run_span(carry, raw, unbiased)
             else:
                 # Spans of `chunk` steps: each projected inside the outer loop (the projected block of a
                 # span stays small on the CPU), and with `remat` checkpointed, so that only span
                 # boundaries are stored for the backward pass (memory ~ sqrt(T)).
-                span = jax.checkpoint(run_span) if remat else run_span
+                span = jax.checkpoint(run_span) if remat else functools.partial(run_span, unbiased=unbiased)
                 n_chunks, rest = divmod(steps, chunk)
                 head = jax.tree_util.tree_map(
                     lambda a: a[:n_chunks * chunk].reshape((n_chunks, chunk) + a.shape[1:]), raw)
@@ -533,17 +565,24 @@ def scan_rnn(
                         ys = jnp.concatenate([ys, ys_tail], 0)
             return carry, ys
 
-        infer_chunk = None
-        if use_linear and not remat and project_chunk is None and chunk >= steps:
-            xp_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(
-                jax.eval_shape(project_span, jax.ShapeDtypeStruct(x[:1].shape, x.dtype))))
-            if steps * xp_bytes >= INFER_SPAN_MIN_BYTES:
+        # For a call that is not differentiated: spans (infer_chunk) and/or the unbiased projection.
+        infer_chunk, unbiased = None, None
+        if use_linear and not remat and project_chunk is None:
+            one_step = jax.ShapeDtypeStruct(x[:1].shape, x.dtype)
+            xp_struct = jax.eval_shape(project_span, one_step)
+            if unbiased_project is not None:
+                project0, bias = unbiased_project
+                if _same_struct(xp_struct, jax.eval_shape(project0, one_step)) and _same_struct(
+                        xp_struct, jax.eval_shape(lambda a: _add_last(project0(a), bias), one_step)):
+                    unbiased = unbiased_project
+            xp_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(xp_struct))
+            if chunk >= steps and steps * xp_bytes >= INFER_SPAN_MIN_BYTES:
                 span = max(2, min(PROJECT_CHUNK, INFER_SPAN_BYTES // max(xp_bytes, 1)))
                 infer_chunk = span if steps > span else None
-        if infer_chunk is None:
+        if infer_chunk is None and unbiased is None:
             carry, ys = run_chunked(chunk, raw, carry)
-        else:  # spans when not differentiated, all steps at once when differentiated
-            carry, ys = _primal_choice(lambda r, c: run_chunked(infer_chunk, r, c),
+        else:  # the inference program when not differentiated, the training one when differentiated
+            carry, ys = _primal_choice(lambda r, c: run_chunked(infer_chunk or chunk, r, c, unbiased),
                                        lambda r, c: run_chunked(chunk, r, c), raw, carry)
         if return_sequences and go_backwards:
             ys = jnp.flip(ys, 0)
@@ -554,7 +593,8 @@ def scan_rnn(
     return last, final_state
 
 
-def scan_spatial(step, inputs, initial_state, *, feature_ndim: int, project=None, mask=None, **kwargs):
+def scan_spatial(step, inputs, initial_state, *, feature_ndim: int, project=None, mask=None,
+                 unbiased_project=None, **kwargs):
     """:func:`scan_rnn` for inputs ``(*batch, T, *features)`` with ``feature_ndim`` feature axes.
 
     The sequence is handed to the driver time-major with the feature axes flattened;
@@ -571,11 +611,14 @@ def scan_spatial(step, inputs, initial_state, *, feature_ndim: int, project=None
     x = x.reshape(x.shape[:nb + 1] + (math.prod(feature_shape),))
     m = None if mask is None else jnp.moveaxis(jnp.asarray(mask), nb, 0)
 
-    def unflat(x):
+    def unflat(x, project=project):
         x = x.reshape(x.shape[:-1] + tuple(feature_shape))
         return x if project is None else project(x)
 
-    output, final = scan_rnn(step, x, initial_state, project=unflat, mask=m, time_major=True, **kwargs)
+    if unbiased_project is not None:
+        unbiased_project = (functools.partial(unflat, project=unbiased_project[0]), unbiased_project[1])
+    output, final = scan_rnn(step, x, initial_state, project=unflat, mask=m, time_major=True,
+                             unbiased_project=unbiased_project, **kwargs)
     if kwargs.get("return_sequences"):
         output = jnp.moveaxis(output, 0, nb)
     return output, final

@@ -54,6 +54,10 @@ class GRUCore:
 
     params_class = GRUParams
     gates = 3
+    # Inference keeps the bias in the projection (see core.unbiased_projection): added in the
+    # loop instead, the GRU's three-part step was no faster at batch 8-128 and 14 % slower at
+    # batch 1 (forward (1, 100, 128, 128): 0.39 -> 0.45 ms).
+    bias_in_loop = False
 
     def __post_init__(self):
         check_units(self.units)

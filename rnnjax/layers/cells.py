@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rnnjax import constraints, regularizers
-from rnnjax.functional.core import check_rate, core_program, dropout_masks
+from rnnjax.functional.core import check_rate, core_program, dropout_masks, unbiased_projection
 from rnnjax.functional.gru import GRUCore
 from rnnjax.functional.lstm import LSTMCore
 from rnnjax.functional.simple_rnn import SimpleRNNCore
@@ -122,7 +122,8 @@ class KerasCell(nn.Module):
         linear = core.linear_step(params, rec_mask)
 
         project, step = core_program(core, params, in_mask, rec_mask)
-        return CellProgram(project, step, core.initial_state, (self.units,), linear=linear)
+        return CellProgram(project, step, core.initial_state, (self.units,), linear=linear,
+                           unbiased=unbiased_projection(core, params, in_mask))
 
     def get_initial_state(self, batch_size: int, dtype=jnp.float32):
         """Zero states, a flat list in Keras order."""

@@ -20,6 +20,7 @@ transposed once before the loop and the outputs/states once after (states in the
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -107,7 +108,7 @@ class ConvLSTMCell(KerasCell):
                                      batch_shape + out_spatial + (self.filters,), core.gates, dtype)
         axis = -(r + 1)  # the channel axis of a channels_first per-step array
 
-        def project(x):
+        def project(x, params=params):
             return core.project(params, _to_last(x, axis) if cf else x, in_mask)
 
         def step(state, xp_t):
@@ -126,7 +127,10 @@ class ConvLSTMCell(KerasCell):
         output_shape = ((self.filters,) + out_spatial) if cf else (out_spatial + (self.filters,))
         # channels_first cells transpose inside the step, so only channels_last has the linear form.
         linear = None if cf else core.linear_step(params, rec_mask)
-        return CellProgram(project, step, initial_state, output_shape, linear=linear)
+        unbiased = None
+        if linear is not None and params.bias is not None:
+            unbiased = (functools.partial(project, params=params._replace(bias=None)), params.bias)
+        return CellProgram(project, step, initial_state, output_shape, linear=linear, unbiased=unbiased)
 
     def get_initial_state(self, batch_size: int, input_spatial_shape=None, dtype=jnp.float32):
         """Zero states ``[h, c]`` for inputs of spatial shape ``input_spatial_shape``."""
