@@ -343,6 +343,56 @@ def test_custom_backward_equals_autodiff(core, options):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("count", [None, 1, 3], ids=["no_dropout", "shared_mask", "per_gate_masks"])
+@pytest.mark.parametrize("options", [{}, {"go_backwards": True, "return_sequences": True},
+                                     {"zero_output_for_mask": True, "return_sequences": True}])
+def test_reset_before_gru_kernel_gradients_after_the_loop(count, options):
+    """The seed's default GRU (reset_after=False, hard sigmoid) as an InputAdditiveStep: its
+    recurrent-kernel gradient is formed after the loop from the stored matmul operands and the
+    input cotangents. Gradients (parameters, inputs, initial state) equal autodiff's
+    (``custom_backward=False``) with masks, recurrent dropout and go_backwards, under vmap too;
+    the backward loop holds no (U, U) kernel-gradient matmul."""
+    core = F.GRUCore(7)
+    params = jax.tree_util.tree_map(lambda a: a + 0.1, core.init(jax.random.key(0), 3))
+    x = jax.random.normal(jax.random.key(1), (4, 9, 3))
+    mask = jax.random.bernoulli(jax.random.key(2), 0.7, (4, 9))
+    rmask = None if count is None else F.dropout_masks(jax.random.key(3), 0.3, (4, 7), count=count)
+    h0 = jax.tree_util.tree_map(lambda a: a + 0.3, core.initial_state((4,)))
+
+    def loss(p, x, h0, custom, mask=mask, rmask=rmask):
+        out, state = F.rnn(core, p, x, mask=mask, initial_state=h0, recurrent_dropout_mask=rmask,
+                           custom_backward=custom, **options)
+        w = jnp.arange(out.size, dtype=out.dtype).reshape(out.shape) / out.size
+        return jnp.sum(out * w) + sum(jnp.sum(jnp.sin(s)) for s in state)
+
+    assert core.linear_step(params, rmask) is None and core.additive_step(params, rmask) is not None
+    grad = jax.grad(lambda p, x, h, custom: loss(p, x, h, custom), argnums=(0, 1, 2))
+    fast = jax.jit(lambda p, x, h: grad(p, x, h, True))(params, x, h0)
+    slow = jax.jit(lambda p, x, h: grad(p, x, h, False))(params, x, h0)
+    for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(slow)):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+    # per example (vmap over the batch, the parameter gradients summed) equals the batched gradient
+    def plain_loss(p, x, h0, mask, rmask):
+        out, state = F.rnn(core, p, x, mask=mask, initial_state=h0, recurrent_dropout_mask=rmask, **options)
+        return jnp.sum(jnp.sin(out)) + jnp.sum(state.h ** 2)
+
+    def per_example(xx, hh, mm, rr):
+        one = jax.tree_util.tree_map(lambda a: a[None], hh)
+        return jax.grad(plain_loss)(params, xx[None], one, mm[None], None if rr is None else rr[:, None])
+
+    per = jax.jit(jax.vmap(per_example, in_axes=(0, 0, 0, None if rmask is None else 1)))(x, h0, mask, rmask)
+    batched = jax.jit(jax.grad(plain_loss))(params, x, h0, mask, rmask)
+    for a, b in zip(jax.tree_util.tree_leaves(per), jax.tree_util.tree_leaves(batched)):
+        np.testing.assert_allclose(jnp.sum(a, 0), b, atol=2e-5, rtol=2e-5)
+    # no kernel-shaped (7, 7) matmul inside any loop of the differentiated program
+    jaxpr = jax.make_jaxpr(lambda p: grad(p, x, h0, True)[0])(params).jaxpr
+    loops = [e.params["jaxpr"].jaxpr for e in _equations(jaxpr) if e.primitive.name == "scan"]
+    assert loops
+    for body in loops:
+        assert not any(e.primitive.name == "dot_general" and e.outvars[0].aval.shape == (7, 7)
+                       for e in _equations(body))
+
+
 @pytest.mark.parametrize("core", [F.LSTMCore(4), F.GRUCore(4), F.GRUCore(4, reset_after=True, recurrent_activation="sigmoid")],
                          ids=["lstm", "gru", "gru_reset_after"])
 @pytest.mark.parametrize("go_backwards", [False, True])

@@ -66,6 +66,8 @@ def rnn(
         return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask,
         unroll=unroll, scan_unroll=scan_unroll, remat=remat,
         linear=linear, unbiased_project=unbiased_projection(core, params, dropout_mask),
+        additive=core.additive_step(params, recurrent_dropout_mask)
+        if custom_backward and hasattr(core, "additive_step") else None,
     )
 
 

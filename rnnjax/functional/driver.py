@@ -14,7 +14,9 @@ order (reversed time when ``go_backwards``, as Keras does).
 
 How (none of it changes a number beyond float rounding): ``project`` runs on all steps at once or
 on spans of steps (``project_chunk``, ``remat``); a step given as a :class:`LinearStep` gets a
-hand-written backward pass; ``unroll`` is a Python loop, else ``lax.scan``.
+hand-written backward pass, and a call that is not differentiated may run another program for the
+same function (spans, the input bias added inside the loop: :func:`_primal_choice`); ``unroll`` is
+a Python loop, else ``lax.scan``.
 
 Shapes: ``inputs`` is ``(*batch, T, F)`` (any number of batch dimensions, none included, so a
 single unbatched sequence works and ``jax.vmap`` over it equals the batched call) or
@@ -299,6 +301,63 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
     return run(linear.recurrent_kernel, pw, xs, init_state, last0, m, linear.rec_mask, xp_bias)
 
 
+class InputAdditiveStep(NamedTuple):
+    """A step whose recurrent matmuls each add to one part of the projected input.
+
+    ``step(kernels, state, xp_t) -> ((state', y), lhs)`` with ``xp_t`` a tuple of parts and
+    ``lhs`` a tuple of the matmuls' left operands, such that the step uses ``xp_t[k]`` only in
+    ``xp_t[k] + lhs[k] @ kernels[k]`` (the reset-before GRU: ``lhs = (h, h, r·h)``, each times
+    its recurrent dropout mask). Then ``d a_t[k] = d xp_t[k]``, and the gradient of
+    ``kernels[k]`` is ``Σ_t lhs_t[k]ᵀ @ d xp_t[k]``: ONE matmul after the loop over the stored
+    ``lhs`` and the input cotangents that the backward pass produces anyway, instead of an
+    accumulation per step (autodiff's, which on the CPU also copies each outer product).
+    """
+
+    kernels: tuple
+    step: Callable
+
+
+def _input_additive_scan(additive: InputAdditiveStep, carry, xs, m, *, go_backwards, return_sequences,
+                         zero_output_for_mask, scan_unroll):
+    """``lax.scan`` of an :class:`InputAdditiveStep` (the masking rule of :func:`scan_rnn`) with
+    the kernels' gradients formed after the loop (see its docstring)."""
+
+    def scan(kernels, xs, carry, m):
+        def body(carry, inp):
+            state, last = carry
+            x_t, m_t = inp if m is not None else (inp, None)
+            (new_state, y), lhs = additive.step(kernels, state, x_t)
+            state, y = _mask_step(m_t, new_state, state, y, last, zero_output_for_mask)
+            return (state, y), (y if return_sequences else None, lhs)
+
+        seq = xs if m is None else (xs, m)
+        carry, (ys, lhs) = lax.scan(body, carry, seq, reverse=go_backwards, unroll=scan_unroll)
+        return (carry, ys), lhs
+
+    kernels = tuple(additive.kernels)
+    scan_conv, consts = jax.closure_convert(lambda k, x, c: scan(k, x, c, m), kernels, xs, carry)
+
+    @jax.custom_vjp
+    def run(kernels, xs, carry, *consts):
+        return scan_conv(kernels, xs, carry, *consts)[0]
+
+    def run_fwd(kernels, xs, carry, *consts):
+        # The kernels are constants of the differentiated scan: autodiff then forms no per-step
+        # kernel gradient (d lhs still flows, d h = d a @ kernelᵀ).
+        out, vjp, lhs = jax.vjp(lambda x, c, *k: scan_conv(kernels, x, c, *k), xs, carry, *consts, has_aux=True)
+        return out, (vjp, lhs, kernels)
+
+    def run_bwd(res, ct):
+        vjp, lhs, kernels = res
+        dxs, dcarry, *dconsts = vjp(ct)
+        dk = tuple((v.reshape(-1, v.shape[-1]).T @ d.reshape(-1, d.shape[-1])).astype(k.dtype)
+                   for v, d, k in zip(lhs, dxs, kernels))
+        return (dk, dxs, dcarry, *dconsts)
+
+    run.defvjp(run_fwd, run_bwd)
+    return run(kernels, tuple(xs), carry, *consts)
+
+
 def _check_inputs(inputs, mask, time_major):
     if not hasattr(inputs, "ndim") or inputs.ndim < 2:
         raise ValueError(
@@ -434,6 +493,7 @@ def scan_rnn(
     linear: Optional[LinearStep] = None,
     project_chunk: Optional[int] = None,
     unbiased_project: Optional[tuple] = None,
+    additive: Optional["InputAdditiveStep"] = None,
 ):
     """Runs ``step`` over the time axis of ``inputs``.
 
@@ -470,6 +530,9 @@ def scan_rnn(
         pass (with ``linear`` and the automatic ``project_chunk`` only; see
         :func:`_primal_choice`). A differentiated call keeps ``project``, whose folded bias
         (:func:`rnnjax.functional.core.gate_matmul`) is faster for training.
+      additive: the same step as an :class:`InputAdditiveStep`, when it has that form and no
+        ``linear`` form (the reset-before GRU): its recurrent-kernel gradients are then formed
+        after the loop (ignored with ``unroll``, ``remat`` or ``constants``).
 
     Returns:
       ``(output, final_state)``: output ``(*batch, U)``, or ``(*batch, T, U)`` with
@@ -507,6 +570,7 @@ def scan_rnn(
 
     carry = (initial_state, zero_out)
     use_linear = linear is not None and constants is None
+    use_additive = additive is not None and not use_linear and constants is None and not remat
 
     if unroll:
         xs = project_span(x)
@@ -530,6 +594,10 @@ def scan_rnn(
                     scan_unroll=scan_unroll, xp_bias=None if unbiased is None else unbiased[1])
                 return (state, last), ys_span
             seq_span = xs_span if m_span is None else (xs_span, m_span)
+            if use_additive:
+                return _input_additive_scan(additive, c, xs_span, m_span, go_backwards=go_backwards,
+                                            return_sequences=return_sequences,
+                                            zero_output_for_mask=zero_output_for_mask, scan_unroll=scan_unroll)
             return lax.scan(body, c, seq_span, reverse=go_backwards, unroll=scan_unroll)
 
         raw = x if m is None else (x, m)

@@ -37,6 +37,7 @@ class CellProgram(NamedTuple):
     takes_constants: bool = False
     linear: Any = None  # the step as a driver.LinearStep, when it has that form (fast backward pass)
     unbiased: Any = None  # (project0, bias): project(x) == project0(x) + bias (the driver's unbiased_project)
+    additive: Any = None  # the step as a driver.InputAdditiveStep, when it has that form
 
 
 def _sizes(state_size) -> tuple:
@@ -253,7 +254,7 @@ def run_recurrent(
         program.step, inputs, init, project=program.project, mask=mask, constants=constants,
         go_backwards=go_backwards, return_sequences=return_sequences,
         zero_output_for_mask=zero_output_for_mask, unroll=unroll, scan_unroll=scan_unroll, remat=remat,
-        linear=program.linear, unbiased_project=program.unbiased,
+        linear=program.linear, unbiased_project=program.unbiased, additive=program.additive,
     )
 
     if stateful and not module.is_initializing():

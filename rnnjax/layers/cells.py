@@ -122,8 +122,9 @@ class KerasCell(nn.Module):
         linear = core.linear_step(params, rec_mask)
 
         project, step = core_program(core, params, in_mask, rec_mask)
+        additive = core.additive_step(params, rec_mask) if hasattr(core, "additive_step") else None
         return CellProgram(project, step, core.initial_state, (self.units,), linear=linear,
-                           unbiased=unbiased_projection(core, params, in_mask))
+                           unbiased=unbiased_projection(core, params, in_mask), additive=additive)
 
     def get_initial_state(self, batch_size: int, dtype=jnp.float32):
         """Zero states, a flat list in Keras order."""
