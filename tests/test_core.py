@@ -343,16 +343,17 @@ def test_custom_backward_equals_autodiff(core, options):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("count", [None, 1, 3], ids=["no_dropout", "shared_mask", "per_gate_masks"])
+@pytest.mark.parametrize("core, count", [(F.GRUCore(7), None), (F.GRUCore(7), 1), (F.GRUCore(7), 3), (F.LSTMCore(7), 4)],
+                         ids=["gru", "gru_shared_mask", "gru_per_gate_masks", "lstm_per_gate_masks"])
 @pytest.mark.parametrize("options", [{}, {"go_backwards": True, "return_sequences": True},
                                      {"zero_output_for_mask": True, "return_sequences": True}])
-def test_reset_before_gru_kernel_gradients_after_the_loop(count, options):
-    """The seed's default GRU (reset_after=False, hard sigmoid) as an InputAdditiveStep: its
-    recurrent-kernel gradient is formed after the loop from the stored matmul operands and the
+def test_input_additive_kernel_gradients_after_the_loop(core, count, options):
+    """Steps without a LinearStep form but with an InputAdditiveStep form — the seed's default GRU
+    (reset_after=False, hard sigmoid), the LSTM with one recurrent dropout mask per gate — get
+    their recurrent-kernel gradients after the loop, from the stored matmul operands and the
     input cotangents. Gradients (parameters, inputs, initial state) equal autodiff's
     (``custom_backward=False``) with masks, recurrent dropout and go_backwards, under vmap too;
     the backward loop holds no (U, U) kernel-gradient matmul."""
-    core = F.GRUCore(7)
     params = jax.tree_util.tree_map(lambda a: a + 0.1, core.init(jax.random.key(0), 3))
     x = jax.random.normal(jax.random.key(1), (4, 9, 3))
     mask = jax.random.bernoulli(jax.random.key(2), 0.7, (4, 9))
@@ -374,7 +375,7 @@ def test_reset_before_gru_kernel_gradients_after_the_loop(count, options):
     # per example (vmap over the batch, the parameter gradients summed) equals the batched gradient
     def plain_loss(p, x, h0, mask, rmask):
         out, state = F.rnn(core, p, x, mask=mask, initial_state=h0, recurrent_dropout_mask=rmask, **options)
-        return jnp.sum(jnp.sin(out)) + jnp.sum(state.h ** 2)
+        return jnp.sum(jnp.sin(out)) + sum(jnp.sum(s ** 2) for s in state)
 
     def per_example(xx, hh, mm, rr):
         one = jax.tree_util.tree_map(lambda a: a[None], hh)

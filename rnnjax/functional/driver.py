@@ -304,10 +304,12 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
 class InputAdditiveStep(NamedTuple):
     """A step whose recurrent matmuls each add to one part of the projected input.
 
-    ``step(kernels, state, xp_t) -> ((state', y), lhs)`` with ``xp_t`` a tuple of parts and
-    ``lhs`` a tuple of the matmuls' left operands, such that the step uses ``xp_t[k]`` only in
+    ``step(kernels, state, xp_t) -> ((state', y), lhs)`` with ``xp_t`` a tuple of parts (or one
+    array whose equal blocks along the last axis are the parts) and ``lhs`` a tuple of the
+    matmuls' left operands, such that the step uses ``xp_t[k]`` only in
     ``xp_t[k] + lhs[k] @ kernels[k]`` (the reset-before GRU: ``lhs = (h, h, r·h)``, each times
-    its recurrent dropout mask). Then ``d a_t[k] = d xp_t[k]``, and the gradient of
+    its recurrent dropout mask; the LSTM with one recurrent dropout mask per gate:
+    ``lhs = (h·m_i, h·m_f, h·m_c, h·m_o)``). Then ``d a_t[k] = d xp_t[k]``, and the gradient of
     ``kernels[k]`` is ``Σ_t lhs_t[k]ᵀ @ d xp_t[k]``: ONE matmul after the loop over the stored
     ``lhs`` and the input cotangents that the backward pass produces anyway, instead of an
     accumulation per step (autodiff's, which on the CPU also copies each outer product).
@@ -350,12 +352,13 @@ def _input_additive_scan(additive: InputAdditiveStep, carry, xs, m, *, go_backwa
     def run_bwd(res, ct):
         vjp, lhs, kernels = res
         dxs, dcarry, *dconsts = vjp(ct)
+        parts = dxs if isinstance(dxs, tuple) else jnp.split(dxs, len(kernels), axis=-1)
         dk = tuple((v.reshape(-1, v.shape[-1]).T @ d.reshape(-1, d.shape[-1])).astype(k.dtype)
-                   for v, d, k in zip(lhs, dxs, kernels))
+                   for v, d, k in zip(lhs, parts, kernels))
         return (dk, dxs, dcarry, *dconsts)
 
     run.defvjp(run_fwd, run_bwd)
-    return run(kernels, tuple(xs), carry, *consts)
+    return run(kernels, xs, carry, *consts)
 
 
 def _check_inputs(inputs, mask, time_major):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from rnnjax.functional import activations
 from rnnjax.functional.core import check_core_config, check_units, gate_matmul, init_weight, lstm_bias
-from rnnjax.functional.driver import LinearStep
+from rnnjax.functional.driver import InputAdditiveStep, LinearStep
 
 
 class LSTMParams(NamedTuple):
@@ -185,6 +185,23 @@ class LSTMCore:
         return LinearStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0], additive=True,
                           pointwise_vjp=self.pointwise_vjp if self.has_fast_vjp else None,
                           late_dz_write=self.recurrent_activation != "sigmoid")
+
+    def additive_step(self, params: LSTMParams, recurrent_dropout_mask=None):
+        """With one recurrent dropout mask per gate (``implementation=1``, Keras 2's default) the
+        step has no :class:`~rnnjax.functional.driver.LinearStep` form: as an
+        :class:`~rnnjax.functional.driver.InputAdditiveStep` (four matmuls, each adding to one
+        gate's block of the projected input) its kernel gradients are formed after the loop.
+        None otherwise (the LinearStep covers it)."""
+        m = recurrent_dropout_mask
+        if m is None or m.shape[0] == 1:
+            return None
+
+        def step(kernels, state, xp_t):
+            lhs = tuple(state.h * m[k] for k in range(4))
+            a = jnp.concatenate([v @ k for v, k in zip(lhs, kernels)], axis=-1)
+            return self.pointwise(None, xp_t, a, state), lhs
+
+        return InputAdditiveStep(tuple(jnp.split(params.recurrent_kernel, 4, axis=-1)), step)
 
     def __call__(self, params: LSTMParams, state: LSTMState, x_t):
         return self.step(params, state, self.project(params, x_t))
