@@ -49,8 +49,9 @@ def rnn(
     ``dropout_mask``/``recurrent_dropout_mask``: ``(count, *batch, I)``/``(count, *batch, U)``
     masks from :func:`dropout_masks` (count 1, or one per gate with ``implementation=1``).
     ``custom_backward``: use the hand-written backward pass when the core has one
-    (:class:`~rnnjax.functional.driver.LinearStep`); it is reverse-mode only, so pass False to
-    differentiate in forward mode (``jax.jvp``, ``jax.jacfwd``).
+    (:class:`~rnnjax.functional.driver.LinearStep`, or
+    :class:`~rnnjax.functional.driver.InputAdditiveStep`: kernel gradients after the loop); it is
+    reverse-mode only, so pass False to differentiate in forward mode (``jax.jvp``, ``jax.jacfwd``).
     """
     check_input_dim(params.kernel, inputs)
     # States are kept in at least float32 (bfloat16 inputs get float32 states), as in the layers.
