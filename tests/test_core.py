@@ -572,3 +572,33 @@ def test_gru_loop_params_give_the_same_step(masks):
     want = core.step(params, state, xp, rm)
     got = core.step(split, state, xp, rm)
     np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("make", [lambda **kw: rnnjax.GRU(6, **kw),
+                                  lambda **kw: rnnjax.LSTM(6, recurrent_dropout=0.3, dropout=0.2, **kw),
+                                  lambda **kw: rnnjax.GRU(6, recurrent_dropout=0.3, **kw)],
+                         ids=["gru_default", "lstm_per_gate_dropout", "gru_per_gate_dropout"])
+def test_layer_gradients_equal_the_unrolled_loop(make):
+    """Layers whose training step runs an InputAdditiveStep (kernel gradients after the loop):
+    in training mode (dropout masks from the same 'dropout' key), the parameter and input
+    gradients equal those of the same layer with ``unroll=True`` (a Python loop, plain autodiff)."""
+    x = jax.random.normal(jax.random.key(0), (3, 7, 4))
+    mask = jnp.array([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1], [1, 0, 1, 1, 1, 1, 0]], bool)
+    layer, unrolled = make(return_sequences=True), make(return_sequences=True, unroll=True)
+    v = layer.init(jax.random.key(1), x)
+    v = jax.tree_util.tree_map(lambda a: a + 0.05, v)
+
+    def grads(lay):
+        def loss(p, x):
+            out = lay.apply({"params": p}, x, mask=mask, training=True, rngs={"dropout": jax.random.key(2)})
+            return jnp.sum(jnp.sin(out) * jnp.arange(7)[None, :, None])
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(v["params"], x)
+
+    for a, b in zip(jax.tree_util.tree_leaves(grads(layer)), jax.tree_util.tree_leaves(grads(unrolled))):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+    # the scan path forms no (U, U) kernel-gradient matmul inside its loops
+    jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(layer.apply({"params": p}, x, training=True,
+                                                                 rngs={"dropout": jax.random.key(2)}))))(v["params"]).jaxpr
+    loops = [e.params["jaxpr"].jaxpr for e in _equations(jaxpr) if e.primitive.name == "scan"]
+    assert loops and not any(e.primitive.name == "dot_general" and e.outvars[0].aval.shape == (6, 6)
+                             for body in loops for e in _equations(body))
