@@ -343,13 +343,16 @@ def test_custom_backward_equals_autodiff(core, options):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("core, count", [(F.GRUCore(7), None), (F.GRUCore(7), 1), (F.GRUCore(7), 3), (F.LSTMCore(7), 4)],
-                         ids=["gru", "gru_shared_mask", "gru_per_gate_masks", "lstm_per_gate_masks"])
+@pytest.mark.parametrize("core, count", [(F.GRUCore(7), None), (F.GRUCore(7), 1), (F.GRUCore(7), 3), (F.LSTMCore(7), 4),
+                                         (F.GRUCore(7, reset_after=True, recurrent_activation="sigmoid"), 3)],
+                         ids=["gru", "gru_shared_mask", "gru_per_gate_masks", "lstm_per_gate_masks",
+                              "gru_reset_after_per_gate_masks"])
 @pytest.mark.parametrize("options", [{}, {"go_backwards": True, "return_sequences": True},
                                      {"zero_output_for_mask": True, "return_sequences": True}])
 def test_input_additive_kernel_gradients_after_the_loop(core, count, options):
     """Steps without a LinearStep form but with an InputAdditiveStep form — the seed's default GRU
-    (reset_after=False, hard sigmoid), the LSTM with one recurrent dropout mask per gate — get
+    (reset_after=False, hard sigmoid), the LSTM and the reset-after GRU (through a ghost part)
+    with one recurrent dropout mask per gate — get
     their recurrent-kernel gradients after the loop, from the stored matmul operands and the
     input cotangents. Gradients (parameters, inputs, initial state) equal autodiff's
     (``custom_backward=False``) with masks, recurrent dropout and go_backwards, under vmap too;
@@ -576,8 +579,10 @@ def test_gru_loop_params_give_the_same_step(masks):
 
 @pytest.mark.parametrize("make", [lambda **kw: rnnjax.GRU(6, **kw),
                                   lambda **kw: rnnjax.LSTM(6, recurrent_dropout=0.3, dropout=0.2, **kw),
-                                  lambda **kw: rnnjax.GRU(6, recurrent_dropout=0.3, **kw)],
-                         ids=["gru_default", "lstm_per_gate_dropout", "gru_per_gate_dropout"])
+                                  lambda **kw: rnnjax.GRU(6, recurrent_dropout=0.3, **kw),
+                                  lambda **kw: rnnjax.GRU(6, recurrent_dropout=0.3, reset_after=True, **kw)],
+                         ids=["gru_default", "lstm_per_gate_dropout", "gru_per_gate_dropout",
+                              "gru_reset_after_per_gate_dropout"])
 def test_layer_gradients_equal_the_unrolled_loop(make):
     """Layers whose training step runs an InputAdditiveStep (kernel gradients after the loop):
     in training mode (dropout masks from the same 'dropout' key), the parameter and input
@@ -602,3 +607,27 @@ def test_layer_gradients_equal_the_unrolled_loop(make):
     loops = [e.params["jaxpr"].jaxpr for e in _equations(jaxpr) if e.primitive.name == "scan"]
     assert loops and not any(e.primitive.name == "dot_general" and e.outvars[0].aval.shape == (6, 6)
                              for body in loops for e in _equations(body))
+
+
+def test_input_additive_step_ghost_parts_are_checked():
+    """Ghost parts must follow the projected parts, numbered from their count on."""
+    from rnnjax.functional.driver import InputAdditiveStep, scan_rnn
+
+    k = jnp.eye(3)
+
+    def step(kernels, state, xp_t):
+        a, b, g = xp_t
+        h = jnp.tanh(a + state @ kernels[0] + b + g + state @ kernels[1])
+        return (h, h), (state, state)
+
+    x = jnp.ones((2, 4, 3))
+    bad = InputAdditiveStep((k, k), step, parts=(0, 5))
+    with pytest.raises(ValueError, match=r"parts \(0, 5\).*numbered from 2"):
+        jax.grad(lambda x: jnp.sum(scan_rnn(lambda s, xt: step((k, k), s, xt + (0 * xt[0],))[0], x, jnp.zeros((2, 3)),
+                                            project=lambda z: (z, z), additive=bad)[0]))(x)
+    good = InputAdditiveStep((k, k), step, parts=(0, 2))
+    ref = jax.grad(lambda x: jnp.sum(scan_rnn(lambda s, xt: step((k, k), s, xt + (0 * xt[0],))[0], x, jnp.zeros((2, 3)),
+                                              project=lambda z: (z, z))[0]))(x)
+    got = jax.grad(lambda x: jnp.sum(scan_rnn(lambda s, xt: step((k, k), s, xt + (0 * xt[0],))[0], x, jnp.zeros((2, 3)),
+                                              project=lambda z: (z, z), additive=good)[0]))(x)
+    np.testing.assert_allclose(got, ref, atol=1e-6)

@@ -314,10 +314,17 @@ class InputAdditiveStep(NamedTuple):
     ``kernels[k]`` is ``Σ_t lhs_t[k]ᵀ @ d xp_t[k]``: ONE matmul after the loop over the stored
     ``lhs`` and the input cotangents that the backward pass produces anyway, instead of an
     accumulation per step (autodiff's, which on the CPU also copies each outer product).
+
+    ``parts[k]``: the part of ``xp_t`` that ``kernels[k]``'s matmul adds to (default ``k``). An
+    index past the projected parts names a ghost part: the driver appends a zero input of the
+    matmul's width there, the step computes that matmul as ``ghost_t + lhs[k] @ kernels[k]``, and
+    the ghost's cotangent is ``d a_t[k]``, whatever the step does with ``a_t[k]`` (the reset-after
+    GRU with one recurrent mask per gate: its candidate's ``r·(h·m_h @ R_h + b_h)``).
     """
 
     kernels: tuple
     step: Callable
+    parts: Optional[tuple] = None
 
 
 def _input_additive_scan(additive: InputAdditiveStep, carry, xs, m, *, go_backwards, return_sequences,
@@ -338,6 +345,15 @@ def _input_additive_scan(additive: InputAdditiveStep, carry, xs, m, *, go_backwa
         return (carry, ys), lhs
 
     kernels = tuple(additive.kernels)
+    parts = tuple(range(len(kernels))) if additive.parts is None else tuple(additive.parts)
+    n_real = len(xs) if isinstance(xs, tuple) else len(kernels)
+    ghost_ids = sorted({p for p in parts if p >= n_real})
+    if ghost_ids:
+        if not isinstance(xs, tuple) or ghost_ids != list(range(n_real, n_real + len(ghost_ids))):
+            raise ValueError(f"InputAdditiveStep.parts {parts}: ghost parts need projected parts as a tuple, "
+                             f"numbered from {n_real} on")
+        lead = xs[0].shape[:-1]
+        xs = xs + tuple(jnp.zeros(lead + (kernels[parts.index(j)].shape[-1],), xs[0].dtype) for j in ghost_ids)
     scan_conv, consts = jax.closure_convert(lambda k, x, c: scan(k, x, c, m), kernels, xs, carry)
 
     @jax.custom_vjp
@@ -353,13 +369,13 @@ def _input_additive_scan(additive: InputAdditiveStep, carry, xs, m, *, go_backwa
     def run_bwd(res, ct):
         vjp, lhs, kernels = res
         dxs, dcarry, *dconsts = vjp(ct)
-        parts = dxs if isinstance(dxs, tuple) else jnp.split(dxs, len(kernels), axis=-1)
-        dk = tuple((v.reshape(-1, v.shape[-1]).T @ d.reshape(-1, d.shape[-1])).astype(k.dtype)
-                   for v, d, k in zip(lhs, parts, kernels))
+        blocks = dxs if isinstance(dxs, tuple) else jnp.split(dxs, len(kernels), axis=-1)
+        dk = tuple((v.reshape(-1, v.shape[-1]).T @ blocks[p].reshape(-1, blocks[p].shape[-1])).astype(k.dtype)
+                   for v, p, k in zip(lhs, parts, kernels))
         return (dk, dxs, dcarry, *dconsts)
 
     run.defvjp(run_fwd, run_bwd)
-    return run(kernels, xs, carry, *consts)
+    return run(kernels, xs, carry, *consts)  # the ghost parts' cotangents go to the zeros
 
 
 def _check_inputs(inputs, mask, time_major):

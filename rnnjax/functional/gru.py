@@ -135,15 +135,29 @@ class GRUCore:
         return (GRUState(h), h), (h_z, h_r, rh)
 
     def additive_step(self, params: GRUParams, recurrent_dropout_mask=None):
-        """The reset-before step as a :class:`~rnnjax.functional.driver.InputAdditiveStep` (its
-        three matmuls each add to one gate's projected input), None with ``reset_after``. Its
-        kernel gradients are then formed after the loop: training of the seed's default GRU at
-        batch 1, 100 steps, 128 units 4.0 -> 1.6 ms (``bench/README.md``)."""
-        if self.reset_after:
-            return None
+        """The step as a :class:`~rnnjax.functional.driver.InputAdditiveStep` where it has no
+        LinearStep form: the reset-before step (its three matmuls each add to one gate's projected
+        input), and the reset-after step with one recurrent dropout mask per gate (the
+        candidate's matmul through a ghost part); None otherwise. Its kernel gradients are then
+        formed after the loop: training of the seed's default GRU at batch 1, 100 steps, 128
+        units 4.0 -> 1.3 ms (``bench/README.md``)."""
         masks = recurrent_dropout_mask
-        return InputAdditiveStep(self.loop_params(params).recurrent_kernel,
-                                 lambda kernels, state, xp_t: self._reset_before_step(kernels, state, xp_t, masks))
+        if not self.reset_after:
+            return InputAdditiveStep(self.loop_params(params).recurrent_kernel,
+                                     lambda kernels, state, xp_t: self._reset_before_step(kernels, state, xp_t, masks))
+        if masks is None or masks.shape[0] == 1:
+            return None  # the LinearStep covers it
+        # reset_after with one recurrent mask per gate: three matmuls; the candidate's, multiplied
+        # by r, adds to a ghost part (see InputAdditiveStep.parts)
+        rec_bias = None if params.bias is None else params.bias[1]
+
+        def step(kernels, state, xp_t):
+            xz, xr, xh, ghost = xp_t
+            lhs = tuple(state.h * masks[k] for k in range(3))
+            a = (lhs[0] @ kernels[0], lhs[1] @ kernels[1], ghost + lhs[2] @ kernels[2])
+            return self.pointwise(rec_bias, (xz, xr, xh), a, state), lhs
+
+        return InputAdditiveStep(tuple(jnp.split(params.recurrent_kernel, 3, axis=-1)), step, parts=(0, 1, 3))
 
     def project_parts(self, params: GRUParams, x, dropout_mask=None):
         """:meth:`project` as its three gate blocks ``(xz, xr, xh)``, each from its own matmul (for
