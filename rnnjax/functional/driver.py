@@ -551,8 +551,9 @@ def scan_rnn(
         :func:`_primal_choice`). A differentiated call keeps ``project``, whose folded bias
         (:func:`rnnjax.functional.core.gate_matmul`) is faster for training.
       additive: the same step as an :class:`InputAdditiveStep`, when it has that form and no
-        ``linear`` form (the reset-before GRU): its recurrent-kernel gradients are then formed
-        after the loop (ignored with ``unroll``, ``remat`` or ``constants``).
+        ``linear`` form (the reset-before GRU; the LSTM and the reset-after GRU with one recurrent
+        dropout mask per gate): its recurrent-kernel gradients are then formed after the loop
+        (ignored with ``linear``, ``unroll``, ``remat`` or ``constants``).
 
     Returns:
       ``(output, final_state)``: output ``(*batch, U)``, or ``(*batch, T, U)`` with
