@@ -367,3 +367,50 @@ def test_inference_spans_change_no_number(monkeypatch, fmt):
     assert temp_spans < temp_all
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_per_gate_recurrent_dropout_gradients_after_the_loop(rank):
+    """ConvLSTM layers draw one recurrent dropout mask per gate, which has no LinearStep form; as an
+    InputAdditiveStep their recurrent-kernel gradients are ``patches(h·m_g)ᵀ @ dz_g`` after the
+    loop. In training mode (same 'dropout' key) the gradients equal the unrolled loop's (plain
+    autodiff), and no convolution with the kernel's shape is formed inside the backward loop."""
+    cls = rnnjax.ConvLSTM1D if rank == 1 else rnnjax.ConvLSTM2D
+    shape = (2, 5, 6, 3) if rank == 1 else (2, 5, 5, 4, 3)
+    x = jax.random.normal(jax.random.key(0), shape)
+    mask = jnp.array([[1, 1, 1, 0, 0], [1, 0, 1, 1, 1]], bool)
+
+    def make(**kw):
+        return cls(4, 3, padding="same", recurrent_dropout=0.3, recurrent_activation="sigmoid",
+                   return_sequences=True, **kw)
+
+    layer, unrolled = make(), make(unroll=True)
+    v = jax.tree_util.tree_map(lambda a: a + 0.05, layer.init(jax.random.key(1), x))
+
+    def loss(lay, p, x):
+        out = lay.apply({"params": p}, x, mask=mask, training=True, rngs={"dropout": jax.random.key(2)})
+        return jnp.sum(jnp.sin(out))
+
+    got = jax.jit(jax.grad(lambda p, x: loss(layer, p, x), argnums=(0, 1)))(v["params"], x)
+    want = jax.jit(jax.grad(lambda p, x: loss(unrolled, p, x), argnums=(0, 1)))(v["params"], x)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+    # inside the backward loop: no convolution producing a kernel-shaped (…, 4, 4·k) gradient
+    jaxpr = jax.make_jaxpr(jax.grad(lambda p: loss(layer, p, x)))(v["params"]).jaxpr
+
+    def eqns(jp):
+        for e in jp.eqns:
+            yield e
+            for val in e.params.values():
+                inner = getattr(val, "jaxpr", val)
+                if hasattr(inner, "eqns"):
+                    yield from eqns(inner)
+
+    loops = [e.params["jaxpr"].jaxpr for e in eqns(jaxpr) if e.primitive.name == "scan"]
+    assert loops
+    kernel_shape = tuple(v["params"]["cell"]["recurrent_kernel"].shape)
+    block = kernel_shape[:-1] + (kernel_shape[-1] // 4,)
+    for body in loops:
+        for e in eqns(body):
+            if e.primitive.name == "conv_general_dilated":
+                assert tuple(e.outvars[0].aval.shape) not in (kernel_shape, block)

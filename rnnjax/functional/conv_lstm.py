@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rnnjax.functional.core import check_core_config, check_units, init_weight, lstm_bias
-from rnnjax.functional.driver import LinearStep, scan_spatial
+from rnnjax.functional.driver import InputAdditiveStep, LinearStep, scan_spatial
 from rnnjax.functional.lstm import LSTMCore
 
 _DIMENSION_NUMBERS = {
@@ -259,16 +259,41 @@ class ConvLSTMCore:
         m = recurrent_dropout_mask
         if m is not None and m.shape[0] != 1:
             return None
+        flat, recurrent_conv = self._flat_recurrent(params)
+        return LinearStep(flat, self.pointwise, None, None if m is None else m[0], self.recurrent_patches,
+                          additive=True, recurrent_apply=recurrent_conv)
+
+    def _flat_recurrent(self, params: ConvLSTMParams):
+        """The recurrent kernel flattened for ``patches(h) @ flat`` (channel-major rows), and
+        ``recurrent_conv(h, flat_block)``: the same map as ``patches(h) @ flat_block`` (any block
+        of the columns), as a convolution."""
         rk = params.recurrent_kernel
         flat = jnp.moveaxis(rk, -2, 0).reshape(-1, rk.shape[-1])
         ones = (1,) * self.rank
 
-        def recurrent_conv(h, flat_kernel):  # the same map as patches(h) @ flat_kernel, as a convolution
-            kernel = jnp.moveaxis(flat_kernel.reshape((rk.shape[-2],) + tuple(self.kernel_size) + (rk.shape[-1],)), 0, -2)
-            return self._conv(h, kernel, ones, "same", ones, 1)
+        def recurrent_conv(h, flat_kernel):
+            kernel = flat_kernel.reshape((rk.shape[-2],) + tuple(self.kernel_size) + (flat_kernel.shape[-1],))
+            return self._conv(h, jnp.moveaxis(kernel, 0, -2), ones, "same", ones, 1)
 
-        return LinearStep(flat, self.pointwise, None, None if m is None else m[0], self.recurrent_patches,
-                          additive=True, recurrent_apply=recurrent_conv)
+        return flat, recurrent_conv
+
+    def additive_step(self, params: ConvLSTMParams, recurrent_dropout_mask=None):
+        """With one recurrent dropout mask per gate (what the ConvLSTM layers draw): the step as an
+        :class:`~rnnjax.functional.driver.InputAdditiveStep` (four recurrent convolutions, each
+        adding to one gate's block of the projected input), so that the kernel gradients are
+        ``patches(h·m_g)ᵀ @ dz_g`` after the loop instead of XLA's kernel-gradient convolution
+        inside it (jax-ml/jax#12868). None otherwise (the LinearStep covers it)."""
+        m = recurrent_dropout_mask
+        if m is None or m.shape[0] == 1:
+            return None
+        flat, recurrent_conv = self._flat_recurrent(params)
+
+        def step(kernels, state, xp_t):
+            lhs = tuple(state.h * m[g] for g in range(4))
+            a = jnp.concatenate([recurrent_conv(v, k) for v, k in zip(lhs, kernels)], axis=-1)
+            return self.pointwise(None, xp_t, a, state), lhs
+
+        return InputAdditiveStep(tuple(jnp.split(flat, 4, axis=-1)), step, lhs_input=self.recurrent_patches)
 
     def __call__(self, params: ConvLSTMParams, state: ConvLSTMState, x_t):
         return self.step(params, state, self.project(params, x_t))
@@ -317,4 +342,5 @@ def conv_lstm(
         scan_unroll=scan_unroll, remat=remat, linear=core.linear_step(params, recurrent_dropout_mask),
         unbiased_project=None if params.bias is None else (
             lambda x: core.project(params._replace(bias=None), x, dropout_mask), params.bias),
+        additive=core.additive_step(params, recurrent_dropout_mask),
     )

@@ -325,6 +325,10 @@ class InputAdditiveStep(NamedTuple):
     kernels: tuple
     step: Callable
     parts: Optional[tuple] = None
+    # lhs_input(v): the matmul's actual left operand when the step stores a smaller one and
+    # applies the kernel another way (ConvLSTM: h·m_g stored, the kernel gradient is
+    # patches(h·m_g)ᵀ @ d xp_g), applied to the stored sequence after the loop.
+    lhs_input: Optional[Callable] = None
 
 
 def _input_additive_scan(additive: InputAdditiveStep, carry, xs, m, *, go_backwards, return_sequences,
@@ -370,6 +374,8 @@ def _input_additive_scan(additive: InputAdditiveStep, carry, xs, m, *, go_backwa
         vjp, lhs, kernels = res
         dxs, dcarry, *dconsts = vjp(ct)
         blocks = dxs if isinstance(dxs, tuple) else jnp.split(dxs, len(kernels), axis=-1)
+        if additive.lhs_input is not None:
+            lhs = tuple(additive.lhs_input(v) for v in lhs)
         dk = tuple((v.reshape(-1, v.shape[-1]).T @ blocks[p].reshape(-1, blocks[p].shape[-1])).astype(k.dtype)
                    for v, p, k in zip(lhs, parts, kernels))
         return (dk, dxs, dcarry, *dconsts)

@@ -130,7 +130,9 @@ class ConvLSTMCell(KerasCell):
         unbiased = None
         if linear is not None and params.bias is not None:
             unbiased = (functools.partial(project, params=params._replace(bias=None)), params.bias)
-        return CellProgram(project, step, initial_state, output_shape, linear=linear, unbiased=unbiased)
+        additive = None if cf else core.additive_step(params, rec_mask)
+        return CellProgram(project, step, initial_state, output_shape, linear=linear, unbiased=unbiased,
+                           additive=additive)
 
     def get_initial_state(self, batch_size: int, input_spatial_shape=None, dtype=jnp.float32):
         """Zero states ``[h, c]`` for inputs of spatial shape ``input_spatial_shape``."""
