@@ -16,6 +16,8 @@ import rnnjax  # noqa: E402
 from rnnjax import functional as F  # noqa: E402
 from rnnjax.functional.initializers import Constant  # noqa: E402
 
+from jaxpr_util import equations  # noqa: E402
+
 KERAS = {1: keras.layers.ConvLSTM1D, 2: keras.layers.ConvLSTM2D, 3: keras.layers.ConvLSTM3D}
 OURS = {1: rnnjax.ConvLSTM1D, 2: rnnjax.ConvLSTM2D, 3: rnnjax.ConvLSTM3D}
 SPATIAL = {1: (6,), 2: (5, 4), 3: (4, 3, 4)}
@@ -397,20 +399,11 @@ def test_per_gate_recurrent_dropout_gradients_after_the_loop(rank):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
     # inside the backward loop: no convolution producing a kernel-shaped (…, 4, 4·k) gradient
     jaxpr = jax.make_jaxpr(jax.grad(lambda p: loss(layer, p, x)))(v["params"]).jaxpr
-
-    def eqns(jp):
-        for e in jp.eqns:
-            yield e
-            for val in e.params.values():
-                inner = getattr(val, "jaxpr", val)
-                if hasattr(inner, "eqns"):
-                    yield from eqns(inner)
-
-    loops = [e.params["jaxpr"].jaxpr for e in eqns(jaxpr) if e.primitive.name == "scan"]
+    loops = [e.params["jaxpr"].jaxpr for e in equations(jaxpr) if e.primitive.name == "scan"]
     assert loops
     kernel_shape = tuple(v["params"]["cell"]["recurrent_kernel"].shape)
     block = kernel_shape[:-1] + (kernel_shape[-1] // 4,)
     for body in loops:
-        for e in eqns(body):
+        for e in equations(body):
             if e.primitive.name == "conv_general_dilated":
                 assert tuple(e.outvars[0].aval.shape) not in (kernel_shape, block)

@@ -12,6 +12,8 @@ import rnnjax
 import rnnjax.functional as F
 from rnnjax.functional.initializers import Constant
 
+from jaxpr_util import equations
+
 C = dict(kernel_initializer=Constant(0.01), recurrent_initializer=Constant(0.02), bias_initializer=Constant(0.03))
 K3 = dict(recurrent_activation="sigmoid")  # Keras 3's defaults, which the public values use
 
@@ -390,11 +392,11 @@ def test_input_additive_kernel_gradients_after_the_loop(core, count, options):
         np.testing.assert_allclose(jnp.sum(a, 0), b, atol=2e-5, rtol=2e-5)
     # no kernel-shaped (7, 7) matmul inside any loop of the differentiated program
     jaxpr = jax.make_jaxpr(lambda p: grad(p, x, h0, True)[0])(params).jaxpr
-    loops = [e.params["jaxpr"].jaxpr for e in _equations(jaxpr) if e.primitive.name == "scan"]
+    loops = [e.params["jaxpr"].jaxpr for e in equations(jaxpr) if e.primitive.name == "scan"]
     assert loops
     for body in loops:
         assert not any(e.primitive.name == "dot_general" and e.outvars[0].aval.shape == (7, 7)
-                       for e in _equations(body))
+                       for e in equations(body))
 
 
 @pytest.mark.parametrize("core", [F.LSTMCore(4), F.GRUCore(4), F.GRUCore(4, reset_after=True, recurrent_activation="sigmoid")],
@@ -462,23 +464,11 @@ def test_inference_spans_change_no_number(monkeypatch, core, options):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
 
 
-def _equations(jaxpr, found=None):
-    """Every equation of a jaxpr, nested calls and loop bodies included."""
-    found = [] if found is None else found
-    for e in jaxpr.eqns:
-        found.append(e)
-        for v in e.params.values():
-            inner = getattr(v, "jaxpr", v)
-            if hasattr(inner, "eqns"):
-                _equations(inner, found)
-    return found
-
-
 def _folded_bias(jaxpr, input_dim) -> bool:
     """Whether a matmul takes the inputs with a column of ones, ``[x, 1]`` (``input_dim + 1`` wide)."""
     return any(e.primitive.name == "dot_general" and any(getattr(v.aval, "shape", ())[-1:] == (input_dim + 1,)
                                                          for v in e.invars)
-               for e in _equations(jaxpr))
+               for e in equations(jaxpr))
 
 
 @pytest.mark.parametrize("core", [F.SimpleRNNCore(8), F.LSTMCore(8, recurrent_activation="sigmoid"), F.LSTMCore(8)],
@@ -604,9 +594,9 @@ def test_layer_gradients_equal_the_unrolled_loop(make):
     # the scan path forms no (U, U) kernel-gradient matmul inside its loops
     jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(layer.apply({"params": p}, x, training=True,
                                                                  rngs={"dropout": jax.random.key(2)}))))(v["params"]).jaxpr
-    loops = [e.params["jaxpr"].jaxpr for e in _equations(jaxpr) if e.primitive.name == "scan"]
+    loops = [e.params["jaxpr"].jaxpr for e in equations(jaxpr) if e.primitive.name == "scan"]
     assert loops and not any(e.primitive.name == "dot_general" and e.outvars[0].aval.shape == (6, 6)
-                             for body in loops for e in _equations(body))
+                             for body in loops for e in equations(body))
 
 
 def test_input_additive_step_ghost_parts_are_checked():

@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.functional import activations, initializers
-from rnnjax.functional.core import (dropout_masks, gate_matmul, check_input_dim, check_state, core_program,
-                                   unbiased_projection)
+from rnnjax.functional.core import dropout_masks, gate_matmul, check_input_dim, check_state, core_program
 from rnnjax.functional.driver import scan_rnn
 from rnnjax.functional.gru import GRUCore, GRUParams, GRUState
 from rnnjax.functional.lstm import LSTMCore, LSTMParams, LSTMState
@@ -58,17 +57,12 @@ def rnn(
     template = core.initial_state(inputs.shape[:-2], jnp.promote_types(inputs.dtype, jnp.float32))
     initial_state = template if initial_state is None else check_state(template, initial_state)
 
-    linear = core.linear_step(params, recurrent_dropout_mask) if custom_backward and hasattr(core, "linear_step") else None
-
-    project, step = core_program(core, params, dropout_mask, recurrent_dropout_mask)
-
+    program = core_program(core, params, dropout_mask, recurrent_dropout_mask, custom_backward)
     return scan_rnn(
-        step, inputs, initial_state, project=project, mask=mask, go_backwards=go_backwards,
+        program.step, inputs, initial_state, project=program.project, mask=mask, go_backwards=go_backwards,
         return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask,
         unroll=unroll, scan_unroll=scan_unroll, remat=remat,
-        linear=linear, unbiased_project=unbiased_projection(core, params, dropout_mask),
-        additive=core.additive_step(params, recurrent_dropout_mask)
-        if custom_backward and hasattr(core, "additive_step") else None,
+        linear=program.linear, unbiased_project=program.unbiased, additive=program.additive,
     )
 
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from rnnjax.functional.core import check_core_config, check_units, init_weight, lstm_bias
+from rnnjax.functional.core import check_core_config, check_units, core_program, init_weight, lstm_bias
 from rnnjax.functional.driver import InputAdditiveStep, LinearStep, scan_spatial
 from rnnjax.functional.lstm import LSTMCore
 
@@ -332,15 +332,10 @@ def conv_lstm(
     if initial_state is None:
         initial_state = core.initial_state(inputs.shape[:-(r + 2)], inputs.dtype, inputs.shape[-(r + 1):-1])
 
-    def step(state, xp_t):
-        return core.step(params, state, xp_t, recurrent_dropout_mask)
-
+    program = core_program(core, params, dropout_mask, recurrent_dropout_mask)
     return scan_spatial(
-        step, inputs, initial_state, feature_ndim=r + 1,
-        project=lambda x: core.project(params, x, dropout_mask), mask=mask, go_backwards=go_backwards,
-        return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask, unroll=unroll,
-        scan_unroll=scan_unroll, remat=remat, linear=core.linear_step(params, recurrent_dropout_mask),
-        unbiased_project=None if params.bias is None else (
-            lambda x: core.project(params._replace(bias=None), x, dropout_mask), params.bias),
-        additive=core.additive_step(params, recurrent_dropout_mask),
+        program.step, inputs, initial_state, feature_ndim=r + 1, project=program.project, mask=mask,
+        go_backwards=go_backwards, return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask,
+        unroll=unroll, scan_unroll=scan_unroll, remat=remat, linear=program.linear,
+        unbiased_project=program.unbiased, additive=program.additive,
     )

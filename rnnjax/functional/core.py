@@ -16,7 +16,7 @@ activations, ...). It knows, as pure functions of explicit parameters:
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -119,25 +119,49 @@ def gate_matmul(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array], gat
     return gate_matmul_parts(x, kernel, masks, 1, bias)[0]
 
 
-def core_program(core, params, dropout_mask=None, recurrent_dropout_mask=None):
-    """The ``(project, step)`` pair the driver runs for a core.
+class CoreProgram(NamedTuple):
+    """What the driver runs for a core:
+    ``scan_rnn(step, ..., project=project, linear=linear, unbiased_project=unbiased, additive=additive)``."""
 
-    ``project(x)``: the input projection of many steps in the form the step takes,
-    ``core.project`` or the per-gate parts of ``core.project_parts`` where the core has it (the
-    GRU). ``step(state, xp_t)``: ``core.step`` on the parameters prepared once, here, outside the
-    loop by ``core.loop_params`` where the core has it (the reset-before GRU's kernel blocks).
-    """
-    loop_params = core.loop_params(params) if hasattr(core, "loop_params") else params
+    project: Callable
+    step: Callable
+    linear: Any  # driver.LinearStep or None
+    unbiased: Any  # (project0, bias) or None, see unbiased_projection
+    additive: Any  # driver.InputAdditiveStep or None
 
+
+def _projection(core, params, dropout_mask):
+    """The input projection of many steps in the form the step takes: ``core.project``, or the
+    per-gate parts of ``core.project_parts`` where the core has it (the GRU)."""
     def project(x):
         if hasattr(core, "project_parts"):
             return core.project_parts(params, x, dropout_mask)
         return core.project(params, x, dropout_mask)
 
+    return project
+
+
+def core_program(core, params, dropout_mask=None, recurrent_dropout_mask=None, custom_backward=True) -> CoreProgram:
+    """The :class:`CoreProgram` of a core (the functional ``rnn``, ``conv_lstm`` and the Flax cells).
+
+    ``project``: see :func:`_projection`. ``step(state, xp_t)``: ``core.step`` on the parameters
+    prepared once, here, outside the loop by ``core.loop_params`` where the core has it (the
+    reset-before GRU's kernel blocks). ``linear``/``additive``: the core's
+    ``linear_step``/``additive_step`` (hand-written backward passes; None without
+    ``custom_backward``). ``unbiased``: :func:`unbiased_projection`.
+    """
+    loop_params = core.loop_params(params) if hasattr(core, "loop_params") else params
+
     def step(state, xp_t):
         return core.step(loop_params, state, xp_t, recurrent_dropout_mask)
 
-    return project, step
+    def backward_form(name):
+        if not custom_backward or not hasattr(core, name):
+            return None
+        return getattr(core, name)(params, recurrent_dropout_mask)
+
+    return CoreProgram(_projection(core, params, dropout_mask), step, backward_form("linear_step"),
+                       unbiased_projection(core, params, dropout_mask), backward_form("additive_step"))
 
 
 def unbiased_projection(core, params, dropout_mask=None):
@@ -151,8 +175,7 @@ def unbiased_projection(core, params, dropout_mask=None):
     """
     if params.bias is None or not getattr(core, "bias_in_loop", True):
         return None
-    project0, _ = core_program(core, params._replace(bias=None), dropout_mask)
-    return project0, params.bias
+    return _projection(core, params._replace(bias=None), dropout_mask), params.bias
 
 
 def gate_matmul_parts(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array], parts: int,

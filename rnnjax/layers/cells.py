@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rnnjax import constraints, regularizers
-from rnnjax.functional.core import check_rate, core_program, dropout_masks, unbiased_projection
+from rnnjax.functional.core import check_rate, core_program, dropout_masks
 from rnnjax.functional.gru import GRUCore
 from rnnjax.functional.lstm import LSTMCore
 from rnnjax.functional.simple_rnn import SimpleRNNCore
@@ -119,12 +119,9 @@ class KerasCell(nn.Module):
             rec_mask = dropout_masks(self.make_rng("dropout"), self.recurrent_dropout,
                                      tuple(batch_shape) + (self.units,), count, dtype)
 
-        linear = core.linear_step(params, rec_mask)
-
-        project, step = core_program(core, params, in_mask, rec_mask)
-        additive = core.additive_step(params, rec_mask) if hasattr(core, "additive_step") else None
-        return CellProgram(project, step, core.initial_state, (self.units,), linear=linear,
-                           unbiased=unbiased_projection(core, params, in_mask), additive=additive)
+        program = core_program(core, params, in_mask, rec_mask)
+        return CellProgram(program.project, program.step, core.initial_state, (self.units,), linear=program.linear,
+                           unbiased=program.unbiased, additive=program.additive)
 
     def get_initial_state(self, batch_size: int, dtype=jnp.float32):
         """Zero states, a flat list in Keras order."""

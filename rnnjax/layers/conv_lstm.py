@@ -20,7 +20,6 @@ transposed once before the loop and the outputs/states once after (states in the
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 
 from rnnjax.functional import initializers
 from rnnjax.functional.conv_lstm import ConvLSTMCore, ConvLSTMParams, check_data_format
-from rnnjax.functional.core import check_rate, dropout_masks
+from rnnjax.functional.core import check_rate, dropout_masks, unbiased_projection
 from rnnjax.layers.base import CellProgram, reset_layer_states, run_recurrent
 from rnnjax.layers.cells import KerasCell
 
@@ -108,7 +107,7 @@ class ConvLSTMCell(KerasCell):
                                      batch_shape + out_spatial + (self.filters,), core.gates, dtype)
         axis = -(r + 1)  # the channel axis of a channels_first per-step array
 
-        def project(x, params=params):
+        def project(x):
             return core.project(params, _to_last(x, axis) if cf else x, in_mask)
 
         def step(state, xp_t):
@@ -127,9 +126,8 @@ class ConvLSTMCell(KerasCell):
         output_shape = ((self.filters,) + out_spatial) if cf else (out_spatial + (self.filters,))
         # channels_first cells transpose inside the step, so only channels_last has the linear form.
         linear = None if cf else core.linear_step(params, rec_mask)
-        unbiased = None
-        if linear is not None and params.bias is not None:
-            unbiased = (functools.partial(project, params=params._replace(bias=None)), params.bias)
+        # channels_last: project is the core's own, so its unbiased form is too
+        unbiased = None if cf else unbiased_projection(core, params, in_mask)
         additive = None if cf else core.additive_step(params, rec_mask)
         return CellProgram(project, step, initial_state, output_shape, linear=linear, unbiased=unbiased,
                            additive=additive)
