@@ -1,4 +1,5 @@
-"""Walking jaxprs in structural tests."""
+"""Walking jaxprs and compiled programs in structural tests."""
+import re
 
 
 def equations(jaxpr, found=None):
@@ -11,3 +12,9 @@ def equations(jaxpr, found=None):
             if hasattr(inner, "eqns"):
                 equations(inner, found)
     return found
+
+
+def convolution_shapes(hlo_text):
+    """The output shapes of every convolution in a compiled program's HLO text (fusions included)."""
+    return [tuple(int(d) for d in m.group(1).split(",") if d)
+            for m in re.finditer(r"= \w+\[([\d,]*)\]\S* convolution\(", hlo_text)]

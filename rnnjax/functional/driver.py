@@ -249,8 +249,8 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
                 dpw_t, dxp, da, ds_prev, dlast_prev = vjp((ds, dout))
             h_like = _first_leaf(s_prev)
             da = join(da)  # joined once: the matmul below and the stacked output use it
-            if linear.recurrent_apply is not None:
-                dv = jax.linear_transpose(lambda v: linear.recurrent_apply(v, R), h_like)(da)[0]
+            if linear.recurrent_apply is not None:  # vjp, not linear_transpose: it may have a custom_vjp
+                dv = jax.vjp(lambda v: linear.recurrent_apply(v, R), h_like)[1](da)[0]
             else:
                 dv = da @ r_t
                 if linear.recurrent_input is not None:
