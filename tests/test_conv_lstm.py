@@ -421,7 +421,9 @@ def test_per_gate_recurrent_dropout_gradients_after_the_loop(rank):
     # In the program XLA runs, no convolution produces a recurrent-kernel-shaped (…, 4, 4·k)
     # gradient, in any axis order (the input kernel's gradient, (…, 3, 16), is one). The jaxpr
     # still holds same_conv's kernel cotangent inside the backward loop, unused: XLA drops it.
-    compiled = jax.jit(jax.grad(lambda p: loss(layer, p, x))).lower(v["params"]).compile().as_text()
+    # (the CPU's program: on a GPU, convolutions are cuDNN calls)
+    on_cpu = jax.device_put((v["params"], x), jax.devices("cpu")[0])
+    compiled = jax.jit(jax.grad(lambda p, x: loss(layer, p, x))).lower(*on_cpu).compile().as_text()
     shapes = {tuple(sorted(s)) for s in convolution_shapes(compiled)}
     kernel_shape = tuple(v["params"]["cell"]["recurrent_kernel"].shape)
     assert tuple(sorted(kernel_shape[:-2] + (3, 16))) in shapes  # the check sees convolutions
