@@ -217,6 +217,13 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
         # loop body).
         delayed = linear.pointwise_vjp is None or linear.late_dz_write
 
+        # Without a mask the previous output is never read: its cotangent is not carried (a zero
+        # array carried through the loop is a broadcast and a copy per step, 2 of the ~21 thunks
+        # of a batch-1 step); d_last joins the output cotangent of the first processed step.
+        carry_dlast = keep_last
+        t_last = steps - 1 if go_backwards else 0  # the last step the backward loop processes
+        prev_step = -1 if go_backwards else 1  # t of the step processed before t
+
         def body(carry, inp):
             ds, dlast, dpw, zbuf = carry
             xp_t, s_prev, last_prev, m_t, dy_t, t = inp
@@ -227,26 +234,36 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
                     # (Autodiff's backward of some steps, e.g. the hard-sigmoid LSTM, reads z_t
                     # in ops that do not feed dz_t; an immediate write after them made XLA copy
                     # the whole buffer on every step: 131 vs 71 ms at (32, 100, 128, 256).)
-                    zbuf, (pend_dz, pend_t) = zbuf
-                    # nothing is pending before the first processed step: its z is written back
-                    pend_dz = jnp.where(t == t_first, take(zbuf, pend_t), pend_dz)
+                    # Pending: the previous step's dz at t + prev_step; nothing before the first
+                    # processed step, where z_t itself is written back.
+                    zbuf, pend_dz = zbuf
+                    first = t == t_first
+                    pend_t = jnp.where(first, t, t + prev_step)
+                    pend_dz = jnp.where(first, take(zbuf, t), pend_dz)
                     zbuf = put(zbuf, pend_dz, pend_t)
                 xp_t = take(zbuf, t)
                 a_t = jnp.zeros_like(xp_t)
             else:
                 xp_t, a_t = xp_t
-            if last_prev is None:  # no mask: the previous output is not read
-                last_prev = dlast
-            dout = dlast if dy_t is None else dlast + dy_t
+            if carry_dlast:
+                dout = dlast if dy_t is None else dlast + dy_t
+            else:
+                dout = jnp.where(t == t_first, d_last, jnp.zeros_like(d_last))
+                dout = dout if dy_t is None else dout + dy_t
+                last_prev = d_last  # not read by the cell (no mask): any array of its shape
+
+            def cell_at(pw, xp, a, s, l):
+                return cell(pw, xp, a, s, l, m_t, pointwise_for_bwd)
+
             if bias_on_a:  # pw held constant here; its gradient is summed after the loop
-                _, vjp = jax.vjp(lambda xp, a, s, l: cell(pw, xp, a, s, l, m_t, pointwise_for_bwd),
-                                 xp_t, a_t, s_prev, last_prev)
+                _, vjp = jax.vjp(lambda xp, a, s, l: cell_at(pw, xp, a, s, l), xp_t, a_t, s_prev, last_prev)
                 dxp, da, ds_prev, dlast_prev = vjp((ds, dout))
                 dpw_t = dpw
             else:
-                _, vjp = jax.vjp(lambda pw, xp, a, s, l: cell(pw, xp, a, s, l, m_t, pointwise_for_bwd),
-                                 pw, xp_t, a_t, s_prev, last_prev)
+                _, vjp = jax.vjp(cell_at, pw, xp_t, a_t, s_prev, last_prev)
                 dpw_t, dxp, da, ds_prev, dlast_prev = vjp((ds, dout))
+            if not carry_dlast:
+                dlast_prev = None
             h_like = _first_leaf(s_prev)
             da = join(da)  # joined once: the matmul below and the stacked output use it
             if linear.recurrent_apply is not None:  # vjp, not linear_transpose: it may have a custom_vjp
@@ -261,7 +278,7 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
             if not bias_on_a:
                 dpw = jax.tree_util.tree_map(jnp.add, dpw, dpw_t)
             if additive and delayed:  # d z_t, written over z_t at the next step (or after the loop)
-                return (ds_prev, dlast_prev, dpw, (zbuf, (dxp.astype(zbuf.dtype), t))), None
+                return (ds_prev, dlast_prev, dpw, (zbuf, dxp.astype(zbuf.dtype))), None
             if additive:  # d xp_t = d a_t = d z_t, written over z_t (every read of z_t feeds it)
                 return (ds_prev, dlast_prev, dpw, put(zbuf, dxp, t)), None
             return (ds_prev, dlast_prev, dpw, None), (dxp, da)
@@ -271,13 +288,16 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
         seq = (None if additive else (xs, a_seq), s_seq, last_seq, m, d_ys if return_sequences else None, t_index)
         zbuf0 = a_seq if additive else None
         if additive and delayed:
-            zbuf0 = (a_seq, (jnp.zeros(a_seq.shape[1:], a_seq.dtype), jnp.int32(t_first)))
+            zbuf0 = (a_seq, jnp.zeros(a_seq.shape[1:], a_seq.dtype))
         (ds0, dlast0, dpw, zbuf), outs = lax.scan(
-            body, (d_s, d_last, zero_pw, zbuf0), seq, reverse=not go_backwards, unroll=scan_unroll)
+            body, (d_s, d_last if carry_dlast else None, zero_pw, zbuf0), seq,
+            reverse=not go_backwards, unroll=scan_unroll)
+        if not carry_dlast:  # the initial previous output is never read without a mask
+            dlast0 = jnp.zeros_like(d_last)
         if additive:  # d xp_t = d a_t = d z_t
             if delayed:
-                zbuf, (pend_dz, pend_t) = zbuf
-                zbuf = put(zbuf, pend_dz, pend_t)
+                zbuf, pend_dz = zbuf
+                zbuf = put(zbuf, pend_dz, t_last)
             dxs = da_seq = zbuf
         else:
             dxs, da_seq = outs
