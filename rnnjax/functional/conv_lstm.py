@@ -79,6 +79,12 @@ def _same_conv_bwd(res, dy):
 same_conv.defvjp(_same_conv_fwd, _same_conv_bwd)
 
 
+class _PixelLSTM(LSTMCore):
+    """The LSTM gate math of each pixel (see ``LSTMCore.one_pass_hard_sigmoid``)."""
+
+    one_pass_hard_sigmoid = False
+
+
 class ConvLSTMParams(NamedTuple):
     kernel: jax.Array
     recurrent_kernel: jax.Array
@@ -277,7 +283,7 @@ class ConvLSTMCore:
     def pointwise(self, pw_params, xp_t, a_t, state: ConvLSTMState):
         """The LSTM gate math after the recurrent convolution ``a_t = h_{t-1} ⊛ recurrent_kernel``
         (the same element-wise function as :meth:`LSTMCore.pointwise`, per pixel)."""
-        lstm = LSTMCore(self.filters, self.activation, self.recurrent_activation)
+        lstm = _PixelLSTM(self.filters, self.activation, self.recurrent_activation)
         (h, c), y = lstm.pointwise(pw_params, xp_t, a_t, state)
         return ConvLSTMState(h, c), y
 

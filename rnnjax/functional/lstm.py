@@ -88,19 +88,34 @@ class LSTMCore:
         u = self.units
         return jnp.concatenate([jnp.full((2 * u,), 0.5), jnp.ones((u,)), jnp.full((u,), 0.5)]).astype(dtype)
 
+    # gate_values' one-pass form of Keras 2's hard sigmoid with tanh (the ConvLSTM keeps the
+    # per-block form: with 4F channels per pixel its one-pass form ran 4-8 % slower forward at
+    # (8, 20, 24, 24, 4), 16 filters).
+    one_pass_hard_sigmoid = True
+
+    def _candidate_columns(self):
+        """``(4U,)`` booleans, True on the candidate block c̃."""
+        u = self.units
+        return jnp.arange(4 * u) // u == 2
+
     def gate_values(self, z):
         """``(σ(i), σ(f), φ(c̃), σ(o))`` from the pre-activations ``z (..., 4U)``.
 
-        For the common activations all four gates come from ONE transcendental pass over the
+        For the common activations all four gates come from ONE element-wise pass over the
         contiguous ``4U`` block (the same function, to float rounding): with ``s = 1/2`` on the
         sigmoid blocks and ``1`` on the candidate block, ``σ(x) = s·tanh(s·x) + 1 - s`` and
-        ``tanh(x) = 1·tanh(1·x) + 0``. Keras 2's hard sigmoid is one ``clip`` over the block.
+        ``tanh(x) = 1·tanh(1·x) + 0``. Keras 2's hard sigmoid with tanh: ``where(candidate column,
+        tanh(z), clip(0.2·z + 0.5, 0, 1))`` over the block (the same numbers exactly; XLA's CPU
+        fusions of the per-block slices ran 1.8x slower: 100 steps of (32, 512), 3.0 vs 1.7 ms).
         """
         u = self.units
         rec, act = self.recurrent_activation, self.activation
         if act == "tanh" and rec == "sigmoid":
             s = self._tanh_scale(z.dtype)
             g = jnp.tanh(z * s) * s + (1 - s)
+            return g[..., :u], g[..., u:2 * u], g[..., 2 * u:3 * u], g[..., 3 * u:]
+        if act == "tanh" and rec == "hard_sigmoid" and self.one_pass_hard_sigmoid:
+            g = jnp.where(self._candidate_columns(), jnp.tanh(z), activations.hard_sigmoid(z))
             return g[..., :u], g[..., u:2 * u], g[..., 2 * u:3 * u], g[..., 3 * u:]
         sigma, phi = activations.get(rec), activations.get(act)
         if rec == "hard_sigmoid":
