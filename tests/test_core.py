@@ -57,6 +57,28 @@ def test_hard_sigmoid_is_keras2_definition():
     np.testing.assert_allclose(np.asarray(rnnjax.activations.get("hard_sigmoid_keras3")(jnp.asarray(x, jnp.float32))), keras3, atol=1e-7)
 
 
+def test_hard_sigmoid_values_and_derivatives_equal_jnp_clip():
+    """The select form of the hard sigmoid (with its custom JVP) against ``jnp.clip``'s function
+    and autodiff derivative, bit for bit: inside, outside, exactly at the edges (x = ±2.5, where
+    the clip's derivative is 0.1), infinities and NaN; reverse and forward mode, float32 and
+    bfloat16."""
+    hs = rnnjax.activations.get("hard_sigmoid")
+
+    def reference(x):
+        return jnp.clip(0.2 * x + 0.5, 0.0, 1.0).astype(x.dtype)
+
+    for dtype in (jnp.float32, jnp.bfloat16):
+        x = jnp.concatenate([jnp.linspace(-4, 4, 81), jnp.array([-2.5, 2.5, jnp.inf, -jnp.inf, jnp.nan])]).astype(dtype)
+        np.testing.assert_array_equal(np.asarray(hs(x), np.float32), np.asarray(reference(x), np.float32))
+        assert hs(x).dtype == dtype
+        grad, want = jax.vmap(jax.grad(hs))(x), jax.vmap(jax.grad(reference))(x)
+        np.testing.assert_array_equal(np.asarray(grad, np.float32), np.asarray(want, np.float32))
+        tangent = jnp.linspace(-1, 1, x.shape[0]).astype(dtype)
+        np.testing.assert_array_equal(np.asarray(jax.jvp(hs, (x,), (tangent,))[1], np.float32),
+                                      np.asarray(jax.jvp(reference, (x,), (tangent,))[1], np.float32))
+    assert float(jax.grad(hs)(jnp.float32(2.5))) == np.float32(0.1)
+
+
 def _np_lstm(x, k, r, b, mask, sigma, phi):
     """float64 numpy LSTM with Keras 2 masking, written from the equations."""
     bsz, t, _ = x.shape

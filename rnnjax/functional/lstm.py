@@ -158,10 +158,8 @@ class LSTMCore:
                 gates.append(t)
                 slopes.append(1 - t * t)
             else:
-                pre = 0.2 * zk + 0.5
-                gates.append(jnp.clip(pre, 0.0, 1.0).astype(z.dtype))
-                slopes.append(jnp.where((pre > 0) & (pre < 1), 0.2,
-                                        jnp.where((pre == 0) | (pre == 1), 0.1, 0.0)).astype(z.dtype))
+                gates.append(activations.hard_sigmoid(zk))
+                slopes.append(activations.hard_sigmoid_slope(zk))
         return tuple(gates), tuple(slopes)
 
     @property
