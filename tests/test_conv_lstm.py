@@ -392,6 +392,33 @@ def test_inference_spans_change_no_number(monkeypatch, fmt):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("recurrent_activation", ["hard_sigmoid", "sigmoid"])
+def test_hand_written_pointwise_backward_equals_autodiff(recurrent_activation):
+    """The ConvLSTM's backward loop uses the LSTM's hand-written element-wise backward per pixel
+    (``ConvLSTMCore.pointwise_vjp``); with a mask with holes, go_backwards and the seed's hard
+    sigmoid, the gradients equal the unrolled loop's (plain autodiff)."""
+    x = jax.random.normal(jax.random.key(3), (2, 5, 5, 4, 3))
+    mask = jnp.array([[1, 0, 1, 1, 0], [1, 1, 1, 0, 1]], bool)
+
+    def make(**kw):
+        return rnnjax.ConvLSTM2D(4, 3, padding="same", go_backwards=True, return_sequences=True,
+                                 recurrent_activation=recurrent_activation, **kw)
+
+    layer, unrolled = make(), make(unroll=True)
+    v = jax.tree_util.tree_map(lambda a: a + 0.05, layer.init(jax.random.key(1), x))
+    step = F.ConvLSTMCore(4, 3, rank=2, padding="same", recurrent_activation=recurrent_activation).linear_step(
+        F.ConvLSTMParams(**v["params"]["cell"]))
+    assert step.pointwise_vjp is not None
+
+    def loss(lay, p, x):
+        return jnp.sum(jnp.sin(lay.apply({"params": p}, x, mask=mask)))
+
+    got = jax.jit(jax.grad(lambda p, x: loss(layer, p, x), argnums=(0, 1)))(v["params"], x)
+    want = jax.jit(jax.grad(lambda p, x: loss(unrolled, p, x), argnums=(0, 1)))(v["params"], x)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+
+
 @pytest.mark.parametrize("rank", [1, 2])
 def test_per_gate_recurrent_dropout_gradients_after_the_loop(rank):
     """ConvLSTM layers draw one recurrent dropout mask per gate, which has no LinearStep form; as an

@@ -283,8 +283,7 @@ class ConvLSTMCore:
     def pointwise(self, pw_params, xp_t, a_t, state: ConvLSTMState):
         """The LSTM gate math after the recurrent convolution ``a_t = h_{t-1} ⊛ recurrent_kernel``
         (the same element-wise function as :meth:`LSTMCore.pointwise`, per pixel)."""
-        lstm = _PixelLSTM(self.filters, self.activation, self.recurrent_activation)
-        (h, c), y = lstm.pointwise(pw_params, xp_t, a_t, state)
+        (h, c), y = self._pixel_lstm().pointwise(pw_params, xp_t, a_t, state)
         return ConvLSTMState(h, c), y
 
     def step(self, params: ConvLSTMParams, state: ConvLSTMState, xp_t, recurrent_dropout_mask=None):
@@ -319,8 +318,20 @@ class ConvLSTMCore:
         if m is not None and m.shape[0] != 1:
             return None
         flat, recurrent_conv = self._flat_recurrent(params)
+        lstm = self._pixel_lstm()
         return LinearStep(flat, self.pointwise, None, None if m is None else m[0], self.recurrent_patches,
-                          additive=True, recurrent_apply=recurrent_conv)
+                          additive=True, recurrent_apply=recurrent_conv,
+                          pointwise_vjp=self.pointwise_vjp if lstm.has_fast_vjp else None,
+                          late_dz_write=self.recurrent_activation != "sigmoid")
+
+    def _pixel_lstm(self):
+        return _PixelLSTM(self.filters, self.activation, self.recurrent_activation)
+
+    def pointwise_vjp(self, pw_params, xp_t, a_t, state: ConvLSTMState, ct):
+        """The hand-written backward pass of :meth:`pointwise` (``LSTMCore.pointwise_vjp``, per
+        pixel), for tanh with a sigmoid or Keras 2 hard-sigmoid recurrent activation."""
+        d_pw, d_xp, d_a, d_state = self._pixel_lstm().pointwise_vjp(pw_params, xp_t, a_t, state, ct)
+        return d_pw, d_xp, d_a, ConvLSTMState(*d_state)
 
     def _flat_recurrent(self, params: ConvLSTMParams):
         """The recurrent kernel flattened for ``patches(h) @ flat`` (offset-major rows, see
