@@ -395,7 +395,7 @@ def test_inference_spans_change_no_number(monkeypatch, fmt):
 @pytest.mark.parametrize("recurrent_activation", ["hard_sigmoid", "sigmoid"])
 def test_hand_written_pointwise_backward_equals_autodiff(recurrent_activation):
     """The ConvLSTM's backward loop uses the LSTM's hand-written element-wise backward per pixel
-    (``ConvLSTMCore.pointwise_vjp``); with a mask with holes, go_backwards and the seed's hard
+    (``LSTMCore.pointwise_vjp`` on ``ConvLSTMState``); with a mask with holes, go_backwards and the seed's hard
     sigmoid, the gradients equal the unrolled loop's (plain autodiff)."""
     x = jax.random.normal(jax.random.key(3), (2, 5, 5, 4, 3))
     mask = jnp.array([[1, 0, 1, 1, 0], [1, 1, 1, 0, 1]], bool)

@@ -79,12 +79,6 @@ def _same_conv_bwd(res, dy):
 same_conv.defvjp(_same_conv_fwd, _same_conv_bwd)
 
 
-class _PixelLSTM(LSTMCore):
-    """The LSTM gate math of each pixel (see ``LSTMCore.one_pass_hard_sigmoid``)."""
-
-    one_pass_hard_sigmoid = False
-
-
 class ConvLSTMParams(NamedTuple):
     kernel: jax.Array
     recurrent_kernel: jax.Array
@@ -318,20 +312,13 @@ class ConvLSTMCore:
         if m is not None and m.shape[0] != 1:
             return None
         flat, recurrent_conv = self._flat_recurrent(params)
-        lstm = self._pixel_lstm()
+        # the element-wise backward pass by hand: the LSTM's, per pixel
         return LinearStep(flat, self.pointwise, None, None if m is None else m[0], self.recurrent_patches,
-                          additive=True, recurrent_apply=recurrent_conv,
-                          pointwise_vjp=self.pointwise_vjp if lstm.has_fast_vjp else None,
-                          late_dz_write=self.recurrent_activation != "sigmoid")
+                          additive=True, recurrent_apply=recurrent_conv, **self._pixel_lstm().backward_fields())
 
-    def _pixel_lstm(self):
-        return _PixelLSTM(self.filters, self.activation, self.recurrent_activation)
-
-    def pointwise_vjp(self, pw_params, xp_t, a_t, state: ConvLSTMState, ct):
-        """The hand-written backward pass of :meth:`pointwise` (``LSTMCore.pointwise_vjp``, per
-        pixel), for tanh with a sigmoid or Keras 2 hard-sigmoid recurrent activation."""
-        d_pw, d_xp, d_a, d_state = self._pixel_lstm().pointwise_vjp(pw_params, xp_t, a_t, state, ct)
-        return d_pw, d_xp, d_a, ConvLSTMState(*d_state)
+    def _pixel_lstm(self) -> LSTMCore:
+        """The LSTM of each pixel: :meth:`pointwise` is its gate math."""
+        return LSTMCore(self.filters, self.activation, self.recurrent_activation)
 
     def _flat_recurrent(self, params: ConvLSTMParams):
         """The recurrent kernel flattened for ``patches(h) @ flat`` (offset-major rows, see

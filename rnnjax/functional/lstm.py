@@ -88,11 +88,6 @@ class LSTMCore:
         u = self.units
         return jnp.concatenate([jnp.full((2 * u,), 0.5), jnp.ones((u,)), jnp.full((u,), 0.5)]).astype(dtype)
 
-    # gate_values' one-pass form of Keras 2's hard sigmoid with tanh (the ConvLSTM keeps the
-    # per-block form: with 4F channels per pixel its one-pass form ran 4-8 % slower forward at
-    # (8, 20, 24, 24, 4), 16 filters).
-    one_pass_hard_sigmoid = True
-
     def _candidate_columns(self):
         """``(4U,)`` booleans, True on the candidate block c̃."""
         u = self.units
@@ -114,7 +109,7 @@ class LSTMCore:
             s = self._tanh_scale(z.dtype)
             g = jnp.tanh(z * s) * s + (1 - s)
             return g[..., :u], g[..., u:2 * u], g[..., 2 * u:3 * u], g[..., 3 * u:]
-        if act == "tanh" and rec == "hard_sigmoid" and self.one_pass_hard_sigmoid:
+        if act == "tanh" and rec == "hard_sigmoid":
             g = jnp.where(self._candidate_columns(), jnp.tanh(z), activations.hard_sigmoid(z))
             return g[..., :u], g[..., u:2 * u], g[..., 2 * u:3 * u], g[..., 3 * u:]
         sigma, phi = activations.get(rec), activations.get(act)
@@ -175,6 +170,9 @@ class LSTMCore:
             z = xp + a;  c' = f·c + i·c̃;  h = o·tanh(c')
             dh = dh' + dy;  dc' += dh·o·(1 - tanh²c');  dz = g'·(dc'·c̃, dc'·c, dc'·i, dh·tanh c')
             dc = dc'·f;  dxp = da = dz
+
+        The state cotangent has the type of ``state`` (any ``(h, c)`` named tuple: the ConvLSTM's
+        per pixel too).
         """
         del pw_params
         (d_state, d_y) = ct
@@ -184,7 +182,7 @@ class LSTMCore:
         dh = d_state.h + d_y
         dc = d_state.c + dh * o * (1 - tc * tc)
         dz = jnp.concatenate([dc * g * si, dc * state.c * sf, dc * i * sg, dh * tc * so], axis=-1)
-        return None, dz, dz, LSTMState(jnp.zeros_like(state.h), dc * f)
+        return None, dz, dz, type(state)(jnp.zeros_like(state.h), dc * f)
 
     def step(self, params: LSTMParams, state: LSTMState, xp_t, recurrent_dropout_mask=None):
         a = gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 4)
@@ -196,8 +194,14 @@ class LSTMCore:
         if m is not None and m.shape[0] != 1:
             return None
         return LinearStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0], additive=True,
-                          pointwise_vjp=self.pointwise_vjp if self.has_fast_vjp else None,
-                          late_dz_write=self.recurrent_activation != "sigmoid")
+                          **self.backward_fields())
+
+    def backward_fields(self) -> dict:
+        """The :class:`~rnnjax.functional.driver.LinearStep` fields of the hand-written
+        element-wise backward pass (also the ConvLSTM's, per pixel): ``pointwise_vjp`` where
+        :meth:`has_fast_vjp`, and the delayed ``dz`` write for the hard sigmoid."""
+        return dict(pointwise_vjp=self.pointwise_vjp if self.has_fast_vjp else None,
+                    late_dz_write=self.recurrent_activation != "sigmoid")
 
     def additive_step(self, params: LSTMParams, recurrent_dropout_mask=None):
         """With one recurrent dropout mask per gate (``implementation=1``, Keras 2's default) the
