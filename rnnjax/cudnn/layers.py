@@ -21,7 +21,13 @@ Backends (field ``backend``):
   (``LSTMCore``/``GRUCore(reset_after=True)`` with sigmoid gates; input projection hoisted out of
   the loop). Any platform, any dtype, ``vmap``.
 * ``'auto'`` (default): ``'cudnn'`` for a float32 LSTM whose input lives on a CUDA GPU (under
-  ``jit``: when JAX's default backend is the GPU), else ``'scan'``.
+  ``jit``: when JAX's default backend is the GPU), else ``'scan'``; always ``'scan'`` with
+  ``custom_backward=False``.
+
+Both backends differentiate in reverse mode only (``jax.grad``/``jax.vjp``); for forward mode
+(``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) set ``custom_backward=False``: the scan backend
+then runs the generic loop (same function, slower training); ``backend='cudnn'`` with it is an
+error.
 
 Both compute the same function. The tests check the fused branch on the CPU with
 ``jax.experimental.rnn.lstm_ref`` standing in for the cuDNN kernel; the kernel itself only runs
@@ -46,7 +52,7 @@ import numpy as np
 from rnnjax import constraints, regularizers
 from rnnjax.cudnn import convert, fused
 from rnnjax.functional import rnn as functional_rnn
-from rnnjax.functional.core import check_units, init_weight
+from rnnjax.functional.core import check_custom_backward, check_units, init_weight
 from rnnjax.functional.gru import GRUCore
 from rnnjax.functional.lstm import LSTMCore
 from rnnjax.layers.base import (
@@ -154,7 +160,13 @@ class _CuDNNRecurrent(nn.Module):
     def _backend(self, inputs, params) -> str:
         if self.backend not in BACKENDS:
             raise ValueError(f"`backend`: expected one of {BACKENDS}, got {self.backend!r}.")
-        if self.backend == "scan":
+        check_custom_backward(self.custom_backward)
+        if self.backend == "cudnn" and not self.custom_backward:
+            raise ValueError(
+                "`custom_backward`: False (forward-mode differentiation) needs the scan backend; the cuDNN "
+                "kernel is reverse-mode only. Use backend='scan' or 'auto' with custom_backward=False."
+            )
+        if self.backend == "scan" or not self.custom_backward:
             return "scan"
         if self.kind == "GRU":
             if self.backend == "cudnn":
@@ -185,7 +197,7 @@ class _CuDNNRecurrent(nn.Module):
         return functional_rnn(
             core, canonical, inputs, initial_state=init, mask=mask, go_backwards=self.go_backwards,
             return_sequences=self.return_sequences, zero_output_for_mask=self.zero_output_for_mask,
-            scan_unroll=self.scan_unroll,
+            scan_unroll=self.scan_unroll, custom_backward=self.custom_backward,
         )
 
     @nn.compact
@@ -266,7 +278,8 @@ class CuDNNLSTM(_CuDNNRecurrent):
 
     Fields beyond Keras 2: ``go_backwards``, ``backend`` ('auto' | 'cudnn' | 'scan'),
     ``zero_output_for_mask``, ``param_dtype``, ``scan_unroll`` (``lax.scan`` partial unroll of the
-    scan backend). Call: ``layer.apply(variables, x, mask=None, initial_state=None,
+    scan backend), ``custom_backward`` (False for forward-mode differentiation, see the module
+    docstring). Call: ``layer.apply(variables, x, mask=None, initial_state=None,
     seq_lengths=None)``.
     """
 
@@ -290,6 +303,7 @@ class CuDNNLSTM(_CuDNNRecurrent):
     zero_output_for_mask: bool = False
     param_dtype: Any = jnp.float32
     scan_unroll: int = 1
+    custom_backward: bool = True
 
     gates = 4
     kind = "LSTM"
@@ -334,6 +348,7 @@ class CuDNNGRU(_CuDNNRecurrent):
     zero_output_for_mask: bool = False
     param_dtype: Any = jnp.float32
     scan_unroll: int = 1
+    custom_backward: bool = True
 
     gates = 3
     kind = "GRU"

@@ -374,6 +374,7 @@ def conv_lstm(
     remat: bool = False,
     dropout_mask: Optional[jax.Array] = None,
     recurrent_dropout_mask: Optional[jax.Array] = None,
+    custom_backward: bool = True,
 ):
     """Runs a ConvLSTM core over ``inputs (*batch, T, *spatial, C)`` (channels_last).
 
@@ -382,6 +383,8 @@ def conv_lstm(
     one convolution before the loop. ``dropout_mask``/``recurrent_dropout_mask``:
     ``(1 or 4, *batch, *spatial, C)``/``(1 or 4, *batch, *spatial', F)``.
     ``mask``: boolean ``(*batch, T)``; semantics of :func:`rnnjax.functional.scan_rnn`.
+    ``custom_backward``: as in :func:`rnnjax.functional.rnn` (False for forward-mode
+    differentiation, ``jax.jvp``/``jax.jacfwd``).
     """
     r = core.rank
     if inputs.ndim < r + 2:
@@ -392,7 +395,7 @@ def conv_lstm(
     if initial_state is None:
         initial_state = core.initial_state(inputs.shape[:-(r + 2)], inputs.dtype, inputs.shape[-(r + 1):-1])
 
-    program = core_program(core, params, dropout_mask, recurrent_dropout_mask)
+    program = core_program(core, params, dropout_mask, recurrent_dropout_mask, custom_backward)
     return scan_spatial(
         program.step, inputs, initial_state, feature_ndim=r + 1, project=program.project, mask=mask,
         go_backwards=go_backwards, return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask,

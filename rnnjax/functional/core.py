@@ -42,6 +42,14 @@ def check_implementation(implementation) -> int:
     return int(implementation)
 
 
+def check_custom_backward(custom_backward) -> bool:
+    """``custom_backward`` must be a plain bool (a traced or truthy value would silently pick a
+    path)."""
+    if not isinstance(custom_backward, bool):
+        raise TypeError(f"`custom_backward`: expected True or False, got {custom_backward!r}.")
+    return custom_backward
+
+
 def check_state(template, given, argument: str = "initial_state"):
     """Returns ``given`` (a pytree, a list/tuple of arrays or one array) in ``template``'s
     structure, after checking that it has as many arrays as ``template`` with the same shapes."""
@@ -150,6 +158,7 @@ def core_program(core, params, dropout_mask=None, recurrent_dropout_mask=None, c
     ``linear_step``/``additive_step`` (hand-written backward passes; None without
     ``custom_backward``). ``unbiased``: :func:`unbiased_projection`.
     """
+    check_custom_backward(custom_backward)
     loop_params = core.loop_params(params) if hasattr(core, "loop_params") else params
 
     def step(state, xp_t):

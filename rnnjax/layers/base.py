@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import regularizers
+from rnnjax.functional.core import check_custom_backward
 from rnnjax.functional.driver import scan_rnn, scan_spatial
 
 STATE_COLLECTION = "rnn_state"
@@ -211,6 +212,7 @@ def run_recurrent(
     input_length=None,
     scan_unroll: int = 1,
     remat: bool = False,
+    custom_backward: bool = True,
     input_rank: int = 3,
     input_layout: str = "(batch, timesteps, features)",
 ):
@@ -218,8 +220,10 @@ def run_recurrent(
 
     Builds the cell program, picks the initial state (``initial_state`` > the stateful
     variable > zeros), runs :func:`scan_rnn`, stores the final state when ``stateful`` and
-    reports the activity penalty.
+    reports the activity penalty. ``custom_backward=False`` drops the cell program's
+    hand-written backward forms (the generic loop, which forward-mode autodiff can differentiate).
     """
+    check_custom_backward(custom_backward)
     _check_layer_inputs(inputs, input_dim, input_length, input_rank, input_layout)
     batch_shape = (inputs.shape[0],)
     dtype = inputs.dtype
@@ -229,6 +233,8 @@ def run_recurrent(
             f"`constants`: {type(cell).__name__} does not take constants; only cells whose "
             "`__call__` accepts a `constants` argument do."
         )
+    if not custom_backward:
+        program = program._replace(linear=None, unbiased=None, additive=None)
     template = program.initial_state(batch_shape, _state_dtype(dtype))
 
     state_var = None
@@ -287,7 +293,11 @@ class RNN(nn.Module):
     unroll=False)`` as in Keras 2, plus ``input_dim``/``input_length`` (checked against the
     input), ``zero_output_for_mask``, ``activity_regularizer``, and the performance options
     ``scan_unroll`` (``lax.scan``'s partial unroll) and ``remat`` (rematerialise the time loop
-    in the backward pass; see :func:`rnnjax.functional.scan_rnn`).
+    in the backward pass; see :func:`rnnjax.functional.scan_rnn`), and ``custom_backward``:
+    rnnjax's own cells run with a hand-written reverse-mode backward pass (``jax.custom_vjp``),
+    which ``jax.jvp``/``jax.jacfwd``/``jax.hessian`` cannot differentiate; ``custom_backward=False``
+    runs the same function through the generic loop, which every JAX transformation can (the
+    gradients are equal to float rounding; training is slower).
 
     Call: ``layer(inputs, mask=None, initial_state=None, constants=None, training=False)`` with
     inputs ``(batch, timesteps, features)`` and a boolean ``mask`` ``(batch, timesteps)``.
@@ -309,6 +319,7 @@ class RNN(nn.Module):
     activity_regularizer: Any = None
     scan_unroll: int = 1
     remat: bool = False
+    custom_backward: bool = True
 
     def _cell(self):
         if isinstance(self.cell, (list, tuple)):
@@ -323,7 +334,7 @@ class RNN(nn.Module):
             go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll,
             zero_output_for_mask=self.zero_output_for_mask, activity_regularizer=self.activity_regularizer,
             input_dim=self.input_dim, input_length=self.input_length, scan_unroll=self.scan_unroll,
-            remat=self.remat, **_sequence_layout(self.cell),
+            remat=self.remat, custom_backward=self.custom_backward, **_sequence_layout(self.cell),
         )
 
     def reset_states(self, states=None):

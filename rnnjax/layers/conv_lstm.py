@@ -245,7 +245,8 @@ class ConvLSTM(nn.Module):
             return_sequences=self.return_sequences, return_state=self.return_state,
             go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll,
             zero_output_for_mask=self.zero_output_for_mask, activity_regularizer=self.activity_regularizer,
-            scan_unroll=self.scan_unroll, remat=self.remat, input_rank=r + 3, input_layout=self._layout(False),
+            scan_unroll=self.scan_unroll, remat=self.remat, custom_backward=self.custom_backward,
+            input_rank=r + 3, input_layout=self._layout(False),
         )
         if not cf:
             return result
@@ -276,7 +277,8 @@ _LAYER_DOC = """{r}D Convolutional LSTM: an LSTM whose input and recurrent trans
 
     Seed defaults (Keras 2): ``recurrent_activation='hard_sigmoid'`` (``clip(0.2x + 0.5, 0, 1)``);
     Keras 3 uses ``'sigmoid'``. Extra fields beyond Keras 2: ``return_state``, ``unroll``,
-    ``zero_output_for_mask``, ``param_dtype``, ``scan_unroll``, ``remat`` (see :class:`rnnjax.RNN`).
+    ``zero_output_for_mask``, ``param_dtype``, ``scan_unroll``, ``remat``, ``custom_backward`` (see
+    :class:`rnnjax.RNN`).
     ``strides`` > 1 with ``dilation_rate`` > 1, a kernel that does not fit a 'valid' input,
     unknown ``padding``/``data_format`` or non-positive ``filters`` raise ``ValueError``.
     """
@@ -315,6 +317,7 @@ def _layer_class(rank, default, spatial):
         param_dtype: Any = jnp.float32
         scan_unroll: int = 1
         remat: bool = False
+        custom_backward: bool = True
 
     Layer.rank = rank
     Layer.__name__ = Layer.__qualname__ = f"ConvLSTM{rank}D"

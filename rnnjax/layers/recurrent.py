@@ -6,8 +6,9 @@ live under ``params['cell']`` (``kernel``, ``recurrent_kernel``, ``bias``). Call
     y = layer(inputs, mask=None, initial_state=None, training=False)
 
 Extra fields beyond the seed: ``input_dim``/``input_length`` (checked), ``zero_output_for_mask``,
-``reset_after`` (GRU), ``param_dtype``, and the performance options ``scan_unroll`` and
-``remat`` (see :class:`rnnjax.RNN`).
+``reset_after`` (GRU), ``param_dtype``, the performance options ``scan_unroll`` and
+``remat``, and ``custom_backward`` (False for forward-mode differentiation: ``jax.jvp``,
+``jax.jacfwd``, ``jax.hessian``; see :class:`rnnjax.RNN`).
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class _KerasRecurrent(nn.Module):
             go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll,
             zero_output_for_mask=self.zero_output_for_mask, activity_regularizer=self.activity_regularizer,
             input_dim=self.input_dim, input_length=self.input_length, scan_unroll=self.scan_unroll,
-            remat=self.remat,
+            remat=self.remat, custom_backward=self.custom_backward,
         )
 
     def reset_states(self, states=None):
@@ -83,6 +84,7 @@ class SimpleRNN(_KerasRecurrent):
     param_dtype: Any = jnp.float32
     scan_unroll: int = 1
     remat: bool = False
+    custom_backward: bool = True
 
     cell_class = SimpleRNNCell
 
@@ -124,6 +126,7 @@ class GRU(_KerasRecurrent):
     param_dtype: Any = jnp.float32
     scan_unroll: int = 1
     remat: bool = False
+    custom_backward: bool = True
 
     cell_class = GRUCell
 
@@ -164,5 +167,6 @@ class LSTM(_KerasRecurrent):
     param_dtype: Any = jnp.float32
     scan_unroll: int = 1
     remat: bool = False
+    custom_backward: bool = True
 
     cell_class = LSTMCell

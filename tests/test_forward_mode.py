@@ -1,0 +1,106 @@
+"""Forward-mode differentiation of the layers (``custom_backward=False``).
+
+The built-in layers' loops have a hand-written reverse-mode backward pass (``jax.custom_vjp``),
+which ``jax.jvp`` cannot differentiate; ``custom_backward=False`` runs the generic loop. These
+tests check that, with it, ``jax.jvp``/``jax.jacfwd`` work on every layer and agree with the
+default layer's reverse pass (``<u, J t>`` from the jvp equals ``<Jᵀ u, t>`` from the hand-written
+vjp), with ``check_grads`` in float64 for the numbers themselves.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import rnnjax
+
+K3 = dict(recurrent_activation="sigmoid")
+LAYERS = {
+    "simple_rnn": (lambda **kw: rnnjax.SimpleRNN(5, **kw), (3, 6, 4)),
+    "lstm_seed_defaults": (lambda **kw: rnnjax.LSTM(5, **kw), (3, 6, 4)),
+    "lstm_sigmoid": (lambda **kw: rnnjax.LSTM(5, **K3, **kw), (3, 6, 4)),
+    "gru_seed_defaults": (lambda **kw: rnnjax.GRU(5, **kw), (3, 6, 4)),
+    "gru_reset_after": (lambda **kw: rnnjax.GRU(5, reset_after=True, **K3, **kw), (3, 6, 4)),
+    "rnn_lstm_cell": (lambda **kw: rnnjax.RNN(rnnjax.LSTMCell(5), **kw), (3, 6, 4)),
+    "conv_lstm_2d": (lambda **kw: rnnjax.ConvLSTM2D(3, 3, padding="same", **kw), (2, 4, 5, 5, 2)),
+    "cudnn_lstm": (lambda **kw: rnnjax.CuDNNLSTM(5, **kw), (3, 6, 4)),
+    "cudnn_gru": (lambda **kw: rnnjax.CuDNNGRU(5, **kw), (3, 6, 4)),
+}
+# right-padded, as the CuDNN layers require; holes for the others
+MASKS = {"right_padded": [[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4],
+         "holes": [[1, 0, 1, 1, 0, 1], [0, 1, 1, 0, 1, 1], [1, 1, 0, 0, 0, 1]]}
+
+
+def _setup(name, **kw):
+    make, shape = LAYERS[name]
+    x = jax.random.normal(jax.random.key(1), shape)
+    mask = None
+    if len(shape) == 3 or name.startswith("conv"):
+        which = "right_padded" if name.startswith("cudnn") else "holes"
+        mask = jnp.asarray(MASKS[which], bool)[:shape[0], :shape[1]]
+    layer = make(**kw)
+    v = layer.init(jax.random.key(0), x, mask=mask)
+    v = jax.tree_util.tree_map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(2), a.shape, a.dtype), v)
+    return make, x, mask, v
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize("options", [{"return_sequences": True}, {"go_backwards": True, "return_state": True}],
+                         ids=["sequences", "backwards_state"])
+def test_jvp_with_custom_backward_false_matches_the_default_vjp(name, options):
+    make, x, mask, v = _setup(name, **options)
+    fast, generic = make(**options), make(custom_backward=False, **options)
+
+    def f(layer):
+        return lambda v, x: layer.apply(v, x, mask=mask)
+
+    tv = jax.tree_util.tree_map(lambda a: jax.random.normal(jax.random.key(3), a.shape, a.dtype), v)
+    tx = jax.random.normal(jax.random.key(4), x.shape)
+    y, ty = jax.jit(lambda v, x, tv, tx: jax.jvp(f(generic), (v, x), (tv, tx)))(v, x, tv, tx)
+    y_fast, vjp = jax.vjp(f(fast), v, x)
+    for a, b in zip(jax.tree_util.tree_leaves(y), jax.tree_util.tree_leaves(y_fast)):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+    u = jax.tree_util.tree_map(lambda a: jax.random.normal(jax.random.key(5), a.shape, a.dtype), y_fast)
+    gv, gx = vjp(u)
+    lhs = sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(ty)))
+    rhs = sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves((gv, gx)), jax.tree_util.tree_leaves((tv, tx))))
+    assert abs(float(lhs)) > 1e-2  # not a vacuous comparison
+    np.testing.assert_allclose(float(lhs), float(rhs), rtol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["lstm_seed_defaults", "gru_reset_after", "conv_lstm_2d"])
+def test_check_grads_forward_mode_float64(name):
+    with jax.enable_x64(True):
+        make, x, mask, v = _setup(name, return_sequences=True, param_dtype=jnp.float64)
+        layer = make(return_sequences=True, param_dtype=jnp.float64, custom_backward=False)
+        v64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), v)
+        check_grads(lambda v, x: layer.apply(v, x, mask=mask), (v64, x.astype(jnp.float64)), order=1,
+                    modes=("fwd",), atol=1e-6, rtol=1e-6)
+
+
+def test_jacfwd_equals_jacrev_of_the_default_layer():
+    make, x, mask, v = _setup("lstm_seed_defaults")
+    jf = jax.jacfwd(lambda x: make(custom_backward=False).apply(v, x, mask=mask))(x)
+    jr = jax.jacrev(lambda x: make().apply(v, x, mask=mask))(x)
+    assert jf.shape == (3, 5, 3, 6, 4)
+    np.testing.assert_allclose(jf, jr, atol=1e-6)
+
+
+def test_the_default_layer_is_reverse_mode_only():
+    """Documents why the switch exists: the default path has a custom VJP."""
+    make, x, mask, v = _setup("lstm_sigmoid")
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(lambda x: make().apply(v, x, mask=mask), (x,), (x,))
+
+
+@pytest.mark.parametrize("bad", [1, 0, "no", None])
+def test_custom_backward_must_be_a_bool(bad):
+    x = jnp.ones((2, 3, 4))
+    for layer in (rnnjax.LSTM(3, custom_backward=bad), rnnjax.CuDNNGRU(3, custom_backward=bad)):
+        with pytest.raises(TypeError, match="custom_backward"):
+            layer.init(jax.random.key(0), x)
+
+
+def test_cudnn_backend_refuses_forward_mode():
+    with pytest.raises(ValueError, match="custom_backward.*scan backend"):
+        rnnjax.CuDNNLSTM(3, backend="cudnn", custom_backward=False).init(jax.random.key(0), jnp.ones((2, 3, 4)))
