@@ -419,19 +419,19 @@ def test_hand_written_pointwise_backward_equals_autodiff(recurrent_activation):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("rank", [1, 2])
-def test_per_gate_recurrent_dropout_gradients_after_the_loop(rank):
+@pytest.mark.parametrize("rank, recurrent_activation", [(1, "sigmoid"), (2, "sigmoid"), (2, "hard_sigmoid")])
+def test_per_gate_recurrent_dropout_gradients_after_the_loop(rank, recurrent_activation):
     """ConvLSTM layers draw one recurrent dropout mask per gate, which has no LinearStep form; as an
     InputAdditiveStep their recurrent-kernel gradients are ``patches(h·m_g)ᵀ @ dz_g`` after the
-    loop. In training mode (same 'dropout' key) the gradients equal the unrolled loop's (plain
-    autodiff), and no convolution with the kernel's shape is formed inside the backward loop."""
+    loop, and the gate math has the LSTM's hand-written backward per pixel. In training mode (same
+    'dropout' key) the gradients equal the unrolled loop's (plain autodiff), and no convolution with the kernel's shape is formed inside the backward loop."""
     cls = rnnjax.ConvLSTM1D if rank == 1 else rnnjax.ConvLSTM2D
     shape = (2, 5, 6, 3) if rank == 1 else (2, 5, 5, 4, 3)
     x = jax.random.normal(jax.random.key(0), shape)
     mask = jnp.array([[1, 1, 1, 0, 0], [1, 0, 1, 1, 1]], bool)
 
     def make(**kw):
-        return cls(4, 3, padding="same", recurrent_dropout=0.3, recurrent_activation="sigmoid",
+        return cls(4, 3, padding="same", recurrent_dropout=0.3, recurrent_activation=recurrent_activation,
                    return_sequences=True, **kw)
 
     layer, unrolled = make(), make(unroll=True)

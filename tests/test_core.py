@@ -367,10 +367,36 @@ def test_custom_backward_equals_autodiff(core, options):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("recurrent_activation", ["hard_sigmoid", "sigmoid"])
+def test_per_gate_lstm_uses_the_hand_written_pointwise_backward(monkeypatch, recurrent_activation):
+    """The LSTM with one recurrent dropout mask per gate (InputAdditiveStep, autodiff's loop)
+    differentiates its gate math by LSTMCore.pointwise_vjp (the gradients themselves are compared
+    with autodiff's in test_input_additive_kernel_gradients_after_the_loop)."""
+    calls = []
+    original = F.LSTMCore.pointwise_vjp
+
+    def spy(self, *args):
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(F.LSTMCore, "pointwise_vjp", spy)
+    core = F.LSTMCore(5, recurrent_activation=recurrent_activation)
+    params = core.init(jax.random.key(0), 3)
+    x = jax.random.normal(jax.random.key(1), (2, 4, 3))
+    rmask = F.dropout_masks(jax.random.key(2), 0.3, (2, 5), count=4)
+    assert core.linear_step(params, rmask) is None
+    jax.grad(lambda p: jnp.sum(F.rnn(core, p, x, recurrent_dropout_mask=rmask)[0]))(params)
+    assert calls
+    calls.clear()
+    jax.grad(lambda p: jnp.sum(F.rnn(core, p, x, recurrent_dropout_mask=rmask, custom_backward=False)[0]))(params)
+    assert not calls
+
+
 @pytest.mark.parametrize("core, count", [(F.GRUCore(7), None), (F.GRUCore(7), 1), (F.GRUCore(7), 3), (F.LSTMCore(7), 4),
+                                         (F.LSTMCore(7, recurrent_activation="sigmoid"), 4),
                                          (F.GRUCore(7, reset_after=True, recurrent_activation="sigmoid"), 3)],
                          ids=["gru", "gru_shared_mask", "gru_per_gate_masks", "lstm_per_gate_masks",
-                              "gru_reset_after_per_gate_masks"])
+                              "lstm_sigmoid_per_gate_masks", "gru_reset_after_per_gate_masks"])
 @pytest.mark.parametrize("options", [{}, {"go_backwards": True, "return_sequences": True},
                                      {"zero_output_for_mask": True, "return_sequences": True}])
 def test_input_additive_kernel_gradients_after_the_loop(core, count, options):

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rnnjax.functional.core import check_core_config, check_units, core_program, init_weight, lstm_bias
-from rnnjax.functional.driver import InputAdditiveStep, LinearStep, scan_spatial
+from rnnjax.functional.driver import InputAdditiveStep, LinearStep, scan_spatial, with_pointwise_vjp
 from rnnjax.functional.lstm import LSTMCore
 
 _DIMENSION_NUMBERS = {
@@ -347,11 +347,13 @@ class ConvLSTMCore:
         if m is None or m.shape[0] == 1:
             return None
         flat, recurrent_conv = self._flat_recurrent(params)
+        # the element-wise backward pass by hand, as in linear_step
+        pointwise = with_pointwise_vjp(self.pointwise, self._pixel_lstm().backward_fields()["pointwise_vjp"])
 
         def step(kernels, state, xp_t):
             lhs = tuple(state.h * m[g] for g in range(4))
             a = jnp.concatenate([recurrent_conv(v, k) for v, k in zip(lhs, kernels)], axis=-1)
-            return self.pointwise(None, xp_t, a, state), lhs
+            return pointwise(None, xp_t, a, state), lhs
 
         return InputAdditiveStep(tuple(jnp.split(flat, 4, axis=-1)), step, lhs_input=self.recurrent_patches)
 

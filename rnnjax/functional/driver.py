@@ -99,6 +99,20 @@ class LinearStep(NamedTuple):
     late_dz_write: bool = False
 
 
+def with_pointwise_vjp(pointwise: Callable, pointwise_vjp: Optional[Callable]) -> Callable:
+    """``pointwise(pw, xp_t, a_t, state)`` whose reverse-mode derivative is the hand-written
+    ``pointwise_vjp(pw, xp_t, a_t, state, (d_state, d_y)) -> (d_pw, d_xp, d_a, d_state)`` (see
+    :class:`LinearStep`); ``pointwise`` itself if that is None. Reverse mode only (a
+    ``jax.custom_vjp``): for the custom backward paths, which ``custom_backward=False`` turns off.
+    Used by the LinearStep's backward loop and by the InputAdditiveStep forms of the LSTM and the
+    ConvLSTM (one recurrent dropout mask per gate), whose loops autodiff differentiates."""
+    if pointwise_vjp is None:
+        return pointwise
+    fn = jax.custom_vjp(pointwise)
+    fn.defvjp(lambda *args: (pointwise(*args), args), lambda args, ct: pointwise_vjp(*args, ct))
+    return fn
+
+
 def _first_leaf(state):
     return jax.tree_util.tree_leaves(state)[0]
 
@@ -122,11 +136,7 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
         return _mask_step(m_t, s_new, s_prev, y, last_prev, zero_output_for_mask)
 
     # The pointwise part as the backward loop differentiates it (only there: reverse mode).
-    pointwise_for_bwd = pointwise
-    if linear.pointwise_vjp is not None:
-        pointwise_for_bwd = jax.custom_vjp(pointwise)
-        pointwise_for_bwd.defvjp(lambda *args: (pointwise(*args), args),
-                                 lambda args, ct: linear.pointwise_vjp(*args, ct))
+    pointwise_for_bwd = with_pointwise_vjp(pointwise, linear.pointwise_vjp)
 
     recurrent_input = linear.recurrent_input or (lambda v: v)
 
