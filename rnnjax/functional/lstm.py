@@ -210,7 +210,7 @@ class LSTMCore:
         gate's block of the projected input) its kernel gradients are formed after the loop,
         and its element-wise part is differentiated by :meth:`pointwise_vjp` (autodiff's
         backward of the gate math was most of the loop: seed-default LSTM, recurrent_dropout=0.2,
-        training (32, 100, 128, 128) 55.5 -> 36.8 ms; ``bench/README.md``).
+        training (32, 100, 128, 128) 61.4 -> 42.2 ms; ``bench/README.md``).
         None otherwise (the LinearStep covers it)."""
         m = recurrent_dropout_mask
         if m is None or m.shape[0] == 1:
