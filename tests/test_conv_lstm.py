@@ -424,7 +424,8 @@ def test_per_gate_recurrent_dropout_gradients_after_the_loop(rank, recurrent_act
     """ConvLSTM layers draw one recurrent dropout mask per gate, which has no LinearStep form; as an
     InputAdditiveStep their recurrent-kernel gradients are ``patches(h·m_g)ᵀ @ dz_g`` after the
     loop, and the gate math has the LSTM's hand-written backward per pixel. In training mode (same
-    'dropout' key) the gradients equal the unrolled loop's (plain autodiff), and no convolution with the kernel's shape is formed inside the backward loop."""
+    'dropout' key) the gradients equal the unrolled loop's (plain autodiff), and no convolution
+    with the kernel's shape is formed inside the backward loop."""
     cls = rnnjax.ConvLSTM1D if rank == 1 else rnnjax.ConvLSTM2D
     shape = (2, 5, 6, 3) if rank == 1 else (2, 5, 5, 4, 3)
     x = jax.random.normal(jax.random.key(0), shape)
