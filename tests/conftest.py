@@ -2,6 +2,10 @@
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# 8 CPU devices for the partitioning tests (tests/sharding_util.py); set before JAX starts.
+# Every other test runs on the first device, as without the flag.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 # Hypothesis profiles: 'ci' (the default, few examples) and 'dev' (HYPOTHESIS_PROFILE=dev).
 from hypothesis import HealthCheck, settings  # noqa: E402
