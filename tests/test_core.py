@@ -549,9 +549,11 @@ def test_inference_bias_in_loop_changes_no_number(monkeypatch, core, shape, opti
     monkeypatch.setattr(type(core), "bias_in_loop", False, raising=False)
     plain = jax.jit(f)(params, x, h0)
     monkeypatch.undo()
+    # float32 rounding of two programs over 40 recurrent steps: up to 2e-6 on a Zen 5 CPU (XLA's
+    # CPU kernels differ between CPU generations); a wrong bias would be off by 1e-1
     for got in (train, plain, per_example):
         for a, b in zip(jax.tree_util.tree_leaves(infer), jax.tree_util.tree_leaves(got)):
-            np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
     assert not _folded_bias(jax.make_jaxpr(f)(params, x, h0).jaxpr, 5)
     train_jaxpr = jax.make_jaxpr(lambda p: jax.vjp(lambda p: f(p, x, h0), p)[0])(params).jaxpr
     assert _folded_bias(train_jaxpr, 5) == (shape[0] * shape[1] >= core_module.FOLD_BIAS_MIN_ROWS)
