@@ -222,18 +222,29 @@ class ConvLSTMCore:
         z = jnp.zeros(shape, dtype)
         return ConvLSTMState(z, z)
 
-    def _conv(self, x, kernel, strides, padding, dilation):
+    def _conv(self, x, kernel, strides, padding, dilation, time_first=False):
+        """One convolution over every leading axis of ``x``, folded into the convolution's batch.
+
+        ``time_first``: the leading axes are ``(T, *batch)``; they are folded batch-major (time
+        moved inside), so that a batch axis sharded over a device mesh stays the major factor of
+        the folded axis and every device convolves its own rows (folding time-major would make
+        XLA gather the whole input onto every device)."""
         r = self.rank
-        lead = x.shape[:-(r + 1)]
-        flat = x.reshape((-1,) + x.shape[-(r + 1):])
+        n_lead = x.ndim - r - 1
+        move = time_first and n_lead > 1
+        if move:
+            x = jnp.moveaxis(x, 0, n_lead - 1)
+        lead = x.shape[:n_lead]
+        flat = x.reshape((-1,) + x.shape[n_lead:])
         y = lax.conv_general_dilated(
             flat, kernel.astype(flat.dtype) if kernel.dtype != flat.dtype else kernel,
             window_strides=strides, padding=padding.upper(), rhs_dilation=dilation,
             dimension_numbers=_DIMENSION_NUMBERS[r],
         )
-        return y.reshape(lead + y.shape[1:])
+        y = y.reshape(lead + y.shape[1:])
+        return jnp.moveaxis(y, n_lead - 1, 0) if move else y
 
-    def _gate_conv(self, x, kernel, masks, strides, padding, dilation):
+    def _gate_conv(self, x, kernel, masks, strides, padding, dilation, time_first=False):
         """``x ∗ kernel`` with optional dropout masks on ``x``: ``None``, ``(1, *batch, *spatial, C)``
         or ``(4, ...)`` (gate g's output channels see ``x * masks[g]``, Keras's per-gate masks:
         one convolution per gate, ``(x * masks[g]) ⊛ kernel[..., g-th block]``, concatenated).
@@ -243,13 +254,13 @@ class ConvLSTMCore:
         ones' ((4, 10, 16, 16, 8) inputs, 16 filters, 3x3: gradient 104 vs 8.3 ms, forward
         5.8 vs 2.0 ms; bench/README.md)."""
         if masks is None:
-            return self._conv(x, kernel, strides, padding, dilation)
+            return self._conv(x, kernel, strides, padding, dilation, time_first)
         if masks.shape[0] == 1:
-            return self._conv(x * masks[0], kernel, strides, padding, dilation)
+            return self._conv(x * masks[0], kernel, strides, padding, dilation, time_first)
         if masks.shape[0] != self.gates:
             raise ValueError(f"dropout masks: expected 1 or {self.gates} masks, got {masks.shape[0]}.")
         blocks = jnp.split(kernel, self.gates, axis=-1)
-        return jnp.concatenate([self._conv(x * masks[g], k, strides, padding, dilation)
+        return jnp.concatenate([self._conv(x * masks[g], k, strides, padding, dilation, time_first)
                                 for g, k in enumerate(blocks)], axis=-1)
 
     def _check_x(self, params, x, what):
@@ -267,9 +278,11 @@ class ConvLSTMCore:
 
     def project(self, params: ConvLSTMParams, x, dropout_mask=None):
         """``x ∗ kernel + bias`` for ``x`` of shape ``(..., *spatial, C)`` (any leading axes, e.g.
-        ``(T, batch)``: folded into one convolution) -> ``(..., *spatial', 4F)``."""
+        the driver's ``(T, *batch)``: folded into one convolution, the first axis innermost) ->
+        ``(..., *spatial', 4F)``."""
         self._check_x(params, x, "inputs")
-        z = self._gate_conv(x, params.kernel, dropout_mask, self.strides, self.padding, self.dilation_rate)
+        z = self._gate_conv(x, params.kernel, dropout_mask, self.strides, self.padding, self.dilation_rate,
+                            time_first=True)
         if params.bias is not None:
             z = z + params.bias
         return z

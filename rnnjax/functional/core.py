@@ -202,11 +202,12 @@ def gate_matmul_parts(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array
     if x.size // max(x.shape[-1], 1) < FOLD_BIAS_MIN_ROWS:
         z = x @ kernel if bias is None else x @ kernel + bias
         return (z,) if parts == 1 else tuple(z[..., b] for b in blocks)
-    x2 = x.reshape(-1, x.shape[-1])
+    # `x` keeps its leading axes (no reshape to rows: merging time with a batch axis sharded over
+    # a device mesh makes XLA gather the inputs; on one device the matmul is the same 2-D one)
     if bias is not None:
-        x2 = jnp.concatenate([x2, jnp.ones((x2.shape[0], 1), x2.dtype)], -1)
+        x = jnp.concatenate([x, jnp.ones(x.shape[:-1] + (1,), x.dtype)], -1)
         kernel = jnp.concatenate([kernel, bias[None].astype(kernel.dtype)], 0)
-    return tuple((x2 @ kernel[:, b]).reshape(x.shape[:-1] + (width,)) for b in blocks)
+    return tuple(x @ kernel[:, b] for b in blocks)
 
 
 def init_weight(initializer, key, shape, dtype, argument):

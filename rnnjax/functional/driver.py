@@ -113,6 +113,18 @@ def with_pointwise_vjp(pointwise: Callable, pointwise_vjp: Optional[Callable]) -
     return fn
 
 
+def contract_leading(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``Σ_{t, batch} a[t, ..., i] b[t, ..., j] -> (i, j)``: a weight gradient over every leading
+    axis (time and the batch axes) as one ``dot_general``.
+
+    Named-axis contraction, not ``a.reshape(-1, i).T @ b.reshape(-1, j)``: a reshape that merges
+    time with a batch axis sharded over a device mesh makes XLA gather the whole sequence onto
+    every device, while a contraction over a sharded axis is a local matmul plus one all-reduce
+    (on one device XLA lowers both to the same 2-D matmul)."""
+    lead = tuple(range(a.ndim - 1))
+    return lax.dot_general(a, b, ((lead, lead), ((), ())))
+
+
 def _first_leaf(state):
     return jax.tree_util.tree_leaves(state)[0]
 
@@ -312,14 +324,13 @@ def _linear_scan(linear: LinearStep, xs, init_state, last0, m, *, go_backwards, 
         else:
             dxs, da_seq = outs
         if bias_on_a:
-            dpw = jnp.sum(da_seq.reshape(-1, da_seq.shape[-1]), 0)
+            dpw = jnp.sum(da_seq, axis=tuple(range(da_seq.ndim - 1)))
             dpw = jax.tree_util.tree_map(lambda d, p: d.astype(p.dtype), split(dpw), pw)
         v_seq = _first_leaf(s_seq)
         v_seq = recurrent_input(v_seq if rm is None else v_seq * rm)
-        v2t = v_seq.reshape(-1, v_seq.shape[-1]).T
-        # one matmul over the joined (T, B, G*U) cotangents, also when the inputs are split: the
-        # GRU's three per-part matmuls ran at 90-120 GFLOP/s, one wide one at 175-195
-        dR = v2t @ da_seq.reshape(-1, da_seq.shape[-1])
+        # one matmul over the joined (T, *batch, G*U) cotangents, also when the inputs are split
+        # (one wide matmul is faster than one per part, bench/README.md)
+        dR = contract_leading(v_seq, da_seq)
         return dR.astype(R.dtype), dpw, dxs, ds0, dlast0, None, None, None
 
     run.defvjp(run_fwd, run_bwd)
@@ -388,7 +399,8 @@ def _input_additive_scan(additive: InputAdditiveStep, carry, xs, m, *, go_backwa
                              f"numbered from {n_real} on")
         lead = xs[0].shape[:-1]
         xs = xs + tuple(jnp.zeros(lead + (kernels[parts.index(j)].shape[-1],), xs[0].dtype) for j in ghost_ids)
-    scan_conv, consts = jax.closure_convert(lambda k, x, c: scan(k, x, c, m), kernels, xs, carry)
+    scan_conv, consts = jax.closure_convert(scan, kernels, xs, carry, m)
+    consts = (m,) + tuple(consts)
 
     @jax.custom_vjp
     def run(kernels, xs, carry, *consts):
@@ -406,8 +418,7 @@ def _input_additive_scan(additive: InputAdditiveStep, carry, xs, m, *, go_backwa
         blocks = dxs if isinstance(dxs, tuple) else jnp.split(dxs, len(kernels), axis=-1)
         if additive.lhs_input is not None:
             lhs = tuple(additive.lhs_input(v) for v in lhs)
-        dk = tuple((v.reshape(-1, v.shape[-1]).T @ blocks[p].reshape(-1, blocks[p].shape[-1])).astype(k.dtype)
-                   for v, p, k in zip(lhs, parts, kernels))
+        dk = tuple(contract_leading(v, blocks[p]).astype(k.dtype) for v, p, k in zip(lhs, parts, kernels))
         return (dk, dxs, dcarry, *dconsts)
 
     run.defvjp(run_fwd, run_bwd)
@@ -579,7 +590,11 @@ def scan_rnn(
         (performance only: the projected block of a span stays small). None: 10 steps from
         64 batch rows and 50 steps on, else all steps at once (see :data:`PROJECT_CHUNK`), and
         for a call that is not differentiated also spans of 2-10 steps once the projected block
-        of all steps reaches :data:`INFER_SPAN_MIN_BYTES`; 0: all at once.
+        of all steps reaches :data:`INFER_SPAN_MIN_BYTES`; a differentiated call of a step with
+        a hand-written backward pass (``linear``, ``additive``) then runs all steps at once, so
+        that its weight gradients are formed once. 0: all at once. A given ``project_chunk``
+        applies to every call; differentiated, its weight gradients are formed per span (on a
+        device mesh: one gradient reduction per span).
       unbiased_project: ``(project0, bias)`` with ``project(x) == project0(x) + bias`` (``bias``
         along the last axis). A call that is not differentiated then runs ``project0`` and adds
         the bias to each step's input inside the loop, where it joins the step's element-wise
@@ -690,8 +705,12 @@ def scan_rnn(
                         ys = jnp.concatenate([ys, ys_tail], 0)
             return carry, ys
 
+        # Differentiated, a step with a hand-written backward pass runs all steps in one loop under
+        # the automatic plan, so that its weight gradients are formed (and, with the batch sharded
+        # over a device mesh, reduced) once, not once per span; spans are for inference.
+        train_chunk = steps if (use_linear or use_additive) and not remat and project_chunk is None else chunk
         # For a call that is not differentiated: spans (infer_chunk) and/or the unbiased projection.
-        infer_chunk, unbiased = None, None
+        infer_chunk, unbiased = chunk, None
         if use_linear and not remat and project_chunk is None:
             one_step = jax.ShapeDtypeStruct(x[:1].shape, x.dtype)
             xp_struct = jax.eval_shape(project_span, one_step)
@@ -703,12 +722,12 @@ def scan_rnn(
             xp_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(xp_struct))
             if chunk >= steps and steps * xp_bytes >= INFER_SPAN_MIN_BYTES:
                 span = max(2, min(PROJECT_CHUNK, INFER_SPAN_BYTES // max(xp_bytes, 1)))
-                infer_chunk = span if steps > span else None
-        if infer_chunk is None and unbiased is None:
-            carry, ys = run_chunked(chunk, raw, carry)
+                infer_chunk = span if steps > span else chunk
+        if infer_chunk == train_chunk and unbiased is None:
+            carry, ys = run_chunked(train_chunk, raw, carry)
         else:  # the inference program when not differentiated, the training one when differentiated
-            carry, ys = _primal_choice(lambda r, c: run_chunked(infer_chunk or chunk, r, c, unbiased),
-                                       lambda r, c: run_chunked(chunk, r, c), raw, carry)
+            carry, ys = _primal_choice(lambda r, c: run_chunked(infer_chunk, r, c, unbiased),
+                                       lambda r, c: run_chunked(train_chunk, r, c), raw, carry)
         if return_sequences and go_backwards:
             ys = jnp.flip(ys, 0)
 

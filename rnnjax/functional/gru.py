@@ -148,16 +148,25 @@ class GRUCore:
         if masks is None or masks.shape[0] == 1:
             return None  # the LinearStep covers it
         # reset_after with one recurrent mask per gate: three matmuls; the candidate's, multiplied
-        # by r, adds to a ghost part (see InputAdditiveStep.parts)
-        rec_bias = None if params.bias is None else params.bias[1]
+        # by r, adds to a ghost part (see InputAdditiveStep.parts). The recurrent bias blocks
+        # (b_z, b_r, b_h) are kernels too, of left operand 1, adding to the same parts: their
+        # gradients are then sums after the loop, not a reduction over the batch at every step
+        # (which, with the batch sharded over a device mesh, is a collective at every step).
+        kernels = tuple(jnp.split(params.recurrent_kernel, 3, axis=-1))
+        n_bias = 0 if params.bias is None else 3
+        if n_bias:
+            kernels += tuple(b[None] for b in jnp.split(params.bias[1], 3))
 
         def step(kernels, state, xp_t):
             xz, xr, xh, ghost = xp_t
             lhs = tuple(state.h * masks[k] for k in range(3))
-            a = (lhs[0] @ kernels[0], lhs[1] @ kernels[1], ghost + lhs[2] @ kernels[2])
-            return self.pointwise(rec_bias, (xz, xr, xh), a, state), lhs
+            a = [lhs[0] @ kernels[0], lhs[1] @ kernels[1], ghost + lhs[2] @ kernels[2]]
+            if n_bias:  # 1 @ b_k, the bias of a_t's block k
+                lhs += (jnp.ones(state.h.shape[:-1] + (1,), state.h.dtype),) * 3
+                a = [a_k + b_k for a_k, b_k in zip(a, kernels[3:])]
+            return self.pointwise(None, (xz, xr, xh), tuple(a), state), lhs
 
-        return InputAdditiveStep(tuple(jnp.split(params.recurrent_kernel, 3, axis=-1)), step, parts=(0, 1, 3))
+        return InputAdditiveStep(kernels, step, parts=(0, 1, 3) * (1 + n_bias // 3))
 
     def project_parts(self, params: GRUParams, x, dropout_mask=None):
         """:meth:`project` as its three gate blocks ``(xz, xr, xh)``, each from its own matmul (for

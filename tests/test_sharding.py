@@ -1,0 +1,288 @@
+"""Every layer partitions cleanly on a device mesh (8 forced host devices, see conftest.py).
+
+With the batch sharded over ``'data'`` and the parameters replicated, the compiled forward and
+training programs (read as HLO text after XLA's SPMD partitioner) move no activation between
+devices: no all-gather, all-to-all or collective-permute. The training step reduces each
+parameter's gradient once (all-reduce or reduce-scatter, outside every loop, of at most the
+parameters' size), and the values equal the single-device run.
+"""
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnnjax
+from rnnjax.functional import driver
+import rnnjax.functional as F
+from sharding_util import batch_mesh, collectives, compiled_text, replicate, shard_batch
+
+B, T, I, U = 8, 6, 3, 4
+RTOL, ATOL = 2e-5, 2e-6
+MOVES = ("all-gather", "all-to-all", "collective-permute")
+REDUCTIONS = ("all-reduce", "reduce-scatter")
+
+HOLES = np.random.default_rng(7).random((B, T)) > 0.35
+RIGHT_PADDED = np.arange(T)[None, :] < np.array([6, 5, 1, 3, 6, 2, 4, 6])[:, None]
+
+
+class MinimalRNNCell(nn.Module):
+    """The seed's custom-cell example (generic cell path)."""
+
+    units: int
+
+    @property
+    def state_size(self):
+        return self.units
+
+    @nn.compact
+    def __call__(self, inputs, states):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (inputs.shape[-1], self.units))
+        recurrent_kernel = self.param("recurrent_kernel", nn.initializers.orthogonal(), (self.units, self.units))
+        output = jnp.tanh(inputs @ kernel + states[0] @ recurrent_kernel)
+        return output, [output]
+
+
+def _n_states(layer):
+    cell = layer.cell if isinstance(layer, rnnjax.RNN) else None
+    if isinstance(layer, (rnnjax.LSTM, rnnjax.CuDNNLSTM)) or isinstance(cell, rnnjax.LSTMCell):
+        return 2
+    return 1
+
+
+# name -> (layer, input shape, call options). Dropout cases run in training with an RNG stream.
+SEQ = dict(return_sequences=True)
+CASES = {
+    "simple_rnn": (lambda: rnnjax.SimpleRNN(U), (B, T, I), {}),
+    "simple_rnn_holes": (lambda: rnnjax.SimpleRNN(U, **SEQ), (B, T, I), {"mask": HOLES}),
+    "lstm": (lambda: rnnjax.LSTM(U), (B, T, I), {}),
+    "lstm_holes_seq": (lambda: rnnjax.LSTM(U, **SEQ), (B, T, I), {"mask": HOLES}),
+    "lstm_right_padded_backwards": (lambda: rnnjax.LSTM(U, go_backwards=True), (B, T, I), {"mask": RIGHT_PADDED}),
+    "lstm_state_initial": (lambda: rnnjax.LSTM(U, return_state=True), (B, T, I), {"initial_state": 2}),
+    "lstm_many_rows": (lambda: rnnjax.LSTM(U, **SEQ), (16, 20, 4), {}),  # the projection on >= 256 rows
+    # from 64 rows and 50 steps on, inference projects spans of steps; training runs one loop
+    "lstm_projection_spans": (lambda: rnnjax.LSTM(U, **SEQ), (64, 50, I), {}),
+    "gru_projection_spans": (lambda: rnnjax.GRU(U), (64, 50, I), {"mask": np.tile(HOLES, (8, 9))[:, :50]}),
+    "lstm_sigmoid_zero_output": (lambda: rnnjax.LSTM(U, recurrent_activation="sigmoid", zero_output_for_mask=True,
+                                                     **SEQ), (B, T, I), {"mask": HOLES}),
+    "lstm_dropout_impl1": (lambda: rnnjax.LSTM(U, dropout=0.3, recurrent_dropout=0.3, **SEQ), (B, T, I),
+                           {"mask": HOLES, "dropout": True}),
+    "lstm_dropout_impl2": (lambda: rnnjax.LSTM(U, dropout=0.3, recurrent_dropout=0.3, implementation=2),
+                           (B, T, I), {"dropout": True}),
+    "lstm_remat": (lambda: rnnjax.LSTM(U, remat=True, **SEQ), (B, 17, I), {"mask": np.tile(HOLES, (1, 3))[:, :17]}),
+    "lstm_unroll": (lambda: rnnjax.LSTM(U, unroll=True), (B, T, I), {"mask": HOLES}),
+    "lstm_generic_loop": (lambda: rnnjax.LSTM(U, custom_backward=False), (B, T, I), {"mask": HOLES}),
+    "gru": (lambda: rnnjax.GRU(U), (B, T, I), {}),
+    "gru_holes_state": (lambda: rnnjax.GRU(U, return_state=True, **SEQ), (B, T, I),
+                        {"mask": HOLES, "initial_state": 1}),
+    "gru_dropout": (lambda: rnnjax.GRU(U, dropout=0.2, recurrent_dropout=0.2), (B, T, I),
+                    {"mask": HOLES, "dropout": True}),
+    "gru_reset_after": (lambda: rnnjax.GRU(U, reset_after=True, go_backwards=True, **SEQ), (B, T, I),
+                        {"mask": HOLES}),
+    "gru_reset_after_dropout": (lambda: rnnjax.GRU(U, reset_after=True, recurrent_dropout=0.3), (B, T, I),
+                                {"dropout": True}),
+    "rnn_lstm_cell": (lambda: rnnjax.RNN(rnnjax.LSTMCell(U), **SEQ), (B, T, I), {"mask": HOLES}),
+    "rnn_stacked_cells": (lambda: rnnjax.RNN([rnnjax.GRUCell(U), rnnjax.SimpleRNNCell(U)], return_state=True),
+                          (B, T, I), {"mask": HOLES}),
+    "rnn_custom_cell": (lambda: rnnjax.RNN(MinimalRNNCell(U), **SEQ), (B, T, I), {"mask": HOLES}),
+    "rnn_custom_cell_stacked": (lambda: rnnjax.RNN([MinimalRNNCell(U), rnnjax.LSTMCell(U)]), (B, T, I), {}),
+    "conv_lstm1d": (lambda: rnnjax.ConvLSTM1D(2, 3, padding="same", **SEQ), (B, T, 5, 2), {"mask": HOLES}),
+    "conv_lstm2d": (lambda: rnnjax.ConvLSTM2D(2, 3, padding="same"), (B, 4, 5, 5, 2), {}),
+    "conv_lstm2d_valid_dropout": (lambda: rnnjax.ConvLSTM2D(2, 2, dropout=0.2, recurrent_dropout=0.2,
+                                                            go_backwards=True), (B, 4, 5, 5, 2),
+                                  {"mask": HOLES[:, :4], "dropout": True}),
+    "conv_lstm3d": (lambda: rnnjax.ConvLSTM3D(2, 2, padding="same", return_state=True), (B, 3, 3, 3, 3, 1), {}),
+    "cudnn_lstm": (lambda: rnnjax.CuDNNLSTM(U, return_sequences=True), (B, T, I), {"mask": RIGHT_PADDED}),
+    "cudnn_gru": (lambda: rnnjax.CuDNNGRU(U, return_state=True), (B, T, I), {"mask": RIGHT_PADDED}),
+}
+
+
+# Paths whose parameter gradients autodiff accumulates inside the time loop: the partitioner then
+# reduces each step's (or, with remat, each checkpointed span's) partial gradient over the devices,
+# as it does for Flax's nn.RNN; no activation moves. The hand-written backward passes of the
+# built-in cells form the gradients after the loop and reduce once.
+REDUCED_IN_THE_LOOP = {
+    "lstm_generic_loop": "custom_backward=False: autodiff of the loop",
+    "lstm_unroll": "unroll=True: autodiff of the Python loop",
+    "lstm_remat": "remat: one reduction per checkpointed span",
+    "rnn_custom_cell": "a custom cell: autodiff of the loop",
+    "rnn_custom_cell_stacked": "a custom cell in a stack: autodiff of the loop",
+    "rnn_stacked_cells": "stacked cells: autodiff of the loop",
+}
+
+
+def _inputs(shape, options, layer):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    call = {}
+    if "mask" in options:
+        call["mask"] = jnp.asarray(options["mask"])
+    if "initial_state" in options:
+        call["initial_state"] = [jnp.asarray(rng.normal(size=(shape[0], U)), jnp.float32)
+                                 for _ in range(options["initial_state"])]
+    return x, call
+
+
+def _loss_weights(out, seed=3):
+    rng = np.random.default_rng(seed)
+    return [jnp.asarray(rng.normal(size=o.shape), o.dtype) for o in jax.tree_util.tree_leaves(out)]
+
+
+def _programs(layer, options, variables, x, call):
+    training = bool(options.get("dropout"))
+    rngs = {"dropout": jax.random.key(5)} if training else None
+
+    def forward(params, x, call):
+        return layer.apply({"params": params}, x, **call, training=training, rngs=rngs)
+
+    weights = _loss_weights(jax.eval_shape(forward, variables["params"], x, call))
+
+    def loss(params, x, call):
+        outs = jax.tree_util.tree_leaves(forward(params, x, call))
+        return sum(jnp.sum(o * w) for o, w in zip(outs, weights))
+
+    def train(params, x, call):
+        return jax.value_and_grad(loss, argnums=(0, 1))(params, x, call)
+
+    return forward, train
+
+
+def _computations(text):
+    """HLO text -> {computation name: its lines}; the entry computation under 'ENTRY'."""
+    comps, name = {}, None
+    for line in text.splitlines():
+        head = re.match(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
+        if head and not line.startswith(" "):
+            name = "ENTRY" if head.group(1) else head.group(2)
+            comps[name] = []
+        elif name is not None:
+            comps[name].append(line)
+    return comps
+
+
+def _reduced_elements(text):
+    """Elements reduced by every all-reduce / reduce-scatter of the program (result shapes),
+    scalars (the loss's partial sums) aside."""
+    total = 0
+    for line in text.splitlines():
+        m = re.search(r"=\s*(.*?)\s(all-reduce|reduce-scatter)(?:-start)?\(", line)
+        if m:
+            for dims in re.findall(r"[a-z0-9]+\[([0-9,]*)\]", m.group(1)):
+                total += int(np.prod([int(d) for d in dims.split(",")])) if dims else 0
+    return total
+
+
+def assert_partitions_cleanly(text, *, training, n_params, steps=None):
+    """No activation crosses devices; in training, the gradient is reduced once per parameter
+    (``steps=None``) or, for the paths of ``REDUCED_IN_THE_LOOP``, at most once per step."""
+    counts = collectives(text)
+    moved = {op: counts[op] for op in MOVES if counts[op]}
+    assert not moved, f"activations cross devices: {moved}"
+    if training:
+        assert sum(counts[op] for op in REDUCTIONS) >= 1, f"no gradient reduction in the training step: {counts}"
+        if steps is not None:
+            assert _reduced_elements(text) <= n_params * steps, (_reduced_elements(text), n_params)
+            return
+        # once per parameter: every collective outside the loops (in the entry computation), and no
+        # more elements reduced than the parameters have
+        entry = "\n".join(_computations(text)["ENTRY"])
+        assert collectives(entry) == counts, "a collective runs inside a loop (once per step, not once)"
+        assert _reduced_elements(text) <= n_params, (_reduced_elements(text), n_params)
+
+
+def _close(a, b):
+    """Equal to float32 rounding: the sharded program sums gradients over the batch in another
+    order, so the absolute tolerance scales with each array's largest entry."""
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        v = np.asarray(v)
+        np.testing.assert_allclose(np.asarray(u), v, rtol=RTOL, atol=ATOL * max(1.0, float(np.abs(v).max())))
+
+
+def _check(layer, shape, options, mesh, reduced_in_the_loop=False):
+    x, call = _inputs(shape, options, layer)
+    variables = layer.init(jax.random.key(1), x, **call)
+    params = variables["params"]
+    forward, train = _programs(layer, options, variables, x, call)
+    want_fwd, want_train = jax.jit(forward)(params, x, call), jax.jit(train)(params, x, call)
+
+    xs, calls, ps = shard_batch(mesh, x), shard_batch(mesh, call), replicate(mesh, params)
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
+    assert_partitions_cleanly(compiled_text(forward, ps, xs, calls), training=False, n_params=n_params)
+    assert_partitions_cleanly(compiled_text(train, ps, xs, calls), training=True, n_params=n_params,
+                              steps=shape[1] if reduced_in_the_loop else None)
+    got_fwd, got_train = jax.jit(forward)(ps, xs, calls), jax.jit(train)(ps, xs, calls)
+    _close(got_fwd, want_fwd)
+    _close(got_train, want_train)
+    # the outputs (and states) stay sharded like the batch: each device holds its rows
+    for out in jax.tree_util.tree_leaves(got_fwd):
+        assert out.addressable_shards[0].data.shape[0] == out.shape[0] // mesh.devices.size, out.sharding
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_layer_partitions_cleanly(name):
+    make, shape, options = CASES[name]
+    _check(make(), shape, options, batch_mesh(8), reduced_in_the_loop=name in REDUCED_IN_THE_LOOP)
+
+
+@pytest.mark.parametrize("devices", [2, 4])
+def test_any_number_of_devices_dividing_the_batch(devices):
+    _check(rnnjax.GRU(U, return_sequences=True), (B, T, I), {"mask": HOLES}, batch_mesh(devices))
+
+
+def test_projection_spans_and_inference_program_partition_cleanly(monkeypatch):
+    """The driver's other plans: projection spans in training (``project_chunk``) and, not
+    differentiated, inference spans with the input bias added in the loop."""
+    monkeypatch.setattr(driver, "INFER_SPAN_MIN_BYTES", 0)
+    monkeypatch.setattr(driver, "INFER_SPAN_BYTES", 0)
+    _check(rnnjax.LSTM(U, return_sequences=True), (B, 11, I), {"mask": HOLES[:, [0, 1, 2, 3, 4, 5] * 2][:, :11]},
+           batch_mesh(8))
+
+
+@pytest.mark.parametrize("core", [F.LSTMCore(U), F.GRUCore(U), F.GRUCore(U, reset_after=True), F.SimpleRNNCore(U)],
+                         ids=["lstm", "gru", "gru_reset_after", "simple_rnn"])
+@pytest.mark.parametrize("project_chunk", [None, 4])
+def test_functional_scan_rnn_partitions_cleanly(core, project_chunk):
+    """``rnn`` and ``scan_rnn`` (with projection spans) over two batch axes, the first sharded."""
+    mesh = batch_mesh(8)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(B, 2, 9, I)), jnp.float32)
+    mask = jnp.asarray(np.random.default_rng(1).random((B, 2, 9)) > 0.3)
+    params = core.init(jax.random.key(0), I)
+    program = F.core.core_program(core, params)
+    s0 = core.initial_state((B, 2))
+
+    def forward(params, x, mask):
+        if project_chunk is None:
+            return F.rnn(core, params, x, mask=mask, return_sequences=True)[0]
+        prog = F.core.core_program(core, params)
+        return F.scan_rnn(prog.step, x, s0, project=prog.project, mask=mask, return_sequences=True,
+                          linear=prog.linear, additive=prog.additive, project_chunk=project_chunk)[0]
+
+    def train(params, x, mask):
+        return jax.grad(lambda p, x: jnp.sum(jnp.sin(forward(p, x, mask))), argnums=(0, 1))(params, x)
+
+    del program
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
+    xs, ms, ps = shard_batch(mesh, x), shard_batch(mesh, mask), replicate(mesh, params)
+    assert_partitions_cleanly(compiled_text(forward, ps, xs, ms), training=False, n_params=n_params)
+    # a given project_chunk spans training too: one gradient reduction per span
+    assert_partitions_cleanly(compiled_text(train, ps, xs, ms), training=True, n_params=n_params,
+                              steps=None if project_chunk is None else -(-9 // project_chunk))
+    _close(jax.jit(train)(ps, xs, ms), jax.jit(train)(params, x, mask))
+    _close(jax.jit(forward)(ps, xs, ms), jax.jit(forward)(params, x, mask))
+
+
+def test_the_check_sees_a_gather():
+    """The HLO assertions fail on a program that merges the sharded batch with time (the old
+    projection ``x.reshape(-1, F) @ kernel`` of time-major inputs)."""
+    mesh = batch_mesh(8)
+    kernel = jnp.ones((I, U))
+
+    def merged(x):
+        xt = jnp.swapaxes(x, 0, 1)  # (T, B, I)
+        return (xt.reshape(-1, I) @ kernel).reshape(T, B, U)
+
+    text = compiled_text(merged, shard_batch(mesh, jnp.ones((B, T, I))))
+    with pytest.raises(AssertionError, match="activations cross devices"):
+        assert_partitions_cleanly(text, training=False, n_params=0)
