@@ -56,7 +56,7 @@ from rnnjax.functional.core import check_custom_backward, check_units, init_weig
 from rnnjax.functional.gru import GRUCore
 from rnnjax.functional.lstm import LSTMCore
 from rnnjax.layers.base import (
-    STATE_COLLECTION, _check_layer_inputs, _state_dtype, reset_layer_states, unflatten_states,
+    STATE_COLLECTION, RecurrentLayer, _check_layer_inputs, _state_dtype, reset_layer_states, unflatten_states,
 )
 
 BACKENDS = ("auto", "cudnn", "scan")
@@ -116,7 +116,7 @@ def _poison(tree, ok):
     return jax.tree_util.tree_map(one, tree)
 
 
-class _CuDNNRecurrent(nn.Module):
+class _CuDNNRecurrent(RecurrentLayer):
     """Shared logic of the two layers (no fields of its own)."""
 
     gates = 4
