@@ -18,14 +18,7 @@ import numpy as np
 
 from rnnjax import constraints, regularizers
 from rnnjax.functional import activations, initializers
-from rnnjax.functional.core import check_rate, check_units, init_weight
-
-
-def _concrete(a) -> Optional[np.ndarray]:
-    try:
-        return np.asarray(a)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
+from rnnjax.functional.core import check_rate, check_units, concrete, init_weight
 
 
 class _PassMask:
@@ -114,15 +107,17 @@ class Embedding(_Weighted, nn.Module):
             raise TypeError(f"`inputs`: expected an array of integer ids, got {type(inputs).__name__}.")
         if self.input_length is not None and (inputs.ndim < 2 or inputs.shape[1] != self.input_length):
             raise ValueError(
-                f"`inputs`: the layer was declared with input_length={self.input_length}, got shape {tuple(inputs.shape)}."
+                f"`inputs`: the layer was declared with input_length={self.input_length}, got shape "
+                f"{tuple(inputs.shape)}."
             )
-        values = _concrete(inputs)
+        values = concrete(inputs)
         if values is not None and values.size:
             if not np.all(np.mod(values, 1) == 0):
                 raise ValueError("`inputs`: Embedding takes integer ids; got values that are not integers.")
             if values.min() < 0 or values.max() >= self.input_dim:
                 raise ValueError(
-                    f"`inputs`: ids must lie in [0, input_dim={self.input_dim}); got ids from {values.min()} to {values.max()}."
+                    f"`inputs`: ids must lie in [0, input_dim={self.input_dim}); got ids from {values.min()} to "
+                    f"{values.max()}."
                 )
         return inputs if jnp.issubdtype(inputs.dtype, jnp.integer) else inputs.astype(jnp.int32)
 
@@ -198,7 +193,9 @@ class Dense(_PassMask, _Weighted, nn.Module):
     def __call__(self, inputs):
         """``(..., input_dim)`` -> ``(..., units)``."""
         if not hasattr(inputs, "ndim") or inputs.ndim < 1:
-            raise ValueError(f"`inputs`: Dense expected an array (..., features), got {getattr(inputs, 'shape', inputs)!r}.")
+            raise ValueError(
+                f"`inputs`: Dense expected an array (..., features), got {getattr(inputs, 'shape', inputs)!r}."
+            )
         kernel = self._weight("kernel", "kernel", (inputs.shape[-1], self.units))
         if kernel.shape[0] != inputs.shape[-1]:
             raise ValueError(

@@ -97,7 +97,8 @@ class Bidirectional(nn.Module):
                     )
         # Names from the layers as the user built them (Flax renames a module field once adopted).
         backward = self.layer if self.backward_layer is None else self.backward_layer
-        object.__setattr__(self, "_names", (_sublayer_name(self.layer, "forward_"), _sublayer_name(backward, "backward_")))
+        names = (_sublayer_name(self.layer, "forward_"), _sublayer_name(backward, "backward_"))
+        object.__setattr__(self, "_names", names)
         super().__post_init__()
 
     def setup(self):
