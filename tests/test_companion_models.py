@@ -111,6 +111,9 @@ def test_training_and_rng_streams_reach_every_layer(training):
     assert_same(got, ByHand().apply({"params": params}, x, training=training, rngs=rngs))
     plain = ours.apply({"params": params}, x)
     assert np.allclose(got, plain) != training
+    flax_dropout = rnnjax.Sequential([nn.Dropout(0.5)])  # Flax's own modules get deterministic=not training
+    dropped = np.asarray(flax_dropout.apply({}, x, training=training, rngs=rngs))
+    assert np.array_equal(dropped, np.asarray(x)) != training
 
 
 def test_embedding_matches_keras_and_reports_penalties_and_constraints():
@@ -127,9 +130,11 @@ def test_embedding_matches_keras_and_reports_penalties_and_constraints():
     assert_same(y, k(ids))
     np.testing.assert_allclose(aux["losses"]["embeddings_regularizer"], 0.1 * np.sum(w.astype(np.float64) ** 2), rtol=1e-5)
     np.testing.assert_allclose(aux["losses"]["activity_regularizer"], 0.01 * np.abs(np.asarray(y)).sum() / B, rtol=1e-5)
-    model = rnnjax.Sequential([layer, rnnjax.LSTM(U), rnnjax.Dense(2, kernel_constraint="max_norm")])
+    model = rnnjax.Sequential([layer, rnnjax.Bidirectional(rnnjax.LSTM(U, recurrent_constraint="unit_norm")),
+                               rnnjax.Dense(2, kernel_constraint="max_norm")])
     found = rnnjax.constraints.collect_constraints(model, ids)
-    assert set(found) == {("embedding", "embeddings"), ("dense", "kernel")}
+    assert set(found) == {("embedding", "embeddings"), ("dense", "kernel"),
+                          *(("bidirectional", d, "cell", "recurrent_kernel") for d in ("forward_lstm", "backward_lstm"))}
     assert np.array_equal(np.asarray(rnnjax.Embedding(V, 6, mask_zero=True).compute_mask(ids)), ids != 0)
     assert rnnjax.Embedding(V, 6).compute_mask(ids, jnp.asarray(HOLES)) is None
 

@@ -53,7 +53,8 @@ class Bidirectional(nn.Module):
 
     ``y_f = forward(x)``, ``y_b = backward(x)`` (the copy with ``go_backwards`` flipped, or
     ``backward_layer``); with ``return_sequences`` ``y_b`` is reversed in time back to input
-    order. ``merge_mode``: ``'concat'`` (``[y_f, y_b]`` on the last axis), ``'sum'``
+    order. ``merge_mode``: ``'concat'`` (``[y_f, y_b]`` on the last axis, as Keras: for a
+    channels_first ConvLSTM that is the last spatial axis), ``'sum'``
     (``y_f + y_b``), ``'mul'`` (``y_f * y_b``), ``'ave'`` (``(y_f + y_b) / 2``) or ``None`` (the
     list ``[y_f, y_b]``). With ``return_state`` the result is ``(output, *forward states,
     *backward states)`` (with ``merge_mode=None``: ``[y_f, y_b, *states]``). Both directions
