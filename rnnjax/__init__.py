@@ -6,11 +6,15 @@ Three ways in:
   one sequence driver ``scan_rnn``/``rnn``, for ``jax.jit``/``jax.grad``/``jax.vmap``;
 * Flax modules with Keras 2's signatures and defaults: ``RNN``, ``SimpleRNN``, ``GRU``,
   ``LSTM``, the cells and ``StackedRNNCells``;
-* stateful mode: states in the ``'rnn_state'`` collection, :func:`reset_states`.
+* stateful mode: states in the ``'rnn_state'`` collection, :func:`reset_states`;
+* the Keras layers around them: ``Bidirectional``, ``Embedding``, ``Masking``,
+  ``TimeDistributed``, ``Dense``, ``Dropout``, ``Activation`` and a mask-propagating
+  ``Sequential``.
 """
 from rnnjax import constraints, functional, regularizers
 from rnnjax.functional import activations, initializers
 from rnnjax.layers import (
+    Activation, Bidirectional, Dense, Dropout, Embedding, Masking, Sequential, TimeDistributed,
     GRU, LSTM, RNN, STATE_COLLECTION, GRUCell, LSTMCell, SimpleRNN, SimpleRNNCell, StackedRNNCells, reset_states,
 )
 from rnnjax.layers.conv_lstm import (
@@ -30,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GRU", "LSTM", "RNN", "SimpleRNN", "GRUCell", "LSTMCell", "SimpleRNNCell", "StackedRNNCells",
+    "Activation", "Bidirectional", "Dense", "Dropout", "Embedding", "Masking", "Sequential", "TimeDistributed",
     "reset_states", "regularization_loss", "keras_constraints", "STATE_COLLECTION",
     "activations", "initializers", "constraints", "regularizers", "functional",
     "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell",

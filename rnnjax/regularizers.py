@@ -98,3 +98,15 @@ def regularization_loss(collections: Any) -> jax.Array:
     for leaf in leaves:
         total = total + jnp.sum(jnp.asarray(leaf, jnp.float32))
     return total
+
+
+def report(module, name: str, penalty) -> None:
+    """Records ``penalty`` in ``module``'s ``'losses'`` collection under ``name`` (a later call
+    of the same module replaces it, so a penalty is counted once per apply)."""
+    module.sow(LOSSES, name, penalty, init_fn=lambda: jnp.zeros(()), reduce_fn=lambda a, b: b)
+
+
+def activity_penalty(regularizer, outputs):
+    """``sum(regularizer(t) / batch)`` over the arrays of ``outputs`` (Keras divides an activity
+    penalty by the batch size)."""
+    return sum(regularizer(t) / t.shape[0] for t in jax.tree_util.tree_leaves(outputs))

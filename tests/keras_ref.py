@@ -7,6 +7,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+# Registered so that Keras can copy a layer that uses it (Bidirectional serializes its layer).
+@keras.saving.register_keras_serializable(package="rnnjax_tests")
 def keras2_hard_sigmoid(x):
     """Keras 2's hard sigmoid written with Keras 3 ops (Keras 3's own 'hard_sigmoid' differs)."""
     return keras.ops.clip(0.2 * x + 0.5, 0.0, 1.0)

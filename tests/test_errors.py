@@ -2,7 +2,8 @@
 was received and what was expected; never a deep XLA shape error, never a silent broadcast.
 
 Covers SimpleRNN/GRU/LSTM, RNN with a cell or a list of cells (StackedRNNCells), the cells
-called directly, and the functional core (``rnnjax.functional.rnn``).
+called directly, the functional core (``rnnjax.functional.rnn``) and the companions
+(Bidirectional, Embedding, Masking, TimeDistributed, Dense, Dropout, Activation, Sequential).
 
 Two Keras checks have no counterpart here, by construction: Keras rejects ``stateful=True``
 without a fixed batch size and ``unroll=True`` without a static number of steps. In JAX every
@@ -16,6 +17,7 @@ theirs at construction.
 """
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
@@ -324,3 +326,87 @@ def test_bad_arguments_fail_at_construction(make, match):
     """As in Keras, a bad constructor argument fails when the layer is built, before any call."""
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# ----- the companions: Bidirectional, Embedding, Masking, TimeDistributed, Sequential ---------
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: rnnjax.Bidirectional(rnnjax.LSTM(4), merge_mode="avg"),
+     _msg("`merge_mode`", "expected one of ['concat', 'sum', 'mul', 'ave', None]", "got 'avg'")),
+    (lambda: rnnjax.Bidirectional(rnnjax.Dense(3)), _msg("`layer`", "expected a recurrent layer", "got Dense")),
+    (lambda: rnnjax.Bidirectional(rnnjax.LSTM(4), backward_layer=rnnjax.Dense(3)),
+     _msg("`backward_layer`", "expected a recurrent layer", "got Dense")),
+    (lambda: rnnjax.Bidirectional(rnnjax.LSTM(4), backward_layer=rnnjax.LSTM(4)),
+     _msg("`backward_layer`", "other direction", "layer.go_backwards=False", "backward_layer.go_backwards=False")),
+    (lambda: rnnjax.Bidirectional(rnnjax.LSTM(4), backward_layer=rnnjax.LSTM(4, go_backwards=True, return_sequences=True)),
+     _msg("`backward_layer`", "the same `return_sequences` as `layer` (False)", "got True")),
+    (lambda: rnnjax.Embedding(1, 4, mask_zero=True), _msg("`input_dim`", "mask_zero=True", "at least 2", "got 1")),
+    (lambda: rnnjax.Embedding(0, 4), _msg("`input_dim`", "positive integer", "got 0")),
+    (lambda: rnnjax.Embedding(5, 4, embeddings_initializer="unifrom"), "`embeddings_initializer`"),
+    (lambda: rnnjax.Dense(0), "`units`"),
+    (lambda: rnnjax.Dense(3, activation="rleu"), "`activation`"),
+    (lambda: rnnjax.Dense(3, kernel_regularizer="l3"), "`kernel_regularizer`"),
+    (lambda: rnnjax.Dropout(1.0), _msg("`rate`", "[0, 1)", "got 1.0")),
+    (lambda: rnnjax.Activation("tanhh"), "`activation`"),
+    (lambda: rnnjax.TimeDistributed(lambda x: x), _msg("`layer`", "expected a Flax module", "got function")),
+    (lambda: rnnjax.Sequential([]), _msg("`layers`", "non-empty list")),
+    (lambda: rnnjax.Sequential([rnnjax.Dense(2), "relu"]), _msg("`layers`[1]", "expected a Flax module", "got str")),
+])
+def test_companion_arguments_fail_at_construction(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("fwd,bwd", [
+    (rnnjax.LSTM(4, return_state=True), rnnjax.GRU(4, go_backwards=True, return_state=True)),
+    (rnnjax.LSTM(4, stateful=True), rnnjax.GRU(4, go_backwards=True, stateful=True)),
+    (rnnjax.GRU(4, return_state=True), rnnjax.GRU(3, go_backwards=True, return_state=True)),
+])
+def test_backward_layer_with_another_kind_of_state(fwd, bwd):
+    layer = rnnjax.Bidirectional(fwd, backward_layer=bwd)
+    with pytest.raises(ValueError, match=_msg("`backward_layer`", "its states have shapes", "the forward layer's")):
+        v = layer.init(KEY, X)
+        layer.apply(v, X, mutable=["rnn_state"])
+
+
+def test_bidirectional_call_errors():
+    layer = rnnjax.Bidirectional(rnnjax.LSTM(4))
+    v = layer.init(KEY, X)
+    with pytest.raises(ValueError, match=_msg("`initial_state`", "even number", "got 3")):
+        layer.apply(v, X, initial_state=[jnp.zeros((2, 4))] * 3)
+    with pytest.raises(ValueError, match=_msg("`initial_state`", "expected 2 state array", "got 1")):
+        layer.apply(v, X, initial_state=[jnp.zeros((2, 4))] * 2)
+    with pytest.raises(ValueError, match=_msg("`constants`", "LSTM does not take constants")):
+        layer.apply(v, X, constants=[jnp.zeros((2, 3))])
+    with pytest.raises(ValueError, match=_msg("`mask`", "expected shape (2, 5)", "got (2, 4)")):
+        layer.apply(v, X, mask=jnp.ones((2, 4), bool))
+
+
+def test_companion_input_and_mask_errors():
+    seq = rnnjax.Sequential([rnnjax.Masking(), rnnjax.LSTM(4)])
+    v = seq.init(KEY, X)
+    with pytest.raises(ValueError, match=_msg("`mask` (Sequential)", "expected shape (2, 5)", "got (2, 4)")):
+        seq.apply(v, X, mask=jnp.ones((2, 4), bool))
+    with pytest.raises(TypeError, match=_msg("`mask` (Sequential)", "boolean", "int32")):
+        seq.apply(v, X, mask=jnp.ones((2, 5), jnp.int32))
+    td = rnnjax.TimeDistributed(rnnjax.Dense(2))
+    tv = td.init(KEY, X)
+    with pytest.raises(ValueError, match=_msg("`mask` (TimeDistributed)", "expected shape (2, 5)", "got (5, 2)")):
+        td.apply(tv, X, mask=jnp.ones((5, 2), bool))
+    with pytest.raises(ValueError, match=_msg("`inputs`", "at least 3 dimensions", "(2, 5)")):
+        td.apply(tv, jnp.ones((2, 5)))
+    foreign = rnnjax.Sequential([rnnjax.Masking(), nn.Dense(3), rnnjax.LSTM(4)])
+    with pytest.raises(TypeError, match=_msg("Dense does not support masking", "TimeDistributed")):
+        foreign.init(KEY, X)
+    several = rnnjax.Sequential([rnnjax.LSTM(4, return_state=True)])
+    with pytest.raises(ValueError, match=_msg("`layers`[0] (lstm, LSTM) returned 3 outputs", "return_state")):
+        several.init(KEY, X)
+    emb = rnnjax.Embedding(5, 3, input_length=4)
+    with pytest.raises(ValueError, match=_msg("`inputs`", "ids must lie in [0, input_dim=5)", "from 0 to 5")):
+        emb.init(KEY, jnp.array([[0, 1, 2, 5]]))
+    with pytest.raises(ValueError, match=_msg("`inputs`", "not integers")):
+        emb.init(KEY, jnp.array([[0.5, 1, 2, 3]]))
+    with pytest.raises(ValueError, match=_msg("`inputs`", "input_length=4", "(1, 3)")):
+        emb.init(KEY, jnp.array([[0, 1, 2]]))
+    with pytest.raises(ValueError, match=_msg("`noise_shape`", "expected 3 entries", "(2, 5, 3)", "(2, 2, 3)")):
+        rnnjax.Dropout(0.5, noise_shape=(2, 2, 3)).apply({}, X, training=True, rngs={"dropout": KEY})

@@ -42,7 +42,7 @@ states) instead. Use ``rnnjax.LSTM``/``rnnjax.GRU`` for arbitrary masks.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -52,11 +52,11 @@ import numpy as np
 from rnnjax import constraints, regularizers
 from rnnjax.cudnn import convert, fused
 from rnnjax.functional import rnn as functional_rnn
-from rnnjax.functional.core import check_custom_backward, check_units, init_weight
+from rnnjax.functional.core import check_custom_backward, check_units, concrete, init_weight
 from rnnjax.functional.gru import GRUCore
 from rnnjax.functional.lstm import LSTMCore
 from rnnjax.layers.base import (
-    STATE_COLLECTION, _check_layer_inputs, _state_dtype, reset_layer_states, unflatten_states,
+    STATE_COLLECTION, RecurrentLayer, _check_layer_inputs, _state_dtype, reset_layer_states, unflatten_states,
 )
 
 BACKENDS = ("auto", "cudnn", "scan")
@@ -69,13 +69,6 @@ _NOT_RIGHT_PADDED = (
 )
 
 
-def _concrete(a) -> Optional[np.ndarray]:
-    try:
-        return np.asarray(a)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
-
-
 def resolve_lengths(mask, seq_lengths, batch: int, steps: int):
     """``(lengths (B,) int32 or None, ok (B,) bool or None)`` from a right-padded ``mask`` or
     ``seq_lengths``. Concrete bad input raises; traced input gives ``ok`` (rows to poison)."""
@@ -85,7 +78,7 @@ def resolve_lengths(mask, seq_lengths, batch: int, steps: int):
         shape, dtype = tuple(jnp.shape(seq_lengths)), jnp.result_type(seq_lengths)
         if shape != (batch,) or not jnp.issubdtype(dtype, jnp.integer):
             raise ValueError(f"`seq_lengths`: expected integers of shape ({batch},), got {dtype} {shape}.")
-        value = _concrete(seq_lengths)
+        value = concrete(seq_lengths)
         if value is not None:
             if value.min(initial=0) < 0 or value.max(initial=0) > steps:
                 raise ValueError(f"`seq_lengths`: expected values in [0, {steps}], got {value.tolist()}.")
@@ -98,7 +91,7 @@ def resolve_lengths(mask, seq_lengths, batch: int, steps: int):
         raise ValueError(f"`mask`: expected shape ({batch}, {steps}) (batch, timesteps), got {shape}.")
     if dtype != jnp.bool_:
         raise TypeError(f"`mask`: expected a boolean array, got dtype {dtype}; use `mask.astype(bool)`.")
-    value = _concrete(mask)
+    value = concrete(mask)
     if value is not None:
         lengths = value.sum(axis=1)
         bad = np.nonzero(np.any(value != (np.arange(steps)[None, :] < lengths[:, None]), axis=1))[0]
@@ -116,7 +109,7 @@ def _poison(tree, ok):
     return jax.tree_util.tree_map(one, tree)
 
 
-class _CuDNNRecurrent(nn.Module):
+class _CuDNNRecurrent(RecurrentLayer):
     """Shared logic of the two layers (no fields of its own)."""
 
     gates = 4

@@ -24,6 +24,17 @@ import jax.numpy as jnp
 from rnnjax.functional import activations, initializers
 
 
+def concrete(a):
+    """``a`` as a numpy array when its value is known at trace time, else ``None`` (a tracer
+    under ``jit``): checks on values run where they can."""
+    import numpy as np
+
+    try:
+        return np.asarray(a)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
 def check_units(units, argument: str = "units") -> int:
     if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units <= 0:
         raise ValueError(f"`{argument}`: expected a positive integer, got {units!r}.")

@@ -286,7 +286,19 @@ def _state_dtype(input_dtype):
     return jnp.promote_types(input_dtype, jnp.float32)
 
 
-class RNN(nn.Module):
+class RecurrentLayer(nn.Module):
+    """What every rnnjax recurrent layer shares outside the driver (no fields of its own): Keras's
+    mask rule, which the containers (:class:`rnnjax.Sequential`, :class:`rnnjax.Bidirectional`) read.
+    """
+
+    def compute_mask(self, inputs, mask=None):
+        """The mask of the layer's output (Keras's ``RNN.compute_mask``): the input ``mask``
+        ``(batch, timesteps)`` with ``return_sequences``, else ``None`` (the time axis is gone)."""
+        del inputs
+        return mask if self.return_sequences else None
+
+
+class RNN(RecurrentLayer):
     """Base class for recurrent layers: runs ``cell`` (one cell or a list, stacked) over time.
 
     ``RNN(cell, return_sequences=False, return_state=False, go_backwards=False, stateful=False,
@@ -366,28 +378,3 @@ def reset_layer_states(module: nn.Module, states=None):
         new = jax.tree_util.tree_map(lambda n, c: n.astype(c.dtype), new, current)
     module.put_variable(STATE_COLLECTION, "states", new)
     return None
-
-
-def reset_states(variables, states=None):
-    """Returns ``variables`` with every stateful rnnjax state of a model set to zeros.
-
-    Works on the variables of any Flax model containing stateful rnnjax layers. ``states``
-    (optional) is a pytree shaped like ``variables['rnn_state']`` to set instead of zeros.
-    """
-    if STATE_COLLECTION not in variables:
-        raise ValueError(f"reset_states: `variables` has no '{STATE_COLLECTION}' collection (no stateful layer).")
-    current = variables[STATE_COLLECTION]
-    if states is None:
-        new = jax.tree_util.tree_map(jnp.zeros_like, current)
-    else:
-        cur_leaves, cur_def = jax.tree_util.tree_flatten(current)
-        new_leaves, new_def = jax.tree_util.tree_flatten(states)
-        if cur_def != new_def or any(a.shape != jnp.shape(b) for a, b in zip(cur_leaves, new_leaves)):
-            raise ValueError(
-                f"reset_states: `states` must match the structure and shapes of variables['{STATE_COLLECTION}'] "
-                f"({jax.tree_util.tree_map(jnp.shape, current)})."
-            )
-        new = jax.tree_util.tree_unflatten(cur_def, [jnp.asarray(b, a.dtype) for a, b in zip(cur_leaves, new_leaves)])
-    out = dict(variables)
-    out[STATE_COLLECTION] = new
-    return type(variables)(out) if not isinstance(variables, dict) else out

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from rnnjax.functional import initializers
 from rnnjax.functional.conv_lstm import ConvLSTMCore, ConvLSTMParams, check_data_format
 from rnnjax.functional.core import check_rate, dropout_masks, unbiased_projection
-from rnnjax.layers.base import CellProgram, reset_layer_states, run_recurrent
+from rnnjax.layers.base import CellProgram, RecurrentLayer, reset_layer_states, run_recurrent
 from rnnjax.layers.cells import KerasCell
 
 
@@ -191,7 +191,7 @@ _CELL_FIELDS = (
 )
 
 
-class ConvLSTM(nn.Module):
+class ConvLSTM(RecurrentLayer):
     """Shared call of ``ConvLSTM1D/2D/3D`` (the fields are declared by the subclasses).
 
     Call: ``layer(inputs, mask=None, initial_state=None, training=False)``; ``mask`` boolean

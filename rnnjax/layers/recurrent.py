@@ -18,11 +18,11 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from rnnjax.layers.base import reset_layer_states, run_recurrent
+from rnnjax.layers.base import RecurrentLayer, reset_layer_states, run_recurrent
 from rnnjax.layers.cells import GRUCell, LSTMCell, SimpleRNNCell, check_cell_config
 
 
-class _KerasRecurrent(nn.Module):
+class _KerasRecurrent(RecurrentLayer):
     """Shared call of the concrete layers (no fields of its own)."""
 
     cell_class = None

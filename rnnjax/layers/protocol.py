@@ -1,0 +1,101 @@
+"""How rnnjax's containers (``Sequential``, ``TimeDistributed``, ``Bidirectional``) call a layer
+and read its mask rule: the Keras conventions, for any Flax module.
+
+* A layer's call gets ``mask=`` only if its ``__call__`` has a ``mask`` parameter (and a mask
+  exists), ``training=`` if it has ``training``, ``deterministic=not training`` if it has
+  ``deterministic`` (Flax's own ``nn.Dropout``/``nn.BatchNorm`` convention).
+* A layer's output mask comes from its ``compute_mask(inputs, mask)`` (Keras's name): rnnjax's
+  layers all have one (mask producers ``Embedding``/``Masking``, pass-through ``Dense``/
+  ``Dropout``/``Activation``/``TimeDistributed``, the recurrent layers' ``return_sequences``
+  rule). A module without one cannot take a mask: Keras 2 raised "does not support masking",
+  and so does rnnjax (wrap it in ``TimeDistributed`` to apply it per step and keep the mask).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+
+import jax.numpy as jnp
+
+
+@functools.lru_cache(maxsize=None)
+def _parameters(cls) -> frozenset:
+    try:
+        return frozenset(inspect.signature(cls.__call__).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return frozenset()
+
+
+def accepts(layer, argument: str) -> bool:
+    """Whether ``layer.__call__`` has a parameter named ``argument``."""
+    return argument in _parameters(type(layer))
+
+
+def call_layer(layer, inputs, mask=None, training: bool = False, **extra):
+    """``layer(inputs, ...)`` with ``mask``/``training`` passed the way ``layer`` takes them (a layer
+    without a ``mask`` parameter gets none; :func:`output_mask` says whether it may ignore it)."""
+    kwargs = dict(extra)
+    if mask is not None and accepts(layer, "mask"):
+        kwargs["mask"] = mask
+    if accepts(layer, "training"):
+        kwargs["training"] = training
+    elif accepts(layer, "deterministic"):
+        kwargs["deterministic"] = not training
+    return layer(inputs, **kwargs)
+
+
+def output_mask(layer, inputs, mask):
+    """The mask of ``layer``'s output for ``inputs`` with input ``mask`` (Keras's rule)."""
+    rule = getattr(layer, "compute_mask", None)
+    if rule is None:
+        if mask is not None:
+            raise_no_masking(layer)
+        return None
+    return rule(inputs, mask)
+
+
+def raise_no_masking(layer):
+    raise TypeError(
+        f"{type(layer).__name__} does not support masking, but was passed a mask (as Keras 2 said): it has no "
+        "`compute_mask(inputs, mask)`. Use rnnjax's Keras-named layers (Dense, Dropout, Activation), wrap it in "
+        "rnnjax.TimeDistributed to apply it per step and pass the mask on, or give it a `compute_mask`."
+    )
+
+
+def check_mask(mask, inputs, where: str, nested: bool = False):
+    """A mask must be boolean ``(batch, timesteps)``, the first two axes of ``inputs`` (with
+    ``nested``, any leading axes of ``inputs`` from the first two on: a ``TimeDistributed`` mask)."""
+    if mask is None:
+        return None
+    shape = tuple(getattr(mask, "shape", ()))
+    rank_ok = len(shape) >= 2 if nested else len(shape) == 2
+    if not rank_ok or shape != tuple(inputs.shape[:len(shape)]):
+        raise ValueError(
+            f"`mask` ({where}): expected shape {tuple(inputs.shape[:2])} (batch, timesteps) for inputs of "
+            f"shape {tuple(inputs.shape)}, got {shape}."
+        )
+    mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"`mask` ({where}): expected a boolean array, got dtype {mask.dtype}; use `mask.astype(bool)`.")
+    return mask
+
+
+def keras_name(layer) -> str:
+    """The name Keras gives ``layer`` by default: its class name in snake case (``LSTM`` ->
+    ``lstm``, ``SimpleRNN`` -> ``simple_rnn``, ``ConvLSTM2D`` -> ``conv_lstm2d``), or the name
+    the user gave it (not one Flax made up: ``LSTM_0``, or a container's field name)."""
+    cls = type(layer).__name__
+    name = layer.name
+    if name is None or name in ("layer", "backward_layer") or name.startswith("layers_") or (
+        name.startswith(cls + "_") and name[len(cls) + 1:].isdigit()
+    ):
+        return snake_case(cls)
+    return name
+
+
+def snake_case(name: str) -> str:
+    """Keras's ``to_snake_case`` (``CuDNNLSTM`` -> ``cu_dnnlstm``, ``TimeDistributed`` ->
+    ``time_distributed``)."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
