@@ -363,9 +363,19 @@ def reset_layer_states(module: nn.Module, states=None):
         new = jax.tree_util.tree_map(jnp.zeros_like, current)
     else:
         new = unflatten_states(current, states, "states")
-        new = jax.tree_util.tree_map(lambda n, c: n.astype(c.dtype), new, current)
+        new = jax.tree_util.tree_map(_like, new, current)
     module.put_variable(STATE_COLLECTION, "states", new)
     return None
+
+
+def _like(new, current):
+    """``new`` with the dtype of ``current`` and, outside ``jit``, its placement: a state sharded
+    over a device mesh (like the batch) stays sharded after a reset to given arrays. Under ``jit``
+    the placement of the result is ``jit``'s (its ``out_shardings``)."""
+    new = jnp.asarray(new, current.dtype)
+    if isinstance(current, jax.core.Tracer) or isinstance(new, jax.core.Tracer):
+        return new
+    return jax.device_put(new, current.sharding)
 
 
 def reset_states(variables, states=None):
@@ -373,6 +383,8 @@ def reset_states(variables, states=None):
 
     Works on the variables of any Flax model containing stateful rnnjax layers. ``states``
     (optional) is a pytree shaped like ``variables['rnn_state']`` to set instead of zeros.
+    Every new array keeps the sharding of the one it replaces (a state sharded like the batch
+    over a mesh stays so); under ``jit`` the result is placed by ``jit``'s ``out_shardings``.
     """
     if STATE_COLLECTION not in variables:
         raise ValueError(f"reset_states: `variables` has no '{STATE_COLLECTION}' collection (no stateful layer).")
@@ -387,7 +399,7 @@ def reset_states(variables, states=None):
                 f"reset_states: `states` must match the structure and shapes of variables['{STATE_COLLECTION}'] "
                 f"({jax.tree_util.tree_map(jnp.shape, current)})."
             )
-        new = jax.tree_util.tree_unflatten(cur_def, [jnp.asarray(b, a.dtype) for a, b in zip(cur_leaves, new_leaves)])
+        new = jax.tree_util.tree_unflatten(cur_def, [_like(b, a) for a, b in zip(cur_leaves, new_leaves)])
     out = dict(variables)
     out[STATE_COLLECTION] = new
     return type(variables)(out) if not isinstance(variables, dict) else out
