@@ -369,13 +369,11 @@ def reset_layer_states(module: nn.Module, states=None):
 
 
 def _like(new, current):
-    """``new`` with the dtype of ``current`` and, outside ``jit``, its placement: a state sharded
-    over a device mesh (like the batch) stays sharded after a reset to given arrays. Under ``jit``
-    the placement of the result is ``jit``'s (its ``out_shardings``)."""
+    """``new`` with ``current``'s dtype and, outside ``jit``, its sharding (a state sharded like the
+    batch stays so); under ``jit`` the result is placed by ``jit`` (its ``out_shardings``)."""
     new = jnp.asarray(new, current.dtype)
-    if isinstance(current, jax.core.Tracer) or isinstance(new, jax.core.Tracer):
-        return new
-    return jax.device_put(new, current.sharding)
+    traced = isinstance(current, jax.core.Tracer) or isinstance(new, jax.core.Tracer)
+    return new if traced else jax.device_put(new, current.sharding)
 
 
 def reset_states(variables, states=None):
@@ -383,8 +381,7 @@ def reset_states(variables, states=None):
 
     Works on the variables of any Flax model containing stateful rnnjax layers. ``states``
     (optional) is a pytree shaped like ``variables['rnn_state']`` to set instead of zeros.
-    Every new array keeps the sharding of the one it replaces (a state sharded like the batch
-    over a mesh stays so); under ``jit`` the result is placed by ``jit``'s ``out_shardings``.
+    Each new array keeps the sharding of the one it replaces (under ``jit``: ``out_shardings``).
     """
     if STATE_COLLECTION not in variables:
         raise ValueError(f"reset_states: `variables` has no '{STATE_COLLECTION}' collection (no stateful layer).")
