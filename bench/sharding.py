@@ -135,10 +135,19 @@ def analyse(text: str, devices: int) -> dict:
     return {"dot_flops": dot_flops, "collectives": {c: v for c, v in found.items() if v["ops"]}}
 
 
-def programs(layer_name, shape):
-    """``(forward, train_step, params, x)`` for ``layer_name`` at ``(batch, time, features, units)``."""
+FLAX_CELLS = {"LSTM": "OptimizedLSTMCell", "GRU": "GRUCell", "SimpleRNN": "SimpleCell"}
+
+
+def programs(impl, layer_name, shape):
+    """``({mode: fn}, params, x)`` for ``layer_name`` at ``(batch, time, features, units)``: rnnjax's
+    layer, or Flax linen's ``nn.RNN`` over its cell (the reference: a scan whose every matmul is
+    per step, so it partitions over the batch as it is)."""
     batch, steps, features, units = shape
-    layer = getattr(rnnjax, layer_name)(units, return_sequences=True)
+    if impl == "flax":
+        import flax.linen as nn
+        layer = nn.RNN(getattr(nn, FLAX_CELLS[layer_name])(units))
+    else:
+        layer = getattr(rnnjax, layer_name)(units, return_sequences=True)
     x = jax.random.normal(jax.random.key(1), (batch, steps, features))
     params = layer.init(jax.random.key(0), x[:, :2])["params"]
 
@@ -152,8 +161,8 @@ def programs(layer_name, shape):
     return {"fwd": forward, "train": train_step}, params, x
 
 
-def measure(layer_name, shape, devices, reps):
-    fns, params, x = programs(layer_name, shape)
+def measure(impl, layer_name, shape, devices, reps):
+    fns, params, x = programs(impl, layer_name, shape)
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
     ps = jax.device_put(params, NamedSharding(mesh, P()))
     xs = jax.device_put(x, NamedSharding(mesh, P("data")))
@@ -168,7 +177,7 @@ def measure(layer_name, shape, devices, reps):
             t = time.perf_counter()
             jax.block_until_ready(compiled(ps, xs))
             times.append(time.perf_counter() - t)
-        rows.append({"layer": layer_name, "shape": list(shape), "mode": mode, "devices": devices,
+        rows.append({"impl": impl, "layer": layer_name, "shape": list(shape), "mode": mode, "devices": devices,
                      "per_device_batch": shape[0] // devices, "xla_flops": cost.get("flops"),
                      **analyse(compiled.as_text(), devices), "time_s": statistics.median(times)})
     return rows
@@ -182,17 +191,18 @@ def fmt_flops(n) -> str:
 
 
 def table(rows) -> str:
-    lines = ["| layer | shape | mode | devices | per-device batch | XLA flops (loop body once) | dot FLOPs per call "
+    lines = ["| layer | impl | shape | mode | devices | per-device batch | XLA flops (loop body once) | dot FLOPs per call "
              "| vs 1 device | collectives (ops × runs) | bytes sent per device | time (ms, not scaling) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    one = {(r["layer"], tuple(r["shape"]), r["mode"]): r["dot_flops"] for r in rows if r["devices"] == 1}
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    key = lambda r: (r.get("impl", "rnnjax"), r["layer"], tuple(r["shape"]), r["mode"])  # noqa: E731
+    one = {key(r): r["dot_flops"] for r in rows if r["devices"] == 1}
     for r in rows:
-        base = one.get((r["layer"], tuple(r["shape"]), r["mode"]))
+        base = one.get(key(r))
         ratio = f"{r['dot_flops'] / base:.3f}" if base else "–"
         coll = ", ".join(f"{c} {v['ops']}×{v['executions'] // max(v['ops'], 1)}" if v["executions"] % v["ops"] == 0
                          else f"{c} {v['ops']} ({v['executions']} runs)" for c, v in r["collectives"].items()) or "none"
         sent = sum(v["sent_bytes"] for v in r["collectives"].values())
-        lines.append(f"| {r['layer']} | {','.join(map(str, r['shape']))} | {r['mode']} | {r['devices']} | "
+        lines.append(f"| {r['layer']} | {r.get('impl', 'rnnjax')} | {','.join(map(str, r['shape']))} | {r['mode']} | {r['devices']} | "
                      f"{r['per_device_batch']} | {fmt_flops(r['xla_flops'])} | {fmt_flops(r['dot_flops'])} | {ratio} | "
                      f"{coll} | {_common.fmt_bytes(int(sent))} | {_common.fmt_ms(r['time_s'])} |")
     return "\n".join(lines)
@@ -203,6 +213,7 @@ def main(argv=None):
     ap.add_argument("--layers", default="LSTM,GRU")
     ap.add_argument("--shapes", default="64,50,32,64;16,100,16,32", help="batch,time,features,units; ';' between shapes")
     ap.add_argument("--devices", default="1,2,4,8")
+    ap.add_argument("--impls", default="rnnjax,flax", help="rnnjax and/or flax (nn.RNN, the reference)")
     ap.add_argument("--reps", type=int, default=10, help="timed calls per program")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--write-readme", nargs="?", const=os.path.join(HERE, "README.md"), default=None,
@@ -215,7 +226,7 @@ def main(argv=None):
             rows = json.load(fh)["results"]
         return _render(rows, args.write_readme)
     if args.smoke:
-        args.layers, args.shapes, args.devices, args.reps = "LSTM", "8,5,3,4", "1,2", 2
+        args.layers, args.shapes, args.devices, args.reps, args.impls = "LSTM", "8,5,3,4", "1,2", 2, "rnnjax"
     counts = [int(d) for d in args.devices.split(",")]
     if max(counts) > len(jax.devices()):
         raise SystemExit(f"--devices: {max(counts)} requested, {len(jax.devices())} visible; set "
@@ -226,8 +237,9 @@ def main(argv=None):
         for shape in shapes:
             if any(shape[0] % n for n in counts):
                 raise SystemExit(f"--shapes: batch {shape[0]} does not split over devices {counts}")
-            for n in counts:
-                rows.extend(measure(layer, shape, n, args.reps))
+            for impl in args.impls.split(","):
+                for n in counts:
+                    rows.extend(measure(impl, layer, shape, n, args.reps))
     stem = datetime.date.today().isoformat() + ("-sharding-smoke" if args.smoke else "-sharding")
     path = os.path.join(args.out, stem + ".json")
     _common.write_json(path, {"machine": _common.machine_record(), "platform": jax.devices()[0].platform,
