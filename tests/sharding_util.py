@@ -43,6 +43,18 @@ def collectives(hlo_text: str) -> Counter:
     return Counter(m.group(1) for m in _OP.finditer(hlo_text))
 
 
+def collective_sources(hlo_text: str) -> list:
+    """``(collective, op_name)`` for every collective of the compiled HLO text: ``op_name`` is the
+    JAX source of the operation (its metadata, e.g. ``jit(f)/transpose(jvp(LSTM))/reshape``)."""
+    found = []
+    for line in hlo_text.splitlines():
+        m = _OP.search(line)
+        if m:
+            name = re.search(r'op_name="([^"]*)"', line)
+            found.append((m.group(1), name.group(1) if name else ""))
+    return found
+
+
 def compiled_text(fn, *args) -> str:
     """The compiled (partitioned, optimised) HLO text of ``jax.jit(fn)(*args)``."""
     return jax.jit(fn).lower(*args).compile().as_text()

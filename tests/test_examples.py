@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -90,6 +91,38 @@ def test_next_frame(tmp_path):
     assert 0 < result["copy_last_mse"] < 1
 
 
+def test_data_parallel(tmp_path):
+    import jax
+
+    assert len(jax.devices()) == 8  # conftest.py forces 8 host devices
+    result = run_smoke("data_parallel", tmp_path, "--devices", "8")
+    assert result["devices"] == 8 and result["per_device_batch"] == 64 // 8
+    assert len(result["losses"]) >= 4 and np.isfinite(result["losses"]).all()
+    # the losses of every step equal those of the same steps on one device
+    np.testing.assert_allclose(result["losses"], result["losses_one_device"], rtol=1e-4)
+    assert result["same_loss"] is True
+    assert result["losses"][-1] < result["losses"][0]
+
+
+def test_data_parallel_rejects_a_batch_that_does_not_split(tmp_path):
+    with pytest.raises(SystemExit, match="--batch-size: 60 rows do not split over 8 devices"):
+        load("data_parallel").main(["--smoke", "--devices", "8", "--batch-size", "60", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--devices: 9 requested, 8 visible"):
+        load("data_parallel").main(["--smoke", "--devices", "9", "--out", str(tmp_path)])
+
+
+def test_data_parallel_forces_host_devices_before_jax_starts(tmp_path):
+    """``python examples/data_parallel.py --devices 4`` in a fresh process runs on 4 CPU devices."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(EXAMPLES.parent))
+    done = subprocess.run([sys.executable, str(EXAMPLES / "data_parallel.py"), "--smoke", "--devices", "4",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "4 cpu devices, global batch 64: per-device batch 16 rows" in done.stdout, done.stdout
+    assert "equal to float rounding: True" in done.stdout, done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data_parallel.png"]
+
+
 def test_moving_digits_bounce():
     mod = load("next_frame")
     image = np.zeros((8, 8), np.float32)
@@ -103,7 +136,7 @@ def test_moving_digits_bounce():
         assert np.abs(np.diff(pos, axis=0)).sum() > 0         # and it moves
 
 
-@pytest.mark.parametrize("name", ["classify_sequences", "char_lm", "forecast", "next_frame"])
+@pytest.mark.parametrize("name", ["classify_sequences", "char_lm", "forecast", "next_frame", "data_parallel"])
 def test_help(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load(name).main(["--help"])
