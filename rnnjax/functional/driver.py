@@ -3,6 +3,7 @@
 Given a step ``step(state, x_t) -> (new_state, y_t)`` and an input sequence, the driver
 computes, for ``t`` in processing order (``T-1 ... 0`` when ``go_backwards``)::
 
+    x_t     = where(m_t, x_t, 0)                # a masked step's input never reaches the numbers
     xp      = project(x)                        # many steps at once, outside the recurrence
     s', y   = step(s_{t-1}, xp_t[, constants])
     s_t     = where(m_t, s', s_{t-1})           # masked steps leave every state unchanged
@@ -10,7 +11,8 @@ computes, for ``t`` in processing order (``T-1 ... 0`` when ``go_backwards``)::
             = where(m_t, y, 0)                  # with zero_output_for_mask=True
 
 and returns ``(o_{last}, s_{last})`` or, with ``return_sequences``, all ``o_t`` in processing
-order (reversed time when ``go_backwards``, as Keras does).
+order (reversed time when ``go_backwards``, as Keras does). Because masked inputs are zeroed
+first, NaN or inf at masked steps give the outputs and gradients of zero padding.
 
 How (none of it changes a number beyond float rounding): ``project`` runs on all steps at once or
 on spans of steps (``project_chunk``, ``remat``); a step given as a :class:`LinearStep` gets a
@@ -43,6 +45,13 @@ def _expand_like(m: jax.Array, leaf: jax.Array) -> jax.Array:
 
 def _masked(m, new, old):
     return jax.tree_util.tree_map(lambda n, o: jnp.where(_expand_like(m, n), n, o), new, old)
+
+
+def zero_masked_inputs(x: jax.Array, m: jax.Array) -> jax.Array:
+    """``where(m_t, x_t, 0)``: a masked step must not touch the numbers, so its input is zeroed
+    before anything reads it. (Otherwise NaN or inf there reaches every gradient: the step still
+    runs on it, and the discarded branch of the masking ``where`` back-propagates ``0 * NaN``.)"""
+    return jnp.where(_expand_like(m, x), x, jnp.zeros((), x.dtype))
 
 
 def _mask_step(m_t, new_state, state, y, last, zero_output_for_mask):
@@ -617,6 +626,7 @@ def scan_rnn(
     m = None
     if mask is not None:
         m = mask if time_major else jnp.moveaxis(mask, -1, 0)
+        x = zero_masked_inputs(x, m)
 
     if constants is None:
         call = step

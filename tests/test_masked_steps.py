@@ -1,0 +1,133 @@
+"""A masked step never touches the numbers: NaN or inf written into the masked steps of the input
+give the same outputs and gradients (parameters and inputs) as zeros there, for every layer, in
+both ``custom_backward`` modes, masks with holes included (hypothesis over masks and fill values).
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import rnnjax
+
+B, T, I, U = 3, 6, 4, 3
+
+
+class MinimalRNNCell(nn.Module):
+    """The seed's custom-cell example (the generic cell path)."""
+
+    units: int
+
+    @property
+    def state_size(self):
+        return self.units
+
+    @nn.compact
+    def __call__(self, inputs, states):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (inputs.shape[-1], self.units))
+        recurrent_kernel = self.param("recurrent_kernel", nn.initializers.orthogonal(), (self.units, self.units))
+        output = jnp.tanh(inputs @ kernel + states[0] @ recurrent_kernel)
+        return output, [output]
+
+
+SEQ = {"return_sequences": True}
+# name -> (layer from custom_backward, per-step feature shape, right-padded masks only, training)
+LAYERS = {
+    "simple_rnn": (lambda cb: rnnjax.SimpleRNN(U, custom_backward=cb, **SEQ), (I,), False, False),
+    "lstm": (lambda cb: rnnjax.LSTM(U, custom_backward=cb, **SEQ), (I,), False, False),
+    "lstm_sigmoid_backwards": (lambda cb: rnnjax.LSTM(U, recurrent_activation="sigmoid", implementation=2,
+                                                      go_backwards=True, custom_backward=cb), (I,), False, False),
+    "lstm_dropout": (lambda cb: rnnjax.LSTM(U, dropout=0.3, recurrent_dropout=0.3, custom_backward=cb, **SEQ),
+                     (I,), False, True),
+    "gru": (lambda cb: rnnjax.GRU(U, zero_output_for_mask=True, custom_backward=cb, **SEQ), (I,), False, False),
+    "gru_reset_after": (lambda cb: rnnjax.GRU(U, reset_after=True, custom_backward=cb, **SEQ), (I,), False, False),
+    "rnn_stacked_cells": (lambda cb: rnnjax.RNN([rnnjax.LSTMCell(U), rnnjax.GRUCell(U)], custom_backward=cb, **SEQ),
+                          (I,), False, False),
+    "rnn_custom_cell": (lambda cb: rnnjax.RNN(MinimalRNNCell(U), custom_backward=cb, **SEQ), (I,), False, False),
+    "conv_lstm1d": (lambda cb: rnnjax.ConvLSTM1D(2, 3, padding="same", custom_backward=cb, **SEQ), (5, 2),
+                    False, False),
+    "cudnn_lstm": (lambda cb: rnnjax.CuDNNLSTM(U, custom_backward=cb, **SEQ), (I,), True, False),
+    "cudnn_gru": (lambda cb: rnnjax.CuDNNGRU(U, custom_backward=cb), (I,), True, False),
+    "bidirectional_lstm": (lambda cb: rnnjax.Bidirectional(rnnjax.LSTM(U, custom_backward=cb, **SEQ)), (I,),
+                           False, False),
+    "bidirectional_gru_sum": (lambda cb: rnnjax.Bidirectional(rnnjax.GRU(U, custom_backward=cb), merge_mode="sum"),
+                              (I,), False, False),
+}
+_PROGRAMS = {}
+
+
+def _program(name, custom_backward):
+    """(params, jitted (params, x, mask) -> (outputs, gradients)) for one layer configuration."""
+    key = (name, custom_backward)
+    if key not in _PROGRAMS:
+        make, feature_shape, _, training = LAYERS[name]
+        layer = make(custom_backward)
+        x0 = jnp.zeros((B, T) + feature_shape)
+        mask0 = jnp.ones((B, T), bool)
+        params = layer.init(jax.random.key(0), x0, mask=mask0)["params"]
+        params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # no zero biases
+        rngs = {"dropout": jax.random.key(1)} if training else None
+
+        def forward(p, x, mask):
+            return layer.apply({"params": p}, x, mask=mask, training=training, rngs=rngs)
+
+        def loss(p, x, mask):
+            outs = jax.tree_util.tree_leaves(forward(p, x, mask))
+            return sum(jnp.sum(jnp.sin(o + k)) for k, o in enumerate(outs))
+
+        run = jax.jit(lambda p, x, mask: (forward(p, x, mask), jax.grad(loss, argnums=(0, 1))(p, x, mask)))
+        _PROGRAMS[key] = (params, run, feature_shape)
+    return _PROGRAMS[key]
+
+
+@st.composite
+def masked_inputs(draw, right_padded):
+    if right_padded:
+        lengths = draw(st.lists(st.integers(1, T), min_size=B, max_size=B))
+        mask = np.arange(T)[None, :] < np.asarray(lengths)[:, None]
+    else:
+        mask = np.asarray(draw(st.lists(st.booleans(), min_size=B * T, max_size=B * T))).reshape(B, T)
+    fill = draw(st.sampled_from([np.nan, np.inf, -np.inf, 1e30]))
+    seed = draw(st.integers(0, 2 ** 16))
+    return mask, fill, seed
+
+
+@pytest.mark.parametrize("custom_backward", [True, False], ids=["custom_backward", "generic_loop"])
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_masked_steps_never_touch_the_numbers(name, custom_backward):
+    params, run, feature_shape = _program(name, custom_backward)
+
+    @given(masked_inputs(LAYERS[name][2]))
+    def check(case):
+        mask, fill, seed = case
+        x = np.random.default_rng(seed).normal(size=(B, T) + feature_shape).astype(np.float32)
+        m = mask.reshape(mask.shape + (1,) * len(feature_shape))
+        zero_padded, poisoned = np.where(m, x, 0.0), np.where(m, x, fill).astype(np.float32)
+        want_out, want_grads = run(params, jnp.asarray(zero_padded), jnp.asarray(mask))
+        got_out, got_grads = run(params, jnp.asarray(poisoned), jnp.asarray(mask))
+        for got, want in zip(jax.tree_util.tree_leaves((got_out, got_grads)),
+                             jax.tree_util.tree_leaves((want_out, want_grads))):
+            assert np.all(np.isfinite(got)), f"non-finite values with {fill} at masked steps"
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+        # the input gradient at masked steps is zero
+        dx = np.asarray(got_grads[1])
+        assert np.all(dx[~mask] == 0.0)
+
+    check()
+
+
+def test_the_property_fails_without_the_driver_rule(monkeypatch):
+    """The check above sees the failure it guards against: with the driver's zeroing of masked
+    inputs switched off, NaN at a masked step reaches the gradients."""
+    from rnnjax.functional import driver
+
+    monkeypatch.setattr(driver, "zero_masked_inputs", lambda x, m: x)
+    layer = rnnjax.LSTM(U, return_sequences=True)
+    mask = jnp.asarray(np.array([[1, 1, 0, 1, 1, 1]] * B, bool))
+    x = np.ones((B, T, I), np.float32)
+    x[:, 2] = np.nan
+    params = layer.init(jax.random.key(0), jnp.zeros((B, T, I)), mask=mask)["params"]
+    out, grads = jax.value_and_grad(lambda p: jnp.sum(layer.apply({"params": p}, jnp.asarray(x), mask=mask)))(params)
+    assert np.isfinite(out)  # the outputs were right before too
+    assert not all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
