@@ -286,3 +286,28 @@ def test_the_check_sees_a_gather():
     text = compiled_text(merged, shard_batch(mesh, jnp.ones((B, T, I))))
     with pytest.raises(AssertionError, match="activations cross devices"):
         assert_partitions_cleanly(text, training=False, n_params=0)
+
+
+def test_a_mesh_set_with_jax_set_mesh_is_seen_through_in_shardings():
+    """``jax.jit(..., in_shardings=...)`` called with uncommitted host arrays hides the mesh from
+    the trace (rnnjax then plans for one device, which gathers); ``jax.set_mesh`` makes it seen."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from rnnjax.functional.mesh import partitioned
+
+    mesh = batch_mesh(8)
+    layer = rnnjax.LSTM(U, return_sequences=True)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 20, I)), jnp.float32)  # >= 256 rows
+    params = layer.init(jax.random.key(0), x)["params"]
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
+
+    def train(p, x):
+        return jax.grad(lambda p: jnp.sum(jnp.sin(layer.apply({"params": p}, x))))(p)
+
+    step = jax.jit(train, in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))))
+    assert collectives(step.lower(params, x).compile().as_text())["all-gather"] > 0
+    with jax.set_mesh(mesh):
+        assert_partitions_cleanly(step.lower(params, x).compile().as_text(), training=True, n_params=n_params)
+        seen = jax.jit(lambda x: jnp.asarray(partitioned(x)))(x)
+    assert bool(seen)
+    assert not partitioned(x) and not jax.jit(lambda x: jnp.asarray(partitioned(x)))(x)

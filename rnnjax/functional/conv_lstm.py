@@ -31,6 +31,7 @@ from jax import lax
 
 from rnnjax.functional.core import check_core_config, check_units, core_program, init_weight, lstm_bias
 from rnnjax.functional.driver import InputAdditiveStep, LinearStep, scan_spatial, with_pointwise_vjp
+from rnnjax.functional.mesh import partitioned
 from rnnjax.functional.lstm import LSTMCore
 
 _DIMENSION_NUMBERS = {
@@ -225,13 +226,13 @@ class ConvLSTMCore:
     def _conv(self, x, kernel, strides, padding, dilation, time_first=False):
         """One convolution over every leading axis of ``x``, folded into the convolution's batch.
 
-        ``time_first``: the leading axes are ``(T, *batch)``; they are folded batch-major (time
-        moved inside), so that a batch axis sharded over a device mesh stays the major factor of
-        the folded axis and every device convolves its own rows (folding time-major would make
-        XLA gather the whole input onto every device)."""
+        ``time_first``: the leading axes are ``(T, *batch)``; on a device mesh they are folded
+        batch-major (time moved inside), so that a sharded batch axis stays the major factor of
+        the folded axis and every device convolves its own rows (folding time-major makes XLA
+        gather the whole input onto every device; on one device it saves two transposes)."""
         r = self.rank
         n_lead = x.ndim - r - 1
-        move = time_first and n_lead > 1
+        move = time_first and n_lead > 1 and partitioned(x)
         if move:
             x = jnp.moveaxis(x, 0, n_lead - 1)
         lead = x.shape[:n_lead]

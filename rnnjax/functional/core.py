@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.functional import activations, initializers
+from rnnjax.functional.mesh import partitioned
 
 
 def concrete(a):
@@ -213,12 +214,13 @@ def gate_matmul_parts(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array
     if x.size // max(x.shape[-1], 1) < FOLD_BIAS_MIN_ROWS:
         z = x @ kernel if bias is None else x @ kernel + bias
         return (z,) if parts == 1 else tuple(z[..., b] for b in blocks)
-    # `x` keeps its leading axes (no reshape to rows: merging time with a batch axis sharded over
-    # a device mesh makes XLA gather the inputs; on one device the matmul is the same 2-D one)
+    # rows, whose kernel gradient is one 2-D matmul; on a mesh the leading axes are kept, since
+    # rows would merge time with the sharded batch (see rnnjax.functional.mesh)
+    rows = x if partitioned(x) else x.reshape(-1, x.shape[-1])
     if bias is not None:
-        x = jnp.concatenate([x, jnp.ones(x.shape[:-1] + (1,), x.dtype)], -1)
+        rows = jnp.concatenate([rows, jnp.ones(rows.shape[:-1] + (1,), rows.dtype)], -1)
         kernel = jnp.concatenate([kernel, bias[None].astype(kernel.dtype)], 0)
-    return tuple(x @ kernel[:, b] for b in blocks)
+    return tuple((rows @ kernel[:, b]).reshape(x.shape[:-1] + (width,)) for b in blocks)
 
 
 def init_weight(initializer, key, shape, dtype, argument):

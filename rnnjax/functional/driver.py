@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rnnjax.functional.mesh import partitioned
+
 Step = Callable[..., tuple[Any, jax.Array]]
 
 
@@ -124,14 +126,15 @@ def with_pointwise_vjp(pointwise: Callable, pointwise_vjp: Optional[Callable]) -
 
 def contract_leading(a: jax.Array, b: jax.Array) -> jax.Array:
     """``Σ_{t, batch} a[t, ..., i] b[t, ..., j] -> (i, j)``: a weight gradient over every leading
-    axis (time and the batch axes) as one ``dot_general``.
+    axis (time and the batch axes), as one matmul.
 
-    Named-axis contraction, not ``a.reshape(-1, i).T @ b.reshape(-1, j)``: a reshape that merges
-    time with a batch axis sharded over a device mesh makes XLA gather the whole sequence onto
-    every device, while a contraction over a sharded axis is a local matmul plus one all-reduce
-    (on one device XLA lowers both to the same 2-D matmul)."""
-    lead = tuple(range(a.ndim - 1))
-    return lax.dot_general(a, b, ((lead, lead), ((), ())))
+    On a device mesh a named-axis ``dot_general`` (a local matmul and one all-reduce); on one
+    device the 2-D matmul of the rows, which XLA's CPU backend runs without copying its operands
+    (see :mod:`rnnjax.functional.mesh`)."""
+    if partitioned(a, b):
+        lead = tuple(range(a.ndim - 1))
+        return lax.dot_general(a, b, ((lead, lead), ((), ())))
+    return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
 
 
 def _first_leaf(state):
@@ -715,10 +718,11 @@ def scan_rnn(
                         ys = jnp.concatenate([ys, ys_tail], 0)
             return carry, ys
 
-        # Differentiated, a step with a hand-written backward pass runs all steps in one loop under
-        # the automatic plan, so that its weight gradients are formed (and, with the batch sharded
-        # over a device mesh, reduced) once, not once per span; spans are for inference.
-        train_chunk = steps if (use_linear or use_additive) and not remat and project_chunk is None else chunk
+        # On a device mesh, a differentiated step with a hand-written backward pass runs all steps
+        # in one loop under the automatic plan, so that its weight gradients are formed and
+        # reduced across devices once, not once per span; spans are then for inference.
+        one_loop = (use_linear or use_additive) and not remat and project_chunk is None and partitioned(x)
+        train_chunk = steps if one_loop else chunk
         # For a call that is not differentiated: spans (infer_chunk) and/or the unbiased projection.
         infer_chunk, unbiased = chunk, None
         if use_linear and not remat and project_chunk is None:

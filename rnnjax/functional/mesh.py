@@ -1,0 +1,44 @@
+"""Whether a program is partitioned over a device mesh: the one planning question about sharding.
+
+rnnjax computes the same function on one device and on many, but two of its contractions have
+a faster single-device form that a partitioned program must not use:
+
+* a weight gradient ``Σ_{t, batch} a[t, ..., i] b[t, ..., j]`` as ONE 2-D matmul over the rows
+  ``a.reshape(-1, i)``, ``b.reshape(-1, j)``: on one device XLA's CPU matmul reads those rows in
+  place, while the same contraction as a ``dot_general`` over two axes makes it copy both operands
+  transposed (``bench/README.md``, "Many devices"); on a mesh the reshape merges time with the
+  sharded batch axis, and XLA gathers the whole sequence onto every device, while the
+  ``dot_general`` is a local matmul plus one all-reduce;
+* spans of steps projected inside an outer loop in training (faster on one CPU): on a mesh each
+  span's weight gradient would be reduced across devices, once per span instead of once.
+
+So the driver asks :func:`partitioned` and takes the partition-clean forms when the answer is yes.
+The mesh is visible to a trace through ``jax.set_mesh(mesh)`` or through the shardings of its
+(committed) inputs, e.g. arrays placed with ``jax.device_put(x, NamedSharding(mesh, P('data')))``;
+a ``jax.jit(..., in_shardings=...)`` called with uncommitted host arrays hides it, and then rnnjax
+plans for one device (which gathers): commit the inputs first or set the mesh.
+"""
+from __future__ import annotations
+
+import jax
+
+
+def _mesh_size(mesh) -> int:
+    if mesh is None or getattr(mesh, "empty", False):
+        return 0
+    return int(getattr(mesh, "size", 0) or 0)
+
+
+def partitioned(*arrays) -> bool:
+    """True when the current trace runs on a mesh of more than one device: the mesh set by
+    ``jax.set_mesh``, or the mesh in the sharding of any of ``arrays`` (abstract values under
+    ``jit``; every intermediate of a traced program carries its inputs' mesh)."""
+    get_mesh = getattr(jax.sharding, "get_abstract_mesh", None)
+    if get_mesh is not None and _mesh_size(get_mesh()) > 1:
+        return True
+    typeof = getattr(jax, "typeof", None)
+    for a in jax.tree_util.tree_leaves(arrays):
+        sharding = getattr(typeof(a), "sharding", None) if typeof is not None else getattr(a, "sharding", None)
+        if _mesh_size(getattr(sharding, "mesh", None)) > 1:
+            return True
+    return False
