@@ -6,9 +6,9 @@ unchanged: data parallelism is only where the arrays live. The devices form a 1-
 with ``NamedSharding(mesh, PartitionSpec('data'))``, so each device holds ``batch / devices``
 rows, and the train state (parameters, Adam moments) with ``NamedSharding(mesh,
 PartitionSpec())``, a full copy on every device. ``jax.jit`` partitions the step from these
-input shardings: each device runs the LSTM on its rows, and the gradient is summed across
-devices (the intent: at this shape the compiled step still gathers the input, issue 15, so every
-device computes the whole batch). The same steps run again on one device; the losses agree.
+input shardings (committed arrays carry the mesh into the trace): each device runs the LSTM on
+its rows, nothing else crosses devices, and the gradient is summed across devices once per step.
+The same steps run again on one device; the losses agree.
 
 On a CPU machine ``--devices 8`` makes 8 host devices (it sets
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before JAX starts); they share the CPU's

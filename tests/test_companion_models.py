@@ -192,15 +192,13 @@ def test_time_distributed_matches_keras_and_passes_masks():
 
 def test_a_training_step_partitions_on_the_batch():
     """Batch sharded over 8 devices: the forward pass has no collective at all, the gradient of
-    the parameters only the reductions over the batch (all-reduce). The recurrent layers run with
-    custom_backward=False here: their hand-written backward pass all-gathers on a sharded batch
-    (a separate matter, seen for the plain layers too), and this test is about the companions."""
+    the parameters only the reductions over the batch (all-reduce)."""
     mesh = batch_mesh(8)
     ids = np.random.default_rng(0).integers(0, V, (8, T)).astype(np.int32)
     model = rnnjax.Sequential([
         rnnjax.Embedding(V, 6, mask_zero=True),
-        rnnjax.Bidirectional(rnnjax.LSTM(U, return_sequences=True, custom_backward=False)),
-        rnnjax.TimeDistributed(rnnjax.Dense(3)), rnnjax.Masking(), rnnjax.GRU(U, custom_backward=False), rnnjax.Dense(2)])
+        rnnjax.Bidirectional(rnnjax.LSTM(U, return_sequences=True)),
+        rnnjax.TimeDistributed(rnnjax.Dense(3)), rnnjax.Masking(), rnnjax.GRU(U), rnnjax.Dense(2)])
     params = replicate(mesh, model.init(jax.random.key(0), ids)["params"])
     ids = shard_batch(mesh, jnp.asarray(ids))
     forward = compiled_text(lambda p, i: model.apply({"params": p}, i), params, ids)
