@@ -12,6 +12,7 @@ import rnnjax
 import rnnjax.functional as F
 from rnnjax.functional.initializers import Constant
 
+from custom_cells import MinimalRNNCell
 from jaxpr_util import equations
 
 C = dict(kernel_initializer=Constant(0.01), recurrent_initializer=Constant(0.02), bias_initializer=Constant(0.03))
@@ -140,25 +141,6 @@ def test_vmap_of_unbatched_equals_batched():
     single = jax.vmap(lambda xx, mm: F.rnn(core, params, xx, mask=mm, return_sequences=True, go_backwards=True))(x, mask)
     for a, b in zip(jax.tree_util.tree_leaves(batched), jax.tree_util.tree_leaves(single)):
         np.testing.assert_allclose(a, b, atol=1e-6)
-
-
-class MinimalRNNCell(nn.Module):
-    """The seed's custom-cell example, as a Flax module."""
-
-    units: int
-
-    @property
-    def state_size(self):
-        return self.units
-
-    @nn.compact
-    def __call__(self, inputs, states):
-        prev_output = states[0]
-        kernel = self.param("kernel", rnnjax.initializers.get("uniform"), (inputs.shape[-1], self.units))
-        recurrent_kernel = self.param("recurrent_kernel", rnnjax.initializers.get("uniform"), (self.units, self.units))
-        h = inputs @ kernel
-        output = h + prev_output @ recurrent_kernel
-        return output, [output]
 
 
 def test_custom_cell_alone_and_stacked():

@@ -2,7 +2,6 @@
 give the same outputs and gradients (parameters and inputs) as zeros there, for every layer, in
 both ``custom_backward`` modes, masks with holes included (hypothesis over masks and fill values).
 """
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,25 +9,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 import rnnjax
+from custom_cells import MinimalRNNCell
 
 B, T, I, U = 3, 6, 4, 3
-
-
-class MinimalRNNCell(nn.Module):
-    """The seed's custom-cell example (the generic cell path)."""
-
-    units: int
-
-    @property
-    def state_size(self):
-        return self.units
-
-    @nn.compact
-    def __call__(self, inputs, states):
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (inputs.shape[-1], self.units))
-        recurrent_kernel = self.param("recurrent_kernel", nn.initializers.orthogonal(), (self.units, self.units))
-        output = jnp.tanh(inputs @ kernel + states[0] @ recurrent_kernel)
-        return output, [output]
 
 
 SEQ = {"return_sequences": True}

@@ -8,7 +8,6 @@ parameters' size), and the values equal the single-device run.
 """
 import re
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 import rnnjax
 from rnnjax.functional import driver
 import rnnjax.functional as F
+from custom_cells import MinimalRNNCell
 from sharding_util import batch_mesh, collectives, compiled_text, replicate, shard_batch
 
 B, T, I, U = 8, 6, 3, 4
@@ -26,23 +26,6 @@ REDUCTIONS = ("all-reduce", "reduce-scatter")
 
 HOLES = np.random.default_rng(7).random((B, T)) > 0.35
 RIGHT_PADDED = np.arange(T)[None, :] < np.array([6, 5, 1, 3, 6, 2, 4, 6])[:, None]
-
-
-class MinimalRNNCell(nn.Module):
-    """The seed's custom-cell example (generic cell path)."""
-
-    units: int
-
-    @property
-    def state_size(self):
-        return self.units
-
-    @nn.compact
-    def __call__(self, inputs, states):
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (inputs.shape[-1], self.units))
-        recurrent_kernel = self.param("recurrent_kernel", nn.initializers.orthogonal(), (self.units, self.units))
-        output = jnp.tanh(inputs @ kernel + states[0] @ recurrent_kernel)
-        return output, [output]
 
 
 def _n_states(layer):
