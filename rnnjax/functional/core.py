@@ -199,7 +199,9 @@ def gate_matmul_parts(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array
                      for g, b in enumerate(blocks))
     if masks is not None:
         x = x * masks[0]
-    if x.size // max(x.shape[-1], 1) < FOLD_BIAS_MIN_ROWS:
+    rows = x.size // max(x.shape[-1], 1)
+    # A symbolic row count (jax.export) cannot be compared: the plain matmul is right for all.
+    if not jax.core.is_constant_dim(rows) or rows < FOLD_BIAS_MIN_ROWS:
         z = x @ kernel if bias is None else x @ kernel + bias
         return (z,) if parts == 1 else tuple(z[..., b] for b in blocks)
     x2 = x.reshape(-1, x.shape[-1])

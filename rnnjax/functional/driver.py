@@ -388,16 +388,19 @@ def _input_additive_scan(additive: InputAdditiveStep, carry, xs, m, *, go_backwa
                              f"numbered from {n_real} on")
         lead = xs[0].shape[:-1]
         xs = xs + tuple(jnp.zeros(lead + (kernels[parts.index(j)].shape[-1],), xs[0].dtype) for j in ghost_ids)
-    scan_conv, consts = jax.closure_convert(lambda k, x, c: scan(k, x, c, m), kernels, xs, carry)
+    # The mask is an explicit argument: closure_convert hoists only values with a tangent, and a
+    # boolean mask left in the closure reached the backward pass as a tracer of the forward's
+    # trace (jax.export of the VJP then failed on an input it did not declare).
+    scan_conv, consts = jax.closure_convert(scan, kernels, xs, carry, m)
 
     @jax.custom_vjp
-    def run(kernels, xs, carry, *consts):
-        return scan_conv(kernels, xs, carry, *consts)[0]
+    def run(kernels, xs, carry, m, *consts):
+        return scan_conv(kernels, xs, carry, m, *consts)[0]
 
-    def run_fwd(kernels, xs, carry, *consts):
+    def run_fwd(kernels, xs, carry, m, *consts):
         # The kernels are constants of the differentiated scan: autodiff then forms no per-step
         # kernel gradient (d lhs still flows, d h = d a @ kernelᵀ).
-        out, vjp, lhs = jax.vjp(lambda x, c, *k: scan_conv(kernels, x, c, *k), xs, carry, *consts, has_aux=True)
+        out, vjp, lhs = jax.vjp(lambda x, c, *k: scan_conv(kernels, x, c, m, *k), xs, carry, *consts, has_aux=True)
         return out, (vjp, lhs, kernels)
 
     def run_bwd(res, ct):
@@ -408,10 +411,10 @@ def _input_additive_scan(additive: InputAdditiveStep, carry, xs, m, *, go_backwa
             lhs = tuple(additive.lhs_input(v) for v in lhs)
         dk = tuple((v.reshape(-1, v.shape[-1]).T @ blocks[p].reshape(-1, blocks[p].shape[-1])).astype(k.dtype)
                    for v, p, k in zip(lhs, parts, kernels))
-        return (dk, dxs, dcarry, *dconsts)
+        return (dk, dxs, dcarry, None, *dconsts)
 
     run.defvjp(run_fwd, run_bwd)
-    return run(kernels, xs, carry, *consts)  # the ghost parts' cotangents go to the zeros
+    return run(kernels, xs, carry, m, *consts)  # the ghost parts' cotangents go to the zeros
 
 
 def _check_inputs(inputs, mask, time_major):
@@ -517,18 +520,25 @@ def _add_last(xp, bias):
     return xp + bias
 
 
-def _projection_chunk(steps: int, project_chunk, batch_rows: int) -> int:
+def _static(*sizes) -> bool:
+    """Whether every size is a known integer, not a symbolic dimension (``jax.export``)."""
+    return all(jax.core.is_constant_dim(d) for d in sizes)
+
+
+def _projection_chunk(steps, project_chunk, batch_rows) -> int:
+    """Steps projected at once (``steps``: all); with a symbolic size, all (see :func:`scan_rnn`)."""
     if project_chunk is None:
-        wanted = batch_rows >= CHUNK_MIN_BATCH and steps >= CHUNK_MIN_STEPS
+        wanted = _static(steps, batch_rows) and batch_rows >= CHUNK_MIN_BATCH and steps >= CHUNK_MIN_STEPS
         project_chunk = PROJECT_CHUNK if wanted else 0
     if isinstance(project_chunk, bool) or not isinstance(project_chunk, int) or project_chunk < 0:
         raise ValueError(f"`project_chunk`: expected a non-negative integer, got {project_chunk!r}.")
-    return steps if project_chunk == 0 else project_chunk
+    return steps if project_chunk == 0 or not _static(steps) else project_chunk
 
 
-def _remat_chunk(steps: int) -> int:
-    """Chunk length for ``remat``: about ``sqrt(steps)`` (1 for sequences too short to chunk)."""
-    return max(1, math.isqrt(steps)) if steps >= 4 else 1
+def _remat_chunk(steps) -> int:
+    """Chunk length for ``remat``: about ``sqrt(steps)`` (1 for sequences too short to chunk, and
+    for a symbolic number of steps)."""
+    return max(1, math.isqrt(steps)) if _static(steps) and steps >= 4 else 1
 
 
 def scan_rnn(
@@ -630,6 +640,9 @@ def scan_rnn(
     use_additive = additive is not None and not use_linear and constants is None and not remat
 
     if unroll:
+        if not _static(steps):
+            raise ValueError(f"`unroll=True`: a Python loop needs a known number of time steps, got the "
+                             f"symbolic {steps}; use unroll=False (lax.scan) for a symbolic time axis.")
         xs = project_span(x)
         seq = xs if m is None else (xs, m)
         outputs = []
@@ -662,7 +675,7 @@ def scan_rnn(
         chunk = _remat_chunk(steps) if remat else _projection_chunk(steps, project_chunk, batch_rows)
 
         def run_chunked(chunk, raw, carry, unbiased=None):
-            if chunk >= steps or chunk <= 1:
+            if not _static(chunk) or chunk <= 1 or chunk >= steps:
                 if remat and not use_linear:  # too short to chunk: checkpoint every step
                     xs = project_span(x)
                     seq = xs if m is None else (xs, m)
@@ -701,7 +714,7 @@ def scan_rnn(
                         xp_struct, jax.eval_shape(lambda a: _add_last(project0(a), bias), one_step)):
                     unbiased = unbiased_project
             xp_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(xp_struct))
-            if chunk >= steps and steps * xp_bytes >= INFER_SPAN_MIN_BYTES:
+            if _static(steps, xp_bytes) and chunk >= steps and steps * xp_bytes >= INFER_SPAN_MIN_BYTES:
                 span = max(2, min(PROJECT_CHUNK, INFER_SPAN_BYTES // max(xp_bytes, 1)))
                 infer_chunk = span if steps > span else None
         if infer_chunk is None and unbiased is None:
