@@ -19,6 +19,7 @@ import numbers
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
+import jax.export
 import jax.numpy as jnp
 
 from rnnjax.functional import activations, initializers
@@ -201,7 +202,7 @@ def gate_matmul_parts(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array
         x = x * masks[0]
     rows = x.size // max(x.shape[-1], 1)
     # A symbolic row count (jax.export) cannot be compared: the plain matmul is right for all.
-    if not jax.core.is_constant_dim(rows) or rows < FOLD_BIAS_MIN_ROWS:
+    if jax.export.is_symbolic_dim(rows) or rows < FOLD_BIAS_MIN_ROWS:
         z = x @ kernel if bias is None else x @ kernel + bias
         return (z,) if parts == 1 else tuple(z[..., b] for b in blocks)
     x2 = x.reshape(-1, x.shape[-1])

@@ -30,6 +30,7 @@ import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
+import jax.export
 import jax.numpy as jnp
 from jax import lax
 
@@ -522,7 +523,7 @@ def _add_last(xp, bias):
 
 def _static(*sizes) -> bool:
     """Whether every size is a known integer, not a symbolic dimension (``jax.export``)."""
-    return all(jax.core.is_constant_dim(d) for d in sizes)
+    return not any(jax.export.is_symbolic_dim(d) for d in sizes)
 
 
 def _projection_chunk(steps, project_chunk, batch_rows) -> int:
