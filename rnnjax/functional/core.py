@@ -212,6 +212,14 @@ def gate_matmul_parts(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array
     return tuple((x2 @ kernel[:, b]).reshape(x.shape[:-1] + (width,)) for b in blocks)
 
 
+def register_for_export(*types) -> None:
+    """Registers rnnjax's parameter and state NamedTuples with ``jax.export``, so that a function
+    taking or returning them serialises (as ``rnnjax.<Name>``; deserialising one needs rnnjax
+    imported, which registers them)."""
+    for t in types:
+        jax.export.register_namedtuple_serialization(t, serialized_name=f"rnnjax.{t.__name__}")
+
+
 def init_weight(initializer, key, shape, dtype, argument):
     return jnp.asarray(initializers.get(initializer, argument)(key, tuple(shape), dtype), dtype)
 
