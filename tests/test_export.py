@@ -18,7 +18,6 @@ from jax import export
 import rnnjax
 from rnnjax.functional import driver
 
-pytest.importorskip("flatbuffers", reason="jax.export serialisation needs flatbuffers (the 'deploy' extra)")
 
 RTOL, ATOL = 2e-5, 2e-6
 

@@ -18,6 +18,17 @@ hand-written backward pass, and a call that is not differentiated may run anothe
 same function (spans, the input bias added inside the loop: :func:`_primal_choice`); ``unroll`` is
 a Python loop, else ``lax.scan``.
 
+Symbolic sizes (``jax.export.symbolic_shape``, e.g. a batch ``b`` and a time axis ``t`` known only
+when the exported function is called): the plan above compares sizes with thresholds, which a
+symbolic size cannot answer. Then the driver takes the program that is right for every size: all
+steps projected at once (no ``project_chunk`` spans, no inference spans; an explicit
+``project_chunk`` too, when the time axis is symbolic), ``remat`` without its spans of
+``sqrt(T)`` steps (a symbolic ``T`` has no static square root; memory O(T), as for a sequence too
+short to chunk), and
+:func:`rnnjax.functional.core.gate_matmul` without its folded bias. Decisions that do not depend
+on sizes (the hand-written backward passes, the unbiased projection) are the same. ``unroll=True``
+with a symbolic time axis is an error (a Python loop needs its length).
+
 Shapes: ``inputs`` is ``(*batch, T, F)`` (any number of batch dimensions, none included, so a
 single unbatched sequence works and ``jax.vmap`` over it equals the batched call) or
 ``(T, *batch, F)`` with ``time_major=True``; ``mask`` is ``(*batch, T)`` (``(T, *batch)`` when
@@ -576,12 +587,14 @@ def scan_rnn(
       go_backwards: process from the last step to the first; outputs in processing order.
       return_sequences: return every step's output instead of the last one.
       zero_output_for_mask: output zeros at masked steps instead of repeating the last output.
-      unroll: a Python loop over the (static) time steps instead of ``lax.scan``.
+      unroll: a Python loop over the (static) time steps instead of ``lax.scan`` (an error for a
+        symbolic number of steps).
       scan_unroll: ``lax.scan``'s partial unroll factor (performance only).
       remat: rematerialise the loop in the backward pass: steps run in chunks of about
         ``sqrt(T)`` and only chunk boundaries are stored, so memory grows as ``sqrt(T)``
         instead of ``T`` for about one extra forward pass of compute (``project`` then runs
-        per chunk, inside the checkpoint; inputs and returned sequences remain O(T)).
+        per chunk, inside the checkpoint; inputs and returned sequences remain O(T)). With a
+        symbolic ``T``: no chunks (memory O(T), see the module docstring).
       time_major: inputs, mask and returned sequences are time-major.
       linear: the same step in :class:`LinearStep` form, when it has one; the ``lax.scan``
         path then uses the hand-written backward pass (ignored with ``unroll`` or
@@ -590,7 +603,8 @@ def scan_rnn(
         (performance only: the projected block of a span stays small). None: 10 steps from
         64 batch rows and 50 steps on, else all steps at once (see :data:`PROJECT_CHUNK`), and
         for a call that is not differentiated also spans of 2-10 steps once the projected block
-        of all steps reaches :data:`INFER_SPAN_MIN_BYTES`; 0: all at once.
+        of all steps reaches :data:`INFER_SPAN_MIN_BYTES`; 0: all at once. Symbolic sizes: all at
+        once (see the module docstring).
       unbiased_project: ``(project0, bias)`` with ``project(x) == project0(x) + bias`` (``bias``
         along the last axis). A call that is not differentiated then runs ``project0`` and adds
         the bias to each step's input inside the loop, where it joins the step's element-wise
