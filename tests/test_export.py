@@ -25,7 +25,8 @@ RTOL, ATOL = 2e-5, 2e-6
 LAYERS = {
     "SimpleRNN": (lambda: rnnjax.SimpleRNN(4, return_sequences=True, go_backwards=True), (3,), "holes"),
     "GRU": (lambda: rnnjax.GRU(4, return_sequences=True, return_state=True), (3,), "holes"),
-    "GRU_reset_after": (lambda: rnnjax.GRU(4, reset_after=True, recurrent_activation="sigmoid"), (3,), "holes"),
+    "GRU_reset_after": (lambda: rnnjax.GRU(4, reset_after=True, recurrent_activation="sigmoid", scan_unroll=2),
+                        (3,), "holes"),
     "LSTM": (lambda: rnnjax.LSTM(4, return_sequences=True, return_state=True), (3,), "holes"),
     "LSTM_remat": (lambda: rnnjax.LSTM(4, remat=True, zero_output_for_mask=True, return_sequences=True), (3,), "holes"),
     "RNN_cell": (lambda: rnnjax.RNN(rnnjax.SimpleRNNCell(4), return_state=True), (3,), "holes"),

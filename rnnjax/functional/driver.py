@@ -24,7 +24,7 @@ symbolic size cannot answer. Then the driver takes the program that is right for
 steps projected at once (no ``project_chunk`` spans, no inference spans; an explicit
 ``project_chunk`` too, when the time axis is symbolic), ``remat`` without its spans of
 ``sqrt(T)`` steps (a symbolic ``T`` has no static square root; memory O(T), as for a sequence too
-short to chunk), and
+short to chunk), ``scan_unroll`` 1, and
 :func:`rnnjax.functional.core.gate_matmul` without its folded bias. Decisions that do not depend
 on sizes (the hand-written backward passes, the unbiased projection) are the same. ``unroll=True``
 with a symbolic time axis is an error (a Python loop needs its length).
@@ -589,7 +589,8 @@ def scan_rnn(
       zero_output_for_mask: output zeros at masked steps instead of repeating the last output.
       unroll: a Python loop over the (static) time steps instead of ``lax.scan`` (an error for a
         symbolic number of steps).
-      scan_unroll: ``lax.scan``'s partial unroll factor (performance only).
+      scan_unroll: ``lax.scan``'s partial unroll factor (performance only; 1 for a symbolic number
+        of steps).
       remat: rematerialise the loop in the backward pass: steps run in chunks of about
         ``sqrt(T)`` and only chunk boundaries are stored, so memory grows as ``sqrt(T)``
         instead of ``T`` for about one extra forward pass of compute (``project`` then runs
@@ -623,6 +624,8 @@ def scan_rnn(
     steps = _check_inputs(inputs, mask, time_major)
     if isinstance(scan_unroll, bool) or not isinstance(scan_unroll, int) or scan_unroll < 1:
         raise ValueError(f"`scan_unroll`: expected a positive integer, got {scan_unroll!r}.")
+    if not _static(steps):
+        scan_unroll = 1  # lax.scan cannot split a symbolic length into unrolled blocks
     x = inputs if time_major else jnp.moveaxis(inputs, -2, 0)
     m = None
     if mask is not None:
