@@ -551,6 +551,7 @@ def test_gpu_check_script_logic_on_cpu(monkeypatch, capsys):
     comparisons pass on a correct kernel and fail on a wrong one."""
     import importlib.util
 
+    torch_or_skip()  # the script compares with PyTorch too
     path = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
     spec = importlib.util.spec_from_file_location("gpu_check", path)
     check = importlib.util.module_from_spec(spec)
