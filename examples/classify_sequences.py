@@ -15,8 +15,13 @@ Run::
     python examples/classify_sequences.py              # under a minute on 2 CPU cores
     python examples/classify_sequences.py --units 128 --epochs 60
     python examples/classify_sequences.py --smoke      # a few seconds (CI)
+    python examples/classify_sequences.py --export classifier.jaxexport
 
-Writes ``<out>/classify_sequences.png`` (training loss and accuracy curves).
+Writes ``<out>/classify_sequences.png`` (training loss and accuracy curves). With ``--export
+PATH`` it also writes the trained classifier, ``(x (batch, timesteps, 8), mask (batch,
+timesteps)) -> logits (batch, 10)``, as a serialised ``jax.export`` with a symbolic batch and
+number of steps, which any process with jax loads and calls without rnnjax (README, "Export and
+serve").
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
+from jax import export
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
@@ -97,12 +103,24 @@ def make_predict(model):
     return predict
 
 
+def export_classifier(model, params, path):
+    """Serialises ``logits(x, mask)`` of the trained model, the parameters baked in, for any batch
+    size ``b`` and number of steps ``t`` (``x (b, t, 8)``, ``mask (b, t)``) to ``path``."""
+    b, t = export.symbolic_shape("b, t")
+    specs = (jax.ShapeDtypeStruct((b, t, 8), jnp.float32), jax.ShapeDtypeStruct((b, t), jnp.bool_))
+    exported = export.export(jax.jit(lambda x, mask: model.apply({"params": params}, x, mask)))(*specs)
+    with open(path, "wb") as f:
+        f.write(exported.serialize())
+    return exported
+
+
 def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--units", type=int, default=64, help="LSTM units")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    p.add_argument("--export", metavar="PATH", help="also write the trained classifier as a serialised jax.export")
     args = p.parse_args(argv)
     if args.smoke:
         args.units, args.epochs = 16, 2
@@ -164,7 +182,13 @@ def main(argv=None):
 
     test_acc = history["test_acc"][-1]
     print(f"final test accuracy: {test_acc:.4f} ({len(y_te)} held-out digits)")
-    return {"test_accuracy": test_acc, "padding_ignored": same, "png": png}
+    result = {"test_accuracy": test_acc, "padding_ignored": same, "png": png}
+    if args.export:
+        export_classifier(model, state.params, args.export)
+        print(f"exported the classifier (symbolic batch and steps) to {args.export}")
+        result["export"] = args.export
+        result["logits"] = jax.jit(lambda x, mask: model.apply({"params": state.params}, x, mask))
+    return result
 
 
 if __name__ == "__main__":

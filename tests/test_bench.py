@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from torch_ref import torch_or_skip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench", "cpu_bench.py")
@@ -27,6 +28,7 @@ def _load_bench():
 
 
 def test_smoke_run_writes_consistent_results(tmp_path):
+    torch_or_skip()  # PyTorch is one of the peers
     readme = tmp_path / "README.md"
     readme.write_text("head\n<!-- results:start -->\nold\n<!-- results:end -->\ntail\n")
     env = dict(os.environ, KERAS_BACKEND="jax")
@@ -77,6 +79,7 @@ def test_smoke_run_writes_consistent_results(tmp_path):
 
 def test_guard_catches_a_wrong_weight_mapping():
     """The same torch GRU passes the guard with the right gate order and fails with z, r swapped."""
+    torch_or_skip()  # PyTorch is one of the peers
     bench = _load_bench()
     shape = (2, 4, 3, 5)
     w = bench.canonical_weights("GRU", shape)

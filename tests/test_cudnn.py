@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from jax.experimental import rnn as jrnn
 
 import rnnjax
 from rnnjax.cudnn import convert, fused
 from rnnjax.functional.lstm import LSTMState
+from torch_ref import torch_or_skip
 
 B, T, I, U = 3, 6, 5, 4
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -37,6 +37,7 @@ def cudnn_params(kind, key=0, i=I, u=U):
 
 
 def torch_module(kind, state_dict):
+    torch = torch_or_skip()
     cls = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
     w = {k: torch.tensor(np.asarray(v)) for k, v in state_dict.items()}
     m = cls(w["weight_ih_l0"].shape[1], w["weight_hh_l0"].shape[1], batch_first=True)
@@ -47,6 +48,7 @@ def torch_module(kind, state_dict):
 def torch_run(kind, params, x, h0=None, c0=None):
     """Outputs, states and autograd grads of ``sum(y * proj)`` from PyTorch, weights given in the
     Keras 2 CuDNN layout (grads mapped back to that layout)."""
+    torch = torch_or_skip()
     to_torch = convert.cudnn_lstm_to_torch if kind == "lstm" else convert.cudnn_gru_to_torch
     m = torch_module(kind, to_torch(params))
     xt = torch.tensor(np.array(x, np.float32, order="C", copy=True), requires_grad=True)
@@ -426,7 +428,7 @@ def test_canonical_to_torch_matches_torch_module(kind):
             "bias": rand(54, (4 * U,) if kind == "lstm" else (2, 3 * U))}
     y = japply(layer, {"params": {"cell": cell}}, x)
     m = torch_module(kind, to_torch(cell))
-    yt, _ = m(torch.tensor(x))
+    yt, _ = m(torch_or_skip().tensor(x))
     np.testing.assert_allclose(y, yt.detach().numpy(), **TOL)
 
 
@@ -523,6 +525,7 @@ def test_gpu_bench_script_runs(tmp_path):
     ``--smoke`` run takes about a minute here, too slow for this file."""
     import importlib.util
 
+    torch_or_skip()  # the run includes PyTorch rows
     path = Path(__file__).resolve().parents[1] / "bench" / "gpu_bench.py"
     spec = importlib.util.spec_from_file_location("gpu_bench", path)
     bench = importlib.util.module_from_spec(spec)
@@ -548,6 +551,7 @@ def test_gpu_check_script_logic_on_cpu(monkeypatch, capsys):
     comparisons pass on a correct kernel and fail on a wrong one."""
     import importlib.util
 
+    torch_or_skip()  # the script compares with PyTorch too
     path = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
     spec = importlib.util.spec_from_file_location("gpu_check", path)
     check = importlib.util.module_from_spec(spec)

@@ -34,11 +34,42 @@ def run_smoke(name, tmp_path, *extra):
     return result
 
 
+# Loads a serialised jax.export and calls it on the inputs of an .npz, in a process where
+# importing rnnjax fails: the exported file alone must be enough.
+SERVE = """
+import sys
+sys.modules["rnnjax"] = None
+import numpy as np
+from jax import export
+served = export.deserialize(bytearray(open(sys.argv[1], "rb").read()))
+data = np.load(sys.argv[2])
+outs = {k: np.asarray(served.call(data["x" + k], data["m" + k])) for k in ("0", "1")}
+assert not any(name.startswith("rnnjax") and sys.modules[name] for name in sys.modules)
+np.savez(sys.argv[3], **outs)
+"""
+
+
 def test_classify_sequences(tmp_path):
-    result = run_smoke("classify_sequences", tmp_path)
+    path = tmp_path / "classifier.jaxexport"
+    result = run_smoke("classify_sequences", tmp_path, "--export", str(path))
     assert 0.0 <= result["test_accuracy"] <= 1.0
     # 8 extra steps of noise behind every sequence, masked out, change no prediction.
     assert result["padding_ignored"] is True
+    # The exported classifier, called in a fresh process without rnnjax on two batch sizes and
+    # lengths the model never saw, gives the in-process logits.
+    rng = np.random.default_rng(0)
+    inputs = {}
+    for k, (b, t) in enumerate([(3, 5), (7, 11)]):
+        inputs[f"x{k}"] = rng.random((b, t, 8), dtype=np.float32)
+        inputs[f"m{k}"] = np.arange(t)[None, :] < rng.integers(1, t + 1, size=b)[:, None]
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    subprocess.run([sys.executable, "-c", SERVE, str(path), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
+                   check=True, cwd=tmp_path, timeout=300)
+    served = np.load(tmp_path / "out.npz")
+    for k in ("0", "1"):
+        expected = np.asarray(result["logits"](inputs["x" + k], inputs["m" + k]))
+        assert served[k].shape == expected.shape == (len(inputs["x" + k]), 10)
+        np.testing.assert_allclose(served[k], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_classify_sequences_lengths_and_mask():

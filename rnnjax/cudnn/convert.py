@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax.functional.core import register_for_export
 from rnnjax.functional.gru import GRUParams
 from rnnjax.functional.lstm import LSTMParams
 
@@ -56,6 +57,9 @@ class CuDNNGRUParams(NamedTuple):
     kernel: Any
     recurrent_kernel: Any
     bias: Any
+
+
+register_for_export(CuDNNLSTMParams, CuDNNGRUParams)
 
 
 _TORCH_KEYS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")

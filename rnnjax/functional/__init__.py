@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.functional import activations, initializers
-from rnnjax.functional.core import dropout_masks, gate_matmul, check_input_dim, check_state, core_program
+from rnnjax.functional.core import (
+    dropout_masks, gate_matmul, check_input_dim, check_state, core_program, register_for_export,
+)
 from rnnjax.functional.driver import scan_rnn
 from rnnjax.functional.gru import GRUCore, GRUParams, GRUState
 from rnnjax.functional.lstm import LSTMCore, LSTMParams, LSTMState
@@ -65,6 +67,9 @@ def rnn(
         linear=program.linear, unbiased_project=program.unbiased, additive=program.additive,
     )
 
+
+register_for_export(GRUParams, GRUState, LSTMParams, LSTMState, SimpleRNNParams, SimpleRNNState, ConvLSTMParams,
+                    ConvLSTMState)
 
 __all__ = [
     "activations", "initializers", "dropout_masks", "gate_matmul", "scan_rnn", "rnn",

@@ -26,6 +26,7 @@ import numbers
 from typing import Any, NamedTuple, Optional
 
 import jax
+import jax.export
 import jax.numpy as jnp
 from jax import lax
 
@@ -107,6 +108,11 @@ def normalize_tuple(value, rank: int, argument: str) -> tuple:
     return tuple(int(v) for v in out)
 
 
+def shape_ints(shape) -> tuple:
+    """``shape`` as Python ints; symbolic sizes (``jax.export.symbolic_shape``) stay symbolic."""
+    return tuple(s if jax.export.is_symbolic_dim(s) else int(s) for s in shape)
+
+
 def check_padding(padding) -> str:
     if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
         raise ValueError(f"`padding`: expected 'valid' or 'same' (any case), got {padding!r}.")
@@ -184,7 +190,12 @@ class ConvLSTMCore:
 
     def output_spatial_shape(self, spatial_shape) -> tuple:
         """Spatial shape of the outputs and states for inputs of spatial shape ``spatial_shape``."""
-        spatial_shape = tuple(int(s) for s in spatial_shape)
+        spatial_shape = shape_ints(spatial_shape)
+        if self.padding == "same" and any(jax.export.is_symbolic_dim(n) and st > 1
+                                          for n, st in zip(spatial_shape, self.strides)):
+            # 'same' padding of a strided convolution depends on each size's remainder
+            raise ValueError(f"`strides`: padding='same' with strides {self.strides} needs static spatial sizes "
+                             f"(its padding depends on each size), got the symbolic spatial shape {spatial_shape}.")
         if len(spatial_shape) != self.rank:
             raise ValueError(
                 f"`inputs`: expected {self.rank} spatial dimension(s), got spatial shape {spatial_shape}."
@@ -193,7 +204,15 @@ class ConvLSTMCore:
             conv_output_length(n, k, self.padding, s, d)
             for n, k, s, d in zip(spatial_shape, self.kernel_size, self.strides, self.dilation_rate)
         )
-        if min(out) <= 0:
+        try:
+            fits = all(n >= 1 for n in out)
+        except jax.errors.InconclusiveDimensionOperation:
+            raise ValueError(
+                f"`inputs`: with padding='valid', a kernel of size {self.kernel_size} (dilation_rate "
+                f"{self.dilation_rate}) may not fit the symbolic spatial shape {spatial_shape} (output shape "
+                f"{out}); state the smallest size in the symbolic shape, e.g. jax.export.symbolic_shape(..., "
+                f"constraints=['h >= {self.kernel_size[0]}']), or use padding='same'.") from None
+        if not fits:
             raise ValueError(
                 f"`kernel_size`: a kernel of size {self.kernel_size} with dilation_rate {self.dilation_rate} does not "
                 f"fit inputs of spatial shape {spatial_shape} with padding='valid' (output shape would be {out}); "

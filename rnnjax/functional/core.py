@@ -19,6 +19,7 @@ import numbers
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
+import jax.export
 import jax.numpy as jnp
 
 from rnnjax.functional import activations, initializers
@@ -211,7 +212,9 @@ def gate_matmul_parts(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array
                      for g, b in enumerate(blocks))
     if masks is not None:
         x = x * masks[0]
-    if x.size // max(x.shape[-1], 1) < FOLD_BIAS_MIN_ROWS:
+    n_rows = x.size // max(x.shape[-1], 1)
+    # A symbolic row count (jax.export) cannot be compared: the plain matmul is right for all.
+    if jax.export.is_symbolic_dim(n_rows) or n_rows < FOLD_BIAS_MIN_ROWS:
         z = x @ kernel if bias is None else x @ kernel + bias
         return (z,) if parts == 1 else tuple(z[..., b] for b in blocks)
     # rows, whose kernel gradient is one 2-D matmul; on a mesh the leading axes are kept, since
@@ -221,6 +224,14 @@ def gate_matmul_parts(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array
         rows = jnp.concatenate([rows, jnp.ones(rows.shape[:-1] + (1,), rows.dtype)], -1)
         kernel = jnp.concatenate([kernel, bias[None].astype(kernel.dtype)], 0)
     return tuple((rows @ kernel[:, b]).reshape(x.shape[:-1] + (width,)) for b in blocks)
+
+
+def register_for_export(*types) -> None:
+    """Registers rnnjax's parameter and state NamedTuples with ``jax.export``, so that a function
+    taking or returning them serialises (as ``rnnjax.<Name>``; deserialising one needs rnnjax
+    imported, which registers them)."""
+    for t in types:
+        jax.export.register_namedtuple_serialization(t, serialized_name=f"rnnjax.{t.__name__}")
 
 
 def init_weight(initializer, key, shape, dtype, argument):

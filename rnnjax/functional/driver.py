@@ -20,6 +20,17 @@ hand-written backward pass, and a call that is not differentiated may run anothe
 same function (spans, the input bias added inside the loop: :func:`_primal_choice`); ``unroll`` is
 a Python loop, else ``lax.scan``.
 
+Symbolic sizes (``jax.export.symbolic_shape``, e.g. a batch ``b`` and a time axis ``t`` known only
+when the exported function is called): the plan above compares sizes with thresholds, which a
+symbolic size cannot answer. Then the driver takes the program that is right for every size: all
+steps projected at once (no ``project_chunk`` spans, no inference spans; an explicit
+``project_chunk`` too, when the time axis is symbolic), ``remat`` without its spans of
+``sqrt(T)`` steps (a symbolic ``T`` has no static square root; memory O(T), as for a sequence too
+short to chunk), ``scan_unroll`` 1, and
+:func:`rnnjax.functional.core.gate_matmul` without its folded bias. Decisions that do not depend
+on sizes (the hand-written backward passes, the unbiased projection) are the same. ``unroll=True``
+with a symbolic time axis is an error (a Python loop needs its length).
+
 Shapes: ``inputs`` is ``(*batch, T, F)`` (any number of batch dimensions, none included, so a
 single unbatched sequence works and ``jax.vmap`` over it equals the batched call) or
 ``(T, *batch, F)`` with ``time_major=True``; ``mask`` is ``(*batch, T)`` (``(T, *batch)`` when
@@ -32,6 +43,7 @@ import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
+import jax.export
 import jax.numpy as jnp
 from jax import lax
 
@@ -130,8 +142,9 @@ def contract_leading(a: jax.Array, b: jax.Array) -> jax.Array:
 
     On a device mesh a named-axis ``dot_general`` (a local matmul and one all-reduce); on one
     device the 2-D matmul of the rows, which XLA's CPU backend runs without copying its operands
-    (see :mod:`rnnjax.functional.mesh`)."""
-    if partitioned(a, b):
+    (see :mod:`rnnjax.functional.mesh`); the ``dot_general`` too for symbolic sizes (``jax.export``),
+    whose rows jax cannot always count."""
+    if partitioned(a, b) or not _static(*a.shape, *b.shape):
         lead = tuple(range(a.ndim - 1))
         return lax.dot_general(a, b, ((lead, lead), ((), ())))
     return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
@@ -411,17 +424,19 @@ def _input_additive_scan(additive: InputAdditiveStep, carry, xs, m, *, go_backwa
                              f"numbered from {n_real} on")
         lead = xs[0].shape[:-1]
         xs = xs + tuple(jnp.zeros(lead + (kernels[parts.index(j)].shape[-1],), xs[0].dtype) for j in ghost_ids)
+    # The mask is an explicit argument: closure_convert hoists only values with a tangent, and a
+    # boolean mask left in the closure reached the backward pass as a tracer of the forward's
+    # trace (jax.export of the VJP then failed on an input it did not declare).
     scan_conv, consts = jax.closure_convert(scan, kernels, xs, carry, m)
-    consts = (m,) + tuple(consts)
 
     @jax.custom_vjp
-    def run(kernels, xs, carry, *consts):
-        return scan_conv(kernels, xs, carry, *consts)[0]
+    def run(kernels, xs, carry, m, *consts):
+        return scan_conv(kernels, xs, carry, m, *consts)[0]
 
-    def run_fwd(kernels, xs, carry, *consts):
+    def run_fwd(kernels, xs, carry, m, *consts):
         # The kernels are constants of the differentiated scan: autodiff then forms no per-step
         # kernel gradient (d lhs still flows, d h = d a @ kernelᵀ).
-        out, vjp, lhs = jax.vjp(lambda x, c, *k: scan_conv(kernels, x, c, *k), xs, carry, *consts, has_aux=True)
+        out, vjp, lhs = jax.vjp(lambda x, c, *k: scan_conv(kernels, x, c, m, *k), xs, carry, *consts, has_aux=True)
         return out, (vjp, lhs, kernels)
 
     def run_bwd(res, ct):
@@ -431,10 +446,10 @@ def _input_additive_scan(additive: InputAdditiveStep, carry, xs, m, *, go_backwa
         if additive.lhs_input is not None:
             lhs = tuple(additive.lhs_input(v) for v in lhs)
         dk = tuple(contract_leading(v, blocks[p]).astype(k.dtype) for v, p, k in zip(lhs, parts, kernels))
-        return (dk, dxs, dcarry, *dconsts)
+        return (dk, dxs, dcarry, None, *dconsts)
 
     run.defvjp(run_fwd, run_bwd)
-    return run(kernels, xs, carry, *consts)  # the ghost parts' cotangents go to the zeros
+    return run(kernels, xs, carry, m, *consts)  # the ghost parts' cotangents go to the zeros
 
 
 def _check_inputs(inputs, mask, time_major):
@@ -540,18 +555,25 @@ def _add_last(xp, bias):
     return xp + bias
 
 
-def _projection_chunk(steps: int, project_chunk, batch_rows: int) -> int:
+def _static(*sizes) -> bool:
+    """Whether every size is a known integer, not a symbolic dimension (``jax.export``)."""
+    return not any(jax.export.is_symbolic_dim(d) for d in sizes)
+
+
+def _projection_chunk(steps, project_chunk, batch_rows) -> int:
+    """Steps projected at once (``steps``: all); with a symbolic size, all (see :func:`scan_rnn`)."""
     if project_chunk is None:
-        wanted = batch_rows >= CHUNK_MIN_BATCH and steps >= CHUNK_MIN_STEPS
+        wanted = _static(steps, batch_rows) and batch_rows >= CHUNK_MIN_BATCH and steps >= CHUNK_MIN_STEPS
         project_chunk = PROJECT_CHUNK if wanted else 0
     if isinstance(project_chunk, bool) or not isinstance(project_chunk, int) or project_chunk < 0:
         raise ValueError(f"`project_chunk`: expected a non-negative integer, got {project_chunk!r}.")
-    return steps if project_chunk == 0 else project_chunk
+    return steps if project_chunk == 0 or not _static(steps) else project_chunk
 
 
-def _remat_chunk(steps: int) -> int:
-    """Chunk length for ``remat``: about ``sqrt(steps)`` (1 for sequences too short to chunk)."""
-    return max(1, math.isqrt(steps)) if steps >= 4 else 1
+def _remat_chunk(steps) -> int:
+    """Chunk length for ``remat``: about ``sqrt(steps)`` (1 for sequences too short to chunk, and
+    for a symbolic number of steps)."""
+    return max(1, math.isqrt(steps)) if _static(steps) and steps >= 4 else 1
 
 
 def scan_rnn(
@@ -588,12 +610,15 @@ def scan_rnn(
       go_backwards: process from the last step to the first; outputs in processing order.
       return_sequences: return every step's output instead of the last one.
       zero_output_for_mask: output zeros at masked steps instead of repeating the last output.
-      unroll: a Python loop over the (static) time steps instead of ``lax.scan``.
-      scan_unroll: ``lax.scan``'s partial unroll factor (performance only).
+      unroll: a Python loop over the (static) time steps instead of ``lax.scan`` (an error for a
+        symbolic number of steps).
+      scan_unroll: ``lax.scan``'s partial unroll factor (performance only; 1 for a symbolic number
+        of steps).
       remat: rematerialise the loop in the backward pass: steps run in chunks of about
         ``sqrt(T)`` and only chunk boundaries are stored, so memory grows as ``sqrt(T)``
         instead of ``T`` for about one extra forward pass of compute (``project`` then runs
-        per chunk, inside the checkpoint; inputs and returned sequences remain O(T)).
+        per chunk, inside the checkpoint; inputs and returned sequences remain O(T)). With a
+        symbolic ``T``: no chunks (memory O(T), see the module docstring).
       time_major: inputs, mask and returned sequences are time-major.
       linear: the same step in :class:`LinearStep` form, when it has one; the ``lax.scan``
         path then uses the hand-written backward pass (ignored with ``unroll`` or
@@ -602,11 +627,11 @@ def scan_rnn(
         (performance only: the projected block of a span stays small). None: 10 steps from
         64 batch rows and 50 steps on, else all steps at once (see :data:`PROJECT_CHUNK`), and
         for a call that is not differentiated also spans of 2-10 steps once the projected block
-        of all steps reaches :data:`INFER_SPAN_MIN_BYTES`; a differentiated call of a step with
-        a hand-written backward pass (``linear``, ``additive``) then runs all steps at once, so
-        that its weight gradients are formed once. 0: all at once. A given ``project_chunk``
-        applies to every call; differentiated, its weight gradients are formed per span (on a
-        device mesh: one gradient reduction per span).
+        of all steps reaches :data:`INFER_SPAN_MIN_BYTES`; on a device mesh a differentiated call
+        of a step with a hand-written backward pass (``linear``, ``additive``) then runs all steps
+        at once, so that its weight gradients are formed and reduced once. 0: all at once. A given
+        ``project_chunk`` applies to every call; differentiated on a mesh, its weight gradients
+        are reduced once per span. Symbolic sizes: all at once (see the module docstring).
       unbiased_project: ``(project0, bias)`` with ``project(x) == project0(x) + bias`` (``bias``
         along the last axis). A call that is not differentiated then runs ``project0`` and adds
         the bias to each step's input inside the loop, where it joins the step's element-wise
@@ -625,6 +650,8 @@ def scan_rnn(
     steps = _check_inputs(inputs, mask, time_major)
     if isinstance(scan_unroll, bool) or not isinstance(scan_unroll, int) or scan_unroll < 1:
         raise ValueError(f"`scan_unroll`: expected a positive integer, got {scan_unroll!r}.")
+    if not _static(steps):
+        scan_unroll = 1  # lax.scan cannot split a symbolic length into unrolled blocks
     x = inputs if time_major else jnp.moveaxis(inputs, -2, 0)
     m = None
     if mask is not None:
@@ -658,6 +685,9 @@ def scan_rnn(
     use_additive = additive is not None and not use_linear and constants is None and not remat
 
     if unroll:
+        if not _static(steps):
+            raise ValueError(f"`unroll=True`: a Python loop needs a known number of time steps, got the "
+                             f"symbolic {steps}; use unroll=False (lax.scan) for a symbolic time axis.")
         xs = project_span(x)
         seq = xs if m is None else (xs, m)
         outputs = []
@@ -690,7 +720,7 @@ def scan_rnn(
         chunk = _remat_chunk(steps) if remat else _projection_chunk(steps, project_chunk, batch_rows)
 
         def run_chunked(chunk, raw, carry, unbiased=None):
-            if chunk >= steps or chunk <= 1:
+            if not _static(chunk) or chunk <= 1 or chunk >= steps:
                 if remat and not use_linear:  # too short to chunk: checkpoint every step
                     xs = project_span(x)
                     seq = xs if m is None else (xs, m)
@@ -734,7 +764,7 @@ def scan_rnn(
                         xp_struct, jax.eval_shape(lambda a: _add_last(project0(a), bias), one_step)):
                     unbiased = unbiased_project
             xp_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(xp_struct))
-            if chunk >= steps and steps * xp_bytes >= INFER_SPAN_MIN_BYTES:
+            if _static(steps, xp_bytes) and chunk >= steps and steps * xp_bytes >= INFER_SPAN_MIN_BYTES:
                 span = max(2, min(PROJECT_CHUNK, INFER_SPAN_BYTES // max(xp_bytes, 1)))
                 infer_chunk = span if steps > span else chunk
         if infer_chunk == train_chunk and unbiased is None:

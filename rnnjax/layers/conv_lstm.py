@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.functional import initializers
-from rnnjax.functional.conv_lstm import ConvLSTMCore, ConvLSTMParams, check_data_format
+from rnnjax.functional.conv_lstm import ConvLSTMCore, ConvLSTMParams, check_data_format, shape_ints
 from rnnjax.functional.core import check_rate, dropout_masks, unbiased_projection
 from rnnjax.layers.base import CellProgram, RecurrentLayer, reset_layer_states, run_recurrent
 from rnnjax.layers.cells import KerasCell
@@ -85,7 +85,7 @@ class ConvLSTMCell(KerasCell):
     def prepare(self, input_shape, batch_shape, dtype, training) -> CellProgram:
         r = self.rank
         cf = self._channels_first()
-        input_shape = tuple(int(s) for s in input_shape)
+        input_shape = shape_ints(input_shape)
         if len(input_shape) != r + 1:
             layout = "(channels, *spatial)" if cf else "(*spatial, channels)"
             raise ValueError(
