@@ -173,7 +173,7 @@ def test_conv_lstm_symbolic_spatial(name, masked):
 
 def test_conv_lstm_valid_symbolic_spatial_with_a_stated_minimum():
     """'valid' padding with symbolic spatial sizes: the kernel's fit is decided from the
-    constraints of the symbolic shape (forward; the VJP: see the README's "Export and serve")."""
+    constraints of the symbolic shape; the forward and the gradient export."""
     layer, variables, _, _ = _build("ConvLSTM2D_valid")
     spec = _spec(("b", "t"), ("h", "w", 2), constraints=("h >= 3", "w >= 3"))
 
@@ -181,9 +181,12 @@ def test_conv_lstm_valid_symbolic_spatial_with_a_stated_minimum():
         return layer.apply(v, x)
 
     restored = export.deserialize(export.export(jax.jit(fn))(variables, spec).serialize())
+    grad = jax.grad(lambda v, x: jnp.sum(jnp.sin(fn(v, x))), argnums=(0, 1))
+    restored_grad = export.deserialize(export.export(jax.jit(grad))(variables, spec).serialize())
     for k, shape in enumerate([(1, 2, 3, 4, 2), (2, 3, 6, 5, 2)]):
         x, _ = _inputs(shape[:2], shape[2:], "holes", seed=k)
         _close(restored.call(variables, x), jax.jit(fn)(variables, x))
+        _close(restored_grad.call(variables, x), jax.jit(grad)(variables, x))
     with pytest.raises(ValueError, match=r"padding='valid'.*symbolic spatial shape.*constraints"):
         export.export(jax.jit(fn))(variables, _spec(("b", "t"), ("h", "w", 2)))
 
