@@ -4,7 +4,6 @@ The smoke run uses tiny shapes and 2-3 repetitions: it checks the harness (every
 agrees with rnnjax on copied weights, is timed, and lands in the JSON / table / README / plot),
 not speed.
 """
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from bench_util import load_bench_script
 from torch_ref import torch_or_skip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,12 +19,7 @@ BENCH = os.path.join(ROOT, "bench", "cpu_bench.py")
 
 
 def _load_bench():
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    spec = importlib.util.spec_from_file_location("cpu_bench", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["cpu_bench"] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench_script("cpu_bench.py", "cpu_bench")
 
 
 def test_smoke_run_writes_consistent_results(tmp_path):

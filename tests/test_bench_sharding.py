@@ -1,26 +1,21 @@
 """bench/sharding.py: its reading of compiled HLO (dot FLOPs, collective bytes, loop trip counts)
 checked on programs whose numbers are known, and a smoke run of the script."""
-import importlib.util
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from bench_util import load_bench_script
 from sharding_util import batch_mesh, collectives
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _bench():
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    spec = importlib.util.spec_from_file_location("bench_sharding", os.path.join(ROOT, "bench", "sharding.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench_script("sharding.py", "bench_sharding")
 
 
 def test_dot_flops_count_every_loop_iteration():

@@ -375,12 +375,12 @@ def reset_layer_states(module: nn.Module, states=None):
         new = jax.tree_util.tree_map(jnp.zeros_like, current)
     else:
         new = unflatten_states(current, states, "states")
-        new = jax.tree_util.tree_map(_like, new, current)
+        new = jax.tree_util.tree_map(like_state, new, current)
     module.put_variable(STATE_COLLECTION, "states", new)
     return None
 
 
-def _like(new, current):
+def like_state(new, current):
     """``new`` with ``current``'s dtype and, outside ``jit``, its sharding (a state sharded like the
     batch stays so); under ``jit`` the result is placed by ``jit`` (its ``out_shardings``)."""
     new = jnp.asarray(new, current.dtype)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from rnnjax.layers.base import STATE_COLLECTION, _like, unflatten_states
+from rnnjax.layers.base import STATE_COLLECTION, like_state, unflatten_states
 
 
 def _layer_paths(collection) -> list[tuple]:
@@ -61,7 +61,7 @@ def _from_flat_list(current, states):
     start = 0
     for path, template, count in zip(paths, templates, counts):
         part = unflatten_states(template, given[start:start + count], "states")
-        _get(new, path)["states"] = jax.tree_util.tree_map(_like, part, template)
+        _get(new, path)["states"] = jax.tree_util.tree_map(like_state, part, template)
         start += count
     return new
 
@@ -97,7 +97,7 @@ def reset_states(variables, states=None):
                 f"({jax.tree_util.tree_map(jnp.shape, current)}), or be a flat list for a model with one "
                 "stateful layer."
             )
-        new = jax.tree_util.tree_unflatten(cur_def, [_like(b, a) for a, b in zip(cur_leaves, new_leaves)])
+        new = jax.tree_util.tree_unflatten(cur_def, [like_state(b, a) for a, b in zip(cur_leaves, new_leaves)])
     out = dict(variables)
     out[STATE_COLLECTION] = new
     return type(variables)(out) if not isinstance(variables, dict) else out
