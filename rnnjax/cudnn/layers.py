@@ -146,8 +146,7 @@ class _CuDNNRecurrent(RecurrentLayer):
         for name, arg in _WEIGHTS:
             reg = regularizers.get(getattr(self, f"{arg}_regularizer"), f"{arg}_regularizer")
             if reg is not None:
-                self.sow(regularizers.LOSSES, f"{arg}_regularizer", reg(values[name]),
-                         init_fn=lambda: jnp.zeros(()), reduce_fn=lambda a, b: b)
+                regularizers.report(self, f"{arg}_regularizer", reg(values[name]))
         return values
 
     def _backend(self, inputs, params) -> str:
@@ -250,9 +249,7 @@ class _CuDNNRecurrent(RecurrentLayer):
         results = (output, *jax.tree_util.tree_leaves(final)) if self.return_state else output
         reg = regularizers.get(self.activity_regularizer, "activity_regularizer")
         if reg is not None:
-            penalty = sum(reg(t) / t.shape[0] for t in jax.tree_util.tree_leaves(results))
-            self.sow(regularizers.LOSSES, "activity_regularizer", penalty,
-                     init_fn=lambda: jnp.zeros(()), reduce_fn=lambda a, b: b)
+            regularizers.report(self, "activity_regularizer", regularizers.activity_penalty(reg, results))
         return results
 
     def reset_states(self, states=None):

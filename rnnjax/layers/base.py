@@ -275,9 +275,7 @@ def run_recurrent(
     results = (output, *flat_states) if return_state else output
     reg = regularizers.get(activity_regularizer, "activity_regularizer")
     if reg is not None:
-        penalty = sum(reg(t) / t.shape[0] for t in jax.tree_util.tree_leaves(results))
-        module.sow(regularizers.LOSSES, "activity_regularizer", penalty,
-                   init_fn=lambda: jnp.zeros(()), reduce_fn=lambda a, b: b)
+        regularizers.report(module, "activity_regularizer", regularizers.activity_penalty(reg, results))
     return results
 
 

@@ -96,8 +96,7 @@ class KerasCell(nn.Module):
         for name, value in values.items():
             reg = regularizers.get(getattr(self, f"{_ARG[name]}_regularizer"))
             if reg is not None:
-                self.sow(regularizers.LOSSES, f"{_ARG[name]}_regularizer", reg(value),
-                         init_fn=lambda: jnp.zeros(()), reduce_fn=lambda a, b: b)
+                regularizers.report(self, f"{_ARG[name]}_regularizer", reg(value))
         return values
 
     @nn.compact
