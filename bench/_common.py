@@ -24,10 +24,29 @@ import os
 import platform
 import re
 import socket
+import subprocess
 import time
 from typing import Callable, Dict, Optional
 
 import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def export_old(rev: str, folder: str) -> None:
+    """Writes ``rnnjax/`` as of git revision ``rev`` into ``folder`` as the package ``rnnjax_old``
+    (every ``rnnjax`` name in its sources renamed), so an old and a new build import side by side."""
+    archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "rnnjax"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+    os.rename(os.path.join(folder, "rnnjax"), os.path.join(folder, "rnnjax_old"))
+    for dirpath, _, files in os.walk(os.path.join(folder, "rnnjax_old")):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(dirpath, name)
+                with open(path) as fh:
+                    src = fh.read()
+                with open(path, "w") as fh:
+                    fh.write(re.sub(r"\brnnjax\b", "rnnjax_old", src))
 
 
 # ----------------------------------------------------------------------------- machine

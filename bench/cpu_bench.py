@@ -8,6 +8,7 @@ Usage (from the repository root)::
     python bench/cpu_bench.py --smoke --out /tmp/b   # seconds; what tests/test_bench.py runs
     python bench/cpu_bench.py --write-readme     # ... and put the tables into bench/README.md
     python bench/cpu_bench.py --from-json bench/results/X.json --write-readme   # re-render only
+    python bench/cpu_bench.py --quick --old-rev main --peers ""   # this build against main's, interleaved
 
 Peers, all computing the same function on the same (copied) weights, ``return_sequences=True``,
 float32, sigmoid gates, GRU reset-after:
@@ -35,6 +36,7 @@ import ast
 import datetime
 import os
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -225,10 +227,13 @@ def build_jax(name: str, apply: Callable, params, x) -> Built:
     return built
 
 
-def rnnjax_layer(layer: str, shape, extra: dict, cls_name: Optional[str] = None):
+OLD_BUILD = {}  # {"rev": ..., "module": rnnjax_old} with --old-rev
+
+
+def rnnjax_layer(layer: str, shape, extra: dict, cls_name: Optional[str] = None, package=None):
     import rnnjax
 
-    cls = getattr(rnnjax, cls_name or layer)
+    cls = getattr(package or rnnjax, cls_name or layer)
     if layer == "ConvLSTM2D":
         k = shape[6]
         kw = dict(filters=shape[5], kernel_size=(k, k), padding="same", recurrent_activation="sigmoid",
@@ -245,15 +250,17 @@ def rnnjax_layer(layer: str, shape, extra: dict, cls_name: Optional[str] = None)
     return cls(**kw)
 
 
-def build_rnnjax(layer: str, shape, w: dict, x, extra: dict, cls_name: Optional[str] = None) -> Built:
+def build_rnnjax(layer: str, shape, w: dict, x, extra: dict, cls_name: Optional[str] = None, old: bool = False) -> Built:
+    """rnnjax's layer (``old``: the same layer of the ``--old-rev`` build, named ``rnnjax@REV``)."""
     import jax
 
-    mod = rnnjax_layer(layer, shape, extra, cls_name)
+    mod = rnnjax_layer(layer, shape, extra, cls_name, OLD_BUILD["module"] if old else None)
     variables = mod.init(jax.random.key(0), x[:1])
     values = to_cudnn_layout(layer, w) if cls_name in OPTIONAL_RNNJAX else w
     variables = fill_by_name(jax.tree_util.tree_map(np.asarray, variables, is_leaf=lambda a: hasattr(a, "shape")),
                              values, f"rnnjax.{cls_name or layer}")
-    return build_jax(f"rnnjax.{cls_name or layer}", lambda v, xx: mod.apply(v, xx), variables, x)
+    name = f"rnnjax@{OLD_BUILD['rev']}" if old else f"rnnjax.{cls_name or layer}"
+    return build_jax(name, lambda v, xx: mod.apply(v, xx), variables, x)
 
 
 def build_flax(layer: str, shape, w: dict, x) -> Built:
@@ -418,6 +425,9 @@ def bench_group(layer: str, shape, args, rate_gflops: float, problems: list) -> 
     extra = [c for c, grp in OPTIONAL_RNNJAX.items()
              if grp == layer and hasattr(rnnjax, c) and not args.no_cudnn_layers]
     builders = [(f"rnnjax.{c}", lambda c=c: build_rnnjax(layer, shape, w, x, {}, c), True) for c in extra]
+    if OLD_BUILD:  # the same layer and options in the old build: an A/B of two builds, interleaved
+        builders.append((f"rnnjax@{OLD_BUILD['rev']}",
+                         lambda: build_rnnjax(layer, shape, w, x, args.rnnjax_kw, old=True), False))
     builders += [(p, lambda p=p: globals()[f"build_{p}"](layer, shape, w, x), False)
                  for p in peers_for(layer, args.peers)]
     for name, make, optional in builders:
@@ -667,6 +677,8 @@ def main(argv=None) -> dict:
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--from-json", metavar="FILE", help="re-render table / plots / README from a result file")
     p.add_argument("--strict", action="store_true", help="stop at the first peer that fails to build or disagrees")
+    p.add_argument("--old-rev", metavar="REV",
+                   help="also time the same rnnjax layers of git revision REV (as rnnjax@REV), interleaved")
     args = p.parse_args(argv)
     args.peers = [s.strip() for s in args.peers.split(",") if s.strip()]
     args.rnnjax_kw = _parse_kw(args.rnnjax_kw)
@@ -682,6 +694,14 @@ def main(argv=None) -> dict:
         with open(args.from_json) as fh:
             payload = json.load(fh)
         stem = os.path.splitext(args.from_json)[0]
+    elif args.old_rev:
+        with tempfile.TemporaryDirectory() as folder:
+            _common.export_old(args.old_rev, folder)
+            sys.path.insert(0, folder)
+            import rnnjax_old
+
+            OLD_BUILD.update(rev=args.old_rev, module=rnnjax_old)
+            payload, stem = run(args)
     else:
         payload, stem = run(args)
     table = markdown(payload)
@@ -718,7 +738,7 @@ def run(args):
     payload = {
         "machine": machine, "loadavg_end": list(os.getloadavg()),
         "matmul": {"n": mm_start["n"], "gflops": rate, "start": mm_start, "end": mm_end},
-        "config": {"mode": mode, "peers": args.peers, "rnnjax_kw": args.rnnjax_kw,
+        "config": {"mode": mode, "peers": args.peers, "rnnjax_kw": args.rnnjax_kw, "old_rev": args.old_rev,
                    "torch_threads": args.torch_threads or machine["usable_cpus"],
                    "target_seconds": args.target_seconds, "min_reps": args.min_reps, "max_reps": args.max_reps,
                    "tolerances": {"output": OUT_TOL, "input_gradient_relative": GRAD_TOL}},

@@ -14,23 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def export_old(rev: str, folder: str) -> None:
-    archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "rnnjax"], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
-    os.rename(os.path.join(folder, "rnnjax"), os.path.join(folder, "rnnjax_old"))
-    for dirpath, _, files in os.walk(os.path.join(folder, "rnnjax_old")):
-        for name in files:
-            if name.endswith(".py"):
-                path = os.path.join(dirpath, name)
-                src = open(path).read()
-                open(path, "w").write(re.sub(r"\brnnjax\b", "rnnjax_old", src))
+from _common import ROOT, export_old  # noqa: E402
 
 
 def normalised(hlo: str) -> list[str]:

@@ -91,3 +91,27 @@ def test_guard_catches_a_wrong_weight_mapping():
              "bias": swap_zr(w["bias"])}
     with pytest.raises(bench.GuardError, match="disagrees"):
         bench.guard(ref, bench.build_torch("GRU", shape, wrong, x))
+
+
+def test_old_rev_times_the_old_build_beside_the_new(tmp_path):
+    """``--old-rev``: the same layer of another git revision is built (as ``rnnjax@REV``),
+    guarded against this build and timed interleaved with it (issue 16's speed check)."""
+    if subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: --old-rev needs the repository's history")
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    proc = subprocess.run(
+        [sys.executable, BENCH, "--smoke", "--strict", "--layers", "LSTM", "--shapes", "2,5,3,4", "--peers", "",
+         "--old-rev", "HEAD", "--out", str(tmp_path), "--tag", "ab", "--no-plot"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (path,) = tmp_path.glob("*-ab-smoke.json")
+    payload = json.loads(path.read_text())
+    assert payload["config"]["old_rev"] == "HEAD" and payload["problems"] == []
+    got = {(r["impl"], r["mode"]): r for r in payload["results"]}
+    assert set(got) == {(impl, mode) for impl in ("rnnjax.LSTM", "rnnjax@HEAD") for mode in ("fwd", "fwdbwd")}
+    for mode in ("fwd", "fwdbwd"):
+        old = got[("rnnjax@HEAD", mode)]
+        assert old["guard"]["max_abs_out_diff"] <= 1e-4 and old["guard"]["max_rel_dx_diff"] <= 1e-4
+        assert old["ratio_to_rnnjax"] == pytest.approx(old["median_s"] / got[("rnnjax.LSTM", mode)]["median_s"])
+    assert "| rnnjax@HEAD |" in proc.stdout
