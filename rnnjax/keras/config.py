@@ -210,6 +210,22 @@ def _endpoint(value, what):
     return value[0]
 
 
+def _is_op(entry, major, ops) -> bool:
+    """A Keras 3 op node: named by its module in ``.keras`` files; in Keras 3's legacy ``.h5`` (no
+    module) by its class, and for ``Concatenate`` (also a layer) by inputs that are all op outputs."""
+    module = entry.get("module")
+    if module is not None:
+        return str(module).startswith(_OPS_MODULE)
+    cls = entry["class_name"]
+    if major < 3 or cls not in MASK_OPS:
+        return False
+    if cls != "Concatenate":
+        return True
+    nodes = entry.get("inbound_nodes") or [{}]
+    tensors, _ = _node_inputs(nodes[0], major)
+    return bool(tensors) and all(t[0] in ops for t in tensors)
+
+
 def _functional(body, layers, major, version) -> ModelSpec:
     input_name = _endpoint(body.get("input_layers"), "input_layers")
     output_name = _endpoint(body.get("output_layers"), "output_layers")
@@ -217,7 +233,7 @@ def _functional(body, layers, major, version) -> ModelSpec:
     for entry in _entries(layers):
         cfg, cls = entry["config"], entry["class_name"]
         name = str(entry.get("name", cfg.get("name")))
-        if str(entry.get("module", "")).startswith(_OPS_MODULE):
+        if _is_op(entry, major, ops):
             if cls not in MASK_OPS:
                 problems.append(f"op node {name!r} ({cls}): only the mask ops Keras 3 writes are supported")
             ops.add(name)
