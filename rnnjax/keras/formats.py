@@ -148,6 +148,11 @@ def text(value) -> str:
     raise KerasImportError(f"expected a string attribute, got {type(value).__name__}")
 
 
+def has_list(obj, name: str) -> bool:
+    """Whether ``obj`` has the list attribute ``name`` (whole or in Keras's chunks)."""
+    return name in obj.attrs or f"{name}0" in obj.attrs
+
+
 def attr_list(obj, name: str):
     """A list attribute, joined from Keras's chunks ``name0``, ``name1``... when it was split;
     ``None`` when absent."""

@@ -56,7 +56,7 @@ def _read(path, info):
         names = formats.attr_list(group, "layer_names") or []
         return formats.parse_json(formats.attr_text(f, "model_config"), "model_config"), info["keras_version"], \
             _shapes_k2(group, names)
-    if "layer_names" in f.attrs:
+    if formats.has_list(f, "layer_names"):
         info["format"] = "Keras 2 / tf-keras save_weights HDF5 (weights only)"
         return None, info["keras_version"], _shapes_k2(f, formats.attr_list(f, "layer_names"))
     if "layers" in f or "_layer_checkpoint_dependencies" in f:

@@ -84,7 +84,7 @@ def _refuse_non_model(f, path):
         return
     if "nb_layers" in attrs:
         raise KerasImportError("a Keras 0.x weights file (nb_layers) is not supported", path)
-    if "layer_names" in attrs or "layers" in keys or "_layer_checkpoint_dependencies" in keys:
+    if formats.has_list(f, "layer_names") or "layers" in keys or "_layer_checkpoint_dependencies" in keys:
         raise KerasImportError("a weights-only file (no model_config): build the model and use "
                                "rnnjax.load_keras_weights(path, model, variables)", path)
     raise KerasImportError("an HDF5 file that is not a Keras model (no model_config attribute, no weights)", path)
@@ -153,9 +153,9 @@ def load_keras_weights(path, model, variables):
     else:
         root = formats.open_hdf5(path, path)
     formats.check_tree(root)
-    if "layer_names" in root.attrs:
+    if formats.has_list(root, "layer_names"):
         file_layers = weights.read_k2(root, path)
-    elif "model_weights" in root and "layer_names" in root["model_weights"].attrs:
+    elif "model_weights" in root and formats.has_list(root["model_weights"], "layer_names"):
         file_layers = weights.read_k2(root["model_weights"], path)
     elif "layers" in root or "_layer_checkpoint_dependencies" in root:
         file_layers = weights.read_k3(root, [(type(m).__name__, n, m) for n, m in zip(names, modules)], path)
