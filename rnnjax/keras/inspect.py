@@ -43,10 +43,14 @@ def _read(path, info):
     if kind == "zip":
         archive = formats.read_zip(path)
         info.update(format="Keras 3 .keras archive", keras_version=archive["metadata"].get("keras_version"))
-        h5 = formats.open_hdf5(archive["weights"], path)
-        formats.check_tree(h5)
-        return archive["config"], info["keras_version"], _shapes_k3(h5)
-    f = formats.open_hdf5(path, path)
+        with formats.open_hdf5(archive["weights"], path) as h5:
+            formats.check_tree(h5)
+            return archive["config"], info["keras_version"], _shapes_k3(h5)
+    with formats.open_hdf5(path, path) as f:
+        return _read_hdf5(f, info)
+
+
+def _read_hdf5(f, info):
     formats.check_tree(f)
     info.update(keras_version=formats.attr_text(f, "keras_version"), backend=formats.attr_text(f, "backend"))
     if "model_config" in f.attrs:

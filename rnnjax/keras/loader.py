@@ -58,24 +58,27 @@ def _to_dict(tree):
 
 
 def read_model(path):
-    """``(ModelSpec, weights reader)`` of a full-model file; the reader takes the built modules."""
+    """``(ModelSpec, open HDF5 file, weights reader)`` of a full-model file; the reader takes the
+    built modules. The caller closes the file."""
     kind = formats.sniff(path)
     if kind == "zip":
         archive = formats.read_zip(path)
         version = str(archive["metadata"].get("keras_version", "3"))
         spec = kconfig.parse_model(archive["config"], version)
         h5 = formats.open_hdf5(archive["weights"], path)
-        formats.check_tree(h5)
-        return spec, lambda mods: weights.read_k3(h5, [(s.class_name, s.name, m) for s, m in zip(spec.layers, mods)],
-                                                  path)
+        return spec, h5, lambda mods: weights.read_k3(
+            h5, [(s.class_name, s.name, m) for s, m in zip(spec.layers, mods)], path)
     f = formats.open_hdf5(path, path)
-    _refuse_non_model(f, path)
-    formats.check_tree(f)
-    text = formats.attr_text(f, "model_config")
-    spec = kconfig.parse_model(formats.parse_json(text, "model_config"), formats.attr_text(f, "keras_version"))
-    if "model_weights" not in f:
-        raise KerasImportError("the file has a model_config but no model_weights group", path)
-    return spec, lambda mods: weights.read_k2(f["model_weights"], path)
+    try:
+        _refuse_non_model(f, path)
+        text = formats.attr_text(f, "model_config")
+        spec = kconfig.parse_model(formats.parse_json(text, "model_config"), formats.attr_text(f, "keras_version"))
+        if "model_weights" not in f:
+            raise KerasImportError("the file has a model_config but no model_weights group", path)
+    except BaseException:
+        f.close()
+        raise
+    return spec, f, lambda mods: weights.read_k2(f["model_weights"], path)
 
 
 def _refuse_non_model(f, path):
@@ -103,14 +106,16 @@ def load_keras(path):
     the file is executed. Raises :class:`rnnjax.keras.KerasImportError` listing every problem.
     """
     path = str(path)
-    spec, read = read_model(path)
-    try:
-        modules = build.build_layers(spec.layers, spec.keras_major, spec.version)
-    except KerasImportError as err:
-        raise KerasImportError(err.problems, path) from None
-    model = _model(spec, modules)
-    abstract = _to_dict(_abstract_variables(model, spec))
-    file_layers = read(modules)
+    spec, handle, read = read_model(path)
+    with handle:
+        formats.check_tree(handle)
+        try:
+            modules = build.build_layers(spec.layers, spec.keras_major, spec.version)
+        except KerasImportError as err:
+            raise KerasImportError(err.problems, path) from None
+        model = _model(spec, modules)
+        abstract = _to_dict(_abstract_variables(model, spec))
+        file_layers = read(modules)
     values = weights.assign(file_layers, [s.name for s in spec.layers], abstract, path)
     return model, _materialize(values)
 
@@ -129,6 +134,17 @@ def _model_layers(model, variables):
             names.append((base if n == 0 else f"{base}_{n}") if auto else layer.name)
         return names, list(model.layers), False
     return ["__layer__"], [model], True
+
+
+def _read_weights(root, names, modules, path):
+    formats.check_tree(root)
+    if formats.has_list(root, "layer_names"):
+        return weights.read_k2(root, path)
+    if "model_weights" in root and formats.has_list(root["model_weights"], "layer_names"):
+        return weights.read_k2(root["model_weights"], path)
+    if "layers" in root or "_layer_checkpoint_dependencies" in root:
+        return weights.read_k3(root, [(type(m).__name__, n, m) for n, m in zip(names, modules)], path)
+    raise KerasImportError("not a Keras weights file (no layer_names attribute, no layers group)", path)
 
 
 def load_keras_weights(path, model, variables):
@@ -152,15 +168,8 @@ def load_keras_weights(path, model, variables):
         root = formats.open_hdf5(formats.read_zip(path)["weights"], path)
     else:
         root = formats.open_hdf5(path, path)
-    formats.check_tree(root)
-    if formats.has_list(root, "layer_names"):
-        file_layers = weights.read_k2(root, path)
-    elif "model_weights" in root and formats.has_list(root["model_weights"], "layer_names"):
-        file_layers = weights.read_k2(root["model_weights"], path)
-    elif "layers" in root or "_layer_checkpoint_dependencies" in root:
-        file_layers = weights.read_k3(root, [(type(m).__name__, n, m) for n, m in zip(names, modules)], path)
-    else:
-        raise KerasImportError("not a Keras weights file (no layer_names attribute, no layers group)", path)
+    with root:
+        file_layers = _read_weights(root, names, modules, path)
     out = weights.assign(file_layers, names, variables, path)
     out = {col: jax.tree_util.tree_map(jnp.asarray, tree) for col, tree in out.items()}
     return {col: tree["__layer__"] for col, tree in out.items()} if wrapped else out
