@@ -209,3 +209,10 @@ def test_functional_tf_keras_graph_and_conv_lstm2d(tmp_path):
     y1 = conv.apply({"params": {"cell": {"kernel": ck, "recurrent_kernel": cr, "bias": cb}}}, x)
     y2 = dense.apply({"params": {"dense": {"kernel": dk, "bias": db}}}, x)
     np.testing.assert_allclose(np.asarray(model.apply(variables, x)), np.concatenate([y1, y2], -1), atol=1e-6)
+
+
+def test_without_h5py_the_error_says_how_to_install(tmp_path, monkeypatch):
+    k2.write_weights_file(tmp_path / "w.h5", [("dense", [])])
+    monkeypatch.setitem(__import__("sys").modules, "h5py", None)
+    with pytest.raises(ImportError, match=r"pip install rnnjax\[keras\]"):
+        rnnjax.load_keras(tmp_path / "w.h5")
