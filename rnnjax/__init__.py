@@ -38,9 +38,10 @@ _KERAS_FILES = ("load_keras", "load_keras_weights", "inspect_keras")
 def __getattr__(name):
     # Keras files are read by rnnjax.keras (h5py, an optional extra): imported on first use only.
     if name in _KERAS_FILES or name == "keras":
-        import importlib
+        import sys
+        import rnnjax.keras  # noqa: F401  (`from rnnjax import keras` would come back here)
 
-        keras = importlib.import_module("rnnjax.keras")  # a `from rnnjax import` would recurse here
+        keras = sys.modules["rnnjax.keras"]
         return keras if name == "keras" else getattr(keras, name)
     raise AttributeError(f"module 'rnnjax' has no attribute {name!r}")
 

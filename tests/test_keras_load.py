@@ -5,6 +5,7 @@ import shutil
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -165,8 +166,6 @@ def test_keras3_weights_into_a_user_built_sequential(tmp_path):
         rnnjax.Embedding(10, 4, mask_zero=True),
         rnnjax.Bidirectional(rnnjax.GRU(3, return_sequences=True, recurrent_activation="sigmoid", reset_after=True)),
         rnnjax.LSTM(2, recurrent_activation="sigmoid"), rnnjax.Dense(1)])
-    import jax
-
     variables = mine.init(jax.random.key(0), jnp.asarray(IDS))
     loaded = rnnjax.load_keras_weights(tmp_path / "w.weights.h5", mine, variables)
     np.testing.assert_allclose(np.asarray(mine.apply(loaded, jnp.asarray(IDS))),
@@ -186,3 +185,20 @@ def test_inspect_lists_layers_and_weights(saved, capsys):
     assert by_class["Embedding"]["config"]["mask_zero"] is True
     assert main(["inspect", str(path)]) == 0
     assert f"{by_class['Bidirectional']['name']} (Bidirectional)" in capsys.readouterr().out
+
+
+def test_stateful_model_starts_from_zero_states(tmp_path):
+    """Keras does not save states: a loaded stateful model starts from zeros, as Keras's does
+    after reset_states(), and carries them from batch to batch."""
+    keras.utils.set_random_seed(3)
+    kmodel = keras.Sequential([L.Input(batch_shape=(3, 8, 3)), L.LSTM(4, stateful=True, return_sequences=True),
+                               L.GRU(2, stateful=True)])
+    _randomize(kmodel)
+    kmodel.save(tmp_path / "s.keras")
+    model, variables = rnnjax.load_keras(tmp_path / "s.keras")
+    assert all(float(jnp.abs(s).max()) == 0.0 for s in jax.tree_util.tree_leaves(variables["rnn_state"]))
+    for chunk in (FLOATS, FLOATS[:, ::-1]):
+        want = np.asarray(kmodel(np.ascontiguousarray(chunk)))  # a direct call carries Keras 3's states
+        got, updates = model.apply(variables, jnp.asarray(np.ascontiguousarray(chunk)), mutable=["rnn_state"])
+        variables = {**variables, **updates}
+        np.testing.assert_allclose(np.asarray(got), want, atol=TOL, rtol=TOL)

@@ -148,6 +148,13 @@ def text(value) -> str:
     raise KerasImportError(f"expected a string attribute, got {type(value).__name__}")
 
 
+def _storage(attrs, name: str) -> int:
+    try:
+        return attrs.get_id(name).get_storage_size()
+    except RuntimeError:  # HDF5 reports an empty attribute's size (0) as an error
+        return 0
+
+
 def has_list(obj, name: str) -> bool:
     """Whether ``obj`` has the list attribute ``name`` (whole or in Keras's chunks)."""
     return name in obj.attrs or f"{name}0" in obj.attrs
@@ -157,15 +164,17 @@ def attr_list(obj, name: str):
     """A list attribute, joined from Keras's chunks ``name0``, ``name1``... when it was split;
     ``None`` when absent."""
     attrs = obj.attrs
-    if name in attrs:
-        chunks = [attrs[name]]
-    elif f"{name}0" in attrs:
-        chunks, k = [], 0
-        while f"{name}{k}" in attrs:
-            chunks.append(attrs[f"{name}{k}"])
-            k += 1
-    else:
+    keys = [name]
+    if name not in attrs:
+        keys = []
+        while f"{name}{len(keys)}" in attrs:
+            keys.append(f"{name}{len(keys)}")
+    if not keys:
         return None
+    size = sum(_storage(attrs, k) for k in keys)
+    if size > MAX_JSON_BYTES:
+        raise KerasImportError(f"attribute {name!r} holds {size} bytes, more than the cap of {MAX_JSON_BYTES}")
+    chunks = [attrs[k] for k in keys]
     out = []
     for chunk in chunks:
         out.extend(text(v) for v in np.asarray(chunk).reshape(-1))
@@ -176,7 +185,7 @@ def attr_text(obj, name: str, default=None, cap: int = MAX_JSON_BYTES):
     """A string attribute (at most ``cap`` stored bytes), or ``default``."""
     if name not in obj.attrs:
         return default
-    size = obj.attrs.get_id(name).get_storage_size()
+    size = _storage(obj.attrs, name)
     if size > cap:
         raise KerasImportError(f"attribute {name!r} holds {size} bytes, more than the cap of {cap}")
     return text(obj.attrs[name])
