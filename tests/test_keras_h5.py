@@ -217,3 +217,32 @@ def test_without_h5py_the_error_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "h5py", None)
     with pytest.raises(ImportError, match=r"pip install rnnjax\[keras\]"):
         rnnjax.load_keras(tmp_path / "w.h5")
+
+
+def test_keras2_concatenate_keeps_a_step_only_where_every_input_does(tmp_path):
+    """Keras 2's Concatenate mask is the AND of its inputs' masks (Keras 3's is the OR)."""
+    k, r, b = _w(4, 12), _w(3, 12), _w(12)
+    node = lambda *names: [[[n, 0, 0, {}] for n in names]]  # noqa: E731
+    config = {"class_name": "Model", "config": {"name": "model", "layers": [
+        {**layer("InputLayer", name="input_1", batch_input_shape=[None, 6, 2], dtype="float32"),
+         "name": "input_1", "inbound_nodes": []},
+        {**layer("Masking", name="zeros", mask_value=0.0), "name": "zeros", "inbound_nodes": node("input_1")},
+        {**layer("Masking", name="ones", mask_value=1.0), "name": "ones", "inbound_nodes": node("input_1")},
+        {**layer("Concatenate", name="concatenate", axis=-1), "name": "concatenate",
+         "inbound_nodes": node("zeros", "ones")},
+        {**_tf_keras_lstm("lstm", 3, recurrent_activation="sigmoid"), "name": "lstm",
+         "inbound_nodes": node("concatenate")}],
+        "input_layers": [["input_1", 0, 0]], "output_layers": [["lstm", 0, 0]]}}
+    k2.write_model(tmp_path / "f.h5", config, [
+        ("input_1", []), ("zeros", []), ("ones", []), ("concatenate", []),
+        ("lstm", [("lstm/lstm_cell/kernel:0", k), ("lstm/lstm_cell/recurrent_kernel:0", r),
+                  ("lstm/lstm_cell/bias:0", b)])], version="2.6.0")
+    x = RNG.normal(size=(2, 6, 2)).astype(np.float32)
+    x[0, 1], x[0, 4], x[1, 2] = 0.0, 1.0, 1.0
+    model, variables = rnnjax.load_keras(tmp_path / "f.h5")
+    got = np.asarray(model.apply(variables, jnp.asarray(x)))
+    for row in range(2):
+        keep_a, keep_b = np.any(x[row] != 0, -1), np.any(x[row] != 1, -1)
+        xs = np.concatenate([x[row] * keep_a[:, None], x[row] * keep_b[:, None]], -1).astype(np.float64)
+        step, s0 = k2.lstm_step(*(a.astype(np.float64) for a in (k, r, b)))
+        np.testing.assert_allclose(got[row], k2.run(step, s0, xs, keep_a & keep_b)[0], atol=1e-5)
