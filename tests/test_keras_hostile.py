@@ -153,6 +153,41 @@ def test_unsupported_layers_listed_at_once_and_nested_models(tmp_path):
     refused(tmp_path / "n.keras", "nested models")
 
 
+def test_graph_shapes_rnnjax_does_not_build(tmp_path):
+    """Two inputs, a second output of a layer (return_state), a shared layer: named, refused."""
+    def tensor(name, index=0):
+        return {"class_name": "__keras_tensor__", "config": {"shape": [None, 3], "dtype": "float32",
+                                                              "keras_history": [name, 0, index]}}
+
+    def node(*args):
+        return [{"args": list(args), "kwargs": {}}]
+    layers = [{**_k3_layer("InputLayer", batch_shape=[None, 4, 3]), "name": "a", "inbound_nodes": []},
+              {**_k3_layer("LSTM", units=2, return_state=True), "name": "lstm", "inbound_nodes": node(tensor("a"))},
+              {**_k3_layer("Dense", units=2), "name": "dense",
+               "inbound_nodes": node(tensor("lstm", 1)) + node(tensor("lstm", 2))}]
+    config = {"module": "keras", "class_name": "Functional", "registered_name": None, "config": {
+        "name": "f", "layers": layers, "input_layers": [["a", 0, 0]], "output_layers": [["dense", 0, 0]]}}
+    _archive(tmp_path / "shared.keras", config)
+    refused(tmp_path / "shared.keras", "'dense' (Dense): called 2 times")
+    layers[2]["inbound_nodes"] = node(tensor("lstm", 1))
+    _archive(tmp_path / "state.keras", config)
+    refused(tmp_path / "state.keras", "'dense' (Dense): takes a second output")
+    k2.write_model(tmp_path / "s.h5", sequential(_lstm(return_state=True)), LSTM_WEIGHTS)
+    refused(tmp_path / "s.h5", "'lstm' (LSTM): return_state=True")
+    config["config"]["input_layers"] = [["a", 0, 0], ["b", 0, 0]]
+    _archive(tmp_path / "two.keras", config)
+    refused(tmp_path / "two.keras", "one input and one output")
+
+
+def test_cli_reports_problems_with_exit_code_1(tmp_path, capsys):
+    from rnnjax.keras.__main__ import main
+
+    k2.write_model(tmp_path / "t.h5", sequential(_lstm(time_major=True)), LSTM_WEIGHTS)
+    assert main(["inspect", str(tmp_path / "t.h5")]) == 1
+    out = capsys.readouterr().out
+    assert "lstm (LSTM)" in out and "time_major" in out and "(2, 8)" in out
+
+
 def test_time_major_and_unknown_keys_and_quantized(tmp_path):
     k2.write_model(tmp_path / "t.h5", sequential(_lstm(time_major=True)), LSTM_WEIGHTS)
     refused(tmp_path / "t.h5", "'lstm' (LSTM)", "time_major")

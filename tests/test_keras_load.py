@@ -69,7 +69,7 @@ MODELS = {
     "masking_simple_rnn_time_distributed": (lambda: _sequential(
         L.Masking(0.0), L.SimpleRNN(4, return_sequences=True, activation="relu"),
         L.TimeDistributed(L.Dense(3)), L.Dropout(0.3), L.Activation("sigmoid"),
-        L.GRU(3, reset_after=False), shape=(8, 3)), FLOATS),
+        L.RNN(L.LSTMCell(3), return_sequences=True), L.GRU(3, reset_after=False), shape=(8, 3)), FLOATS),
     "conv_pool_norm": (lambda: _sequential(
         L.Conv1D(4, 3, padding="same"), L.MaxPooling1D(2), L.Conv1D(3, 2, padding="causal", dilation_rate=2),
         L.AveragePooling1D(3, strides=1, padding="same"), L.SpatialDropout1D(0.2),
