@@ -199,3 +199,19 @@ def test_stateful_model_starts_from_zero_states(tmp_path):
         got, updates = model.apply(variables, jnp.asarray(np.ascontiguousarray(chunk)), mutable=["rnn_state"])
         variables = {**variables, **updates}
         np.testing.assert_allclose(np.asarray(got), want, atol=TOL, rtol=TOL)
+
+
+def test_masked_steps_do_not_reach_the_numbers(saved):
+    """NaN or inf at masked steps (Masking's mask_value rows excepted) changes nothing: the
+    Masking -> ... -> GlobalAveragePooling1D path of a loaded model."""
+    path, x, expected, _ = saved["rnn_cells_global_average"]
+    model, variables = rnnjax.load_keras(path)
+    mask = np.any(FLOATS != 0, -1)
+    masked = rnnjax.Sequential(list(model.layers))
+    clean = np.asarray(masked.apply(variables, jnp.asarray(FLOATS), mask=jnp.asarray(mask)))
+    dirty = FLOATS.copy()
+    dirty[~mask] = np.nan
+    dirty[0, 6, 1] = np.inf
+    got = np.asarray(masked.apply(variables, jnp.asarray(dirty), mask=jnp.asarray(mask)))
+    np.testing.assert_array_equal(got, clean)
+    assert np.isfinite(got).all()

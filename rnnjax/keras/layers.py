@@ -113,10 +113,10 @@ class GlobalPooling1D(nn.Module):
             return jnp.max(inputs, axis=axis, keepdims=self.keepdims)
         if mask is None:
             return jnp.mean(inputs, axis=axis, keepdims=self.keepdims)
-        m = mask.astype(inputs.dtype)
-        m = m[:, :, None] if axis == 1 else m[:, None, :]
-        return (jnp.sum(inputs * m, axis=axis, keepdims=self.keepdims)
-                / jnp.sum(m, axis=axis, keepdims=self.keepdims))
+        m = mask[:, :, None] if axis == 1 else mask[:, None, :]
+        # where, not Keras's inputs * mask: a masked step's NaN or inf must not reach the mean
+        total = jnp.sum(jnp.where(m, inputs, jnp.zeros((), inputs.dtype)), axis=axis, keepdims=self.keepdims)
+        return total / jnp.sum(m.astype(inputs.dtype), axis=axis, keepdims=self.keepdims)
 
     def compute_mask(self, inputs, mask=None):
         del inputs, mask
