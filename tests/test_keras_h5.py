@@ -131,6 +131,9 @@ def test_cudnn_layers_load_and_convert(tmp_path):
     want = _cudnn_reference(x, lstm, gru)
     model, variables = rnnjax.load_keras(tmp_path / "c.h5")
     np.testing.assert_allclose(np.asarray(model.apply(variables, jnp.asarray(x))), want, atol=1e-5)
+    model, variables = rnnjax.load_keras(tmp_path / "c.h5", cudnn="canonical")
+    assert [type(m).__name__ for m in model.layers] == ["LSTM", "GRU"]
+    np.testing.assert_allclose(np.asarray(model.apply(variables, jnp.asarray(x))), want, atol=1e-5)
     mine = rnnjax.Sequential([rnnjax.LSTM(4, recurrent_activation="sigmoid", return_sequences=True),
                               rnnjax.GRU(3, recurrent_activation="sigmoid", reset_after=True)])
     loaded = rnnjax.load_keras_weights(tmp_path / "c.h5", mine, mine.init(jax.random.key(0), jnp.asarray(x)))

@@ -133,8 +133,17 @@ def _rnn(c: Cfg):
 
 
 def _cudnn(kind):
+    """Keras 2's CuDNN layers, kept (``cudnn='keep'``) or as the canonical layer computing the
+    same function (``'canonical'``: sigmoid gates, GRU ``reset_after=True``; any mask)."""
     layer = {"LSTM": rnnjax.CuDNNLSTM, "GRU": rnnjax.CuDNNGRU}[kind]
-    return lambda c: layer(int(c("units")), **_seq_flags(c), name=c.name)
+
+    def make(c: Cfg):
+        if c.ctx.cudnn == "keep":
+            return layer(int(c("units")), **_seq_flags(c), name=c.name)
+        extra = {"reset_after": True} if kind == "GRU" else {}
+        canonical = rnnjax.GRU if kind == "GRU" else rnnjax.LSTM
+        return canonical(int(c("units")), recurrent_activation="sigmoid", **extra, **_seq_flags(c), name=c.name)
+    return make
 
 
 def _conv_lstm(rank):
@@ -255,8 +264,8 @@ MERGES = ("Concatenate", "Add")
 class Context:
     """Builds the modules of one file, collecting every problem."""
 
-    def __init__(self, major: int, version: str):
-        self.major, self.version, self.problems = major, version, []
+    def __init__(self, major: int, version: str, cudnn: str = "keep"):
+        self.major, self.version, self.problems, self.cudnn = major, version, [], cudnn
 
     def sub(self, name, cls, config) -> Cfg:
         c = Cfg(name, cls, config, self.major)
@@ -280,9 +289,9 @@ class Context:
         return module if len(self.problems) == before else None
 
 
-def build_layers(specs, major: int, version: str) -> list:
+def build_layers(specs, major: int, version: str, cudnn: str = "keep") -> list:
     """The modules of all ``specs``; one :class:`KerasImportError` lists every problem."""
-    ctx = Context(major, version)
+    ctx = Context(major, version, cudnn)
     modules = [ctx.build(s.name, s.class_name, s.config) for s in specs]
     if ctx.problems:
         raise KerasImportError(ctx.problems)

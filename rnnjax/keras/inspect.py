@@ -54,7 +54,7 @@ def _read_hdf5(f, info):
     formats.check_tree(f)
     info.update(keras_version=formats.attr_text(f, "keras_version"), backend=formats.attr_text(f, "backend"))
     if "model_config" in f.attrs:
-        info["format"] = "Keras 2 / tf-keras full-model HDF5"
+        info["format"] = "full-model HDF5 (the Keras 2 / tf-keras layout)"
         group = f["model_weights"] if "model_weights" in f else f
         info.setdefault("keras_version", formats.attr_text(group, "keras_version"))
         names = formats.attr_list(group, "layer_names") or []

@@ -93,7 +93,7 @@ def _refuse_non_model(f, path):
     raise KerasImportError("an HDF5 file that is not a Keras model (no model_config attribute, no weights)", path)
 
 
-def load_keras(path):
+def load_keras(path, cudnn: str = "keep"):
     """Loads a Keras model file into ``(model, variables)`` with ``model.apply(variables, x)``
     giving the file's predictions.
 
@@ -104,13 +104,20 @@ def load_keras(path):
     weights in rnnjax's layout (``'batch_stats'``: BatchNormalization's moving statistics; a
     stateful layer's ``'rnn_state'`` starts at zeros, Keras does not save states). Nothing from
     the file is executed. Raises :class:`rnnjax.keras.KerasImportError` listing every problem.
+
+    ``cudnn``: Keras 2's ``CuDNNLSTM``/``CuDNNGRU`` become ``rnnjax.CuDNNLSTM``/``CuDNNGRU`` with
+    the weights unchanged (``'keep'``, the default; right-padded masks only), or the ``LSTM``/
+    ``GRU(reset_after=True)`` with sigmoid gates that computes the same function, the weights
+    converted by Keras 2's rules (``'canonical'``; masks with holes too).
     """
+    if cudnn not in ("keep", "canonical"):
+        raise ValueError(f"`cudnn`: expected 'keep' or 'canonical', got {cudnn!r}.")
     path = str(path)
     spec, handle, read = read_model(path)
     with handle:
         formats.check_tree(handle)
         try:
-            modules = build.build_layers(spec.layers, spec.keras_major, spec.version)
+            modules = build.build_layers(spec.layers, spec.keras_major, spec.version, cudnn)
         except KerasImportError as err:
             raise KerasImportError(err.problems, path) from None
         model = _model(spec, modules)
