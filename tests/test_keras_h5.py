@@ -249,3 +249,13 @@ def test_keras2_concatenate_keeps_a_step_only_where_every_input_does(tmp_path):
         xs = np.concatenate([x[row] * keep_a[:, None], x[row] * keep_b[:, None]], -1).astype(np.float64)
         step, s0 = k2.lstm_step(*(a.astype(np.float64) for a in (k, r, b)))
         np.testing.assert_allclose(got[row], k2.run(step, s0, xs, keep_a & keep_b)[0], atol=1e-5)
+
+
+def test_layer_names_flax_would_rename_keep_their_weights(tmp_path):
+    """A Keras name like 'Dense_1' (which rnnjax.Sequential takes for a Flax-made name)."""
+    dk, db = _w(3, 2), _w(2)
+    config = sequential(layer("Dense", name="Dense_1", units=2, batch_input_shape=[None, 3]))
+    k2.write_model(tmp_path / "d.h5", config, [("Dense_1", [("Dense_1/kernel:0", dk), ("Dense_1/bias:0", db)])])
+    model, variables = rnnjax.load_keras(tmp_path / "d.h5")
+    x = RNG.normal(size=(2, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model.apply(variables, jnp.asarray(x))), x @ dk + db, atol=1e-6)

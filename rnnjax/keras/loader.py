@@ -12,6 +12,14 @@ from rnnjax.keras.graph import KerasGraph
 _UNKNOWN_SIZE = 32  # stands for a None size while the variables' shapes are derived
 
 
+def _chain(spec, modules):
+    """A Sequential as a KerasGraph chain: for layer names rnnjax.Sequential would rename (a
+    Keras name such as 'LSTM_1' looks like one Flax made up)."""
+    n = len(modules)
+    return KerasGraph(tuple(modules), tuple(s.name for s in spec.layers), tuple((k - 1,) for k in range(n)),
+                      (False,) * n, n - 1)
+
+
 def _model(spec, modules):
     if spec.kind == "sequential":
         return rnnjax.Sequential(modules)
@@ -122,6 +130,10 @@ def load_keras(path, cudnn: str = "keep"):
             raise KerasImportError(err.problems, path) from None
         model = _model(spec, modules)
         abstract = _to_dict(_abstract_variables(model, spec))
+        names = {s.name for s in spec.layers}
+        if spec.kind == "sequential" and any(set(tree) - names for tree in abstract.values()):
+            model = _chain(spec, modules)
+            abstract = _to_dict(_abstract_variables(model, spec))
         file_layers = read(modules)
     values = weights.assign(file_layers, [s.name for s in spec.layers], abstract, path)
     return model, _materialize(values)
