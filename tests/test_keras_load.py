@@ -215,3 +215,17 @@ def test_masked_steps_do_not_reach_the_numbers(saved):
     got = np.asarray(masked.apply(variables, jnp.asarray(dirty), mask=jnp.asarray(mask)))
     np.testing.assert_array_equal(got, clean)
     assert np.isfinite(got).all()
+
+
+@pytest.mark.parametrize("name", ["conv_pool_norm", "functional_mixed"])
+def test_loaded_models_partition_over_the_batch(saved, name):
+    """A batch-sharded forward pass of a loaded model (Conv1D, pooling, normalization, Flatten,
+    merges) compiles without a single collective: no activation crosses devices."""
+    from tests.sharding_util import batch_mesh, collectives, compiled_text, replicate, shard_batch
+
+    path, x, _, _ = saved[name]
+    model, variables = rnnjax.load_keras(path)
+    mesh = batch_mesh()
+    xs = shard_batch(mesh, jnp.asarray(np.concatenate([x] * 3)[:8]))
+    text = compiled_text(lambda v, a: model.apply(v, a), replicate(mesh, variables), xs)
+    assert sum(collectives(text).values()) == 0, collectives(text)
