@@ -259,3 +259,44 @@ def test_layer_names_flax_would_rename_keep_their_weights(tmp_path):
     model, variables = rnnjax.load_keras(tmp_path / "d.h5")
     x = RNG.normal(size=(2, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(model.apply(variables, jnp.asarray(x))), x @ dk + db, atol=1e-6)
+
+
+def test_tf_keras_conv_pool_norm_before_an_lstm(tmp_path):
+    """The common text-classifier shape (Conv1D -> MaxPooling1D -> LSTM) with tf-keras's configs:
+    list-valued kernel_size/strides/pool_size, BatchNormalization on axis [2], SpatialDropout1D."""
+    ck, cb = _w(3, 2, 4), _w(4)
+    gamma, beta, mean, var = _w(4), _w(4), _w(4), np.abs(_w(4)) + 0.5
+    k, r, b = _w(4, 8), _w(2, 8), _w(8)
+    config = sequential(
+        layer("Conv1D", name="conv1d", batch_input_shape=[None, 9, 2], filters=4, kernel_size=[3], strides=[1],
+              padding="valid", data_format="channels_last", dilation_rate=[1], groups=1, activation="relu",
+              use_bias=True, kernel_initializer=_init("c"), bias_initializer=_init("c", "Zeros"),
+              kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None, kernel_constraint=None,
+              bias_constraint=None),
+        layer("MaxPooling1D", name="max_pooling1d", pool_size=[2], strides=[2], padding="valid",
+              data_format="channels_last"),
+        layer("SpatialDropout1D", name="spatial_dropout1d", rate=0.2, noise_shape=None, seed=None),
+        layer("BatchNormalization", name="batch_normalization", axis=[2], momentum=0.99, epsilon=0.001,
+              center=True, scale=True, beta_initializer=_init("b", "Zeros"), gamma_initializer=_init("b", "Ones"),
+              moving_mean_initializer=_init("b", "Zeros"), moving_variance_initializer=_init("b", "Ones"),
+              beta_regularizer=None, gamma_regularizer=None, beta_constraint=None, gamma_constraint=None),
+        _tf_keras_lstm("lstm", 2, recurrent_activation="sigmoid"))
+    k2.write_model(tmp_path / "c.h5", config, [
+        ("conv1d", [("conv1d/kernel:0", ck), ("conv1d/bias:0", cb)]), ("max_pooling1d", []),
+        ("spatial_dropout1d", []),
+        ("batch_normalization", [("batch_normalization/gamma:0", gamma), ("batch_normalization/beta:0", beta),
+                                 ("batch_normalization/moving_mean:0", mean),
+                                 ("batch_normalization/moving_variance:0", var)]),
+        ("lstm", [("lstm/lstm_cell/kernel:0", k), ("lstm/lstm_cell/recurrent_kernel:0", r),
+                  ("lstm/lstm_cell/bias:0", b)])])
+    x = RNG.normal(size=(2, 9, 2)).astype(np.float32)
+    model, variables = rnnjax.load_keras(tmp_path / "c.h5")
+    assert variables["batch_stats"]["batch_normalization"]["moving_variance"].shape == (4,)
+    got = np.asarray(model.apply(variables, jnp.asarray(x)))
+    for row in range(2):
+        xd = x[row].astype(np.float64)
+        conv = np.maximum(np.stack([np.einsum("kc,kcf->f", xd[t:t + 3], ck) + cb for t in range(7)]), 0.0)
+        pooled = np.maximum(conv[0:6:2], conv[1:6:2])
+        normed = gamma * (pooled - mean) / np.sqrt(var + 1e-3) + beta
+        step, s0 = k2.lstm_step(*(a.astype(np.float64) for a in (k, r, b)))
+        np.testing.assert_allclose(got[row], k2.run(step, s0, normed, None)[0], atol=1e-5)
