@@ -177,6 +177,12 @@ def test_graph_shapes_rnnjax_does_not_build(tmp_path):
     config["config"]["input_layers"] = [["a", 0, 0], ["b", 0, 0]]
     _archive(tmp_path / "two.keras", config)
     refused(tmp_path / "two.keras", "one input and one output")
+    config["config"]["input_layers"] = [["a", 0, 0]]
+    layers[2]["inbound_nodes"] = [[{"args": 5}]]
+    _archive(tmp_path / "malformed.keras", config)
+    refused(tmp_path / "malformed.keras", "malformed model config")
+    _archive(tmp_path / "units.keras", _k3_sequential(_k3_layer("Dense", units="many")))
+    refused(tmp_path / "units.keras", "'dense' (Dense): invalid config")
 
 
 def test_cli_reports_problems_with_exit_code_1(tmp_path, capsys):

@@ -118,8 +118,7 @@ def _cell(entry, ctx) -> object:
              "LSTMCell": ("LSTM", rnnjax.LSTMCell)}
     if cls not in kinds:
         c.fail("unsupported cell class")
-        c.finish()
-        return rnnjax.SimpleRNNCell(1)
+        return rnnjax.SimpleRNNCell(1)  # a stand-in: the recorded problem fails the whole build
     kind, make = kinds[cls]
     cell = make(**_cell_args(c, kind))
     c.finish()
@@ -283,8 +282,8 @@ class Context:
         before = len(self.problems)
         try:
             module = BUILDERS[cls](c)
-        except (TypeError, ValueError, KeyError) as err:
-            c.fail(f"invalid config ({err})")
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
+            c.fail(f"invalid config ({type(err).__name__}: {err})")
             return None
         c.finish()
         return module if len(self.problems) == before else None

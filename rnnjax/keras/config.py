@@ -141,9 +141,14 @@ def parse_model(config: Any, version: Optional[str]) -> ModelSpec:
     if not isinstance(layers, list) or not layers:
         raise KerasImportError("the model config has no layers")
     version = str(version)
-    if cls == "Sequential":
-        return _sequential(layers, major, version, body.get("build_input_shape"))
-    return _functional(body, layers, major, version)
+    try:
+        if cls == "Sequential":
+            return _sequential(layers, major, version, body.get("build_input_shape"))
+        return _functional(body, layers, major, version)
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as err:
+        if isinstance(err, KerasImportError):
+            raise
+        raise KerasImportError(f"a malformed model config ({type(err).__name__}: {err})") from None
 
 
 def _entries(layers):

@@ -247,6 +247,8 @@ def _check_dataset(ds, name, problems, total):
 def read_array(ds) -> np.ndarray:
     """A checked dataset's values (bfloat16 stored as uint16 with ``attrs['dtype']`` comes back as
     ``ml_dtypes.bfloat16``)."""
+    if not isinstance(ds, import_h5py().Dataset):
+        raise KerasImportError(f"{ds.name}: expected a weight array, found an HDF5 group")
     a = np.asarray(ds[()])
     if a.dtype == np.uint16:
         import ml_dtypes
