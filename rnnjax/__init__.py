@@ -32,6 +32,19 @@ from rnnjax.constraints import keras_constraints
 
 __version__ = "0.1.0"
 
+_KERAS_FILES = ("load_keras", "load_keras_weights", "inspect_keras")
+
+
+def __getattr__(name):
+    # Keras files are read by rnnjax.keras (h5py, an optional extra): imported on first use only.
+    if name in _KERAS_FILES or name == "keras":
+        import sys
+        import rnnjax.keras  # noqa: F401  (`from rnnjax import keras` would come back here)
+
+        keras = sys.modules["rnnjax.keras"]
+        return keras if name == "keras" else getattr(keras, name)
+    raise AttributeError(f"module 'rnnjax' has no attribute {name!r}")
+
 __all__ = [
     "GRU", "LSTM", "RNN", "SimpleRNN", "GRUCell", "LSTMCell", "SimpleRNNCell", "StackedRNNCells",
     "Activation", "Bidirectional", "Dense", "Dropout", "Embedding", "Masking", "Sequential", "TimeDistributed",
@@ -42,4 +55,5 @@ __all__ = [
     "cudnn", "CuDNNLSTM", "CuDNNGRU", "cudnn_lstm_to_lstm", "lstm_to_cudnn_lstm", "lstm_to_torch",
     "torch_to_lstm", "cudnn_lstm_to_torch", "torch_to_cudnn_lstm", "cudnn_gru_to_gru", "gru_to_cudnn_gru",
     "gru_to_torch", "torch_to_gru", "cudnn_gru_to_torch", "torch_to_cudnn_gru",
+    "load_keras", "load_keras_weights", "inspect_keras",
 ]

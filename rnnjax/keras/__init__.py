@@ -1,0 +1,23 @@
+"""Keras model files in JAX, without TensorFlow and without running code from the file.
+
+* :func:`load_keras`: a Keras 2 / tf-keras ``.h5`` or Keras 3 ``.keras`` model -> ``(model,
+  variables)``;
+* :func:`load_keras_weights`: a file's weights into a model you built;
+* :func:`inspect_keras` (``python -m rnnjax.keras inspect FILE``): what a file holds and what
+  rnnjax cannot load, without building anything.
+
+Reading files needs h5py (``pip install rnnjax[keras]``), imported only when a file is read.
+"""
+from rnnjax.keras.formats import KerasImportError
+from rnnjax.keras.graph import KerasGraph
+from rnnjax.keras.inspect import inspect_keras
+from rnnjax.keras.layers import (
+    Add, BatchNormalization, Concatenate, Conv1D, Flatten, GlobalPooling1D, LayerNormalization, Pooling1D,
+)
+from rnnjax.keras.loader import load_keras, load_keras_weights
+
+__all__ = [
+    "load_keras", "load_keras_weights", "inspect_keras", "KerasImportError", "KerasGraph",
+    "Add", "BatchNormalization", "Concatenate", "Conv1D", "Flatten", "GlobalPooling1D", "LayerNormalization",
+    "Pooling1D",
+]

@@ -1,0 +1,298 @@
+"""Keras layer configs -> rnnjax / :mod:`rnnjax.keras.layers` modules, key by key.
+
+Every key of a layer config is either mapped to a constructor argument, checked to have the one
+value rnnjax supports, or on a list of keys that do not change the forward pass (initializers,
+regularizers, constraints, performance hints); any other key is an error, so nothing in a file is
+silently ignored. Missing keys take the defaults of the Keras version that wrote the file.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import rnnjax
+from rnnjax.keras import layers as klayers
+from rnnjax.keras.formats import KerasImportError
+
+# Keys without effect on the outputs of a loaded model (regularizers only add training losses).
+_IGNORED = {"name", "trainable", "dtype", "batch_input_shape", "batch_shape", "input_shape", "input_dim",
+            "input_length", "seed", "implementation", "unroll", "use_cudnn", "sparse", "ragged", "autocast",
+            "lora_alpha", "unit_forget_bias", "activity_regularizer", "momentum", "moving_mean_initializer",
+            "moving_variance_initializer", "synchronized", "renorm", "renorm_clipping", "renorm_momentum",
+            "fused", "virtual_batch_size", "adjustment", "weights", "supports_masking", "cell_type"}
+_IGNORED_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
+_NULL = {"lora_rank": None, "quantization_config": None, "time_major": False, "renorm": False,
+         "virtual_batch_size": None, "adjustment": None}
+# The activation names whose meaning rnnjax's table reproduces for both Keras 2 and 3 (others:
+# e.g. Keras's exact 'gelu' and 'leaky_relu' slope differ from jax.nn's defaults).
+_ACTIVATIONS = {"linear", "tanh", "sigmoid", "hard_sigmoid", "relu", "relu6", "softmax", "elu", "selu",
+                "softplus", "softsign", "exponential", "swish", "silu"}
+_FLOAT_POLICIES = {"float32", "float16", "bfloat16", "float64", "mixed_float16", "mixed_bfloat16"}
+
+
+class Cfg:
+    """One layer's config, recording which keys were read."""
+
+    def __init__(self, name, cls, config, major):
+        self.name, self.cls, self.d, self.major, self.used = name, cls, config, major, set()
+        self.problems = []
+
+    def __call__(self, key, default=None):
+        self.used.add(key)
+        return self.d.get(key, default)
+
+    def fail(self, message):
+        self.problems.append(f"layer {self.name!r} ({self.cls}): {message}")
+
+    def act(self, key, default):
+        """An activation name in the meaning of the writing version."""
+        value = self(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, str) or value not in _ACTIVATIONS:
+            self.fail(f"`{key}` {value!r} is not supported (supported: {sorted(_ACTIVATIONS)})")
+            return "linear"
+        return "hard_sigmoid_keras3" if value == "hard_sigmoid" and self.major >= 3 else value
+
+    def finish(self):
+        for key, value in self.d.items():
+            if key in _NULL and value != _NULL[key]:
+                self.fail(f"`{key}`={value!r} is not supported (expected {_NULL[key]!r})")
+            elif key not in self.used and key not in _IGNORED and not key.endswith(_IGNORED_SUFFIXES) \
+                    and key not in _NULL:
+                self.fail(f"config key `{key}`={value!r} is not supported")
+        dtype = self.d.get("dtype")
+        name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+        if name is not None and name not in _FLOAT_POLICIES:
+            self.fail(f"dtype policy {name!r} is not supported (quantized layers are refused)")
+
+
+def _recurrent_defaults(c: Cfg):
+    """Keras 2 multi-backend defaults were hard_sigmoid/reset_after=False; tf.keras (2.4+, '-tf') and
+    Keras 3 changed them to sigmoid/reset_after=True."""
+    modern = c.major >= 3 or "-tf" in c.version or _minor(c.version) >= 4
+    return ("sigmoid", True) if modern else ("hard_sigmoid", False)
+
+
+def _minor(version: str) -> int:
+    parts = version.split(".")
+    try:
+        return int(parts[1]) if parts[0].strip() == "2" else 99
+    except (IndexError, ValueError):
+        return 0
+
+
+def _seq_flags(c: Cfg, state: bool = True):
+    flags = dict(return_sequences=bool(c("return_sequences", False)), go_backwards=bool(c("go_backwards", False)),
+                 stateful=bool(c("stateful", False)))
+    if c("return_state", False):
+        c.fail("return_state=True is not supported in a loaded model (one output per layer)")
+    if "zero_output_for_mask" in c.d:
+        flags["zero_output_for_mask"] = bool(c("zero_output_for_mask"))
+    return flags
+
+
+def _cell_args(c: Cfg, kind: str) -> dict:
+    rec_act, reset_after = _recurrent_defaults(c)
+    args = dict(units=int(c("units")), activation=c.act("activation", "tanh"), use_bias=bool(c("use_bias", True)),
+                dropout=float(c("dropout", 0.0)), recurrent_dropout=float(c("recurrent_dropout", 0.0)))
+    if kind != "SimpleRNN":
+        args["recurrent_activation"] = c.act("recurrent_activation", rec_act)
+    if kind == "GRU":
+        args["reset_after"] = bool(c("reset_after", reset_after))
+    return args
+
+
+def _recurrent(kind):
+    layer = {"SimpleRNN": rnnjax.SimpleRNN, "GRU": rnnjax.GRU, "LSTM": rnnjax.LSTM}[kind]
+    return lambda c: layer(**_cell_args(c, kind), **_seq_flags(c), name=c.name)
+
+
+def _cell(entry, ctx) -> object:
+    cls, cfg = entry.get("class_name"), entry.get("config", {})
+    c = ctx.sub(cfg.get("name", cls), cls, cfg)
+    if cls == "StackedRNNCells":
+        cells = [_cell(e, ctx) for e in c("cells", [])]
+        c.finish()
+        return rnnjax.StackedRNNCells(cells)
+    kinds = {"SimpleRNNCell": ("SimpleRNN", rnnjax.SimpleRNNCell), "GRUCell": ("GRU", rnnjax.GRUCell),
+             "LSTMCell": ("LSTM", rnnjax.LSTMCell)}
+    if cls not in kinds:
+        c.fail("unsupported cell class")
+        return rnnjax.SimpleRNNCell(1)  # a stand-in: the recorded problem fails the whole build
+    kind, make = kinds[cls]
+    cell = make(**_cell_args(c, kind))
+    c.finish()
+    return cell
+
+
+def _rnn(c: Cfg):
+    cell = c("cell")
+    cell = {"class_name": "StackedRNNCells", "config": {"cells": cell}} if isinstance(cell, list) else cell
+    return rnnjax.RNN(_cell(cell, c.ctx), **_seq_flags(c), name=c.name)
+
+
+def _cudnn(kind):
+    """Keras 2's CuDNN layers, kept (``cudnn='keep'``) or as the canonical layer computing the
+    same function (``'canonical'``: sigmoid gates, GRU ``reset_after=True``; any mask)."""
+    layer = {"LSTM": rnnjax.CuDNNLSTM, "GRU": rnnjax.CuDNNGRU}[kind]
+
+    def make(c: Cfg):
+        if c.ctx.cudnn == "keep":
+            return layer(int(c("units")), **_seq_flags(c), name=c.name)
+        extra = {"reset_after": True} if kind == "GRU" else {}
+        canonical = rnnjax.GRU if kind == "GRU" else rnnjax.LSTM
+        return canonical(int(c("units")), recurrent_activation="sigmoid", **extra, **_seq_flags(c), name=c.name)
+    return make
+
+
+def _conv_lstm(rank):
+    layer = {1: rnnjax.ConvLSTM1D, 2: rnnjax.ConvLSTM2D, 3: rnnjax.ConvLSTM3D}[rank]
+
+    def make(c: Cfg):
+        args = {k: c(k) for k in ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate")
+                if k in c.d}
+        args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+        rec_act, _ = _recurrent_defaults(c)
+        return layer(**args, activation=c.act("activation", "tanh"),
+                     recurrent_activation=c.act("recurrent_activation", rec_act), use_bias=bool(c("use_bias", True)),
+                     dropout=float(c("dropout", 0.0)), recurrent_dropout=float(c("recurrent_dropout", 0.0)),
+                     **_seq_flags(c), name=c.name)
+    return make
+
+
+def _wrapped(c: Cfg, key):
+    entry = c(key)
+    if not isinstance(entry, dict):
+        c.fail(f"`{key}` must be a layer config")
+        return None
+    return c.ctx.build(entry.get("config", {}).get("name", entry.get("class_name")), entry.get("class_name"),
+                       entry.get("config", {}))
+
+
+def _bidirectional(c: Cfg):
+    forward = _wrapped(c, "layer")
+    backward = _wrapped(c, "backward_layer") if c.d.get("backward_layer") is not None else c("backward_layer")
+    mode = c("merge_mode", "concat")
+    if mode is None:
+        c.fail("merge_mode=None (two outputs) is not supported in a loaded model")
+    if forward is None or c.problems:
+        return None
+    if backward is not None and backward.go_backwards == forward.go_backwards:
+        backward = backward.clone(go_backwards=not forward.go_backwards)
+    return rnnjax.Bidirectional(forward, merge_mode=mode, backward_layer=backward, name=c.name)
+
+
+def _int(v):
+    return int(v[0]) if isinstance(v, (list, tuple)) else int(v)
+
+
+def _data_format(c: Cfg, allowed=("channels_last", "channels_first")):
+    fmt = c("data_format", "channels_last") or "channels_last"
+    if fmt not in allowed:
+        c.fail(f"data_format={fmt!r} is not supported (supported: {list(allowed)})")
+    return fmt
+
+
+def _conv1d(c: Cfg):
+    _data_format(c, ("channels_last",))
+    return klayers.Conv1D(int(c("filters")), _int(c("kernel_size")), strides=_int(c("strides", 1)),
+                          padding=c("padding", "valid"), dilation_rate=_int(c("dilation_rate", 1)),
+                          groups=int(c("groups", 1)), activation=c.act("activation", None),
+                          use_bias=bool(c("use_bias", True)), name=c.name)
+
+
+def _pool(mode):
+    def make(c: Cfg):
+        size = _int(c("pool_size", 2))
+        strides = c("strides", None)
+        return klayers.Pooling1D(mode, size, None if strides is None else _int(strides), c("padding", "valid"),
+                                 _data_format(c), name=c.name)
+    return make
+
+
+def _global_pool(mode):
+    return lambda c: klayers.GlobalPooling1D(mode, _data_format(c), bool(c("keepdims", False)), name=c.name)
+
+
+def _axes(v):
+    return tuple(int(a) for a in (v if isinstance(v, (list, tuple)) else [v]))
+
+
+def _batch_norm(c: Cfg):
+    axis = _axes(c("axis", -1))
+    if len(axis) != 1:
+        c.fail(f"axis={axis} is not supported (one axis)")
+    return klayers.BatchNormalization(axis[0], float(c("epsilon", 1e-3)), bool(c("center", True)),
+                                      bool(c("scale", True)), name=c.name)
+
+
+def _layer_norm(c: Cfg):
+    return klayers.LayerNormalization(_axes(c("axis", -1)), float(c("epsilon", 1e-3)), bool(c("center", True)),
+                                      bool(c("scale", True)), bool(c("rms_scaling", False)), name=c.name)
+
+
+BUILDERS: dict[str, Callable] = {
+    "Dense": lambda c: rnnjax.Dense(int(c("units")), activation=c.act("activation", None),
+                                    use_bias=bool(c("use_bias", True)), name=c.name),
+    "Embedding": lambda c: rnnjax.Embedding(int(c("input_dim")), int(c("output_dim")),
+                                            mask_zero=bool(c("mask_zero", False)), name=c.name),
+    "Masking": lambda c: rnnjax.Masking(float(c("mask_value", 0.0)), name=c.name),
+    "Dropout": lambda c: rnnjax.Dropout(float(c("rate")), noise_shape=c("noise_shape"), name=c.name),
+    "SpatialDropout1D": lambda c: (c("noise_shape"), rnnjax.Dropout(float(c("rate")), noise_shape=(None, 1, None),
+                                                                    name=c.name))[1],
+    "Activation": lambda c: rnnjax.Activation(c.act("activation", None), name=c.name),
+    "SimpleRNN": _recurrent("SimpleRNN"), "GRU": _recurrent("GRU"), "LSTM": _recurrent("LSTM"),
+    "RNN": _rnn, "CuDNNLSTM": _cudnn("LSTM"), "CuDNNGRU": _cudnn("GRU"),
+    "ConvLSTM1D": _conv_lstm(1), "ConvLSTM2D": _conv_lstm(2), "ConvLSTM3D": _conv_lstm(3),
+    "Bidirectional": _bidirectional,
+    "TimeDistributed": lambda c: (lambda inner: None if inner is None else
+                                  rnnjax.TimeDistributed(inner, name=c.name))(_wrapped(c, "layer")),
+    "Conv1D": _conv1d, "Convolution1D": _conv1d,
+    "MaxPooling1D": _pool("max"), "MaxPool1D": _pool("max"),
+    "AveragePooling1D": _pool("average"), "AvgPool1D": _pool("average"),
+    "GlobalMaxPooling1D": _global_pool("max"), "GlobalMaxPool1D": _global_pool("max"),
+    "GlobalAveragePooling1D": _global_pool("average"), "GlobalAvgPool1D": _global_pool("average"),
+    "Flatten": lambda c: (_data_format(c, ("channels_last",)), klayers.Flatten(name=c.name))[1],
+    "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm,
+    "Concatenate": lambda c: klayers.Concatenate(int(c("axis", -1)), "any" if c.major >= 3 else "all",
+                                                 name=c.name),
+    "Add": lambda c: klayers.Add(name=c.name),
+}
+MERGES = ("Concatenate", "Add")
+
+
+class Context:
+    """Builds the modules of one file, collecting every problem."""
+
+    def __init__(self, major: int, version: str, cudnn: str = "keep"):
+        self.major, self.version, self.problems, self.cudnn = major, version, [], cudnn
+
+    def sub(self, name, cls, config) -> Cfg:
+        c = Cfg(name, cls, config, self.major)
+        c.version, c.ctx = self.version, self
+        c.problems = self.problems
+        return c
+
+    def build(self, name, cls, config):
+        """The module for one layer, or ``None`` (the problem recorded)."""
+        if cls not in BUILDERS:
+            self.problems.append(f"layer {name!r}: unsupported layer class {cls!r}")
+            return None
+        c = self.sub(name, cls, config)
+        before = len(self.problems)
+        try:
+            module = BUILDERS[cls](c)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
+            c.fail(f"invalid config ({type(err).__name__}: {err})")
+            return None
+        c.finish()
+        return module if len(self.problems) == before else None
+
+
+def build_layers(specs, major: int, version: str, cudnn: str = "keep") -> list:
+    """The modules of all ``specs``; one :class:`KerasImportError` lists every problem."""
+    ctx = Context(major, version, cudnn)
+    modules = [ctx.build(s.name, s.class_name, s.config) for s in specs]
+    if ctx.problems:
+        raise KerasImportError(ctx.problems)
+    return modules

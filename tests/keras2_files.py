@@ -1,0 +1,140 @@
+"""Writing Keras 2 / tf-keras HDF5 files with h5py, following the documented layout
+(/work/shared/reference/keras-files.md section 1: root attributes, ``model_weights``,
+``layer_names``/``weight_names`` in order, chunked ``layer_names0``... attributes), and float64
+numpy references of the Keras 2 recurrent steps."""
+import json
+
+import h5py
+import numpy as np
+
+
+def _attr(value, as_bytes):
+    return value.encode("utf8") if as_bytes else value
+
+
+def _names(group, key, names, as_bytes, chunks):
+    if not names:  # tf-keras writes np.asarray([]) (a float array) for an empty list
+        group.attrs[key] = np.asarray([])
+        return
+    arr = np.array([n.encode("utf8") if as_bytes else n for n in names],
+                   dtype=object if not as_bytes else f"S{max([len(n) for n in names] + [1])}")
+    if chunks <= 1:
+        group.attrs[key] = arr
+        return
+    for k, part in enumerate(np.array_split(arr, chunks)):
+        group.attrs[f"{key}{k}"] = part
+
+
+def write_weights(group, layers, as_bytes=False, chunks=1):
+    """``layers``: ``[(layer name, [(weight name, array)])]`` in model order."""
+    _names(group, "layer_names", [n for n, _ in layers], as_bytes, chunks)
+    for name, weights in layers:
+        g = group.create_group(name)
+        _names(g, "weight_names", [w for w, _ in weights], as_bytes, chunks if len(weights) > 1 else 1)
+        for wname, value in weights:
+            g.create_dataset(wname, data=value)
+
+
+def write_model(path, model_config, layers, version="2.21.0", backend="tensorflow", as_bytes=False, chunks=1):
+    """A full-model file (``model.save('m.h5')``)."""
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"] = _attr(version, as_bytes)
+        f.attrs["backend"] = _attr(backend, as_bytes)
+        f.attrs["model_config"] = _attr(json.dumps(model_config), as_bytes)
+        g = f.create_group("model_weights")
+        g.attrs["keras_version"] = _attr(version, as_bytes)
+        g.attrs["backend"] = _attr(backend, as_bytes)
+        write_weights(g, layers, as_bytes, chunks)
+
+
+def write_weights_file(path, layers, version="2.21.0", chunks=1):
+    """A tf-keras ``save_weights('w.h5')`` file: the layer groups at the root."""
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"] = version
+        f.attrs["backend"] = "tensorflow"
+        write_weights(f, layers, chunks=chunks)
+
+
+def layer(class_name, **config):
+    return {"class_name": class_name, "config": config}
+
+
+def sequential(*layers):
+    return {"class_name": "Sequential", "config": {"name": "sequential", "layers": list(layers)}}
+
+
+# ---- float64 references (Keras 2 equations) ----
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def hard_sigmoid(x):
+    return np.clip(0.2 * x + 0.5, 0.0, 1.0)
+
+
+def run(step, state, xs, mask, backwards=False):
+    """Last output of ``step`` over ``xs (T, I)``, skipping masked steps (Keras 2)."""
+    order = range(len(xs))[::-1] if backwards else range(len(xs))
+    for t in order:
+        if mask is None or mask[t]:
+            state = step(state, xs[t])
+    return state
+
+
+def lstm_step(k, r, b, act=sigmoid):
+    u = r.shape[0]
+
+    def step(state, x):
+        h, c = state
+        z = x @ k + h @ r + b
+        i, f, g, o = act(z[:u]), act(z[u:2 * u]), np.tanh(z[2 * u:3 * u]), act(z[3 * u:])
+        c = f * c + i * g
+        return o * np.tanh(c), c
+    return step, (np.zeros(u), np.zeros(u))
+
+
+def gru_step_reset_before(k, r, b, act=hard_sigmoid):
+    u = r.shape[0]
+
+    def step(h, x):
+        xk = x @ k + b
+        z = act(xk[:u] + h @ r[:, :u])
+        rr = act(xk[u:2 * u] + h @ r[:, u:2 * u])
+        hh = np.tanh(xk[2 * u:] + (rr * h) @ r[:, 2 * u:])
+        return z * h + (1 - z) * hh
+    return step, np.zeros(u)
+
+
+def cudnn_blocks(k, r, gates):
+    """cuDNN's matrices from Keras 2's CuDNN layout: block g of ``kernel`` holds the bytes of
+    ``W_g (U, I)``, block g of ``recurrent_kernel`` those of ``R_g (U, U)``."""
+    u, i = r.shape[0], k.shape[0]
+    w = [k[:, g * u:(g + 1) * u].reshape(-1).reshape(u, i) for g in range(gates)]
+    rr = [r[:, g * u:(g + 1) * u].reshape(-1).reshape(u, u) for g in range(gates)]
+    return w, rr
+
+
+def cudnn_lstm_step(k, r, b):
+    u = r.shape[0]
+    w, rr = cudnn_blocks(k, r, 4)
+    bw, br = b[:4 * u].reshape(4, u), b[4 * u:].reshape(4, u)
+
+    def step(state, x):
+        h, c = state
+        z = [w[g] @ x + rr[g] @ h + bw[g] + br[g] for g in range(4)]
+        c = sigmoid(z[1]) * c + sigmoid(z[0]) * np.tanh(z[2])
+        return sigmoid(z[3]) * np.tanh(c), c
+    return step, (np.zeros(u), np.zeros(u))
+
+
+def cudnn_gru_step(k, r, b):
+    u = r.shape[0]
+    w, rr = cudnn_blocks(k, r, 3)
+    bw, br = b[:3 * u].reshape(3, u), b[3 * u:].reshape(3, u)
+
+    def step(h, x):
+        z = sigmoid(w[0] @ x + bw[0] + rr[0] @ h + br[0])
+        rg = sigmoid(w[1] @ x + bw[1] + rr[1] @ h + br[1])
+        n = np.tanh(w[2] @ x + bw[2] + rg * (rr[2] @ h + br[2]))
+        return (1 - z) * n + z * h
+    return step, np.zeros(u)
