@@ -9,7 +9,8 @@ Three ways in:
 * stateful mode: states in the ``'rnn_state'`` collection, :func:`reset_states`;
 * the Keras layers around them: ``Bidirectional``, ``Embedding``, ``Masking``,
   ``TimeDistributed``, ``Dense``, ``Dropout``, ``Activation`` and a mask-propagating
-  ``Sequential``.
+  ``Sequential``;
+* Keras files: :func:`save_keras` writes a Keras 3 ``.keras`` archive (needs ``rnnjax[keras]``).
 """
 from rnnjax import constraints, functional, regularizers
 from rnnjax.functional import activations, initializers
@@ -32,6 +33,18 @@ from rnnjax.constraints import keras_constraints
 
 __version__ = "0.1.0"
 
+# Names whose modules need an optional extra (h5py for Keras files), imported on first use.
+_LAZY = {"save_keras": "rnnjax.keras.save"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'rnnjax' has no attribute {name!r}")
+
+
 __all__ = [
     "GRU", "LSTM", "RNN", "SimpleRNN", "GRUCell", "LSTMCell", "SimpleRNNCell", "StackedRNNCells",
     "Activation", "Bidirectional", "Dense", "Dropout", "Embedding", "Masking", "Sequential", "TimeDistributed",
@@ -42,4 +55,5 @@ __all__ = [
     "cudnn", "CuDNNLSTM", "CuDNNGRU", "cudnn_lstm_to_lstm", "lstm_to_cudnn_lstm", "lstm_to_torch",
     "torch_to_lstm", "cudnn_lstm_to_torch", "torch_to_cudnn_lstm", "cudnn_gru_to_gru", "gru_to_cudnn_gru",
     "gru_to_torch", "torch_to_gru", "cudnn_gru_to_torch", "torch_to_cudnn_gru",
+    "save_keras",
 ]
