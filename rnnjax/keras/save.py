@@ -24,6 +24,7 @@ from flax import linen as nn
 from rnnjax.keras import save_layers as sl
 from rnnjax.keras.save_objects import KerasSaveError
 from rnnjax.layers import STATE_COLLECTION, Bidirectional, Embedding, Sequential, TimeDistributed
+from rnnjax.regularizers import LOSSES
 from rnnjax.layers.protocol import keras_name, snake_case
 
 __all__ = ["save_keras", "KerasSaveError"]
@@ -60,10 +61,10 @@ def _names(layers) -> list:
 def _param_tree(model, variables, layers, names) -> list:
     if not isinstance(variables, dict) or "params" not in variables:
         raise ValueError(f"`variables`: expected the dict returned by `model.init` (with 'params'), got {type(variables).__name__}.")
-    unknown = sorted(set(variables) - {"params", STATE_COLLECTION})
+    unknown = sorted(set(variables) - {"params", STATE_COLLECTION, LOSSES})
     if unknown:
         raise KerasSaveError(f"`variables`: collections {unknown} have no place in a Keras 3 file (expected 'params'"
-                             f" and optionally '{STATE_COLLECTION}').")
+                             f" and optionally '{STATE_COLLECTION}' and '{LOSSES}', the penalties init reported).")
     params = variables["params"]
     if not isinstance(model, Sequential):
         return [params]
@@ -96,7 +97,7 @@ def _infer_input(layer, params, where) -> tuple:
     )
 
 
-def _input_spec(model, variables, layers, params, input_shape, input_dtype):
+def _input_spec(model, variables, layers, params, input_shape, input_dtype, batch):
     if input_shape is None:
         for i, (layer, p) in enumerate(zip(layers, params)):
             found = _infer_input(layer, p, f"layer {i}")
@@ -109,17 +110,14 @@ def _input_spec(model, variables, layers, params, input_shape, input_dtype):
     input_shape = tuple(None if d is None else int(d) for d in input_shape)
     input_dtype = input_dtype or "float32"
     # The same shape must run through rnnjax (a free length tried as 3 steps).
-    probe = jax.ShapeDtypeStruct((1,) + tuple(3 if d is None else d for d in input_shape), jnp.dtype(input_dtype))
+    probe = jax.ShapeDtypeStruct((batch or 1,) + tuple(3 if d is None else d for d in input_shape), jnp.dtype(input_dtype))
     try:
-        jax.eval_shape(lambda x: model.apply({"params": variables["params"], **_states(variables)}, x), probe)
+        kept = {k: v for k, v in variables.items() if k != LOSSES}
+        jax.eval_shape(lambda x: model.apply(kept, x, mutable=True), probe)
     except Exception as e:  # noqa: BLE001 - any failure means the shape is wrong for this model
         raise KerasSaveError(f"`input_shape`: the model does not run on inputs of shape (batch, *{input_shape}) "
                              f"and dtype {input_dtype}: {e}") from e
     return input_shape, input_dtype
-
-
-def _states(variables):
-    return {k: v for k, v in variables.items() if k == STATE_COLLECTION}
 
 
 def _stateful(layer) -> bool:
@@ -249,8 +247,8 @@ def save_keras(model, variables, path, *, input_shape=None, input_dtype=None, ba
     written, total = sum(_count(s.node) for s in saved), len(jax.tree_util.tree_leaves(variables["params"]))
     if written != total:
         raise KerasSaveError(f"`variables`: {total} parameter arrays, but the model's layers account for {written}.")
-    shape, dtype = _input_spec(model, variables, layers, params, input_shape, input_dtype)
     batch = _batch_size(layers, variables, batch_size)
+    shape, dtype = _input_spec(model, variables, layers, params, input_shape, input_dtype, batch)
     name = snake_case(type(model).__name__) if isinstance(model, Sequential) else "sequential"
     config = _model_config(saved, name, (batch,) + shape, dtype, ctx.dtype)
     metadata = {"keras_version": FORMAT_KERAS_VERSION, "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
