@@ -57,6 +57,7 @@ L = rnnjax
 RECURRENT_ALONE = {
     "simple_rnn_relu": L.SimpleRNN(4, activation="relu", return_sequences=True),
     "simple_rnn_hard_sigmoid": L.SimpleRNN(4, activation="hard_sigmoid"),
+    "simple_rnn_unroll": L.SimpleRNN(3, unroll=True),
     "gru_reset_before_default": L.GRU(4),  # Keras 2 defaults: hard_sigmoid, reset_after=False
     "gru_reset_after_sigmoid": L.GRU(4, reset_after=True, recurrent_activation="sigmoid", return_sequences=True),
     "gru_reset_after_hard_sigmoid_activation": L.GRU(4, reset_after=True, activation="hard_sigmoid"),
@@ -226,6 +227,15 @@ def test_argument_errors(tmp_path):
         rnnjax.save_keras(seq, variables, tmp_path / "m.keras")
     with pytest.raises(KerasSaveError, match=r"layer 0 \(lstm, LSTM\) cell: expected parameters"):
         rnnjax.save_keras(seq, {"params": {}}, tmp_path / "m.keras")
+
+
+def test_custom_initializer_warns_and_saves(tmp_path):
+    def init(key, shape, dtype):
+        return jax.random.normal(key, shape, dtype)
+
+    with pytest.warns(UserWarning, match=r"`kernel_initializer`: custom initializer .* GlorotUniform"):
+        loaded = _check(L.SimpleRNN(3, kernel_initializer=init), _seq(), tmp_path)
+    assert isinstance(loaded.layers[0].cell.kernel_initializer, keras.initializers.GlorotUniform)
 
 
 def test_archive_layout(tmp_path):

@@ -149,7 +149,8 @@ def _sequence_fields(layer, ctx, where) -> dict:
     return {
         "return_sequences": bool(layer.return_sequences), "return_state": bool(layer.return_state),
         "go_backwards": bool(layer.go_backwards), "stateful": bool(layer.stateful),
-        "unroll": bool(getattr(layer, "unroll", False)), "zero_output_for_mask": bool(layer.zero_output_for_mask),
+        # unroll only changes speed, and Keras 3 refuses it for inputs of free length: not written.
+        "unroll": False, "zero_output_for_mask": bool(layer.zero_output_for_mask),
         "activity_regularizer": so.regularizer(layer.activity_regularizer, f"{where} `activity_regularizer`"),
     }
 
