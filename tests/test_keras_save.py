@@ -101,6 +101,21 @@ def test_bidirectional_backwards_layer_and_explicit_backward_layer(tmp_path):
     _check(explicit, x, tmp_path)
 
 
+@pytest.mark.parametrize("case", ["conv_lstm1d", "stacked_cells", "cudnn_gru", "named"])
+def test_bidirectional_of_every_kind(case, tmp_path):
+    if case == "conv_lstm1d":
+        x = RNG.standard_normal((2, 3, 6, 2)).astype(np.float32)
+        model = L.Sequential([L.Bidirectional(L.ConvLSTM1D(2, 3, return_sequences=True), merge_mode="ave")])
+        _check(model, x, tmp_path, input_shape=(3, 6, 2))
+        return
+    inner = {"stacked_cells": L.RNN([L.GRUCell(3), L.LSTMCell(2)], return_sequences=True),
+             "cudnn_gru": L.CuDNNGRU(3, return_sequences=True),
+             "named": L.LSTM(3, name="encoder", return_sequences=True)}[case]
+    model = L.Sequential([L.Bidirectional(inner, merge_mode="mul", name="bi"), L.TimeDistributed(L.Dropout(0.5)),
+                          L.Dense(2, name="head")])
+    _check(model, _seq(), tmp_path)
+
+
 def test_masking_with_holes_through_stack(tmp_path):
     x = _seq(steps=6, features=4)
     x[0, 2] = 0.0  # a hole
@@ -220,6 +235,9 @@ def test_argument_errors(tmp_path):
         rnnjax.save_keras(model, variables, tmp_path / "m.keras", hard_sigmoid="approximate")
     with pytest.raises(KerasSaveError, match=r"`input_shape`: the model does not run"):
         rnnjax.save_keras(model, variables, tmp_path / "m.keras", input_shape=(None, 7))
+    from flax.core import freeze
+    rnnjax.save_keras(model, freeze(variables), tmp_path / "frozen.keras")  # a FrozenDict is fine too
+    assert keras.saving.load_model(tmp_path / "frozen.keras").layers[0].cell.units == 3
     with pytest.raises(KerasSaveError, match=r"do not have 4 x 4 columns"):
         rnnjax.save_keras(L.LSTM(4), variables, tmp_path / "m.keras")
     seq = L.Sequential([L.LSTM(3)])

@@ -15,6 +15,7 @@ import os
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +60,7 @@ def _names(layers) -> list:
 
 
 def _param_tree(model, variables, layers, names) -> list:
-    if not isinstance(variables, dict) or "params" not in variables:
+    if not isinstance(variables, Mapping) or "params" not in variables:
         raise ValueError(f"`variables`: expected the dict returned by `model.init` (with 'params'), got {type(variables).__name__}.")
     unknown = sorted(set(variables) - {"params", STATE_COLLECTION, LOSSES})
     if unknown:
@@ -249,7 +250,7 @@ def save_keras(model, variables, path, *, input_shape=None, input_dtype=None, ba
         raise KerasSaveError(f"`variables`: {total} parameter arrays, but the model's layers account for {written}.")
     batch = _batch_size(layers, variables, batch_size)
     shape, dtype = _input_spec(model, variables, layers, params, input_shape, input_dtype, batch)
-    name = snake_case(type(model).__name__) if isinstance(model, Sequential) else "sequential"
+    name = keras_name(model) if isinstance(model, Sequential) else "sequential"
     config = _model_config(saved, name, (batch,) + shape, dtype, ctx.dtype)
     metadata = {"keras_version": FORMAT_KERAS_VERSION, "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
                 "writer": "rnnjax.save_keras"}

@@ -129,6 +129,10 @@ def _cell_weights(obj, params, kind, factors, units, where, ctx) -> list:
             f"{where}: kernel {arrays[0].shape} / recurrent_kernel {arrays[1].shape} do not have {gates} x {units} "
             "columns as the layer's config says."
         )
+    if obj.use_bias:
+        expected = (2, gates * units) if getattr(obj, "reset_after", False) else (gates * units,)
+        if arrays[2].shape != expected:
+            raise KerasSaveError(f"{where}: bias of shape {arrays[2].shape}, expected {expected} for the layer's config.")
     return _scale(arrays, factors)
 
 
