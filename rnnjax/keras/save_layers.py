@@ -211,7 +211,7 @@ def _cudnn(layer, params, name, where, ctx) -> Saved:
     return Saved(keras_object(kind, config), Node(name, [], {"cell": Node(snake_case(kind + "Cell"), arrays, {})}))
 
 
-def _rnn_cells(layer, params, where):
+def _rnn_cells(layer, params):
     """``[(cell, its params)]`` of an ``RNN``, for its three forms: one cell (``params['cell']``),
     a list (``params['cell_<i>']``) or a ``StackedRNNCells`` (``params['cell']['cells_<i>']``)."""
     params = {} if params is None else params
@@ -224,7 +224,7 @@ def _rnn_cells(layer, params, where):
 
 
 def _rnn(layer, params, name, where, ctx) -> Saved:
-    cells, stacked = _rnn_cells(layer, params, where)
+    cells, stacked = _rnn_cells(layer, params)
     used, saved = {}, []
     for i, (cell, p) in enumerate(cells):
         cell_name = unique(snake_case(type(cell).__name__), used)
