@@ -157,8 +157,12 @@ def test_stateful_layer_gets_fixed_batch(tmp_path):
     rnnjax.save_keras(model, variables, tmp_path / "s.keras")
     loaded = keras.saving.load_model(tmp_path / "s.keras")
     assert loaded.layers[0].stateful and loaded.inputs[0].shape[0] == 3
-    ours, _ = model.apply(variables, x, mutable=["rnn_state"])
+    ours, updates = model.apply(variables, x, mutable=["rnn_state"])
     np.testing.assert_allclose(np.asarray(ours), np.asarray(loaded(x)), atol=ATOL, rtol=0)
+    with pytest.warns(UserWarning, match=r"current states are not saved"):
+        rnnjax.save_keras(model, {**variables, **updates}, tmp_path / "s.keras")
+    with pytest.raises(KerasSaveError, match=r"`batch_size`: 4, but the states .* have batch \[3\]"):
+        rnnjax.save_keras(model, variables, tmp_path / "s.keras", batch_size=4)
 
 
 def test_initializers_regularizers_constraints_serialized(tmp_path):
