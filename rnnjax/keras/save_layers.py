@@ -20,7 +20,9 @@ from rnnjax.layers import (
     GRU, LSTM, RNN, Activation, Bidirectional, Dense, Dropout, Embedding, GRUCell, LSTMCell, Masking,
     SimpleRNN, SimpleRNNCell, StackedRNNCells, TimeDistributed,
 )
-from rnnjax.layers.conv_lstm import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D
+from rnnjax.layers.conv_lstm import (
+    ConvLSTM1D, ConvLSTM1DCell, ConvLSTM2D, ConvLSTM2DCell, ConvLSTM3D, ConvLSTM3DCell,
+)
 from rnnjax.layers.protocol import keras_name, snake_case
 
 
@@ -159,22 +161,28 @@ def _sequence_fields(layer, ctx, where) -> dict:
     }
 
 
-def _keras_rnn(layer, params, name, where, ctx) -> Saved:
-    """SimpleRNN / GRU / LSTM / ConvLSTM1D-3D: the layer's cell fields plus the sequence fields."""
-    conv = {ConvLSTM1D: 1, ConvLSTM2D: 2, ConvLSTM3D: 3}.get(type(layer))
+_CONV_RANK = {ConvLSTM1D: 1, ConvLSTM2D: 2, ConvLSTM3D: 3, ConvLSTM1DCell: 1, ConvLSTM2DCell: 2, ConvLSTM3DCell: 3}
+
+
+def _keras_rnn(layer, params, name, where, ctx, cell=None) -> Saved:
+    """SimpleRNN / GRU / LSTM / ConvLSTM1D-3D: the cell fields (of ``cell``, else of the layer,
+    which has them too) plus the layer's sequence fields. ``RNN(ConvLSTM2DCell(...))`` comes here
+    as a ConvLSTM2D (Keras 3 has no public ConvLSTM cell; the two compute the same)."""
+    source = layer if cell is None else cell
+    conv = _CONV_RANK.get(type(source))
     kind = "ConvLSTM" if conv else type(layer).__name__
-    cfg, factors = _cell_config(layer, kind, ctx, where)
-    units = layer.filters if conv else layer.units
+    cfg, factors = _cell_config(source, kind, ctx, where)
+    units = source.filters if conv else source.units
     cell_params = None if params is None else params.get("cell")
-    arrays = _cell_weights(layer, cell_params, kind, factors, units, where + " cell", ctx)
+    arrays = _cell_weights(source, cell_params, kind, factors, units, where + " cell", ctx)
     fields = {"units": int(units)}
     if conv:
-        fields = {"filters": int(layer.filters)}
+        fields = {"filters": int(source.filters)}
         for f in ("kernel_size", "strides", "dilation_rate"):
-            v = getattr(layer, f)
+            v = getattr(source, f)
             fields[f] = [int(i) for i in v] if isinstance(v, (tuple, list)) else [int(v)] * conv
-        fields["padding"] = str(layer.padding).lower()
-        fields["data_format"] = layer.data_format or "channels_last"
+        fields["padding"] = str(source.padding).lower()
+        fields["data_format"] = source.data_format or "channels_last"
     config = {**_base(name, ctx), **_sequence_fields(layer, ctx, where), **fields, **cfg}
     class_name = f"ConvLSTM{conv}D" if conv else kind
     cell_name = snake_case(class_name + "Cell")
@@ -225,6 +233,8 @@ def _rnn_cells(layer, params):
 
 def _rnn(layer, params, name, where, ctx) -> Saved:
     cells, stacked = _rnn_cells(layer, params)
+    if not stacked and type(cells[0][0]) in _CONV_RANK:
+        return _keras_rnn(layer, params, name, where, ctx, cell=cells[0][0])
     used, saved = {}, []
     for i, (cell, p) in enumerate(cells):
         cell_name = unique(snake_case(type(cell).__name__), used)
