@@ -9,7 +9,8 @@ Three ways in:
 * stateful mode: states in the ``'rnn_state'`` collection, :func:`reset_states`;
 * the Keras layers around them: ``Bidirectional``, ``Embedding``, ``Masking``,
   ``TimeDistributed``, ``Dense``, ``Dropout``, ``Activation`` and a mask-propagating
-  ``Sequential``.
+  ``Sequential``;
+* Keras files: :func:`save_keras` writes a Keras 3 ``.keras`` archive (needs ``rnnjax[keras]``).
 """
 from rnnjax import constraints, functional, regularizers
 from rnnjax.functional import activations, initializers
@@ -32,11 +33,11 @@ from rnnjax.constraints import keras_constraints
 
 __version__ = "0.1.0"
 
-_KERAS_FILES = ("load_keras", "load_keras_weights", "inspect_keras")
+_KERAS_FILES = ("load_keras", "load_keras_weights", "inspect_keras", "save_keras")
 
 
 def __getattr__(name):
-    # Keras files are read by rnnjax.keras (h5py, an optional extra): imported on first use only.
+    # Keras files are read and written by rnnjax.keras (h5py, an optional extra): imported on first use only.
     if name in _KERAS_FILES or name == "keras":
         import sys
         import rnnjax.keras  # noqa: F401  (`from rnnjax import keras` would come back here)
@@ -44,6 +45,7 @@ def __getattr__(name):
         keras = sys.modules["rnnjax.keras"]
         return keras if name == "keras" else getattr(keras, name)
     raise AttributeError(f"module 'rnnjax' has no attribute {name!r}")
+
 
 __all__ = [
     "GRU", "LSTM", "RNN", "SimpleRNN", "GRUCell", "LSTMCell", "SimpleRNNCell", "StackedRNNCells",
@@ -55,5 +57,5 @@ __all__ = [
     "cudnn", "CuDNNLSTM", "CuDNNGRU", "cudnn_lstm_to_lstm", "lstm_to_cudnn_lstm", "lstm_to_torch",
     "torch_to_lstm", "cudnn_lstm_to_torch", "torch_to_cudnn_lstm", "cudnn_gru_to_gru", "gru_to_cudnn_gru",
     "gru_to_torch", "torch_to_gru", "cudnn_gru_to_torch", "torch_to_cudnn_gru",
-    "load_keras", "load_keras_weights", "inspect_keras",
+    "load_keras", "load_keras_weights", "inspect_keras", "save_keras",
 ]

@@ -4,9 +4,10 @@
   variables)``;
 * :func:`load_keras_weights`: a file's weights into a model you built;
 * :func:`inspect_keras` (``python -m rnnjax.keras inspect FILE``): what a file holds and what
-  rnnjax cannot load, without building anything.
+  rnnjax cannot load, without building anything;
+* :func:`save_keras`: an rnnjax model -> a Keras 3 ``.keras`` archive that Keras 3 loads in safe mode.
 
-Reading files needs h5py (``pip install rnnjax[keras]``), imported only when a file is read.
+Reading and writing files needs h5py (``pip install rnnjax[keras]``), imported only when a file is read.
 """
 from rnnjax.keras.formats import KerasImportError
 from rnnjax.keras.graph import KerasGraph
@@ -15,9 +16,11 @@ from rnnjax.keras.layers import (
     Add, BatchNormalization, Concatenate, Conv1D, Flatten, GlobalPooling1D, LayerNormalization, Pooling1D,
 )
 from rnnjax.keras.loader import load_keras, load_keras_weights
+from rnnjax.keras.save import KerasSaveError, save_keras
 
 __all__ = [
-    "load_keras", "load_keras_weights", "inspect_keras", "KerasImportError", "KerasGraph",
+    "load_keras", "load_keras_weights", "inspect_keras", "save_keras", "KerasImportError", "KerasSaveError",
+    "KerasGraph",
     "Add", "BatchNormalization", "Concatenate", "Conv1D", "Flatten", "GlobalPooling1D", "LayerNormalization",
     "Pooling1D",
 ]
