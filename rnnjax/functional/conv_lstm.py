@@ -1,22 +1,23 @@
-"""Convolutional LSTM core (Keras layout, gate order i, f, c, o), for 1, 2 or 3 spatial dims.
+"""Convolutional LSTM core (Keras layout, gate order i, f, c, o), for 1, 2 or 3 spatial dims
+(notation: :mod:`rnnjax.functional.protocol`).
 
 Everything here is **channels_last**: a step input is ``(*batch, *spatial, C)``, a state
 ``(*batch, *spatial', F)`` (``spatial'`` = the input convolution's output shape).
 
-Parameters ``ConvLSTMParams``: ``kernel kernel_size + (C, 4F)``, ``recurrent_kernel
-kernel_size + (F, 4F)``, ``bias (4F,)`` or ``None``. With ``∗`` the input convolution (the
-core's strides, padding and dilation), ``⊛`` the recurrent convolution (stride 1, padding
-'same', no dilation), ``σ = recurrent_activation`` and ``φ = activation``::
+Parameters ``ConvLSTMParams``: ``kernel W kernel_size + (C, 4F)``, ``recurrent_kernel R
+kernel_size + (F, 4F)``, ``bias b (4F,)`` or ``None``. With ``∗`` the input convolution (the
+core's strides, padding and dilation) and ``⊛`` the recurrent convolution (stride 1, padding
+'same', no dilation)::
 
-    z            = x_t ∗ kernel + bias + h_{t-1} ⊛ recurrent_kernel     # (*batch, *spatial', 4F)
-    i, f, c̃, o   = split(z, 4, axis=-1)
-    c_t          = σ(f) * c_{t-1} + σ(i) * φ(c̃)
-    h_t          = σ(o) * φ(c_t)                                        # = output y_t
+    xp_t          = x_t ∗ W + b                  # ConvLSTMCore.project (one convolution, all steps)
+    z_t           = xp_t + h_{t-1} ⊛ R           # ConvLSTMCore.step: (*batch, *spatial', 4F)
+    i, f, c̃, o    = σ(z_i), σ(z_f), φ(z_c), σ(z_o)
+    c_t           = f ⊙ c_{t-1} + i ⊙ c̃          # ConvLSTMCore.pointwise (the LSTM's, per pixel)
+    h_t           = o ⊙ φ(c_t)                   # = output y_t
 
-``x_t ∗ kernel + bias`` is :meth:`ConvLSTMCore.project`; it takes any number of leading axes
-(time included), folds them into the convolution's batch axis and runs **one**
-``lax.conv_general_dilated`` for the whole sequence. The rest is :meth:`ConvLSTMCore.step`.
-:func:`rnnjax.functional.rnn` runs a core over a sequence ``(*batch, T, *spatial, C)``.
+``project`` takes any number of leading axes (time included) and folds them into the
+convolution's batch axis. :func:`rnnjax.functional.rnn` runs a core over a sequence
+``(*batch, T, *spatial, C)``.
 """
 from __future__ import annotations
 

@@ -1,19 +1,22 @@
-"""GRU core (Keras layout, gate order z, r, h), both variants.
+"""GRU core (Keras layout, gate order z, r, h), both variants (notation:
+:mod:`rnnjax.functional.protocol`).
 
-Parameters: ``kernel (I, 3U)``, ``recurrent_kernel (U, 3U)``, ``bias`` ``(3U,)`` for
-``reset_after=False`` or ``(2, 3U)`` for ``reset_after=True`` (row 0 input bias, row 1
-recurrent bias), or ``None``. State: ``GRUState(h)``. With ``σ = recurrent_activation``,
-``φ = activation``, ``xp = x_t @ kernel + b_in`` split into ``xz, xr, xh``::
+Parameters ``GRUParams``: ``kernel W (I, 3U)``, ``recurrent_kernel R = [R_z, R_r, R_h] (U, 3U)``,
+``bias`` ``b (3U,)`` for ``reset_after=False`` or ``(2, 3U)`` for ``reset_after=True`` (row 0 the
+input bias ``b``, row 1 the recurrent bias ``b_rec``), or ``None``. State ``GRUState(h)``::
 
-    reset_after=False (the seed's GRU, Keras 2's default):
-      z  = σ(xz + h @ R_z)
-      r  = σ(xr + h @ R_r)
-      ĥ  = φ(xh + (r * h) @ R_h)
-    reset_after=True (Keras 3's default, cuDNN's GRU):
-      rz, rr, rh = split(h @ R + b_rec, 3)
-      z  = σ(xz + rz);  r = σ(xr + rr)
-      ĥ  = φ(xh + r * rh)
-    h_t = z * h + (1 - z) * ĥ                                        # = output y_t
+    xz, xr, xh = x_t @ W + b                     # GRUCore.project_parts (all steps at once)
+
+    reset_after=False (Keras 2's default)        # GRUCore._reset_before_step
+      z  = σ(xz + h_{t-1} @ R_z)
+      r  = σ(xr + h_{t-1} @ R_r)
+      ĥ  = φ(xh + (r ⊙ h_{t-1}) @ R_h)
+    reset_after=True (Keras 3's default, cuDNN's GRU)   # GRUCore.pointwise
+      az, ar, ah = h_{t-1} @ R + b_rec
+      z  = σ(xz + az);  r = σ(xr + ar)
+      ĥ  = φ(xh + r ⊙ ah)
+
+    h_t = z ⊙ h_{t-1} + (1 - z) ⊙ ĥ              # = output y_t
 """
 from __future__ import annotations
 

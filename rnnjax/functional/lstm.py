@@ -1,16 +1,15 @@
-"""LSTM core (Keras layout, gate order i, f, c, o).
+"""LSTM core (Keras layout, gate order i, f, c, o; notation: :mod:`rnnjax.functional.protocol`).
 
-Parameters: ``kernel (I, 4U)``, ``recurrent_kernel (U, 4U)``, ``bias (4U,)`` or ``None``.
-State: ``LSTMState(h, c)``, each ``(*batch, U)``. With ``σ = recurrent_activation`` and
-``φ = activation``::
+Parameters ``LSTMParams``: ``kernel W (I, 4U)``, ``recurrent_kernel R (U, 4U)``, ``bias b (4U,)``
+or ``None``. State ``LSTMState(h, c)``, each ``(*batch, U)``::
 
-    z            = x_t @ kernel + bias + h_{t-1} @ recurrent_kernel        # (*batch, 4U)
-    i, f, c̃, o   = split(z, 4)
-    c_t          = σ(f) * c_{t-1} + σ(i) * φ(c̃)
-    h_t          = σ(o) * φ(c_t)                                         # = output y_t
+    xp_t          = x_t @ W + b                  # LSTMCore.project (all steps at once)
+    z_t           = xp_t + h_{t-1} @ R           # LSTMCore.step: (*batch, 4U)
+    i, f, c̃, o    = σ(z_i), σ(z_f), φ(z_c), σ(z_o)   # LSTMCore.gate_values (one pass over 4U)
+    c_t           = f ⊙ c_{t-1} + i ⊙ c̃          # LSTMCore.pointwise
+    h_t           = o ⊙ φ(c_t)                   # = output y_t
 
-``x_t @ kernel + bias`` is :meth:`LSTMCore.project` (all steps at once); the rest is
-:meth:`LSTMCore.step`.
+The backward pass of ``pointwise`` by hand is :meth:`LSTMCore.pointwise_vjp`.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""SimpleRNN core: the fully connected recurrence.
+"""SimpleRNN core: the fully connected recurrence (notation: :mod:`rnnjax.functional.protocol`).
 
-Parameters: ``kernel (I, U)``, ``recurrent_kernel (U, U)``, ``bias (U,)`` or ``None``.
-State: ``SimpleRNNState(h)``, ``(*batch, U)``. With ``φ = activation``::
+Parameters ``SimpleRNNParams``: ``kernel W (I, U)``, ``recurrent_kernel R (U, U)``, ``bias b (U,)``
+or ``None``. State ``SimpleRNNState(h)``, ``(*batch, U)``::
 
-    h_t = φ(x_t @ kernel + bias + h_{t-1} @ recurrent_kernel)        # = output y_t
+    xp_t = x_t @ W + b                           # SimpleRNNCore.project (all steps at once)
+    h_t  = φ(xp_t + h_{t-1} @ R)                 # SimpleRNNCore.step -> pointwise; = output y_t
 """
 from __future__ import annotations
 
