@@ -94,6 +94,16 @@ def test_every_core_declares_the_protocol(core):
     assert core.num_feature_axes == (3 if isinstance(core, F.ConvLSTMCore) else 1)
 
 
+def test_rnn_names_what_a_core_lacks():
+    class Partial:
+        def step(self, params, state, xp_t):
+            return state, xp_t
+
+    with pytest.raises(TypeError, match=r"`core`: expected a rnnjax.functional.RecurrentCore, got Partial without "
+                                        r"init, initial_state, project, state_size"):
+        F.rnn(Partial(), None, jnp.ones((2, 3, 4)))
+
+
 def test_rnn_drives_a_conv_lstm_core_as_the_layer_does():
     """``rnn`` runs a ConvLSTMCore (``(*batch, T, *spatial, C)``, masks, go_backwards, initial
     state) and equals the ConvLSTM2D layer on the same parameters; ``conv_lstm`` is its alias."""

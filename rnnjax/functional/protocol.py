@@ -56,6 +56,10 @@ class RecurrentCore(Protocol):
     def step(self, params: Any, state: Any, xp_t: Any, recurrent_dropout_mask: Optional[jax.Array] = None): ...
 
 
+CORE_MEMBERS = ("init", "initial_state", "project", "step", "state_size", "output_size", "gates", "num_feature_axes",
+                "params_class")
+
+
 @runtime_checkable
 class HasMatmulStep(Protocol):
     """Optional: ``matmul_step(params, recurrent_dropout_mask) -> RecurrentMatmulStep | None``, the

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from rnnjax.functional.core import check_input_dim, check_state, core_program
 from rnnjax.functional.driver import run_program
+from rnnjax.functional.protocol import CORE_MEMBERS, RecurrentCore
 
 
 def rnn(
@@ -39,6 +40,10 @@ def rnn(
     pass False to differentiate in forward mode (``jax.jvp``, ``jax.jacfwd``). States are kept in
     at least float32 (bfloat16 inputs get float32 states), as in the layers.
     """
+    if not isinstance(core, RecurrentCore):
+        missing = [m for m in CORE_MEMBERS if not hasattr(core, m)]
+        raise TypeError(f"`core`: expected a rnnjax.functional.RecurrentCore, got {type(core).__name__} "
+                        f"without {', '.join(missing)}.")
     n = core.num_feature_axes
     if n == 1:
         check_input_dim(params.kernel, inputs)
