@@ -174,35 +174,35 @@ class MatmulLoop:
     def join(self, a):
         return a if self.part_ends is None else jnp.concatenate(a, axis=-1)
 
-    def recurrent_product(self, s, R, rm):
-        """``a_t = recurrent_lhs(h ⊙ rm) @ R``."""
+    def recurrent_product(self, s, R, rec_mask):
+        """``a_t = recurrent_lhs(h ⊙ rec_mask) @ R``."""
         v = _first_leaf(s)
-        v = v if rm is None else v * rm
+        v = v if rec_mask is None else v * rec_mask
         if self.step.apply_recurrent_kernel is not None:
             return self.step.apply_recurrent_kernel(v, R)
         return self.recurrent_lhs(v) @ R
 
-    def forward(self, R, params, xs, s0, last0, m, rm, keep_residuals, xp_bias=None):
+    def forward(self, R, params, xs, s0, last0, m, rec_mask, keep_residuals, xp_bias=None):
         """``((ys, state, last), residuals)``; residuals only with ``keep_residuals``."""
         in_place = keep_residuals and self.plan.in_place_z
-        keep_last = self.plan.carry_prev_output
+        keep_prev_output = self.plan.carry_prev_output
 
         def body(carry, inp):
             s, last, zbuf = carry
             xp_t, m_t, t = inp
             if xp_bias is not None:  # fused into the step's element-wise pass
                 xp_t = jax.tree_util.tree_map(lambda v, b: (v + b).astype(v.dtype), xp_t, xp_bias)
-            a = self.split(self.recurrent_product(s, R, rm))
+            a = self.split(self.recurrent_product(s, R, rec_mask))
             res = None
             if in_place:
                 # z_t written over xp_t, then read back from the updated buffer: the old buffer has
                 # one reader, the in-place update itself (no copy by XLA)
                 zbuf = _put(zbuf, _take(zbuf, t) + a, t)
                 xp_t, a = _take(zbuf, t), jnp.zeros_like(a)
-                res = StepResiduals(None, s, last if keep_last else None)
+                res = StepResiduals(None, s, last if keep_prev_output else None)
             s_new, out = self.cell(params, xp_t, a, s, last, m_t)
             if keep_residuals and not in_place:
-                res = StepResiduals(a, s, last if keep_last else None)
+                res = StepResiduals(a, s, last if keep_prev_output else None)
             return (s_new, out, zbuf), (out if self.return_sequences else None, res)
 
         carry = (s0, last0, xs if in_place else None)
@@ -210,7 +210,7 @@ class MatmulLoop:
         seq = (None if in_place else xs, m, jnp.arange(self.steps, dtype=jnp.int32))
         (s, last, zbuf), (ys, res) = lax.scan(body, carry, seq, reverse=self.go_backwards, unroll=self.scan_unroll)
         if res is not None:
-            res = MatmulResiduals(R, params, None if self.plan.in_place_z else xs, m, rm, res.recurrent_product,
+            res = MatmulResiduals(R, params, None if self.plan.in_place_z else xs, m, rec_mask, res.recurrent_product,
                                   zbuf if in_place else None, res.state, res.prev_output)
         return (ys, s, last), res
 
@@ -234,7 +234,7 @@ class MatmulLoop:
         _, vjp = jax.vjp(cell_at, params, xp_t, a_t, s_prev, last_prev)
         return vjp(cotangent)
 
-    def _through_matmul(self, da, s_prev, R, R_transposed, rm):
+    def _through_matmul(self, da, s_prev, R, R_transposed, rec_mask):
         """``d h_{t-1}`` from ``d a_t``: ``(d a_t @ Rᵀ)`` through ``recurrent_lhs`` and the mask."""
         h_like = _first_leaf(s_prev)
         if self.step.apply_recurrent_kernel is not None:  # vjp, not linear_transpose: it may have a custom_vjp
@@ -243,11 +243,11 @@ class MatmulLoop:
             dv = da @ R_transposed
             if self.step.recurrent_lhs is not None:
                 dv = jax.linear_transpose(self.recurrent_lhs, h_like)(dv)[0]
-        return dv if rm is None else dv * rm
+        return dv if rec_mask is None else dv * rec_mask
 
     def backward(self, res: MatmulResiduals, cts):
         d_ys, d_s, d_last = cts
-        plan, R, rm = self.plan, res.recurrent_kernel, res.recurrent_dropout_mask
+        plan, R, rec_mask = self.plan, res.recurrent_kernel, res.recurrent_dropout_mask
         R_transposed = R.T
         t_first = 0 if self.go_backwards else self.steps - 1  # the first step the backward loop processes
         t_last = self.steps - 1 if self.go_backwards else 0  # ... and the last
@@ -269,7 +269,7 @@ class MatmulLoop:
             if not plan.carry_prev_output:
                 dlast_prev = None
             da = self.join(da)  # joined once: the matmul below and the stacked output use it
-            ds_prev = _add_to_first_leaf(ds_prev, self._through_matmul(da, s_prev, R, R_transposed, rm))
+            ds_prev = _add_to_first_leaf(ds_prev, self._through_matmul(da, s_prev, R, R_transposed, rec_mask))
             if not plan.bias_grad_after_loop:
                 dparams = jax.tree_util.tree_map(jnp.add, dparams, dparams_t)
             if plan.in_place_z:
@@ -297,7 +297,7 @@ class MatmulLoop:
             dparams = jax.tree_util.tree_map(lambda d, p: d.astype(p.dtype), self.split(dparams),
                                              res.pointwise_params)
         v_seq = _first_leaf(res.states)
-        v_seq = self.recurrent_lhs(v_seq if rm is None else v_seq * rm)
+        v_seq = self.recurrent_lhs(v_seq if rec_mask is None else v_seq * rec_mask)
         # one matmul over the joined (T, *batch, G*U) cotangents, also when the inputs are split
         dR = contract_leading(v_seq, da_seq)
         return dR.astype(R.dtype), dparams, dxs, ds0, dlast0, None, None, None
@@ -316,13 +316,13 @@ def scan_matmul_step(step: RecurrentMatmulStep, xs, init_state, last0, m, *, go_
                       zero_output_for_mask=zero_output_for_mask, scan_unroll=scan_unroll)
 
     @jax.custom_vjp
-    def run(R, params, xs, s0, last0, m, rm, xp_bias):
-        return loop.forward(R, params, xs, s0, last0, m, rm, False, xp_bias)[0]
+    def run(R, params, xs, s0, last0, m, rec_mask, xp_bias):
+        return loop.forward(R, params, xs, s0, last0, m, rec_mask, False, xp_bias)[0]
 
-    def run_fwd(R, params, xs, s0, last0, m, rm, xp_bias):
+    def run_fwd(R, params, xs, s0, last0, m, rec_mask, xp_bias):
         if xp_bias is not None:
             raise AssertionError("internal: xp_bias is for calls that are not differentiated")
-        return loop.forward(R, params, xs, s0, last0, m, rm, True)
+        return loop.forward(R, params, xs, s0, last0, m, rec_mask, True)
 
     run.defvjp(run_fwd, loop.backward)
     # Split outside the custom VJP: autodiff of the split joins the cotangents back.
