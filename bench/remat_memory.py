@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import rnnjax
-from rnnjax.functional.driver import _remat_chunk
+from rnnjax.functional._planner import remat_chunk as _remat_chunk
 
 
 def measure(layer_cls, steps, batch, features, units, remat, repeats, return_sequences=True):

@@ -16,7 +16,7 @@ import rnnjax  # noqa: E402
 from rnnjax import functional as F  # noqa: E402
 from rnnjax.functional.initializers import Constant  # noqa: E402
 
-from jaxpr_util import convolution_shapes, equations  # noqa: E402
+from jaxpr_util import equations  # noqa: E402
 
 KERAS = {1: keras.layers.ConvLSTM1D, 2: keras.layers.ConvLSTM2D, 3: keras.layers.ConvLSTM3D}
 OURS = {1: rnnjax.ConvLSTM1D, 2: rnnjax.ConvLSTM2D, 3: rnnjax.ConvLSTM3D}
@@ -361,99 +361,3 @@ def test_call_errors():
         layer.apply(v, x, initial_state=[np.zeros((2, 4, 4, 2))] * 2)
     with pytest.raises(ValueError, match="built for 4"):  # 4 channels (channels_first axis 2)
         layer.apply(v, np.zeros((2, 3, 5, 4, 2), np.float32))
-
-
-@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
-def test_inference_spans_change_no_number(monkeypatch, fmt):
-    """ConvLSTM2D's forward projects its inputs in 2-step spans when not differentiated and the
-    projected block is large (forced here: threshold 0): smaller temporaries, the same outputs
-    and states, and the same gradients (those run the one-projection program)."""
-    from rnnjax.functional import driver
-
-    layer = rnnjax.ConvLSTM2D(3, (3, 3), padding="same", data_format=fmt, return_sequences=True,
-                              return_state=True, recurrent_activation="sigmoid")
-    shape = (2, 9, 5, 6, 2) if fmt == "channels_last" else (2, 9, 2, 5, 6)
-    x = jax.random.normal(jax.random.key(0), shape)
-    v = layer.init(jax.random.key(1), x)
-
-    def measure():
-        fwd = jax.jit(lambda v, x: layer.apply(v, x))
-        temp = fwd.lower(v, x).compile().memory_analysis().temp_size_in_bytes
-        grads = jax.jit(jax.grad(lambda v, x: sum(jnp.sum(jnp.sin(t)) for t in layer.apply(v, x)),
-                                 argnums=(0, 1)))(v, x)
-        return temp, fwd(v, x), grads
-
-    temp_all, *want = measure()
-    monkeypatch.setattr(driver, "INFER_SPAN_MIN_BYTES", 0)
-    monkeypatch.setattr(driver, "INFER_SPAN_BYTES", 0)  # the smallest span: 2 steps
-    temp_spans, *got = measure()
-    assert temp_spans < temp_all
-    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
-
-
-@pytest.mark.parametrize("recurrent_activation", ["hard_sigmoid", "sigmoid"])
-def test_hand_written_pointwise_backward_equals_autodiff(recurrent_activation):
-    """The ConvLSTM's backward loop uses the LSTM's hand-written element-wise backward per pixel
-    (``LSTMCore.pointwise_vjp`` on ``ConvLSTMState``); with a mask with holes, go_backwards and the seed's hard
-    sigmoid, the gradients equal the unrolled loop's (plain autodiff)."""
-    x = jax.random.normal(jax.random.key(3), (2, 5, 5, 4, 3))
-    mask = jnp.array([[1, 0, 1, 1, 0], [1, 1, 1, 0, 1]], bool)
-
-    def make(**kw):
-        return rnnjax.ConvLSTM2D(4, 3, padding="same", go_backwards=True, return_sequences=True,
-                                 recurrent_activation=recurrent_activation, **kw)
-
-    layer, unrolled = make(), make(unroll=True)
-    v = jax.tree_util.tree_map(lambda a: a + 0.05, layer.init(jax.random.key(1), x))
-    step = F.ConvLSTMCore(4, 3, rank=2, padding="same", recurrent_activation=recurrent_activation).linear_step(
-        F.ConvLSTMParams(**v["params"]["cell"]))
-    assert step.pointwise_vjp is not None
-
-    def loss(lay, p, x):
-        return jnp.sum(jnp.sin(lay.apply({"params": p}, x, mask=mask)))
-
-    got = jax.jit(jax.grad(lambda p, x: loss(layer, p, x), argnums=(0, 1)))(v["params"], x)
-    want = jax.jit(jax.grad(lambda p, x: loss(unrolled, p, x), argnums=(0, 1)))(v["params"], x)
-    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
-
-
-@pytest.mark.parametrize("rank, recurrent_activation", [(1, "sigmoid"), (2, "sigmoid"), (2, "hard_sigmoid")])
-def test_per_gate_recurrent_dropout_gradients_after_the_loop(rank, recurrent_activation):
-    """ConvLSTM layers draw one recurrent dropout mask per gate, which has no LinearStep form; as an
-    InputAdditiveStep their recurrent-kernel gradients are ``patches(h·m_g)ᵀ @ dz_g`` after the
-    loop, and the gate math has the LSTM's hand-written backward per pixel. In training mode (same
-    'dropout' key) the gradients equal the unrolled loop's (plain autodiff), and no convolution
-    with the kernel's shape is formed inside the backward loop."""
-    cls = rnnjax.ConvLSTM1D if rank == 1 else rnnjax.ConvLSTM2D
-    shape = (2, 5, 6, 3) if rank == 1 else (2, 5, 5, 4, 3)
-    x = jax.random.normal(jax.random.key(0), shape)
-    mask = jnp.array([[1, 1, 1, 0, 0], [1, 0, 1, 1, 1]], bool)
-
-    def make(**kw):
-        return cls(4, 3, padding="same", recurrent_dropout=0.3, recurrent_activation=recurrent_activation,
-                   return_sequences=True, **kw)
-
-    layer, unrolled = make(), make(unroll=True)
-    v = jax.tree_util.tree_map(lambda a: a + 0.05, layer.init(jax.random.key(1), x))
-
-    def loss(lay, p, x):
-        out = lay.apply({"params": p}, x, mask=mask, training=True, rngs={"dropout": jax.random.key(2)})
-        return jnp.sum(jnp.sin(out))
-
-    got = jax.jit(jax.grad(lambda p, x: loss(layer, p, x), argnums=(0, 1)))(v["params"], x)
-    want = jax.jit(jax.grad(lambda p, x: loss(unrolled, p, x), argnums=(0, 1)))(v["params"], x)
-    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
-    # In the program XLA runs, no convolution produces a recurrent-kernel-shaped (…, 4, 4·k)
-    # gradient, in any axis order (the input kernel's gradient, (…, 3, 16), is one). The jaxpr
-    # still holds same_conv's kernel cotangent inside the backward loop, unused: XLA drops it.
-    # (the CPU's program: on a GPU, convolutions are cuDNN calls)
-    on_cpu = jax.device_put((v["params"], x), jax.devices("cpu")[0])
-    compiled = jax.jit(jax.grad(lambda p, x: loss(layer, p, x))).lower(*on_cpu).compile().as_text()
-    shapes = {tuple(sorted(s)) for s in convolution_shapes(compiled)}
-    kernel_shape = tuple(v["params"]["cell"]["recurrent_kernel"].shape)
-    assert tuple(sorted(kernel_shape[:-2] + (3, 16))) in shapes  # the check sees convolutions
-    block = kernel_shape[:-1] + (kernel_shape[-1] // 4,)
-    assert not shapes & {tuple(sorted(kernel_shape)), tuple(sorted(block))}

@@ -16,7 +16,7 @@ import pytest
 from jax import export
 
 import rnnjax
-from rnnjax.functional import driver
+from rnnjax.functional import _planner
 
 
 RTOL, ATOL = 2e-5, 2e-6
@@ -117,7 +117,7 @@ def _check(fn, restored, args, diff_argnums):
 
 # Every layer masked on every spec; without a mask (the driver's other programs: no previous
 # output carried, no mask in the custom VJPs) on the most symbolic spec, for one layer of each
-# backward form (LinearStep, InputAdditiveStep, generic cell, convolution, CuDNN layout).
+# backward form (RecurrentMatmulStep, InputAdditiveStep, generic cell, convolution, CuDNN layout).
 NOMASK = ("SimpleRNN", "GRU", "GRU_reset_after", "LSTM", "RNN_cell", "ConvLSTM2D", "CuDNNGRU")
 CASES = [(name, spec, True) for name in LAYERS for spec in SPECS] + [(name, "b, t", False) for name in NOMASK]
 
@@ -272,17 +272,17 @@ def test_stateful_with_symbolic_batch_is_a_clear_error(make):
 
 def test_planner_concrete_and_symbolic():
     """The plan for concrete sizes is the documented rule; a symbolic size gets all steps at once."""
-    P, B, S = driver.PROJECT_CHUNK, driver.CHUNK_MIN_BATCH, driver.CHUNK_MIN_STEPS
-    assert driver._projection_chunk(S, None, B) == P
-    assert driver._projection_chunk(S - 1, None, B) == S - 1
-    assert driver._projection_chunk(S, None, B - 1) == S
-    assert driver._projection_chunk(S, 0, B) == S
-    assert driver._projection_chunk(S, 7, 1) == 7
-    assert [driver._remat_chunk(n) for n in (1, 3, 4, 15, 16, 100)] == [1, 1, 2, 3, 4, 10]
+    P, B, S = _planner.PROJECT_CHUNK, _planner.CHUNK_MIN_BATCH, _planner.CHUNK_MIN_STEPS
+    assert _planner.projection_chunk(S, None, B) == P
+    assert _planner.projection_chunk(S - 1, None, B) == S - 1
+    assert _planner.projection_chunk(S, None, B - 1) == S
+    assert _planner.projection_chunk(S, 0, B) == S
+    assert _planner.projection_chunk(S, 7, 1) == 7
+    assert [_planner.remat_chunk(n) for n in (1, 3, 4, 15, 16, 100)] == [1, 1, 2, 3, 4, 10]
     b, t = export.symbolic_shape("b, t")
-    assert driver._projection_chunk(t, None, b) is t
-    assert driver._projection_chunk(S, None, b) == S  # the batch decides: not known, no spans
-    assert driver._projection_chunk(t, 7, 1) is t  # an explicit span length needs a known time axis
-    assert driver._remat_chunk(t) == 1
+    assert _planner.projection_chunk(t, None, b) is t
+    assert _planner.projection_chunk(S, None, b) == S  # the batch decides: not known, no spans
+    assert _planner.projection_chunk(t, 7, 1) is t  # an explicit span length needs a known time axis
+    assert _planner.remat_chunk(t) == 1
     with pytest.raises(ValueError, match="`project_chunk`"):
-        driver._projection_chunk(t, -1, b)
+        _planner.projection_chunk(t, -1, b)

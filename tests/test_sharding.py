@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 import rnnjax
-from rnnjax.functional import driver
+from rnnjax.functional import _planner
+from rnnjax.functional._planner import force_plan
+from rnnjax.functional.driver import run_program
 import rnnjax.functional as F
 from custom_cells import MinimalRNNCell
 from sharding_util import batch_mesh, collectives, compiled_text, replicate, shard_batch
@@ -217,8 +219,8 @@ def test_any_number_of_devices_dividing_the_batch(devices):
 def test_projection_spans_and_inference_program_partition_cleanly(monkeypatch):
     """The driver's other plans: projection spans in training (``project_chunk``) and, not
     differentiated, inference spans with the input bias added in the loop."""
-    monkeypatch.setattr(driver, "INFER_SPAN_MIN_BYTES", 0)
-    monkeypatch.setattr(driver, "INFER_SPAN_BYTES", 0)
+    monkeypatch.setattr(_planner, "INFER_SPAN_MIN_BYTES", 0)
+    monkeypatch.setattr(_planner, "INFER_SPAN_BYTES", 0)
     _check(rnnjax.LSTM(U, return_sequences=True), (B, 11, I), {"mask": HOLES[:, [0, 1, 2, 3, 4, 5] * 2][:, :11]},
            batch_mesh(8))
 
@@ -227,7 +229,7 @@ def test_projection_spans_and_inference_program_partition_cleanly(monkeypatch):
                          ids=["lstm", "gru", "gru_reset_after", "simple_rnn"])
 @pytest.mark.parametrize("project_chunk", [None, 4])
 def test_functional_scan_rnn_partitions_cleanly(core, project_chunk):
-    """``rnn`` and ``scan_rnn`` (with projection spans) over two batch axes, the first sharded."""
+    """``rnn`` and the driver (with projection spans forced) over two batch axes, the first sharded."""
     mesh = batch_mesh(8)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(B, 2, 9, I)), jnp.float32)
     mask = jnp.asarray(np.random.default_rng(1).random((B, 2, 9)) > 0.3)
@@ -239,8 +241,8 @@ def test_functional_scan_rnn_partitions_cleanly(core, project_chunk):
         if project_chunk is None:
             return F.rnn(core, params, x, mask=mask, return_sequences=True)[0]
         prog = F.core.core_program(core, params)
-        return F.scan_rnn(prog.step, x, s0, project=prog.project, mask=mask, return_sequences=True,
-                          linear=prog.linear, additive=prog.additive, project_chunk=project_chunk)[0]
+        with force_plan(project_chunk=project_chunk):
+            return run_program(prog, x, s0, mask=mask, return_sequences=True)[0]
 
     def train(params, x, mask):
         return jax.grad(lambda p, x: jnp.sum(jnp.sin(forward(p, x, mask))), argnums=(0, 1))(params, x)

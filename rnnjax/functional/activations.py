@@ -1,6 +1,6 @@
 """Activation functions by their Keras names.
 
-The seed (Keras 2) fixes the meaning of ``'hard_sigmoid'``::
+Keras 2 fixes the meaning of ``'hard_sigmoid'``::
 
     hard_sigmoid(x) = clip(0.2 * x + 0.5, 0, 1)            # Keras 2 (the default meaning here)
     hard_sigmoid_keras3(x) = clip(x / 6 + 0.5, 0, 1)        # Keras 3's definition
@@ -23,9 +23,9 @@ def linear(x):
 
 
 def _clip01(p):
-    """``clip(p, 0, 1)`` as two selects: the same numbers (NaN stays NaN). XLA's CPU fusions run
-    ``jnp.clip`` (a clamp) about 2x slower; the LSTM's backward element-wise pass with the hard
-    sigmoid took 9.1-9.5 vs 4.1-4.4 ms for 100 steps of (32, 512) (``bench/README.md``)."""
+    """``clip(p, 0, 1)`` as two selects: the same numbers (NaN stays NaN), and XLA's CPU fusions
+    run them faster than ``jnp.clip``'s clamp (``bench/README.md``, "The hard sigmoid without
+    jnp.clip")."""
     return jnp.where(p < 0, jnp.zeros_like(p), jnp.where(p > 1, jnp.ones_like(p), p))
 
 

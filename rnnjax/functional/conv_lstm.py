@@ -1,28 +1,28 @@
-"""Convolutional LSTM core (Keras layout, gate order i, f, c, o), for 1, 2 or 3 spatial dims.
+"""Convolutional LSTM core (Keras layout, gate order i, f, c, o), for 1, 2 or 3 spatial dims
+(notation: :mod:`rnnjax.functional.protocol`).
 
 Everything here is **channels_last**: a step input is ``(*batch, *spatial, C)``, a state
 ``(*batch, *spatial', F)`` (``spatial'`` = the input convolution's output shape).
 
-Parameters ``ConvLSTMParams``: ``kernel kernel_size + (C, 4F)``, ``recurrent_kernel
-kernel_size + (F, 4F)``, ``bias (4F,)`` or ``None``. With ``∗`` the input convolution (the
-core's strides, padding and dilation), ``⊛`` the recurrent convolution (stride 1, padding
-'same', no dilation), ``σ = recurrent_activation`` and ``φ = activation``::
+Parameters ``ConvLSTMParams``: ``kernel W kernel_size + (C, 4F)``, ``recurrent_kernel R
+kernel_size + (F, 4F)``, ``bias b (4F,)`` or ``None``. With ``∗`` the input convolution (the
+core's strides, padding and dilation) and ``⊛`` the recurrent convolution (stride 1, padding
+'same', no dilation)::
 
-    z            = x_t ∗ kernel + bias + h_{t-1} ⊛ recurrent_kernel     # (*batch, *spatial', 4F)
-    i, f, c̃, o   = split(z, 4, axis=-1)
-    c_t          = σ(f) * c_{t-1} + σ(i) * φ(c̃)
-    h_t          = σ(o) * φ(c_t)                                        # = output y_t
+    xp_t          = x_t ∗ W + b                  # ConvLSTMCore.project (one convolution, all steps)
+    z_t           = xp_t + h_{t-1} ⊛ R           # ConvLSTMCore.step: (*batch, *spatial', 4F)
+    i, f, c̃, o    = σ(z_i), σ(z_f), φ(z_c), σ(z_o)
+    c_t           = f ⊙ c_{t-1} + i ⊙ c̃          # ConvLSTMCore.pointwise (the LSTM's, per pixel)
+    h_t           = o ⊙ φ(c_t)                   # = output y_t
 
-``x_t ∗ kernel + bias`` is :meth:`ConvLSTMCore.project`; it takes any number of leading axes
-(time included), folds them into the convolution's batch axis and runs **one**
-``lax.conv_general_dilated`` for the whole sequence. The rest is :meth:`ConvLSTMCore.step`.
-:func:`conv_lstm` runs a core over a sequence ``(*batch, T, *spatial, C)``.
+``project`` takes any number of leading axes (time included) and folds them into the
+convolution's batch axis. :func:`rnnjax.functional.rnn` runs a core over a sequence
+``(*batch, T, *spatial, C)``.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import numbers
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -30,55 +30,15 @@ import jax.export
 import jax.numpy as jnp
 from jax import lax
 
-from rnnjax.functional.core import check_core_config, check_units, core_program, init_weight, lstm_bias
-from rnnjax.functional.driver import InputAdditiveStep, LinearStep, scan_spatial, with_pointwise_vjp
-from rnnjax.functional.mesh import partitioned
+from rnnjax.functional._matmul_backward import with_pointwise_vjp
+from rnnjax.functional.conv import (  # noqa: F401 (check_data_format, same_conv: re-exported for the layers)
+    _DIMENSION_NUMBERS, _same_pads, check_data_format, check_padding, conv_output_length, normalize_tuple,
+    same_conv, shape_ints,
+)
+from rnnjax.functional.core import check_core_config, check_units, init_weight, lstm_bias
 from rnnjax.functional.lstm import LSTMCore
-
-_DIMENSION_NUMBERS = {
-    1: ("NWC", "WIO", "NWC"),
-    2: ("NHWC", "HWIO", "NHWC"),
-    3: ("NDHWC", "DHWIO", "NDHWC"),
-}
-
-
-def _same_pads(kernel_size) -> list:
-    """The (low, high) zero padding of a stride-1 'same' convolution per spatial axis."""
-    return [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel_size]
-
-
-def _conv_padded(x, kernel, pads):
-    r = kernel.ndim - 2
-    return lax.conv_general_dilated(x, kernel, (1,) * r, pads, dimension_numbers=_DIMENSION_NUMBERS[r])
-
-
-@jax.custom_vjp
-def same_conv(x, kernel):
-    """``x ⊛ kernel``: stride 1, 'same' zero padding, no dilation; ``x (N, *spatial, C)``,
-    ``kernel (*k, C, O)``, channels last.
-
-    Its input cotangent is the convolution of the output cotangent with the spatially flipped,
-    transposed kernel (``(*k, O, C)``, padding ``(high, low)``) in the same layout: XLA's own
-    transpose of the convolution, which the autodiff of ``lax.conv_general_dilated`` gives, runs
-    2.7x slower on the CPU inside the backward loop (20 steps of (4, 16, 16, 64) -> 16 channels,
-    3x3: 15.3 vs 5.7 ms). The kernel cotangent is autodiff's."""
-    return _conv_padded(x, kernel, _same_pads(kernel.shape[:-2]))
-
-
-def _same_conv_fwd(x, kernel):
-    return same_conv(x, kernel), (x, kernel)
-
-
-def _same_conv_bwd(res, dy):
-    x, kernel = res
-    r = kernel.ndim - 2
-    flipped = jnp.swapaxes(jnp.flip(kernel, tuple(range(r))), -1, -2)
-    dx = _conv_padded(dy, flipped, [(hi, lo) for lo, hi in _same_pads(kernel.shape[:r])])
-    dk = jax.vjp(lambda k: _conv_padded(x, k, _same_pads(k.shape[:r])), kernel)[1](dy)[0]
-    return dx, dk
-
-
-same_conv.defvjp(_same_conv_fwd, _same_conv_bwd)
+from rnnjax.functional.mesh import partitioned
+from rnnjax.functional.protocol import InputAdditiveStep, RecurrentMatmulStep
 
 
 class ConvLSTMParams(NamedTuple):
@@ -90,51 +50,6 @@ class ConvLSTMParams(NamedTuple):
 class ConvLSTMState(NamedTuple):
     h: jax.Array
     c: jax.Array
-
-
-def normalize_tuple(value, rank: int, argument: str) -> tuple:
-    """An int or a sequence of ``rank`` positive ints -> a tuple of ``rank`` ints."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = (int(value),) * rank
-    try:
-        out = tuple(value)
-    except TypeError:
-        out = None
-    if (out is None or len(out) != rank
-            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0 for v in out)):
-        raise ValueError(
-            f"`{argument}`: expected a positive integer or a tuple of {rank} positive integers, got {value!r}."
-        )
-    return tuple(int(v) for v in out)
-
-
-def shape_ints(shape) -> tuple:
-    """``shape`` as Python ints; symbolic sizes (``jax.export.symbolic_shape``) stay symbolic."""
-    return tuple(s if jax.export.is_symbolic_dim(s) else int(s) for s in shape)
-
-
-def check_padding(padding) -> str:
-    if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
-        raise ValueError(f"`padding`: expected 'valid' or 'same' (any case), got {padding!r}.")
-    return padding.lower()
-
-
-def check_data_format(data_format) -> str:
-    """``None`` -> ``'channels_last'`` (Keras's default image_data_format)."""
-    if data_format is None:
-        return "channels_last"
-    if not isinstance(data_format, str) or data_format.lower() not in ("channels_last", "channels_first"):
-        raise ValueError(
-            f"`data_format`: expected 'channels_last', 'channels_first' or None, got {data_format!r}."
-        )
-    return data_format.lower()
-
-
-def conv_output_length(length: int, kernel: int, padding: str, stride: int, dilation: int) -> int:
-    """Keras/TF: 'same' -> ``ceil(L / s)``; 'valid' -> ``ceil((L - (k-1)d) / s)``."""
-    if padding == "same":
-        return -(-length // stride)
-    return -(-(length - (kernel - 1) * dilation) // stride)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +77,11 @@ class ConvLSTMCore:
 
     params_class = ConvLSTMParams
     gates = 4
+
+    @property
+    def num_feature_axes(self) -> int:
+        """The spatial axes and the channels of a step's input."""
+        return self.rank + 1
 
     def __post_init__(self):
         check_units(self.filters, "filters")
@@ -270,9 +190,8 @@ class ConvLSTMCore:
         one convolution per gate, ``(x * masks[g]) ⊛ kernel[..., g-th block]``, concatenated).
 
         Not one grouped convolution (``feature_group_count=4``) over the stacked masked copies,
-        the same function: on the CPU its kernel gradient is 10x slower than the four plain
-        ones' ((4, 10, 16, 16, 8) inputs, 16 filters, 3x3: gradient 104 vs 8.3 ms, forward
-        5.8 vs 2.0 ms; bench/README.md)."""
+        the same function: on the CPU its kernel gradient is much slower than the four plain
+        ones' (``bench/README.md``, "ConvLSTM")."""
         if masks is None:
             return self._conv(x, kernel, strides, padding, dilation, time_first)
         if masks.shape[0] == 1:
@@ -282,6 +201,15 @@ class ConvLSTMCore:
         blocks = jnp.split(kernel, self.gates, axis=-1)
         return jnp.concatenate([self._conv(x * masks[g], k, strides, padding, dilation, time_first)
                                 for g, k in enumerate(blocks)], axis=-1)
+
+    def check_inputs(self, params: ConvLSTMParams, inputs):
+        """Checks a sequence ``(*batch, T, *spatial, C)`` against the parameters (for ``rnn``)."""
+        r = self.rank
+        if inputs.ndim < r + 2:
+            raise ValueError(
+                f"`inputs`: expected (*batch, time, {r} spatial dims, channels), got shape {inputs.shape}."
+            )
+        self._check_x(params, inputs, "inputs")
 
     def _check_x(self, params, x, what):
         r = self.rank
@@ -307,10 +235,10 @@ class ConvLSTMCore:
             z = z + params.bias
         return z
 
-    def pointwise(self, pw_params, xp_t, a_t, state: ConvLSTMState):
-        """The LSTM gate math after the recurrent convolution ``a_t = h_{t-1} ⊛ recurrent_kernel``
-        (the same element-wise function as :meth:`LSTMCore.pointwise`, per pixel)."""
-        (h, c), y = self._pixel_lstm().pointwise(pw_params, xp_t, a_t, state)
+    def pointwise(self, pointwise_params, xp_t, a_t, state: ConvLSTMState):
+        """The LSTM gate math after the recurrent convolution ``a_t = h_{t-1} ⊛ R`` (the same
+        element-wise function as :meth:`LSTMCore.pointwise`, per pixel)."""
+        (h, c), y = self._pixel_lstm().pointwise(pointwise_params, xp_t, a_t, state)
         return ConvLSTMState(h, c), y
 
     def step(self, params: ConvLSTMParams, state: ConvLSTMState, xp_t, recurrent_dropout_mask=None):
@@ -324,10 +252,9 @@ class ConvLSTMCore:
         kernel offset ``o`` in row-major order), so that ``h ⊛ recurrent_kernel =
         patches(h) @ recurrent_kernel.reshape(-1, 4F)``.
 
-        Built as the zero-padded ``h``'s shifted windows, concatenated: pure data movement.
-        (``lax.conv_general_dilated_patches`` computes the same as a convolution with an
-        identity kernel: 5.2 vs 0.6 ms for the 40 frames of the (4, 10, 16, 16, 8) ConvLSTM
-        gradient of bench/README.md.)"""
+        Built as the zero-padded ``h``'s shifted windows, concatenated: pure data movement
+        (``lax.conv_general_dilated_patches`` computes the same as a slower convolution with an
+        identity kernel: ``bench/README.md``, "ConvLSTM")."""
         r = self.rank
         spatial = h.shape[-(r + 1):-1]
         pads = _same_pads(self.kernel_size)
@@ -336,18 +263,19 @@ class ConvLSTMCore:
                    for offset in itertools.product(*(range(k) for k in self.kernel_size))]
         return jnp.concatenate(windows, axis=-1)
 
-    def linear_step(self, params: ConvLSTMParams, recurrent_dropout_mask=None):
-        """The step as a :class:`~rnnjax.functional.driver.LinearStep`: the recurrent
-        convolution as ``patches(h) @ kernel`` (its weight gradient then is one matmul after the
-        loop; XLA's kernel-gradient convolution inside a loop is slow on the CPU,
-        jax-ml/jax#12868). None with per-gate recurrent dropout masks."""
+    def matmul_step(self, params: ConvLSTMParams, recurrent_dropout_mask=None):
+        """The step as a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep`: the recurrent
+        convolution as ``patches(h) @ R`` (its weight gradient then is one matmul after the loop;
+        XLA's kernel-gradient convolution inside a loop is slow on the CPU, jax-ml/jax#12868).
+        None with per-gate recurrent dropout masks."""
         m = recurrent_dropout_mask
         if m is not None and m.shape[0] != 1:
             return None
         flat, recurrent_conv = self._flat_recurrent(params)
         # the element-wise backward pass by hand: the LSTM's, per pixel
-        return LinearStep(flat, self.pointwise, None, None if m is None else m[0], self.recurrent_patches,
-                          additive=True, recurrent_apply=recurrent_conv, **self._pixel_lstm().backward_fields())
+        return RecurrentMatmulStep(flat, self.pointwise, None, None if m is None else m[0], self.recurrent_patches,
+                                   reads_only_sum=True, apply_recurrent_kernel=recurrent_conv,
+                                   **self._pixel_lstm().backward_fields())
 
     def _pixel_lstm(self) -> LSTMCore:
         """The LSTM of each pixel: :meth:`pointwise` is its gate math."""
@@ -370,17 +298,17 @@ class ConvLSTMCore:
 
         return flat, recurrent_conv
 
-    def additive_step(self, params: ConvLSTMParams, recurrent_dropout_mask=None):
+    def input_additive_step(self, params: ConvLSTMParams, recurrent_dropout_mask=None):
         """With one recurrent dropout mask per gate (what the ConvLSTM layers draw): the step as an
-        :class:`~rnnjax.functional.driver.InputAdditiveStep` (four recurrent convolutions, each
-        adding to one gate's block of the projected input), so that the kernel gradients are
-        ``patches(h·m_g)ᵀ @ dz_g`` after the loop instead of XLA's kernel-gradient convolution
-        inside it (jax-ml/jax#12868). None otherwise (the LinearStep covers it)."""
+        :class:`~rnnjax.functional.protocol.InputAdditiveStep` (four recurrent convolutions, each
+        adding to one gate's part of the projected input), so that the kernel gradients are
+        ``patches(h ⊙ m_g)ᵀ @ dz_g`` after the loop instead of XLA's kernel-gradient convolution
+        inside it (jax-ml/jax#12868). None otherwise (the RecurrentMatmulStep covers it)."""
         m = recurrent_dropout_mask
         if m is None or m.shape[0] == 1:
             return None
         flat, recurrent_conv = self._flat_recurrent(params)
-        # the element-wise backward pass by hand, as in linear_step
+        # the element-wise backward pass by hand, as in matmul_step
         pointwise = with_pointwise_vjp(self.pointwise, self._pixel_lstm().backward_fields()["pointwise_vjp"])
 
         def step(kernels, state, xp_t):
@@ -388,52 +316,20 @@ class ConvLSTMCore:
             a = jnp.concatenate([recurrent_conv(v, k) for v, k in zip(lhs, kernels)], axis=-1)
             return pointwise(None, xp_t, a, state), lhs
 
-        return InputAdditiveStep(tuple(jnp.split(flat, 4, axis=-1)), step, lhs_input=self.recurrent_patches)
+        return InputAdditiveStep(tuple(jnp.split(flat, 4, axis=-1)), step, kernel_lhs=self.recurrent_patches)
 
     def __call__(self, params: ConvLSTMParams, state: ConvLSTMState, x_t):
         return self.step(params, state, self.project(params, x_t))
 
 
-def conv_lstm(
-    core: ConvLSTMCore,
-    params: ConvLSTMParams,
-    inputs: jax.Array,
-    *,
-    initial_state: Optional[ConvLSTMState] = None,
-    mask: Optional[jax.Array] = None,
-    go_backwards: bool = False,
-    return_sequences: bool = False,
-    zero_output_for_mask: bool = False,
-    unroll: bool = False,
-    scan_unroll: int = 1,
-    remat: bool = False,
-    dropout_mask: Optional[jax.Array] = None,
-    recurrent_dropout_mask: Optional[jax.Array] = None,
-    custom_backward: bool = True,
-):
-    """Runs a ConvLSTM core over ``inputs (*batch, T, *spatial, C)`` (channels_last).
+def conv_lstm(core: ConvLSTMCore, params: ConvLSTMParams, inputs: jax.Array, **options):
+    """:func:`rnnjax.functional.rnn` for a :class:`ConvLSTMCore` (a thin alias, kept for the
+    ConvLSTM shapes it documents): ``inputs (*batch, T, *spatial, C)`` (channels_last) ->
+    ``(output, ConvLSTMState)``, output ``(*batch, *spatial', F)`` or, with ``return_sequences``,
+    ``(*batch, T, *spatial', F)``; ``dropout_mask``/``recurrent_dropout_mask``: ``(1 or 4, *batch,
+    *spatial, C)``/``(1 or 4, *batch, *spatial', F)``. The options are :func:`rnn`'s."""
+    from rnnjax.functional.sequence import rnn
 
-    Returns ``(output, ConvLSTMState)``: output ``(*batch, *spatial', F)`` or, with
-    ``return_sequences``, ``(*batch, T, *spatial', F)``. The input convolution of all steps is
-    one convolution before the loop. ``dropout_mask``/``recurrent_dropout_mask``:
-    ``(1 or 4, *batch, *spatial, C)``/``(1 or 4, *batch, *spatial', F)``.
-    ``mask``: boolean ``(*batch, T)``; semantics of :func:`rnnjax.functional.scan_rnn`.
-    ``custom_backward``: as in :func:`rnnjax.functional.rnn` (False for forward-mode
-    differentiation, ``jax.jvp``/``jax.jacfwd``).
-    """
-    r = core.rank
-    if inputs.ndim < r + 2:
-        raise ValueError(
-            f"`inputs`: expected (*batch, time, {r} spatial dims, channels), got shape {inputs.shape}."
-        )
-    core._check_x(params, inputs, "inputs")
-    if initial_state is None:
-        initial_state = core.initial_state(inputs.shape[:-(r + 2)], inputs.dtype, inputs.shape[-(r + 1):-1])
-
-    program = core_program(core, params, dropout_mask, recurrent_dropout_mask, custom_backward)
-    return scan_spatial(
-        program.step, inputs, initial_state, feature_ndim=r + 1, project=program.project, mask=mask,
-        go_backwards=go_backwards, return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask,
-        unroll=unroll, scan_unroll=scan_unroll, remat=remat, linear=program.linear,
-        unbiased_project=program.unbiased, additive=program.additive,
-    )
+    if not isinstance(core, ConvLSTMCore):
+        raise TypeError(f"`core`: conv_lstm runs a ConvLSTMCore, got {type(core).__name__}; use rnnjax.functional.rnn.")
+    return rnn(core, params, inputs, **options)

@@ -1,22 +1,11 @@
-"""What every functional recurrent core shares: initialisation helpers and dropout masks.
-
-A *core* is a small frozen dataclass holding a cell's static configuration (units,
-activations, ...). It knows, as pure functions of explicit parameters:
-
-* ``init(key, input_dim, dtype)`` -> a parameter ``NamedTuple`` in Keras layout,
-* ``initial_state(batch_shape, dtype)`` -> a state ``NamedTuple`` of zeros,
-* ``project(params, x, dropout_mask=None)`` -> the input projection ``x @ kernel + bias`` of
-  any number of time steps at once (``(..., I) -> (..., G*U)``),
-* ``step(params, state, xp_t, recurrent_dropout_mask=None) -> (state, y_t)`` -> the recurrent
-  part of one step, in ``lax.scan`` argument order,
-* ``__call__(params, state, x_t)`` -> both, for one raw time step.
-
-:func:`rnnjax.functional.rnn` runs a core over a sequence through the one driver.
+"""What every functional recurrent core shares: checks, initialisation helpers, dropout masks,
+the gate matmul, and :func:`core_program` (a core and its parameters -> the program the driver
+runs). The core protocol itself is :mod:`rnnjax.functional.protocol`.
 """
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.export
@@ -24,6 +13,9 @@ import jax.numpy as jnp
 
 from rnnjax.functional import activations, initializers
 from rnnjax.functional.mesh import partitioned
+from rnnjax.functional.protocol import (
+    CoreProgram, HasInputAdditiveStep, HasLoopParams, HasMatmulStep, HasProjectParts, LoopBias,
+)
 
 
 def concrete(a):
@@ -131,31 +123,18 @@ def gate_matmul(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array], gat
     2-D and the bias is folded into it, ``[x, 1] @ [[kernel], [bias]]`` (the same numbers to float
     rounding). Both save a large temporary on XLA's CPU backend, which does not fuse a bias add
     into a matmul (the sum is a second ``(rows, gates*U)`` array) and, for the kernel gradient of
-    a 3-D matmul, copies the output cotangent transposed; fresh temporary memory is slow there
-    (page faults). Measured on a 2-core CPU, LSTM at (32, 300, 128, 128): forward 38 -> 24 ms,
-    forward+backward 95 -> 74 ms (``bench/README.md``).
+    a 3-D matmul, copies the output cotangent transposed (``bench/README.md``, "The folded bias").
     """
     if masks is not None and masks.shape[0] > 1:  # one matmul per gate, each on its own masked x
         return jnp.concatenate(gate_matmul_parts(x, kernel, masks, gates, bias), axis=-1)
     return gate_matmul_parts(x, kernel, masks, 1, bias)[0]
 
 
-class CoreProgram(NamedTuple):
-    """What the driver runs for a core:
-    ``scan_rnn(step, ..., project=project, linear=linear, unbiased_project=unbiased, additive=additive)``."""
-
-    project: Callable
-    step: Callable
-    linear: Any  # driver.LinearStep or None
-    unbiased: Any  # (project0, bias) or None, see unbiased_projection
-    additive: Any  # driver.InputAdditiveStep or None
-
-
 def _projection(core, params, dropout_mask):
     """The input projection of many steps in the form the step takes: ``core.project``, or the
-    per-gate parts of ``core.project_parts`` where the core has it (the GRU)."""
+    parts of ``core.project_parts`` where the core has it (the GRU)."""
     def project(x):
-        if hasattr(core, "project_parts"):
+        if isinstance(core, HasProjectParts):
             return core.project_parts(params, x, dropout_mask)
         return core.project(params, x, dropout_mask)
 
@@ -163,41 +142,40 @@ def _projection(core, params, dropout_mask):
 
 
 def core_program(core, params, dropout_mask=None, recurrent_dropout_mask=None, custom_backward=True) -> CoreProgram:
-    """The :class:`CoreProgram` of a core (the functional ``rnn``, ``conv_lstm`` and the Flax cells).
+    """The :class:`~rnnjax.functional.protocol.CoreProgram` of a core for one call.
 
     ``project``: see :func:`_projection`. ``step(state, xp_t)``: ``core.step`` on the parameters
-    prepared once, here, outside the loop by ``core.loop_params`` where the core has it (the
-    reset-before GRU's kernel blocks). ``linear``/``additive``: the core's
-    ``linear_step``/``additive_step`` (hand-written backward passes; None without
-    ``custom_backward``). ``unbiased``: :func:`unbiased_projection`.
+    prepared once, here, outside the loop (:class:`~rnnjax.functional.protocol.HasLoopParams`).
+    ``initial_state``: ``core.initial_state``. ``matmul_step``/``input_additive_step``: the core's
+    forms (hand-written backward passes; None without ``custom_backward``). ``loop_bias``:
+    :func:`loop_bias`. ``output_shape`` is left None (the caller knows the spatial shape).
     """
     check_custom_backward(custom_backward)
-    loop_params = core.loop_params(params) if hasattr(core, "loop_params") else params
+    loop_params = core.loop_params(params) if isinstance(core, HasLoopParams) else params
 
     def step(state, xp_t):
         return core.step(loop_params, state, xp_t, recurrent_dropout_mask)
 
-    def backward_form(name):
-        if not custom_backward or not hasattr(core, name):
-            return None
-        return getattr(core, name)(params, recurrent_dropout_mask)
+    matmul = additive = None
+    if custom_backward and isinstance(core, HasMatmulStep):
+        matmul = core.matmul_step(params, recurrent_dropout_mask)
+    if custom_backward and isinstance(core, HasInputAdditiveStep):
+        additive = core.input_additive_step(params, recurrent_dropout_mask)
+    return CoreProgram(_projection(core, params, dropout_mask), step, core.initial_state,
+                       matmul_step=matmul, input_additive_step=additive,
+                       loop_bias=loop_bias(core, params, dropout_mask))
 
-    return CoreProgram(_projection(core, params, dropout_mask), step, backward_form("linear_step"),
-                       unbiased_projection(core, params, dropout_mask), backward_form("additive_step"))
 
-
-def unbiased_projection(core, params, dropout_mask=None):
-    """``(project0, bias)`` with ``project(x) == project0(x) + bias`` for the ``project`` of
+def loop_bias(core, params, dropout_mask=None) -> Optional[LoopBias]:
+    """The :class:`~rnnjax.functional.protocol.LoopBias` of the projection of
     :func:`core_program`, or None (no bias, or a core with ``bias_in_loop = False``).
 
-    The driver's ``unbiased_project``: a call that is not differentiated adds the input bias
-    ``params.bias`` inside the loop, in the step's element-wise pass, instead of folding it into
-    the projection (whose ``[x, 1]`` is a padded copy of the inputs): forward (32, 100, 128, 32)
-    LSTM 1.69 -> 1.51 ms, SimpleRNN 0.78 -> 0.65 ms; 0-5 % elsewhere (``bench/README.md``).
-    """
+    A call that is not differentiated then adds the input bias inside the loop, in the step's
+    element-wise pass, instead of folding it into the projection (whose ``[x, 1]`` is a padded
+    copy of the inputs; ``bench/README.md``, "The bias in the loop")."""
     if params.bias is None or not getattr(core, "bias_in_loop", True):
         return None
-    return _projection(core, params._replace(bias=None), dropout_mask), params.bias
+    return LoopBias(_projection(core, params._replace(bias=None), dropout_mask), params.bias)
 
 
 def gate_matmul_parts(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array], parts: int,

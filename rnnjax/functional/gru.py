@@ -1,19 +1,22 @@
-"""GRU core (Keras layout, gate order z, r, h), both variants.
+"""GRU core (Keras layout, gate order z, r, h), both variants (notation:
+:mod:`rnnjax.functional.protocol`).
 
-Parameters: ``kernel (I, 3U)``, ``recurrent_kernel (U, 3U)``, ``bias`` ``(3U,)`` for
-``reset_after=False`` or ``(2, 3U)`` for ``reset_after=True`` (row 0 input bias, row 1
-recurrent bias), or ``None``. State: ``GRUState(h)``. With ``σ = recurrent_activation``,
-``φ = activation``, ``xp = x_t @ kernel + b_in`` split into ``xz, xr, xh``::
+Parameters ``GRUParams``: ``kernel W (I, 3U)``, ``recurrent_kernel R = [R_z, R_r, R_h] (U, 3U)``,
+``bias`` ``b (3U,)`` for ``reset_after=False`` or ``(2, 3U)`` for ``reset_after=True`` (row 0 the
+input bias ``b``, row 1 the recurrent bias ``b_rec``), or ``None``. State ``GRUState(h)``::
 
-    reset_after=False (the seed's GRU, Keras 2's default):
-      z  = σ(xz + h @ R_z)
-      r  = σ(xr + h @ R_r)
-      ĥ  = φ(xh + (r * h) @ R_h)
-    reset_after=True (Keras 3's default, cuDNN's GRU):
-      rz, rr, rh = split(h @ R + b_rec, 3)
-      z  = σ(xz + rz);  r = σ(xr + rr)
-      ĥ  = φ(xh + r * rh)
-    h_t = z * h + (1 - z) * ĥ                                        # = output y_t
+    xz, xr, xh = x_t @ W + b                     # GRUCore.project_parts (all steps at once)
+
+    reset_after=False (Keras 2's default)        # GRUCore._reset_before_step
+      z  = σ(xz + h_{t-1} @ R_z)
+      r  = σ(xr + h_{t-1} @ R_r)
+      ĥ  = φ(xh + (r ⊙ h_{t-1}) @ R_h)
+    reset_after=True (Keras 3's default, cuDNN's GRU)   # GRUCore.pointwise
+      az, ar, ah = h_{t-1} @ R + b_rec
+      z  = σ(xz + az);  r = σ(xr + ar)
+      ĥ  = φ(xh + r ⊙ ah)
+
+    h_t = z ⊙ h_{t-1} + (1 - z) ⊙ ĥ              # = output y_t
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import jax.numpy as jnp
 
 from rnnjax.functional import activations
 from rnnjax.functional.core import check_core_config, check_units, gate_matmul, gate_matmul_parts, init_weight
-from rnnjax.functional.driver import InputAdditiveStep, LinearStep
+from rnnjax.functional.protocol import InputAdditiveStep, RecurrentMatmulStep
 
 
 class GRUParams(NamedTuple):
@@ -54,9 +57,9 @@ class GRUCore:
 
     params_class = GRUParams
     gates = 3
-    # Inference keeps the bias in the projection (see core.unbiased_projection): added in the
-    # loop instead, the GRU's three-part step was no faster at batch 8-128 and 14 % slower at
-    # batch 1 (forward (1, 100, 128, 128): 0.39 -> 0.45 ms).
+    num_feature_axes = 1
+    # Inference keeps the bias in the projection (see core.loop_bias): in the loop, the GRU's
+    # three-part step is no faster (bench/README.md, "The bias in the loop").
     bias_in_loop = False
 
     def __post_init__(self):
@@ -97,9 +100,8 @@ class GRUCore:
     def loop_params(self, params: GRUParams) -> GRUParams:
         """``params`` as :meth:`step` takes them inside a loop, prepared once before it: for
         ``reset_after=False`` the recurrent kernel as its three gate blocks. (Sliced inside the
-        loop, XLA copied the blocks at every step and, in the backward pass, padded their
-        gradients back to ``(U, 3U)`` at every step: default GRU, batch 1, 100 steps, 128 units:
-        training 6.5 -> 4.1 ms, forward 0.93 -> 0.59 ms; bench/README.md.)"""
+        loop, XLA copies the blocks at every step and, in the backward pass, pads their
+        gradients back to ``(U, 3U)`` at every step.)"""
         if self.reset_after or isinstance(params.recurrent_kernel, tuple):
             return params
         return params._replace(recurrent_kernel=tuple(jnp.split(params.recurrent_kernel, 3, axis=-1)))
@@ -117,8 +119,9 @@ class GRUCore:
         return self._reset_before_step(rk, state, xp_t, masks)[0]
 
     def _reset_before_step(self, kernels, state: GRUState, xp_t, masks):
-        """The reset-before step on the kernel blocks ``(R_z, R_r, R_h)``: ``((state, y), lhs)``
-        with ``lhs = (h·m_z, h·m_r, r·h·m_h)``, the left operands of its three matmuls."""
+        """The reset-before step (``reset_after=False``) on the kernel blocks ``(R_z, R_r, R_h)``:
+        ``((state, y), lhs)`` with ``lhs = (h ⊙ m_z, h ⊙ m_r, r ⊙ h ⊙ m_h)``, the left operands of
+        its three matmuls."""
         h = state.h
         rk_z, rk_r, rk_h = kernels
         if masks is None or masks.shape[0] == 1:
@@ -134,21 +137,20 @@ class GRUCore:
         h = z * h + (1.0 - z) * hh
         return (GRUState(h), h), (h_z, h_r, rh)
 
-    def additive_step(self, params: GRUParams, recurrent_dropout_mask=None):
-        """The step as a :class:`~rnnjax.functional.driver.InputAdditiveStep` where it has no
-        LinearStep form: the reset-before step (its three matmuls each add to one gate's projected
-        input), and the reset-after step with one recurrent dropout mask per gate (the
+    def input_additive_step(self, params: GRUParams, recurrent_dropout_mask=None):
+        """The step as a :class:`~rnnjax.functional.protocol.InputAdditiveStep` where it has no
+        RecurrentMatmulStep form: the reset-before step (its three matmuls each add to one gate's
+        projected input), and the reset-after step with one recurrent dropout mask per gate (the
         candidate's matmul through a ghost part); None otherwise. Its kernel gradients are then
-        formed after the loop: training of the seed's default GRU at batch 1, 100 steps, 128
-        units 4.0 -> 1.3 ms (``bench/README.md``)."""
+        formed after the loop (``bench/README.md``, "Kernel gradients after the loop")."""
         masks = recurrent_dropout_mask
         if not self.reset_after:
             return InputAdditiveStep(self.loop_params(params).recurrent_kernel,
                                      lambda kernels, state, xp_t: self._reset_before_step(kernels, state, xp_t, masks))
         if masks is None or masks.shape[0] == 1:
-            return None  # the LinearStep covers it
+            return None  # the RecurrentMatmulStep covers it
         # reset_after with one recurrent mask per gate: three matmuls; the candidate's, multiplied
-        # by r, adds to a ghost part (see InputAdditiveStep.parts). The recurrent bias blocks
+        # by r, adds to a ghost part (see InputAdditiveStep.adds_to). The recurrent bias blocks
         # (b_z, b_r, b_h) are kernels too, of left operand 1, adding to the same parts: their
         # gradients are then sums after the loop, not a reduction over the batch at every step
         # (which, with the batch sharded over a device mesh, is a collective at every step).
@@ -166,7 +168,7 @@ class GRUCore:
                 a = [a_k + b_k for a_k, b_k in zip(a, kernels[3:])]
             return self.pointwise(None, (xz, xr, xh), tuple(a), state), lhs
 
-        return InputAdditiveStep(kernels, step, parts=(0, 1, 3) * (1 + n_bias // 3))
+        return InputAdditiveStep(kernels, step, adds_to=(0, 1, 3) * (1 + n_bias // 3))
 
     def project_parts(self, params: GRUParams, x, dropout_mask=None):
         """:meth:`project` as its three gate blocks ``(xz, xr, xh)``, each from its own matmul (for
@@ -182,7 +184,8 @@ class GRUCore:
         return xp if isinstance(xp, tuple) else tuple(jnp.split(xp, 3, axis=-1))
 
     def pointwise(self, rec_bias, xp_t, a_t, state: GRUState):
-        """The reset-after GRU after its recurrent matmul ``a_t = h_{t-1} @ recurrent_kernel``."""
+        """The reset-after GRU (``reset_after=True``) after its recurrent matmul ``a_t = h_{t-1} @ R``;
+        ``rec_bias``: ``b_rec``, added to ``a_t``."""
         sigma, phi = activations.get(self.recurrent_activation), activations.get(self.activation)
         (xz, xr, xh), (az, ar, ah) = self.split_inputs(xp_t), self.split_inputs(a_t)
         if rec_bias is not None:
@@ -194,16 +197,16 @@ class GRUCore:
         h = z * state.h + (1.0 - z) * hh
         return GRUState(h), h
 
-    def linear_step(self, params: GRUParams, recurrent_dropout_mask=None):
-        """The reset-after step as a :class:`~rnnjax.functional.driver.LinearStep`; None for
-        ``reset_after=False`` (its candidate needs a second matmul, on ``r * h``) and for
+    def matmul_step(self, params: GRUParams, recurrent_dropout_mask=None):
+        """The reset-after step as a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep`; None
+        for ``reset_after=False`` (its candidate needs a second matmul, on ``r ⊙ h``) and for
         per-gate recurrent dropout masks."""
         m = recurrent_dropout_mask
         if not self.reset_after or (m is not None and m.shape[0] != 1):
             return None
         rec_bias = None if params.bias is None else params.bias[1]
-        return LinearStep(params.recurrent_kernel, self.pointwise, rec_bias, None if m is None else m[0],
-                          input_splits=(self.units,) * 3, pw_is_bias_on_a=True)
+        return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, rec_bias, None if m is None else m[0],
+                                   part_sizes=(self.units,) * 3, pointwise_params_is_recurrent_bias=True)
 
     def __call__(self, params: GRUParams, state: GRUState, x_t):
         return self.step(params, state, self.project(params, x_t))

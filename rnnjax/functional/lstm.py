@@ -1,16 +1,15 @@
-"""LSTM core (Keras layout, gate order i, f, c, o).
+"""LSTM core (Keras layout, gate order i, f, c, o; notation: :mod:`rnnjax.functional.protocol`).
 
-Parameters: ``kernel (I, 4U)``, ``recurrent_kernel (U, 4U)``, ``bias (4U,)`` or ``None``.
-State: ``LSTMState(h, c)``, each ``(*batch, U)``. With ``σ = recurrent_activation`` and
-``φ = activation``::
+Parameters ``LSTMParams``: ``kernel W (I, 4U)``, ``recurrent_kernel R (U, 4U)``, ``bias b (4U,)``
+or ``None``. State ``LSTMState(h, c)``, each ``(*batch, U)``::
 
-    z            = x_t @ kernel + bias + h_{t-1} @ recurrent_kernel        # (*batch, 4U)
-    i, f, c̃, o   = split(z, 4)
-    c_t          = σ(f) * c_{t-1} + σ(i) * φ(c̃)
-    h_t          = σ(o) * φ(c_t)                                         # = output y_t
+    xp_t          = x_t @ W + b                  # LSTMCore.project (all steps at once)
+    z_t           = xp_t + h_{t-1} @ R           # LSTMCore.step: (*batch, 4U)
+    i, f, c̃, o    = σ(z_i), σ(z_f), φ(z_c), σ(z_o)   # LSTMCore.gate_values (one pass over 4U)
+    c_t           = f ⊙ c_{t-1} + i ⊙ c̃          # LSTMCore.pointwise
+    h_t           = o ⊙ φ(c_t)                   # = output y_t
 
-``x_t @ kernel + bias`` is :meth:`LSTMCore.project` (all steps at once); the rest is
-:meth:`LSTMCore.step`.
+The backward pass of ``pointwise`` by hand is :meth:`LSTMCore.pointwise_vjp`.
 """
 from __future__ import annotations
 
@@ -22,7 +21,8 @@ import jax.numpy as jnp
 
 from rnnjax.functional import activations
 from rnnjax.functional.core import check_core_config, check_units, gate_matmul, init_weight, lstm_bias
-from rnnjax.functional.driver import InputAdditiveStep, LinearStep, with_pointwise_vjp
+from rnnjax.functional._matmul_backward import with_pointwise_vjp
+from rnnjax.functional.protocol import InputAdditiveStep, RecurrentMatmulStep
 
 
 class LSTMParams(NamedTuple):
@@ -52,6 +52,7 @@ class LSTMCore:
 
     params_class = LSTMParams
     gates = 4
+    num_feature_axes = 1
 
     def __post_init__(self):
         check_units(self.units)
@@ -100,8 +101,8 @@ class LSTMCore:
         contiguous ``4U`` block (the same function, to float rounding): with ``s = 1/2`` on the
         sigmoid blocks and ``1`` on the candidate block, ``σ(x) = s·tanh(s·x) + 1 - s`` and
         ``tanh(x) = 1·tanh(1·x) + 0``. Keras 2's hard sigmoid with tanh: ``where(candidate column,
-        tanh(z), clip(0.2·z + 0.5, 0, 1))`` over the block (the same numbers exactly; the layer's
-        forward with per-block slices instead: 1.06-1.08x slower at batch 32, equal at batch 1).
+        tanh(z), clip(0.2·z + 0.5, 0, 1))`` over the block (the same numbers exactly, and one pass
+        instead of one per block: ``bench/README.md``, "One gate pass").
         """
         u = self.units
         rec, act = self.recurrent_activation, self.activation
@@ -118,9 +119,9 @@ class LSTMCore:
             return g[..., :u], g[..., u:2 * u], phi(z[..., 2 * u:3 * u]), g[..., 3 * u:]
         return sigma(z[..., :u]), sigma(z[..., u:2 * u]), phi(z[..., 2 * u:3 * u]), sigma(z[..., 3 * u:])
 
-    def pointwise(self, pw_params, xp_t, a_t, state: LSTMState):
-        """Everything after the recurrent matmul ``a_t = h_{t-1} @ recurrent_kernel``."""
-        del pw_params  # the bias is in the input projection
+    def pointwise(self, pointwise_params, xp_t, a_t, state: LSTMState):
+        """Everything after the recurrent matmul ``a_t = h_{t-1} @ R``, with ``z_t = xp_t + a_t``."""
+        del pointwise_params  # the bias is in the input projection
         i, f, g, o = self.gate_values(xp_t + a_t)
         c = f * state.c + i * g
         h = o * activations.get(self.activation)(c)
@@ -163,7 +164,7 @@ class LSTMCore:
         Keras 2's hard sigmoid)."""
         return self.activation == "tanh" and self.recurrent_activation in ("sigmoid", "hard_sigmoid")
 
-    def pointwise_vjp(self, pw_params, xp_t, a_t, state: LSTMState, ct):
+    def pointwise_vjp(self, pointwise_params, xp_t, a_t, state: LSTMState, ct):
         """The backward pass of :meth:`pointwise` by hand, with ``g = (i, f, c̃, o)`` and
         ``g' = dg/dz`` from :meth:`gate_slopes`::
 
@@ -174,7 +175,7 @@ class LSTMCore:
         The state cotangent has the type of ``state`` (any ``(h, c)`` named tuple: the ConvLSTM's
         per pixel too).
         """
-        del pw_params
+        del pointwise_params
         (d_state, d_y) = ct
         (i, f, g, o), (si, sf, sg, so) = self.gate_slopes(xp_t + a_t)
         c_new = f * state.c + i * g
@@ -188,30 +189,30 @@ class LSTMCore:
         a = gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 4)
         return self.pointwise(None, xp_t, a, state)
 
-    def linear_step(self, params: LSTMParams, recurrent_dropout_mask=None):
-        """The step as a :class:`~rnnjax.functional.driver.LinearStep` (None with per-gate masks)."""
+    def matmul_step(self, params: LSTMParams, recurrent_dropout_mask=None):
+        """The step as a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep` (None with
+        per-gate masks)."""
         m = recurrent_dropout_mask
         if m is not None and m.shape[0] != 1:
             return None
-        return LinearStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0], additive=True,
-                          **self.backward_fields())
+        return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0],
+                                   reads_only_sum=True, **self.backward_fields())
 
     def backward_fields(self) -> dict:
-        """The :class:`~rnnjax.functional.driver.LinearStep` fields of the hand-written
+        """The :class:`~rnnjax.functional.protocol.RecurrentMatmulStep` fields of the hand-written
         element-wise backward pass (also the ConvLSTM's, per pixel): ``pointwise_vjp`` where
-        :meth:`has_fast_vjp`, and the delayed ``dz`` write for the hard sigmoid."""
+        :meth:`has_fast_vjp`; the hard sigmoid's re-reads ``z_t``."""
         return dict(pointwise_vjp=self.pointwise_vjp if self.has_fast_vjp else None,
-                    late_dz_write=self.recurrent_activation != "sigmoid")
+                    vjp_rereads_z=self.recurrent_activation != "sigmoid")
 
-    def additive_step(self, params: LSTMParams, recurrent_dropout_mask=None):
+    def input_additive_step(self, params: LSTMParams, recurrent_dropout_mask=None):
         """With one recurrent dropout mask per gate (``implementation=1``, Keras 2's default) the
-        step has no :class:`~rnnjax.functional.driver.LinearStep` form: as an
-        :class:`~rnnjax.functional.driver.InputAdditiveStep` (four matmuls, each adding to one
-        gate's block of the projected input) its kernel gradients are formed after the loop,
-        and its element-wise part is differentiated by :meth:`pointwise_vjp` (autodiff's
-        backward of the gate math was most of the loop: seed-default LSTM, recurrent_dropout=0.2,
-        training (32, 100, 128, 128) 61.4 -> 42.2 ms; ``bench/README.md``).
-        None otherwise (the LinearStep covers it)."""
+        step has no :class:`~rnnjax.functional.protocol.RecurrentMatmulStep` form: as an
+        :class:`~rnnjax.functional.protocol.InputAdditiveStep` (four matmuls, each adding to one
+        gate's part of the projected input) its kernel gradients are formed after the loop, and
+        its element-wise part is differentiated by :meth:`pointwise_vjp` (autodiff's backward of
+        the gate math is most of the loop: ``bench/README.md``, "Per-gate recurrent dropout").
+        None otherwise (the RecurrentMatmulStep covers it)."""
         m = recurrent_dropout_mask
         if m is None or m.shape[0] == 1:
             return None

@@ -21,6 +21,8 @@ plans for one device (which gathers): commit the inputs first or set the mesh.
 from __future__ import annotations
 
 import jax
+import jax.export
+from jax import lax
 
 
 def _mesh_size(mesh) -> int:
@@ -42,3 +44,21 @@ def partitioned(*arrays) -> bool:
         if _mesh_size(getattr(sharding, "mesh", None)) > 1:
             return True
     return False
+
+
+def static(*sizes) -> bool:
+    """Whether every size is a known integer, not a symbolic dimension (``jax.export``)."""
+    return not any(jax.export.is_symbolic_dim(d) for d in sizes)
+
+
+def contract_leading(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``Σ_{t, batch} a[t, ..., i] b[t, ..., j] -> (i, j)``: a weight gradient over every leading
+    axis (time and the batch axes), as one matmul.
+
+    On a device mesh a named-axis ``dot_general`` (a local matmul and one all-reduce); on one
+    device the 2-D matmul of the rows, which XLA's CPU backend runs without copying its operands;
+    the ``dot_general`` too for symbolic sizes (``jax.export``), whose rows jax cannot always count."""
+    if partitioned(a, b) or not static(*a.shape, *b.shape):
+        lead = tuple(range(a.ndim - 1))
+        return lax.dot_general(a, b, ((lead, lead), ((), ())))
+    return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])

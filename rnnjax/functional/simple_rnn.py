@@ -1,9 +1,10 @@
-"""SimpleRNN core: the fully connected recurrence.
+"""SimpleRNN core: the fully connected recurrence (notation: :mod:`rnnjax.functional.protocol`).
 
-Parameters: ``kernel (I, U)``, ``recurrent_kernel (U, U)``, ``bias (U,)`` or ``None``.
-State: ``SimpleRNNState(h)``, ``(*batch, U)``. With ``φ = activation``::
+Parameters ``SimpleRNNParams``: ``kernel W (I, U)``, ``recurrent_kernel R (U, U)``, ``bias b (U,)``
+or ``None``. State ``SimpleRNNState(h)``, ``(*batch, U)``::
 
-    h_t = φ(x_t @ kernel + bias + h_{t-1} @ recurrent_kernel)        # = output y_t
+    xp_t = x_t @ W + b                           # SimpleRNNCore.project (all steps at once)
+    h_t  = φ(xp_t + h_{t-1} @ R)                 # SimpleRNNCore.step -> pointwise; = output y_t
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 
 from rnnjax.functional import activations
 from rnnjax.functional.core import check_core_config, check_units, gate_matmul, init_weight
-from rnnjax.functional.driver import LinearStep
+from rnnjax.functional.protocol import RecurrentMatmulStep
 
 
 class SimpleRNNParams(NamedTuple):
@@ -41,6 +42,7 @@ class SimpleRNNCore:
 
     params_class = SimpleRNNParams
     gates = 1
+    num_feature_axes = 1
     implementation = 2  # one dropout mask, as Keras's SimpleRNNCell
 
     def __post_init__(self):
@@ -71,9 +73,9 @@ class SimpleRNNCore:
     def project(self, params: SimpleRNNParams, x, dropout_mask=None):
         return gate_matmul(x, params.kernel, dropout_mask, 1, params.bias)
 
-    def pointwise(self, pw_params, xp_t, a_t, state: SimpleRNNState):
-        """``h_t = φ(xp_t + a_t)`` with ``a_t = h_{t-1} @ recurrent_kernel``."""
-        del pw_params, state
+    def pointwise(self, pointwise_params, xp_t, a_t, state: SimpleRNNState):
+        """``h_t = φ(xp_t + a_t)`` with ``a_t = h_{t-1} @ R``."""
+        del pointwise_params, state
         h = activations.get(self.activation)(xp_t + a_t)
         return SimpleRNNState(h), h
 
@@ -81,10 +83,11 @@ class SimpleRNNCore:
         a = gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 1)
         return self.pointwise(None, xp_t, a, state)
 
-    def linear_step(self, params: SimpleRNNParams, recurrent_dropout_mask=None):
-        """The step as a :class:`~rnnjax.functional.driver.LinearStep`."""
+    def matmul_step(self, params: SimpleRNNParams, recurrent_dropout_mask=None):
+        """The step as a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep`."""
         m = recurrent_dropout_mask
-        return LinearStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0], additive=True)
+        return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0],
+                                   reads_only_sum=True)
 
     def __call__(self, params: SimpleRNNParams, state: SimpleRNNState, x_t):
         return self.step(params, state, self.project(params, x_t))

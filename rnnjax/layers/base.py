@@ -15,9 +15,8 @@ wrapped generically.
 """
 from __future__ import annotations
 
-import functools
 import numbers
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -25,20 +24,13 @@ import jax.numpy as jnp
 
 from rnnjax import regularizers
 from rnnjax.functional.core import check_custom_backward
-from rnnjax.functional.driver import scan_rnn, scan_spatial
+from rnnjax.functional.driver import run_program
+from rnnjax.functional.protocol import CoreProgram
 
 STATE_COLLECTION = "rnn_state"
 
 
-class CellProgram(NamedTuple):
-    project: Callable[[jax.Array], jax.Array]
-    step: Callable[..., tuple[Any, jax.Array]]
-    initial_state: Callable[..., Any]
-    output_shape: tuple  # per-step feature shape of y_t, e.g. (units,)
-    takes_constants: bool = False
-    linear: Any = None  # the step as a driver.LinearStep, when it has that form (fast backward pass)
-    unbiased: Any = None  # (project0, bias): project(x) == project0(x) + bias (the driver's unbiased_project)
-    additive: Any = None  # the step as a driver.InputAdditiveStep, when it has that form
+CellProgram = CoreProgram  # the one program type (rnnjax.functional.protocol)
 
 
 def _sizes(state_size) -> tuple:
@@ -234,7 +226,7 @@ def run_recurrent(
             "`__call__` accepts a `constants` argument do."
         )
     if not custom_backward:
-        program = program._replace(linear=None, unbiased=None, additive=None)
+        program = program.without_backward_forms()
     template = program.initial_state(batch_shape, _state_dtype(dtype))
 
     state_var = None
@@ -254,13 +246,11 @@ def run_recurrent(
     else:
         init = template
 
-    # (batch, T, *features) with several feature axes (ConvLSTM): the same driver, time-major
-    driver = scan_rnn if inputs.ndim == 3 else functools.partial(scan_spatial, feature_ndim=inputs.ndim - 2)
-    output, final = driver(
-        program.step, inputs, init, project=program.project, mask=mask, constants=constants,
-        go_backwards=go_backwards, return_sequences=return_sequences,
-        zero_output_for_mask=zero_output_for_mask, unroll=unroll, scan_unroll=scan_unroll, remat=remat,
-        linear=program.linear, unbiased_project=program.unbiased, additive=program.additive,
+    # (batch, T, *features): several feature axes for ConvLSTM
+    output, final = run_program(
+        program, inputs, init, mask=mask, constants=constants, go_backwards=go_backwards,
+        return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask, unroll=unroll,
+        scan_unroll=scan_unroll, remat=remat, feature_axes=inputs.ndim - 2,
     )
 
     if stateful and not module.is_initializing():

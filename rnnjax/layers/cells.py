@@ -118,9 +118,7 @@ class KerasCell(nn.Module):
             rec_mask = dropout_masks(self.make_rng("dropout"), self.recurrent_dropout,
                                      tuple(batch_shape) + (self.units,), count, dtype)
 
-        program = core_program(core, params, in_mask, rec_mask)
-        return CellProgram(program.project, program.step, core.initial_state, (self.units,), linear=program.linear,
-                           unbiased=program.unbiased, additive=program.additive)
+        return core_program(core, params, in_mask, rec_mask)._replace(output_shape=(self.units,))
 
     def get_initial_state(self, batch_size: int, dtype=jnp.float32):
         """Zero states, a flat list in Keras order."""

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from rnnjax.functional import initializers
 from rnnjax.functional.conv_lstm import ConvLSTMCore, ConvLSTMParams, check_data_format, shape_ints
-from rnnjax.functional.core import check_rate, dropout_masks, unbiased_projection
+from rnnjax.functional.core import check_rate, dropout_masks, loop_bias
 from rnnjax.layers.base import CellProgram, RecurrentLayer, reset_layer_states, run_recurrent
 from rnnjax.layers.cells import KerasCell
 
@@ -124,13 +124,12 @@ class ConvLSTMCell(KerasCell):
             return jax.tree_util.tree_map(lambda a: _to_first(a, axis), state) if cf else state
 
         output_shape = ((self.filters,) + out_spatial) if cf else (out_spatial + (self.filters,))
-        # channels_first cells transpose inside the step, so only channels_last has the linear form.
-        linear = None if cf else core.linear_step(params, rec_mask)
-        # channels_last: project is the core's own, so its unbiased form is too
-        unbiased = None if cf else unbiased_projection(core, params, in_mask)
-        additive = None if cf else core.additive_step(params, rec_mask)
-        return CellProgram(project, step, initial_state, output_shape, linear=linear, unbiased=unbiased,
-                           additive=additive)
+        # channels_first cells transpose inside the step, so only channels_last has the backward forms;
+        # channels_last: project is the core's own, so its loop bias is too
+        return CellProgram(project, step, initial_state, output_shape,
+                           matmul_step=None if cf else core.matmul_step(params, rec_mask),
+                           input_additive_step=None if cf else core.input_additive_step(params, rec_mask),
+                           loop_bias=None if cf else loop_bias(core, params, in_mask))
 
     def get_initial_state(self, batch_size: int, input_spatial_shape=None, dtype=jnp.float32):
         """Zero states ``[h, c]`` for inputs of spatial shape ``input_spatial_shape``."""

@@ -1,325 +1,29 @@
-"""The functional core and the Flax modules: reference values, gradients, dropout, custom cells,
-constraints, regularizers and stateful bookkeeping."""
-import flax.linen as nn
+"""The driver's fast paths, each against a reference no fast path touches (autodiff of the
+generic loop, ``custom_backward=False``, or ``unroll=True``): one test per path (the
+recurrent-matmul loop, the input-additive loop, ConvLSTM's forms) and one per plan switch, each
+switch forced through ``_planner.force_plan`` (docs/design.md has the table). bfloat16 inputs
+with float32 states included."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from jax.test_util import check_grads
 
 import rnnjax
 import rnnjax.functional as F
-from rnnjax.functional.initializers import Constant
+from rnnjax.functional import _planner
+from rnnjax.functional._matmul_backward import plan_matmul_backward
+from rnnjax.functional._planner import force_plan
+from rnnjax.functional.driver import run_program
+from rnnjax.functional.protocol import CoreProgram, InputAdditiveStep
 
-from custom_cells import MinimalRNNCell
-from jaxpr_util import equations
-
-C = dict(kernel_initializer=Constant(0.01), recurrent_initializer=Constant(0.02), bias_initializer=Constant(0.03))
-K3 = dict(recurrent_activation="sigmoid")  # Keras 3's defaults, which the public values use
-
-
-def _apply(layer, x, **kw):
-    v = layer.init(jax.random.key(0), x, **kw)
-    return np.asarray(layer.apply(v, x, **kw))
+from jaxpr_util import convolution_shapes, equations
 
 
-# Keras's own test vectors (shared/reference/keras-semantics.md).
-def test_public_reference_values_lstm():
-    x = jnp.arange(72.0).reshape(3, 6, 4)
-    np.testing.assert_allclose(_apply(rnnjax.LSTM(3, **C, **K3), x), np.repeat([[0.6288687], [0.86899155], [0.9460773]], 3, 1), atol=1e-6)
-    np.testing.assert_allclose(_apply(rnnjax.LSTM(3, go_backwards=True, **C, **K3), x),
-                               np.repeat([[0.35622165], [0.74789524], [0.8872726]], 3, 1), atol=1e-6)
-
-
-def test_public_reference_values_gru():
-    x = jnp.arange(72.0).reshape(3, 6, 4)
-    np.testing.assert_allclose(_apply(rnnjax.GRU(3, reset_after=True, **C, **K3), x),
-                               np.repeat([[0.5217289], [0.6371659], [0.39384964]], 3, 1), atol=1e-6)
-    np.testing.assert_allclose(_apply(rnnjax.GRU(3, reset_after=False, **C, **K3), x),
-                               np.repeat([[0.51447755], [0.6426879], [0.40208298]], 3, 1), atol=1e-6)
-
-
-def test_public_reference_values_simple_rnn_and_masked_gru():
-    x = jnp.arange(24.0).reshape(2, 3, 4)
-    np.testing.assert_allclose(_apply(rnnjax.SimpleRNN(4, **C), x), np.repeat([[0.405432], [0.73605347]], 4, 1), atol=1e-6)
-    x = jnp.arange(24.0).reshape(2, 4, 3)
-    mask = jnp.array([[1, 1, 0, 1], [1, 0, 0, 1]], bool)
-    out = _apply(rnnjax.GRU(2, reset_after=True, return_sequences=True, **C, **K3), x, mask=mask)
-    expected = np.array([[0.03606692, 0.09497581, 0.09497581, 0.19393763], [0.16051409, 0.16051409, 0.16051409, 0.30818558]])
-    np.testing.assert_allclose(out, np.repeat(expected[..., None], 2, -1), atol=1e-6)
-
-
-def test_hard_sigmoid_is_keras2_definition():
-    x = np.linspace(-4, 4, 101)
-    expected = np.clip(0.2 * x.astype(np.float64) + 0.5, 0.0, 1.0)
-    np.testing.assert_allclose(np.asarray(rnnjax.activations.get("hard_sigmoid")(jnp.asarray(x, jnp.float32))), expected, atol=1e-7)
-    keras3 = np.clip(x / 6.0 + 0.5, 0.0, 1.0)
-    np.testing.assert_allclose(np.asarray(rnnjax.activations.get("hard_sigmoid_keras3")(jnp.asarray(x, jnp.float32))), keras3, atol=1e-7)
-
-
-def test_hard_sigmoid_values_and_derivatives_equal_jnp_clip():
-    """The select form of the hard sigmoid (with its custom JVP) against ``jnp.clip``'s function
-    and autodiff derivative, bit for bit: inside, outside, exactly at the edges (x = ±2.5, where
-    the clip's derivative is 0.1), infinities and NaN; reverse and forward mode, float32 and
-    bfloat16."""
-    hs = rnnjax.activations.get("hard_sigmoid")
-
-    def reference(x):
-        return jnp.clip(0.2 * x + 0.5, 0.0, 1.0).astype(x.dtype)
-
-    for dtype in (jnp.float32, jnp.bfloat16):
-        x = jnp.concatenate([jnp.linspace(-4, 4, 81), jnp.array([-2.5, 2.5, jnp.inf, -jnp.inf, jnp.nan])]).astype(dtype)
-        np.testing.assert_array_equal(np.asarray(hs(x), np.float32), np.asarray(reference(x), np.float32))
-        assert hs(x).dtype == dtype
-        grad, want = jax.vmap(jax.grad(hs))(x), jax.vmap(jax.grad(reference))(x)
-        np.testing.assert_array_equal(np.asarray(grad, np.float32), np.asarray(want, np.float32))
-        tangent = jnp.linspace(-1, 1, x.shape[0]).astype(dtype)
-        np.testing.assert_array_equal(np.asarray(jax.jvp(hs, (x,), (tangent,))[1], np.float32),
-                                      np.asarray(jax.jvp(reference, (x,), (tangent,))[1], np.float32))
-    assert float(jax.grad(hs)(jnp.float32(2.5))) == np.float32(0.1)
-
-
-def _np_lstm(x, k, r, b, mask, sigma, phi):
-    """float64 numpy LSTM with Keras 2 masking, written from the equations."""
-    bsz, t, _ = x.shape
-    u = r.shape[0]
-    h = np.zeros((bsz, u)); c = np.zeros((bsz, u)); out = np.zeros((bsz, u)); outs = []
-    for s in range(t):
-        z = x[:, s] @ k + h @ r + b
-        i, f, g, o = sigma(z[:, :u]), sigma(z[:, u:2 * u]), phi(z[:, 2 * u:3 * u]), sigma(z[:, 3 * u:])
-        c_new = f * c + i * g
-        h_new = o * phi(c_new)
-        m = mask[:, s:s + 1]
-        h = np.where(m, h_new, h); c = np.where(m, c_new, c); out = np.where(m, h_new, out)
-        outs.append(out)
-    return np.stack(outs, 1), h, c
-
-
-def test_float32_lstm_matches_float64_numpy_with_holes():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(4, 9, 3))
-    k, r, b = rng.normal(size=(3, 20)) * 0.5, rng.normal(size=(5, 20)) * 0.5, rng.normal(size=20) * 0.5
-    mask = rng.random((4, 9)) > 0.3
-    hs = lambda z: np.clip(0.2 * z + 0.5, 0, 1)
-    ref, h, c = _np_lstm(x, k, r, b, mask, hs, np.tanh)
-    core = F.LSTMCore(5)
-    params = F.LSTMParams(*(jnp.asarray(a, jnp.float32) for a in (k, r, b)))
-    out, state = jax.jit(lambda p, x, m: F.rnn(core, p, x, mask=m, return_sequences=True))(params, jnp.asarray(x, jnp.float32), jnp.asarray(mask))
-    np.testing.assert_allclose(out, ref, atol=2e-5)
-    np.testing.assert_allclose(state.h, h, atol=2e-5)
-    np.testing.assert_allclose(state.c, c, atol=2e-5)
-
-
-@pytest.mark.parametrize("core", [F.SimpleRNNCore(3), F.LSTMCore(3, recurrent_activation="sigmoid"),
-                                  F.GRUCore(3, recurrent_activation="sigmoid"),
-                                  F.GRUCore(3, recurrent_activation="sigmoid", reset_after=True)],
-                         ids=["simple", "lstm", "gru", "gru_reset_after"])
-def test_gradients_check_grads(core):
-    params = core.init(jax.random.key(1), 2)
-    x = jax.random.normal(jax.random.key(2), (2, 4, 2))
-    mask = jnp.array([[1, 0, 1, 1], [1, 1, 1, 0]], bool)
-
-    def f(params, x, custom_backward=True):
-        out, state = F.rnn(core, params, x, mask=mask, return_sequences=True, custom_backward=custom_backward)
-        return out.sum() + sum(jnp.sum(s) for s in state)
-
-    with jax.enable_x64(True):
-        p64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
-        # Reverse mode (through the hand-written backward pass where the core has one), twice.
-        check_grads(f, (p64, x.astype(jnp.float64)), order=2, modes=["rev"], atol=1e-5, rtol=1e-5)
-        check_grads(lambda p, x: f(p, x, False), (p64, x.astype(jnp.float64)), order=1, modes=["fwd"],
-                    atol=1e-5, rtol=1e-5)
-
-
-def test_vmap_of_unbatched_equals_batched():
-    core = F.GRUCore(4, reset_after=True)
-    params = core.init(jax.random.key(0), 3)
-    x = jax.random.normal(jax.random.key(1), (5, 6, 3))
-    mask = jax.random.bernoulli(jax.random.key(2), 0.7, (5, 6))
-    batched = F.rnn(core, params, x, mask=mask, return_sequences=True, go_backwards=True)
-    single = jax.vmap(lambda xx, mm: F.rnn(core, params, xx, mask=mm, return_sequences=True, go_backwards=True))(x, mask)
-    for a, b in zip(jax.tree_util.tree_leaves(batched), jax.tree_util.tree_leaves(single)):
-        np.testing.assert_allclose(a, b, atol=1e-6)
-
-
-def test_custom_cell_alone_and_stacked():
-    x = jax.random.normal(jax.random.key(0), (2, 6, 5))
-    layer = rnnjax.RNN(MinimalRNNCell(32))
-    v = layer.init(jax.random.key(1), x)
-    y = layer.apply(v, x)
-    assert y.shape == (2, 32)
-    k, r = np.asarray(v["params"]["cell"]["kernel"]), np.asarray(v["params"]["cell"]["recurrent_kernel"])
-    h = np.zeros((2, 32))
-    for t in range(6):
-        h = np.asarray(x[:, t]) @ k + h @ r
-    np.testing.assert_allclose(y, h, rtol=1e-5, atol=1e-5)
-
-    stacked = rnnjax.RNN([MinimalRNNCell(32), MinimalRNNCell(64)])
-    vs = stacked.init(jax.random.key(1), x)
-    ys = stacked.apply(vs, x)
-    assert ys.shape == (2, 64)
-    p0, p1 = vs["params"]["cell_0"], vs["params"]["cell_1"]
-    h0, h1 = np.zeros((2, 32)), np.zeros((2, 64))
-    for t in range(6):
-        h0 = np.asarray(x[:, t]) @ np.asarray(p0["kernel"]) + h0 @ np.asarray(p0["recurrent_kernel"])
-        h1 = h0 @ np.asarray(p1["kernel"]) + h1 @ np.asarray(p1["recurrent_kernel"])
-    np.testing.assert_allclose(ys, h1, rtol=1e-4, atol=1e-4)
-    # jit and grad through the generic (Flax-cell) path.
-    g = jax.jit(jax.grad(lambda v: stacked.apply(v, x).sum()))(vs)
-    assert np.isfinite(np.asarray(g["params"]["cell_1"]["kernel"])).all()
-
-
-class AttentionCell(nn.Module):
-    """A cell that takes `constants` (the seed's attention-style use)."""
-
-    units: int
-
-    @property
-    def state_size(self):
-        return self.units
-
-    @nn.compact
-    def __call__(self, inputs, states, constants):
-        (context,) = constants
-        k = self.param("kernel", nn.initializers.lecun_normal(), (inputs.shape[-1], self.units))
-        c = self.param("context_kernel", nn.initializers.lecun_normal(), (context.shape[-1], self.units))
-        out = jnp.tanh(inputs @ k + states[0] + context @ c)
-        return out, [out]
-
-
-def test_constants_reach_every_step():
-    x = jax.random.normal(jax.random.key(0), (2, 5, 3))
-    ctx = jax.random.normal(jax.random.key(1), (2, 7))
-    layer = rnnjax.RNN(AttentionCell(4), return_sequences=True)
-    v = layer.init(jax.random.key(2), x, constants=[ctx])
-    y = layer.apply(v, x, constants=[ctx])
-    p = v["params"]["cell"]
-    h = np.zeros((2, 4))
-    for t in range(5):
-        h = np.tanh(np.asarray(x[:, t]) @ np.asarray(p["kernel"]) + h + np.asarray(ctx) @ np.asarray(p["context_kernel"]))
-        np.testing.assert_allclose(y[:, t], h, atol=1e-5)
-    with pytest.raises(ValueError, match="constants"):
-        rnnjax.RNN(rnnjax.LSTMCell(3)).init(jax.random.key(0), x, constants=[ctx])
-
-
-def test_dropout_masks_are_per_sequence_inverted_and_training_only():
-    # Linear SimpleRNN with R = 0, b = 0 and an input constant over time: y_t = (x * m) @ K at
-    # every step, so equal outputs across t prove the mask is drawn once per sequence.
-    layer = rnnjax.SimpleRNN(64, activation=None, use_bias=False, recurrent_initializer="zeros",
-                             kernel_initializer="identity", dropout=0.25, return_sequences=True)
-    x = jnp.ones((8, 5, 64))
-    v = layer.init(jax.random.key(0), x)
-    y = np.asarray(layer.apply(v, x, training=True, rngs={"dropout": jax.random.key(1)}))
-    np.testing.assert_array_equal(y, np.broadcast_to(y[:, :1], y.shape))
-    assert np.all(np.isclose(y, 0.0) | np.isclose(y, 1 / 0.75))
-    assert 0.15 < (y[:, 0] == 0).mean() < 0.35
-    np.testing.assert_array_equal(np.asarray(layer.apply(v, x)), 1.0)  # inference: no dropout
-    y2 = np.asarray(layer.apply(v, x, training=True, rngs={"dropout": jax.random.key(1)}))
-    np.testing.assert_array_equal(y, y2)  # reproducible from the RNG
-
-
-def test_lstm_implementation1_uses_one_mask_per_gate():
-    core = F.LSTMCore(4)
-    params = core.init(jax.random.key(0), 3)
-    x = jax.random.normal(jax.random.key(1), (2, 3))
-    masks = F.dropout_masks(jax.random.key(2), 0.5, (2, 3), count=4)
-    got = core.project(params, x, masks)
-    for g in range(4):
-        expected = (x * masks[g]) @ params.kernel[:, 4 * g:4 * g + 4] + params.bias[4 * g:4 * g + 4]
-        np.testing.assert_allclose(got[:, 4 * g:4 * g + 4], expected, atol=1e-6)
-
-
-def test_recurrent_dropout_changes_output_only_in_training():
-    layer = rnnjax.GRU(6, recurrent_dropout=0.4, implementation=2, return_sequences=True)
-    x = jax.random.normal(jax.random.key(0), (3, 5, 2))
-    v = layer.init(jax.random.key(1), x)
-    a = layer.apply(v, x)
-    b = layer.apply(v, x, training=True, rngs={"dropout": jax.random.key(3)})
-    np.testing.assert_allclose(a, rnnjax.GRU(6, return_sequences=True).apply(v, x), atol=1e-7)
-    assert np.abs(np.asarray(a - b)).max() > 1e-3
-
-
-def test_keras_constraints_project_after_the_update():
-    x = jax.random.normal(jax.random.key(0), (2, 4, 3))
-    model = rnnjax.LSTM(5, kernel_constraint=rnnjax.constraints.MaxNorm(0.3), recurrent_constraint="non_neg",
-                        bias_constraint=rnnjax.constraints.UnitNorm())
-    params = model.init(jax.random.key(1), x)["params"]
-    tx = optax.chain(optax.sgd(0.5), rnnjax.keras_constraints(model, x))
-    state = tx.init(params)
-    grads = jax.grad(lambda p: model.apply({"params": p}, x).sum())(params)
-    updates, state = tx.update(grads, state, params)
-    new = optax.apply_updates(params, updates)
-    plain = optax.apply_updates(params, optax.sgd(0.5).update(grads, optax.sgd(0.5).init(params), params)[0])
-    cell, raw = new["cell"], plain["cell"]
-    np.testing.assert_allclose(cell["kernel"], rnnjax.constraints.MaxNorm(0.3)(raw["kernel"]), atol=1e-6)
-    assert np.linalg.norm(np.asarray(cell["kernel"]), axis=0).max() <= 0.3 + 1e-5
-    np.testing.assert_allclose(cell["recurrent_kernel"], np.maximum(np.asarray(raw["recurrent_kernel"]), 0), atol=1e-6)
-    np.testing.assert_allclose(np.linalg.norm(np.asarray(cell["bias"])), 1.0, atol=1e-5)
-
-
-def test_constraints_found_in_nested_user_model():
-    class Model(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            x = rnnjax.LSTM(4, return_sequences=True, kernel_constraint="max_norm", name="enc")(x)
-            x = rnnjax.GRU(3, recurrent_constraint="non_neg", name="dec")(x)
-            return nn.Dense(2)(x)
-
-    x = jnp.ones((2, 5, 3))
-    found = rnnjax.constraints.collect_constraints(Model(), x)
-    assert set(found) == {("enc", "cell", "kernel"), ("dec", "cell", "recurrent_kernel")}
-
-
-def test_stateful_batch_size_and_mutability_errors():
-    layer = rnnjax.LSTM(3, stateful=True)
-    x = jnp.ones((4, 5, 2))
-    v = layer.init(jax.random.key(0), x)
-    with pytest.raises(ValueError, match="batch size 4"):
-        layer.apply(v, jnp.ones((3, 5, 2)), mutable=["rnn_state"])
-    with pytest.raises(ValueError, match="mutable"):
-        layer.apply(v, x)
-    with pytest.raises(ValueError, match="shape"):
-        layer.apply(v, [jnp.ones((4, 2)), jnp.ones((4, 3))], method="reset_states", mutable=["rnn_state"])
-
-
-def test_reset_states_whole_model():
-    class Model(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            x = rnnjax.LSTM(4, stateful=True, return_sequences=True)(x)
-            return rnnjax.GRU(3, stateful=True)(x)
-
-    x = jax.random.normal(jax.random.key(0), (2, 5, 3))
-    m = Model()
-    v = m.init(jax.random.key(1), x)
-    y1, upd = m.apply(v, x, mutable=["rnn_state"])
-    v = {**v, **upd}
-    assert all(np.abs(np.asarray(l)).sum() > 0 for l in jax.tree_util.tree_leaves(v["rnn_state"]))
-    v = rnnjax.reset_states(v)
-    assert all(np.abs(np.asarray(l)).sum() == 0 for l in jax.tree_util.tree_leaves(v["rnn_state"]))
-    y2, _ = m.apply(v, x, mutable=["rnn_state"])
-    np.testing.assert_allclose(y1, y2, atol=1e-6)
-
-
-def test_input_dim_and_input_length_are_checked():
-    x = jnp.ones((2, 5, 3))
-    rnnjax.LSTM(4, input_dim=3, input_length=5).init(jax.random.key(0), x)
-    with pytest.raises(ValueError, match="input_dim=4"):
-        rnnjax.LSTM(4, input_dim=4).init(jax.random.key(0), x)
-    with pytest.raises(ValueError, match="input_length=6"):
-        rnnjax.GRU(4, input_length=6).init(jax.random.key(0), x)
-
-
-def test_seed_defaults():
-    lstm, gru, simple = rnnjax.LSTM(2), rnnjax.GRU(2), rnnjax.SimpleRNN(2)
-    assert lstm.recurrent_activation == gru.recurrent_activation == "hard_sigmoid"
-    assert lstm.implementation == gru.implementation == 1
-    assert gru.reset_after is False and lstm.unit_forget_bias is True
-    assert simple.activation == lstm.activation == "tanh"
-    assert (lstm.kernel_initializer, lstm.recurrent_initializer, lstm.bias_initializer) == ("glorot_uniform", "orthogonal", "zeros")
-    b = rnnjax.LSTM(2).init(jax.random.key(0), jnp.ones((1, 2, 3)))["params"]["cell"]["bias"]
-    np.testing.assert_array_equal(b, [0, 0, 1, 1, 0, 0, 0, 0])
+def assert_same_function(got, want, tol=2e-5):
+    """Every leaf of ``got`` equals ``want``'s to ``tol`` (same tree)."""
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("core", [F.SimpleRNNCore(5, activation="relu"), F.LSTMCore(5), F.LSTMCore(5, recurrent_activation="sigmoid"),
@@ -342,7 +46,7 @@ def test_custom_backward_equals_autodiff(core, options):
         w = jnp.arange(out.size, dtype=out.dtype).reshape(out.shape) / out.size
         return jnp.sum(out * w) + sum(jnp.sum(jnp.sin(s)) for s in state)
 
-    assert core.linear_step(params, rmask) is not None
+    assert core.matmul_step(params, rmask) is not None
     fast = jax.jit(jax.grad(lambda p, x, h: loss(p, x, h, True), argnums=(0, 1, 2)))(params, x, h0)
     slow = jax.jit(jax.grad(lambda p, x, h: loss(p, x, h, False), argnums=(0, 1, 2)))(params, x, h0)
     for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(slow)):
@@ -366,7 +70,7 @@ def test_per_gate_lstm_uses_the_hand_written_pointwise_backward(monkeypatch, rec
     params = core.init(jax.random.key(0), 3)
     x = jax.random.normal(jax.random.key(1), (2, 4, 3))
     rmask = F.dropout_masks(jax.random.key(2), 0.3, (2, 5), count=4)
-    assert core.linear_step(params, rmask) is None
+    assert core.matmul_step(params, rmask) is None
     jax.grad(lambda p: jnp.sum(F.rnn(core, p, x, recurrent_dropout_mask=rmask)[0]))(params)
     assert calls
     calls.clear()
@@ -382,7 +86,7 @@ def test_per_gate_lstm_uses_the_hand_written_pointwise_backward(monkeypatch, rec
 @pytest.mark.parametrize("options", [{}, {"go_backwards": True, "return_sequences": True},
                                      {"zero_output_for_mask": True, "return_sequences": True}])
 def test_input_additive_kernel_gradients_after_the_loop(core, count, options):
-    """Steps without a LinearStep form but with an InputAdditiveStep form — the seed's default GRU
+    """Steps without a RecurrentMatmulStep form but with an InputAdditiveStep form — Keras 2's default GRU
     (reset_after=False, hard sigmoid), the LSTM and the reset-after GRU (through a ghost part)
     with one recurrent dropout mask per gate — get
     their recurrent-kernel gradients after the loop, from the stored matmul operands and the
@@ -401,7 +105,7 @@ def test_input_additive_kernel_gradients_after_the_loop(core, count, options):
         w = jnp.arange(out.size, dtype=out.dtype).reshape(out.shape) / out.size
         return jnp.sum(out * w) + sum(jnp.sum(jnp.sin(s)) for s in state)
 
-    assert core.linear_step(params, rmask) is None and core.additive_step(params, rmask) is not None
+    assert core.matmul_step(params, rmask) is None and core.input_additive_step(params, rmask) is not None
     grad = jax.grad(lambda p, x, h, custom: loss(p, x, h, custom), argnums=(0, 1, 2))
     fast = jax.jit(lambda p, x, h: grad(p, x, h, True))(params, x, h0)
     slow = jax.jit(lambda p, x, h: grad(p, x, h, False))(params, x, h0)
@@ -435,17 +139,17 @@ def test_input_additive_kernel_gradients_after_the_loop(core, count, options):
 def test_projection_in_chunks_equals_all_at_once(core, go_backwards):
     """``project_chunk`` (inputs projected a span at a time inside an outer loop, with a remainder
     span) changes no number: outputs, states and gradients equal the one-projection loop."""
-    from rnnjax.functional import scan_rnn
+    def run(p, chunk):
+        program = CoreProgram(lambda z: core.project(p, z), lambda s, xt: core.step(p, s, xt),
+                              matmul_step=core.matmul_step(p))
+        with force_plan(project_chunk=chunk):
+            out, state = run_program(program, x, core.initial_state((2,)), mask=mask, go_backwards=go_backwards,
+                                     return_sequences=True)
+        return jnp.sum(out * jnp.cos(out)) + sum(jnp.sum(s) for s in state), (out, state)
 
     params = jax.tree_util.tree_map(lambda a: a + 0.05, core.init(jax.random.key(0), 3))
     x = jax.random.normal(jax.random.key(1), (2, 11, 3))
     mask = jax.random.bernoulli(jax.random.key(2), 0.8, (2, 11))
-
-    def run(p, chunk):
-        out, state = scan_rnn(lambda s, xt: core.step(p, s, xt), x, core.initial_state((2,)),
-                              project=lambda z: core.project(p, z), mask=mask, go_backwards=go_backwards,
-                              return_sequences=True, linear=core.linear_step(p), project_chunk=chunk)
-        return jnp.sum(out * jnp.cos(out)) + sum(jnp.sum(s) for s in state), (out, state)
 
     (_, a), ga = jax.value_and_grad(lambda p: run(p, 0), has_aux=True)(params)
     (_, b), gb = jax.value_and_grad(lambda p: run(p, 4), has_aux=True)(params)
@@ -462,7 +166,6 @@ def test_inference_spans_change_no_number(monkeypatch, core, options):
     differentiated, all steps at once. With the rule forced on (threshold 0): the forward's
     temporaries shrink, outputs and final states equal the one-projection loop, and gradients
     (parameters, inputs, initial state), jit and vmap are unchanged."""
-    from rnnjax.functional import driver
 
     params = jax.tree_util.tree_map(lambda a: a + 0.05, core.init(jax.random.key(0), 5))
     x = jax.random.normal(jax.random.key(1), (3, 43, 5))
@@ -487,7 +190,7 @@ def test_inference_spans_change_no_number(monkeypatch, core, options):
         return temp, fwd(params, x, h0), grads, per_example
 
     temp_all, *want = measure()
-    monkeypatch.setattr(driver, "INFER_SPAN_MIN_BYTES", 0)
+    monkeypatch.setattr(_planner, "INFER_SPAN_MIN_BYTES", 0)
     temp_spans, *got = measure()
     assert temp_spans < temp_all
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
@@ -511,7 +214,7 @@ def _folded_bias(jaxpr, input_dim) -> bool:
                                      {"go_backwards": True, "return_sequences": True, "zero_output_for_mask": True}])
 def test_inference_bias_in_loop_changes_no_number(monkeypatch, core, shape, options):
     """A call that is not differentiated adds the input bias inside the loop
-    (``core.unbiased_projection``) instead of in the projection: its outputs and states equal
+    (``core.loop_bias``) instead of in the projection: its outputs and states equal
     the training program's (the primal of ``jax.vjp``) and the program with the rule off; the
     projection of the inference program has no ``[x, 1]`` matmul (the folded bias) while the
     training program's has one (from FOLD_BIAS_MIN_ROWS rows on)."""
@@ -636,8 +339,6 @@ def test_layer_gradients_equal_the_unrolled_loop(make):
 
 def test_input_additive_step_ghost_parts_are_checked():
     """Ghost parts must follow the projected parts, numbered from their count on."""
-    from rnnjax.functional.driver import InputAdditiveStep, scan_rnn
-
     k = jnp.eye(3)
 
     def step(kernels, state, xp_t):
@@ -646,13 +347,206 @@ def test_input_additive_step_ghost_parts_are_checked():
         return (h, h), (state, state)
 
     x = jnp.ones((2, 4, 3))
-    bad = InputAdditiveStep((k, k), step, parts=(0, 5))
-    with pytest.raises(ValueError, match=r"parts \(0, 5\).*numbered from 2"):
-        jax.grad(lambda x: jnp.sum(scan_rnn(lambda s, xt: step((k, k), s, xt + (0 * xt[0],))[0], x, jnp.zeros((2, 3)),
-                                            project=lambda z: (z, z), additive=bad)[0]))(x)
-    good = InputAdditiveStep((k, k), step, parts=(0, 2))
-    ref = jax.grad(lambda x: jnp.sum(scan_rnn(lambda s, xt: step((k, k), s, xt + (0 * xt[0],))[0], x, jnp.zeros((2, 3)),
-                                              project=lambda z: (z, z))[0]))(x)
-    got = jax.grad(lambda x: jnp.sum(scan_rnn(lambda s, xt: step((k, k), s, xt + (0 * xt[0],))[0], x, jnp.zeros((2, 3)),
-                                              project=lambda z: (z, z), additive=good)[0]))(x)
+    def run(form):
+        program = CoreProgram(lambda z: (z, z), lambda s, xt: step((k, k), s, xt + (0 * xt[0],))[0],
+                              input_additive_step=form)
+        return jax.grad(lambda x: jnp.sum(run_program(program, x, jnp.zeros((2, 3)))[0]))(x)
+
+    with pytest.raises(ValueError, match=r"adds_to \(0, 5\).*numbered from 2"):
+        run(InputAdditiveStep((k, k), step, adds_to=(0, 5)))
+    ref, got = run(None), run(InputAdditiveStep((k, k), step, adds_to=(0, 2)))
     np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+def test_conv_lstm_inference_spans_change_no_number(monkeypatch, fmt):
+    """ConvLSTM2D's forward projects its inputs in 2-step spans when not differentiated and the
+    projected block is large (forced here: threshold 0): smaller temporaries, the same outputs
+    and states, and the same gradients (those run the one-projection program)."""
+    layer = rnnjax.ConvLSTM2D(3, (3, 3), padding="same", data_format=fmt, return_sequences=True,
+                              return_state=True, recurrent_activation="sigmoid")
+    shape = (2, 9, 5, 6, 2) if fmt == "channels_last" else (2, 9, 2, 5, 6)
+    x = jax.random.normal(jax.random.key(0), shape)
+    v = layer.init(jax.random.key(1), x)
+
+    def measure():
+        fwd = jax.jit(lambda v, x: layer.apply(v, x))
+        temp = fwd.lower(v, x).compile().memory_analysis().temp_size_in_bytes
+        grads = jax.jit(jax.grad(lambda v, x: sum(jnp.sum(jnp.sin(t)) for t in layer.apply(v, x)),
+                                 argnums=(0, 1)))(v, x)
+        return temp, fwd(v, x), grads
+
+    temp_all, *want = measure()
+    monkeypatch.setattr(_planner, "INFER_SPAN_MIN_BYTES", 0)
+    monkeypatch.setattr(_planner, "INFER_SPAN_BYTES", 0)  # the smallest span: 2 steps
+    temp_spans, *got = measure()
+    assert temp_spans < temp_all
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("recurrent_activation", ["hard_sigmoid", "sigmoid"])
+def test_conv_lstm_hand_written_pointwise_backward_equals_autodiff(recurrent_activation):
+    """The ConvLSTM's backward loop uses the LSTM's hand-written element-wise backward per pixel
+    (``LSTMCore.pointwise_vjp`` on ``ConvLSTMState``); with a mask with holes, go_backwards and Keras 2's hard
+    sigmoid, the gradients equal the unrolled loop's (plain autodiff)."""
+    x = jax.random.normal(jax.random.key(3), (2, 5, 5, 4, 3))
+    mask = jnp.array([[1, 0, 1, 1, 0], [1, 1, 1, 0, 1]], bool)
+
+    def make(**kw):
+        return rnnjax.ConvLSTM2D(4, 3, padding="same", go_backwards=True, return_sequences=True,
+                                 recurrent_activation=recurrent_activation, **kw)
+
+    layer, unrolled = make(), make(unroll=True)
+    v = jax.tree_util.tree_map(lambda a: a + 0.05, layer.init(jax.random.key(1), x))
+    step = F.ConvLSTMCore(4, 3, rank=2, padding="same", recurrent_activation=recurrent_activation).matmul_step(
+        F.ConvLSTMParams(**v["params"]["cell"]))
+    assert step.pointwise_vjp is not None
+
+    def loss(lay, p, x):
+        return jnp.sum(jnp.sin(lay.apply({"params": p}, x, mask=mask)))
+
+    got = jax.jit(jax.grad(lambda p, x: loss(layer, p, x), argnums=(0, 1)))(v["params"], x)
+    want = jax.jit(jax.grad(lambda p, x: loss(unrolled, p, x), argnums=(0, 1)))(v["params"], x)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("rank, recurrent_activation", [(1, "sigmoid"), (2, "sigmoid"), (2, "hard_sigmoid")])
+def test_conv_lstm_per_gate_recurrent_dropout_gradients_after_the_loop(rank, recurrent_activation):
+    """ConvLSTM layers draw one recurrent dropout mask per gate, which has no RecurrentMatmulStep form; as an
+    InputAdditiveStep their recurrent-kernel gradients are ``patches(h·m_g)ᵀ @ dz_g`` after the
+    loop, and the gate math has the LSTM's hand-written backward per pixel. In training mode (same
+    'dropout' key) the gradients equal the unrolled loop's (plain autodiff), and no convolution
+    with the kernel's shape is formed inside the backward loop."""
+    cls = rnnjax.ConvLSTM1D if rank == 1 else rnnjax.ConvLSTM2D
+    shape = (2, 5, 6, 3) if rank == 1 else (2, 5, 5, 4, 3)
+    x = jax.random.normal(jax.random.key(0), shape)
+    mask = jnp.array([[1, 1, 1, 0, 0], [1, 0, 1, 1, 1]], bool)
+
+    def make(**kw):
+        return cls(4, 3, padding="same", recurrent_dropout=0.3, recurrent_activation=recurrent_activation,
+                   return_sequences=True, **kw)
+
+    layer, unrolled = make(), make(unroll=True)
+    v = jax.tree_util.tree_map(lambda a: a + 0.05, layer.init(jax.random.key(1), x))
+
+    def loss(lay, p, x):
+        out = lay.apply({"params": p}, x, mask=mask, training=True, rngs={"dropout": jax.random.key(2)})
+        return jnp.sum(jnp.sin(out))
+
+    got = jax.jit(jax.grad(lambda p, x: loss(layer, p, x), argnums=(0, 1)))(v["params"], x)
+    want = jax.jit(jax.grad(lambda p, x: loss(unrolled, p, x), argnums=(0, 1)))(v["params"], x)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+    # In the program XLA runs, no convolution produces a recurrent-kernel-shaped (…, 4, 4·k)
+    # gradient, in any axis order (the input kernel's gradient, (…, 3, 16), is one). The jaxpr
+    # still holds same_conv's kernel cotangent inside the backward loop, unused: XLA drops it.
+    # (the CPU's program: on a GPU, convolutions are cuDNN calls)
+    on_cpu = jax.device_put((v["params"], x), jax.devices("cpu")[0])
+    compiled = jax.jit(jax.grad(lambda p, x: loss(layer, p, x))).lower(*on_cpu).compile().as_text()
+    shapes = {tuple(sorted(s)) for s in convolution_shapes(compiled)}
+    kernel_shape = tuple(v["params"]["cell"]["recurrent_kernel"].shape)
+    assert tuple(sorted(kernel_shape[:-2] + (3, 16))) in shapes  # the check sees convolutions
+    block = kernel_shape[:-1] + (kernel_shape[-1] // 4,)
+    assert not shapes & {tuple(sorted(kernel_shape)), tuple(sorted(block))}
+
+
+# The plan switches: (id, core, recurrent-mask count, mask?, forced switches[, the plan compared
+# with]). Each forces a value the automatic plan does not take for that case, so the program
+# changes (asserted) while every number stays the reference's.
+SWITCHES = [
+    ("lstm_not_in_place", F.LSTMCore(5), 1, True, {"in_place_z": False}),
+    ("simple_not_in_place", F.SimpleRNNCore(5), None, True, {"in_place_z": False}),
+    ("lstm_sigmoid_delayed_dz", F.LSTMCore(5, recurrent_activation="sigmoid"), None, True, {"delayed_dz_write": True}),
+    ("lstm_hard_sigmoid_immediate_dz", F.LSTMCore(5), None, True, {"delayed_dz_write": False}),
+    ("simple_immediate_dz", F.SimpleRNNCore(5), 1, True, {"delayed_dz_write": False}),
+    ("lstm_carry_prev_output", F.LSTMCore(5), None, False, {"carry_prev_output": True}),
+    ("gru_reset_after_carry_prev_output", F.GRUCore(5, reset_after=True), 1, False, {"carry_prev_output": True}),
+    ("gru_reset_after_bias_grad_per_step", F.GRUCore(5, reset_after=True), None, True, {"bias_grad_after_loop": False}),
+    ("lstm_project_chunk", F.LSTMCore(5), None, True, {"project_chunk": 4}),
+    ("gru_project_chunk", F.GRUCore(5), 3, True, {"project_chunk": 4}),
+    ("simple_infer_span", F.SimpleRNNCore(5), None, True, {"infer_span": 2}),
+    ("gru_reset_after_infer_span", F.GRUCore(5, reset_after=True), None, True, {"infer_span": 3}),
+    ("lstm_no_loop_bias", F.LSTMCore(5, recurrent_activation="sigmoid"), None, True, {"loop_bias": False}),
+    ("lstm_train_in_one_loop", F.LSTMCore(5), None, True, {"project_chunk": 4, "train_in_one_loop": True},
+     {"project_chunk": 4}),
+]
+INFERENCE_ONLY = ("infer_span", "loop_bias")
+
+
+def _case(core, count, with_mask, dtype=jnp.float32):
+    params = jax.tree_util.tree_map(lambda a: (a + 0.1).astype(dtype), core.init(jax.random.key(0), 3))
+    x = jax.random.normal(jax.random.key(1), (4, 9, 3)).astype(dtype)
+    mask = jax.random.bernoulli(jax.random.key(2), 0.7, (4, 9)) if with_mask else None
+    rmask = None if count is None else F.dropout_masks(jax.random.key(3), 0.3, (4, 5), count=count, dtype=dtype)
+    h0 = jax.tree_util.tree_map(lambda a: a + 0.3, core.initial_state((4,), jnp.promote_types(dtype, jnp.float32)))
+    return params, x, mask, rmask, h0
+
+
+def _programs(core, params, x, mask, rmask, h0, custom, **options):
+    """The inference output and the training value and gradients (parameters, inputs, initial
+    state), and the jaxprs of both, traced now (inside any force_plan block)."""
+    def run(p, x, h0):
+        return F.rnn(core, p, x, mask=mask, initial_state=h0, recurrent_dropout_mask=rmask,
+                     custom_backward=custom, return_sequences=True, **options)
+
+    def loss(p, x, h0):
+        out, state = run(p, x, h0)
+        w = jnp.arange(out.size, dtype=jnp.float32).reshape(out.shape) / out.size
+        return jnp.sum(out.astype(jnp.float32) * w) + sum(jnp.sum(jnp.sin(s)) for s in state)
+
+    train = jax.value_and_grad(loss, argnums=(0, 1, 2))
+    jaxprs = (str(jax.make_jaxpr(run)(params, x, h0)), str(jax.make_jaxpr(train)(params, x, h0)))
+    return (jax.jit(run)(params, x, h0), jax.jit(train)(params, x, h0)), jaxprs
+
+
+@pytest.mark.parametrize("case", SWITCHES, ids=[s[0] for s in SWITCHES])
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_each_plan_switch_equals_the_reference(case, go_backwards):
+    """With the switch forced, outputs, states and gradients equal the generic loop's (autodiff,
+    ``custom_backward=False``), and the forced program differs from the automatic one (the switch
+    was taken)."""
+    _, core, count, with_mask, switches, *base = case
+    args = _case(core, count, with_mask)
+    want, _ = _programs(core, *args, False, go_backwards=go_backwards)
+    with force_plan(**(base[0] if base else {})):
+        _, automatic = _programs(core, *args, True, go_backwards=go_backwards)
+    with force_plan(**switches):
+        got, forced = _programs(core, *args, True, go_backwards=go_backwards)
+    assert_same_function(got, want)
+    which = 0 if set(switches) <= set(INFERENCE_ONLY) else 1  # the inference or the training program
+    assert forced[which] != automatic[which], f"forcing {switches} did not change the program"
+
+
+@pytest.mark.parametrize("core", [F.SimpleRNNCore(5), F.LSTMCore(5, recurrent_activation="sigmoid"), F.LSTMCore(5),
+                                  F.GRUCore(5, reset_after=True), F.GRUCore(5)],
+                         ids=["simple", "lstm_sigmoid", "lstm_hard_sigmoid", "gru_reset_after", "gru"])
+def test_bfloat16_inputs_with_float32_states(core):
+    """bfloat16 inputs and parameters with float32 states (what ``rnn`` and the layers keep): the
+    recurrent-matmul loop stores ``a_t`` beside the inputs instead of ``z_t`` over them (a bfloat16
+    buffer would round the float32 ``z_t``), and outputs, states and gradients equal the generic
+    loop's to bfloat16 rounding."""
+    args = _case(core, None, True, jnp.bfloat16)
+    params, x, _, _, h0 = args
+    assert all(s.dtype == jnp.float32 for s in jax.tree_util.tree_leaves(h0))
+    step = core.matmul_step(params)
+    if step is not None and step.reads_only_sum:
+        assert not plan_matmul_backward(step, x, h0, True).in_place_z
+        assert plan_matmul_backward(step, x.astype(jnp.float32), h0, True).in_place_z
+    want, _ = _programs(core, *args, False)
+    got, _ = _programs(core, *args, True)
+    assert_same_function(got, want, tol=3e-2)
+
+
+def test_forcing_a_switch_that_would_change_the_numbers_raises():
+    """A forced value the step cannot take is an error, not a silent wrong plan."""
+    core = F.LSTMCore(5)
+    args = _case(core, None, True)
+    with force_plan(carry_prev_output=False), pytest.raises(ValueError, match="carry_prev_output"):
+        _programs(core, *args, True)
+    with force_plan(in_place_z=True), pytest.raises(ValueError, match="in_place_z"):
+        _programs(F.GRUCore(5, reset_after=True), *_case(F.GRUCore(5, reset_after=True), None, True), True)
+    with pytest.raises(ValueError, match="unknown switch"):
+        with force_plan(spans=3):
+            pass

@@ -1,0 +1,191 @@
+"""The core protocol: what every recurrent core has, and the optional forms of its step that
+unlock the driver's hand-written backward passes (``docs/design.md`` is the map).
+
+Notation, used by every core's docstring: ``x_t`` the input of step ``t``, ``h_{t-1}``/``c_{t-1}``
+the previous states, ``W = kernel``, ``R = recurrent_kernel``, ``b = bias``, ``σ =
+recurrent_activation``, ``φ = activation``, ``⊙`` the element-wise product, ``@`` a matmul,
+``∗``/``⊛`` the input/recurrent convolution (ConvLSTM). ``xp_t = x_t @ W + b`` is the projected
+input (:meth:`RecurrentCore.project`, all steps at once); ``a_t = h_{t-1} @ R`` the recurrent
+product; ``z_t = xp_t + a_t`` the pre-activations. Gate blocks along the last axis are *parts*.
+
+A core is a frozen dataclass of static configuration; parameters and states are explicit
+``NamedTuple`` pytrees. :func:`rnnjax.functional.rnn` drives any :class:`RecurrentCore`;
+:func:`rnnjax.functional.core.core_program` turns one into the :class:`CoreProgram` the driver
+runs.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional, Protocol, runtime_checkable
+
+import jax
+
+
+@runtime_checkable
+class RecurrentCore(Protocol):
+    """The members every core has.
+
+    * ``init(key, input_dim, dtype) -> Params``: a parameter ``NamedTuple`` in Keras layout
+      (``kernel``, ``recurrent_kernel``, ``bias`` or ``None``).
+    * ``initial_state(batch_shape, dtype) -> State``: zeros; a core with spatial feature axes
+      (``num_feature_axes > 1``) takes the per-step input's spatial shape as a third argument.
+    * ``project(params, x, dropout_mask=None) -> xp``: ``x @ W + b`` for any number of leading
+      axes (time included): ``(..., *features) -> (..., G*U)``.
+    * ``step(params, state, xp_t, recurrent_dropout_mask=None) -> (state, y_t)``: the recurrent
+      part of one step, in ``lax.scan`` argument order.
+    * ``state_size``/``output_size``: units per state and of the output; ``gates``: the number of
+      parts ``G`` of the projection; ``num_feature_axes``: the trailing feature axes of a step's
+      input (1; ConvLSTM: ``rank + 1``).
+    """
+
+    gates: int
+    num_feature_axes: int
+    params_class: type
+
+    @property
+    def state_size(self) -> tuple: ...
+
+    @property
+    def output_size(self) -> int: ...
+
+    def init(self, key: jax.Array, input_dim: int, dtype: Any = ...) -> Any: ...
+
+    def initial_state(self, batch_shape: tuple = ..., dtype: Any = ...) -> Any: ...
+
+    def project(self, params: Any, x: jax.Array, dropout_mask: Optional[jax.Array] = None) -> Any: ...
+
+    def step(self, params: Any, state: Any, xp_t: Any, recurrent_dropout_mask: Optional[jax.Array] = None): ...
+
+
+CORE_MEMBERS = ("init", "initial_state", "project", "step", "state_size", "output_size", "gates", "num_feature_axes",
+                "params_class")
+
+
+@runtime_checkable
+class HasMatmulStep(Protocol):
+    """Optional: ``matmul_step(params, recurrent_dropout_mask) -> RecurrentMatmulStep | None``, the
+    step in :class:`RecurrentMatmulStep` form where it has one (LSTM, SimpleRNN, reset-after GRU,
+    ConvLSTM, each with one recurrent dropout mask shared by the gates)."""
+
+    def matmul_step(self, params: Any, recurrent_dropout_mask: Optional[jax.Array] = None): ...
+
+
+@runtime_checkable
+class HasInputAdditiveStep(Protocol):
+    """Optional: ``input_additive_step(params, recurrent_dropout_mask) -> InputAdditiveStep |
+    None``, where the step has no :class:`RecurrentMatmulStep` form (reset-before GRU; LSTM,
+    reset-after GRU and ConvLSTM with one recurrent dropout mask per gate)."""
+
+    def input_additive_step(self, params: Any, recurrent_dropout_mask: Optional[jax.Array] = None): ...
+
+
+@runtime_checkable
+class HasProjectParts(Protocol):
+    """Optional: ``project_parts(params, x, dropout_mask)``: :meth:`RecurrentCore.project` as a
+    tuple of its parts, each its own matmul; ``step`` then takes ``xp_t`` as that tuple (the GRU)."""
+
+    def project_parts(self, params: Any, x: jax.Array, dropout_mask: Optional[jax.Array] = None) -> tuple: ...
+
+
+@runtime_checkable
+class HasLoopParams(Protocol):
+    """Optional: ``loop_params(params)``: the parameters as ``step`` takes them inside a loop,
+    prepared once before it (the reset-before GRU's recurrent kernel as its three blocks)."""
+
+    def loop_params(self, params: Any) -> Any: ...
+
+
+class RecurrentMatmulStep(NamedTuple):
+    """A step whose only matmul with the state is ``a_t = v_{t-1} @ R``, followed by an
+    element-wise ``pointwise``::
+
+        v_{t-1}      = recurrent_lhs(h_{t-1} ⊙ recurrent_dropout_mask)   # h: the state's first leaf
+        state_t, y_t = pointwise(pointwise_params, xp_t, a_t, state_{t-1})
+
+    The driver then runs a loop with a hand-written backward pass: the backward loop carries only
+    the state cotangent, and ``dR = Vᵀ dA`` is ONE matmul over all steps after it.
+    """
+
+    recurrent_kernel: jax.Array
+    pointwise: Callable
+    pointwise_params: Any = None
+    recurrent_dropout_mask: Optional[jax.Array] = None  # (*batch, U)
+    # a linear map from h to the matmul's left operand (ConvLSTM: the recurrent convolution's
+    # patches, so that the convolution is a matmul); identity if None
+    recurrent_lhs: Optional[Callable] = None
+    # pointwise reads xp_t and a_t only through xp_t + a_t (then d xp_t = d a_t = d z_t, and the
+    # backward pass may store z_t alone, over xp_t)
+    reads_only_sum: bool = False
+    # sizes of the parts along the last axis: xp_t, a_t and pointwise_params reach `pointwise` as
+    # tuples of parts, split once outside the loop (slicing inside it makes XLA copy each step)
+    part_sizes: Optional[tuple] = None
+    # apply_recurrent_kernel(v, R) == recurrent_lhs(v) @ R computed another way, for the forward
+    # loop (ConvLSTM: a direct convolution)
+    apply_recurrent_kernel: Optional[Callable] = None
+    # pointwise_vjp(pointwise_params, xp_t, a_t, state, (d_state, d_y)) -> (d_params, d_xp, d_a,
+    # d_state_prev): pointwise's backward pass by hand, used instead of autodiff's
+    pointwise_vjp: Optional[Callable] = None
+    # pointwise_params is a bias added to a_t (the reset-after GRU's recurrent bias): its gradient
+    # is Σ d a_t, formed once after the backward loop
+    pointwise_params_is_recurrent_bias: bool = False
+    # the pointwise_vjp reads z_t in ops that do not feed dz_t (the hard-sigmoid LSTM), so dz_t is
+    # written one step late (see rnnjax.functional._matmul_backward)
+    vjp_rereads_z: bool = False
+
+
+class InputAdditiveStep(NamedTuple):
+    """A step whose recurrent matmuls each add to one part of the projected input.
+
+    ``step(kernels, state, xp_t) -> ((state', y), lhs)``, ``xp_t`` a tuple of parts (or one array
+    whose equal blocks along the last axis are the parts), ``lhs`` the matmuls' left operands,
+    such that the step reads ``xp_t[k]`` only in ``xp_t[k] + lhs[k] @ kernels[k]`` (reset-before
+    GRU: ``lhs = (h, h, r ⊙ h)``, each times its recurrent dropout mask). Then ``d a_t[k] = d
+    xp_t[k]`` and ``dk = Σ_t lhs_tᵀ d xp_t``: ONE matmul per kernel after the loop, over the stored
+    ``lhs`` and the input cotangents that the backward pass forms anyway.
+
+    ``adds_to[k]``: the part of ``xp_t`` that ``kernels[k]``'s matmul adds to (default ``k``). A
+    part past the projected ones is a *ghost*: the driver appends a zero input of the matmul's
+    width, the step computes ``ghost_t + lhs[k] @ kernels[k]``, and the ghost's cotangent is ``d
+    a_t[k]`` whatever the step does with it (the reset-after GRU's candidate,
+    ``r ⊙ (h @ R_h + b_h)``).
+
+    ``kernel_lhs(v)``: the matmul's actual left operand when the step stores a smaller one (ConvLSTM:
+    ``h ⊙ m_g`` stored, ``patches(h ⊙ m_g)`` formed after the loop).
+    """
+
+    kernels: tuple
+    step: Callable
+    adds_to: Optional[tuple] = None
+    kernel_lhs: Optional[Callable] = None
+
+
+class LoopBias(NamedTuple):
+    """``project(x) == project_without_bias(x) + bias`` (``bias`` along the last axis): a call that is
+    not differentiated may add the bias inside the loop, in the step's element-wise pass."""
+
+    project_without_bias: Callable
+    bias: jax.Array
+
+
+class CoreProgram(NamedTuple):
+    """What the driver runs for one layer call: pure functions closed over the parameters and the
+    call's dropout masks, and the optional forms of the step.
+
+    ``project(x)``: ``(..., *features) -> xp`` for all steps at once; ``step(state, xp_t[,
+    constants]) -> (state, y_t)``; ``initial_state(batch_shape, dtype)``: zeros; ``output_shape``:
+    the per-step feature shape of ``y_t``; ``takes_constants``: whether ``step`` takes constants.
+    The three forms (None where the step lacks one) pick the driver's path (``docs/design.md``).
+    """
+
+    project: Callable
+    step: Callable
+    initial_state: Optional[Callable] = None
+    output_shape: Optional[tuple] = None
+    takes_constants: bool = False
+    matmul_step: Optional[RecurrentMatmulStep] = None
+    input_additive_step: Optional[InputAdditiveStep] = None
+    loop_bias: Optional[LoopBias] = None
+
+    def without_backward_forms(self) -> "CoreProgram":
+        """The same program on the generic loop (autodiff's backward pass, which forward mode can
+        differentiate too)."""
+        return self._replace(matmul_step=None, input_additive_step=None, loop_bias=None)

@@ -1,0 +1,59 @@
+"""``rnn``: runs any :class:`~rnnjax.functional.protocol.RecurrentCore` over a sequence."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax.functional.core import check_input_dim, check_state, core_program
+from rnnjax.functional.driver import run_program
+from rnnjax.functional.protocol import CORE_MEMBERS, RecurrentCore
+
+
+def rnn(
+    core,
+    params,
+    inputs: jax.Array,
+    *,
+    initial_state: Any = None,
+    mask: Optional[jax.Array] = None,
+    go_backwards: bool = False,
+    return_sequences: bool = False,
+    zero_output_for_mask: bool = False,
+    unroll: bool = False,
+    scan_unroll: int = 1,
+    remat: bool = False,
+    dropout_mask: Optional[jax.Array] = None,
+    recurrent_dropout_mask: Optional[jax.Array] = None,
+    custom_backward: bool = True,
+):
+    """Runs a core over a sequence: ``(*batch, T, *features) -> ((*batch, U) or (*batch, T, U),
+    state)`` (ConvLSTM: ``features = (*spatial, C)``, outputs ``(..., *spatial', F)``).
+
+    The input projection of every step is one matmul (or convolution) before the loop; the loop
+    runs only the recurrent part (:func:`rnnjax.functional.scan_rnn` documents the sequence
+    semantics). ``dropout_mask``/``recurrent_dropout_mask``: ``(count, *batch, *features)``/
+    ``(count, *batch, *state features)`` masks from :func:`rnnjax.functional.dropout_masks` (count
+    1, or one per gate with ``implementation=1``). ``custom_backward``: use the hand-written
+    backward pass where the core's step has one (``docs/design.md``); it is reverse-mode only, so
+    pass False to differentiate in forward mode (``jax.jvp``, ``jax.jacfwd``). States are kept in
+    at least float32 (bfloat16 inputs get float32 states), as in the layers.
+    """
+    if not isinstance(core, RecurrentCore):
+        missing = [m for m in CORE_MEMBERS if not hasattr(core, m)]
+        raise TypeError(f"`core`: expected a rnnjax.functional.RecurrentCore, got {type(core).__name__} "
+                        f"without {', '.join(missing)}.")
+    n = core.num_feature_axes
+    if n == 1:
+        check_input_dim(params.kernel, inputs)
+        template = core.initial_state(inputs.shape[:-2], jnp.promote_types(inputs.dtype, jnp.float32))
+    else:
+        core.check_inputs(params, inputs)
+        template = core.initial_state(inputs.shape[:-(n + 1)], jnp.promote_types(inputs.dtype, jnp.float32),
+                                      inputs.shape[-n:-1])
+    initial_state = template if initial_state is None else check_state(template, initial_state)
+    program = core_program(core, params, dropout_mask, recurrent_dropout_mask, custom_backward)
+    return run_program(program, inputs, initial_state, mask=mask, go_backwards=go_backwards,
+                       return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask,
+                       unroll=unroll, scan_unroll=scan_unroll, remat=remat, feature_axes=n)
