@@ -150,3 +150,22 @@ def test_finish_and_reset_value():
     assert float(jnp.abs(path.reset_value(final).h).sum()) == 0.0
     with pytest.raises(ValueError, match=r"`states`: expected 2 state array"):
         path.reset_value(final, [np.zeros((B1, B2, U))])
+
+
+def _field_names(cls) -> set:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+
+
+@pytest.mark.parametrize("layer_cls,cell_cls,absent", [
+    (rnnjax.SimpleRNN, rnnjax.SimpleRNNCell, set()), (rnnjax.GRU, rnnjax.GRUCell, set()),
+    (rnnjax.LSTM, rnnjax.LSTMCell, set()), (rnnjax.ConvLSTM1D, rnnjax.ConvLSTM1DCell, {"input_dim", "input_length"}),
+    (rnnjax.ConvLSTM2D, rnnjax.ConvLSTM2DCell, {"input_dim", "input_length"}),
+    (rnnjax.ConvLSTM3D, rnnjax.ConvLSTM3DCell, {"input_dim", "input_length"}),
+])
+def test_layer_fields_are_the_cell_fields_and_the_rnn_options(layer_cls, cell_cls, absent):
+    """A layer forwards its cell's fields by name and reads the rest through CallOptions.of: the
+    Keras field lists written in both places must stay the same lists."""
+    assert _field_names(layer_cls) == _field_names(cell_cls) | (set(path.CallOptions._fields) - absent)
+    assert _field_names(rnnjax.RNN) == {"cell"} | set(path.CallOptions._fields)
