@@ -258,3 +258,19 @@ def test_two_batch_axes_partition_cleanly(make):
     assert y.addressable_shards[0].data.shape[0] == 1
     _close(y, forward(params, x, mask), atol=1e-5)
     _close(jax.jit(train)(ps, xs, ms), train(params, x, mask), atol=1e-4)
+
+
+@pytest.mark.parametrize("make", [lambda: rnnjax.LSTMCell(U), lambda: rnnjax.GRUCell(U),
+                                  lambda: rnnjax.StackedRNNCells([rnnjax.SimpleRNNCell(U), rnnjax.LSTMCell(2)])],
+                         ids=["LSTMCell", "GRUCell", "StackedRNNCells"])
+def test_cell_called_directly_over_batch_axes(make):
+    """One Keras-style step ``cell(x_t, states)`` on ``(*batch, F)``: vmap of unbatched steps is
+    the batched step."""
+    cell = make()
+    x = _x((B1, F))
+    sizes = [U, U] if isinstance(cell, rnnjax.LSTMCell) else [U] if isinstance(cell, rnnjax.GRUCell) else [U, 2, 2]
+    states = [_x((B1, s), 20 + k) for k, s in enumerate(sizes)]
+    v = cell.init(KEY, x, states)
+    batched = cell.apply(v, x, states)
+    _close(jax.vmap(lambda s, st: cell.apply(v, s, st))(x, states), batched)
+    _close(cell.apply(v, x[None], [s[None] for s in states]), jax.tree_util.tree_map(lambda a: a[None], batched))
