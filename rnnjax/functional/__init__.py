@@ -18,7 +18,7 @@ from rnnjax.functional.core import dropout_masks, gate_matmul, register_for_expo
 from rnnjax.functional.driver import scan_rnn
 from rnnjax.functional.gru import GRUCore, GRUParams, GRUState
 from rnnjax.functional.lstm import LSTMCore, LSTMParams, LSTMState
-from rnnjax.functional.protocol import RecurrentCore
+from rnnjax.functional.protocol import CoreProgram, RecurrentCore
 from rnnjax.functional.sequence import rnn
 from rnnjax.functional.simple_rnn import SimpleRNNCore, SimpleRNNParams, SimpleRNNState
 from rnnjax.functional.conv_lstm import ConvLSTMCore, ConvLSTMParams, ConvLSTMState, conv_lstm
@@ -27,7 +27,7 @@ register_for_export(GRUParams, GRUState, LSTMParams, LSTMState, SimpleRNNParams,
                     ConvLSTMState)
 
 __all__ = [
-    "activations", "initializers", "dropout_masks", "gate_matmul", "scan_rnn", "rnn", "RecurrentCore",
+    "activations", "initializers", "dropout_masks", "gate_matmul", "scan_rnn", "rnn", "RecurrentCore", "CoreProgram",
     "GRUCore", "GRUParams", "GRUState", "LSTMCore", "LSTMParams", "LSTMState",
     "SimpleRNNCore", "SimpleRNNParams", "SimpleRNNState",
     "ConvLSTMCore", "ConvLSTMParams", "ConvLSTMState", "conv_lstm",

@@ -31,9 +31,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from rnnjax.functional._matmul_backward import with_pointwise_vjp
-from rnnjax.functional.conv import (  # noqa: F401 (check_data_format, same_conv: re-exported for the layers)
-    _DIMENSION_NUMBERS, _same_pads, check_data_format, check_padding, conv_output_length, normalize_tuple,
-    same_conv, shape_ints,
+from rnnjax.functional.conv import (
+    _DIMENSION_NUMBERS, _same_pads, check_padding, conv_output_length, normalize_tuple, same_conv, shape_ints,
 )
 from rnnjax.functional.core import check_core_config, check_units, init_weight, lstm_bias
 from rnnjax.functional.lstm import LSTMCore

@@ -29,6 +29,11 @@ def concrete(a):
         return None
 
 
+def state_dtype(input_dtype):
+    """States are kept in at least float32 (bfloat16 inputs get float32 states)."""
+    return jnp.promote_types(input_dtype, jnp.float32)
+
+
 def check_units(units, argument: str = "units") -> int:
     if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units <= 0:
         raise ValueError(f"`{argument}`: expected a positive integer, got {units!r}.")

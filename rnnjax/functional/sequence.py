@@ -4,9 +4,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 
-from rnnjax.functional.core import check_input_dim, check_state, core_program
+from rnnjax.functional.core import check_input_dim, check_state, core_program, state_dtype
 from rnnjax.functional.driver import run_program
 from rnnjax.functional.protocol import CORE_MEMBERS, RecurrentCore
 
@@ -47,10 +46,10 @@ def rnn(
     n = core.num_feature_axes
     if n == 1:
         check_input_dim(params.kernel, inputs)
-        template = core.initial_state(inputs.shape[:-2], jnp.promote_types(inputs.dtype, jnp.float32))
+        template = core.initial_state(inputs.shape[:-2], state_dtype(inputs.dtype))
     else:
         core.check_inputs(params, inputs)
-        template = core.initial_state(inputs.shape[:-(n + 1)], jnp.promote_types(inputs.dtype, jnp.float32),
+        template = core.initial_state(inputs.shape[:-(n + 1)], state_dtype(inputs.dtype),
                                       inputs.shape[-n:-1])
     initial_state = template if initial_state is None else check_state(template, initial_state)
     program = core_program(core, params, dropout_mask, recurrent_dropout_mask, custom_backward)

@@ -1,5 +1,5 @@
 """Flax linen modules with the Keras 2 signatures."""
-from rnnjax.layers.base import RNN, StackedRNNCells, CellProgram, RecurrentLayer, STATE_COLLECTION
+from rnnjax.layers.base import RNN, StackedRNNCells, RecurrentLayer, STATE_COLLECTION
 from rnnjax.layers.states import reset_states
 from rnnjax.layers.cells import GRUCell, KerasCell, LSTMCell, SimpleRNNCell
 from rnnjax.layers.recurrent import GRU, LSTM, SimpleRNN
@@ -11,7 +11,7 @@ from rnnjax.layers.conv_lstm import (
 )
 
 __all__ = [
-    "RNN", "StackedRNNCells", "CellProgram", "RecurrentLayer", "reset_states", "STATE_COLLECTION",
+    "RNN", "StackedRNNCells", "RecurrentLayer", "reset_states", "STATE_COLLECTION",
     "Activation", "Dense", "Dropout", "Embedding", "Masking", "Bidirectional", "TimeDistributed", "Sequential",
     "GRUCell", "KerasCell", "LSTMCell", "SimpleRNNCell", "GRU", "LSTM", "SimpleRNN",
     "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell", "ConvLSTMCell",
