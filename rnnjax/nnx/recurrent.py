@@ -38,15 +38,12 @@ class Recurrent(nnx.Module):
         self.activity_regularizer = regularizers.get(config.get("activity_regularizer"), "activity_regularizer")
         self.activity_penalty = ActivityPenalty(jnp.zeros((), jnp.float32)) if self.activity_regularizer \
             else nnx.data(None)
-        self.batch_size = nnx.data(None)
+        self.batch_size = None if batch_size is None and not self.stateful else _batch_size(batch_size)
         self.states = nnx.data(None)
         if self.stateful:
-            self.batch_size = _batch_size(batch_size)
             template = cell_program(self.cell, feature_shape, (self.batch_size,), jnp.float32).initial_state(
                 (self.batch_size,), jnp.float32)
             self.states = RNNState(template)
-        elif batch_size is not None:
-            self.batch_size = _batch_size(batch_size)
 
     def _program_maker(self, deterministic, rngs):
         def make(feature_shape, batch_shape, dtype):
