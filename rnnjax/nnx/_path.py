@@ -41,20 +41,7 @@ def run(make_program, inputs, *, stored=None, mask=None, initial_state=None, con
                          "accepts a `constants` argument do.")
     if not custom_backward:
         program = program._replace(linear=None, unbiased=None, additive=None)
-    template = program.initial_state(batch_shape, _state_dtype(inputs.dtype))
-    if stored is not None:
-        leaves = jax.tree_util.tree_leaves(stored)
-        if leaves and leaves[0].shape[0] != batch_shape[0]:
-            raise ValueError(
-                f"`inputs`: this stateful layer keeps states for batch size {leaves[0].shape[0]}, got a batch of "
-                f"{batch_shape[0]}. A stateful layer needs a fixed batch size (its `batch_size`)."
-            )
-    if initial_state is not None:
-        init = unflatten_states(template, initial_state, "initial_state")
-    elif stored is not None:
-        init = jax.tree_util.tree_map(lambda s, t: s.astype(t.dtype), stored, template)
-    else:
-        init = template
+    init = initial(program.initial_state(batch_shape, _state_dtype(inputs.dtype)), initial_state, stored)
     driver = scan_rnn if inputs.ndim == 3 else functools.partial(scan_spatial, feature_ndim=inputs.ndim - 2)
     output, final = driver(
         program.step, inputs, init, project=program.project, mask=mask, constants=constants,
@@ -66,6 +53,24 @@ def run(make_program, inputs, *, stored=None, mask=None, initial_state=None, con
     reg = regularizers.get(activity_regularizer, "activity_regularizer")
     penalty = None if reg is None else regularizers.activity_penalty(reg, results)
     return results, final, penalty
+
+
+def initial(template, initial_state=None, stored=None):
+    """The states a call starts from: ``initial_state`` (Keras's flat list) > a stateful layer's
+    ``stored`` states > zeros (``template``), checked against ``template``."""
+    if stored is not None:
+        leaves = jax.tree_util.tree_leaves(stored)
+        batch = jax.tree_util.tree_leaves(template)[0].shape[0]
+        if leaves and leaves[0].shape[0] != batch:
+            raise ValueError(
+                f"`inputs`: this stateful layer keeps states for batch size {leaves[0].shape[0]}, got a batch of "
+                f"{batch}. A stateful layer needs a fixed batch size (its `batch_size`)."
+            )
+    if initial_state is not None:
+        return unflatten_states(template, initial_state, "initial_state")
+    if stored is not None:
+        return jax.tree_util.tree_map(lambda s, t: s.astype(t.dtype), stored, template)
+    return template
 
 
 def unflatten(template, given, argument: str):

@@ -21,6 +21,7 @@ from rnnjax.nnx.cells import GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, 
 from rnnjax.nnx.variables import ActivityPenalty, RNNState
 
 # The layer options every recurrent layer stores (the rest of its arguments belong to its cell).
+_DEFAULTS = {"scan_unroll": 1, "input_length": None, "custom_backward": True}
 OPTIONS = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll", "input_length",
            "zero_output_for_mask", "scan_unroll", "remat", "custom_backward")
 
@@ -29,9 +30,9 @@ class Recurrent(nnx.Module):
     """What every NNX recurrent layer shares: options, the stateful states, the activity penalty,
     the call through the layer path and ``reset_states`` (no arguments of its own)."""
 
-    def _setup(self, config: dict, batch_size, feature_shape, state_kwargs=None):
+    def _setup(self, config: dict, batch_size, feature_shape):
         for name in OPTIONS:
-            setattr(self, name, config.get(name, False if name != "scan_unroll" else 1))
+            setattr(self, name, config.get(name, _DEFAULTS.get(name, False)))
         check_custom_backward(self.custom_backward)
         if self.input_length is not None:
             check_units(self.input_length, "input_length")
@@ -41,9 +42,19 @@ class Recurrent(nnx.Module):
         self.batch_size = None if batch_size is None and not self.stateful else _batch_size(batch_size)
         self.states = nnx.data(None)
         if self.stateful:
-            template = cell_program(self.cell, feature_shape, (self.batch_size,), jnp.float32).initial_state(
-                (self.batch_size,), jnp.float32)
-            self.states = RNNState(template)
+            self.states = RNNState(self._state_template(feature_shape))
+
+    def _state_template(self, feature_shape):
+        """Zero states for ``batch_size`` rows of per-step inputs ``feature_shape``."""
+        program = cell_program(self.cell, feature_shape, (self.batch_size,), jnp.float32)
+        return program.initial_state((self.batch_size,), jnp.float32)
+
+    def _store(self, final, penalty):
+        """Keeps a stateful layer's final states and the call's activity penalty."""
+        if self.stateful:
+            self.states.set_value(jax.tree_util.tree_map(like_state, final, self.states.get_value()))
+        if penalty is not None:
+            self.activity_penalty[...] = jnp.asarray(penalty, jnp.float32)
 
     def _program_maker(self, deterministic, rngs):
         def make(feature_shape, batch_shape, dtype):
@@ -57,10 +68,7 @@ class Recurrent(nnx.Module):
             constants=constants, cell_name=type(self.cell).__name__, activity_regularizer=self.activity_regularizer,
             input_dim=getattr(self, "input_dim", None), **{n: getattr(self, n) for n in OPTIONS if n != "stateful"},
             **layout)
-        if self.stateful:
-            self.states.set_value(jax.tree_util.tree_map(like_state, final, self.states.get_value()))
-        if penalty is not None:
-            self.activity_penalty[...] = jnp.asarray(penalty, jnp.float32)
+        self._store(final, penalty)
         return results
 
     def __call__(self, inputs, mask=None, initial_state=None, constants=None, training=None, *,
@@ -69,8 +77,11 @@ class Recurrent(nnx.Module):
         (``(batch, units)``, ``(batch, timesteps, units)`` with ``return_sequences``), then the final
         states (flat, Keras order) with ``return_state``. ``training``/``deterministic`` override the
         mode set by ``train()``/``eval()``; ``rngs`` overrides the cells' dropout streams."""
+        first = self.cell.cells[0] if isinstance(self.cell, StackedRNNCells) else self.cell
+        ndim = getattr(first, "sequence_ndim", None)  # ConvLSTM cells: (batch, T, *spatial, channels)
+        layout = {} if ndim is None else {"input_rank": ndim, "input_layout": "(batch, timesteps, *spatial, channels)"}
         return self._run(inputs, mask=mask, initial_state=initial_state, constants=constants, training=training,
-                         deterministic=deterministic, rngs=rngs)
+                         deterministic=deterministic, rngs=rngs, **layout)
 
     def reset_states(self, states=None):
         """Sets the stateful states to zeros, or to ``states`` (a flat list, Keras order), in place."""
