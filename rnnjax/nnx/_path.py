@@ -50,9 +50,18 @@ def run(make_program, inputs, *, stored=None, mask=None, initial_state=None, con
         linear=program.linear, unbiased_project=program.unbiased, additive=program.additive,
     )
     results = (output, *jax.tree_util.tree_leaves(final)) if return_state else output
+    return results, final, activity_penalty(activity_regularizer, results)
+
+
+def activity_penalty(activity_regularizer, results):
+    """The call's activity penalty (Keras's, divided by the batch size), or None."""
     reg = regularizers.get(activity_regularizer, "activity_regularizer")
-    penalty = None if reg is None else regularizers.activity_penalty(reg, results)
-    return results, final, penalty
+    return None if reg is None else regularizers.activity_penalty(reg, results)
+
+
+def check_inputs(inputs):
+    """``inputs`` must be ``(batch, timesteps, features)``."""
+    _check_layer_inputs(inputs, None, None)
 
 
 def initial(template, initial_state=None, stored=None):
