@@ -80,3 +80,13 @@ def test_from_linen_mismatch_names_the_variables():
     variables = rnnjax.RNN([rnnjax.LSTMCell(4)]).init(__import__("jax").random.key(0), X)
     with pytest.raises(ValueError, match=r"params/cell/kernel: missing.*unused linen variables.*params/cell_0/kernel"):
         rnx.from_linen(layer, variables)
+
+
+def test_old_flax_is_a_clear_import_error(monkeypatch):
+    import flax
+
+    from rnnjax import nnx as package
+
+    monkeypatch.setattr(flax, "__version__", "0.10.6")
+    with pytest.raises(ImportError, match=r"rnnjax.nnx needs flax>=0.12.8.*flax 0.10.6 is installed"):
+        package._check_flax()

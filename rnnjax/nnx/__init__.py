@@ -46,12 +46,13 @@ from rnnjax.nnx.conv_lstm import (  # noqa: E402
     ConvLSTM1D, ConvLSTM1DCell, ConvLSTM2D, ConvLSTM2DCell, ConvLSTM3D, ConvLSTM3DCell,
 )
 from rnnjax.nnx.cudnn import CuDNNGRU, CuDNNLSTM  # noqa: E402
+from rnnjax.nnx.wrappers import Bidirectional  # noqa: E402
 from rnnjax.nnx.convert import from_linen, linen_path, to_linen  # noqa: E402
 
 __all__ = [
     "MIN_FLAX", "RNNState", "ActivityPenalty", "regularization_loss", "apply_constraints", "reset_states",
     "SimpleRNNCell", "GRUCell", "LSTMCell", "StackedRNNCells", "RNN", "SimpleRNN", "GRU", "LSTM",
     "from_linen", "to_linen", "linen_path",
-    "CuDNNLSTM", "CuDNNGRU",
+    "CuDNNLSTM", "CuDNNGRU", "Bidirectional",
     "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell",
 ]

@@ -61,10 +61,11 @@ def apply_constraints(model) -> None:
 
 
 def stateful_layers(model) -> list:
-    """``(path, layer)`` of every stateful rnnjax layer in ``model`` (the model itself included)."""
-    return [(path, node) for path, node in nnx.iter_graph(model)
-            if getattr(node, "stateful", False) is True and hasattr(node, "reset_states")
-            and not getattr(node, "_wraps_stateful", False)]
+    """``(path, layer)`` of every stateful rnnjax layer in ``model`` (the model itself included); a
+    stateful ``Bidirectional`` counts as one (its two directions are not listed)."""
+    found = [(tuple(path), node) for path, node in nnx.iter_graph(model)
+             if getattr(node, "stateful", False) is True and hasattr(node, "reset_states")]
+    return [(p, n) for p, n in found if not any(q != p and p[:len(q)] == q for q, _ in found)]
 
 
 def reset_states(model, states=None) -> None:
