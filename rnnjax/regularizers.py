@@ -52,7 +52,7 @@ l1 = L1
 l2 = L2
 
 
-def l1_l2(l1: float = 0.01, l2: float = 0.01) -> L1L2:  # noqa: F811 - Keras name
+def l1_l2(l1: float = 0.01, l2: float = 0.01) -> L1L2:
     return L1L2(l1=l1, l2=l2)
 
 
@@ -106,7 +106,9 @@ def report(module, name: str, penalty) -> None:
     module.sow(LOSSES, name, penalty, init_fn=lambda: jnp.zeros(()), reduce_fn=lambda a, b: b)
 
 
-def activity_penalty(regularizer, outputs):
+def activity_penalty(regularizer, outputs, batch_size=None):
     """``sum(regularizer(t) / batch)`` over the arrays of ``outputs`` (Keras divides an activity
-    penalty by the batch size)."""
-    return sum(regularizer(t) / t.shape[0] for t in jax.tree_util.tree_leaves(outputs))
+    penalty by the batch size). ``batch_size``: the number of sequences in the batch (the product
+    of a recurrent layer's batch axes, 1 for an unbatched sequence); None: each array's first axis."""
+    return sum(regularizer(t) / (t.shape[0] if batch_size is None else batch_size)
+               for t in jax.tree_util.tree_leaves(outputs))

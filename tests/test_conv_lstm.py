@@ -351,8 +351,9 @@ def test_call_errors():
     x = np.zeros((2, 3, 4, 4, 2), np.float32)
     with pytest.raises(ValueError, match="kernel_size"):  # 5x5 kernel on 4x4 with 'valid'
         rnnjax.ConvLSTM2D(2, 5).init(jax.random.key(0), x)
-    with pytest.raises(ValueError, match="5-D"):
-        rnnjax.ConvLSTM2D(2, 3).apply({"params": {"cell": random_weights(np.random.default_rng(0), 2, 3, 2, 2)}}, x[0])
+    # (3, 4, 4, 2) is one unbatched sequence (test_batch_axes.py); 3 dimensions are too few
+    with pytest.raises(ValueError, match=r"`inputs`: .* at least 4 dimensions, got shape \(4, 4, 2\)"):
+        rnnjax.ConvLSTM2D(2, 3).apply({"params": {"cell": random_weights(np.random.default_rng(0), 2, 3, 2, 2)}}, x[0, 0])
     layer = rnnjax.ConvLSTM2D(2, 3, padding="same", data_format="channels_first")
     v = {"params": {"cell": random_weights(np.random.default_rng(0), 2, 3, 4, 2)}}  # 4 channels
     with pytest.raises(ValueError, match="mask"):

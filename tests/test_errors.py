@@ -46,16 +46,26 @@ def built(request):
 
 # ----- shapes (driver / run_recurrent) --------------------------------------------------------
 
-@pytest.mark.parametrize("shape", [(5, 3), (2, 5, 3, 1), (3,)])
+@pytest.mark.parametrize("shape", [(3,), ()])
 def test_wrong_input_rank(built, shape):
+    """Inputs are ``(*batch, T, F)``: an unbatched ``(T, F)`` sequence is accepted (see
+    test_batch_axes.py), fewer than 2 dimensions are not."""
     _, layer, v = built
-    with pytest.raises(ValueError, match=_msg("`inputs`", "3-D", str(shape))):
+    with pytest.raises(ValueError, match=_msg("`inputs`", "at least 2 dimensions", str(shape))):
         layer.apply(v, jnp.ones(shape))
 
 
+def test_extra_axis_is_a_batch_axis(built):
+    """``(2, 5, 3, 1)`` reads as batch ``(2, 5)``, 3 steps of 1 feature: the layer built for 3
+    features says so."""
+    _, layer, v = built
+    with pytest.raises(ValueError, match=_msg("`inputs`", "1 features per step", "built for 3")):
+        layer.apply(v, jnp.ones((2, 5, 3, 1)))
+
+
 def test_wrong_input_rank_at_init():
-    with pytest.raises(ValueError, match=_msg("`inputs`", "3-D", "(5, 3)")):
-        rnnjax.LSTM(4).init(KEY, jnp.ones((5, 3)))
+    with pytest.raises(ValueError, match=_msg("`inputs`", "at least 2 dimensions", "(5,)")):
+        rnnjax.LSTM(4).init(KEY, jnp.ones((5,)))
 
 
 def test_feature_size_differs_from_built(built):

@@ -42,6 +42,7 @@ states) instead. Use ``rnnjax.LSTM``/``rnnjax.GRU`` for arbitrary masks.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -51,13 +52,11 @@ import numpy as np
 
 from rnnjax import constraints, regularizers
 from rnnjax.cudnn import convert, fused
-from rnnjax.functional import rnn as functional_rnn
 from rnnjax.functional.core import check_custom_backward, check_units, concrete, init_weight
 from rnnjax.functional.gru import GRUCore
 from rnnjax.functional.lstm import LSTMCore
-from rnnjax.layers.base import (
-    STATE_COLLECTION, RecurrentLayer, _check_layer_inputs, _state_dtype, reset_layer_states, unflatten_states,
-)
+from rnnjax.layers.base import RecurrentLayer, read_state, reset_layer_states, store_and_report
+from rnnjax.layers.path import CallOptions, check_mask, check_sequence, core_cell_program, drive, finish, start_state
 
 BACKENDS = ("auto", "cudnn", "scan")
 _WEIGHTS = (("kernel", "kernel"), ("recurrent_kernel", "recurrent"), ("bias", "bias"))
@@ -69,15 +68,18 @@ _NOT_RIGHT_PADDED = (
 )
 
 
-def resolve_lengths(mask, seq_lengths, batch: int, steps: int):
-    """``(lengths (B,) int32 or None, ok (B,) bool or None)`` from a right-padded ``mask`` or
-    ``seq_lengths``. Concrete bad input raises; traced input gives ``ok`` (rows to poison)."""
+def resolve_lengths(mask, seq_lengths, batch_shape: tuple, steps: int):
+    """``(lengths (B,) int32 or None, ok (B,) bool or None)`` from a right-padded ``mask
+    (*batch, T)`` or ``seq_lengths (*batch,)``, ``B`` the product of the batch axes. Concrete bad
+    input raises; traced input gives ``ok`` (rows to poison)."""
     if mask is not None and seq_lengths is not None:
         raise ValueError("`mask` and `seq_lengths`: pass one of them, not both.")
+    batch = math.prod(batch_shape)
     if seq_lengths is not None:
         shape, dtype = tuple(jnp.shape(seq_lengths)), jnp.result_type(seq_lengths)
-        if shape != (batch,) or not jnp.issubdtype(dtype, jnp.integer):
-            raise ValueError(f"`seq_lengths`: expected integers of shape ({batch},), got {dtype} {shape}.")
+        if shape != tuple(batch_shape) or not jnp.issubdtype(dtype, jnp.integer):
+            raise ValueError(f"`seq_lengths`: expected integers of shape {tuple(batch_shape)}, got {dtype} {shape}.")
+        seq_lengths = jnp.reshape(seq_lengths, (batch,))
         value = concrete(seq_lengths)
         if value is not None:
             if value.min(initial=0) < 0 or value.max(initial=0) > steps:
@@ -86,11 +88,7 @@ def resolve_lengths(mask, seq_lengths, batch: int, steps: int):
         return seq_lengths.astype(jnp.int32), (seq_lengths >= 0) & (seq_lengths <= steps)
     if mask is None:
         return None, None
-    shape, dtype = tuple(jnp.shape(mask)), jnp.result_type(mask)
-    if shape != (batch, steps):
-        raise ValueError(f"`mask`: expected shape ({batch}, {steps}) (batch, timesteps), got {shape}.")
-    if dtype != jnp.bool_:
-        raise TypeError(f"`mask`: expected a boolean array, got dtype {dtype}; use `mask.astype(bool)`.")
+    mask = check_mask(mask, tuple(batch_shape) + (steps,)).reshape(batch, steps)
     value = concrete(mask)
     if value is not None:
         lengths = value.sum(axis=1)
@@ -109,11 +107,27 @@ def _poison(tree, ok):
     return jax.tree_util.tree_map(one, tree)
 
 
+def _to_rows(tree, batch_shape, rows: int):
+    """The batch axes as one axis of ``rows`` (cuDNN takes ``(B, T, I)``); time is never merged."""
+    if len(batch_shape) == 1:
+        return tree
+    return jax.tree_util.tree_map(lambda a: a.reshape((rows,) + a.shape[len(batch_shape):]), tree)
+
+
+def _from_rows(tree, batch_shape):
+    if len(batch_shape) == 1:
+        return tree
+    return jax.tree_util.tree_map(lambda a: a.reshape(tuple(batch_shape) + a.shape[1:]), tree)
+
+
 class _CuDNNRecurrent(RecurrentLayer):
-    """Shared logic of the two layers (no fields of its own)."""
+    """Shared logic of the two layers (no fields of its own). A subclass names its weight
+    layout (``params_class``, ``to_canonical``), its gate count and whether cuDNN has a kernel."""
 
     gates = 4
-    kind = "LSTM"
+    has_cudnn_kernel = True
+    params_class = convert.CuDNNLSTMParams
+    to_canonical = staticmethod(convert.cudnn_lstm_to_lstm)
 
     def declared_constraints(self) -> dict:
         """``{weight name: projection}`` for :func:`rnnjax.constraints.keras_constraints`."""
@@ -123,6 +137,10 @@ class _CuDNNRecurrent(RecurrentLayer):
             if fn is not None:
                 found[name] = fn
         return found
+
+    def scan_core(self):
+        """The canonical core computing cuDNN's function (sigmoid gates, reset after)."""
+        return LSTMCore(self.units, recurrent_activation="sigmoid", implementation=2)
 
     def _bias_init(self, key, shape, dtype):
         return init_weight(self.bias_initializer, key, shape, dtype, "bias_initializer")
@@ -147,7 +165,7 @@ class _CuDNNRecurrent(RecurrentLayer):
             reg = regularizers.get(getattr(self, f"{arg}_regularizer"), f"{arg}_regularizer")
             if reg is not None:
                 regularizers.report(self, f"{arg}_regularizer", reg(values[name]))
-        return values
+        return self.params_class(values["kernel"], values["recurrent_kernel"], values["bias"])
 
     def _backend(self, inputs, params) -> str:
         if self.backend not in BACKENDS:
@@ -160,10 +178,10 @@ class _CuDNNRecurrent(RecurrentLayer):
             )
         if self.backend == "scan" or not self.custom_backward:
             return "scan"
-        if self.kind == "GRU":
+        if not self.has_cudnn_kernel:
             if self.backend == "cudnn":
                 raise ValueError(
-                    "`backend`: 'cudnn' is not available for CuDNNGRU: JAX has no cuDNN GRU binding "
+                    f"`backend`: 'cudnn' is not available for {type(self).__name__}: JAX has no cuDNN GRU binding "
                     "(jax.experimental.rnn is LSTM only). Use backend='auto' or 'scan' (same function)."
                 )
             return "scan"
@@ -176,81 +194,40 @@ class _CuDNNRecurrent(RecurrentLayer):
                                "Use backend='scan' (or 'auto'), which computes the same function anywhere.")
         return "cudnn" if why is None else "scan"
 
-    def _run_scan(self, params, inputs, init, lengths):
-        mask = None
-        if lengths is not None:
-            mask = jnp.arange(inputs.shape[1])[None, :] < lengths[:, None]
-        if self.kind == "LSTM":
-            core = LSTMCore(self.units, recurrent_activation="sigmoid", implementation=2)
-            canonical = convert.cudnn_lstm_to_lstm(params)
-        else:
-            core = GRUCore(self.units, recurrent_activation="sigmoid", reset_after=True, implementation=2)
-            canonical = convert.cudnn_gru_to_gru(params)
-        return functional_rnn(
-            core, canonical, inputs, initial_state=init, mask=mask, go_backwards=self.go_backwards,
-            return_sequences=self.return_sequences, zero_output_for_mask=self.zero_output_for_mask,
-            scan_unroll=self.scan_unroll, custom_backward=self.custom_backward,
-        )
+    def _run(self, params, x, init, lengths, options):
+        """``(output, final state)`` for rows ``x (B, T, I)``: the cuDNN kernel, or the canonical
+        weights through the layer-side path's driver call."""
+        if self._backend(x, params) == "cudnn":
+            return fused.fused_lstm(params, x, init, lengths, go_backwards=self.go_backwards,
+                                    return_sequences=self.return_sequences,
+                                    zero_output_for_mask=self.zero_output_for_mask)
+        mask = None if lengths is None else jnp.arange(x.shape[1])[None, :] < lengths[:, None]
+        core = self.scan_core()
+        program = core_cell_program(core, self.to_canonical(params), (self.units,))
+        return drive(program, x, init, options, mask=mask)
 
     @nn.compact
     def __call__(self, inputs, mask=None, initial_state=None, seq_lengths=None, training: bool = False):
-        """``inputs (batch, timesteps, features)`` -> output ``(batch, units)`` (``(batch,
+        """``inputs (*batch, timesteps, features)`` -> output ``(*batch, units)`` (``(*batch,
         timesteps, units)`` with ``return_sequences``), then the final states with
         ``return_state`` (``h, c`` for the LSTM, ``h`` for the GRU). ``mask``: right-padded boolean
-        ``(batch, timesteps)``, or ``seq_lengths (batch,)``. ``training`` is accepted and unused
+        ``(*batch, timesteps)``, or ``seq_lengths (*batch,)``. ``training`` is accepted and unused
         (the CuDNN layers have no dropout)."""
         del training
         check_units(self.units)
-        _check_layer_inputs(inputs, None, None)
-        batch, steps, input_dim = inputs.shape
-        if steps == 0:
-            raise ValueError(f"`inputs`: the time axis is empty (shape {inputs.shape}).")
-        values = self._weights(int(input_dim))
-        params_class = convert.CuDNNLSTMParams if self.kind == "LSTM" else convert.CuDNNGRUParams
-        params = params_class(values["kernel"], values["recurrent_kernel"], values["bias"])
-        lengths, ok = resolve_lengths(mask, seq_lengths, batch, steps)
-
-        core = LSTMCore(self.units) if self.kind == "LSTM" else GRUCore(self.units)
-        template = core.initial_state((batch,), _state_dtype(inputs.dtype))
-        state_var = None
-        if self.stateful:
-            state_var = self.variable(STATE_COLLECTION, "states", lambda: template)
-            stored = jax.tree_util.tree_leaves(state_var.value)
-            if stored[0].shape[0] != batch:
-                raise ValueError(
-                    f"`inputs`: this stateful layer keeps states for batch size {stored[0].shape[0]}, got a "
-                    f"batch of {batch}. A stateful layer needs a fixed batch size."
-                )
-        if initial_state is not None:
-            init = unflatten_states(template, initial_state, "initial_state")
-        elif self.stateful:
-            init = state_var.value
-        else:
-            init = template
-        init = jax.tree_util.tree_map(lambda a, t: a.astype(t.dtype), init, template)
-
-        if self._backend(inputs, params) == "cudnn":
-            output, final = fused.fused_lstm(
-                params, inputs, init, lengths, go_backwards=self.go_backwards,
-                return_sequences=self.return_sequences, zero_output_for_mask=self.zero_output_for_mask,
-            )
-        else:
-            output, final = self._run_scan(params, inputs, init, lengths)
+        options = CallOptions.of(self)
+        seq = check_sequence(inputs)
+        params = self._weights(int(seq.feature_shape[0]))
+        rows = math.prod(seq.batch_shape)
+        lengths, ok = resolve_lengths(mask, seq_lengths, seq.batch_shape, seq.steps)
+        init = start_state(self.scan_core().initial_state, seq, inputs.dtype, initial_state=initial_state,
+                           read_state=read_state(self) if self.stateful else None)
+        x = inputs.reshape((rows,) + inputs.shape[-2:]) if len(seq.batch_shape) != 1 else inputs
+        output, final = self._run(params, x, _to_rows(init, seq.batch_shape, rows), lengths, options)
         if ok is not None:
             output, final = _poison((output, final), ok)
-
-        if self.stateful and not self.is_initializing():
-            if not self.is_mutable_collection(STATE_COLLECTION):
-                raise ValueError(
-                    f"stateful=True: call `apply(..., mutable=['{STATE_COLLECTION}'])` so the layer can store "
-                    "its final states for the next batch."
-                )
-            state_var.value = final
-        results = (output, *jax.tree_util.tree_leaves(final)) if self.return_state else output
-        reg = regularizers.get(self.activity_regularizer, "activity_regularizer")
-        if reg is not None:
-            regularizers.report(self, "activity_regularizer", regularizers.activity_penalty(reg, results))
-        return results
+        output, final = _from_rows((output, final), seq.batch_shape)
+        return store_and_report(self, finish(output, final, options, seq), options)
 
     def reset_states(self, states=None):
         """Zeroes the stateful states, or sets them to ``states`` (``[h, c]`` / ``[h]``):
@@ -295,9 +272,6 @@ class CuDNNLSTM(_CuDNNRecurrent):
     scan_unroll: int = 1
     custom_backward: bool = True
 
-    gates = 4
-    kind = "LSTM"
-
     def _bias_init(self, key, shape, dtype):
         if not self.unit_forget_bias:
             return super()._bias_init(key, shape, dtype)
@@ -341,7 +315,12 @@ class CuDNNGRU(_CuDNNRecurrent):
     custom_backward: bool = True
 
     gates = 3
-    kind = "GRU"
+    has_cudnn_kernel = False
+    params_class = convert.CuDNNGRUParams
+    to_canonical = staticmethod(convert.cudnn_gru_to_gru)
+
+    def scan_core(self):
+        return GRUCore(self.units, recurrent_activation="sigmoid", reset_after=True, implementation=2)
 
 
 __all__ = ["CuDNNLSTM", "CuDNNGRU", "BACKENDS", "resolve_lengths"]

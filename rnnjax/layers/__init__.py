@@ -1,5 +1,6 @@
 """Flax linen modules with the Keras 2 signatures."""
-from rnnjax.layers.base import RNN, StackedRNNCells, CellProgram, RecurrentLayer, STATE_COLLECTION
+from rnnjax.layers.base import RNN, StackedRNNCells, RecurrentLayer, STATE_COLLECTION
+from rnnjax.layers.path import CellProgram
 from rnnjax.layers.states import reset_states
 from rnnjax.layers.cells import GRUCell, KerasCell, LSTMCell, SimpleRNNCell
 from rnnjax.layers.recurrent import GRU, LSTM, SimpleRNN

@@ -1,50 +1,27 @@
-"""The Flax side of the driver: cell programs, ``RNN``, ``StackedRNNCells`` and the shared
-layer logic (initial and stateful states, constants, activity penalties).
+"""The Flax linen front end of the layer-side path: cell programs of linen cells, ``RNN``,
+``StackedRNNCells``, and the linen side of a layer call (where stateful states and penalties live).
 
-A *cell program* is what a cell module hands the driver for one layer call: pure functions
-closed over the cell's parameters and this call's dropout masks::
-
-    program.project(x)                    # (..., I) -> (..., P), all steps at once
-    program.step(state, xp_t, constants)  # -> (state, y_t)
-    program.initial_state(batch_shape, dtype)
-
-rnnjax's own cells build theirs from a functional core (:mod:`rnnjax.functional`); any other
-Flax module with ``state_size`` and ``__call__(inputs, states[, constants])`` returning
-``(output, new_states)`` (the Keras cell protocol, e.g. the seed's ``MinimalRNNCell``) is
-wrapped generically.
+A *cell program* (:class:`~rnnjax.layers.path.CellProgram`) is what a cell module hands the
+driver for one layer call: pure functions closed over the cell's parameters and this call's
+dropout masks. rnnjax's own cells build theirs from a functional core (:mod:`rnnjax.functional`);
+any other Flax module with ``state_size`` and ``__call__(inputs, states[, constants])`` returning
+``(output, new_states)`` (the Keras cell protocol, e.g. Keras 2's ``MinimalRNNCell`` example) is
+wrapped generically. Everything else a layer call does is in :mod:`rnnjax.layers.path`.
 """
 from __future__ import annotations
 
-import functools
-import numbers
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from rnnjax import regularizers
-from rnnjax.functional.core import check_custom_backward
-from rnnjax.functional.driver import scan_rnn, scan_spatial
+from rnnjax.layers.path import (
+    CallOptions, CellProgram, LayerCall, check_sequence, reset_value, run_layer, stack_programs, step_once,
+    zero_states,
+)
 
 STATE_COLLECTION = "rnn_state"
-
-
-class CellProgram(NamedTuple):
-    project: Callable[[jax.Array], jax.Array]
-    step: Callable[..., tuple[Any, jax.Array]]
-    initial_state: Callable[..., Any]
-    output_shape: tuple  # per-step feature shape of y_t, e.g. (units,)
-    takes_constants: bool = False
-    linear: Any = None  # the step as a driver.LinearStep, when it has that form (fast backward pass)
-    unbiased: Any = None  # (project0, bias): project(x) == project0(x) + bias (the driver's unbiased_project)
-    additive: Any = None  # the step as a driver.InputAdditiveStep, when it has that form
-
-
-def _sizes(state_size) -> tuple:
-    if isinstance(state_size, numbers.Integral):
-        return (int(state_size),)
-    return tuple(state_size)
 
 
 def generic_program(cell: nn.Module, input_shape: tuple, batch_shape: tuple, dtype, constants) -> CellProgram:
@@ -54,28 +31,26 @@ def generic_program(cell: nn.Module, input_shape: tuple, batch_shape: tuple, dty
             f"`cell`: {type(cell).__name__} has no `state_size`; a cell needs `state_size` (an int or a "
             "tuple of ints) and `__call__(inputs, states)` returning `(output, new_states)`."
         )
-    sizes = _sizes(cell.state_size)
+    state_size = cell.state_size
+    count = len(zero_states(state_size, (), dtype))
 
     def initial_state(batch_shape=batch_shape, dtype=dtype):
-        return tuple(jnp.zeros(tuple(batch_shape) + ((s,) if isinstance(s, int) else tuple(s)), dtype) for s in sizes)
+        return zero_states(state_size, batch_shape, dtype)
 
     kwargs = {} if constants is None else {"constants": constants}
-    x0 = jnp.zeros(tuple(batch_shape) + tuple(input_shape), dtype)
-    if cell.is_initializing():
-        out0, _ = cell(x0, list(initial_state()), **kwargs)
-    else:
-        out0 = None
+    x0 = jax.numpy.zeros(tuple(batch_shape) + tuple(input_shape), dtype)
+    out0 = cell(x0, list(initial_state()), **kwargs)[0] if cell.is_initializing() else None
     variables = cell.variables
     unbound = cell.clone(parent=None)
-    output_size = getattr(cell, "output_size", None) or (out0.shape[-1] if out0 is not None else sizes[0])
+    output_size = getattr(cell, "output_size", None) or (out0.shape[-1] if out0 is not None else initial_state()[0].shape[-1])
     output_shape = tuple(output_size) if isinstance(output_size, (tuple, list)) else (int(output_size),)
 
     def step(state, x_t, constants=None):
         kw = {} if constants is None else {"constants": constants}
         out, new = unbound.apply(variables, x_t, list(state), **kw)
         new = tuple(new) if isinstance(new, (list, tuple)) else (new,)
-        if len(new) != len(sizes):
-            raise ValueError(f"`cell`: {type(cell).__name__} returned {len(new)} states, its state_size declares {len(sizes)}.")
+        if len(new) != count:
+            raise ValueError(f"`cell`: {type(cell).__name__} returned {len(new)} states, its state_size declares {count}.")
         return new, out
 
     return CellProgram(lambda x: x, step, initial_state, output_shape, takes_constants=True)
@@ -88,6 +63,12 @@ def cell_program(cell, input_shape, batch_shape, dtype, training, constants) -> 
     if hasattr(cell, "prepare"):
         return cell.prepare(input_shape, batch_shape, dtype, training)
     return generic_program(cell, input_shape, batch_shape, dtype, constants)
+
+
+def num_feature_axes(cell) -> int:
+    """How many trailing feature axes one step of ``cell`` takes (1; ConvLSTM cells: rank + 1)."""
+    first = cell[0] if isinstance(cell, (list, tuple)) else cell
+    return int(getattr(first, "num_feature_axes", 1))
 
 
 class StackedRNNCells(nn.Module):
@@ -109,32 +90,18 @@ class StackedRNNCells(nn.Module):
     def state_size(self):
         return tuple(c.state_size for c in self.cells)
 
+    @property
+    def num_feature_axes(self) -> int:
+        return num_feature_axes(self.cells)
+
     @nn.compact
     def prepare(self, input_shape, batch_shape, dtype, training, constants=None) -> CellProgram:
         programs = []
         shape = tuple(input_shape)
         for cell in self.cells:
-            prog = cell_program(cell, shape, batch_shape, dtype, training, constants)
-            programs.append(prog)
-            shape = prog.output_shape
-
-        def step(state, xp_t, constants=None):
-            new_states = []
-            y = None
-            for k, prog in enumerate(programs):
-                x_in = xp_t if k == 0 else prog.project(y)
-                if constants is not None and prog.takes_constants:
-                    s, y = prog.step(state[k], x_in, constants)
-                else:
-                    s, y = prog.step(state[k], x_in)
-                new_states.append(s)
-            return tuple(new_states), y
-
-        def initial_state(batch_shape=batch_shape, dtype=dtype):
-            return tuple(p.initial_state(batch_shape, dtype) for p in programs)
-
-        return CellProgram(programs[0].project, step, initial_state, programs[-1].output_shape,
-                           takes_constants=any(p.takes_constants for p in programs))
+            programs.append(cell_program(cell, shape, batch_shape, dtype, training, constants))
+            shape = programs[-1].output_shape
+        return stack_programs(programs, batch_shape, dtype)
 
     def __call__(self, inputs, states, constants=None, training: bool = False):
         """One step of the stack (Keras cell protocol): ``states`` flat as in Keras."""
@@ -142,152 +109,60 @@ class StackedRNNCells(nn.Module):
 
 
 def single_step(cell, inputs, states, constants=None, training=False):
-    """Keras-style one step: ``(output, new_states)`` with ``states`` a flat list of arrays."""
-    batch_shape = inputs.shape[:1]
-    prog = cell_program(cell, inputs.shape[1:], batch_shape, inputs.dtype, training, constants)
-    template = prog.initial_state(batch_shape, _state_dtype(inputs.dtype))
-    state = unflatten_states(template, states, "states")
-    if constants is not None:
-        if not prog.takes_constants:
-            raise ValueError(f"`constants`: {type(cell).__name__} does not take constants.")
-        new, y = prog.step(state, prog.project(inputs), constants)
-    else:
-        new, y = prog.step(state, prog.project(inputs))
-    return y, jax.tree_util.tree_leaves(new)
+    """Keras-style one step on ``inputs (*batch, *features)``: ``(output, new_states)`` with
+    ``states`` a flat list of arrays."""
+    nf = num_feature_axes(cell)
+    prog = cell_program(cell, inputs.shape[inputs.ndim - nf:], inputs.shape[:inputs.ndim - nf], inputs.dtype,
+                        training, constants)
+    return step_once(prog, cell, inputs, states, constants, nf)
 
 
-def unflatten_states(template, given, argument: str):
-    """Turns a Keras-style flat list of state arrays (or one array, or a pytree shaped like
-    ``template``) into ``template``'s structure, checking count and shapes."""
-    leaves, treedef = jax.tree_util.tree_flatten(template)
-    if hasattr(given, "shape"):
-        given = [given]
-    try:
-        given_leaves, given_def = jax.tree_util.tree_flatten(given)
-    except Exception:  # pragma: no cover
-        raise TypeError(f"`{argument}`: expected a list of arrays, got {type(given).__name__}.") from None
-    if len(given_leaves) != len(leaves):
-        raise ValueError(
-            f"`{argument}`: expected {len(leaves)} state array(s) with shapes "
-            f"{[tuple(l.shape) for l in leaves]}, got {len(given_leaves)}."
-        )
-    out = []
-    for i, (g, t) in enumerate(zip(given_leaves, leaves)):
-        g = jnp.asarray(g)
-        if tuple(g.shape) != tuple(t.shape):
-            raise ValueError(f"`{argument}`[{i}]: expected shape {tuple(t.shape)}, got {tuple(g.shape)}.")
-        out.append(g)
-    return jax.tree_util.tree_unflatten(treedef, out)
+def read_state(module: nn.Module):
+    """The stateful layer's stored state, created (at init) from the zero template: the path's
+    ``read_state`` for a linen layer."""
+    return lambda template: module.variable(STATE_COLLECTION, "states", lambda: template).value
 
 
-def _check_layer_inputs(inputs, input_dim, input_length, rank=3, layout="(batch, timesteps, features)"):
-    if not hasattr(inputs, "ndim") or inputs.ndim != rank:
-        raise ValueError(
-            f"`inputs`: expected a {rank}-D array {layout}, got shape "
-            f"{getattr(inputs, 'shape', type(inputs).__name__)}."
-        )
-    if input_dim is not None and inputs.shape[-1] != input_dim:
-        raise ValueError(f"`inputs`: the layer was declared with input_dim={input_dim}, got {inputs.shape[-1]} features.")
-    if input_length is not None and inputs.shape[1] != input_length:
-        raise ValueError(f"`inputs`: the layer was declared with input_length={input_length}, got {inputs.shape[1]} steps.")
-
-
-def run_recurrent(
-    module: nn.Module,
-    cell,
-    inputs,
-    *,
-    mask=None,
-    initial_state=None,
-    constants=None,
-    training: bool = False,
-    return_sequences: bool = False,
-    return_state: bool = False,
-    go_backwards: bool = False,
-    stateful: bool = False,
-    unroll: bool = False,
-    zero_output_for_mask: bool = False,
-    activity_regularizer=None,
-    input_dim=None,
-    input_length=None,
-    scan_unroll: int = 1,
-    remat: bool = False,
-    custom_backward: bool = True,
-    input_rank: int = 3,
-    input_layout: str = "(batch, timesteps, features)",
-):
-    """The layer logic shared by ``RNN``, ``SimpleRNN``, ``GRU``, ``LSTM`` and ``ConvLSTM``.
-
-    Builds the cell program, picks the initial state (``initial_state`` > the stateful
-    variable > zeros), runs :func:`scan_rnn`, stores the final state when ``stateful`` and
-    reports the activity penalty. ``custom_backward=False`` drops the cell program's
-    hand-written backward forms (the generic loop, which forward-mode autodiff can differentiate).
-    """
-    check_custom_backward(custom_backward)
-    _check_layer_inputs(inputs, input_dim, input_length, input_rank, input_layout)
-    batch_shape = (inputs.shape[0],)
-    dtype = inputs.dtype
-    program = cell_program(cell, inputs.shape[2:], batch_shape, dtype, training, constants)
-    if constants is not None and not program.takes_constants:
-        raise ValueError(
-            f"`constants`: {type(cell).__name__} does not take constants; only cells whose "
-            "`__call__` accepts a `constants` argument do."
-        )
-    if not custom_backward:
-        program = program._replace(linear=None, unbiased=None, additive=None)
-    template = program.initial_state(batch_shape, _state_dtype(dtype))
-
-    state_var = None
-    if stateful:
-        state_var = module.variable(STATE_COLLECTION, "states", lambda: template)
-        stored = jax.tree_util.tree_leaves(state_var.value)
-        if stored and stored[0].shape[0] != batch_shape[0]:
-            raise ValueError(
-                f"`inputs`: this stateful layer keeps states for batch size {stored[0].shape[0]}, got a batch "
-                f"of {batch_shape[0]}. A stateful layer needs a fixed batch size; build a new one (init) for "
-                "another batch size."
-            )
-    if initial_state is not None:
-        init = unflatten_states(template, initial_state, "initial_state")
-    elif stateful:
-        init = state_var.value
-    else:
-        init = template
-
-    # (batch, T, *features) with several feature axes (ConvLSTM): the same driver, time-major
-    driver = scan_rnn if inputs.ndim == 3 else functools.partial(scan_spatial, feature_ndim=inputs.ndim - 2)
-    output, final = driver(
-        program.step, inputs, init, project=program.project, mask=mask, constants=constants,
-        go_backwards=go_backwards, return_sequences=return_sequences,
-        zero_output_for_mask=zero_output_for_mask, unroll=unroll, scan_unroll=scan_unroll, remat=remat,
-        linear=program.linear, unbiased_project=program.unbiased, additive=program.additive,
-    )
-
-    if stateful and not module.is_initializing():
+def store_and_report(module: nn.Module, call: LayerCall, options: CallOptions):
+    """The linen side of the end of a layer call: stores the final state of a stateful layer in
+    the ``'rnn_state'`` collection (not at init) and reports the activity penalty into
+    ``'losses'``; returns the Keras results."""
+    if options.stateful and not module.is_initializing():
         if not module.is_mutable_collection(STATE_COLLECTION):
             raise ValueError(
                 f"stateful=True: call `apply(..., mutable=['{STATE_COLLECTION}'])` so the layer can store its "
                 "final states for the next batch."
             )
-        state_var.value = final
-
-    flat_states = jax.tree_util.tree_leaves(final)
-    results = (output, *flat_states) if return_state else output
-    reg = regularizers.get(activity_regularizer, "activity_regularizer")
-    if reg is not None:
-        regularizers.report(module, "activity_regularizer", regularizers.activity_penalty(reg, results))
-    return results
+        module.put_variable(STATE_COLLECTION, "states", call.state)
+    if call.activity_penalty is not None:
+        regularizers.report(module, "activity_regularizer", call.activity_penalty)
+    return call.results
 
 
-def _state_dtype(input_dtype):
-    """States are kept in at least float32 (bfloat16 inputs get float32 states)."""
-    return jnp.promote_types(input_dtype, jnp.float32)
+def run_recurrent(module: nn.Module, cell, inputs, *, mask=None, initial_state=None, constants=None,
+                  training: bool = False, options: Optional[CallOptions] = None, layout: Optional[str] = None):
+    """A linen recurrent layer's call: ``cell`` run over ``inputs`` with the layer's Keras options
+    (``options``, by default read from ``module``'s fields). ``custom_backward=False`` drops the
+    cell program's hand-written backward forms (the generic loop, which forward-mode autodiff can
+    differentiate)."""
+    options = CallOptions.of(module) if options is None else options
+    seq = check_sequence(inputs, feature_ndim=num_feature_axes(cell), input_dim=options.input_dim,
+                         input_length=options.input_length,
+                         layout=layout or getattr(cell, "sequence_layout", "(*batch, timesteps, features)"))
+    program = cell_program(cell, seq.feature_shape, seq.batch_shape, inputs.dtype, training, constants)
+    call = run_layer(program, inputs, seq, options, cell=cell, mask=mask, initial_state=initial_state,
+                     read_state=read_state(module), constants=constants)
+    return store_and_report(module, call, options)
 
 
 class RecurrentLayer(nn.Module):
     """What every rnnjax recurrent layer shares outside the driver (no fields of its own): Keras's
-    mask rule, which the containers (:class:`rnnjax.Sequential`, :class:`rnnjax.Bidirectional`) read.
+    mask rule, which the containers (:class:`rnnjax.Sequential`, :class:`rnnjax.Bidirectional`) read,
+    and ``num_feature_axes``, the axes after time in its inputs and returned sequences (1; ConvLSTM:
+    rank + 1), which locate the time axis ``-(num_feature_axes + 1)`` behind any batch axes.
     """
+
+    num_feature_axes = 1
 
     def compute_mask(self, inputs, mask=None):
         """The mask of the layer's output (Keras's ``RNN.compute_mask``): the input ``mask``
@@ -310,10 +185,11 @@ class RNN(RecurrentLayer):
     gradients are equal to float rounding; training is slower).
 
     Call: ``layer(inputs, mask=None, initial_state=None, constants=None, training=False)`` with
-    inputs ``(batch, timesteps, features)`` and a boolean ``mask`` ``(batch, timesteps)``.
-    Returns the output ``(batch, units)`` (``(batch, timesteps, units)`` with
-    ``return_sequences``), followed by the final states (flat, Keras order) with
-    ``return_state``. Stateful layers keep their states in the ``'rnn_state'`` collection:
+    inputs ``(*batch, timesteps, features)`` (any number of batch axes, none included, so
+    ``jax.vmap`` over unbatched sequences equals the batched call) and a boolean ``mask``
+    ``(*batch, timesteps)``. Returns the output ``(*batch, units)`` (``(*batch, timesteps, units)``
+    with ``return_sequences``), followed by the final states (flat, Keras order) with
+    ``return_state``. The layer-side semantics are :mod:`rnnjax.layers.path`'s. Stateful layers keep their states in the ``'rnn_state'`` collection:
     ``apply(..., mutable=['rnn_state'])``; see :func:`rnnjax.reset_states`.
     """
 
@@ -336,16 +212,14 @@ class RNN(RecurrentLayer):
             return StackedRNNCells(tuple(self.cell), name="cells")
         return self.cell
 
+    @property
+    def num_feature_axes(self) -> int:
+        return num_feature_axes(self.cell)
+
     @nn.compact
     def __call__(self, inputs, mask=None, initial_state=None, constants=None, training: bool = False):
-        return run_recurrent(
-            self, self._cell(), inputs, mask=mask, initial_state=initial_state, constants=constants,
-            training=training, return_sequences=self.return_sequences, return_state=self.return_state,
-            go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll,
-            zero_output_for_mask=self.zero_output_for_mask, activity_regularizer=self.activity_regularizer,
-            input_dim=self.input_dim, input_length=self.input_length, scan_unroll=self.scan_unroll,
-            remat=self.remat, custom_backward=self.custom_backward, **_sequence_layout(self.cell),
-        )
+        return run_recurrent(self, self._cell(), inputs, mask=mask, initial_state=initial_state, constants=constants,
+                             training=training)
 
     def reset_states(self, states=None):
         """Sets the stateful states to zeros, or to ``states`` (a list of arrays, Keras order).
@@ -356,31 +230,12 @@ class RNN(RecurrentLayer):
         return reset_layer_states(self, states)
 
 
-def _sequence_layout(cell) -> dict:
-    """``input_rank``/``input_layout`` for cells declaring ``sequence_ndim`` (ConvLSTM cells)."""
-    first = cell[0] if isinstance(cell, (list, tuple)) else cell
-    ndim = getattr(first, "sequence_ndim", None)
-    return {} if ndim is None else {"input_rank": ndim, "input_layout": first.sequence_layout}
-
-
 def reset_layer_states(module: nn.Module, states=None):
+    """``reset_states`` of a linen layer: stores :func:`~rnnjax.layers.path.reset_value`."""
     if not module.stateful:
         raise ValueError("reset_states: the layer is not stateful (stateful=False).")
     if not module.has_variable(STATE_COLLECTION, "states"):
         raise ValueError("reset_states: the layer has no states yet; initialise it first (`init`).")
     current = module.get_variable(STATE_COLLECTION, "states")
-    if states is None:
-        new = jax.tree_util.tree_map(jnp.zeros_like, current)
-    else:
-        new = unflatten_states(current, states, "states")
-        new = jax.tree_util.tree_map(like_state, new, current)
-    module.put_variable(STATE_COLLECTION, "states", new)
+    module.put_variable(STATE_COLLECTION, "states", reset_value(current, states))
     return None
-
-
-def like_state(new, current):
-    """``new`` with ``current``'s dtype and, outside ``jit``, its sharding (a state sharded like the
-    batch stays so); under ``jit`` the result is placed by ``jit`` (its ``out_shardings``)."""
-    new = jnp.asarray(new, current.dtype)
-    traced = isinstance(current, jax.core.Tracer) or isinstance(new, jax.core.Tracer)
-    return new if traced else jax.device_put(new, current.sharding)

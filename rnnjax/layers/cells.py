@@ -2,7 +2,7 @@
 
 Each owns its parameters (Keras names ``kernel``, ``recurrent_kernel``, ``bias``), its
 dropout masks (the ``'dropout'`` RNG stream, drawn once per sequence, only in training) and its
-weight penalties, and hands the driver a :class:`~rnnjax.layers.base.CellProgram` built from a
+weight penalties, and hands the driver a :class:`~rnnjax.layers.path.CellProgram` built from a
 functional core. Called directly, a cell runs one step the Keras way::
 
     output, new_states = cell(x_t, states)       # states: list of (batch, units) arrays
@@ -16,11 +16,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rnnjax import constraints, regularizers
-from rnnjax.functional.core import check_rate, core_program, dropout_masks
+from rnnjax.functional.core import check_rate, dropout_masks
 from rnnjax.functional.gru import GRUCore
 from rnnjax.functional.lstm import LSTMCore
 from rnnjax.functional.simple_rnn import SimpleRNNCore
-from rnnjax.layers.base import CellProgram, single_step
+from rnnjax.layers.base import single_step
+from rnnjax.layers.path import CellProgram, core_cell_program
 
 _WEIGHTS = ("kernel", "recurrent_kernel", "bias")
 _ARG = {"kernel": "kernel", "recurrent_kernel": "recurrent", "bias": "bias"}  # Keras argument prefixes
@@ -75,7 +76,7 @@ class KerasCell(nn.Module):
     def weights(self, input_dim: int):
         """Creates (at init) or fetches the parameters, reporting their penalties."""
         core = self.core()
-        if self.has_variable("params", "kernel"):
+        if self.has_variable("params", "kernel"):  # before `param`, whose own shape check names no argument
             built = self.get_variable("params", "kernel").shape
             if built[-2] != input_dim:
                 raise ValueError(
@@ -87,47 +88,44 @@ class KerasCell(nn.Module):
             return self.param(name, lambda key: getattr(core.init(key, input_dim, self.param_dtype), name))
 
         values = {name: make(name) for name in _WEIGHTS if name != "bias" or self.use_bias}
-        kernel = values["kernel"]
-        if kernel.shape[-2] != input_dim:
-            raise ValueError(
-                f"`inputs`: {input_dim} features per step, but {type(self).__name__} was built for "
-                f"{kernel.shape[-2]} (kernel shape {tuple(kernel.shape)})."
-            )
         for name, value in values.items():
             reg = regularizers.get(getattr(self, f"{_ARG[name]}_regularizer"))
             if reg is not None:
                 regularizers.report(self, f"{_ARG[name]}_regularizer", reg(value))
         return values
 
+    def dropout_masks(self, input_shape, state_shape, count, dtype, training):
+        """This call's ``(input mask, recurrent mask)``, ``(count, *shape)`` each (None outside
+        training or at rate 0), drawn once per sequence from the ``'dropout'`` stream."""
+        in_mask = rec_mask = None
+        if training and self.dropout > 0:
+            in_mask = dropout_masks(self.make_rng("dropout"), self.dropout, input_shape, count, dtype)
+        if training and self.recurrent_dropout > 0:
+            rec_mask = dropout_masks(self.make_rng("dropout"), self.recurrent_dropout, state_shape, count, dtype)
+        return in_mask, rec_mask
+
     @nn.compact
     def prepare(self, input_shape, batch_shape, dtype, training) -> CellProgram:
         """Creates/fetches the weights, draws this call's dropout masks, returns the program."""
         if len(input_shape) != 1:
             raise ValueError(
-                f"`inputs`: {type(self).__name__} takes (batch, features) per step, got per-step shape {tuple(input_shape)}."
+                f"`inputs`: {type(self).__name__} takes (*batch, features) per step, got per-step shape {tuple(input_shape)}."
             )
         input_dim = int(input_shape[0])
         core = self.core()
         values = self.weights(input_dim)
         params = core.params_class(values["kernel"], values["recurrent_kernel"], values.get("bias"))
         count = 1 if core.implementation == 2 else core.gates
-        in_mask = rec_mask = None
-        if training and self.dropout > 0:
-            in_mask = dropout_masks(self.make_rng("dropout"), self.dropout, tuple(batch_shape) + (input_dim,), count, dtype)
-        if training and self.recurrent_dropout > 0:
-            rec_mask = dropout_masks(self.make_rng("dropout"), self.recurrent_dropout,
-                                     tuple(batch_shape) + (self.units,), count, dtype)
-
-        program = core_program(core, params, in_mask, rec_mask)
-        return CellProgram(program.project, program.step, core.initial_state, (self.units,), linear=program.linear,
-                           unbiased=program.unbiased, additive=program.additive)
+        in_mask, rec_mask = self.dropout_masks(tuple(batch_shape) + (input_dim,), tuple(batch_shape) + (self.units,),
+                                               count, dtype, training)
+        return core_cell_program(core, params, (self.units,), in_mask, rec_mask)
 
     def get_initial_state(self, batch_size: int, dtype=jnp.float32):
         """Zero states, a flat list in Keras order."""
         return list(self.core().initial_state((batch_size,), dtype))
 
     def __call__(self, inputs, states, training: bool = False):
-        """One step: ``(output (batch, units), new_states list)``."""
+        """One step on ``inputs (*batch, features)``: ``(output (*batch, units), new_states list)``."""
         return single_step(self, inputs, states, None, training)
 
 

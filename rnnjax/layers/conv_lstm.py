@@ -11,26 +11,26 @@ undilated. Parameters (Keras layout, under ``params['cell']``): ``kernel kernel_
 ``recurrent_kernel kernel_size + (F, 4F)``, ``bias (4F,)``.
 
 Shapes (2-D; 1-D and 3-D drop/add a spatial axis), ``channels_last``:
-inputs ``(samples, time, rows, cols, channels)``, output ``(samples, rows', cols', filters)``
-or ``(samples, time, rows', cols', filters)`` with ``return_sequences``, states ``h, c``
-``(samples, rows', cols', filters)``. ``channels_first`` puts channels/filters right after the
+inputs ``(*samples, time, rows, cols, channels)`` (any number of sample axes), output
+``(*samples, rows', cols', filters)`` or ``(*samples, time, rows', cols', filters)`` with
+``return_sequences``, states ``h, c`` ``(*samples, rows', cols', filters)``. ``channels_first`` puts channels/filters right after the
 time (or batch) axis. The layers compute channels_last internally: a channels_first input is
 transposed once before the loop and the outputs/states once after (states in the
 ``'rnn_state'`` collection of a stateful layer are kept channels_last).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnnjax.functional import initializers
 from rnnjax.functional.conv_lstm import ConvLSTMCore, ConvLSTMParams, check_data_format, shape_ints
-from rnnjax.functional.core import check_rate, dropout_masks, unbiased_projection
-from rnnjax.layers.base import CellProgram, RecurrentLayer, reset_layer_states, run_recurrent
+from rnnjax.layers.base import STATE_COLLECTION, RecurrentLayer, reset_layer_states, run_recurrent
 from rnnjax.layers.cells import KerasCell
+from rnnjax.layers.path import CellProgram, check_sequence, check_state, core_cell_program
 
 
 def _to_last(x, axis):
@@ -57,12 +57,7 @@ class ConvLSTMCell(KerasCell):
     core_class = ConvLSTMCore
 
     def __post_init__(self):
-        self.core()
-        check_data_format(self.data_format)
-        check_rate(self.dropout, "dropout")
-        check_rate(self.recurrent_dropout, "recurrent_dropout")
-        for name in ("kernel_initializer", "recurrent_initializer", "bias_initializer"):
-            initializers.get(getattr(self, name), name)
+        check_data_format(self.data_format)  # the rest: KerasCell's check_cell_config
         super().__post_init__()
 
     @property
@@ -70,13 +65,13 @@ class ConvLSTMCell(KerasCell):
         return self.filters
 
     @property
-    def sequence_ndim(self) -> int:
-        """Rank of a sequence batch for this cell (:class:`rnnjax.RNN` checks inputs against it)."""
-        return self.rank + 3
+    def num_feature_axes(self) -> int:
+        """Feature axes of one step: the spatial axes and the channels."""
+        return self.rank + 1
 
     @property
     def sequence_layout(self) -> str:
-        return "(batch, timesteps, channels, *spatial)" if self._channels_first() else "(batch, timesteps, *spatial, channels)"
+        return "(*batch, timesteps, channels, *spatial)" if self._channels_first() else "(*batch, timesteps, *spatial, channels)"
 
     def _channels_first(self):
         return check_data_format(self.data_format) == "channels_first"
@@ -98,39 +93,15 @@ class ConvLSTMCell(KerasCell):
         values = self.weights(channels)
         params = ConvLSTMParams(values["kernel"], values["recurrent_kernel"], values.get("bias"))
         batch_shape = tuple(batch_shape)
-        in_mask = rec_mask = None
-        if training and self.dropout > 0:
-            in_mask = dropout_masks(self.make_rng("dropout"), self.dropout, batch_shape + spatial + (channels,),
-                                    core.gates, dtype)
-        if training and self.recurrent_dropout > 0:
-            rec_mask = dropout_masks(self.make_rng("dropout"), self.recurrent_dropout,
-                                     batch_shape + out_spatial + (self.filters,), core.gates, dtype)
-        axis = -(r + 1)  # the channel axis of a channels_first per-step array
-
-        def project(x):
-            return core.project(params, _to_last(x, axis) if cf else x, in_mask)
-
-        def step(state, xp_t):
-            if cf:
-                state = jax.tree_util.tree_map(lambda a: _to_last(a, axis), state)
-            new, y = core.step(params, state, xp_t, rec_mask)
-            if cf:
-                new = jax.tree_util.tree_map(lambda a: _to_first(a, axis), new)
-                y = _to_first(y, axis)
-            return new, y
+        in_mask, rec_mask = self.dropout_masks(batch_shape + spatial + (channels,),
+                                               batch_shape + out_spatial + (self.filters,), core.gates, dtype, training)
 
         def initial_state(batch_shape=batch_shape, dtype=dtype):
-            state = core.initial_state(batch_shape, dtype, spatial)
-            return jax.tree_util.tree_map(lambda a: _to_first(a, axis), state) if cf else state
+            return core.initial_state(batch_shape, dtype, spatial)
 
-        output_shape = ((self.filters,) + out_spatial) if cf else (out_spatial + (self.filters,))
-        # channels_first cells transpose inside the step, so only channels_last has the linear form.
-        linear = None if cf else core.linear_step(params, rec_mask)
-        # channels_last: project is the core's own, so its unbiased form is too
-        unbiased = None if cf else unbiased_projection(core, params, in_mask)
-        additive = None if cf else core.additive_step(params, rec_mask)
-        return CellProgram(project, step, initial_state, output_shape, linear=linear, unbiased=unbiased,
-                           additive=additive)
+        if not cf:
+            return core_cell_program(core, params, out_spatial + (self.filters,), in_mask, rec_mask, initial_state)
+        return _channels_first_program(core, params, in_mask, rec_mask, initial_state, (self.filters,) + out_spatial, r)
 
     def get_initial_state(self, batch_size: int, input_spatial_shape=None, dtype=jnp.float32):
         """Zero states ``[h, c]`` for inputs of spatial shape ``input_spatial_shape``."""
@@ -138,6 +109,24 @@ class ConvLSTMCell(KerasCell):
         if self._channels_first():
             state = jax.tree_util.tree_map(lambda a: _to_first(a, 1), state)
         return list(state)
+
+
+def _channels_first_program(core, params, in_mask, rec_mask, initial_state, output_shape, rank) -> CellProgram:
+    """A channels_first cell's program: the core (channels_last) with the channel axis moved at
+    every step, so it has none of the core's fast forms (the ConvLSTM layers avoid it)."""
+    axis = -(rank + 1)  # the channel axis of a channels_first per-step array
+
+    def project(x):
+        return core.project(params, _to_last(x, axis), in_mask)
+
+    def step(state, xp_t):
+        new, y = core.step(params, jax.tree_util.tree_map(lambda a: _to_last(a, axis), state), xp_t, rec_mask)
+        return jax.tree_util.tree_map(lambda a: _to_first(a, axis), new), _to_first(y, axis)
+
+    def first_initial_state(*args, **kwargs):
+        return jax.tree_util.tree_map(lambda a: _to_first(a, axis), initial_state(*args, **kwargs))
+
+    return CellProgram(project, step, first_initial_state, output_shape)
 
 
 _CELL_DOC = """Cell class for the ConvLSTM{r}D layer (see :class:`ConvLSTMCell`; equations in
@@ -183,20 +172,17 @@ ConvLSTM2DCell = _cell_class(2, (1, 1), "rows, cols")
 ConvLSTM3DCell = _cell_class(3, (1, 1, 1), "conv_dim1, conv_dim2, conv_dim3")
 
 _CELLS = {1: ConvLSTM1DCell, 2: ConvLSTM2DCell, 3: ConvLSTM3DCell}
-_CELL_FIELDS = (
-    "filters", "kernel_size", "strides", "padding", "dilation_rate", "activation", "recurrent_activation",
-    "use_bias", "kernel_initializer", "recurrent_initializer", "bias_initializer", "unit_forget_bias",
-    "kernel_regularizer", "recurrent_regularizer", "bias_regularizer", "kernel_constraint",
-    "recurrent_constraint", "bias_constraint", "dropout", "recurrent_dropout", "param_dtype",
-)
+_CELL_FIELDS = tuple(f.name for f in dataclasses.fields(ConvLSTM2DCell) if f.name not in ("parent", "name", "data_format"))
 
 
 class ConvLSTM(RecurrentLayer):
     """Shared call of ``ConvLSTM1D/2D/3D`` (the fields are declared by the subclasses).
 
-    Call: ``layer(inputs, mask=None, initial_state=None, training=False)``; ``mask`` boolean
-    ``(samples, time)``; ``initial_state`` ``[h, c]`` in the layer's data_format. Returns the
-    output, followed by ``h, c`` (in the layer's data_format) with ``return_state``.
+    Call: ``layer(inputs, mask=None, initial_state=None, training=False)`` with inputs
+    ``(*batch, time, *spatial, channels)`` (``(*batch, time, channels, *spatial)`` for
+    channels_first), any number of batch axes; ``mask`` boolean ``(*batch, time)``;
+    ``initial_state`` ``[h, c]`` in the layer's data_format. Returns the output, followed by
+    ``h, c`` (in the layer's data_format) with ``return_state``.
     """
 
     rank = None
@@ -206,76 +192,73 @@ class ConvLSTM(RecurrentLayer):
         check_data_format(self.data_format)
         super().__post_init__()
 
+    @property
+    def num_feature_axes(self) -> int:
+        return self.rank + 1
+
     def _make_cell(self, **kwargs):
         return _CELLS[self.rank](**{n: getattr(self, n) for n in _CELL_FIELDS}, data_format="channels_last", **kwargs)
 
+    def _channels_first(self):
+        return check_data_format(self.data_format) == "channels_first"
+
     def _layout(self, cf):
         sp = {1: "steps", 2: "rows, cols", 3: "conv_dim1, conv_dim2, conv_dim3"}[self.rank]
-        return f"(samples, time, channels, {sp})" if cf else f"(samples, time, {sp}, channels)"
+        return f"(*samples, time, channels, {sp})" if cf else f"(*samples, time, {sp}, channels)"
 
-    def _states_to_last(self, states, expected_first, argument):
-        """User (channels_first) states -> channels_last, checking their shapes."""
-        leaves = [states] if hasattr(states, "shape") else jax.tree_util.tree_leaves(states)
-        if len(leaves) != 2:
-            raise ValueError(f"`{argument}`: expected 2 state arrays [h, c], got {len(leaves)}.")
-        out = []
-        for i, s in enumerate(leaves):
-            s = jnp.asarray(s)
-            if expected_first is not None and tuple(s.shape) != expected_first:
-                raise ValueError(f"`{argument}`[{i}]: expected shape {expected_first} (channels_first), got {tuple(s.shape)}.")
-            out.append(_to_last(s, 1))
-        return out
+    def _states_to_last(self, states, last_shapes, argument):
+        """User (channels_first) states -> channels_last, checked against the channels_last
+        ``last_shapes`` (their channels_first forms are what the user is told)."""
+        axis = -(self.rank + 1)
+        first = [jax.ShapeDtypeStruct(_move_shape(sh, axis), jnp.float32) for sh in last_shapes]
+        return [_to_last(a, axis) for a in check_state(first, states, argument)]
 
     @nn.compact
     def __call__(self, inputs, mask=None, initial_state=None, training: bool = False):
-        r = self.rank
-        cf = check_data_format(self.data_format) == "channels_first"
-        if not hasattr(inputs, "ndim") or inputs.ndim != r + 3:
-            raise ValueError(
-                f"`inputs`: expected a {r + 3}-D array {self._layout(cf)}, got shape "
-                f"{getattr(inputs, 'shape', type(inputs).__name__)}."
-            )
-        x = jnp.moveaxis(inputs, 2, -1) if cf else inputs
+        r, cf = self.rank, self._channels_first()
+        seq = check_sequence(inputs, feature_ndim=r + 1, layout=self._layout(cf))
+        axis = -(r + 1)  # the channel axis (channels_first) of inputs, outputs and states
+        x = _to_last(inputs, axis) if cf else inputs
         cell = self._make_cell(name="cell")
         if initial_state is not None and cf:
-            out_sp = cell.core().output_spatial_shape(x.shape[2:-1])
-            initial_state = self._states_to_last(initial_state, (x.shape[0], self.filters) + out_sp, "initial_state")
-        result = run_recurrent(
-            self, cell, x, mask=mask, initial_state=initial_state, training=training,
-            return_sequences=self.return_sequences, return_state=self.return_state,
-            go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll,
-            zero_output_for_mask=self.zero_output_for_mask, activity_regularizer=self.activity_regularizer,
-            scan_unroll=self.scan_unroll, remat=self.remat, custom_backward=self.custom_backward,
-            input_rank=r + 3, input_layout=self._layout(False),
-        )
+            spatial = x.shape[x.ndim - r - 1:-1]
+            last = seq.batch_shape + cell.core().output_spatial_shape(spatial) + (self.filters,)
+            initial_state = self._states_to_last(initial_state, [last, last], "initial_state")
+        result = run_recurrent(self, cell, x, mask=mask, initial_state=initial_state, training=training,
+                               layout=self._layout(False))
         if not cf:
             return result
-        if self.return_state:
-            output, *states = result
-            return (_to_first(output, 2 if self.return_sequences else 1), *[_to_first(s, 1) for s in states])
-        return _to_first(result, 2 if self.return_sequences else 1)
+        return jax.tree_util.tree_map(lambda a: _to_first(a, axis), result)
 
     def reset_states(self, states=None):
         """Zeroes the stateful states, or sets them to ``states`` ``[h, c]`` (layer's data_format).
 
         ``_, updates = layer.apply(variables, method='reset_states', mutable=['rnn_state'])``.
         """
-        if states is not None and check_data_format(self.data_format) == "channels_first":
-            states = self._states_to_last(states, None, "states")
+        if states is not None and self._channels_first() and self.has_variable(STATE_COLLECTION, "states"):
+            stored = jax.tree_util.tree_leaves(self.get_variable(STATE_COLLECTION, "states"))
+            states = self._states_to_last(states, [tuple(a.shape) for a in stored], "states")
         return reset_layer_states(self, states)
+
+
+def _move_shape(shape, axis) -> tuple:
+    """The shape of ``_to_first`` applied to an array of ``shape``."""
+    shape = list(shape)
+    shape.insert(axis % len(shape), shape.pop())
+    return tuple(shape)
 
 
 _LAYER_DOC = """{r}D Convolutional LSTM: an LSTM whose input and recurrent transformations are
     convolutions (see :mod:`rnnjax.layers.conv_lstm`; equations in
     :class:`rnnjax.functional.ConvLSTMCore`).
 
-    Inputs ``(samples, time, {sp}, channels)`` (channels_last, the default) or
-    ``(samples, time, channels, {sp})`` (channels_first). Output ``(samples, {sp}', filters)``,
-    with ``return_sequences`` ``(samples, time, {sp}', filters)`` (filters after time/samples for
-    channels_first), where ``{sp}'`` follow from kernel_size, strides, padding and dilation
+    Inputs ``(*samples, time, {sp}, channels)`` (channels_last, the default) or
+    ``(*samples, time, channels, {sp})`` (channels_first), any number of sample axes (none: one
+    unbatched sequence). Output ``(*samples, {sp}', filters)``, with ``return_sequences``
+    ``(*samples, time, {sp}', filters)`` (filters after time/samples for channels_first), where ``{sp}'`` follow from kernel_size, strides, padding and dilation
     (Keras's conv output length). ``return_state`` adds ``h, c`` (each shaped like the last output).
 
-    Seed defaults (Keras 2): ``recurrent_activation='hard_sigmoid'`` (``clip(0.2x + 0.5, 0, 1)``);
+    Keras 2 defaults: ``recurrent_activation='hard_sigmoid'`` (``clip(0.2x + 0.5, 0, 1)``);
     Keras 3 uses ``'sigmoid'``. Extra fields beyond Keras 2: ``return_state``, ``unroll``,
     ``zero_output_for_mask``, ``param_dtype``, ``scan_unroll``, ``remat``, ``custom_backward`` (see
     :class:`rnnjax.RNN`).

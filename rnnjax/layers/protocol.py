@@ -16,7 +16,7 @@ import functools
 import inspect
 import re
 
-import jax.numpy as jnp
+from rnnjax.layers import path
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,21 +64,14 @@ def raise_no_masking(layer):
 
 
 def check_mask(mask, inputs, where: str, nested: bool = False):
-    """A mask must be boolean ``(batch, timesteps)``, the first two axes of ``inputs`` (with
-    ``nested``, any leading axes of ``inputs`` from the first two on: a ``TimeDistributed`` mask)."""
+    """A container's mask: boolean, the leading axes ``(*batch, timesteps)`` of ``inputs`` (the
+    container cannot know how many of its inputs' axes are features; the layers inside check the
+    exact shape). With ``nested`` (a ``TimeDistributed`` mask) at least two axes."""
     if mask is None:
         return None
-    shape = tuple(getattr(mask, "shape", ()))
-    rank_ok = len(shape) >= 2 if nested else len(shape) == 2
-    if not rank_ok or shape != tuple(inputs.shape[:len(shape)]):
-        raise ValueError(
-            f"`mask` ({where}): expected shape {tuple(inputs.shape[:2])} (batch, timesteps) for inputs of "
-            f"shape {tuple(inputs.shape)}, got {shape}."
-        )
-    mask = jnp.asarray(mask)
-    if mask.dtype != jnp.bool_:
-        raise TypeError(f"`mask` ({where}): expected a boolean array, got dtype {mask.dtype}; use `mask.astype(bool)`.")
-    return mask
+    rank = len(getattr(mask, "shape", ()))
+    fits = (2 if nested else 1) <= rank <= inputs.ndim
+    return path.check_mask(mask, inputs.shape[:rank] if fits else inputs.shape[:2], where)
 
 
 def keras_name(layer) -> str:

@@ -1,11 +1,11 @@
 """The Keras 2 recurrent layers ``SimpleRNN``, ``GRU`` and ``LSTM`` as Flax modules.
 
-Each is ``RNN(<X>Cell(...))`` with the seed's signature and defaults; the cell's parameters
+Each is ``RNN(<X>Cell(...))`` with Keras 2's signature and defaults; the cell's parameters
 live under ``params['cell']`` (``kernel``, ``recurrent_kernel``, ``bias``). Call::
 
-    y = layer(inputs, mask=None, initial_state=None, training=False)
+    y = layer(inputs, mask=None, initial_state=None, training=False)   # inputs (*batch, T, F)
 
-Extra fields beyond the seed: ``input_dim``/``input_length`` (checked), ``zero_output_for_mask``,
+Extra fields beyond Keras 2: ``input_dim``/``input_length`` (checked), ``zero_output_for_mask``,
 ``reset_after`` (GRU), ``param_dtype``, the performance options ``scan_unroll`` and
 ``remat``, and ``custom_backward`` (False for forward-mode differentiation: ``jax.jvp``,
 ``jax.jacfwd``, ``jax.hessian``; see :class:`rnnjax.RNN`).
@@ -38,14 +38,8 @@ class _KerasRecurrent(RecurrentLayer):
 
     @nn.compact
     def __call__(self, inputs, mask=None, initial_state=None, training: bool = False):
-        return run_recurrent(
-            self, self._make_cell(), inputs, mask=mask, initial_state=initial_state, training=training,
-            return_sequences=self.return_sequences, return_state=self.return_state,
-            go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll,
-            zero_output_for_mask=self.zero_output_for_mask, activity_regularizer=self.activity_regularizer,
-            input_dim=self.input_dim, input_length=self.input_length, scan_unroll=self.scan_unroll,
-            remat=self.remat, custom_backward=self.custom_backward,
-        )
+        return run_recurrent(self, self._make_cell(), inputs, mask=mask, initial_state=initial_state,
+                             training=training)
 
     def reset_states(self, states=None):
         """Zeroes the stateful states, or sets them to ``states`` (``[h]`` or ``[h, c]``).
@@ -92,7 +86,7 @@ class SimpleRNN(_KerasRecurrent):
 class GRU(_KerasRecurrent):
     """Gated Recurrent Unit - Cho et al. 2014 (see :class:`GRUCell` for the equations).
 
-    Seed defaults: ``recurrent_activation='hard_sigmoid'`` (Keras 2's ``clip(0.2x + 0.5, 0, 1)``),
+    Keras 2 defaults: ``recurrent_activation='hard_sigmoid'`` (Keras 2's ``clip(0.2x + 0.5, 0, 1)``),
     ``implementation=1``, ``reset_after=False``. For Keras 3's GRU pass
     ``recurrent_activation='sigmoid', reset_after=True``.
     """
@@ -134,7 +128,7 @@ class GRU(_KerasRecurrent):
 class LSTM(_KerasRecurrent):
     """Long Short-Term Memory layer - Hochreiter 1997 (see :class:`LSTMCell` for the equations).
 
-    Seed defaults: ``recurrent_activation='hard_sigmoid'``, ``unit_forget_bias=True``,
+    Keras 2 defaults: ``recurrent_activation='hard_sigmoid'``, ``unit_forget_bias=True``,
     ``implementation=1``. ``return_state`` returns ``(output, h, c)``.
     """
 

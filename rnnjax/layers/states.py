@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from rnnjax.layers.base import STATE_COLLECTION, like_state, unflatten_states
+from rnnjax.layers.base import STATE_COLLECTION
+from rnnjax.layers.path import like_state, reset_value
 
 
 def _layer_paths(collection) -> list[tuple]:
@@ -60,8 +61,7 @@ def _from_flat_list(current, states):
     new = _as_dict(current)  # a copy of the dicts; the arrays are replaced below
     start = 0
     for path, template, count in zip(paths, templates, counts):
-        part = unflatten_states(template, given[start:start + count], "states")
-        _get(new, path)["states"] = jax.tree_util.tree_map(like_state, part, template)
+        _get(new, path)["states"] = reset_value(template, given[start:start + count])
         start += count
     return new
 

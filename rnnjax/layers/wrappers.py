@@ -144,8 +144,8 @@ class Bidirectional(nn.Module):
             states = (*f_states, *b_states)
         elif self.layer.stateful and not self.is_initializing():
             self._check_same_states(*(l.get_variable(STATE_COLLECTION, "states") for l in (forward, backward)))
-        if self.layer.return_sequences:
-            y_rev = jnp.flip(y_rev, axis=1)
+        if self.layer.return_sequences:  # the time axis, behind any batch axes
+            y_rev = jnp.flip(y_rev, axis=-(getattr(forward, "num_feature_axes", 1) + 1))
         return self._merge(y, y_rev, states)
 
     def _check_same_states(self, f_states, b_states):
