@@ -47,8 +47,10 @@ def test_call_errors():
     layer = rnx.LSTM(4, input_dim=5, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"`inputs`: 6 features per step, but LSTMCell was built for 5"):
         layer(jnp.zeros((3, 7, 6)))
-    with pytest.raises(ValueError, match=r"`inputs`: expected a 3-D array"):
-        layer(jnp.zeros((7, 5, 1, 1)))
+    with pytest.raises(ValueError, match=r"`inputs`: expected an array \(\*batch, timesteps, features\) with at least 2"):
+        layer(jnp.zeros((5,)))
+    with pytest.raises(ValueError, match=r"`mask`: expected shape \(3, 7\)"):
+        layer(X, mask=jnp.ones((1, 7), bool))
     with pytest.raises(ValueError, match=r"`initial_state`: expected 2 state array"):
         layer(X, initial_state=[jnp.zeros((3, 4))])
     with pytest.raises(ValueError, match=r"`training`=True and `deterministic`=True contradict"):

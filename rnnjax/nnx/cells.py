@@ -5,24 +5,25 @@ A cell holds its parameters as ``nnx.Param`` under the Keras names, in Keras lay
 (``kernel``, ``recurrent_kernel``, ``bias``; the weight penalties and constraints as their
 ``regularizer``/``constraint`` metadata), its linen twin as its static configuration (``spec``:
 the same arguments, validated by it), and, when it drops out, a forked ``nnx.Rngs`` stream.
-``cell.program(...)`` is what the layers run: the functional core's program
-(:func:`rnnjax.functional.core.core_program`) on this call's parameters and dropout masks.
+``cell.program(...)`` is what the layers run through the layer-side path
+(:mod:`rnnjax.layers.path`): the functional core's program on this call's parameters and dropout
+masks (:func:`~rnnjax.layers.path.core_cell_program`).
 Called directly it runs one step the Keras way::
 
     output, new_states = cell(x_t, states)       # states: list of (batch, units) arrays
 """
 from __future__ import annotations
 
-import numbers
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from rnnjax import constraints, layers as linen_layers, regularizers
-from rnnjax.functional.core import core_program, dropout_masks
-from rnnjax.layers.base import CellProgram
-from rnnjax.nnx import _args, _path
+from rnnjax.functional.core import dropout_masks
+from rnnjax.layers import path
+from rnnjax.layers.path import CellProgram
+from rnnjax.nnx import _args
 
 WEIGHTS = (("kernel", "kernel"), ("recurrent_kernel", "recurrent"), ("bias", "bias"))
 
@@ -102,6 +103,7 @@ class KerasCell(DropoutStream, nnx.Module):
         self._init_dropout(rngs, deterministic, rng_collection)
 
     input_what = "input features"
+    num_feature_axes = 1  # the axes after time in an input sequence
 
     @property
     def core(self):
@@ -123,7 +125,7 @@ class KerasCell(DropoutStream, nnx.Module):
     def _shapes(self, feature_shape):
         """``(input features, input mask shape, state mask shape, output shape, state kwargs)``."""
         if len(feature_shape) != 1:
-            raise ValueError(f"`inputs`: {type(self).__name__} takes (batch, features) per step, got per-step "
+            raise ValueError(f"`inputs`: {type(self).__name__} takes (*batch, features) per step, got per-step "
                              f"shape {tuple(feature_shape)}.")
         n = int(feature_shape[0])
         return n, (n,), (self.spec.units,), (self.spec.units,), {}
@@ -144,20 +146,18 @@ class KerasCell(DropoutStream, nnx.Module):
             in_mask = dropout_masks(keys(), self.spec.dropout, batch_shape + in_shape, count, dtype)
         if keys is not None and self.spec.recurrent_dropout > 0:
             rec_mask = dropout_masks(keys(), self.spec.recurrent_dropout, batch_shape + rec_shape, count, dtype)
-        prog = core_program(core, self.params(), in_mask, rec_mask)
 
         def initial_state(batch_shape=batch_shape, dtype=dtype):
             return core.initial_state(batch_shape, dtype, **state_kwargs)
 
-        return CellProgram(prog.project, prog.step, initial_state, output_shape, linear=prog.linear,
-                           unbiased=prog.unbiased, additive=prog.additive)
+        return path.core_cell_program(core, self.params(), output_shape, in_mask, rec_mask, initial_state)
 
     def get_initial_state(self, batch_size: int, dtype=jnp.float32):
         """Zero states, a flat list in Keras order."""
         return list(self.core.initial_state((batch_size,), dtype))
 
     def __call__(self, inputs, states, training=None, *, deterministic=None, rngs=None):
-        """One step: ``(output (batch, units), new_states list)``."""
+        """One step on ``inputs (*batch, features)``: ``(output (*batch, units), new_states list)``."""
         return single_step(self, inputs, states, None, resolve_deterministic(training, deterministic), rngs)
 
 
@@ -190,29 +190,24 @@ class LSTMCell(KerasCell):
     last_positional = "implementation"
 
 
-def _sizes(state_size) -> tuple:
-    if isinstance(state_size, numbers.Integral):
-        return (int(state_size),)
-    return tuple(state_size)
-
-
 def generic_program(cell, feature_shape, batch_shape, dtype) -> CellProgram:
     """The program of any NNX module with the Keras cell protocol: ``state_size`` (an int or a
     tuple) and ``__call__(inputs, states[, constants])`` returning ``(output, new_states)``."""
     if not hasattr(cell, "state_size"):
         raise TypeError(f"`cell`: {type(cell).__name__} has no `state_size`; a cell needs `state_size` (an int or a "
                         "tuple of ints) and `__call__(inputs, states)` returning `(output, new_states)`.")
-    sizes = _sizes(cell.state_size)
+    state_size = cell.state_size
+    count = len(path.zero_states(state_size, (), dtype))
 
     def initial_state(batch_shape=tuple(batch_shape), dtype=dtype):
-        return tuple(jnp.zeros(tuple(batch_shape) + ((s,) if isinstance(s, int) else tuple(s)), dtype) for s in sizes)
+        return path.zero_states(state_size, batch_shape, dtype)
 
     def step(state, x_t, constants=None):
         out, new = cell(x_t, list(state)) if constants is None else cell(x_t, list(state), constants=constants)
         new = tuple(new) if isinstance(new, (list, tuple)) else (new,)
-        if len(new) != len(sizes):
+        if len(new) != count:
             raise ValueError(f"`cell`: {type(cell).__name__} returned {len(new)} states, its state_size declares "
-                             f"{len(sizes)}.")
+                             f"{count}.")
         return new, out
 
     size = getattr(cell, "output_size", None)
@@ -244,6 +239,7 @@ class StackedRNNCells(nnx.Module):
                 raise TypeError(f"`cells`[{k}]: expected an NNX cell (an nnx.Module), got {type(cell).__name__}; "
                                 "linen cells go in rnnjax.RNN.")
         self.cells = nnx.List(list(cells))
+        self.num_feature_axes = num_feature_axes(self.cells[0])
 
     @property
     def state_size(self):
@@ -255,32 +251,22 @@ class StackedRNNCells(nnx.Module):
             prog = cell_program(cell, shape, batch_shape, dtype, deterministic, rngs)
             programs.append(prog)
             shape = prog.output_shape
-
-        def step(state, xp_t, constants=None):
-            new_states, y = [], None
-            for k, prog in enumerate(programs):
-                x_in = xp_t if k == 0 else prog.project(y)
-                use = constants is not None and prog.takes_constants
-                s, y = prog.step(state[k], x_in, constants) if use else prog.step(state[k], x_in)
-                new_states.append(s)
-            return tuple(new_states), y
-
-        def initial_state(batch_shape=tuple(batch_shape), dtype=dtype):
-            return tuple(p.initial_state(batch_shape, dtype) for p in programs)
-
-        return CellProgram(programs[0].project, step, initial_state, programs[-1].output_shape,
-                           takes_constants=any(p.takes_constants for p in programs))
+        return path.stack_programs(programs, tuple(batch_shape), dtype)
 
     def __call__(self, inputs, states, constants=None, training=None, *, deterministic=None, rngs=None):
         """One step of the stack (Keras cell protocol): ``states`` flat as in Keras."""
         return single_step(self, inputs, states, constants, resolve_deterministic(training, deterministic), rngs)
 
 
+def num_feature_axes(cell) -> int:
+    """How many trailing feature axes one step of ``cell`` takes (1; ConvLSTM cells: rank + 1)."""
+    return int(getattr(cell, "num_feature_axes", 1))
+
+
 def single_step(cell, inputs, states, constants=None, deterministic=None, rngs=None):
-    """Keras-style one step: ``(output, new_states)`` with ``states`` a flat list of arrays."""
-    batch_shape = inputs.shape[:1]
-    prog = cell_program(cell, inputs.shape[1:], batch_shape, inputs.dtype, deterministic, rngs)
-    state = _path.unflatten(prog.initial_state(batch_shape, _path.state_dtype(inputs.dtype)), states, "states")
-    xp = prog.project(inputs)
-    new, y = prog.step(state, xp) if constants is None else prog.step(state, xp, constants)
-    return y, jax.tree_util.tree_leaves(new)
+    """Keras-style one step on ``inputs (*batch, *features)``: ``(output, new_states)`` with
+    ``states`` a flat list of arrays."""
+    nf = num_feature_axes(cell)
+    batch_shape, feature_shape = inputs.shape[:inputs.ndim - nf], inputs.shape[inputs.ndim - nf:]
+    prog = cell_program(cell, feature_shape, batch_shape, inputs.dtype, deterministic, rngs)
+    return path.step_once(prog, cell, inputs, states, constants, nf)

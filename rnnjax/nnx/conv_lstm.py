@@ -13,10 +13,10 @@ needs ``batch_size`` and ``input_spatial_shape`` (the input's spatial sizes) at 
 """
 from __future__ import annotations
 
-import jax.numpy as jnp
+import jax
 
 from rnnjax.functional.conv_lstm import check_data_format, shape_ints
-from rnnjax.layers import conv_lstm as linen_conv
+from rnnjax.layers import conv_lstm as linen_conv, path
 from rnnjax.nnx import _args
 from rnnjax.nnx.cells import KerasCell
 from rnnjax.nnx.recurrent import Recurrent
@@ -36,14 +36,19 @@ class ConvLSTMCell(KerasCell):
         feature_shape = shape_ints(feature_shape)
         if len(feature_shape) != r + 1:
             raise ValueError(f"`inputs`: {type(self).__name__} takes {r} spatial dimensions and channels per step "
-                             f"(*spatial, channels), got per-step shape {feature_shape}.")
+                             f"(*spatial, channels), got per-step shape {feature_shape}.")  # pragma: no cover
         spatial, channels = feature_shape[:-1], feature_shape[-1]
         out = self.core.output_spatial_shape(spatial) + (self.spec.filters,)
         return channels, feature_shape, out, out, {"input_spatial_shape": spatial}
 
     @property
-    def sequence_ndim(self) -> int:
-        return self.spec.rank + 3
+    def num_feature_axes(self) -> int:
+        """Feature axes of one step: the spatial axes and the channels."""
+        return self.spec.rank + 1
+
+    @property
+    def sequence_layout(self) -> str:
+        return "(*batch, timesteps, *spatial, channels)"
 
 
 def _cell(rank):
@@ -83,31 +88,29 @@ class ConvLSTM(Recurrent):
             feature_shape = tuple(_args_spatial(input_spatial_shape, self.rank)) + (self.cell.kernel.shape[-2],)
         self._setup(config, batch_size, feature_shape)
 
+    @property
+    def num_feature_axes(self) -> int:
+        return self.rank + 1
+
     def __call__(self, inputs, mask=None, initial_state=None, training=None, *, deterministic=None, rngs=None):
-        """``inputs (samples, time, *spatial, channels)`` (channels_first: ``(samples, time, channels,
+        """``inputs (*samples, time, *spatial, channels)`` (channels_first: ``(*samples, time, channels,
         *spatial)``) -> the output, then ``h, c`` with ``return_state`` (in the layer's data_format)."""
         spec, r, cf = self.spec, self.rank, self.channels_first
-        if not hasattr(inputs, "ndim") or inputs.ndim != r + 3:
-            raise ValueError(f"`inputs`: expected a {r + 3}-D array {spec._layout(cf)}, got shape "
-                             f"{getattr(inputs, 'shape', type(inputs).__name__)}.")
-        x = jnp.moveaxis(inputs, 2, -1) if cf else inputs
+        seq = path.check_sequence(inputs, feature_ndim=r + 1, layout=spec._layout(cf))
+        axis = -(r + 1)  # the channel axis (channels_first) of inputs, outputs and states
+        x = linen_conv._to_last(inputs, axis) if cf else inputs
         if initial_state is not None and cf:
-            out_sp = self.cell.core.output_spatial_shape(x.shape[2:-1])
-            initial_state = spec._states_to_last(initial_state, (x.shape[0], spec.filters) + out_sp, "initial_state")
+            last = seq.batch_shape + self.cell.core.output_spatial_shape(x.shape[x.ndim - r - 1:-1]) + (spec.filters,)
+            initial_state = spec._states_to_last(initial_state, [last, last], "initial_state")
         result = self._run(x, mask=mask, initial_state=initial_state, constants=None, training=training,
-                           deterministic=deterministic, rngs=rngs, input_rank=r + 3, input_layout=spec._layout(False))
-        if not cf:
-            return result
-        seq_axis = 2 if self.return_sequences else 1
-        if self.return_state:
-            output, *states = result
-            return (linen_conv._to_first(output, seq_axis), *[linen_conv._to_first(s, 1) for s in states])
-        return linen_conv._to_first(result, seq_axis)
+                           deterministic=deterministic, rngs=rngs, layout=spec._layout(False))
+        return jax.tree_util.tree_map(lambda a: linen_conv._to_first(a, axis), result) if cf else result
 
     def reset_states(self, states=None):
         """Zeroes the stateful states, or sets them to ``states`` ``[h, c]`` (the layer's data_format)."""
-        if states is not None and self.channels_first:
-            states = self.spec._states_to_last(states, None, "states")
+        if states is not None and self.channels_first and self.stateful:
+            stored = jax.tree_util.tree_leaves(self.states.get_value())
+            states = self.spec._states_to_last(states, [tuple(a.shape) for a in stored], "states")
         return super().reset_states(states)
 
 

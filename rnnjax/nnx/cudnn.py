@@ -10,21 +10,22 @@ Parameters at the layer's top level, as in linen: ``kernel (I, G*U)``, ``recurre
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cudnn import convert, fused, layers as linen_cudnn
+from rnnjax.cudnn import layers as linen_cudnn
 from rnnjax.functional.core import check_units, init_weight
-from rnnjax.functional.gru import GRUCore
-from rnnjax.functional.lstm import LSTMCore
-from rnnjax.nnx import _args, _path
+from rnnjax.layers import path
+from rnnjax.nnx import _args
 from rnnjax.nnx.cells import WEIGHTS, weight_param
 from rnnjax.nnx.recurrent import Recurrent
 
 
 class _CuDNN(Recurrent):
-    """Shared NNX CuDNN layer (``linen_class``: the linen twin, whose ``kind``/``gates``/backend
-    choice and scan backend it uses)."""
+    """Shared NNX CuDNN layer (``linen_class``: the linen twin, whose weight layout, backend
+    choice and kernel/scan run it uses; the rest of a call is the layer-side path's)."""
 
     linen_class = None
 
@@ -49,41 +50,31 @@ class _CuDNN(Recurrent):
                                              getattr(spec, f"{arg}_constraint"), arg))
         self._setup(config, batch_size, None)
 
-    def _core(self):
-        return LSTMCore(self.spec.units) if self.spec.kind == "LSTM" else GRUCore(self.spec.units)
-
     def _state_template(self, feature_shape):
-        return self._core().initial_state((self.batch_size,), jnp.float32)
+        return self.spec.scan_core().initial_state(self.batch_shape, jnp.float32)
 
     def __call__(self, inputs, mask=None, initial_state=None, seq_lengths=None, training=None):
-        """``inputs (batch, timesteps, features)`` -> the output, then the final states with
-        ``return_state``; ``mask``: right-padded boolean ``(batch, timesteps)``, or ``seq_lengths
-        (batch,)``. ``training`` is accepted and unused (no dropout)."""
+        """``inputs (*batch, timesteps, features)`` -> the output, then the final states with
+        ``return_state``; ``mask``: right-padded boolean ``(*batch, timesteps)``, or ``seq_lengths
+        (*batch,)``. ``training`` is accepted and unused (no dropout)."""
         del training
-        spec = self.spec
-        _path.check_inputs(inputs)
-        batch, steps, features = inputs.shape
-        if steps == 0:
-            raise ValueError(f"`inputs`: the time axis is empty (shape {inputs.shape}).")
-        if features != self.kernel.shape[0]:
-            raise ValueError(f"`inputs`: {features} features per step, but {type(self).__name__} was built for "
-                             f"{self.kernel.shape[0]} (input_dim={self.kernel.shape[0]}).")
-        params_class = convert.CuDNNLSTMParams if spec.kind == "LSTM" else convert.CuDNNGRUParams
-        params = params_class(self.kernel[...], self.recurrent_kernel[...], self.bias[...])
-        lengths, ok = linen_cudnn.resolve_lengths(mask, seq_lengths, batch, steps)
-        template = self._core().initial_state((batch,), _path.state_dtype(inputs.dtype))
-        init = _path.initial(template, initial_state, self.states.get_value() if self.stateful else None)
-        if spec._backend(inputs, params) == "cudnn":
-            output, final = fused.fused_lstm(params, inputs, init, lengths, go_backwards=spec.go_backwards,
-                                             return_sequences=spec.return_sequences,
-                                             zero_output_for_mask=spec.zero_output_for_mask)
-        else:
-            output, final = spec._run_scan(params, inputs, init, lengths)
+        spec, options = self.spec, path.CallOptions.of(self)
+        seq = path.check_sequence(inputs)
+        if seq.feature_shape[0] != self.kernel.shape[0]:
+            raise ValueError(f"`inputs`: {seq.feature_shape[0]} features per step, but {type(self).__name__} was built "
+                             f"for {self.kernel.shape[0]} (input_dim={self.kernel.shape[0]}).")
+        params = spec.params_class(self.kernel[...], self.recurrent_kernel[...], self.bias[...])
+        rows = math.prod(seq.batch_shape)
+        lengths, ok = linen_cudnn.resolve_lengths(mask, seq_lengths, seq.batch_shape, seq.steps)
+        init = path.start_state(spec.scan_core().initial_state, seq, inputs.dtype, initial_state=initial_state,
+                                read_state=(lambda template: self.states.get_value()) if self.stateful else None)
+        x = inputs.reshape((rows,) + inputs.shape[-2:]) if len(seq.batch_shape) != 1 else inputs
+        output, final = spec._run(params, x, linen_cudnn._to_rows(init, seq.batch_shape, rows), lengths, options)
         if ok is not None:
             output, final = linen_cudnn._poison((output, final), ok)
-        results = (output, *jax.tree_util.tree_leaves(final)) if self.return_state else output
-        self._store(final, _path.activity_penalty(self.activity_regularizer, results))
-        return results
+        call = path.finish(*linen_cudnn._from_rows((output, final), seq.batch_shape), options, seq)
+        self._store(call.state, call.activity_penalty)
+        return call.results
 
 
 class CuDNNLSTM(_CuDNN):

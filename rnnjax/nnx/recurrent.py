@@ -4,8 +4,10 @@
     layer = rnnjax.nnx.LSTM(64, return_sequences=True, input_dim=8, rngs=nnx.Rngs(0))
     y = layer(x, mask=None, initial_state=None, training=None)        # x (batch, T, 8)
 
-``stateful=True`` keeps the final states in ``layer.states`` (an :class:`RNNState`, created at
-construction: pass ``batch_size``); ``layer.reset_states()`` / ``layer.reset_states([h, c])``.
+Inputs ``(*batch, T, features)``: any number of batch axes, none included (the layer-side path's
+rule). ``stateful=True`` keeps the final states in ``layer.states`` (an :class:`RNNState`, created
+at construction: pass ``batch_size``, an int or a tuple of batch axes); ``layer.reset_states()`` /
+``layer.reset_states([h, c])``.
 """
 from __future__ import annotations
 
@@ -15,84 +17,77 @@ from flax import nnx
 
 from rnnjax import layers as linen_layers, regularizers
 from rnnjax.functional.core import check_custom_backward, check_units
-from rnnjax.layers.base import like_state
-from rnnjax.nnx import _args, _path
-from rnnjax.nnx.cells import GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, cell_program, resolve_deterministic
+from rnnjax.layers import path
+from rnnjax.nnx import _args
+from rnnjax.nnx.cells import (
+    GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, cell_program, num_feature_axes, resolve_deterministic,
+)
 from rnnjax.nnx.variables import ActivityPenalty, RNNState
 
-# The layer options every recurrent layer stores (the rest of its arguments belong to its cell).
-_DEFAULTS = {"scan_unroll": 1, "input_length": None, "custom_backward": True}
-OPTIONS = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll", "input_length",
-           "zero_output_for_mask", "scan_unroll", "remat", "custom_backward")
+# The path's options a layer stores itself (the activity regularizer resolved; input_dim: RNN only).
+OPTIONS = tuple(n for n in path.CallOptions._fields if n not in ("activity_regularizer", "input_dim"))
 
 
 class Recurrent(nnx.Module):
     """What every NNX recurrent layer shares: options, the stateful states, the activity penalty,
-    the call through the layer path and ``reset_states`` (no arguments of its own)."""
+    the call through the layer-side path (:mod:`rnnjax.layers.path`) and ``reset_states`` (no
+    arguments of its own). The NNX side of a call is only where things live: parameters and
+    dropout streams in the cells, the stored states in ``self.states``, the penalty in
+    ``self.activity_penalty``."""
 
     def _setup(self, config: dict, batch_size, feature_shape):
         for name in OPTIONS:
-            setattr(self, name, config.get(name, _DEFAULTS.get(name, False)))
+            setattr(self, name, config.get(name, path.CallOptions._field_defaults[name]))
         check_custom_backward(self.custom_backward)
         if self.input_length is not None:
             check_units(self.input_length, "input_length")
         self.activity_regularizer = regularizers.get(config.get("activity_regularizer"), "activity_regularizer")
         self.activity_penalty = ActivityPenalty(jnp.zeros((), jnp.float32)) if self.activity_regularizer \
             else nnx.data(None)
-        self.batch_size = None if batch_size is None and not self.stateful else _batch_size(batch_size)
+        self.batch_shape = None if batch_size is None and not self.stateful else _batch_shape(batch_size)
         self.states = nnx.data(None)
         if self.stateful:
             self.states = RNNState(self._state_template(feature_shape))
 
     def _state_template(self, feature_shape):
-        """Zero states for ``batch_size`` rows of per-step inputs ``feature_shape``."""
-        program = cell_program(self.cell, feature_shape, (self.batch_size,), jnp.float32)
-        return program.initial_state((self.batch_size,), jnp.float32)
+        """Zero states for a batch of ``batch_shape`` with per-step inputs ``feature_shape``."""
+        program = cell_program(self.cell, feature_shape, self.batch_shape, jnp.float32)
+        return program.initial_state(self.batch_shape, jnp.float32)
 
     def _store(self, final, penalty):
         """Keeps a stateful layer's final states and the call's activity penalty."""
         if self.stateful:
-            self.states.set_value(jax.tree_util.tree_map(like_state, final, self.states.get_value()))
+            self.states.set_value(jax.tree_util.tree_map(path.like_state, final, self.states.get_value()))
         if penalty is not None:
             self.activity_penalty[...] = jnp.asarray(penalty, jnp.float32)
 
-    def _program_maker(self, deterministic, rngs):
-        def make(feature_shape, batch_shape, dtype):
-            return cell_program(self.cell, feature_shape, batch_shape, dtype, deterministic, rngs)
-        return make
-
-    def _run(self, inputs, *, mask, initial_state, constants, training, deterministic, rngs, **layout):
-        results, final, penalty = _path.run(
-            self._program_maker(resolve_deterministic(training, deterministic), rngs), inputs,
-            stored=self.states.get_value() if self.stateful else None, mask=mask, initial_state=initial_state,
-            constants=constants, cell_name=type(self.cell).__name__, activity_regularizer=self.activity_regularizer,
-            input_dim=getattr(self, "input_dim", None), **{n: getattr(self, n) for n in OPTIONS if n != "stateful"},
-            **layout)
-        self._store(final, penalty)
-        return results
+    def _run(self, inputs, *, mask, initial_state, constants, training, deterministic, rngs, layout=None):
+        """One call through the layer-side path; stores the final states and the activity penalty."""
+        options = path.CallOptions.of(self)
+        seq = path.check_sequence(inputs, feature_ndim=num_feature_axes(self.cell), input_dim=options.input_dim,
+                                  input_length=options.input_length,
+                                  layout=layout or getattr(self.cell, "sequence_layout", "(*batch, timesteps, features)"))
+        program = cell_program(self.cell, seq.feature_shape, seq.batch_shape, inputs.dtype,
+                               resolve_deterministic(training, deterministic), rngs)
+        call = path.run_layer(program, inputs, seq, options, cell=self.cell, mask=mask, initial_state=initial_state,
+                              read_state=lambda template: self.states.get_value(), constants=constants)
+        self._store(call.state, call.activity_penalty)
+        return call.results
 
     def __call__(self, inputs, mask=None, initial_state=None, constants=None, training=None, *,
                  deterministic=None, rngs=None):
-        """``inputs (batch, timesteps, features)``, boolean ``mask (batch, timesteps)`` -> the output
-        (``(batch, units)``, ``(batch, timesteps, units)`` with ``return_sequences``), then the final
+        """``inputs (*batch, timesteps, features)``, boolean ``mask (*batch, timesteps)`` -> the output
+        (``(*batch, units)``, ``(*batch, timesteps, units)`` with ``return_sequences``), then the final
         states (flat, Keras order) with ``return_state``. ``training``/``deterministic`` override the
         mode set by ``train()``/``eval()``; ``rngs`` overrides the cells' dropout streams."""
-        first = self.cell.cells[0] if isinstance(self.cell, StackedRNNCells) else self.cell
-        ndim = getattr(first, "sequence_ndim", None)  # ConvLSTM cells: (batch, T, *spatial, channels)
-        layout = {} if ndim is None else {"input_rank": ndim, "input_layout": "(batch, timesteps, *spatial, channels)"}
         return self._run(inputs, mask=mask, initial_state=initial_state, constants=constants, training=training,
-                         deterministic=deterministic, rngs=rngs, **layout)
+                         deterministic=deterministic, rngs=rngs)
 
     def reset_states(self, states=None):
         """Sets the stateful states to zeros, or to ``states`` (a flat list, Keras order), in place."""
         if not self.stateful:
             raise ValueError(f"reset_states: this {type(self).__name__} is not stateful (stateful=False).")
-        current = self.states.get_value()
-        if states is None:
-            new = jax.tree_util.tree_map(jnp.zeros_like, current)
-        else:
-            new = jax.tree_util.tree_map(like_state, _path.unflatten(current, states, "states"), current)
-        self.states.set_value(new)
+        self.states.set_value(path.reset_value(self.states.get_value(), states))
 
     def compute_mask(self, inputs, mask=None):
         """Keras's rule: the input mask with ``return_sequences``, else None."""
@@ -100,11 +95,14 @@ class Recurrent(nnx.Module):
         return mask if self.return_sequences else None
 
 
-def _batch_size(batch_size) -> int:
+def _batch_shape(batch_size) -> tuple:
+    """``batch_size``: an int (Keras's), or a tuple of batch axes ``(*batch)``."""
     if batch_size is None:
         raise ValueError("`batch_size`: a stateful layer keeps states for a fixed batch, created at construction "
-                         "(Keras 2's batch_input_shape); pass batch_size=<rows per batch>.")
-    return check_units(batch_size, "batch_size")
+                         "(Keras 2's batch_input_shape); pass batch_size=<rows per batch> (or a tuple of batch axes).")
+    if isinstance(batch_size, tuple):
+        return tuple(check_units(b, "batch_size") for b in batch_size)
+    return (check_units(batch_size, "batch_size"),)
 
 
 class RNN(Recurrent):
