@@ -126,3 +126,18 @@ def test_checkpoint_round_trip_bit_for_bit_and_continues(tmp_path):
         np.any(s) for s in jax.tree_util.tree_leaves(nnx.state(restored, rnx.RNNState)))
     x = _x(8)
     np.testing.assert_array_equal(np.asarray(restored(x)), np.asarray(model(x)))  # continues exactly
+
+
+def test_stateful_dropout_layer_draws_no_key_at_construction_and_runs_in_tree_mode():
+    """Building the states draws no dropout mask; nnx.jit in tree mode (graph=False) carries the
+    state and stream updates like graph mode."""
+    make = lambda: rnx.LSTM(U, dropout=0.2, stateful=True, batch_size=B, return_sequences=True, input_dim=I,
+                            rngs=nnx.Rngs(0))
+    graph, tree = make(), make()
+    assert int(tree.cell.rngs.count[...]) == 0
+    for k in range(2):
+        y_graph = nnx.jit(lambda m, x: m(x))(graph, _x(k))
+        y_tree = nnx.jit(lambda m, x: m(x), graph=False)(tree, _x(k))
+        assert_trees_close(y_tree, y_graph, atol=0)
+    assert int(tree.cell.rngs.count[...]) == 2
+    assert_trees_close(tree.states.get_value(), graph.states.get_value(), atol=0)

@@ -51,7 +51,7 @@ class Recurrent(nnx.Module):
 
     def _state_template(self, feature_shape):
         """Zero states for a batch of ``batch_shape`` with per-step inputs ``feature_shape``."""
-        program = cell_program(self.cell, feature_shape, self.batch_shape, jnp.float32)
+        program = cell_program(self.cell, feature_shape, self.batch_shape, jnp.float32, deterministic=True)  # no masks
         return program.initial_state(self.batch_shape, jnp.float32)
 
     def _store(self, final, penalty):
