@@ -1,7 +1,6 @@
 """rnnjax.nnx ConvLSTM1D/2D/3D against the linen layers (tested against Keras 3 and float64 numpy in
 test_conv_lstm.py) on the same random variables: the options of those tests, outputs, states and
 gradients to 1e-6; stateful channels_first; dropout modes."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
