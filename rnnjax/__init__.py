@@ -2,14 +2,20 @@
 
 Three ways in:
 
-* pure functions (:mod:`rnnjax.functional`): ``LSTMCore``/``GRUCore``/``SimpleRNNCore`` and the
-  one sequence driver ``scan_rnn``/``rnn``, for ``jax.jit``/``jax.grad``/``jax.vmap``;
+* pure functions (:mod:`rnnjax.functional`): the cores ``SimpleRNNCore``/``LSTMCore``/``GRUCore``/
+  ``ConvLSTMCore`` and the one sequence driver ``scan_rnn``/``rnn``, for ``jax.jit``/``jax.grad``/
+  ``jax.vmap`` (the cores live there only);
 * Flax modules with Keras 2's signatures and defaults: ``RNN``, ``SimpleRNN``, ``GRU``,
   ``LSTM``, the cells and ``StackedRNNCells``;
 * stateful mode: states in the ``'rnn_state'`` collection, :func:`reset_states`;
 * the Keras layers around them: ``Bidirectional``, ``Embedding``, ``Masking``,
   ``TimeDistributed``, ``Dense``, ``Dropout``, ``Activation`` and a mask-propagating
-  ``Sequential``.
+  ``Sequential``;
+* Keras 2's cuDNN layers ``CuDNNLSTM``/``CuDNNGRU``; their weight conversions (canonical <->
+  cuDNN <-> PyTorch) live in :mod:`rnnjax.cudnn` only (``rnnjax.cudnn.cudnn_lstm_to_lstm``, ...).
+
+Each public name is defined in one module; the top level re-exports the layers and the helpers
+a model needs, not the cores or the conversions.
 """
 from rnnjax import constraints, functional, regularizers
 from rnnjax.functional import activations, initializers
@@ -20,13 +26,8 @@ from rnnjax.layers import (
 from rnnjax.layers.conv_lstm import (
     ConvLSTM1D, ConvLSTM2D, ConvLSTM3D, ConvLSTM1DCell, ConvLSTM2DCell, ConvLSTM3DCell, ConvLSTMCell,
 )
-from rnnjax.functional.conv_lstm import ConvLSTMCore
 from rnnjax import cudnn
-from rnnjax.cudnn import (
-    CuDNNGRU, CuDNNLSTM, cudnn_gru_to_gru, cudnn_gru_to_torch, cudnn_lstm_to_lstm, cudnn_lstm_to_torch,
-    gru_to_cudnn_gru, gru_to_torch, lstm_to_cudnn_lstm, lstm_to_torch, torch_to_cudnn_gru,
-    torch_to_cudnn_lstm, torch_to_gru, torch_to_lstm,
-)
+from rnnjax.cudnn import CuDNNGRU, CuDNNLSTM
 from rnnjax.regularizers import regularization_loss
 from rnnjax.constraints import keras_constraints
 
@@ -38,8 +39,5 @@ __all__ = [
     "reset_states", "regularization_loss", "keras_constraints", "STATE_COLLECTION",
     "activations", "initializers", "constraints", "regularizers", "functional",
     "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell",
-    "ConvLSTMCell", "ConvLSTMCore",
-    "cudnn", "CuDNNLSTM", "CuDNNGRU", "cudnn_lstm_to_lstm", "lstm_to_cudnn_lstm", "lstm_to_torch",
-    "torch_to_lstm", "cudnn_lstm_to_torch", "torch_to_cudnn_lstm", "cudnn_gru_to_gru", "gru_to_cudnn_gru",
-    "gru_to_torch", "torch_to_gru", "cudnn_gru_to_torch", "torch_to_cudnn_gru",
+    "ConvLSTMCell", "cudnn", "CuDNNLSTM", "CuDNNGRU",
 ]

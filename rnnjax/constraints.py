@@ -141,12 +141,9 @@ def collect_constraints(model, *sample_args, **sample_kwargs) -> dict[tuple, Cal
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
         declared = getattr(module, "declared_constraints", None)
-        if declared is not None and context.method_name == "__call__" or (
-            declared is not None and context.method_name == "prepare"
-        ):
-            for name, fn in module.declared_constraints().items():
-                if fn is not None:
-                    found[tuple(module.path) + (name,)] = fn
+        if declared is not None and context.method_name in ("__call__", "prepare"):
+            for name, fn in declared().items():  # only constraints that are set
+                found[tuple(module.path) + (name,)] = fn
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(interceptor):

@@ -224,3 +224,53 @@ def test_cudnn_seq_lengths_over_batch_axes():
     _close(jax.vmap(lambda s, n: layer.apply(v, s, seq_lengths=n))(x, lengths), out)
     with pytest.raises(ValueError, match=r"`seq_lengths`: expected integers of shape \(2, 3\), got int32 \(6,\)"):
         layer.apply(v, x, seq_lengths=lengths.reshape(-1))
+
+
+@pytest.mark.parametrize("make", [lambda: rnnjax.LSTM(U, return_sequences=True),
+                                  lambda: rnnjax.CuDNNLSTM(U, return_sequences=True),
+                                  lambda: rnnjax.ConvLSTM1D(2, 3, padding="same", return_sequences=True)],
+                         ids=["LSTM", "CuDNNLSTM", "ConvLSTM1D"])
+def test_two_batch_axes_partition_cleanly(make):
+    """With the first of two batch axes sharded over 8 devices, no activation crosses devices in
+    the forward or the training program (the batch axes are never merged with time), and the
+    outputs stay sharded."""
+    from sharding_util import batch_mesh, collectives, compiled_text, replicate, shard_batch
+
+    layer = make()
+    conv = isinstance(layer, rnnjax.ConvLSTM1D)
+    x = _x((8, 2, T) + ((6, 2) if conv else (F,)))
+    mask = _right_padded((8, 2))
+    params = layer.init(KEY, x)["params"]
+
+    def forward(p, x, m):
+        return layer.apply({"params": p}, x, mask=m)
+
+    def train(p, x, m):
+        return jax.grad(lambda p: jnp.sum(forward(p, x, m) ** 2))(p)
+
+    mesh = batch_mesh(8)
+    ps, xs, ms = replicate(mesh, params), shard_batch(mesh, x), shard_batch(mesh, mask)
+    for fn in (forward, train):
+        counts = collectives(compiled_text(fn, ps, xs, ms))
+        moved = {op: counts[op] for op in ("all-gather", "all-to-all", "collective-permute") if counts[op]}
+        assert not moved, f"{fn.__name__}: activations cross devices: {moved}"
+    y = jax.jit(forward)(ps, xs, ms)
+    assert y.addressable_shards[0].data.shape[0] == 1
+    _close(y, forward(params, x, mask), atol=1e-5)
+    _close(jax.jit(train)(ps, xs, ms), train(params, x, mask), atol=1e-4)
+
+
+@pytest.mark.parametrize("make", [lambda: rnnjax.LSTMCell(U), lambda: rnnjax.GRUCell(U),
+                                  lambda: rnnjax.StackedRNNCells([rnnjax.SimpleRNNCell(U), rnnjax.LSTMCell(2)])],
+                         ids=["LSTMCell", "GRUCell", "StackedRNNCells"])
+def test_cell_called_directly_over_batch_axes(make):
+    """One Keras-style step ``cell(x_t, states)`` on ``(*batch, F)``: vmap of unbatched steps is
+    the batched step."""
+    cell = make()
+    x = _x((B1, F))
+    sizes = [U, U] if isinstance(cell, rnnjax.LSTMCell) else [U] if isinstance(cell, rnnjax.GRUCell) else [U, 2, 2]
+    states = [_x((B1, s), 20 + k) for k, s in enumerate(sizes)]
+    v = cell.init(KEY, x, states)
+    batched = cell.apply(v, x, states)
+    _close(jax.vmap(lambda s, st: cell.apply(v, s, st))(x, states), batched)
+    _close(cell.apply(v, x[None], [s[None] for s in states]), jax.tree_util.tree_map(lambda a: a[None], batched))

@@ -257,11 +257,11 @@ def test_gradient_equals_autodiff_of_the_hand_built_pair():
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_cudnn_layers_match_keras_with_converted_weights(kind):
     """CuDNNLSTM/CuDNNGRU (scan backend on the CPU) against Keras's LSTM / GRU(reset_after) with
-    sigmoid gates on the weights converted by rnnjax.cudnn_*_to_*; right-padded masks (cuDNN's)."""
+    sigmoid gates on the weights converted by rnnjax.cudnn.cudnn_*_to_*; right-padded masks (cuDNN's)."""
     x = _x()
     ours_cls, convert, keras_cls, extra = {
-        "lstm": (rnnjax.CuDNNLSTM, rnnjax.cudnn_lstm_to_lstm, keras.layers.LSTM, {}),
-        "gru": (rnnjax.CuDNNGRU, rnnjax.cudnn_gru_to_gru, keras.layers.GRU, {"reset_after": True}),
+        "lstm": (rnnjax.CuDNNLSTM, rnnjax.cudnn.cudnn_lstm_to_lstm, keras.layers.LSTM, {}),
+        "gru": (rnnjax.CuDNNGRU, rnnjax.cudnn.cudnn_gru_to_gru, keras.layers.GRU, {"reset_after": True}),
     }[kind]
     ours = rnnjax.Bidirectional(ours_cls(U, return_sequences=True, return_state=True), merge_mode="mul")
     variables = ours.init(jax.random.key(0), x)

@@ -64,7 +64,7 @@ _NOT_RIGHT_PADDED = (
     "the CuDNN layers take right-padded masks only (in each row every True step comes before every "
     "False step), as cuDNN's sequence lengths do; use rnnjax.LSTM(recurrent_activation='sigmoid') or "
     "rnnjax.GRU(reset_after=True, recurrent_activation='sigmoid') with weights from "
-    "rnnjax.cudnn_lstm_to_lstm / rnnjax.cudnn_gru_to_gru for masks with holes or left padding."
+    "rnnjax.cudnn.cudnn_lstm_to_lstm / rnnjax.cudnn.cudnn_gru_to_gru for masks with holes or left padding."
 )
 
 
