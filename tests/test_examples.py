@@ -116,6 +116,13 @@ def test_forecast(tmp_path):
     assert result["naive_mae"] == pytest.approx(np.abs(np.diff(spots)[-60:]).mean(), rel=1e-5)
 
 
+def test_forecast_nnx(tmp_path):
+    """The same example with the rnnjax.nnx model and nnx.Optimizer: it trains (loss down), forecasts."""
+    result = run_smoke("forecast", tmp_path, "--api", "nnx")
+    assert math.isfinite(result["test_mae"]) and result["test_mae"] > 0
+    assert len(result["losses"]) == 20 and result["losses"][-1] < 0.9 * result["losses"][0]
+
+
 def test_next_frame(tmp_path):
     result = run_smoke("next_frame", tmp_path)
     assert math.isfinite(result["test_mse"]) and 0 <= result["test_mse"] <= 1
