@@ -39,14 +39,12 @@ class KerasImportError(ValueError):
             super().__init__(where + f"{len(problems)} problems:\n  - " + "\n  - ".join(problems))
 
 
-def import_h5py():
-    """h5py, or an ImportError that says how to get it."""
+def import_h5py(purpose: str = "Reading Keras files"):
+    """h5py, or an ImportError that says what needs it and how to get it."""
     try:
         import h5py
     except ImportError as err:  # pragma: no cover - h5py is in the test extra
-        raise ImportError(
-            "Reading Keras files needs h5py, which is not installed: `pip install rnnjax[keras]`."
-        ) from err
+        raise ImportError(f"{purpose} needs h5py, which is not installed: `pip install rnnjax[keras]`.") from err
     return h5py
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from flax import linen as nn
 
 from rnnjax.keras import save_layers as sl
+from rnnjax.keras.formats import import_h5py
 from rnnjax.keras.save_objects import KerasSaveError
 from rnnjax.layers import STATE_COLLECTION, Bidirectional, Embedding, Sequential, TimeDistributed
 from rnnjax.regularizers import LOSSES
@@ -32,16 +33,6 @@ __all__ = ["save_keras", "KerasSaveError"]
 
 # The Keras 3 file layout written here (``vars`` groups carry a ``name`` attribute since 3.6).
 FORMAT_KERAS_VERSION = "3.6.0"
-
-
-def _require_h5py():
-    try:
-        import h5py
-    except ImportError as e:  # pragma: no cover - h5py is in the test environment
-        raise ImportError(
-            "rnnjax.save_keras needs h5py to write the weights file: `pip install rnnjax[keras]` (or `pip install h5py`)."
-        ) from e
-    return h5py
 
 
 def _layers_of(model) -> list:
@@ -237,7 +228,7 @@ def save_keras(model, variables, path, *, input_shape=None, input_dtype=None, ba
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise ValueError(f"`path`: Keras 3 loads .keras archives only by that suffix; got {path!r}.")
-    h5py = _require_h5py()
+    h5py = import_h5py("rnnjax.save_keras (writing the weights file)")
     layers = _layers_of(model)
     names = _names(layers)
     params = _param_tree(model, variables, layers, names)
