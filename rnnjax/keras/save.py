@@ -217,7 +217,7 @@ def save_keras(model, variables, path, *, input_shape=None, input_dtype=None, ba
         that pre-activation is linear in the weights (gates, Dense); ``'error'`` refuses it.
 
     Conversions: CuDNNLSTM -> LSTM(tanh, sigmoid) and CuDNNGRU -> GRU(reset_after=True, sigmoid),
-    weights by :func:`rnnjax.cudnn_lstm_to_lstm` / :func:`rnnjax.cudnn_gru_to_gru`. Refused with
+    weights by :func:`rnnjax.cudnn.cudnn_lstm_to_lstm` / :func:`rnnjax.cudnn.cudnn_gru_to_gru`. Refused with
     :class:`KerasSaveError` naming the layer: custom layers, cells or activations, activations
     whose Keras 3 namesake differs (``gelu``, ``leaky_relu``), Keras 2's hard sigmoid where it
     cannot be scaled (an LSTM's ``activation``, ``Activation``), custom regularizers/constraints,

@@ -147,10 +147,10 @@ def _convert(arrays, shapes, name):
     units = arrays[1].shape[0]
     gates = arrays[1].shape[1] // max(units, 1)
     fb, tb = tuple(arrays[2].shape), shapes[2]
-    rules = {(4, (8 * units,), (4 * units,)): rnnjax.cudnn_lstm_to_lstm,
-             (4, (4 * units,), (8 * units,)): rnnjax.lstm_to_cudnn_lstm,
-             (3, (6 * units,), (2, 3 * units)): rnnjax.cudnn_gru_to_gru,
-             (3, (2, 3 * units), (6 * units,)): rnnjax.gru_to_cudnn_gru}
+    rules = {(4, (8 * units,), (4 * units,)): rnnjax.cudnn.cudnn_lstm_to_lstm,
+             (4, (4 * units,), (8 * units,)): rnnjax.cudnn.lstm_to_cudnn_lstm,
+             (3, (6 * units,), (2, 3 * units)): rnnjax.cudnn.cudnn_gru_to_gru,
+             (3, (2, 3 * units), (6 * units,)): rnnjax.cudnn.gru_to_cudnn_gru}
     rule = rules.get((gates, fb, tb))
     if rule is None:
         if gates == 3 and (3 * units,) in (fb, tb):
