@@ -139,7 +139,18 @@ class Dropout(DropoutStream, _Companion):
         return inputs if keys is None else dropout(self.spec, inputs, keys())
 
 
-class Masking(_Companion):
+class _Parameterless(_Companion):
+    """A layer without parameters: its linen twin's call."""
+
+    def __init__(self, *args, rngs=None, **kwargs):
+        del rngs  # no parameters; accepted for a uniform signature
+        self._bind(args, kwargs)
+
+    def __call__(self, inputs):
+        return self.spec(inputs)
+
+
+class Masking(_Parameterless):
     """Masks the steps whose features all equal ``mask_value`` (Keras 2; see :class:`rnnjax.Masking`):
     ``Masking(mask_value=0.0)``; mask ``any(x != mask_value, axis=-1)``, output ``where(mask, x, 0)``."""
 
@@ -147,25 +158,11 @@ class Masking(_Companion):
     last_positional = "mask_value"
     first_argument = "mask_value"
 
-    def __init__(self, *args, rngs=None, **kwargs):
-        del rngs  # no parameters; accepted for a uniform signature
-        self._bind(args, kwargs)
 
-    def __call__(self, inputs):
-        return self.spec(inputs)
-
-
-class Activation(_Companion):
+class Activation(_Parameterless):
     """Applies an activation function (Keras 2; see :class:`rnnjax.Activation`): ``Activation(activation)``,
     by Keras name or a callable."""
 
     linen_class = linen_layers.Activation
     last_positional = "activation"
     first_argument = "activation"
-
-    def __init__(self, *args, rngs=None, **kwargs):
-        del rngs  # no parameters; accepted for a uniform signature
-        self._bind(args, kwargs)
-
-    def __call__(self, inputs):
-        return self.spec(inputs)
