@@ -44,3 +44,14 @@ def nnx_grads(layer, x, **call):
         return sum(jnp.sum(o) for o in jax.tree_util.tree_leaves(out))
     grads = nnx.grad(loss)(layer)
     return rnx.to_linen(layer, grads)["params"]
+
+
+def stateful_steps(ours, linen, variables, batches):
+    """Runs the stateful ``ours`` and ``linen`` (with ``variables``) over ``batches`` in turn, asserting
+    the same outputs after each and the same stored states at the end; returns the linen variables."""
+    for x in batches:
+        y, upd = linen.apply(variables, x, mutable=["rnn_state"])
+        variables = {**variables, **upd}
+        assert_trees_close(ours(x), y)
+    assert_trees_close(rnx.to_linen(ours)["rnn_state"], variables["rnn_state"])
+    return variables

@@ -8,7 +8,7 @@ from flax import nnx
 
 import rnnjax
 import rnnjax.nnx as rnx
-from nnx_util import assert_trees_close, linen_grads, nnx_grads, twin
+from nnx_util import assert_trees_close, linen_grads, nnx_grads, stateful_steps, twin
 from test_keras_parity import HOLES
 
 B, T, I, U = 3, 7, 5, 4
@@ -69,11 +69,7 @@ def test_bidirectional_stateful_resets_as_one_layer():
                              rngs=nnx.Rngs(1))
     linen = rnnjax.Bidirectional(rnnjax.LSTM(U, stateful=True))
     variables = twin(ours, linen, _x())
-    for seed in (1, 2):
-        y, upd = linen.apply(variables, _x(seed), mutable=["rnn_state"])
-        variables = {**variables, **upd}
-        assert_trees_close(ours(_x(seed)), y)
-    assert_trees_close(rnx.to_linen(ours)["rnn_state"], variables["rnn_state"])
+    variables = stateful_steps(ours, linen, variables, [_x(1), _x(2)])
     states = [jnp.full((B, U), float(k)) for k in range(4)]
     rnx.reset_states(ours, states)  # one stateful layer: forward (h, c), then backward (h, c)
     assert_trees_close([ours.forward_lstm.states.get_value().c, ours.backward_lstm.states.get_value().h],

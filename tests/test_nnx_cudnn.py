@@ -8,7 +8,7 @@ from flax import nnx
 
 import rnnjax
 import rnnjax.nnx as rnx
-from nnx_util import assert_trees_close, linen_grads, nnx_grads, twin
+from nnx_util import assert_trees_close, linen_grads, nnx_grads, stateful_steps, twin
 
 B, T, I, U = 3, 6, 5, 4
 LENGTHS = jnp.asarray([6, 3, 1], jnp.int32)
@@ -55,11 +55,7 @@ def test_cudnn_initial_and_stateful_states_match_linen(kind):
     ours = getattr(rnx, type(ours).__name__)(U, stateful=True, batch_size=B, input_dim=I, rngs=nnx.Rngs(0))
     linen = getattr(rnnjax, type(ours).__name__)(U, stateful=True)
     variables = twin(ours, linen, _x())
-    for seed in (1, 2):
-        y, upd = linen.apply(variables, _x(seed), mutable=["rnn_state"])
-        variables = {**variables, **upd}
-        assert_trees_close(ours(_x(seed)), y)
-    assert_trees_close(rnx.to_linen(ours)["rnn_state"], variables["rnn_state"])
+    variables = stateful_steps(ours, linen, variables, [_x(1), _x(2)])
     ours.reset_states()
     assert not any(np.any(s) for s in ours.states.get_value())
 

@@ -192,20 +192,32 @@ class Dense(_PassMask, _Weighted, nn.Module):
     @nn.compact
     def __call__(self, inputs):
         """``(..., input_dim)`` -> ``(..., units)``."""
-        if not hasattr(inputs, "ndim") or inputs.ndim < 1:
-            raise ValueError(
-                f"`inputs`: Dense expected an array (..., features), got {getattr(inputs, 'shape', inputs)!r}."
-            )
+        check_dense_inputs(inputs)
         kernel = self._weight("kernel", "kernel", (inputs.shape[-1], self.units))
-        if kernel.shape[0] != inputs.shape[-1]:
-            raise ValueError(
-                f"`inputs`: {inputs.shape[-1]} features, but Dense was built for {kernel.shape[0]} "
-                f"(kernel shape {tuple(kernel.shape)})."
-            )
-        y = jnp.matmul(inputs, kernel)  # contracts the last axis only: partitions over any batch axes
-        if self.use_bias:
-            y = y + self._weight("bias", "bias", (self.units,))
-        return self._activity(activations.get(self.activation)(y))
+        bias = self._weight("bias", "bias", (self.units,)) if self.use_bias else None
+        return self._activity(dense(inputs, kernel, bias, self.activation))
+
+
+def check_dense_inputs(inputs) -> None:
+    if not hasattr(inputs, "ndim") or inputs.ndim < 1:
+        raise ValueError(
+            f"`inputs`: Dense expected an array (..., features), got {getattr(inputs, 'shape', inputs)!r}."
+        )
+
+
+def dense(inputs, kernel, bias, activation):
+    """``activation(inputs @ kernel + bias)`` (``bias`` None: none), checking the feature count;
+    shared by the linen and NNX ``Dense``."""
+    check_dense_inputs(inputs)
+    if kernel.shape[0] != inputs.shape[-1]:
+        raise ValueError(
+            f"`inputs`: {inputs.shape[-1]} features, but Dense was built for {kernel.shape[0]} "
+            f"(kernel shape {tuple(kernel.shape)})."
+        )
+    y = jnp.matmul(inputs, kernel)  # contracts the last axis only: partitions over any batch axes
+    if bias is not None:
+        y = y + bias
+    return activations.get(activation)(y)
 
 
 class Dropout(_PassMask, nn.Module):
@@ -242,11 +254,16 @@ class Dropout(_PassMask, nn.Module):
     def __call__(self, inputs, training: bool = False):
         if not training or self.rate == 0.0:
             return inputs
-        key = self.make_rng("dropout")
-        if self.seed is not None:
-            key = jax.random.fold_in(key, self.seed)
-        keep = jax.random.bernoulli(key, 1.0 - self.rate, self._noise_shape(inputs))
-        return jnp.where(keep, inputs / jnp.asarray(1.0 - self.rate, inputs.dtype), jnp.zeros((), inputs.dtype))
+        return dropout(self, inputs, self.make_rng("dropout"))
+
+
+def dropout(spec: Dropout, inputs, key):
+    """``inputs * keep / (1 - rate)``, ``keep ~ Bernoulli(1 - rate)`` of ``spec``'s noise shape, ``spec.seed``
+    folded into ``key``; shared by the linen and NNX ``Dropout`` (``spec``: a linen ``Dropout``)."""
+    if spec.seed is not None:
+        key = jax.random.fold_in(key, spec.seed)
+    keep = jax.random.bernoulli(key, 1.0 - spec.rate, spec._noise_shape(inputs))
+    return jnp.where(keep, inputs / jnp.asarray(1.0 - spec.rate, inputs.dtype), jnp.zeros((), inputs.dtype))
 
 
 class Activation(_PassMask, nn.Module):

@@ -38,7 +38,9 @@ def call_layer(layer, inputs, mask=None, training: bool = False, **extra):
     kwargs = dict(extra)
     if mask is not None and accepts(layer, "mask"):
         kwargs["mask"] = mask
-    if accepts(layer, "training"):
+    if training is None:
+        pass  # NNX: each layer keeps the mode set by train()/eval()
+    elif accepts(layer, "training"):
         kwargs["training"] = training
     elif accepts(layer, "deterministic"):
         kwargs["deterministic"] = not training

@@ -8,11 +8,11 @@ import flax.linen as nn
 from rnnjax.layers.protocol import call_layer, check_mask, keras_name, output_mask
 
 
-def _unique_names(layers) -> tuple:
-    """Keras's names: ``lstm``, ``lstm_1``, ``lstm_2``... per class (a name the user gave is kept)."""
+def unique_names(bases) -> tuple:
+    """Keras's names from the layers' base names: ``lstm``, ``lstm_1``, ``lstm_2``... per base (shared
+    by the linen and NNX ``Sequential``)."""
     names, seen = [], {}
-    for layer in layers:
-        base = keras_name(layer)
+    for base in bases:
         count = seen.get(base, 0)
         seen[base] = count + 1
         names.append(base if count == 0 else f"{base}_{count}")
@@ -51,22 +51,31 @@ class Sequential(nn.Module):
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, nn.Module):
                 raise ValueError(f"`layers`[{i}]: expected a Flax module, got {type(layer).__name__}.")
-        object.__setattr__(self, "_names", _unique_names(self.layers))
+        object.__setattr__(self, "_names", unique_names([keras_name(layer) for layer in self.layers]))
         super().__post_init__()
 
     @nn.compact
     def __call__(self, inputs, mask=None, training: bool = False):
-        x = inputs
-        if mask is not None:
-            mask = check_mask(mask, inputs, "Sequential")
-        for i, (name, layer) in enumerate(zip(self._names, self.layers)):
-            module = layer.clone(parent=self, name=name, _deep_clone=True, _reset_names=True)
-            next_mask = output_mask(layer, x, mask)
-            x = call_layer(module, x, mask, training)
-            if isinstance(x, (list, tuple)):
-                raise ValueError(
-                    f"`layers`[{i}] ({name}, {type(layer).__name__}) returned {len(x)} outputs (return_state=True "
-                    "or merge_mode=None); in a Sequential every layer must return one array."
-                )
-            mask = next_mask
-        return x
+        def bind(name, layer):
+            return layer.clone(parent=self, name=name, _deep_clone=True, _reset_names=True)
+
+        return run_stack(self._names, self.layers, inputs, mask, training, bind)
+
+
+def run_stack(names, layers, inputs, mask=None, training=None, bind=None):
+    """``Sequential``'s call, shared by the linen and NNX ones: each layer called in turn (``bind(name,
+    layer)``, when given, is the module to call) with the mask of the one before, ``m_k =
+    layer_k.compute_mask(x_{k-1}, m_{k-1})``; one array out of every layer."""
+    x = inputs
+    if mask is not None:
+        mask = check_mask(mask, inputs, "Sequential")
+    for i, (name, layer) in enumerate(zip(names, layers)):
+        next_mask = output_mask(layer, x, mask)
+        x = call_layer(layer if bind is None else bind(name, layer), x, mask, training)
+        if isinstance(x, (list, tuple)):
+            raise ValueError(
+                f"`layers`[{i}] ({name}, {type(layer).__name__}) returned {len(x)} outputs (return_state=True "
+                "or merge_mode=None); in a Sequential every layer must return one array."
+            )
+        mask = next_mask
+    return x

@@ -207,30 +207,41 @@ class TimeDistributed(nn.Module):
         object.__setattr__(self, "_name", keras_name(self.layer))
         super().__post_init__()
 
-    @staticmethod
-    def _check_inputs(inputs):
-        if not hasattr(inputs, "ndim") or inputs.ndim < 3:
-            raise ValueError(
-                "`inputs`: TimeDistributed expected an array (batch, timesteps, ...) with at least 3 dimensions, "
-                f"got shape {getattr(inputs, 'shape', type(inputs).__name__)}."
-            )
-
-    @staticmethod
-    def _fold(a):
-        return None if a is None else a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
-
     @nn.compact
     def __call__(self, inputs, mask=None, training: bool = False):
-        self._check_inputs(inputs)
+        check_steps(inputs)
         mask = check_mask(mask, inputs, "TimeDistributed", nested=True)
         inner = self.layer.clone(parent=self, name=self._name, _deep_clone=True, _reset_names=True)
-        batch, steps = inputs.shape[:2]
-        y = call_layer(inner, self._fold(inputs), self._fold(mask), training)
-        return jax.tree_util.tree_map(lambda a: a.reshape((batch, steps) + a.shape[1:]), y)
+        return unfold_steps(call_layer(inner, fold_steps(inputs), fold_steps(mask), training), inputs)
 
     def compute_mask(self, inputs, mask=None):
-        rule = getattr(self.layer, "compute_mask", None)
-        inner = None if rule is None else rule(self._fold(inputs), self._fold(mask))
-        if inner is None:
-            return mask
-        return inner.reshape(inputs.shape[:2] + inner.shape[1:])
+        return time_distributed_mask(self.layer, inputs, mask)
+
+
+def check_steps(inputs) -> None:
+    if not hasattr(inputs, "ndim") or inputs.ndim < 3:
+        raise ValueError(
+            "`inputs`: TimeDistributed expected an array (batch, timesteps, ...) with at least 3 dimensions, "
+            f"got shape {getattr(inputs, 'shape', type(inputs).__name__)}."
+        )
+
+
+def fold_steps(a):
+    """``(batch, timesteps, ...) -> (batch * timesteps, ...)``, batch major (None stays None)."""
+    return None if a is None else a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
+
+
+def unfold_steps(y, inputs):
+    """The inverse of :func:`fold_steps` on every array of ``y``, for ``inputs (batch, timesteps, ...)``."""
+    batch, steps = inputs.shape[:2]
+    return jax.tree_util.tree_map(lambda a: a.reshape((batch, steps) + a.shape[1:]), y)
+
+
+def time_distributed_mask(layer, inputs, mask):
+    """``TimeDistributed``'s output mask (Keras 2): ``layer``'s own on the folded steps, unfolded, when
+    it computes one, else ``mask``; shared by the linen and NNX wrappers."""
+    rule = getattr(layer, "compute_mask", None)
+    inner = None if rule is None else rule(fold_steps(inputs), fold_steps(mask))
+    if inner is None:
+        return mask
+    return inner.reshape(inputs.shape[:2] + inner.shape[1:])

@@ -9,6 +9,8 @@ keyword-only, parameters as ``nnx.Param`` under the Keras names in Keras layout:
     layer = rnx.LSTM(64, return_sequences=True, input_dim=8, rngs=nnx.Rngs(0))
     y = layer(x)                              # x (batch, T, 8) -> (batch, T, 64)
 
+The companion layers too (``Embedding``, ``Masking``, ``Dense``, ``Dropout``, ``Activation``,
+``TimeDistributed``) and the mask-carrying ``Sequential``.
 The same numbers as the linen layers: :func:`from_linen` / :func:`to_linen` convert variables.
 """
 from __future__ import annotations
@@ -46,13 +48,16 @@ from rnnjax.nnx.conv_lstm import (  # noqa: E402
     ConvLSTM1D, ConvLSTM1DCell, ConvLSTM2D, ConvLSTM2DCell, ConvLSTM3D, ConvLSTM3DCell,
 )
 from rnnjax.nnx.cudnn import CuDNNGRU, CuDNNLSTM  # noqa: E402
-from rnnjax.nnx.wrappers import Bidirectional  # noqa: E402
+from rnnjax.nnx.wrappers import Bidirectional, TimeDistributed  # noqa: E402
+from rnnjax.nnx.basic import Activation, Dense, Dropout, Embedding, Masking  # noqa: E402
+from rnnjax.nnx.sequential import Sequential  # noqa: E402
 from rnnjax.nnx.convert import from_linen, linen_path, to_linen  # noqa: E402
 
 __all__ = [
     "MIN_FLAX", "RNNState", "ActivityPenalty", "regularization_loss", "apply_constraints", "reset_states",
     "SimpleRNNCell", "GRUCell", "LSTMCell", "StackedRNNCells", "RNN", "SimpleRNN", "GRU", "LSTM",
     "from_linen", "to_linen", "linen_path",
-    "CuDNNLSTM", "CuDNNGRU", "Bidirectional",
+    "CuDNNLSTM", "CuDNNGRU", "Bidirectional", "TimeDistributed", "Sequential",
+    "Embedding", "Masking", "Dense", "Dropout", "Activation",
     "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell",
 ]

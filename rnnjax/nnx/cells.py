@@ -51,8 +51,11 @@ class DropoutStream:
     def _init_dropout(self, rngs, deterministic, rng_collection):
         self.deterministic = deterministic
         self.rng_collection = rng_collection
-        drops = self.spec.dropout > 0 or self.spec.recurrent_dropout > 0
-        self.rngs = rngs[rng_collection].fork() if drops else nnx.data(None)
+        self.rngs = rngs[rng_collection].fork() if self.drops() else nnx.data(None)
+
+    def drops(self) -> bool:
+        """Whether this module's configuration drops anything (then it holds a stream)."""
+        return self.spec.dropout > 0 or self.spec.recurrent_dropout > 0
 
     def set_view(self, deterministic: bool | None = None):
         """Class method used by ``nnx.view``.
@@ -66,7 +69,7 @@ class DropoutStream:
     def mask_keys(self, deterministic, rngs):
         """A function returning a fresh key per mask, or None when this call does not drop out."""
         deterministic = self.deterministic if deterministic is None else deterministic
-        if deterministic or not (self.spec.dropout > 0 or self.spec.recurrent_dropout > 0):
+        if deterministic or not self.drops():
             return None
         source = self.rngs if rngs is None else rngs
         if isinstance(source, nnx.Rngs):

@@ -4,7 +4,9 @@ The NNX modules mirror the linen ones attribute for attribute, so a parameter's 
 linen path (``cell/kernel`` in both), with linen's naming of lists (``cells_0`` for NNX's
 ``cells/0``; the cells of ``RNN([...])`` directly as ``cell_0``), and a stateful layer's
 ``states`` is its ``'rnn_state'`` entry. ``nnx.Linear`` and ``nn.Dense`` share ``kernel``/``bias``,
-so user models that name their submodules alike convert whole::
+so user models that name their submodules alike convert whole; ``Sequential`` and
+``TimeDistributed`` hold their layers under the Keras names linen gives them (``embedding``,
+``dense_1``, ``time_distributed/dense``), so a whole linen ``rnnjax.Sequential`` converts::
 
     variables = rnnjax.nnx.to_linen(nnx_model)        # {'params': ..., 'rnn_state': ...}
     rnnjax.nnx.from_linen(nnx_model, variables)       # in place

@@ -1,4 +1,5 @@
-"""NNX ``Bidirectional`` (Keras 2's wrapper; see :class:`rnnjax.Bidirectional` for the semantics)::
+"""NNX ``Bidirectional`` and ``TimeDistributed`` (Keras 2's wrappers; see :class:`rnnjax.Bidirectional`
+and :class:`rnnjax.TimeDistributed` for the semantics)::
 
     bi = rnnjax.nnx.Bidirectional(rnx.LSTM(16, return_sequences=True, input_dim=8, rngs=rngs), rngs=rngs)
     y = bi(x, mask=mask)              # (batch, T, 32): forward and time-reversed backward outputs
@@ -6,7 +7,8 @@
 The backward layer is a copy of ``layer`` with ``go_backwards`` flipped (Keras 2), its rnnjax
 cells' parameters drawn afresh from ``rngs`` (a custom cell's keep the forward values), or
 ``backward_layer``. The two live under ``forward_<name>``/``backward_<name>`` as in linen, so
-variables convert with :func:`rnnjax.nnx.from_linen`.
+variables convert with :func:`rnnjax.nnx.from_linen`. ``TimeDistributed(layer)`` holds ``layer``
+under its Keras name (``dense``), as linen's does.
 """
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnjax.layers.protocol import snake_case
-from rnnjax.layers.wrappers import MERGE_MODES
+from rnnjax.layers.protocol import call_layer, check_mask, snake_case
+from rnnjax.layers.wrappers import MERGE_MODES, check_steps, fold_steps, time_distributed_mask, unfold_steps
 from rnnjax.nnx import _args
 from rnnjax.nnx.cells import KerasCell
 
@@ -118,3 +120,30 @@ class Bidirectional(nnx.Module):
         del inputs
         out = mask if self.return_sequences else None
         return [out, out] if self.merge_mode is None else out
+
+
+class TimeDistributed(nnx.Module):
+    """``TimeDistributed(layer, *, rngs=None)``: ``y[:, t] = layer(x[:, t])`` for inputs ``(batch,
+    timesteps, ...)``, the steps folded into the batch (batch major) for one call of ``layer`` (any
+    NNX module); a mask ``(batch, timesteps)`` is folded and passed on to a layer that takes one.
+    The output mask is ``layer``'s own, unfolded, when it computes one, else the input mask (Keras 2).
+    Call: ``layer(inputs, mask=None, training=None)`` (None: the mode set by ``train()``/``eval()``)."""
+
+    def __init__(self, layer, *, rngs=None):
+        del rngs  # ``layer`` holds its own parameters; accepted for a uniform signature
+        if not isinstance(layer, nnx.Module):
+            raise ValueError(f"`layer`: expected an NNX module, got {type(layer).__name__}.")
+        self.layer_name = snake_case(type(layer).__name__)
+        setattr(self, self.layer_name, layer)
+
+    @property
+    def layer(self):
+        return getattr(self, self.layer_name)
+
+    def __call__(self, inputs, mask=None, training=None):
+        check_steps(inputs)
+        mask = check_mask(mask, inputs, "TimeDistributed", nested=True)
+        return unfold_steps(call_layer(self.layer, fold_steps(inputs), fold_steps(mask), training), inputs)
+
+    def compute_mask(self, inputs, mask=None):
+        return time_distributed_mask(self.layer, inputs, mask)
