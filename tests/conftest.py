@@ -7,6 +7,22 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
+import gc  # noqa: E402
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_compiled_programs():
+    """Drops each test module's compiled programs when it ends. Every XLA CPU executable holds
+    memory maps of its own, and one worker running a few hundred modules' worth of them passed the
+    kernel's limit (``vm.max_map_count``, 65530) and crashed inside XLA's compiler."""
+    yield
+    jax.clear_caches()
+    gc.collect()
+
+
 # Hypothesis profiles: 'ci' (the default, few examples) and 'dev' (HYPOTHESIS_PROFILE=dev).
 from hypothesis import HealthCheck, settings  # noqa: E402
 
