@@ -219,8 +219,7 @@ def test_any_number_of_devices_dividing_the_batch(devices):
 def test_projection_spans_and_inference_program_partition_cleanly(monkeypatch):
     """The driver's other plans: projection spans in training (``project_chunk``) and, not
     differentiated, inference spans with the input bias added in the loop."""
-    monkeypatch.setattr(_planner, "INFER_SPAN_MIN_BYTES", 0)
-    monkeypatch.setattr(_planner, "INFER_SPAN_BYTES", 0)
+    monkeypatch.setattr(_planner, "INFER_SPAN_BYTES", 0)  # one step per span
     _check(rnnjax.LSTM(U, return_sequences=True), (B, 11, I), {"mask": HOLES[:, [0, 1, 2, 3, 4, 5] * 2][:, :11]},
            batch_mesh(8))
 

@@ -39,13 +39,13 @@ PROJECT_CHUNK = 10
 CHUNK_MIN_BATCH = 64
 CHUNK_MIN_STEPS = 50
 
-# Inference spans: from a projected block of INFER_SPAN_MIN_BYTES on, spans of about
-# INFER_SPAN_BYTES (2 to PROJECT_CHUNK steps); an empirical rule (bench/README.md, "Inference spans").
-INFER_SPAN_MIN_BYTES = 20 * 2**20
-INFER_SPAN_BYTES = 2 * 2**20
+# Inference spans: a call that is not differentiated projects as many steps at once as fit in
+# INFER_SPAN_BYTES (at least one), so its memory is the outputs and one span (bench/README.md,
+# "Inference memory").
+INFER_SPAN_BYTES = 256 * 2**10
 
 SWITCHES = ("project_chunk", "infer_span", "loop_bias", "train_in_one_loop",
-            "in_place_z", "delayed_dz_write", "carry_prev_output", "bias_grad_after_loop")
+            "in_place_z", "prefetch_z", "carry_prev_output", "bias_grad_after_loop")
 _forced: dict = {}
 
 
@@ -122,19 +122,29 @@ def plan_sequence(program: CoreProgram, path: str, x, steps, *, remat, project_s
     one_loop = fast and not remat and project_chunk is None and partitioned(x)
     one_loop = forced("train_in_one_loop", one_loop)
     train_chunk = steps if one_loop else chunk
-    infer_chunk, loop_bias = chunk, None
+    one_step = jax.ShapeDtypeStruct(x[:1].shape, x.dtype)
+    xp_struct = jax.eval_shape(project_span, one_step)
+    loop_bias = None
     if path == "matmul" and not remat and project_chunk is None:
-        one_step = jax.ShapeDtypeStruct(x[:1].shape, x.dtype)
-        xp_struct = jax.eval_shape(project_span, one_step)
         usable = _usable_loop_bias(program.loop_bias, xp_struct, one_step)
         loop_bias = usable if forced("loop_bias", usable is not None, allowed=(False, usable is not None)) else None
-        xp_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(xp_struct))
-        span = _forced.get("infer_span")
-        if span is None and static(steps, xp_bytes) and chunk >= steps and steps * xp_bytes >= INFER_SPAN_MIN_BYTES:
-            span = max(2, min(PROJECT_CHUNK, INFER_SPAN_BYTES // max(xp_bytes, 1)))
-        if span:
-            infer_chunk = span if steps > span else chunk
-    return SequencePlan(path, train_chunk, infer_chunk, loop_bias)
+    step_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(xp_struct))
+    return SequencePlan(path, train_chunk, inference_span(steps, step_bytes, chunk, project_chunk), loop_bias)
+
+
+def inference_span(steps, step_bytes, chunk, project_chunk=None):
+    """Steps projected at once by a call that is not differentiated: as many as fit in
+    ``INFER_SPAN_BYTES`` of projected inputs (at least 1; all when they all fit). Forced:
+    ``infer_span`` (0: the training program's ``chunk``); with ``project_chunk`` forced or a
+    symbolic size, ``chunk``."""
+    span = _forced.get("infer_span")
+    if span is None and (project_chunk is not None or not static(steps, step_bytes)):
+        return chunk
+    if span is None:
+        span = max(1, INFER_SPAN_BYTES // max(step_bytes, 1))
+    if isinstance(span, bool) or not isinstance(span, int) or span < 0:
+        raise ValueError(f"`infer_span`: expected a non-negative integer, got {span!r}.")
+    return chunk if span == 0 else min(span, steps)
 
 
 def _usable_loop_bias(loop_bias: Optional[LoopBias], xp_struct, one_step) -> Optional[LoopBias]:

@@ -116,16 +116,10 @@ def run_program(program: CoreProgram, inputs, initial_state, *, mask=None, const
                    zero_output_for_mask=zero_output_for_mask, unroll=unroll, scan_unroll=scan_unroll, remat=remat)
     if feature_axes != 1:
         return _run_spatial(program, inputs, initial_state, feature_axes, mask=mask, **options)
-    steps = _check_inputs(inputs, mask, time_major)
-    x = inputs if time_major else jnp.moveaxis(inputs, -2, 0)
-    m = None
-    if mask is not None:
-        m = mask if time_major else jnp.moveaxis(mask, -1, 0)
-        x = zero_masked_inputs(x, m)
-    ys, final_state = _TimeMajorRun(program, x, m, initial_state, steps, **options).run()
-    if return_sequences:
-        return (ys if time_major else jnp.moveaxis(ys, 0, -2)), final_state
-    return ys, final_state
+    _check_inputs(inputs, mask, time_major)
+    time_axis = 0 if time_major else inputs.ndim - 2
+    return _TimeMajorRun(program, inputs, mask, initial_state, time_axis=time_axis, out_axis=time_axis,
+                         **options).run()
 
 
 def _run_spatial(program: CoreProgram, inputs, initial_state, feature_axes, *, mask, **options):
@@ -137,9 +131,6 @@ def _run_spatial(program: CoreProgram, inputs, initial_state, feature_axes, *, m
     feature_shape = inputs.shape[nb + 1:]
     if mask is not None and tuple(jnp.shape(mask)) != inputs.shape[:nb + 1]:
         raise ValueError(f"`mask`: expected shape {inputs.shape[:nb + 1]} (batch, timesteps), got {tuple(jnp.shape(mask))}.")
-    x = jnp.moveaxis(inputs, nb, 0)
-    x = x.reshape(x.shape[:nb + 1] + (math.prod(feature_shape),))
-    m = None if mask is None else jnp.moveaxis(jnp.asarray(mask), nb, 0)
 
     def unflat(x, project=program.project):
         x = x.reshape(x.shape[:-1] + tuple(feature_shape))
@@ -149,36 +140,58 @@ def _run_spatial(program: CoreProgram, inputs, initial_state, feature_axes, *, m
     if loop_bias is not None:
         loop_bias = LoopBias(functools.partial(unflat, project=loop_bias.project_without_bias), loop_bias.bias)
     program = program._replace(project=unflat, loop_bias=loop_bias)
-    output, final = run_program(program, x, initial_state, mask=m, time_major=True, **options)
-    if options["return_sequences"]:
-        output = jnp.moveaxis(output, 0, nb)
-    return output, final
+    mask = None if mask is None else jnp.asarray(mask)
+    run = _TimeMajorRun(program, inputs, mask, initial_state, time_axis=nb, out_axis=nb, feature_axes=feature_axes,
+                        **options)
+    _check_inputs(run.x, run.m, True)
+    return run.run()
 
 
 class _TimeMajorRun:
-    """One call on time-major inputs ``x (T, *batch, F)``: the loops, spans and the plan."""
+    """One call on time-major inputs ``x (T, *batch, F)`` (masked steps not yet zeroed): the
+    loops, spans and the plan. Returned sequences get their time axis at ``out_axis``."""
 
-    def __init__(self, program: CoreProgram, x, m, initial_state, steps, *, constants, go_backwards,
-                 return_sequences, zero_output_for_mask, unroll, scan_unroll, remat):
+    def __init__(self, program: CoreProgram, inputs, mask, initial_state, *, time_axis, out_axis, constants,
+                 go_backwards, return_sequences, zero_output_for_mask, unroll, scan_unroll, remat, feature_axes=1):
         if isinstance(scan_unroll, bool) or not isinstance(scan_unroll, int) or scan_unroll < 1:
             raise ValueError(f"`scan_unroll`: expected a positive integer, got {scan_unroll!r}.")
+        self.time_axis, self.feature_axes, self.out_axis = time_axis, feature_axes, out_axis
+        self.raw = inputs if mask is None else (inputs, mask)  # in the caller's layout
+        self.x, self.m = self.time_major(inputs, mask)
+        steps = self.steps = self.x.shape[0]
         if not static(steps):
             scan_unroll = 1  # lax.scan cannot split a symbolic length into unrolled blocks
-        self.program, self.x, self.m, self.steps = program, x, m, steps
-        self.constants, self.go_backwards, self.return_sequences = constants, go_backwards, return_sequences
-        self.zero_output_for_mask, self.unroll, self.scan_unroll, self.remat = (
-            zero_output_for_mask, unroll, scan_unroll, remat)
+        self.program, self.constants, self.go_backwards = program, constants, go_backwards
+        self.return_sequences, self.zero_output_for_mask = return_sequences, zero_output_for_mask
+        self.unroll, self.scan_unroll, self.remat = unroll, scan_unroll, remat
         self.path = _planner.choose_path(program, constants=constants, remat=remat)
-        out_struct = jax.eval_shape(self.first_output, initial_state, x[:1])
+        out_struct = jax.eval_shape(self.first_output, initial_state, self.x[:1])
         self.carry = (initial_state, jnp.zeros(out_struct.shape, out_struct.dtype))
+
+    def time_major(self, inputs, mask=None):
+        """``(x (T, *batch, F), m (T, *batch) or None)`` from inputs (and a mask) in the caller's
+        layout; the feature axes of a spatial step flattened into one."""
+        x = jnp.moveaxis(inputs, self.time_axis, 0)
+        if self.feature_axes != 1:
+            x = x.reshape(x.shape[:x.ndim - self.feature_axes] + (math.prod(x.shape[x.ndim - self.feature_axes:]),))
+        return x, (None if mask is None else jnp.moveaxis(mask, self.time_axis, 0))
+
+    def time_major_raw(self, raw):
+        x, m = self.time_major(*(raw if self.m is not None else (raw,)))
+        return x if m is None else (x, m)
 
     def call(self, state, x_t):
         if self.constants is None:
             return self.program.step(state, x_t)
         return self.program.step(state, x_t, self.constants)
 
-    def project_span(self, x_span):
-        return self.program.project(x_span) if self.program.project is not None else x_span
+    def project_span(self, x_span, m_span=None, project=None):
+        """The projection of a span of raw steps, masked steps zeroed first (``project``: the
+        program's, or the one without the bias of :class:`LoopBias`)."""
+        if m_span is not None:
+            x_span = zero_masked_inputs(x_span, m_span)
+        project = project or self.program.project
+        return project(x_span) if project is not None else x_span
 
     def first_output(self, s, x_first):
         return self.call(s, jax.tree_util.tree_map(lambda a: a[0], self.project_span(x_first)))[1]
@@ -192,21 +205,25 @@ class _TimeMajorRun:
         return (state, y), (y if self.return_sequences else None)
 
     def run(self):
-        """``(output or time-major outputs, final state)``."""
+        """``(output or outputs, final state)``: the outputs in processing order, time at ``out_axis``."""
         if self.unroll:
-            carry, ys = self.run_unrolled()
+            carry, ys = self.finish(*self.run_unrolled())
         else:
             carry, ys = self.run_scanned()
-            if self.return_sequences and self.go_backwards:
-                ys = jnp.flip(ys, 0)
         final_state, last = carry
         return (ys if self.return_sequences else last), final_state
+
+    def finish(self, carry, ys):
+        """A loop's time-major outputs in time order -> processing order, time at ``out_axis``."""
+        if self.return_sequences:
+            ys = jnp.moveaxis(jnp.flip(ys, 0) if self.go_backwards and not self.unroll else ys, 0, self.out_axis)
+        return carry, ys
 
     def run_unrolled(self):
         if not static(self.steps):
             raise ValueError(f"`unroll=True`: a Python loop needs a known number of time steps, got the "
                              f"symbolic {self.steps}; use unroll=False (lax.scan) for a symbolic time axis.")
-        xs = self.project_span(self.x)
+        xs = self.project_span(self.x, self.m)
         seq = xs if self.m is None else (xs, self.m)
         carry, outputs = self.carry, []
         order = range(self.steps - 1, -1, -1) if self.go_backwards else range(self.steps)
@@ -220,16 +237,22 @@ class _TimeMajorRun:
         raw = self.x if self.m is None else (self.x, self.m)
         plan = _planner.plan_sequence(self.program, self.path, self.x, self.steps, remat=self.remat,
                                       project_span=self.project_span)
+
+        def train(r, c):
+            return self.finish(*self.run_chunked(plan.train_chunk, r, c))
+
         if plan.infer_chunk == plan.train_chunk and plan.loop_bias is None:
-            return self.run_chunked(plan.train_chunk, raw, self.carry)
-        # the inference program when not differentiated, the training one when differentiated
-        return _planner.infer_or_train(lambda r, c: self.run_chunked(plan.infer_chunk, r, c, plan.loop_bias),
-                                       lambda r, c: self.run_chunked(plan.train_chunk, r, c), raw, self.carry)
+            return train(raw, self.carry)
+        # the inference program when not differentiated (on the inputs in the caller's layout), the
+        # training one when differentiated (on the time-major inputs)
+        return _planner.infer_or_train(lambda r, o, c: self.run_inference(plan.infer_chunk, o, c, plan.loop_bias),
+                                       lambda r, o, c: train(r, c), raw, self.raw, self.carry)
 
     def run_span(self, carry, raw, loop_bias: Optional[LoopBias] = None):
-        """Projects a span of steps (time-major raw inputs) and runs the planned loop over it."""
+        """Projects a span of steps (time-major raw inputs) and runs the planned loop over it:
+        ``(carry, time-major outputs in time order)``."""
         x_span, m_span = raw if self.m is not None else (raw, None)
-        xs_span = self.project_span(x_span) if loop_bias is None else loop_bias.project_without_bias(x_span)
+        xs_span = self.project_span(x_span, m_span, None if loop_bias is None else loop_bias.project_without_bias)
         options = dict(go_backwards=self.go_backwards, return_sequences=self.return_sequences,
                        zero_output_for_mask=self.zero_output_for_mask, scan_unroll=self.scan_unroll)
         if self.path == "matmul":
@@ -241,21 +264,27 @@ class _TimeMajorRun:
             return scan_input_additive(self.program.input_additive_step, carry, xs_span, m_span, **options)
         return lax.scan(self.body, carry, seq_span, reverse=self.go_backwards, unroll=self.scan_unroll)
 
-    def run_chunked(self, chunk, raw, carry, loop_bias: Optional[LoopBias] = None):
+    def split_spans(self, raw, chunk):
+        """``(head, tail)``: the first ``n·chunk`` steps as ``(n, chunk, ...)`` and the last ``steps mod chunk``."""
+        n_chunks = self.steps // chunk
+        head = jax.tree_util.tree_map(lambda a: a[:n_chunks * chunk].reshape((n_chunks, chunk) + a.shape[1:]), raw)
+        return head, jax.tree_util.tree_map(lambda a: a[n_chunks * chunk:], raw)
+
+    def run_chunked(self, chunk, raw, carry):
         """The loop over spans of ``chunk`` steps, each projected inside the outer loop (and with
-        ``remat`` checkpointed: only span boundaries are stored, memory ~ sqrt(T))."""
+        ``remat`` checkpointed: only span boundaries are stored, memory ~ sqrt(T)): ``(carry,
+        time-major outputs in time order)``."""
         steps = self.steps
         if not static(chunk) or chunk <= 1 or chunk >= steps:
             if self.remat and self.path != "matmul":  # too short to chunk: checkpoint every step
-                xs = self.project_span(self.x)
+                xs = self.project_span(self.x, self.m)
                 seq = xs if self.m is None else (xs, self.m)
                 return lax.scan(jax.checkpoint(self.body), carry, seq, reverse=self.go_backwards,
                                 unroll=self.scan_unroll)
-            return self.run_span(carry, raw, loop_bias)
-        span = jax.checkpoint(self.run_span) if self.remat else functools.partial(self.run_span, loop_bias=loop_bias)
+            return self.run_span(carry, raw)
+        span = jax.checkpoint(self.run_span) if self.remat else self.run_span
         n_chunks, rest = divmod(steps, chunk)
-        head = jax.tree_util.tree_map(lambda a: a[:n_chunks * chunk].reshape((n_chunks, chunk) + a.shape[1:]), raw)
-        tail = jax.tree_util.tree_map(lambda a: a[n_chunks * chunk:], raw)  # the last `rest` steps
+        head, tail = self.split_spans(raw, chunk)
         ys_tail = None
         if rest and self.go_backwards:  # processing order: the tail comes first
             carry, ys_tail = span(carry, tail)
@@ -267,6 +296,46 @@ class _TimeMajorRun:
             if rest:
                 ys = jnp.concatenate([ys, ys_tail], 0)
         return carry, ys
+
+    def run_inference(self, chunk, raw, carry, loop_bias: Optional[LoopBias]):
+        """The program of a call that is not differentiated, on ``raw`` inputs in the caller's
+        layout: spans of ``chunk`` steps, each sliced, projected and run inside an outer loop, its
+        outputs written at once into the returned sequence (processing order, time at
+        ``out_axis``), so that one span of projected steps, and neither a time-major copy of the
+        inputs nor of the outputs, is alive (``bench/README.md``, "Inference memory"):
+        ``(carry, outputs)``."""
+        if chunk >= self.steps:
+            return self.finish(*self.run_span(carry, self.time_major_raw(raw), loop_bias))
+        n_chunks, rest = divmod(self.steps, chunk)
+        out = None
+        if self.return_sequences:
+            y = carry[1]
+            out = jnp.zeros(y.shape[:self.out_axis] + (self.steps,) + y.shape[self.out_axis:], y.dtype)
+
+        def span(c, t0, k=chunk):
+            carry, out = c
+            raw_span = jax.tree_util.tree_map(lambda a: lax.dynamic_slice_in_dim(a, t0, k, self.time_axis), raw)
+            carry, ys = self.run_span(carry, self.time_major_raw(raw_span), loop_bias)
+            return (carry, self.write(out, ys, t0)), None
+
+        starts = jnp.arange(n_chunks, dtype=jnp.int32) * chunk
+        c = (carry, out)
+        if rest and self.go_backwards:  # processing order: the tail comes first
+            c = span(c, n_chunks * chunk, rest)[0]
+        c, _ = lax.scan(span, c, starts, reverse=self.go_backwards)
+        if rest and not self.go_backwards:
+            c = span(c, n_chunks * chunk, rest)[0]
+        return c
+
+    def write(self, out, ys, t0):
+        """``out`` with a span's outputs ``ys`` (time-major, time order, from step ``t0`` on)
+        written at their places in processing order."""
+        if out is None:
+            return None
+        k = ys.shape[0]
+        if self.go_backwards:
+            ys, t0 = jnp.flip(ys, 0), self.steps - t0 - k
+        return lax.dynamic_update_slice_in_dim(out, jnp.moveaxis(ys, 0, self.out_axis), t0, self.out_axis)
 
 
 def _check_inputs(inputs, mask, time_major):

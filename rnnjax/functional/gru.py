@@ -206,7 +206,8 @@ class GRUCore:
             return None
         rec_bias = None if params.bias is None else params.bias[1]
         return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, rec_bias, None if m is None else m[0],
-                                   part_sizes=(self.units,) * 3, pointwise_params_is_recurrent_bias=True)
+                                   part_sizes=(self.units,) * 3, pointwise_params_is_recurrent_bias=True,
+                                   reads_only_sum=(True, True, False))
 
     def __call__(self, params: GRUParams, state: GRUState, x_t):
         return self.step(params, state, self.project(params, x_t))
