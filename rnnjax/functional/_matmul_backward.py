@@ -335,7 +335,7 @@ class MatmulLoop:
         t_index = jnp.arange(self.steps, dtype=jnp.int32)
         xp_a = None if plan.in_place_z else (res.inputs, res.recurrent_products)
         seq = (xp_a, res.states, res.prev_outputs, res.mask, d_ys if self.return_sequences else None, t_index)
-        zbuf0 = res.z if all(self.sum_parts) else (res.z, res.recurrent_products)
+        zbuf0 = res.z if all(self.sum_parts) or not plan.in_place_z else (res.z, res.recurrent_products)
         if plan.prefetch_z:
             zbuf0 = (zbuf0, _tree_take(zbuf0, t_first))
         init = (d_s, d_last if plan.carry_prev_output else None, zero_params, zbuf0)
