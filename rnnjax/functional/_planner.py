@@ -7,11 +7,12 @@ program runs when a call is not differentiated. None of it changes a number beyo
   ``CHUNK_MIN_STEPS`` steps on, the inputs are projected ``PROJECT_CHUNK`` steps at a time inside
   an outer loop, so that the projected block stays small (fresh temporary memory costs page faults
   on the CPU: ``bench/README.md``, "Projection spans").
-* **Inference spans and the bias in the loop** (:func:`plan_sequence`): a call that is not
-  differentiated keeps nothing for a backward pass, so it may project in smaller spans (once the
-  projected block of all steps reaches ``INFER_SPAN_MIN_BYTES``) and add the input bias inside the
-  loop (:class:`~rnnjax.functional.protocol.LoopBias`); :func:`infer_or_train` runs that program
-  when not differentiated and the training program when differentiated.
+* **Inference spans and the bias in the loop** (:func:`plan_sequence`, :func:`inference_span`): a
+  call that is not differentiated keeps nothing for a backward pass, so it projects as many steps
+  at once as fit in ``INFER_SPAN_BYTES`` (at least one; its memory is then the outputs and one
+  span) and may add the input bias inside the loop (:class:`~rnnjax.functional.protocol.LoopBias`);
+  :func:`infer_or_train` runs that program when not differentiated and the training program when
+  differentiated.
 * **One loop on a mesh**: differentiated on a device mesh, a step with a hand-written backward
   pass runs all steps in one loop, so that its weight gradients are reduced across devices once.
 * **Remat** (:func:`remat_chunk`): spans of about ``sqrt(T)`` steps, each checkpointed.
