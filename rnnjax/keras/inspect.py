@@ -107,16 +107,42 @@ def inspect_keras(path) -> dict:
     return info
 
 
+def _config_lines(config: dict, indent: str) -> list:
+    """A config as one ``key: value`` line per key, sorted, a nested layer (Bidirectional's, say)
+    as its class name with its own config indented below: short lines, nothing left out."""
+    lines = []
+    for key in sorted(config):
+        value = config[key]
+        if isinstance(value, dict) and "class_name" in value and isinstance(value.get("config"), dict):
+            lines.append(f"{indent}{key}: {value['class_name']}")
+            lines += _config_lines(_summary(value["config"]), indent + "    ")
+        elif isinstance(value, dict) and value:
+            lines.append(f"{indent}{key}:")
+            lines += _config_lines(value, indent + "    ")
+        else:
+            lines.append(f"{indent}{key}: {json.dumps(value)}")
+    return lines
+
+
 def format_report(info: dict) -> str:
-    """``inspect_keras``'s result as text."""
+    """``inspect_keras``'s result as text: a block per layer with its config (a line per key) and
+    its weights. A weights-only file records no classes; a Keras 3 one not the model's layer order
+    either (its groups are listed alphabetically), and the report says so."""
     lines = [f"{info['path']}: {info['format'] or 'unreadable'}",
              f"  keras_version: {info['keras_version']}   backend: {info['backend']}"]
+    if info["layers"] and all(layer["class_name"] is None for layer in info["layers"]):
+        order = "alphabetical order (the file does not record the model's)" if "Keras 3" in (info["format"] or "") \
+            else "the model's order"
+        lines.append(f"  weights only: no layer classes recorded; layers in {order}")
     for layer in info["layers"]:
-        lines.append(f"  {layer['name']} ({layer['class_name']})")
+        lines.append(f"  {layer['name']}" + (f" ({layer['class_name']})" if layer["class_name"] else ""))
         if layer["config"]:
-            lines.append(f"      config: {json.dumps(layer['config'], sort_keys=True)}")
+            lines.append("      config:")
+            lines += _config_lines(layer["config"], "        ")
+        if layer["weights"]:
+            lines.append("      weights:")
         for name, shape, dtype in layer["weights"]:
-            lines.append(f"      {name}: {shape} {dtype}")
+            lines.append(f"        {name}: {shape} {dtype}")
     if info["problems"]:
         lines.append("  rnnjax cannot load this file:")
         lines += [f"    - {p}" for p in info["problems"]]
