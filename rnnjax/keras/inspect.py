@@ -107,20 +107,31 @@ def inspect_keras(path) -> dict:
     return info
 
 
+def _is_layer(value) -> bool:
+    return isinstance(value, dict) and "class_name" in value and isinstance(value.get("config"), dict)
+
+
+def _value_lines(head: str, value, indent: str) -> list:
+    """``head`` and ``value``: a nested layer as its class name with its config indented below, a
+    dict a line per key, a list of dicts an item per line, anything else as JSON on the line."""
+    if _is_layer(value):
+        return [f"{indent}{head}{value['class_name']}"] + _config_lines(_summary(value["config"]), indent + "    ")
+    if isinstance(value, dict) and value:
+        return [f"{indent}{head}".rstrip()] + _config_lines(value, indent + "    ")
+    if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        lines = [f"{indent}{head}".rstrip()]
+        for item in value:
+            lines += _value_lines("- ", item, indent + "    ")
+        return lines
+    return [f"{indent}{head}{json.dumps(value)}"]
+
+
 def _config_lines(config: dict, indent: str) -> list:
-    """A config as one ``key: value`` line per key, sorted, a nested layer (Bidirectional's, say)
-    as its class name with its own config indented below: short lines, nothing left out."""
+    """A config as one ``key: value`` line per key, sorted, nested layers (Bidirectional's, an RNN's
+    cells) indented below their key: short lines, nothing left out."""
     lines = []
     for key in sorted(config):
-        value = config[key]
-        if isinstance(value, dict) and "class_name" in value and isinstance(value.get("config"), dict):
-            lines.append(f"{indent}{key}: {value['class_name']}")
-            lines += _config_lines(_summary(value["config"]), indent + "    ")
-        elif isinstance(value, dict) and value:
-            lines.append(f"{indent}{key}:")
-            lines += _config_lines(value, indent + "    ")
-        else:
-            lines.append(f"{indent}{key}: {json.dumps(value)}")
+        lines += _value_lines(f"{key}: ", config[key], indent)
     return lines
 
 
