@@ -524,7 +524,7 @@ def test_keras3_compile_config_with_a_loss_function_loads_and_inspects(tmp_path)
     assert (t["optimizer"], t["step"], t["loss"], t["metrics"]) == ("RMSprop", 1, "binary_crossentropy", ["AUC", "mae"])
     assert t["config"]["rho"] == 0.9 and info["problems"] == []
     report = rnnjax.keras.inspect.format_report(info)
-    assert "training: optimizer RMSprop (Keras 3), step 1" in report and "'binary_crossentropy'" in report
+    assert "training: optimizer RMSprop (Keras 3), step 1" in report and 'loss: "binary_crossentropy"' in report
 
 
 def test_tf_keras_2_11_optimizer_file(tmp_path):

@@ -68,11 +68,15 @@ KINDS = ("adam", "sgd", "rmsprop", "adagrad")
 
 
 class KerasOptimizerState(NamedTuple):
-    """The state of a Keras optimizer: ``step``, Keras's ``iterations`` (updates applied, an int32
-    scalar), and ``slots``, ``{slot name: a tree shaped like the parameters}``: Adam ``m``, ``v``
-    (and ``vhat`` with ``amsgrad``), SGD ``momentum``, RMSprop ``velocity`` (and ``momentum``,
-    ``average_gradient`` when centered), Adagrad ``accumulator``. Frozen parameters keep their
-    initial slot values."""
+    """The state of a Keras optimizer, a pytree (it goes through ``jax.jit`` as it is).
+
+    Args:
+        step: Keras's ``iterations``: the updates applied so far (an int32 scalar).
+        slots: ``{slot name: a tree shaped like the parameters}``: Adam ``m``, ``v`` (and
+            ``vhat`` with ``amsgrad``), SGD ``momentum``, RMSprop ``velocity`` (and ``momentum``,
+            ``average_gradient`` when centered), Adagrad ``accumulator``. Frozen parameters keep
+            their initial slot values.
+    """
 
     step: Any
     slots: dict

@@ -214,13 +214,3 @@ def describe(data: Training) -> Optional[dict]:
             "state_arrays": len(data.state or []), "loss": _name_of(compile_cfg.get("loss")),
             "metrics": _name_of(compile_cfg.get("metrics")),
             "weighted_metrics": _name_of(compile_cfg.get("weighted_metrics"))}
-
-
-def format_training(training: dict) -> list:
-    """``describe``'s result as report lines."""
-    lines = [f"  training: optimizer {training['optimizer']} ({training['writer']}), step {training['step']}, "
-             f"{training['state_arrays']} state arrays"]
-    if training["config"]:
-        lines.append("      optimizer config: " + ", ".join(f"{k}={v!r}" for k, v in sorted(training["config"].items())))
-    lines.append(f"      loss: {training['loss']!r}   metrics: {training['metrics']!r}")
-    return lines
