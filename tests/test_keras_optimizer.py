@@ -550,3 +550,16 @@ def test_tf_keras_2_11_optimizer_file(tmp_path):
         p, g = _get(variables["params"], PATHS[n]).astype(np.float64), _get(grads, PATHS[n]).astype(np.float64)
         np.testing.assert_allclose(_get(new, PATHS[n]), p - 0.1 * 0.01 * p - 0.1 * g, rtol=1e-5, atol=1e-6)
     assert rnnjax.inspect_keras(path)["training"]["optimizer"] == "SGD"
+
+
+def test_optimizer_weight_names_pointing_at_a_group(tmp_path):
+    """A weight name that leads to a group, not an array: a clear refusal; inspect still reports."""
+    path, variables = _adam_file(tmp_path)
+    with h5py.File(path, "a") as f:
+        g = f["optimizer_weights"]
+        del g.attrs["weight_names"]
+        g.attrs["weight_names"] = np.array(["Adam/iter:0", "Adam"], dtype=object)
+    with pytest.raises(KerasImportError, match="expected a weight array, found an HDF5 group"):
+        rnnjax.load_keras_optimizer(path, variables)
+    info = rnnjax.inspect_keras(path)
+    assert info["training"] is None and info["problems"] == []

@@ -51,7 +51,9 @@ class Training:
 
 
 def _value(ds):
-    return formats.read_counter(ds) if ds.dtype.kind in "iu" else formats.read_array(ds)
+    """A state array, or the step counter as an ``int`` (a group or any other dtype: refused)."""
+    integer = getattr(ds, "dtype", None) is not None and ds.dtype.kind in "iu"
+    return formats.read_counter(ds) if integer else formats.read_array(ds)
 
 
 def _archive(path) -> Training:
