@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from rnnjax.cudnn import CuDNNGRU, CuDNNLSTM, cudnn_gru_to_gru, cudnn_lstm_to_lstm
-from rnnjax.keras import save_objects as so
+from rnnjax.keras import layers as klayers, save_objects as so
 from rnnjax.keras.save_objects import KerasSaveError
 from rnnjax.layers import (
     GRU, LSTM, RNN, Activation, Bidirectional, Dense, Dropout, Embedding, GRUCell, LSTMCell, Masking,
@@ -321,11 +321,18 @@ def _weightless(layer, params, name, where, ctx) -> Saved:
     return Saved(keras_object(class_name, {**_base(name, ctx), **fields}), Node(name, [], {}))
 
 
+def _merge(layer, params, name, where, ctx) -> Saved:
+    """``Concatenate`` (its ``axis``) and ``Add`` of :mod:`rnnjax.keras.layers`: no weights."""
+    _weights(params, [], where, ctx)
+    fields = {"axis": int(layer.axis)} if isinstance(layer, klayers.Concatenate) else {}
+    return Saved(keras_object(type(layer).__name__, {**_base(name, ctx), **fields}), Node(name, [], {}))
+
+
 _CONVERTERS = {
     SimpleRNN: _keras_rnn, GRU: _keras_rnn, LSTM: _keras_rnn, ConvLSTM1D: _keras_rnn, ConvLSTM2D: _keras_rnn,
     ConvLSTM3D: _keras_rnn, CuDNNLSTM: _cudnn, CuDNNGRU: _cudnn, RNN: _rnn, Bidirectional: _bidirectional,
     TimeDistributed: _time_distributed, Embedding: _embedding, Dense: _dense, Masking: _weightless,
-    Dropout: _weightless, Activation: _weightless,
+    Dropout: _weightless, Activation: _weightless, klayers.Concatenate: _merge, klayers.Add: _merge,
 }
 RECURRENT = (SimpleRNN, GRU, LSTM, ConvLSTM1D, ConvLSTM2D, ConvLSTM3D, CuDNNLSTM, CuDNNGRU, RNN)
 
