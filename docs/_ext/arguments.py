@@ -143,9 +143,6 @@ ARGUMENTS = {
     "keepdims": "Whether to keep the time axis (of size 1).",
     "mask_rule": "How the inputs' masks combine: `'all'` (Keras 2) or `'any'` (Keras 3).",
     "names": "The layers' Keras names, in `layers` order.",
-    "inbound": "For each layer, the indices of the layers it takes its input from (-1: the model input).",
-    "merges": "For each layer, whether it takes a list of inputs (a merge layer).",
-    "output": "The index of the layer whose output is the model's output.",
 }
 
 # The NNX front end's own keyword arguments (rnnjax.nnx), where a linen field of the same name means

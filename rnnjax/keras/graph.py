@@ -45,9 +45,19 @@ class KerasGraph(nn.Module):
     Call: ``model(x1, x2, ..., mask=None, training=False)``, or one list, or one dict keyed by
     the input names (``input_names``); ``mask``: one mask, or one per input (a list or a dict).
     Returns the output, or the list of outputs when the model has several (as Keras does).
-    ``inputs``: ``(name, batch shape, dtype)`` per input, from the file; ``trainable``: each
-    layer's Keras ``trainable`` flag (which Keras 2 uses to order a nested model's weights);
-    ``classes``: each layer's Keras class (which names its group in a Keras 3 weights file).
+    :func:`rnnjax.load_keras` builds it from a file; :func:`rnnjax.save_keras` writes it back.
+
+    Args:
+      layers: The layers (Flax modules), each once however often it is called.
+      names: The layers' Keras names, in ``layers`` order (their parameters' keys).
+      calls: The calls, in an order that runs: :class:`rnnjax.keras.topology.Call` records.
+      inputs: ``(name, batch shape, dtype)`` of each model input, from the file.
+      outputs: The model's outputs, as ``Ref(call, index)``.
+      single: Whether the model has one output, returned alone rather than in a list.
+      keras: The writing Keras's major version (how a mask reaching a layer that cannot take one
+        is treated: 2 raises, 3 warns and drops it).
+      trainable: Each layer's Keras ``trainable`` flag (Keras 2 orders a nested model's weights by it).
+      classes: Each layer's Keras class (which names its group in a Keras 3 weights file).
     """
 
     layers: Sequence[nn.Module]
@@ -62,6 +72,7 @@ class KerasGraph(nn.Module):
 
     @property
     def input_names(self) -> list:
+        """The model inputs' names, in order (the keys of a dict of inputs)."""
         return [spec[0] for spec in self.inputs]
 
     def _arrange(self, given, what):
