@@ -254,7 +254,6 @@ BUILDERS: dict[str, Callable] = {
                                                  name=c.name),
     "Add": lambda c: klayers.Add(name=c.name),
 }
-MERGES = ("Concatenate", "Add")
 
 
 class Context:

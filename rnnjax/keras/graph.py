@@ -91,8 +91,7 @@ class KerasGraph(nn.Module):
 
     def __call__(self, *inputs, mask=None, training: bool = False):
         xs = self._arrange(inputs, "inputs")
-        masks = [None] * len(xs) if mask is None else self._arrange((mask,) if len(xs) == 1 or isinstance(
-            mask, Mapping) else (mask,), "mask")
+        masks = [None] * len(xs) if mask is None else self._arrange((mask,), "mask")
         outs, _ = self.run(xs, masks, training)
         return outs[0] if self.single else list(outs)
 

@@ -163,9 +163,10 @@ class _Writer:
 
     def _entry(self, graph, op, params, producers, op_names, where, prefix):
         kind, i = op
-        if kind == "in":
-            name, shape, dtype = graph.inputs[i]
-            config = {"batch_shape": list(shape), "dtype": str(dtype), "sparse": False, "name": name}
+        if kind == "in":  # the shape as traced: the file's, or a nested model's its caller gives
+            name = graph.inputs[i][0]
+            shape, dtype, _ = self.shapes[prefix + (Ref(-1 - i, 0),)]
+            config = {"batch_shape": list(shape), "dtype": dtype, "sparse": False, "name": name}
             return {**sl.keras_object("InputLayer", config), "name": name, "inbound_nodes": []}, sl.Node(name, [], {})
         if kind == "op":
             call = graph.calls[i]

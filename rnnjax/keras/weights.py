@@ -174,8 +174,8 @@ def read_k3(root, layers, path=None) -> list:
     top = "layers" if "layers" in root else "_layer_checkpoint_dependencies"
     if top not in root:
         raise KerasImportError("a Keras 3 weights file without a `layers` group", path)
-    out, problems, index = [], [], {}
-    _read_container(root, top, layers, "", out, problems, index)
+    out, problems, named = [], [], []
+    _read_container(root, top, layers, "", out, problems, named)
     if problems:
         raise KerasImportError(problems, path)
     return out
@@ -194,7 +194,9 @@ def _named_groups(root) -> dict:
     return {k: v for k, v in found.items() if v is not None}
 
 
-def _read_container(root, top, layers, prefix, out, problems, index):
+def _read_container(root, top, layers, prefix, out, problems, named):
+    """Reads ``layers`` of the container at ``top`` into ``out``; ``named``: ``[]``, or the file's
+    :func:`_named_groups` once a layer was not at its path."""
     counts = {}
     for cls, name, module in layers:
         base = snake_case(cls)
@@ -204,12 +206,12 @@ def _read_container(root, top, layers, prefix, out, problems, index):
         if isinstance(module, KerasGraph):
             classes = module.classes or [type(m).__name__ for m in module.layers]
             _read_container(root, f"{where}/layers", list(zip(classes, module.names, module.layers)),
-                            f"{prefix}{name}/", out, problems, index)
+                            f"{prefix}{name}/", out, problems, named)
             continue
         if root.get(where) is None:
-            if not index:
-                index.update(_named_groups(root) or {"": ""})
-            where = index.get(name, where)
+            if not named:
+                named.append(_named_groups(root))
+            where = named[0].get(name, where)
         arrays = []
         for sub in k3_paths(module):
             full = f"{where}/{sub}"
