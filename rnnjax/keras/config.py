@@ -111,8 +111,9 @@ def _strip_tuples(obj):
 
 def _subclassed(cls) -> str:
     return (f"the model is of class {cls!r}, not Sequential or Functional: a subclassed model, whose architecture "
-            "is Python code (its call method); the file has no graph of layers to read. Build the same model from rnnjax layers (or any Flax module) and load the "
-            "weights into it with rnnjax.load_keras_weights(path, model, variables) (Keras's order; shapes checked)")
+            "is Python code (its call method); the file has no graph of layers to read. Build the same model from "
+            "rnnjax layers (or any Flax module) and load the weights into it with rnnjax.load_keras_weights(path, "
+            "model, variables) (Keras's order; shapes checked)")
 
 
 def parse_model(config: Any, version: Optional[str], custom=None) -> ModelSpec:
@@ -131,7 +132,9 @@ def parse_model(config: Any, version: Optional[str], custom=None) -> ModelSpec:
     if cls not in MODEL_CLASSES and isinstance(cls, str) and cls not in CODE_CLASSES:
         raise KerasImportError(_subclassed(cls))
     problems = []
-    scan({k: v for k, v in config.items() if k != "config"}, "the model", problems)
+    # Keras 3's compile settings (loss, metrics, optimizer) are data for rnnjax.keras.training, never
+    # built here: a loss named by a function reference is not code to scan for.
+    scan({k: v for k, v in config.items() if k not in ("config", "compile_config")}, "the model", problems)
     if cls not in MODEL_CLASSES or not isinstance(body, (dict, list)):
         raise KerasImportError(problems or [f"the top-level object is {cls!r}, not a Keras model (Sequential or "
                                             "Functional)"])
