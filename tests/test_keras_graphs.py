@@ -148,6 +148,20 @@ def test_loads_from_both_formats_and_saves_back(saved, name, tmp_path):
         _close(keras.saving.load_model(tmp_path / "back.keras", safe_mode=True).predict(xs, verbose=0), expected)
 
 
+def test_optimizer_slots_follow_keras_order_in_nested_models(saved):
+    """``load_keras_optimizer`` matches slots to parameters in ``model.trainable_weights``'s order:
+    a nested model's layers in its own order, a frozen layer left out."""
+    from rnnjax.keras import config as kconfig, formats, optimizer_import
+
+    stem, _, _, km = saved["nested"]
+    archive = formats.read_zip(f"{stem}.keras")
+    spec = kconfig.parse_model(archive["config"], archive["metadata"]["keras_version"])
+    _, variables = rnnjax.load_keras(f"{stem}.keras")
+    order, frozen = optimizer_import._order(spec, variables["params"])
+    assert [shape for _, shape in order] == [tuple(w.shape) for w in km.trainable_weights]
+    assert frozen == ["pair/frozen"]
+
+
 def test_inputs_by_name_or_as_a_list(saved):
     stem, (xe, xd), expected, _ = saved["seq2seq"]
     model, variables = rnnjax.load_keras(f"{stem}.keras")
