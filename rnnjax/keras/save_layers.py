@@ -14,6 +14,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from rnnjax.cudnn import CuDNNGRU, CuDNNLSTM, cudnn_gru_to_gru, cudnn_lstm_to_lstm
+from rnnjax.functional.protocol import PARAM_NAMES
 from rnnjax.keras import save_objects as so
 from rnnjax.keras.save_objects import KerasSaveError
 from rnnjax.layers import (
@@ -123,8 +124,7 @@ def _scale(arrays: list, factors: list) -> list:
 
 
 def _cell_weights(obj, params, kind, factors, units, where, ctx) -> list:
-    names = ["kernel", "recurrent_kernel"] + (["bias"] if obj.use_bias else [])
-    arrays = _weights(params, names, where, ctx)
+    arrays = _weights(params, PARAM_NAMES if obj.use_bias else PARAM_NAMES[:2], where, ctx)
     gates = len(factors)
     if arrays[0].shape[-1] != gates * units or arrays[1].shape[-1] != gates * units:
         raise KerasSaveError(
@@ -199,7 +199,7 @@ def _cudnn(layer, params, name, where, ctx) -> Saved:
             f"{where}: {type(layer).__name__} is saved as a Keras 3 {'LSTM' if lstm else 'GRU'}, whose weights are "
             f"laid out (and its bias summed/reshaped) differently, so {blocked} would act on other numbers; drop them."
         )
-    k, r, b = _weights(params, ["kernel", "recurrent_kernel", "bias"], where, ctx)
+    k, r, b = _weights(params, PARAM_NAMES, where, ctx)
     canonical = (cudnn_lstm_to_lstm if lstm else cudnn_gru_to_gru)((k, r, b))
     arrays = [np.asarray(a, ctx.dtype) for a in canonical]
     cfg = {"units": int(layer.units), "activation": "tanh", "recurrent_activation": "sigmoid", "use_bias": True}
