@@ -24,9 +24,10 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, runti
 
 import jax
 
-# The parameter layout every core shares (Keras's names and order): ``params_class`` is a
-# NamedTuple with exactly these fields; ``bias`` may be None (``use_bias=False``).
 PARAM_NAMES = ("kernel", "recurrent_kernel", "bias")
+"""The parameter layout every core shares (Keras's names and order): ``params_class`` is a
+NamedTuple with exactly these fields (:class:`CoreParams`); ``bias`` may be None
+(``use_bias=False``)."""
 
 
 @runtime_checkable
