@@ -12,15 +12,10 @@ Reading and writing files needs h5py (``pip install rnnjax[keras]``), imported o
 from rnnjax.keras.formats import KerasImportError
 from rnnjax.keras.graph import KerasGraph
 from rnnjax.keras.inspect import inspect_keras
-from rnnjax.keras.layers import (
-    Add, BatchNormalization, Concatenate, Conv1D, Flatten, GlobalPooling1D, LayerNormalization, Pooling1D,
-)
 from rnnjax.keras.loader import load_keras, load_keras_weights
 from rnnjax.keras.save import KerasSaveError, save_keras
 
 __all__ = [
     "load_keras", "load_keras_weights", "inspect_keras", "save_keras", "KerasImportError", "KerasSaveError",
     "KerasGraph",
-    "Add", "BatchNormalization", "Concatenate", "Conv1D", "Flatten", "GlobalPooling1D", "LayerNormalization",
-    "Pooling1D",
 ]
