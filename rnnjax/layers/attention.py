@@ -68,11 +68,11 @@ def scores_additive(query, key, scale=None):
 
 
 def attention(scores, value, query_mask=None, value_mask=None, causal: bool = False, dropout: float = 0.0,
-              key=None):
+              key=None, seed=None):
     """``out = softmax(s') @ value``, ``s' = s - 1e9`` where the value mask is False or, with
     ``causal``, where ``j > i`` (position ``i`` sees no later ``j``); rows of a False query mask
-    are zeroed. ``dropout`` (with a ``key``) drops attention weights, ``w * keep / (1 - rate)``.
-    Returns ``(out (batch, Tq, dim_v), weights (batch, Tq, Tv))``."""
+    are zeroed. ``dropout`` (with a ``key``; ``seed`` folded into it) drops attention weights,
+    ``w * keep / (1 - rate)``. Returns ``(out (batch, Tq, dim_v), weights (batch, Tq, Tv))``."""
     keep = None
     if value_mask is not None:
         keep = jnp.asarray(value_mask, bool)[..., None, :]
@@ -85,6 +85,7 @@ def attention(scores, value, query_mask=None, value_mask=None, causal: bool = Fa
         scores = jnp.where(keep, scores, scores - big)
     weights = jax.nn.softmax(scores, axis=-1)
     if dropout > 0.0 and key is not None:
+        key = key if seed is None else jax.random.fold_in(key, seed)
         kept = jax.random.bernoulli(key, 1.0 - dropout, weights.shape)
         weights = jnp.where(kept, weights / (1.0 - dropout), jnp.zeros((), weights.dtype))
     out = jnp.einsum("...ij,...jd->...id", weights, value)
@@ -106,7 +107,7 @@ class _Attention(nn.Module):
                  use_causal_mask: bool = False):
         q, v, k, qm, vm = attention_inputs(type(self).__name__, inputs, mask)
         key = self.make_rng("dropout") if training and self.dropout > 0.0 else None
-        out = attention(self.scores(q, k), v, qm, vm, bool(self.causal or use_causal_mask), self.dropout, key)
+        out = attention(self.scores(q, k), v, qm, vm, bool(self.causal or use_causal_mask), self.dropout, key, self.seed)
         return out if return_attention_scores else out[0]
 
     def compute_mask(self, inputs, mask=None):
@@ -133,11 +134,15 @@ class Attention(_Attention):
     scalar weight ``scale`` with ``use_scale``) or ``concat_score_weight * sum tanh(scale * (q +
     k))`` (``'concat'``); then :func:`attention`. Weights: ``scale ()`` (ones) with ``use_scale``,
     ``concat_score_weight ()`` (ones) with ``'concat'``. ``dropout`` drops attention weights in
-    training (the ``'dropout'`` RNG stream; ``seed`` is Keras's and not used). ``causal``: Keras
+    training (the ``'dropout'`` RNG stream, ``seed`` folded into its key). ``causal``: Keras
     2's constructor form of ``use_causal_mask``.
 
     Call: ``layer([query, value(, key)], mask=None, training=False, return_attention_scores=False,
-    use_causal_mask=False)`` -> ``(batch, Tq, dim_v)`` (and the ``(batch, Tq, Tv)`` weights)."""
+    use_causal_mask=False)`` -> ``(batch, Tq, dim_v)`` (and the ``(batch, Tq, Tv)`` weights).
+
+    Args:
+      dropout: float between 0 and 1, the fraction of the attention weights to drop in training.
+    """
 
     use_scale: bool = False
     score_mode: str = "dot"
@@ -147,6 +152,7 @@ class Attention(_Attention):
     param_dtype: Any = jnp.float32
 
     def scores(self, query, key):
+        """``(batch, Tq, Tv)`` scores (:func:`scores_dot` / :func:`scores_concat`), creating the weights."""
         scale = self.param("scale", lambda k: jnp.ones((), self.param_dtype)) if self.use_scale else None
         weight = self.param("concat_score_weight", lambda k: jnp.ones((), self.param_dtype)) \
             if self.score_mode == "concat" else None
@@ -156,7 +162,11 @@ class Attention(_Attention):
 class AdditiveAttention(_Attention):
     """Additive attention (Bahdanau): ``scores[b, i, j] = sum_d scale[d] * tanh(q[b, i, d] +
     k[b, j, d])`` (``scale (dim,)``, Glorot-uniform, with ``use_scale``, the default), then
-    :func:`attention`. Arguments and call as :class:`Attention`."""
+    :func:`attention`. Arguments and call as :class:`Attention`.
+
+    Args:
+      dropout: float between 0 and 1, the fraction of the attention weights to drop in training.
+    """
 
     use_scale: bool = True
     dropout: float = 0.0
@@ -165,6 +175,7 @@ class AdditiveAttention(_Attention):
     param_dtype: Any = jnp.float32
 
     def scores(self, query, key):
+        """``(batch, Tq, Tv)`` scores (:func:`scores_additive`), creating ``scale``."""
         scale = self.param("scale", lambda k: init_weight("glorot_uniform", k, (query.shape[-1],),
                                                           self.param_dtype, "scale")) if self.use_scale else None
         return scores_additive(query, key, scale)

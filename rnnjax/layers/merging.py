@@ -127,9 +127,10 @@ class _Merge(nn.Module):
         xs = _broadcastable(name, xs)
         if self.keras_version == 3 and not same_rank:
             masks = [None] * len(xs)  # Keras 3 reads masks off the tensors, which its reshape replaced
-        return self.merge(xs, masks)
+        return self._merge(xs, masks)
 
     def compute_mask(self, inputs, mask=None):
+        """The merged mask (:func:`merge_mask`), or None."""
         if mask is None:
             return None
         _, masks = merge_inputs(type(self).__name__, inputs, mask, self.count)
@@ -141,7 +142,7 @@ class Add(_Merge):
 
     keras_version: int = 2
 
-    def merge(self, xs, masks):
+    def _merge(self, xs, masks):
         del masks
         return sum(xs[1:], xs[0])
 
@@ -152,7 +153,7 @@ class Subtract(_Merge):
     keras_version: int = 2
     count = 2
 
-    def merge(self, xs, masks):
+    def _merge(self, xs, masks):
         del masks
         return xs[0] - xs[1]
 
@@ -162,7 +163,7 @@ class Average(_Merge):
 
     keras_version: int = 2
 
-    def merge(self, xs, masks):
+    def _merge(self, xs, masks):
         del masks
         return sum(xs[1:], xs[0]) / len(xs)
 
@@ -172,7 +173,7 @@ class Multiply(_Merge):
 
     keras_version: int = 2
 
-    def merge(self, xs, masks):
+    def _merge(self, xs, masks):
         if self.keras_version == 3 and any(m is not None for m in masks):
             return _masked_product(xs, masks)
         return functools.reduce(jnp.multiply, xs)
@@ -181,7 +182,7 @@ class Multiply(_Merge):
 class _Extremum(_Merge):
     op = None  # jnp.maximum / jnp.minimum
 
-    def merge(self, xs, masks):
+    def _merge(self, xs, masks):
         op = type(self).op
         if self.keras_version == 3:
             return _masked_extremum(op, xs, masks)
@@ -229,6 +230,7 @@ class Concatenate(nn.Module):
         return jnp.concatenate(xs, axis=self.axis)
 
     def compute_mask(self, inputs, mask=None):
+        """The inputs' masks spread over their shapes, concatenated, reduced over the last axis."""
         if mask is None:
             return None
         xs, masks = merge_inputs("Concatenate", inputs, mask)
@@ -280,7 +282,7 @@ class Dot(nn.Module):
             raise ValueError(f"`axes`: expected an integer or a pair of integers, got {self.axes!r}.")
         super().__post_init__()
 
-    def resolved_axes(self, xs) -> tuple:
+    def _axes(self, xs) -> tuple:
         axes = self.axes if isinstance(self.axes, (tuple, list)) else (self.axes, self.axes)
         out = tuple(int(a) % x.ndim for a, x in zip(axes, xs))
         if any(x.ndim < 2 for x in xs) or 0 in out or xs[0].shape[out[0]] != xs[1].shape[out[1]] \
@@ -294,11 +296,12 @@ class Dot(nn.Module):
     def __call__(self, inputs: Sequence, mask=None):
         del mask  # Keras's Dot ignores masks
         xs, _ = merge_inputs("Dot", inputs, None, 2)
-        axes = self.resolved_axes(xs)
+        axes = self._axes(xs)
         if self.normalize:
             xs = [_l2_normalize(x, a, self.keras_version) for x, a in zip(xs, axes)]
         return batch_dot(xs[0], xs[1], axes)
 
     def compute_mask(self, inputs, mask=None):
+        """None: Keras's ``Dot`` gives no mask."""
         del inputs, mask
         return None

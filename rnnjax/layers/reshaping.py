@@ -123,8 +123,12 @@ class Flatten(DropMask, nn.Module):
 
 class ZeroPadding1D(DropMask, nn.Module):
     """Zeros before and after the steps: ``(batch, T, features) -> (batch, left + T + right,
-    features)``; ``padding`` an int (both sides) or ``(left, right)``. ``data_format``
-    ``'channels_first'`` (Keras 3 only) pads the last axis of ``(batch, features, T)``."""
+    features)``. ``data_format`` ``'channels_first'`` (Keras 3 only) pads the last axis of
+    ``(batch, features, T)``.
+
+    Args:
+      padding: an integer (both sides) or a tuple ``(before, after)``: how many zero steps to add.
+    """
 
     padding: Union[int, Sequence[int]] = 1
     data_format: str = "channels_last"

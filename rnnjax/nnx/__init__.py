@@ -42,8 +42,6 @@ def _check_flax():
 
 _check_flax()
 
-from rnnjax.layers import KERAS_LAYERS  # noqa: E402  (the same names as the linen layers around the RNNs)
-
 from rnnjax.nnx.variables import (  # noqa: E402
     ActivityPenalty, RNNState, apply_constraints, regularization_loss, reset_states,
 )
@@ -73,5 +71,11 @@ __all__ = [
     "CuDNNLSTM", "CuDNNGRU", "Bidirectional", "TimeDistributed", "Sequential",
     "Embedding", "Masking", "Dense", "Dropout", "Activation",
     "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell",
-    *KERAS_LAYERS,
+    # the layers around the recurrent ones (rnnjax.layers.KERAS_LAYERS), spelled out for static readers
+    "RepeatVector", "Reshape", "Permute", "Flatten", "ZeroPadding1D", "Cropping1D", "UpSampling1D",
+    "ReLU", "LeakyReLU", "Softmax",
+    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot",
+    "Conv1D", "Conv2D", "Conv3D", "MaxPooling1D", "AveragePooling1D", "MaxPooling2D", "AveragePooling2D",
+    "GlobalMaxPooling1D", "GlobalAveragePooling1D", "GlobalMaxPooling2D", "GlobalAveragePooling2D",
+    "BatchNormalization", "LayerNormalization", "Attention", "AdditiveAttention",
 ]

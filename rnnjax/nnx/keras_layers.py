@@ -50,7 +50,11 @@ class Flatten(_Parameterless):
 
 
 class ZeroPadding1D(_Parameterless):
-    """``ZeroPadding1D(padding=1, data_format='channels_last')`` (see :class:`rnnjax.ZeroPadding1D`)."""
+    """``ZeroPadding1D(padding=1, data_format='channels_last')`` (see :class:`rnnjax.ZeroPadding1D`).
+
+    Args:
+      padding: an integer (both sides) or a tuple ``(before, after)``: how many zero steps to add.
+    """
 
     linen_class, last_positional, first_argument = L.ZeroPadding1D, "data_format", "padding"
 

@@ -136,7 +136,7 @@ class _Attention(DropoutStream, _Companion):
     def _run(self, scores, v, qm, vm, training, deterministic, rngs, return_attention_scores, use_causal_mask):
         keys = self.mask_keys(resolve_deterministic(training, deterministic), rngs)
         out = attention(scores, v, qm, vm, bool(self.spec.causal or use_causal_mask), self.spec.dropout,
-                        None if keys is None else keys())
+                        None if keys is None else keys(), self.spec.seed)
         return out if return_attention_scores else out[0]
 
 
@@ -145,7 +145,11 @@ class Attention(_Attention):
     deterministic=False, rng_collection='dropout', rngs=None)`` (see :class:`rnnjax.Attention`):
     ``scale ()`` with ``use_scale``, ``concat_score_weight ()`` with ``'concat'``. Call:
     ``layer([query, value(, key)], mask=None, training=None, return_attention_scores=False,
-    use_causal_mask=False, *, deterministic=None, rngs=None)``."""
+    use_causal_mask=False, *, deterministic=None, rngs=None)``.
+
+    Args:
+      dropout: float between 0 and 1, the fraction of the attention weights to drop in training.
+    """
 
     linen_class, last_positional, first_argument = L.Attention, "seed", "use_scale"
 
@@ -169,7 +173,11 @@ class AdditiveAttention(_Attention):
     """``AdditiveAttention(use_scale=True, dropout=0.0, seed=None, *, causal=False, input_dim,
     deterministic=False, rng_collection='dropout', rngs)`` (see :class:`rnnjax.AdditiveAttention`):
     ``scale (input_dim,)`` (Glorot-uniform; ``input_dim`` the query's features, needed with
-    ``use_scale``). Call as :class:`Attention`."""
+    ``use_scale``). Call as :class:`Attention`.
+
+    Args:
+      dropout: float between 0 and 1, the fraction of the attention weights to drop in training.
+    """
 
     linen_class, last_positional, first_argument = L.AdditiveAttention, "seed", "use_scale"
 
