@@ -27,8 +27,8 @@ from rnnjax.layers import (
     Activation, Bidirectional, Dense, Dropout, Embedding, Masking, Sequential, TimeDistributed,
     GRU, LSTM, RNN, STATE_COLLECTION, GRUCell, LSTMCell, SimpleRNN, SimpleRNNCell, StackedRNNCells, reset_states,
 )
-from rnnjax.layers import (
-    AdditiveAttention, Add, Attention, Average, AveragePooling1D, AveragePooling2D,
+from rnnjax.layers import (  # noqa: F401  (KERAS_LAYERS: their names)
+    KERAS_LAYERS, AdditiveAttention, Add, Attention, Average, AveragePooling1D, AveragePooling2D,
     BatchNormalization, Concatenate, Conv1D, Conv2D, Conv3D, Cropping1D, Dot, Flatten, GlobalAveragePooling1D,
     GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D, LayerNormalization, LeakyReLU, MaxPooling1D,
     MaxPooling2D, Maximum, Minimum, Multiply, Permute, ReLU, RepeatVector, Reshape, Softmax, Subtract,
@@ -66,11 +66,5 @@ __all__ = [
     "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell",
     "ConvLSTMCell", "cudnn", "CuDNNLSTM", "CuDNNGRU",
     "load_keras", "load_keras_weights", "inspect_keras", "save_keras",
-    # the layers around the recurrent ones (rnnjax.layers.KERAS_LAYERS), spelled out for static readers
-    "RepeatVector", "Reshape", "Permute", "Flatten", "ZeroPadding1D", "Cropping1D", "UpSampling1D",
-    "ReLU", "LeakyReLU", "Softmax",
-    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot",
-    "Conv1D", "Conv2D", "Conv3D", "MaxPooling1D", "AveragePooling1D", "MaxPooling2D", "AveragePooling2D",
-    "GlobalMaxPooling1D", "GlobalAveragePooling1D", "GlobalMaxPooling2D", "GlobalAveragePooling2D",
-    "BatchNormalization", "LayerNormalization", "Attention", "AdditiveAttention",
+    *KERAS_LAYERS,
 ]

@@ -37,11 +37,5 @@ __all__ = [
     "Activation", "Dense", "Dropout", "Embedding", "Masking", "Bidirectional", "TimeDistributed", "Sequential",
     "GRUCell", "KerasCell", "LSTMCell", "SimpleRNNCell", "GRU", "LSTM", "SimpleRNN",
     "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell", "ConvLSTMCell",
-    # the layers around the recurrent ones (rnnjax.layers.KERAS_LAYERS), spelled out for static readers
-    "RepeatVector", "Reshape", "Permute", "Flatten", "ZeroPadding1D", "Cropping1D", "UpSampling1D",
-    "ReLU", "LeakyReLU", "Softmax",
-    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot",
-    "Conv1D", "Conv2D", "Conv3D", "MaxPooling1D", "AveragePooling1D", "MaxPooling2D", "AveragePooling2D",
-    "GlobalMaxPooling1D", "GlobalAveragePooling1D", "GlobalMaxPooling2D", "GlobalAveragePooling2D",
-    "BatchNormalization", "LayerNormalization", "Attention", "AdditiveAttention",
+    *KERAS_LAYERS,
 ]

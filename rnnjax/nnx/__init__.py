@@ -62,6 +62,7 @@ from rnnjax.nnx.keras_weighted import (  # noqa: E402
     AdditiveAttention, Attention, BatchNormalization, Conv1D, Conv2D, Conv3D, LayerNormalization,
 )
 from rnnjax.nnx.sequential import Sequential  # noqa: E402
+from rnnjax.layers import KERAS_LAYERS  # noqa: E402  (the same names as the linen layers around the RNNs)
 from rnnjax.nnx.convert import from_linen, linen_path, to_linen  # noqa: E402
 
 __all__ = [
@@ -71,11 +72,5 @@ __all__ = [
     "CuDNNLSTM", "CuDNNGRU", "Bidirectional", "TimeDistributed", "Sequential",
     "Embedding", "Masking", "Dense", "Dropout", "Activation",
     "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell",
-    # the layers around the recurrent ones (rnnjax.layers.KERAS_LAYERS), spelled out for static readers
-    "RepeatVector", "Reshape", "Permute", "Flatten", "ZeroPadding1D", "Cropping1D", "UpSampling1D",
-    "ReLU", "LeakyReLU", "Softmax",
-    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot",
-    "Conv1D", "Conv2D", "Conv3D", "MaxPooling1D", "AveragePooling1D", "MaxPooling2D", "AveragePooling2D",
-    "GlobalMaxPooling1D", "GlobalAveragePooling1D", "GlobalMaxPooling2D", "GlobalAveragePooling2D",
-    "BatchNormalization", "LayerNormalization", "Attention", "AdditiveAttention",
+    *KERAS_LAYERS,
 ]
