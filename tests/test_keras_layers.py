@@ -21,6 +21,7 @@ import rnnjax  # noqa: E402
 import rnnjax.nnx as rnx  # noqa: E402
 from rnnjax.layers.attention import attention  # noqa: E402
 from rnnjax.layers.protocol import accepts  # noqa: E402
+from nnx_util import linen_grads, nnx_grads  # noqa: E402
 
 TOL = 1e-5
 B = 2
@@ -177,7 +178,7 @@ def test_layer_matches_keras3_and_nnx_twin(case):
 
 @pytest.mark.parametrize("case", ["conv1d_groups", "conv2d", "batch_norm", "layer_norm", "attention_causal",
                                   "attention_scaled_concat_key", "additive_attention"])
-def test_weighted_layer_gradients(case):
+def test_weighted_layer_gradients_and_nnx_twin_gradients(case):
     cls, kw, shapes, masks, _, call = CASES[case]
     layer = getattr(rnnjax, cls)(**kw)
     with jax.enable_x64(True):
@@ -194,6 +195,13 @@ def test_weighted_layer_gradients(case):
             return sum(jnp.sum(jnp.sin(o)) for o in jax.tree_util.tree_leaves(out))
 
         check_grads(loss, (params, xs), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+    # The NNX twin's gradients are the linen layer's, on the same (converted) variables.
+    x = xs if len(xs) > 1 else xs[0]
+    x = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), x)
+    variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), {**variables, "params": params})
+    twin = _twin(cls, kw, CASES[case][4])
+    rnx.from_linen(twin, variables)
+    _close(nnx_grads(twin, x, **mask_kw, **call), linen_grads(layer, variables, x, **mask_kw, **call), atol=1e-5)
 
 
 def _np_softmax(x, axis=-1):
@@ -287,6 +295,7 @@ ERRORS = [
     (lambda: rnnjax.Dot(axes="last"), "`axes`.*'last'"),
     (lambda: rnnjax.Attention(score_mode="general"), "`score_mode`.*'dot', 'concat'.*'general'"),
     (lambda: rnnjax.AdditiveAttention(dropout=1.5), "`dropout`.*1.5"),
+    (lambda: rnnjax.BatchNormalization(axis=(1, 2)), "`axis`: BatchNormalization.*one axis.*\\(1, 2\\)"),
     (lambda: rx_conv_without_input_dim(), "`input_dim` is required"),
 ]
 

@@ -8,7 +8,7 @@ Sources: ``keras/src/layers/normalization/{batch,layer}_normalization.py`` (Kera
 from __future__ import annotations
 
 import numbers
-from typing import Sequence
+from typing import Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -60,6 +60,11 @@ class BatchNormalization(PassMask, nn.Module):
     center: bool = True
     scale: bool = True
 
+    def __post_init__(self):
+        if isinstance(self.axis, bool) or not isinstance(self.axis, numbers.Integral):
+            raise ValueError(f"`axis`: BatchNormalization normalizes along one axis (an integer), got {self.axis!r}.")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, inputs):
         n = inputs.shape[check_axis(self.axis, inputs, "BatchNormalization")[0]]
@@ -98,7 +103,7 @@ class LayerNormalization(PassMask, nn.Module):
     or a tuple of axes), ``gamma``/``beta`` of the shape of those axes. ``rms_scaling`` (Keras 3)
     divides the uncentred inputs by their standard deviation and keeps ``gamma`` only."""
 
-    axis: Sequence[int] = -1
+    axis: Union[int, Sequence[int]] = -1
     epsilon: float = 1e-3
     center: bool = True
     scale: bool = True
