@@ -1,6 +1,7 @@
 """Whole models built on the layers around the recurrent ones: Keras 3 models (a CRNN, a ConvLSTM
 next-frame model ending with Conv3D, an encoder -> RepeatVector -> decoder, attention over LSTM
-outputs, a chain of the sequence and merge layers) saved as .keras and legacy .h5, loaded with
+outputs, a chain of the sequence and merge layers) trained for a step and saved as .keras and
+legacy .h5, loaded with
 rnnjax.load_keras and compared with Keras 3's predictions; the Sequential ones saved back with
 rnnjax.save_keras and predicted by Keras 3 (load_model in safe mode). Keras 2 files written with
 h5py (tests/keras2_files.py) against float64 numpy references of Keras 2's semantics."""
@@ -70,7 +71,8 @@ SEQUENTIAL = ("crnn", "next_frame", "encoder_decoder")
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """{name: (.keras path, .h5 path, inputs, Keras 3's predictions)}, one Keras build per model."""
+    """{name: (.keras path, .h5 path, inputs, Keras 3's predictions)}, one Keras build per model,
+    compiled and fitted for a step before saving (as users save them)."""
     root, out = tmp_path_factory.mktemp("layer_models"), {}
     for name, (make, x) in MODELS.items():
         keras.utils.set_random_seed(0)
@@ -79,6 +81,8 @@ def saved(tmp_path_factory):
             value = RNG.normal(scale=0.5, size=w.shape)
             w.assign((np.abs(value) + 0.5 if "variance" in w.path else value).astype(np.float32))
         x = x if isinstance(x, np.ndarray) else RNG.normal(size=x).astype(np.float32)
+        model.compile(optimizer="adam", loss="mse")  # a trained file: optimizer state and compile settings
+        model.fit(x, np.zeros_like(model.predict(x, verbose=0)), epochs=1, batch_size=len(x), verbose=0)
         model.save(root / f"{name}.keras")
         model.save(root / f"{name}.h5")
         out[name] = (root / f"{name}.keras", root / f"{name}.h5", x, np.asarray(model.predict(x, verbose=0)))
