@@ -239,3 +239,29 @@ def test_keras2_causal_attention_dot_softmax(tmp_path):
         soft = np.exp(dot - dot.max(-1, keepdims=True))
         soft /= soft.sum(-1, keepdims=True)
         np.testing.assert_allclose(got[row], soft.mean(0) @ dk + db, atol=1e-5)
+
+
+def test_nnx_twins_of_a_loaded_model_predict_as_keras(saved):
+    """Every layer of a loaded model exists in NNX: the CRNN rebuilt from rnnjax.nnx layers takes the
+    loaded (linen) variables through from_linen and predicts what Keras 3 does."""
+    from flax import nnx
+
+    import rnnjax.nnx as rnx
+
+    path, _, x, expected = saved["crnn"]
+    model, variables = rnnjax.load_keras(path)
+    r = nnx.Rngs(0)
+    twin = rnx.Sequential([
+        rnx.Conv2D(4, 3, padding="same", activation="relu", input_dim=1, rngs=r), rnx.MaxPooling2D((2, 2)),
+        rnx.Permute((2, 1, 3)), rnx.Reshape((4, 12)),
+        rnx.Bidirectional(rnx.LSTM(3, recurrent_activation="sigmoid", return_sequences=True, input_dim=12, rngs=r),
+                          rngs=r),
+        rnx.Dense(5, activation="softmax", input_dim=6, rngs=r)])
+    by_position = dict(zip(twin.names, (layer.name for layer in model.layers)))
+    params = {ours: variables["params"][theirs] for ours, theirs in by_position.items()
+              if theirs in variables["params"]}
+    bi = params["bidirectional"]
+    params["bidirectional"] = {f"{side}_lstm": next(v for k, v in bi.items() if k.startswith(side))
+                               for side in ("forward", "backward")}
+    rnx.from_linen(twin, {"params": params})
+    np.testing.assert_allclose(np.asarray(twin(jnp.asarray(x))), expected, atol=TOL, rtol=TOL)
