@@ -15,7 +15,7 @@ import numpy as np
 
 from rnnjax.cudnn import CuDNNGRU, CuDNNLSTM, cudnn_gru_to_gru, cudnn_lstm_to_lstm
 from rnnjax.functional.protocol import PARAM_NAMES
-from rnnjax.keras import save_objects as so
+from rnnjax.keras import save_companions, save_objects as so
 from rnnjax.keras.save_objects import KerasSaveError
 from rnnjax.layers import (
     GRU, LSTM, RNN, Activation, Bidirectional, Dense, Dropout, Embedding, GRUCell, LSTMCell, Masking,
@@ -271,6 +271,8 @@ def _bidirectional(layer, params, name, where, ctx) -> Saved:
 
 def _time_distributed(layer, params, name, where, ctx) -> Saved:
     inner_name = keras_name(layer.layer)
+    if params and len(params) == 1:  # inside a Sequential the inner layer's own name was reset (dense_1 -> dense)
+        inner_name = next(iter(params))
     inner = convert(layer.layer, (params or {}).get(inner_name), inner_name, f"{where} inner layer", ctx)
     config = {**_base(name, ctx), "layer": inner.config}
     return Saved(keras_object("TimeDistributed", config), Node(name, [], {"layer": inner.node}))
@@ -327,6 +329,16 @@ _CONVERTERS = {
     TimeDistributed: _time_distributed, Embedding: _embedding, Dense: _dense, Masking: _weightless,
     Dropout: _weightless, Activation: _weightless,
 }
+
+
+def _companion(layer, params, name, where, ctx) -> Saved:
+    """A layer of :data:`rnnjax.layers.KERAS_LAYERS` (:mod:`rnnjax.keras.save_companions`)."""
+    class_name, fields, names, factor = save_companions.describe(layer, where, ctx)
+    arrays = _scale(_weights(params, names, where, ctx), [factor])
+    return Saved(keras_object(class_name, {**_base(name, ctx), **fields}), Node(name, arrays, {}))
+
+
+_CONVERTERS.update(dict.fromkeys(save_companions.CLASSES, _companion))
 RECURRENT = (SimpleRNN, GRU, LSTM, ConvLSTM1D, ConvLSTM2D, ConvLSTM3D, CuDNNLSTM, CuDNNGRU, RNN)
 
 
