@@ -33,6 +33,9 @@ _OPS = {
     "Concatenate": (("axis",), lambda a, axis=0: jnp.concatenate(list(a), axis=axis)),
     "BroadcastTo": (("shape",), lambda a, shape: jnp.broadcast_to(a[0], tuple(shape))),
     "Cast": (("dtype",), lambda a, dtype: jnp.asarray(a[0]).astype(_dtype(dtype))),
+    # Attention.compute_mask: a dense array (sparse/ragged refused by check)
+    "ConvertToTensor": (("dtype", "sparse", "ragged"), lambda a, dtype=None, sparse=None, ragged=None:
+                        jnp.asarray(a[0], _dtype(dtype))),
 }
 MASK_OPS = frozenset(_OPS)
 # the number of positional tensors/scalars each op takes (Concatenate: one list)
@@ -45,6 +48,8 @@ def check(op: str, config: dict, args: tuple, listed: bool):
     unknown = sorted(set(config) - set(keys))
     if unknown:
         return f"config keys {unknown} of op {op} are not supported (supported: {list(keys)})"
+    if config.get("sparse") or config.get("ragged"):
+        return f"op {op} with sparse or ragged tensors is not supported"
     if op == "Concatenate":
         return None if listed else "op Concatenate takes a list of tensors"
     if listed or len(args) != _ARITY.get(op, 1):

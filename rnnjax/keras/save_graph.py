@@ -21,7 +21,7 @@ from rnnjax.keras.topology import Const, Ref
 from rnnjax.layers.protocol import snake_case
 
 _FUNCTIONAL = {"module": "keras.src.models.functional", "class_name": "Functional", "registered_name": "Functional"}
-_OP_MODULES = {"Cast": "keras.src.ops.core"}
+_OP_MODULES = {"Cast": "keras.src.ops.core", "ConvertToTensor": "keras.src.ops.core"}
 
 
 def _tensor_refs(call) -> list:
@@ -183,25 +183,27 @@ class _Writer:
             config, node = self.graph(layer, sub, name, f"{where}in nested model {name!r}: ", prefix + (name,))
             entry = {**_FUNCTIONAL, "config": config}
         else:
-            if getattr(layer, "mask_rule", "any") == "all" and any(
+            if getattr(layer, "keras_version", 3) == 2 and any(
                     self.shapes[prefix + (r,)][2] for c in calls for r in c.args if isinstance(r, Ref)):
-                raise KerasSaveError(f"{here}: a Keras 2 Concatenate of masked inputs keeps a step where every input "
-                                     "does; Keras 3's keeps it where any does, so it cannot be saved as written.")
+                raise KerasSaveError(f"{here}: a mask reaches this keras_version=2 layer, whose mask rule is Keras 2's "
+                                     "(a Concatenate keeps a step where every input does; Keras 3's where any does), "
+                                     "so Keras 3 would compute other numbers.")
             saved = sl.convert(layer, sub, name, here, self.ctx)
             entry, node = dict(saved.config), saved.node
         nodes = [self._node(graph, c, producers, op_names, prefix) for c in calls]
         return {**entry, "name": name, "inbound_nodes": nodes}, node
 
 
-def graph_members(model, variables, ctx, name):
-    """``(config.json object, weights Node)`` of ``model`` with ``variables``."""
+def graph_members(model, variables, params, ctx, name):
+    """``(config.json object, weights Node)`` of ``model`` with ``variables`` (``params``: its
+    parameters with BatchNormalization's moving statistics merged in, as Keras 3 keeps them)."""
     kept = {k: v for k, v in variables.items() if k in ("params", "batch_stats", "rnn_state")}
     try:
         shapes = tensor_shapes(model, kept)
     except Exception as err:  # noqa: BLE001 - any failure means the variables do not fit the model
         raise KerasSaveError(f"`variables`: the model does not run with them on inputs {list(model.inputs)}: "
                              f"{err}") from err
-    config, node = _Writer(ctx, shapes).graph(model, variables["params"], name, "", ())
+    config, node = _Writer(ctx, shapes).graph(model, params, name, "", ())
     batch = [list(shape) for _, shape, _ in model.inputs]
     top = {**_FUNCTIONAL, "config": config, "build_config": {"input_shape": batch[0] if len(batch) == 1 else batch},
            "compile_config": None}
