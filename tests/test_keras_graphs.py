@@ -94,18 +94,40 @@ def _shared():
     return keras.Model([x1, x2], L.Add()([shared(block(x1)), shared(block(x2))])), [_f32(2, 4, 3), _f32(2, 4, 3)]
 
 
+def _repeat_seq2seq():
+    """The encoder -> RepeatVector -> decoder model (a sequence autoencoder), with a mask."""
+    x = keras.Input((None, 3))
+    code = L.LSTM(4)(L.Masking()(x))
+    y = L.TimeDistributed(L.Dense(3))(L.GRU(4, return_sequences=True)(L.RepeatVector(3)(code)))
+    xs = _f32(2, 5, 3)
+    xs[0, 3:] = 0.0
+    return keras.Model(x, y), [xs]
+
+
+def _crnn():
+    """A CRNN (OCR, speech): conv stack -> reshape to a sequence of columns -> Bidirectional(LSTM),
+    and the image's width as a second output's input."""
+    image = keras.Input((8, 6, 1), name="image")
+    f = L.MaxPooling2D((2, 1))(L.Conv2D(2, 3, padding="same", activation="relu")(image))
+    seq = L.Reshape((6, 8))(L.Permute((2, 1, 3))(f))
+    y = L.Bidirectional(L.LSTM(3, return_sequences=True))(seq)
+    return keras.Model(image, [L.Dense(4, activation="softmax")(y), L.GlobalAveragePooling1D()(y)]), \
+        [_f32(2, 8, 6, 1)]
+
+
 def _build():
     models = _seq2seq()
     for name, make in (("mask_input", _mask_input), ("two_embeddings", _two_embeddings), ("nested", _nested),
-                       ("nested_batch_norm", _nested_batch_norm), ("shared", _shared)):
+                       ("nested_batch_norm", _nested_batch_norm), ("shared", _shared),
+                       ("repeat_seq2seq", _repeat_seq2seq), ("crnn", _crnn)):
         model, xs = make()
         _randomize(model)
         models[name] = (model, xs)
     return models
 
 
-NAMES = ["seq2seq", "encoder", "decoder", "mask_input", "two_embeddings", "nested", "nested_batch_norm", "shared"]
-SAVEABLE = [n for n in NAMES if n != "nested_batch_norm"]  # save_keras writes no BatchNormalization
+NAMES = ["seq2seq", "encoder", "decoder", "mask_input", "two_embeddings", "nested", "nested_batch_norm", "shared",
+         "repeat_seq2seq", "crnn"]
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +165,8 @@ def test_loads_from_both_formats_and_saves_back(saved, name, tmp_path):
         got = apply(v, *map(jnp.asarray, xs))
         assert isinstance(got, list) == (len(expected) > 1)
         _close(got, expected)
-    if name in SAVEABLE:
-        rnnjax.save_keras(model, variables, tmp_path / "back.keras")
-        _close(keras.saving.load_model(tmp_path / "back.keras", safe_mode=True).predict(xs, verbose=0), expected)
+    rnnjax.save_keras(model, variables, tmp_path / "back.keras")
+    _close(keras.saving.load_model(tmp_path / "back.keras", safe_mode=True).predict(xs, verbose=0), expected)
 
 
 def test_optimizer_slots_follow_keras_order_in_nested_models(saved):
