@@ -12,7 +12,6 @@ import pathlib
 import pickle
 import re
 import sys
-import time
 import zipfile
 
 import flax.linen as nn
@@ -59,12 +58,11 @@ def traps(monkeypatch):
 
 
 def refused(path, *patterns, inspect=True):
-    """Asserts load_keras refuses ``path`` within seconds, naming every pattern; inspect_keras
-    reports a problem without raising (``inspect``: for what it can see without building)."""
-    start = time.perf_counter()
+    """Asserts load_keras refuses ``path``, naming every pattern; inspect_keras reports a problem
+    without raising (``inspect``: for what it can see without building). A bomb that were read
+    before being refused would exhaust the test's memory, so it fails without a clock."""
     with pytest.raises(KerasImportError) as err:
         rnnjax.load_keras(path)
-    assert time.perf_counter() - start < 5.0
     message = str(err.value)
     for pattern in patterns:
         assert pattern in message, message
