@@ -20,7 +20,9 @@ How it runs (none of it changes a number beyond float rounding) is the private p
 (:mod:`rnnjax.functional._planner`): the loop (the hand-written backward passes of
 :mod:`rnnjax.functional._matmul_backward` and :mod:`rnnjax.functional._input_additive`, or
 autodiff's), spans of projected steps, and another program for a call that is not differentiated.
-``unroll`` is a Python loop, else ``lax.scan``. ``docs/design.md`` is the map.
+``unroll`` is a Python loop, else ``lax.scan``. ``docs/design.md`` is the map. The options of a
+call are one static value, :class:`~rnnjax.functional.options.LoopOptions`, built once where the
+call enters and handed down to the loops and the planner; data travels as arguments.
 
 Symbolic sizes (``jax.export.symbolic_shape``): the driver takes the program right for every
 size (all steps projected at once, ``remat`` without spans, ``scan_unroll`` 1, no folded bias);
@@ -46,6 +48,7 @@ from rnnjax.functional._input_additive import scan_input_additive
 from rnnjax.functional._matmul_backward import scan_matmul_step
 from rnnjax.functional.masking import mask_step, zero_masked_inputs
 from rnnjax.functional.mesh import static
+from rnnjax.functional.options import LoopOptions
 from rnnjax.functional.protocol import CoreProgram, LoopBias
 
 Step = Callable[..., tuple[Any, jax.Array]]
@@ -66,7 +69,7 @@ def scan_rnn(
     scan_unroll: int = 1,
     remat: bool = False,
     time_major: bool = False,
-):
+) -> tuple[jax.Array, Any]:
     """Runs ``step`` over the time axis of ``inputs``.
 
     Args:
@@ -94,37 +97,38 @@ def scan_rnn(
       ``(output, final_state)``: output ``(*batch, U)``, or ``(*batch, T, U)`` with
       ``return_sequences`` (``(T, *batch, U)`` when time-major).
     """
-    return run_program(CoreProgram(project, step), inputs, initial_state, mask=mask, constants=constants,
-                       go_backwards=go_backwards, return_sequences=return_sequences,
-                       zero_output_for_mask=zero_output_for_mask, unroll=unroll, scan_unroll=scan_unroll,
-                       remat=remat, time_major=time_major)
+    options = LoopOptions(go_backwards=go_backwards, return_sequences=return_sequences,
+                          zero_output_for_mask=zero_output_for_mask, unroll=unroll, scan_unroll=scan_unroll,
+                          remat=remat, time_major=time_major)
+    return run_program(CoreProgram(project, step), inputs, initial_state, options, mask=mask, constants=constants)
 
 
-def run_program(program: CoreProgram, inputs, initial_state, *, mask=None, constants=None, go_backwards=False,
-                return_sequences=False, zero_output_for_mask=False, unroll=False, scan_unroll=1, remat=False,
-                time_major=False, feature_axes: int = 1):
+def run_program(program: CoreProgram, inputs: jax.Array, initial_state: Any, options: LoopOptions = LoopOptions(),
+                *, mask: Optional[jax.Array] = None, constants: Any = None) -> tuple[jax.Array, Any]:
     """Runs a :class:`~rnnjax.functional.protocol.CoreProgram` (with its backward forms) over
     ``inputs``: the one entry of the front ends (:func:`rnnjax.functional.rnn`, the layers).
 
-    The arguments are :func:`scan_rnn`'s; ``program.project`` and ``program.step`` are its
-    ``project`` and ``step``. ``feature_axes``: the trailing feature axes of a step's input
-    (ConvLSTM: ``rank + 1``); with more than one, ``inputs`` is ``(*batch, T, *features)``
-    (batch-major only), ``project`` sees ``(T, *batch, *features)`` and returned sequences are
-    ``(*batch, T, ...)``.
+    ``inputs``, ``initial_state``, ``mask`` and ``constants`` are :func:`scan_rnn`'s;
+    ``program.project`` and ``program.step`` are its ``project`` and ``step``; ``options`` (a
+    :class:`~rnnjax.functional.options.LoopOptions`) its options. With ``options.feature_axes``
+    above one (ConvLSTM: ``rank + 1``), ``inputs`` is ``(*batch, T, *features)`` (batch-major
+    only), ``project`` sees ``(T, *batch, *features)`` and returned sequences are ``(*batch, T,
+    ...)``. Without ``options.custom_backward`` the program's backward forms are dropped.
     """
-    options = dict(constants=constants, go_backwards=go_backwards, return_sequences=return_sequences,
-                   zero_output_for_mask=zero_output_for_mask, unroll=unroll, scan_unroll=scan_unroll, remat=remat)
-    if feature_axes != 1:
-        return _run_spatial(program, inputs, initial_state, feature_axes, mask=mask, **options)
-    _check_inputs(inputs, mask, time_major)
-    time_axis = 0 if time_major else inputs.ndim - 2
-    return _TimeMajorRun(program, inputs, mask, initial_state, time_axis=time_axis, out_axis=time_axis,
-                         **options).run()
+    options = options.checked()
+    if not options.custom_backward:
+        program = program.without_backward_forms()
+    if options.feature_axes != 1:
+        return _run_spatial(program, inputs, initial_state, options, mask=mask, constants=constants)
+    _check_inputs(inputs, mask, options.time_major)
+    time_axis = 0 if options.time_major else inputs.ndim - 2
+    return _TimeMajorRun(program, inputs, mask, initial_state, options, constants, time_axis=time_axis).run()
 
 
-def _run_spatial(program: CoreProgram, inputs, initial_state, feature_axes, *, mask, **options):
-    """:func:`run_program` for ``(*batch, T, *features)``: handed on time-major with the feature
-    axes flattened, unflattened again before ``project``."""
+def _run_spatial(program: CoreProgram, inputs, initial_state, options: LoopOptions, *, mask, constants):
+    """:func:`run_program` for ``(*batch, T, *features)``: run time-major with the feature axes
+    flattened, unflattened again before ``project``."""
+    feature_axes = options.feature_axes
     nb = inputs.ndim - feature_axes - 1
     if nb < 0:
         raise ValueError(f"`inputs`: expected (*batch, time, {feature_axes} feature axes), got shape {inputs.shape}.")
@@ -141,30 +145,26 @@ def _run_spatial(program: CoreProgram, inputs, initial_state, feature_axes, *, m
         loop_bias = LoopBias(functools.partial(unflat, project=loop_bias.project_without_bias), loop_bias.bias)
     program = program._replace(project=unflat, loop_bias=loop_bias)
     mask = None if mask is None else jnp.asarray(mask)
-    run = _TimeMajorRun(program, inputs, mask, initial_state, time_axis=nb, out_axis=nb, feature_axes=feature_axes,
-                        **options)
+    run = _TimeMajorRun(program, inputs, mask, initial_state, options, constants, time_axis=nb)
     _check_inputs(run.x, run.m, True)
     return run.run()
 
 
 class _TimeMajorRun:
-    """One call on time-major inputs ``x (T, *batch, F)`` (masked steps not yet zeroed): the
-    loops, spans and the plan. Returned sequences get their time axis at ``out_axis``."""
+    """One call: the loops, spans and the plan, on the time-major view ``x (T, *batch, F)`` of the
+    inputs (masked steps not yet zeroed; the feature axes of a spatial step flattened). Returned
+    sequences get their time axis at ``time_axis``, where the caller's inputs have it."""
 
-    def __init__(self, program: CoreProgram, inputs, mask, initial_state, *, time_axis, out_axis, constants,
-                 go_backwards, return_sequences, zero_output_for_mask, unroll, scan_unroll, remat, feature_axes=1):
-        if isinstance(scan_unroll, bool) or not isinstance(scan_unroll, int) or scan_unroll < 1:
-            raise ValueError(f"`scan_unroll`: expected a positive integer, got {scan_unroll!r}.")
-        self.time_axis, self.feature_axes, self.out_axis = time_axis, feature_axes, out_axis
+    def __init__(self, program: CoreProgram, inputs, mask, initial_state, options: LoopOptions, constants=None, *,
+                 time_axis: int):
+        self.time_axis, self.feature_axes = time_axis, options.feature_axes
         self.raw = inputs if mask is None else (inputs, mask)  # in the caller's layout
         self.x, self.m = self.time_major(inputs, mask)
-        steps = self.steps = self.x.shape[0]
-        if not static(steps):
-            scan_unroll = 1  # lax.scan cannot split a symbolic length into unrolled blocks
-        self.program, self.constants, self.go_backwards = program, constants, go_backwards
-        self.return_sequences, self.zero_output_for_mask = return_sequences, zero_output_for_mask
-        self.unroll, self.scan_unroll, self.remat = unroll, scan_unroll, remat
-        self.path = _planner.choose_path(program, constants=constants, remat=remat)
+        self.steps = self.x.shape[0]
+        if not static(self.steps):
+            options = options._replace(scan_unroll=1)  # lax.scan cannot split a symbolic length into unrolled blocks
+        self.program, self.options, self.constants = program, options, constants
+        self.path = _planner.choose_path(program, options, has_constants=constants is not None)
         out_struct = jax.eval_shape(self.first_output, initial_state, self.x[:1])
         self.carry = (initial_state, jnp.zeros(out_struct.shape, out_struct.dtype))
 
@@ -201,22 +201,24 @@ class _TimeMajorRun:
         state, last = carry
         x_t, m_t = inp if self.m is not None else (inp, None)
         new_state, y = self.call(state, x_t)
-        state, y = mask_step(m_t, new_state, state, y, last, self.zero_output_for_mask)
-        return (state, y), (y if self.return_sequences else None)
+        state, y = mask_step(m_t, new_state, state, y, last, self.options.zero_output_for_mask)
+        return (state, y), (y if self.options.return_sequences else None)
 
     def run(self):
-        """``(output or outputs, final state)``: the outputs in processing order, time at ``out_axis``."""
-        if self.unroll:
+        """``(output or outputs, final state)``: the outputs in processing order, time at ``time_axis``."""
+        if self.options.unroll:
             carry, ys = self.finish(*self.run_unrolled())
         else:
             carry, ys = self.run_scanned()
         final_state, last = carry
-        return (ys if self.return_sequences else last), final_state
+        return (ys if self.options.return_sequences else last), final_state
 
     def finish(self, carry, ys):
-        """A loop's time-major outputs in time order -> processing order, time at ``out_axis``."""
-        if self.return_sequences:
-            ys = jnp.moveaxis(jnp.flip(ys, 0) if self.go_backwards and not self.unroll else ys, 0, self.out_axis)
+        """A loop's time-major outputs in time order (unrolled: processing order) -> processing
+        order, time at ``time_axis``."""
+        opts = self.options
+        if opts.return_sequences:
+            ys = jnp.moveaxis(jnp.flip(ys, 0) if opts.go_backwards and not opts.unroll else ys, 0, self.time_axis)
         return carry, ys
 
     def run_unrolled(self):
@@ -226,17 +228,16 @@ class _TimeMajorRun:
         xs = self.project_span(self.x, self.m)
         seq = xs if self.m is None else (xs, self.m)
         carry, outputs = self.carry, []
-        order = range(self.steps - 1, -1, -1) if self.go_backwards else range(self.steps)
+        order = range(self.steps - 1, -1, -1) if self.options.go_backwards else range(self.steps)
         for t in order:
             carry, y = self.body(carry, jax.tree_util.tree_map(lambda a: a[t], seq))
-            if self.return_sequences:
+            if self.options.return_sequences:
                 outputs.append(y)
-        return carry, (jnp.stack(outputs) if self.return_sequences else None)
+        return carry, (jnp.stack(outputs) if self.options.return_sequences else None)
 
     def run_scanned(self):
         raw = self.x if self.m is None else (self.x, self.m)
-        plan = _planner.plan_sequence(self.program, self.path, self.x, self.steps, remat=self.remat,
-                                      project_span=self.project_span)
+        plan = _planner.plan_sequence(self.program, self.path, self.x, self.steps, self.options, self.project_span)
 
         def train(r, c):
             return self.finish(*self.run_chunked(plan.train_chunk, r, c))
@@ -253,16 +254,15 @@ class _TimeMajorRun:
         ``(carry, time-major outputs in time order)``."""
         x_span, m_span = raw if self.m is not None else (raw, None)
         xs_span = self.project_span(x_span, m_span, None if loop_bias is None else loop_bias.project_without_bias)
-        options = dict(go_backwards=self.go_backwards, return_sequences=self.return_sequences,
-                       zero_output_for_mask=self.zero_output_for_mask, scan_unroll=self.scan_unroll)
+        opts = self.options
         if self.path == "matmul":
-            ys_span, state, last = scan_matmul_step(self.program.matmul_step, xs_span, carry[0], carry[1], m_span,
-                                                    xp_bias=None if loop_bias is None else loop_bias.bias, **options)
+            ys_span, state, last = scan_matmul_step(self.program.matmul_step, xs_span, carry[0], carry[1], m_span, opts,
+                                                    xp_bias=None if loop_bias is None else loop_bias.bias)
             return (state, last), ys_span
         seq_span = xs_span if m_span is None else (xs_span, m_span)
         if self.path == "input_additive":
-            return scan_input_additive(self.program.input_additive_step, carry, xs_span, m_span, **options)
-        return lax.scan(self.body, carry, seq_span, reverse=self.go_backwards, unroll=self.scan_unroll)
+            return scan_input_additive(self.program.input_additive_step, carry, xs_span, m_span, opts)
+        return lax.scan(self.body, carry, seq_span, reverse=opts.go_backwards, unroll=opts.scan_unroll)
 
     def split_spans(self, raw, chunk):
         """``(head, tail)``: the first ``n·chunk`` steps as ``(n, chunk, ...)`` and the last ``steps mod chunk``."""
@@ -274,24 +274,24 @@ class _TimeMajorRun:
         """The loop over spans of ``chunk`` steps, each projected inside the outer loop (and with
         ``remat`` checkpointed: only span boundaries are stored, memory ~ sqrt(T)): ``(carry,
         time-major outputs in time order)``."""
-        steps = self.steps
+        steps, opts = self.steps, self.options
         if not static(chunk) or chunk <= 1 or chunk >= steps:
-            if self.remat and self.path != "matmul":  # too short to chunk: checkpoint every step
+            if opts.remat and self.path != "matmul":  # too short to chunk: checkpoint every step
                 xs = self.project_span(self.x, self.m)
                 seq = xs if self.m is None else (xs, self.m)
-                return lax.scan(jax.checkpoint(self.body), carry, seq, reverse=self.go_backwards,
-                                unroll=self.scan_unroll)
+                return lax.scan(jax.checkpoint(self.body), carry, seq, reverse=opts.go_backwards,
+                                unroll=opts.scan_unroll)
             return self.run_span(carry, raw)
-        span = jax.checkpoint(self.run_span) if self.remat else self.run_span
+        span = jax.checkpoint(self.run_span) if opts.remat else self.run_span
         n_chunks, rest = divmod(steps, chunk)
         head, tail = self.split_spans(raw, chunk)
         ys_tail = None
-        if rest and self.go_backwards:  # processing order: the tail comes first
+        if rest and opts.go_backwards:  # processing order: the tail comes first
             carry, ys_tail = span(carry, tail)
-        carry, ys = lax.scan(span, carry, head, reverse=self.go_backwards)
-        if rest and not self.go_backwards:
+        carry, ys = lax.scan(span, carry, head, reverse=opts.go_backwards)
+        if rest and not opts.go_backwards:
             carry, ys_tail = span(carry, tail)
-        if self.return_sequences:
+        if opts.return_sequences:
             ys = ys.reshape((n_chunks * chunk,) + ys.shape[2:])
             if rest:
                 ys = jnp.concatenate([ys, ys_tail], 0)
@@ -301,16 +301,17 @@ class _TimeMajorRun:
         """The program of a call that is not differentiated, on ``raw`` inputs in the caller's
         layout: spans of ``chunk`` steps, each sliced, projected and run inside an outer loop, its
         outputs written at once into the returned sequence (processing order, time at
-        ``out_axis``), so that one span of projected steps, and neither a time-major copy of the
+        ``time_axis``), so that one span of projected steps, and neither a time-major copy of the
         inputs nor of the outputs, is alive (``bench/README.md``, "Inference memory"):
         ``(carry, outputs)``."""
         if chunk >= self.steps:
             return self.finish(*self.run_span(carry, self.time_major_raw(raw), loop_bias))
+        backwards = self.options.go_backwards
         n_chunks, rest = divmod(self.steps, chunk)
         out = None
-        if self.return_sequences:
+        if self.options.return_sequences:
             y = carry[1]
-            out = jnp.zeros(y.shape[:self.out_axis] + (self.steps,) + y.shape[self.out_axis:], y.dtype)
+            out = jnp.zeros(y.shape[:self.time_axis] + (self.steps,) + y.shape[self.time_axis:], y.dtype)
 
         def span(c, t0, k=chunk):
             carry, out = c
@@ -320,10 +321,10 @@ class _TimeMajorRun:
 
         starts = jnp.arange(n_chunks, dtype=jnp.int32) * chunk
         c = (carry, out)
-        if rest and self.go_backwards:  # processing order: the tail comes first
+        if rest and backwards:  # processing order: the tail comes first
             c = span(c, n_chunks * chunk, rest)[0]
-        c, _ = lax.scan(span, c, starts, reverse=self.go_backwards)
-        if rest and not self.go_backwards:
+        c, _ = lax.scan(span, c, starts, reverse=backwards)
+        if rest and not backwards:
             c = span(c, n_chunks * chunk, rest)[0]
         return c
 
@@ -333,9 +334,9 @@ class _TimeMajorRun:
         if out is None:
             return None
         k = ys.shape[0]
-        if self.go_backwards:
+        if self.options.go_backwards:
             ys, t0 = jnp.flip(ys, 0), self.steps - t0 - k
-        return lax.dynamic_update_slice_in_dim(out, jnp.moveaxis(ys, 0, self.out_axis), t0, self.out_axis)
+        return lax.dynamic_update_slice_in_dim(out, jnp.moveaxis(ys, 0, self.time_axis), t0, self.time_axis)
 
 
 def _check_inputs(inputs, mask, time_major):

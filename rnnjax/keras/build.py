@@ -1,4 +1,4 @@
-"""Keras layer configs -> rnnjax / :mod:`rnnjax.keras.layers` modules, key by key.
+"""Keras layer configs -> rnnjax modules, key by key.
 
 Every key of a layer config is either mapped to a constructor argument, checked to have the one
 value rnnjax supports, or on a list of keys that do not change the forward pass (initializers,
@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Callable
 
 import rnnjax
-from rnnjax.keras import layers as klayers
-from rnnjax.keras.formats import KerasImportError
+from rnnjax.keras import custom
+from rnnjax.keras.build_layers import LAYER_BUILDERS
+from rnnjax.keras.config import CODE_CLASSES
 
 # Keys without effect on the outputs of a loaded model (regularizers only add training losses).
 _IGNORED = {"name", "trainable", "dtype", "batch_input_shape", "batch_shape", "input_shape", "input_dim",
@@ -83,9 +84,7 @@ def _minor(version: str) -> int:
 
 def _seq_flags(c: Cfg, state: bool = True):
     flags = dict(return_sequences=bool(c("return_sequences", False)), go_backwards=bool(c("go_backwards", False)),
-                 stateful=bool(c("stateful", False)))
-    if c("return_state", False):
-        c.fail("return_state=True is not supported in a loaded model (one output per layer)")
+                 stateful=bool(c("stateful", False)), return_state=bool(c("return_state", False)))
     if "zero_output_for_mask" in c.d:
         flags["zero_output_for_mask"] = bool(c("zero_output_for_mask"))
     return flags
@@ -169,69 +168,18 @@ def _wrapped(c: Cfg, key):
         c.fail(f"`{key}` must be a layer config")
         return None
     return c.ctx.build(entry.get("config", {}).get("name", entry.get("class_name")), entry.get("class_name"),
-                       entry.get("config", {}))
+                       entry.get("config", {}), entry)
 
 
 def _bidirectional(c: Cfg):
     forward = _wrapped(c, "layer")
     backward = _wrapped(c, "backward_layer") if c.d.get("backward_layer") is not None else c("backward_layer")
     mode = c("merge_mode", "concat")
-    if mode is None:
-        c.fail("merge_mode=None (two outputs) is not supported in a loaded model")
     if forward is None or c.problems:
         return None
     if backward is not None and backward.go_backwards == forward.go_backwards:
         backward = backward.clone(go_backwards=not forward.go_backwards)
     return rnnjax.Bidirectional(forward, merge_mode=mode, backward_layer=backward, name=c.name)
-
-
-def _int(v):
-    return int(v[0]) if isinstance(v, (list, tuple)) else int(v)
-
-
-def _data_format(c: Cfg, allowed=("channels_last", "channels_first")):
-    fmt = c("data_format", "channels_last") or "channels_last"
-    if fmt not in allowed:
-        c.fail(f"data_format={fmt!r} is not supported (supported: {list(allowed)})")
-    return fmt
-
-
-def _conv1d(c: Cfg):
-    _data_format(c, ("channels_last",))
-    return klayers.Conv1D(int(c("filters")), _int(c("kernel_size")), strides=_int(c("strides", 1)),
-                          padding=c("padding", "valid"), dilation_rate=_int(c("dilation_rate", 1)),
-                          groups=int(c("groups", 1)), activation=c.act("activation", None),
-                          use_bias=bool(c("use_bias", True)), name=c.name)
-
-
-def _pool(mode):
-    def make(c: Cfg):
-        size = _int(c("pool_size", 2))
-        strides = c("strides", None)
-        return klayers.Pooling1D(mode, size, None if strides is None else _int(strides), c("padding", "valid"),
-                                 _data_format(c), name=c.name)
-    return make
-
-
-def _global_pool(mode):
-    return lambda c: klayers.GlobalPooling1D(mode, _data_format(c), bool(c("keepdims", False)), name=c.name)
-
-
-def _axes(v):
-    return tuple(int(a) for a in (v if isinstance(v, (list, tuple)) else [v]))
-
-
-def _batch_norm(c: Cfg):
-    axis = _axes(c("axis", -1))
-    if len(axis) != 1:
-        c.fail(f"axis={axis} is not supported (one axis)")
-    return klayers.BatchNormalization(axis[0], float(c("epsilon", 1e-3)), bool(c("center", True)),
-                                      bool(c("scale", True)), name=c.name)
-
-
-def _layer_norm(c: Cfg):
-    return klayers.LayerNormalization(_axes(c("axis", -1)), float(c("epsilon", 1e-3)), bool(c("center", True)),
-                                      bool(c("scale", True)), bool(c("rms_scaling", False)), name=c.name)
 
 
 BUILDERS: dict[str, Callable] = {
@@ -250,25 +198,16 @@ BUILDERS: dict[str, Callable] = {
     "Bidirectional": _bidirectional,
     "TimeDistributed": lambda c: (lambda inner: None if inner is None else
                                   rnnjax.TimeDistributed(inner, name=c.name))(_wrapped(c, "layer")),
-    "Conv1D": _conv1d, "Convolution1D": _conv1d,
-    "MaxPooling1D": _pool("max"), "MaxPool1D": _pool("max"),
-    "AveragePooling1D": _pool("average"), "AvgPool1D": _pool("average"),
-    "GlobalMaxPooling1D": _global_pool("max"), "GlobalMaxPool1D": _global_pool("max"),
-    "GlobalAveragePooling1D": _global_pool("average"), "GlobalAvgPool1D": _global_pool("average"),
-    "Flatten": lambda c: (_data_format(c, ("channels_last",)), klayers.Flatten(name=c.name))[1],
-    "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm,
-    "Concatenate": lambda c: klayers.Concatenate(int(c("axis", -1)), "any" if c.major >= 3 else "all",
-                                                 name=c.name),
-    "Add": lambda c: klayers.Add(name=c.name),
 }
-MERGES = ("Concatenate", "Add")
+BUILDERS.update(LAYER_BUILDERS)  # the layers around the recurrent ones: rnnjax/keras/build_layers.py
 
 
 class Context:
-    """Builds the modules of one file, collecting every problem."""
+    """Builds the modules of one file, collecting every problem; ``custom``: the user's
+    :class:`rnnjax.keras.custom.CustomObjects` (or ``None``)."""
 
-    def __init__(self, major: int, version: str, cudnn: str = "keep"):
-        self.major, self.version, self.problems, self.cudnn = major, version, [], cudnn
+    def __init__(self, major: int, version: str, cudnn: str = "keep", custom=None):
+        self.major, self.version, self.problems, self.cudnn, self.custom = major, version, [], cudnn, custom
 
     def sub(self, name, cls, config) -> Cfg:
         c = Cfg(name, cls, config, self.major)
@@ -276,10 +215,20 @@ class Context:
         c.problems = self.problems
         return c
 
-    def build(self, name, cls, config):
-        """The module for one layer, or ``None`` (the problem recorded)."""
-        if cls not in BUILDERS:
-            self.problems.append(f"layer {name!r}: unsupported layer class {cls!r}")
+    def build(self, name, cls, config, entry=None):
+        """The module for one layer, or ``None`` (the problem recorded): the user's module when
+        ``custom_objects`` supplies it, else rnnjax's for Keras's own classes."""
+        entry = entry or {}
+        key = None if self.custom is None else self.custom.find(name, cls, entry)
+        if key is not None:
+            module, problem = self.custom.build(key, name, config)
+            if problem is not None:
+                self.problems.append(problem)
+            return module
+        if cls in CODE_CLASSES:
+            return None  # the config scan has reported it
+        if cls not in BUILDERS or custom.is_custom(cls, entry):
+            self.problems.append(custom.unknown_class(name, cls, entry, config))
             return None
         c = self.sub(name, cls, config)
         before = len(self.problems)
@@ -290,12 +239,3 @@ class Context:
             return None
         c.finish()
         return module if len(self.problems) == before else None
-
-
-def build_layers(specs, major: int, version: str, cudnn: str = "keep") -> list:
-    """The modules of all ``specs``; one :class:`KerasImportError` lists every problem."""
-    ctx = Context(major, version, cudnn)
-    modules = [ctx.build(s.name, s.class_name, s.config) for s in specs]
-    if ctx.problems:
-        raise KerasImportError(ctx.problems)
-    return modules
