@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 import rnnjax
-from rnnjax.functional import _planner
+from rnnjax.functional import _planner, force_plan
 
 B, I, U = 4, 16, 32
 FLOAT = 4
@@ -85,3 +85,29 @@ def test_training_takes_less_memory_than_flax(name):
     theirs = _peak(jax.grad(lambda v, x: jnp.sum(flax_rnn.apply(v, x)), argnums=(0, 1)), fv, x)
     assert ours <= theirs, (ours, theirs)
     assert ours <= B * steps * ((gates + 4) * U + 2 * I) * FLOAT, ours
+
+
+def _loop_state_counts(compiled_text: str, state_shape: str) -> list:
+    """Per ``while`` op of a compiled program, how many of its loop variables have ``state_shape``."""
+    return [line.split(" while(")[0].count(state_shape) for line in compiled_text.splitlines() if " while(" in line]
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_inference_spans_carry_no_more_per_step_than_one_span(return_sequences):
+    """Without a mask, the inference program in spans (forced: 8 steps) keeps, in its step loop,
+    as many ``(B, U)`` loop variables as the program of one span of all steps (the states; the
+    previous output only where it is returned): the previous output, read only at masked steps,
+    is not carried from span to span (it cost a copy per step, the batch-1 slowdown of
+    ``bench/README.md``, "Batch 1"). Read from XLA's compiled CPU program."""
+    rows, steps, units = 1, 40, 8
+    layer = rnnjax.LSTM(units, return_sequences=return_sequences, recurrent_activation="sigmoid")
+    x = jnp.zeros((rows, steps, I))
+    v = layer.init(jax.random.key(0), x[:, :2])
+    on_cpu = jax.device_put((v, x), jax.devices("cpu")[0])
+    counts = {}
+    for span in (8, steps):
+        with force_plan(infer_span=span):
+            text = jax.jit(layer.apply).lower(*on_cpu).compile().as_text()
+        counts[span] = _loop_state_counts(text, f"f32[{rows},{units}]")
+    assert len(counts[8]) == 2 and len(counts[steps]) == 1, counts  # spans: an outer and a step loop
+    assert max(counts[8]) == counts[steps][0] == (2 if return_sequences else 3), counts

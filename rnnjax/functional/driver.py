@@ -315,6 +315,11 @@ class _TimeMajorRun:
 
         def span(c, t0, k=chunk):
             carry, out = c
+            if self.m is None:
+                # the previous output is read only at masked steps: carried into the next span, it
+                # would be a loop variable of its own, copied from h at every step (bench/README.md,
+                # "Batch 1")
+                carry = (carry[0], jnp.zeros_like(carry[1]))
             raw_span = jax.tree_util.tree_map(lambda a: lax.dynamic_slice_in_dim(a, t0, k, self.time_axis), raw)
             carry, ys = self.run_span(carry, self.time_major_raw(raw_span), loop_bias)
             return (carry, self.write(out, ys, t0)), None
