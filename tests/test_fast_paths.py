@@ -10,7 +10,6 @@ import pytest
 
 import rnnjax
 import rnnjax.functional as F
-from rnnjax.functional import _planner
 from rnnjax.functional._matmul_backward import plan_matmul_backward
 from rnnjax.functional import LoopOptions, force_plan
 from rnnjax.functional.driver import run_program
@@ -161,12 +160,12 @@ def test_projection_in_chunks_equals_all_at_once(core, go_backwards):
                          ids=["lstm", "gru_reset_after", "simple"])
 @pytest.mark.parametrize("options", [{"return_sequences": True}, {"go_backwards": True},
                                      {"go_backwards": True, "return_sequences": True, "zero_output_for_mask": True}])
-def test_inference_spans_change_no_number(monkeypatch, core, options):
+def test_inference_spans_change_no_number(core, options):
     """Not differentiated, the inputs are projected in spans of at most ``INFER_SPAN_BYTES``
     (at these sizes all steps fit one span); differentiated, all steps at once. With spans of a
-    few steps and a remainder span (1600 bytes: 4, 5 and 16 steps of 43): the forward's
-    temporaries shrink, outputs and final states equal the one-projection loop, and gradients
-    (parameters, inputs, initial state), jit and vmap are unchanged."""
+    few steps and a remainder span (forced: ``infer_span=5``, 8 spans of 5 steps and one of 3):
+    the forward's temporaries shrink, outputs and final states equal the one-projection loop, and
+    gradients (parameters, inputs, initial state), jit and vmap are unchanged."""
 
     params = jax.tree_util.tree_map(lambda a: a + 0.05, core.init(jax.random.key(0), 5))
     x = jax.random.normal(jax.random.key(1), (3, 43, 5))
@@ -191,8 +190,8 @@ def test_inference_spans_change_no_number(monkeypatch, core, options):
         return temp, fwd(params, x, h0), grads, per_example
 
     temp_all, *want = measure()
-    monkeypatch.setattr(_planner, "INFER_SPAN_BYTES", 1600)
-    temp_spans, *got = measure()
+    with force_plan(infer_span=5):
+        temp_spans, *got = measure()
     assert temp_spans < temp_all
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
@@ -360,7 +359,7 @@ def test_input_additive_step_ghost_parts_are_checked():
 
 
 @pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
-def test_conv_lstm_inference_spans_change_no_number(monkeypatch, fmt):
+def test_conv_lstm_inference_spans_change_no_number(fmt):
     """ConvLSTM2D's forward projects its inputs in spans when not differentiated (forced here to
     one step): smaller temporaries, the same outputs and states, and the same gradients (those
     run the one-projection program)."""
@@ -378,8 +377,8 @@ def test_conv_lstm_inference_spans_change_no_number(monkeypatch, fmt):
         return temp, fwd(v, x), grads
 
     temp_all, *want = measure()
-    monkeypatch.setattr(_planner, "INFER_SPAN_BYTES", 0)  # the smallest span: 1 step
-    temp_spans, *got = measure()
+    with force_plan(infer_span=1):
+        temp_spans, *got = measure()
     assert temp_spans < temp_all
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)

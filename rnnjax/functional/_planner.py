@@ -109,15 +109,16 @@ def plan_sequence(program: CoreProgram, path: str, x, steps, options: LoopOption
 def inference_span(steps, step_bytes, chunk, forced: PlanOverrides) -> Any:
     """Steps projected at once by a call that is not differentiated: as many as fit in
     ``INFER_SPAN_BYTES`` of projected inputs (at least 1; all when they all fit). Forced:
-    ``forced.infer_span`` (0: the training program's ``chunk``); with ``project_chunk`` forced or a
-    symbolic size, ``chunk``."""
+    ``forced.infer_span`` (0: the training program's ``chunk``); with ``project_chunk`` forced,
+    ``chunk``; with a symbolic size, ``chunk`` even where forced (a span length needs a known
+    time axis)."""
     span = forced.infer_span
-    if span is None and (forced.project_chunk is not None or not static(steps, step_bytes)):
+    if span is not None and (isinstance(span, bool) or not isinstance(span, int) or span < 0):
+        raise ValueError(f"`infer_span`: expected a non-negative integer, got {span!r}.")
+    if not static(steps, step_bytes) or (span is None and forced.project_chunk is not None):
         return chunk
     if span is None:
         span = max(1, INFER_SPAN_BYTES // max(step_bytes, 1))
-    if isinstance(span, bool) or not isinstance(span, int) or span < 0:
-        raise ValueError(f"`infer_span`: expected a non-negative integer, got {span!r}.")
     return chunk if span == 0 else min(span, steps)
 
 
