@@ -107,7 +107,7 @@ class GlobalPooling1D(nn.Module):
     data_format: str = "channels_last"
     keepdims: bool = False
 
-    def __call__(self, inputs, mask=None):
+    def __call__(self, inputs, *, mask=None):
         axis = 1 if self.data_format == "channels_last" else 2
         if self.mode == "max":
             return jnp.max(inputs, axis=axis, keepdims=self.keepdims)

@@ -15,12 +15,12 @@ import re
 import numpy as np
 
 import rnnjax
+from rnnjax import kinds
 from rnnjax.keras import formats
 from rnnjax.keras.formats import KerasImportError
 
 _CANON = ("embeddings", "kernel", "recurrent_kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")
-_RECURRENT = (rnnjax.SimpleRNN, rnnjax.GRU, rnnjax.LSTM, rnnjax.ConvLSTM1D, rnnjax.ConvLSTM2D, rnnjax.ConvLSTM3D)
-_CELLS = (rnnjax.SimpleRNNCell, rnnjax.GRUCell, rnnjax.LSTMCell)
+_RECURRENT = tuple(kind.linen_layer for kind in kinds.KINDS)
 
 
 def snake_case(name: str) -> str:
