@@ -18,6 +18,7 @@ from rnnjax.functional import _planner
 from rnnjax.functional._planner import force_plan
 from rnnjax.functional.driver import run_program
 import rnnjax.functional as F
+from catalogue import assert_trees_close
 from custom_cells import MinimalRNNCell
 from sharding_util import batch_mesh, collectives, compiled_text, replicate, shard_batch
 
@@ -180,9 +181,7 @@ def assert_partitions_cleanly(text, *, training, n_params, steps=None):
 def _close(a, b):
     """Equal to float32 rounding: the sharded program sums gradients over the batch in another
     order, so the absolute tolerance scales with each array's largest entry."""
-    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        v = np.asarray(v)
-        np.testing.assert_allclose(np.asarray(u), v, rtol=RTOL, atol=ATOL * max(1.0, float(np.abs(v).max())))
+    assert_trees_close(a, b, rtol=RTOL, atol=ATOL, atol_scaled=True, same_tree=False)
 
 
 def _check(layer, shape, options, mesh, reduced_in_the_loop=False):
