@@ -85,7 +85,9 @@ class CellKind:
     * ``rank``: the spatial axes of a step (ConvLSTM), 0 for the dense cells.
     * ``keras_cell``: the Keras class of the cell in files (None: Keras has no public one, so an
       ``RNN`` of it is saved as the layer); ``in_keras_files``: Keras files hold this layer.
-    * ``layer_doc`` / ``cell_doc``: the first lines of the classes' docstrings.
+    * ``layer_doc`` / ``cell_doc``: the first lines of the classes' docstrings;
+      ``linen_example`` / ``nnx_example``: the layers' ``Examples:`` (doctests, run by the docs
+      tests).
     """
 
     name: str
@@ -99,6 +101,8 @@ class CellKind:
     rank: int = 0
     keras_cell: Optional[str] = None
     in_keras_files: bool = True
+    linen_example: str = ""
+    nnx_example: str = ""
 
     def __repr__(self) -> str:
         return f"CellKind({self.name!r})"
@@ -184,7 +188,22 @@ LSTM = CellKind(
               "``recurrent_activation='hard_sigmoid'``, ``unit_forget_bias=True``, ``implementation=1``. "
               "``return_state`` returns ``(output, h, c)``.",
     cell_doc="Cell class for the LSTM layer (gate order i, f, c, o; states ``[h, c]``). ``unit_forget_bias`` "
-             "initialises the forget block of the bias to 1.", keras_cell="LSTMCell")
+             "initialises the forget block of the bias to 1.", keras_cell="LSTMCell",
+    linen_example="""
+        >>> import jax, jax.numpy as jnp, rnnjax
+        >>> layer = rnnjax.LSTM(4, recurrent_dropout=0.2, return_sequences=True, return_state=True)
+        >>> x = jnp.ones((2, 5, 3))                      # (batch, timesteps, features)
+        >>> variables = layer.init(jax.random.key(0), x)
+        >>> outputs, h, c = layer.apply(variables, x, training=True, rngs={"dropout": jax.random.key(1)})
+        >>> outputs.shape, h.shape, c.shape
+        ((2, 5, 4), (2, 4), (2, 4))""",
+    nnx_example="""
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import rnnjax.nnx as rnx
+        >>> layer = rnx.LSTM(4, recurrent_dropout=0.2, input_dim=3, rngs=nnx.Rngs(0, dropout=1))
+        >>> layer(jnp.ones((2, 5, 3))).shape           # dropout on: model.train() is the default
+        (2, 4)""")
 
 _CONV = ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate", "activation",
          "recurrent_activation", "use_bias", *INITIALIZERS, "unit_forget_bias")

@@ -112,15 +112,21 @@ _READ = {
     "dropout": lambda c, rec, reset: float(c("dropout", 0.0)),
     "recurrent_dropout": lambda c, rec, reset: float(c("recurrent_dropout", 0.0)),
     "reset_after": lambda c, rec, reset: bool(c("reset_after", reset)),
+    # Keras 2's from_config turned the deprecated 0 into 1; 2 draws one dropout mask per cell.
+    "implementation": lambda c, rec, reset: 1 if c("implementation") == 0 else c("implementation"),
 }
-_ONLY_IF_PRESENT = ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate")
+# When an argument is read (else it keeps rnnjax's default): the convolution's only when the config
+# has them; `implementation` from Keras 2 files only (in a Keras 3 file it is an ignored key).
+_WHEN = {**dict.fromkeys(("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate"),
+                         lambda c, a: a in c.d),
+         "implementation": lambda c, a: c.major < 3 and a in c.d}
 
 
 def _cell_args(c: Cfg, kind: kinds.CellKind) -> dict:
     """The arguments of a ``kind`` cell (or layer) from its Keras config."""
     rec_act, reset_after = _recurrent_defaults(c)
     return {a: _READ[a](c, rec_act, reset_after) for a in kind.cell_arguments
-            if a in _READ and (a not in _ONLY_IF_PRESENT or a in c.d)}
+            if a in _READ and _WHEN.get(a, lambda c, a: True)(c, a)}
 
 
 def _recurrent(kind: kinds.CellKind):

@@ -69,23 +69,15 @@ _CALLS = {
 }
 
 
-def signature(kind: kinds.CellKind, role: str, name: str) -> str:
-    """``Name(argument=default, ...)``: the arguments of ``kind``'s ``role`` class."""
-    parts = []
-    for a in kind.arguments(role):
-        default = kind.default(a)
-        shown = getattr(default, "__name__", None) or repr(default)  # param_dtype: float32
-        parts.append(a if default is kinds.REQUIRED else f"{a}={shown}")
-    return f"``{name}({', '.join(parts)})``"
-
-
 def class_doc(kind: kinds.CellKind, role: str, name: str) -> str:
-    """The docstring of a class made from ``kind``: its summary, signature, where the equations live."""
+    """The docstring of a class made from ``kind``: its summary, where the equations live, the call,
+    its examples (the arguments are the class's fields: ``inspect.signature`` lists them)."""
     summary = kind.cell_doc if role == "cell" else kind.layer_doc
     core = kind.core.__name__
-    return (f"{summary}\n\n    {signature(kind, role, name)}\n\n    Equations, parameters (Keras layout) and states: "
+    example = f"\n\n    Examples:{kind.linen_example}" if role == "layer" and kind.linen_example else ""
+    return (f"{summary}\n\n    Equations, parameters (Keras layout) and states: "
             f":class:`{kind.core.__module__}.{core}` (its module's docstring). ``param_dtype`` (not in Keras) sets "
-            f"the parameters' dtype. {_CALLS[role]}\n    ")
+            f"the parameters' dtype. {_CALLS[role]}{example}\n    ")
 
 
 @functools.lru_cache(maxsize=None)

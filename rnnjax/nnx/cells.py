@@ -88,13 +88,15 @@ class NNXKerasCell(contract.CellFacts, DropoutStream, nnx.Module):
     the linen twin's fields (Keras 2's positionally, rnnjax's by keyword)."""
 
     kind = None  # the cell kind's record (rnnjax.kinds.CellKind)
+    # set per kind by nnx_class: the linen twin, its last Keras 2 (positional) and its first argument
+    linen_class = last_positional = first_argument = None
     input_what = "input features"
 
     def __init__(self, *args, input_dim: Optional[int] = None, deterministic: bool = False,
                  rng_collection: str = "dropout", rngs: Optional[nnx.Rngs] = None, **kwargs):
         owner, kind = type(self).__name__, self.kind
-        config = _args.bind(owner, kind.linen_cell, args, kwargs, kind.cell_arguments[-1], kind.cell_arguments[0])
-        self.spec = kind.linen_cell(**config)  # the static configuration, validated by the linen twin
+        config = _args.bind(owner, self.linen_class, args, kwargs, self.last_positional, self.first_argument)
+        self.spec = self.linen_class(**config)  # the static configuration, validated by the linen twin
         input_dim = _args.check_input_dim(owner, input_dim, self.input_what)
         rngs = _args.check_rngs(owner, rngs)
         values = self.core.init(rngs.params(), input_dim, self.spec.param_dtype)

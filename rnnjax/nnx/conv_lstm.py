@@ -44,16 +44,16 @@ class NNXConvLSTMCell(NNXKerasCell):
 
 
 class NNXConvLSTM(Recurrent):
-    """Shared NNX ``ConvLSTM{r}D`` (``kind``: the record)."""
+    """Shared NNX ``ConvLSTM{r}D`` (``kind``: the record; ``linen_class`` etc.: see ``nnx_class``)."""
 
-    kind = None
+    kind = linen_class = last_positional = first_argument = None
 
     def __init__(self, *args, input_dim: Optional[int] = None, batch_size: Any = None,
                  input_spatial_shape: Optional[tuple] = None, deterministic: bool = False,
                  rng_collection: str = "dropout", rngs: Any = None, **kwargs):
         owner, kind = type(self).__name__, self.kind
-        config = _args.bind(owner, kind.linen_layer, args, kwargs, kind.layer_arguments[-1], kind.layer_arguments[0])
-        self.spec = kind.linen_layer(**config)  # validates every argument
+        config = _args.bind(owner, self.linen_class, args, kwargs, self.last_positional, self.first_argument)
+        self.spec = self.linen_class(**config)  # validates every argument
         self.boundary = ChannelsFirst(kind.rank, check_data_format(self.spec.data_format) == "channels_first")
         cell_arguments = set(kind.arguments("cell")) - {"data_format"}
         self.cell = kind.nnx_cell(**{k: v for k, v in config.items() if k in cell_arguments},

@@ -26,14 +26,15 @@ from rnnjax.nnx.conv_lstm import NNXConvLSTM, NNXConvLSTMCell
 
 
 class NNXKerasRecurrent(Recurrent):
-    """``RNN(<X>Cell(...))`` with the arguments of the linen twin (``kind``: the record)."""
+    """``RNN(<X>Cell(...))`` with the arguments of the linen twin (``kind``: the record; ``linen_class``
+    etc.: see :func:`nnx_class`)."""
 
-    kind = None
+    kind = linen_class = last_positional = first_argument = None
 
     def __init__(self, *args, input_dim: Optional[int] = None, batch_size: Any = None, deterministic: bool = False,
                  rng_collection: str = "dropout", rngs: Any = None, **kwargs):
         owner, kind = type(self).__name__, self.kind
-        config = _args.bind(owner, kind.linen_layer, args, kwargs, kind.layer_arguments[-1], kind.layer_arguments[0])
+        config = _args.bind(owner, self.linen_class, args, kwargs, self.last_positional, self.first_argument)
         if config.get("input_dim") is not None:
             raise TypeError(f"{owner}: `input_dim` is keyword-only and required, e.g. {owner}(64, input_dim=8, "
                             "rngs=nnx.Rngs(0)).")
@@ -51,12 +52,17 @@ _BASES = {("cell", False): NNXKerasCell, ("cell", True): NNXConvLSTMCell,
 @functools.lru_cache(maxsize=None)
 def nnx_class(kind: kinds.CellKind, role: str) -> type:
     """The NNX twin of ``kind.linen_cell`` (``role='cell'``) or ``kind.linen_layer`` (``'layer'``), made
-    once: the same arguments (:func:`rnnjax.nnx._args.bind` reads the linen fields)."""
+    once: the same arguments (``linen_class``: the twin, whose fields ``rnnjax.nnx._args.bind``
+    reads; Keras 2's positionally up to ``last_positional``, then by keyword)."""
     name = kind.cell_name if role == "cell" else kind.name
     extra = "input_dim=<channels>" if kind.rank else "input_dim"
+    example = f"\n\n    Examples:{kind.nnx_example}" if role == "layer" and kind.nnx_example else ""
     doc = (f"{(kind.cell_doc if role == 'cell' else kind.layer_doc)}\n\n    The NNX twin of :class:`rnnjax.{name}` "
-           f"(same arguments and numbers): ``{name}({kind.arguments(role)[0]}, ..., *, {extra}, rngs)``.\n    ")
-    namespace = {"kind": kind, "kind_role": role, "__module__": __name__, "__qualname__": name, "__doc__": doc}
+           f"(same arguments and numbers): ``{name}({kind.arguments(role)[0]}, ..., *, {extra}, rngs)``.{example}\n    ")
+    arguments = kind.cell_arguments if role == "cell" else kind.layer_arguments
+    namespace = {"kind": kind, "kind_role": role, "__module__": __name__, "__qualname__": name, "__doc__": doc,
+                 "linen_class": kind.front_end_class("linen", role), "last_positional": arguments[-1],
+                 "first_argument": arguments[0]}
     return type(name, (_BASES[role, bool(kind.rank)],), namespace)
 
 
