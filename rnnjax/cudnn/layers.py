@@ -53,6 +53,7 @@ from rnnjax.cudnn.path import (  # noqa: F401 (BACKENDS, resolve_lengths: re-exp
     BACKENDS, CUDNN_GRU, CUDNN_LSTM, WEIGHTS, CuDNNKind, initial_weight, resolve_lengths, run_cudnn_layer,
 )
 from rnnjax.functional.core import check_units
+from rnnjax.functional.protocol import make_params
 from rnnjax.layers.base import RecurrentLayer, read_state, reset_layer_states, store_and_report
 from rnnjax.layers.path import CallOptions
 
@@ -83,7 +84,7 @@ class CuDNNRecurrent(RecurrentLayer):
             reg = regularizers.get(getattr(self, f"{arg}_regularizer"), f"{arg}_regularizer")
             if reg is not None:
                 regularizers.report(self, f"{arg}_regularizer", reg(values[name]))
-        return kind.params_class(values["kernel"], values["recurrent_kernel"], values["bias"])
+        return make_params(kind.params_class, values)
 
     @nn.compact
     def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,

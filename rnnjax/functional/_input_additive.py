@@ -9,6 +9,7 @@ from jax import lax
 
 from rnnjax.functional.masking import mask_step
 from rnnjax.functional.mesh import contract_leading
+from rnnjax.functional.options import LoopOptions
 from rnnjax.functional.protocol import InputAdditiveStep
 
 
@@ -27,20 +28,21 @@ def _with_ghost_parts(step: InputAdditiveStep, kernels, xs):
     return adds_to, xs
 
 
-def scan_input_additive(step: InputAdditiveStep, carry, xs, m, *, go_backwards, return_sequences,
-                        zero_output_for_mask, scan_unroll):
-    """``lax.scan`` of ``step`` over time-major ``xs`` with the masking rule: ``(carry, ys)``."""
+def scan_input_additive(step: InputAdditiveStep, carry, xs, m, options: LoopOptions):
+    """``lax.scan`` of ``step`` over time-major ``xs`` with the masking rule: ``(carry, ys)``
+    (``options``: ``go_backwards``, ``return_sequences``, ``zero_output_for_mask``,
+    ``scan_unroll``)."""
 
     def scan(kernels, xs, carry, m):
         def body(carry, inp):
             state, last = carry
             x_t, m_t = inp if m is not None else (inp, None)
             (new_state, y), lhs = step.step(kernels, state, x_t)
-            state, y = mask_step(m_t, new_state, state, y, last, zero_output_for_mask)
-            return (state, y), (y if return_sequences else None, lhs)
+            state, y = mask_step(m_t, new_state, state, y, last, options.zero_output_for_mask)
+            return (state, y), (y if options.return_sequences else None, lhs)
 
         seq = xs if m is None else (xs, m)
-        carry, (ys, lhs) = lax.scan(body, carry, seq, reverse=go_backwards, unroll=scan_unroll)
+        carry, (ys, lhs) = lax.scan(body, carry, seq, reverse=options.go_backwards, unroll=options.scan_unroll)
         return (carry, ys), lhs
 
     kernels = tuple(step.kernels)

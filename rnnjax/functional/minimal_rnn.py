@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from rnnjax.functional import initializers
 from rnnjax.functional.core import check_units, gate_matmul, init_weight, register_for_export
-from rnnjax.functional.protocol import RecurrentMatmulStep
+from rnnjax.functional.protocol import RecurrentMatmulStep, shared_mask
 
 MinimalRNNParams = NamedTuple("MinimalRNNParams", [("kernel", jax.Array), ("recurrent_kernel", jax.Array),
                                                    ("bias", Optional[jax.Array])])
@@ -36,7 +36,7 @@ class MinimalRNNCore:
     params_class = MinimalRNNParams
     gates = 1
     num_feature_axes = 1
-    implementation = 2  # one dropout mask (the cell has no dropout arguments)
+    dropout_mask_count = 1  # one dropout mask (the cell has no dropout arguments)
 
     def __post_init__(self):
         check_units(self.units)
@@ -77,8 +77,8 @@ class MinimalRNNCore:
     def matmul_step(self, params: MinimalRNNParams, recurrent_dropout_mask: Optional[jax.Array] = None):
         """The step as a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep` (the driver's
         fast path: ``dR`` as one matmul after the backward loop)."""
-        mask = None if recurrent_dropout_mask is None else recurrent_dropout_mask[0]
-        return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, None, mask, reads_only_sum=True)
+        return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, None, shared_mask(recurrent_dropout_mask),
+                                   reads_only_sum=True)
 
 
 register_for_export(MinimalRNNParams, MinimalRNNState)

@@ -19,7 +19,8 @@ from rnnjax import kinds
 from rnnjax.keras import formats
 from rnnjax.keras.formats import KerasImportError
 
-_CANON = ("embeddings", "kernel", "recurrent_kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")
+_CANON = ("embeddings", "kernel", "recurrent_kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance",
+          "scale", "concat_score_weight")
 _RECURRENT = tuple(kind.linen_layer for kind in kinds.KINDS)
 
 

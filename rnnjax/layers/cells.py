@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import constraints, regularizers
-from rnnjax.functional.protocol import CoreProgram
+from rnnjax.functional.protocol import CoreProgram, make_params
 from rnnjax.layers import contract
 
 
@@ -81,7 +81,7 @@ class KerasCell(contract.CellFacts, nn.Module):
         core, cf = self.core, self._channels_first()
         shapes = contract.step_shapes(core, feature_shape, type(self).__name__, channels_first=cf)
         values = self.weights(shapes.input_dim)
-        params = core.params_class(values["kernel"], values["recurrent_kernel"], values.get("bias"))
+        params = make_params(core.params_class, values)
         keys = (lambda: self.make_rng("dropout")) if training else None
         masks = contract.draw_masks(core, keys, getattr(self, "dropout", 0.0), getattr(self, "recurrent_dropout", 0.0),
                                     shapes, batch_shape, dtype)

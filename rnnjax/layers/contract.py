@@ -36,7 +36,7 @@ from rnnjax.functional.protocol import CoreProgram
 from rnnjax.layers.path import check_sequence, check_state, core_cell_program, step_once, zero_states
 
 __all__ = [
-    "CellFacts", "core_of", "check_config", "cell_weights", "StepShapes", "step_shapes", "mask_count", "draw_masks",
+    "CellFacts", "core_of", "check_config", "cell_weights", "StepShapes", "step_shapes", "draw_masks",
     "built_cell_program", "keras_cell_program", "one_step", "num_feature_axes", "ChannelsFirst",
     "channels_first_program",
 ]
@@ -123,19 +123,14 @@ def step_shapes(core: Any, feature_shape: Sequence[int], owner: str, channels_fi
     return StepShapes(channels, tuple(spatial) + (channels,), out, out, tuple(spatial))
 
 
-def mask_count(core: Any) -> int:
-    """How many dropout masks a call draws for ``core``: one per gate, or one shared by every gate
-    (Keras's ``implementation=2``; SimpleRNN's single gate)."""
-    return 1 if getattr(core, "implementation", 1) == 2 else int(core.gates)
-
-
 def draw_masks(core: Any, keys: Optional[Callable], dropout: float, recurrent_dropout: float, shapes: StepShapes,
                batch_shape: Sequence[int], dtype: Any) -> tuple:
     """This call's ``(input mask, recurrent mask)``: ``(count, *batch_shape, *shape)`` each
-    (:func:`mask_count`), or None at rate 0 or when ``keys`` is None (not training). ``keys()``
-    returns a fresh key; it is called once per drawn mask, input mask first."""
+    (``count``: the core's ``dropout_mask_count``, one per gate or one shared by every gate), or
+    None at rate 0 or when ``keys`` is None (not training). ``keys()`` returns a fresh key; it is
+    called once per drawn mask, input mask first."""
     in_mask = rec_mask = None
-    batch_shape, count = tuple(batch_shape), mask_count(core)
+    batch_shape, count = tuple(batch_shape), int(core.dropout_mask_count)
     if keys is not None and dropout > 0:
         in_mask = dropout_masks(keys(), dropout, batch_shape + shapes.input_shape, count, dtype)
     if keys is not None and recurrent_dropout > 0:

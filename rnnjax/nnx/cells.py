@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rnnjax import constraints, regularizers
-from rnnjax.functional.protocol import CoreProgram
+from rnnjax.functional.protocol import PARAM_NAMES, CoreProgram, make_params
 from rnnjax.layers import contract, path
 from rnnjax.nnx import _args
 
@@ -115,8 +115,8 @@ class NNXKerasCell(contract.CellFacts, DropoutStream, nnx.Module):
 
     def params(self):
         """The core's parameter NamedTuple of the current values."""
-        return self.core.params_class(self.kernel[...], self.recurrent_kernel[...],
-                                      None if self.bias is None else self.bias[...])
+        weights = {name: getattr(self, name) for name in PARAM_NAMES}
+        return make_params(self.core.params_class, {n: None if w is None else w[...] for n, w in weights.items()})
 
     def program(self, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any, *,
                 deterministic: Optional[bool] = None, rngs: Any = None, constants: Any = None) -> CoreProgram:

@@ -17,6 +17,7 @@ import jax
 from rnnjax.cudnn import layers as linen_cudnn
 from rnnjax.cudnn.path import WEIGHTS, check_backend, initial_weight, run_cudnn_layer
 from rnnjax.functional.core import check_units
+from rnnjax.functional.protocol import PARAM_NAMES, make_params
 from rnnjax.layers import path
 from rnnjax.nnx import _args
 from rnnjax.nnx.base import Recurrent
@@ -50,7 +51,7 @@ class NNXCuDNN(Recurrent):
         if input_dim != self.kernel.shape[0]:
             raise ValueError(f"`inputs`: {input_dim} features per step, but {type(self).__name__} was built "
                              f"for {self.kernel.shape[0]} (input_dim={self.kernel.shape[0]}).")
-        return self.spec.cudnn_kind.params_class(self.kernel[...], self.recurrent_kernel[...], self.bias[...])
+        return make_params(self.spec.cudnn_kind.params_class, {name: getattr(self, name)[...] for name in PARAM_NAMES})
 
     def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
                  seq_lengths: Optional[jax.Array] = None, training: Optional[bool] = None):
