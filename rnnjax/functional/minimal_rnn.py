@@ -43,13 +43,8 @@ class MinimalRNNCore:
         for name in ("kernel_initializer", "recurrent_initializer"):
             initializers.get(getattr(self, name), name)
 
-    @property
-    def state_size(self) -> tuple:
-        return (self.units,)
-
-    @property
-    def output_size(self) -> int:
-        return self.units
+    state_size = property(lambda self: (self.units,), doc="Units of the one state ``h``.")
+    output_size = property(lambda self: self.units, doc="Units of the output (the state ``h``).")
 
     def init(self, key: jax.Array, input_dim: int, dtype: Any = jnp.float32) -> MinimalRNNParams:
         check_units(input_dim, "input_dim")

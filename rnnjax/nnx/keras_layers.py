@@ -21,7 +21,7 @@ from rnnjax.nnx.basic import _Parameterless
 class _Masked(_Parameterless):
     """A layer whose call reads a mask (a list of masks for several inputs)."""
 
-    def __call__(self, inputs, mask=None):
+    def __call__(self, inputs, *, mask=None):
         return self.spec(inputs, mask=mask)
 
 
