@@ -1,6 +1,8 @@
 """Keras 2's layer wrappers as Flax modules: ``Bidirectional`` and ``TimeDistributed``."""
 from __future__ import annotations
 
+from typing import Optional
+
 import dataclasses
 from typing import Any, Optional
 
@@ -61,7 +63,7 @@ class Bidirectional(nn.Module):
     output 0 at masked steps when returning sequences (Keras forces ``zero_output_for_mask =
     return_sequences`` on both).
 
-    Call: ``layer(inputs, mask=None, initial_state=None, constants=None, training=False)``;
+    Call: ``layer(inputs, *, mask=None, initial_state=None, constants=None, training=False)``;
     ``initial_state``: the forward layer's states, then the backward layer's (Keras's halves);
     ``constants`` go to both (for an ``RNN`` of cells that take them). Parameters (and stateful
     states) live under ``forward_<name>`` and ``backward_<name>``, ``<name>`` the layer's Keras
@@ -123,7 +125,7 @@ class Bidirectional(nn.Module):
             )
         return given[: len(given) // 2], given[len(given) // 2:]
 
-    def __call__(self, inputs, mask=None, initial_state=None, constants=None, training: bool = False):
+    def __call__(self, inputs, *, mask=None, initial_state=None, constants=None, training: bool = False):
         forward, backward = self._directions()
         halves = (None, None) if initial_state is None else self._split_states(initial_state, "initial_state")
         outs = []
@@ -196,7 +198,7 @@ class TimeDistributed(nn.Module):
     when it computes one, else the input mask (Keras 2). Dropout inside draws independent noise
     per step, as Keras's folded call does.
 
-    Call: ``layer(inputs, mask=None, training=False)``.
+    Call: ``layer(inputs, *, mask=None, training=False)``.
     """
 
     layer: Any
@@ -208,7 +210,7 @@ class TimeDistributed(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, inputs, mask=None, training: bool = False):
+    def __call__(self, inputs, *, mask=None, training: bool = False):
         check_steps(inputs)
         mask = check_mask(mask, inputs, "TimeDistributed", nested=True)
         inner = self.layer.clone(parent=self, name=self._name, _deep_clone=True, _reset_names=True)
