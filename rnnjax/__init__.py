@@ -11,6 +11,8 @@ Three ways in:
 * the Keras layers around them: ``Bidirectional``, ``Embedding``, ``Masking``,
   ``TimeDistributed``, ``Dense``, ``Dropout``, ``Activation`` and a mask-propagating
   ``Sequential``;
+* ``reset`` on every recurrent layer (episodes, packed sequences) and the packing helpers of
+  :mod:`rnnjax.packing`;
 * Keras 2's cuDNN layers ``CuDNNLSTM``/``CuDNNGRU``; their weight conversions (canonical <->
   cuDNN <-> PyTorch) live in :mod:`rnnjax.cudnn` only (``rnnjax.cudnn.cudnn_lstm_to_lstm``, ...).
 
@@ -28,7 +30,7 @@ from rnnjax.layers import (
 from rnnjax.layers.conv_lstm import (
     ConvLSTM1D, ConvLSTM2D, ConvLSTM3D, ConvLSTM1DCell, ConvLSTM2DCell, ConvLSTM3DCell, ConvLSTMCell,
 )
-from rnnjax import cudnn
+from rnnjax import cudnn, packing
 from rnnjax.cudnn import CuDNNGRU, CuDNNLSTM
 from rnnjax.regularizers import regularization_loss
 from rnnjax.constraints import keras_constraints
@@ -55,6 +57,6 @@ __all__ = [
     "reset_states", "regularization_loss", "keras_constraints", "STATE_COLLECTION",
     "activations", "initializers", "constraints", "regularizers", "functional",
     "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell",
-    "ConvLSTMCell", "cudnn", "CuDNNLSTM", "CuDNNGRU",
+    "ConvLSTMCell", "cudnn", "CuDNNLSTM", "CuDNNGRU", "packing",
     "load_keras", "load_keras_weights", "inspect_keras", "save_keras",
 ]

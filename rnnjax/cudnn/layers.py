@@ -22,7 +22,11 @@ Backends (field ``backend``):
   the loop). Any platform, any dtype, ``vmap``.
 * ``'auto'`` (default): ``'cudnn'`` for a float32 LSTM whose input lives on a CUDA GPU (under
   ``jit``: when JAX's default backend is the GPU), else ``'scan'``; always ``'scan'`` with
-  ``custom_backward=False``.
+  ``custom_backward=False`` and with ``reset``.
+
+Resets: ``reset (*batch, timesteps)`` (True where a new sequence starts: episodes, packed
+sequences; the rule is :func:`rnnjax.functional.scan_rnn`'s) runs the scan backend, since cuDNN
+cannot restart a sequence mid-row; ``backend='cudnn'`` with ``reset`` is an error.
 
 Both backends differentiate in reverse mode only (``jax.grad``/``jax.vjp``); for forward mode
 (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) set ``custom_backward=False``: the scan backend
@@ -100,6 +104,12 @@ def resolve_lengths(mask, seq_lengths, batch_shape: tuple, steps: int):
     return lengths, jnp.all(mask == (jnp.arange(steps)[None, :] < lengths[:, None]), axis=1)
 
 
+def check_reset(reset, seq, rows: int):
+    """``reset (*batch, T)`` checked, as ``(rows, T)`` rows (or None)."""
+    reset = check_mask(reset, tuple(seq.batch_shape) + (seq.steps,), argument="reset")
+    return None if reset is None else reset.reshape((rows, seq.steps))
+
+
 def _poison(tree, ok):
     """NaN in the rows where ``ok`` is False (an invalid traced mask)."""
     def one(a):
@@ -167,10 +177,15 @@ class _CuDNNRecurrent(RecurrentLayer):
                 regularizers.report(self, f"{arg}_regularizer", reg(values[name]))
         return self.params_class(values["kernel"], values["recurrent_kernel"], values["bias"])
 
-    def _backend(self, inputs, params) -> str:
+    def _backend(self, inputs, params, reset=None) -> str:
         if self.backend not in BACKENDS:
             raise ValueError(f"`backend`: expected one of {BACKENDS}, got {self.backend!r}.")
         check_custom_backward(self.custom_backward)
+        if reset is not None:  # cuDNN runs whole rows: no restart mid-sequence
+            if self.backend == "cudnn":
+                raise ValueError("`reset`: the cuDNN kernel cannot restart a sequence mid-row; use backend='auto' or "
+                                 "'scan' (the same function, which takes `reset`).")
+            return "scan"
         if self.backend == "cudnn" and not self.custom_backward:
             raise ValueError(
                 "`custom_backward`: False (forward-mode differentiation) needs the scan backend; the cuDNN "
@@ -194,25 +209,27 @@ class _CuDNNRecurrent(RecurrentLayer):
                                "Use backend='scan' (or 'auto'), which computes the same function anywhere.")
         return "cudnn" if why is None else "scan"
 
-    def _run(self, params, x, init, lengths, options):
-        """``(output, final state)`` for rows ``x (B, T, I)``: the cuDNN kernel, or the canonical
-        weights through the layer-side path's driver call."""
-        if self._backend(x, params) == "cudnn":
+    def _run(self, params, x, init, lengths, options, reset=None):
+        """``(output, final state)`` for rows ``x (B, T, I)`` (``reset (B, T)`` or None): the cuDNN
+        kernel, or the canonical weights through the layer-side path's driver call."""
+        if self._backend(x, params, reset) == "cudnn":
             return fused.fused_lstm(params, x, init, lengths, go_backwards=self.go_backwards,
                                     return_sequences=self.return_sequences,
                                     zero_output_for_mask=self.zero_output_for_mask)
         mask = None if lengths is None else jnp.arange(x.shape[1])[None, :] < lengths[:, None]
         core = self.scan_core()
         program = core_cell_program(core, self.to_canonical(params), (self.units,))
-        return drive(program, x, init, options, mask=mask)
+        return drive(program, x, init, options, mask=mask, reset=reset)
 
     @nn.compact
-    def __call__(self, inputs, mask=None, initial_state=None, seq_lengths=None, training: bool = False):
+    def __call__(self, inputs, mask=None, initial_state=None, seq_lengths=None, training: bool = False, *,
+                 reset=None):
         """``inputs (*batch, timesteps, features)`` -> output ``(*batch, units)`` (``(*batch,
         timesteps, units)`` with ``return_sequences``), then the final states with
         ``return_state`` (``h, c`` for the LSTM, ``h`` for the GRU). ``mask``: right-padded boolean
-        ``(*batch, timesteps)``, or ``seq_lengths (*batch,)``. ``training`` is accepted and unused
-        (the CuDNN layers have no dropout)."""
+        ``(*batch, timesteps)``, or ``seq_lengths (*batch,)``; ``reset``: boolean ``(*batch,
+        timesteps)``, True where a new sequence starts (the scan backend; see the module
+        docstring). ``training`` is accepted and unused (the CuDNN layers have no dropout)."""
         del training
         check_units(self.units)
         options = CallOptions.of(self)
@@ -220,10 +237,11 @@ class _CuDNNRecurrent(RecurrentLayer):
         params = self._weights(int(seq.feature_shape[0]))
         rows = math.prod(seq.batch_shape)
         lengths, ok = resolve_lengths(mask, seq_lengths, seq.batch_shape, seq.steps)
+        reset = check_reset(reset, seq, rows)
         init = start_state(self.scan_core().initial_state, seq, inputs.dtype, initial_state=initial_state,
                            read_state=read_state(self) if self.stateful else None)
         x = inputs.reshape((rows,) + inputs.shape[-2:]) if len(seq.batch_shape) != 1 else inputs
-        output, final = self._run(params, x, _to_rows(init, seq.batch_shape, rows), lengths, options)
+        output, final = self._run(params, x, _to_rows(init, seq.batch_shape, rows), lengths, options, reset)
         if ok is not None:
             output, final = _poison((output, final), ok)
         output, final = _from_rows((output, final), seq.batch_shape)
@@ -323,4 +341,4 @@ class CuDNNGRU(_CuDNNRecurrent):
         return GRUCore(self.units, recurrent_activation="sigmoid", reset_after=True, implementation=2)
 
 
-__all__ = ["CuDNNLSTM", "CuDNNGRU", "BACKENDS", "resolve_lengths"]
+__all__ = ["CuDNNLSTM", "CuDNNGRU", "BACKENDS", "resolve_lengths", "check_reset"]

@@ -140,7 +140,7 @@ def store_and_report(module: nn.Module, call: LayerCall, options: CallOptions):
     return call.results
 
 
-def run_recurrent(module: nn.Module, cell, inputs, *, mask=None, initial_state=None, constants=None,
+def run_recurrent(module: nn.Module, cell, inputs, *, mask=None, reset=None, initial_state=None, constants=None,
                   training: bool = False, options: Optional[CallOptions] = None, layout: Optional[str] = None):
     """A linen recurrent layer's call: ``cell`` run over ``inputs`` with the layer's Keras options
     (``options``, by default read from ``module``'s fields). ``custom_backward=False`` drops the
@@ -151,7 +151,7 @@ def run_recurrent(module: nn.Module, cell, inputs, *, mask=None, initial_state=N
                          input_length=options.input_length,
                          layout=layout or getattr(cell, "sequence_layout", "(*batch, timesteps, features)"))
     program = cell_program(cell, seq.feature_shape, seq.batch_shape, inputs.dtype, training, constants)
-    call = run_layer(program, inputs, seq, options, cell=cell, mask=mask, initial_state=initial_state,
+    call = run_layer(program, inputs, seq, options, cell=cell, mask=mask, reset=reset, initial_state=initial_state,
                      read_state=read_state(module), constants=constants)
     return store_and_report(module, call, options)
 
@@ -185,10 +185,13 @@ class RNN(RecurrentLayer):
     runs the same function through the generic loop, which every JAX transformation can (the
     gradients are equal to float rounding; training is slower).
 
-    Call: ``layer(inputs, mask=None, initial_state=None, constants=None, training=False)`` with
-    inputs ``(*batch, timesteps, features)`` (any number of batch axes, none included, so
-    ``jax.vmap`` over unbatched sequences equals the batched call) and a boolean ``mask``
-    ``(*batch, timesteps)``. Returns the output ``(*batch, units)`` (``(*batch, timesteps, units)``
+    Call: ``layer(inputs, mask=None, initial_state=None, constants=None, training=False, *,
+    reset=None)`` with inputs ``(*batch, timesteps, features)`` (any number of batch axes, none
+    included, so ``jax.vmap`` over unbatched sequences equals the batched call), a boolean
+    ``mask`` ``(*batch, timesteps)`` and a boolean ``reset`` ``(*batch, timesteps)``: True where a
+    new sequence starts (episodes, packed sequences; the state restarts from zeros there, see
+    :func:`rnnjax.functional.scan_rnn`; a stateful layer's stored state continues into a row's
+    first sequence and stores the state after the last step). Returns the output ``(*batch, units)`` (``(*batch, timesteps, units)``
     with ``return_sequences``), followed by the final states (flat, Keras order) with
     ``return_state``. The layer-side semantics are :mod:`rnnjax.layers.path`'s. Stateful layers keep their states in the ``'rnn_state'`` collection:
     ``apply(..., mutable=['rnn_state'])``; see :func:`rnnjax.reset_states`.
@@ -218,9 +221,10 @@ class RNN(RecurrentLayer):
         return num_feature_axes(self.cell)
 
     @nn.compact
-    def __call__(self, inputs, mask=None, initial_state=None, constants=None, training: bool = False):
-        return run_recurrent(self, self._cell(), inputs, mask=mask, initial_state=initial_state, constants=constants,
-                             training=training)
+    def __call__(self, inputs, mask=None, initial_state=None, constants=None, training: bool = False, *,
+                 reset=None):
+        return run_recurrent(self, self._cell(), inputs, mask=mask, reset=reset, initial_state=initial_state,
+                             constants=constants, training=training)
 
     def reset_states(self, states=None):
         """Sets the stateful states to zeros, or to ``states`` (a list of arrays, Keras order).

@@ -180,9 +180,10 @@ _CELL_FIELDS = tuple(f.name for f in dataclasses.fields(ConvLSTM2DCell) if f.nam
 class ConvLSTM(RecurrentLayer):
     """Shared call of ``ConvLSTM1D/2D/3D`` (the fields are declared by the subclasses).
 
-    Call: ``layer(inputs, mask=None, initial_state=None, training=False)`` with inputs
-    ``(*batch, time, *spatial, channels)`` (``(*batch, time, channels, *spatial)`` for
-    channels_first), any number of batch axes; ``mask`` boolean ``(*batch, time)``;
+    Call: ``layer(inputs, mask=None, initial_state=None, training=False, *, reset=None)`` with
+    inputs ``(*batch, time, *spatial, channels)`` (``(*batch, time, channels, *spatial)`` for
+    channels_first), any number of batch axes; ``mask`` and ``reset`` (True where a new sequence
+    starts, see :class:`rnnjax.RNN`) boolean ``(*batch, time)``;
     ``initial_state`` ``[h, c]`` in the layer's data_format. Returns the output, followed by
     ``h, c`` (in the layer's data_format) with ``return_state``.
     """
@@ -216,7 +217,7 @@ class ConvLSTM(RecurrentLayer):
         return [_to_last(a, axis) for a in check_state(first, states, argument)]
 
     @nn.compact
-    def __call__(self, inputs, mask=None, initial_state=None, training: bool = False):
+    def __call__(self, inputs, mask=None, initial_state=None, training: bool = False, *, reset=None):
         r, cf = self.rank, self._channels_first()
         seq = check_sequence(inputs, feature_ndim=r + 1, layout=self._layout(cf))
         axis = -(r + 1)  # the channel axis (channels_first) of inputs, outputs and states
@@ -226,7 +227,7 @@ class ConvLSTM(RecurrentLayer):
             spatial = x.shape[x.ndim - r - 1:-1]
             last = seq.batch_shape + cell.core().output_spatial_shape(spatial) + (self.filters,)
             initial_state = self._states_to_last(initial_state, [last, last], "initial_state")
-        result = run_recurrent(self, cell, x, mask=mask, initial_state=initial_state, training=training,
+        result = run_recurrent(self, cell, x, mask=mask, reset=reset, initial_state=initial_state, training=training,
                                layout=self._layout(False))
         if not cf:
             return result

@@ -3,7 +3,9 @@
 Each is ``RNN(<X>Cell(...))`` with Keras 2's signature and defaults; the cell's parameters
 live under ``params['cell']`` (``kernel``, ``recurrent_kernel``, ``bias``). Call::
 
-    y = layer(inputs, mask=None, initial_state=None, training=False)   # inputs (*batch, T, F)
+    y = layer(inputs, mask=None, initial_state=None, training=False, *, reset=None)   # inputs (*batch, T, F)
+
+``reset (*batch, T)``: True where a new sequence starts (see :class:`rnnjax.RNN`).
 
 Extra fields beyond Keras 2: ``input_dim``/``input_length`` (checked), ``zero_output_for_mask``,
 ``reset_after`` (GRU), ``param_dtype``, the performance options ``scan_unroll`` and
@@ -37,8 +39,8 @@ class _KerasRecurrent(RecurrentLayer):
         return self.cell_class(**{n: getattr(self, n) for n in names}, name="cell")
 
     @nn.compact
-    def __call__(self, inputs, mask=None, initial_state=None, training: bool = False):
-        return run_recurrent(self, self._make_cell(), inputs, mask=mask, initial_state=initial_state,
+    def __call__(self, inputs, mask=None, initial_state=None, training: bool = False, *, reset=None):
+        return run_recurrent(self, self._make_cell(), inputs, mask=mask, reset=reset, initial_state=initial_state,
                              training=training)
 
     def reset_states(self, states=None):

@@ -92,9 +92,11 @@ class ConvLSTM(Recurrent):
     def num_feature_axes(self) -> int:
         return self.rank + 1
 
-    def __call__(self, inputs, mask=None, initial_state=None, training=None, *, deterministic=None, rngs=None):
+    def __call__(self, inputs, mask=None, initial_state=None, training=None, *, deterministic=None, rngs=None,
+                 reset=None):
         """``inputs (*samples, time, *spatial, channels)`` (channels_first: ``(*samples, time, channels,
-        *spatial)``) -> the output, then ``h, c`` with ``return_state`` (in the layer's data_format)."""
+        *spatial)``) -> the output, then ``h, c`` with ``return_state`` (in the layer's data_format);
+        ``reset (*samples, time)``: True where a new sequence starts (see :class:`rnnjax.RNN`)."""
         spec, r, cf = self.spec, self.rank, self.channels_first
         seq = path.check_sequence(inputs, feature_ndim=r + 1, layout=spec._layout(cf))
         axis = -(r + 1)  # the channel axis (channels_first) of inputs, outputs and states
@@ -103,7 +105,7 @@ class ConvLSTM(Recurrent):
             last = seq.batch_shape + self.cell.core.output_spatial_shape(x.shape[x.ndim - r - 1:-1]) + (spec.filters,)
             initial_state = spec._states_to_last(initial_state, [last, last], "initial_state")
         result = self._run(x, mask=mask, initial_state=initial_state, constants=None, training=training,
-                           deterministic=deterministic, rngs=rngs, layout=spec._layout(False))
+                           deterministic=deterministic, rngs=rngs, layout=spec._layout(False), reset=reset)
         return jax.tree_util.tree_map(lambda a: linen_conv._to_first(a, axis), result) if cf else result
 
     def reset_states(self, states=None):

@@ -53,10 +53,12 @@ class _CuDNN(Recurrent):
     def _state_template(self, feature_shape):
         return self.spec.scan_core().initial_state(self.batch_shape, jnp.float32)
 
-    def __call__(self, inputs, mask=None, initial_state=None, seq_lengths=None, training=None):
+    def __call__(self, inputs, mask=None, initial_state=None, seq_lengths=None, training=None, *, reset=None):
         """``inputs (*batch, timesteps, features)`` -> the output, then the final states with
         ``return_state``; ``mask``: right-padded boolean ``(*batch, timesteps)``, or ``seq_lengths
-        (*batch,)``. ``training`` is accepted and unused (no dropout)."""
+        (*batch,)``; ``reset``: boolean ``(*batch, timesteps)``, True where a new sequence starts
+        (the scan backend, see :mod:`rnnjax.cudnn.layers`). ``training`` is accepted and unused (no
+        dropout)."""
         del training
         spec, options = self.spec, path.CallOptions.of(self)
         seq = path.check_sequence(inputs)
@@ -66,10 +68,12 @@ class _CuDNN(Recurrent):
         params = spec.params_class(self.kernel[...], self.recurrent_kernel[...], self.bias[...])
         rows = math.prod(seq.batch_shape)
         lengths, ok = linen_cudnn.resolve_lengths(mask, seq_lengths, seq.batch_shape, seq.steps)
+        reset = linen_cudnn.check_reset(reset, seq, rows)
         init = path.start_state(spec.scan_core().initial_state, seq, inputs.dtype, initial_state=initial_state,
                                 read_state=(lambda template: self.states.get_value()) if self.stateful else None)
         x = inputs.reshape((rows,) + inputs.shape[-2:]) if len(seq.batch_shape) != 1 else inputs
-        output, final = spec._run(params, x, linen_cudnn._to_rows(init, seq.batch_shape, rows), lengths, options)
+        output, final = spec._run(params, x, linen_cudnn._to_rows(init, seq.batch_shape, rows), lengths, options,
+                                  reset)
         if ok is not None:
             output, final = linen_cudnn._poison((output, final), ok)
         call = path.finish(*linen_cudnn._from_rows((output, final), seq.batch_shape), options, seq)

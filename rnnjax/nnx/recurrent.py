@@ -2,7 +2,7 @@
 (those of the linen twins in :mod:`rnnjax.layers`), parameters built at construction::
 
     layer = rnnjax.nnx.LSTM(64, return_sequences=True, input_dim=8, rngs=nnx.Rngs(0))
-    y = layer(x, mask=None, initial_state=None, training=None)        # x (batch, T, 8)
+    y = layer(x, mask=None, initial_state=None, training=None, reset=None)   # x (batch, T, 8)
 
 Inputs ``(*batch, T, features)``: any number of batch axes, none included (the layer-side path's
 rule). ``stateful=True`` keeps the final states in ``layer.states`` (an :class:`RNNState`, created
@@ -61,7 +61,7 @@ class Recurrent(nnx.Module):
         if penalty is not None:
             self.activity_penalty[...] = jnp.asarray(penalty, jnp.float32)
 
-    def _run(self, inputs, *, mask, initial_state, constants, training, deterministic, rngs, layout=None):
+    def _run(self, inputs, *, mask, initial_state, constants, training, deterministic, rngs, layout=None, reset=None):
         """One call through the layer-side path; stores the final states and the activity penalty."""
         options = path.CallOptions.of(self)
         seq = path.check_sequence(inputs, feature_ndim=num_feature_axes(self.cell), input_dim=options.input_dim,
@@ -69,19 +69,21 @@ class Recurrent(nnx.Module):
                                   layout=layout or getattr(self.cell, "sequence_layout", "(*batch, timesteps, features)"))
         program = cell_program(self.cell, seq.feature_shape, seq.batch_shape, inputs.dtype,
                                resolve_deterministic(training, deterministic), rngs)
-        call = path.run_layer(program, inputs, seq, options, cell=self.cell, mask=mask, initial_state=initial_state,
+        call = path.run_layer(program, inputs, seq, options, cell=self.cell, mask=mask, reset=reset,
+                              initial_state=initial_state,
                               read_state=lambda template: self.states.get_value(), constants=constants)
         self._store(call.state, call.activity_penalty)
         return call.results
 
     def __call__(self, inputs, mask=None, initial_state=None, constants=None, training=None, *,
-                 deterministic=None, rngs=None):
+                 deterministic=None, rngs=None, reset=None):
         """``inputs (*batch, timesteps, features)``, boolean ``mask (*batch, timesteps)`` -> the output
         (``(*batch, units)``, ``(*batch, timesteps, units)`` with ``return_sequences``), then the final
-        states (flat, Keras order) with ``return_state``. ``training``/``deterministic`` override the
-        mode set by ``train()``/``eval()``; ``rngs`` overrides the cells' dropout streams."""
+        states (flat, Keras order) with ``return_state``. ``reset``: boolean ``(*batch, timesteps)``,
+        True where a new sequence starts (see :class:`rnnjax.RNN`). ``training``/``deterministic``
+        override the mode set by ``train()``/``eval()``; ``rngs`` overrides the cells' dropout streams."""
         return self._run(inputs, mask=mask, initial_state=initial_state, constants=constants, training=training,
-                         deterministic=deterministic, rngs=rngs)
+                         deterministic=deterministic, rngs=rngs, reset=reset)
 
     def reset_states(self, states=None):
         """Sets the stateful states to zeros, or to ``states`` (a flat list, Keras order), in place."""
