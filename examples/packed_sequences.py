@@ -89,19 +89,23 @@ def pack(x, lengths, idx, row_length, rows=None):
     return (p.inputs, p.mask, p.reset, p.row, p.start + p.length - 1), p
 
 
-def train(model, params, batches, ys, label):
-    """Trains on ``batches``; ``(params, losses, seconds of the steps after the first)``."""
-    step, opt_state, losses = make_train_step(model), OPTIMIZER.init(params), []
-    params, opt_state, loss = step(params, opt_state, batches[0], ys[0])  # compiles
-    losses.append(float(loss))
-    start = time.perf_counter()
-    for batch, y in zip(batches[1:], ys[1:]):
-        params, opt_state, loss = step(params, opt_state, batch, y)
-        losses.append(loss)
-    jax.block_until_ready(params)
-    seconds = time.perf_counter() - start
-    print(f"{label}: {len(batches)} steps, final loss {float(losses[-1]):.4f}")
-    return params, [float(v) for v in losses], seconds
+def train_both(models, params, batches, ys):
+    """Trains each model on its form of the same batches from the same ``params``, one step of
+    each in turn (so that both see the same machine load); returns per model ``(params, losses,
+    seconds of the steps after the first, which compiles)``."""
+    runs = []
+    for model, first in zip(models, batches):
+        step = make_train_step(model)
+        p, opt_state, loss = step(params, OPTIMIZER.init(params), first[0], ys[0])  # compiles
+        runs.append([step, p, opt_state, [float(loss)], 0.0])
+    for k in range(1, len(ys)):
+        for run, form in zip(runs, batches):
+            step, p, opt_state, losses, seconds = run
+            start = time.perf_counter()
+            p, opt_state, loss = step(p, opt_state, form[k], ys[k])
+            jax.block_until_ready(loss)
+            run[1:] = [p, opt_state, losses + [float(loss)], seconds + time.perf_counter() - start]
+    return [tuple(run[1:2] + run[3:]) for run in runs]
 
 
 def main(argv=None):
@@ -136,10 +140,11 @@ def main(argv=None):
     padded_model, packed_model = PaddedClassifier(args.units), PackedClassifier(args.units)
     params = padded_model.init(jax.random.key(args.seed), *padded[0])["params"]  # the same parameters for both
     results = {}
-    for name, model, batches in (("padded", padded_model, padded), ("packed", packed_model, packed)):
-        trained, losses, seconds = train(model, params, batches, labels, name)
-        results[name] = {"params": trained, "losses": losses, "steps_per_s": (len(steps) - 1) / seconds,
+    trained = train_both((padded_model, packed_model), params, (padded, packed), labels)
+    for name, (p, losses, seconds) in zip(("padded", "packed"), trained):
+        results[name] = {"params": p, "losses": losses, "steps_per_s": (len(steps) - 1) / seconds,
                          "tokens_per_s": real * (len(steps) - 1) / len(steps) / seconds}
+        print(f"{name}: {len(steps)} steps, final loss {losses[-1]:.4f}")
 
     # test accuracy, padded and packed
     test_padded = padded_model.apply({"params": results["padded"]["params"]}, x[idx_te],

@@ -59,19 +59,23 @@ def test_conversions_round_trip():
 
 def test_packed_layer_call_equals_each_sequence_alone():
     """The three-line form: a padded model becomes a packed one with the same per-sequence results
-    (a Bidirectional LSTM: its forward half at each sequence's last step, backward half at its first)."""
+    (a Bidirectional LSTM: its forward half at each sequence's last step, backward half at its first;
+    the reference: each sequence alone in its own right-padded row, masked, without reset)."""
     seqs = _sequences([3, 5, 2, 4, 1], features=3)
     layer = rnnjax.Bidirectional(rnnjax.LSTM(4, return_sequences=True), merge_mode=None)
     p = packing.pack_sequences(seqs, row_length=8)
     v = layer.init(jax.random.key(0), p.inputs)
-    forward, backward = jax.jit(lambda x, m, r: layer.apply(v, x, mask=m, reset=r))(p.inputs, p.mask, p.reset)
+    run = jax.jit(lambda x, m, r: layer.apply(v, x, mask=m, reset=r))
+    forward, backward = run(p.inputs, p.mask, p.reset)
+    alone = np.stack([np.pad(s, ((0, 8 - len(s)), (0, 0))) for s in seqs])
+    lengths = np.array([len(s) for s in seqs])
+    alone_f, alone_b = run(alone, np.arange(8)[None, :] < lengths[:, None], None)
     final_f, final_b = packing.last_steps(forward, p), packing.first_steps(backward, p)
-    for k, (s, f, b) in enumerate(zip(seqs, packing.unpack(forward, p), packing.unpack(backward, p))):
-        alone_f, alone_b = layer.apply(v, s[None])
-        np.testing.assert_allclose(f, alone_f[0], atol=1e-6)
-        np.testing.assert_allclose(b, alone_b[0], atol=1e-6)
-        np.testing.assert_allclose(final_f[k], alone_f[0, -1], atol=1e-6)
-        np.testing.assert_allclose(final_b[k], alone_b[0, 0], atol=1e-6)
+    for k, (f, b) in enumerate(zip(packing.unpack(forward, p), packing.unpack(backward, p))):
+        np.testing.assert_allclose(f, alone_f[k, :lengths[k]], atol=1e-6)
+        np.testing.assert_allclose(b, alone_b[k, :lengths[k]], atol=1e-6)
+        np.testing.assert_allclose(final_f[k], alone_f[k, lengths[k] - 1], atol=1e-6)
+        np.testing.assert_allclose(final_b[k], alone_b[k, 0], atol=1e-6)
 
 
 def test_errors_name_the_argument():
