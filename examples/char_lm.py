@@ -148,7 +148,7 @@ def make_generate(model, length: int, temperature: float):
 def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--units", type=int, default=256, help="LSTM units")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=4, help="passes over the text")
     p.add_argument("--batch-size", type=int, default=32, help="parallel text streams")
     p.add_argument("--seq-len", type=int, default=64, help="steps per truncated-BPTT window")
     p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")

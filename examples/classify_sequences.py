@@ -117,8 +117,8 @@ def export_classifier(model, params, path):
 def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--units", type=int, default=64, help="LSTM units")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=40, help="passes over the training set")
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per Adam step")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     p.add_argument("--export", metavar="PATH", help="also write the trained classifier as a serialised jax.export")
     args = p.parse_args(argv)

@@ -99,7 +99,7 @@ def main(argv=None):
     p.add_argument("--devices", type=int, default=None,
                    help="number of devices (default: all visible); on a CPU, that many host devices")
     p.add_argument("--units", type=int, default=64, help="LSTM units")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=5, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=64, help="global batch, split over the devices")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     args = p.parse_args(argv)

@@ -14,7 +14,8 @@ Run::
     python examples/forecast.py --smoke            # a few seconds (CI)
     python examples/forecast.py --api nnx          # the same model in Flax NNX (rnnjax.nnx), nnx.Optimizer
 
-Needs statsmodels (``pip install statsmodels``). Writes ``<out>/forecast.png``.
+Needs statsmodels (``pip install statsmodels``). Writes ``<out>/forecast.png`` (``forecast_nnx.png``
+with ``--api nnx``).
 """
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ def rmse(a, b):
 def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--cell", choices=sorted(LAYERS), default="gru", help="recurrent layer")
-    p.add_argument("--units", type=int, default=32)
+    p.add_argument("--units", type=int, default=32, help="recurrent units")
     p.add_argument("--window", type=int, default=22, help="years of history the model sees (two cycles)")
     p.add_argument("--test-years", type=int, default=60, help="final years held out for testing")
     p.add_argument("--steps", type=int, default=1500, help="full-batch Adam steps")
@@ -187,7 +188,7 @@ def main(argv=None):
     ax_test.set(title="held-out years: one-step-ahead forecasts", xlabel="year", ylabel="sunspots")
     ax_test.grid(alpha=0.3)
     ax_test.legend(loc="upper right", fontsize=9)
-    png = save_figure(fig, out / "forecast.png")
+    png = save_figure(fig, out / ("forecast.png" if args.api == "linen" else "forecast_nnx.png"))  # runs keep their plots
 
     test_mae = scores[f"{args.cell} (one step ahead)"][0]
     print(f"final test MAE: {test_mae:.2f} (naive last-year MAE {scores['naive: last year'][0]:.2f})")

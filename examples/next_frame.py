@@ -78,7 +78,7 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=8, help="frames per sequence")
     p.add_argument("--train", type=int, default=2000, help="training sequences")
     p.add_argument("--steps", type=int, default=500, help="Adam steps")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per Adam step")
     p.add_argument("--lr", type=float, default=6e-3, help="Adam learning rate")
     args = p.parse_args(argv)
     if args.smoke:

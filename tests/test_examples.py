@@ -10,6 +10,7 @@ import importlib
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -130,6 +131,7 @@ def test_forecast(tmp_path):
 def test_forecast_nnx(tmp_path):
     """The same example with the rnnjax.nnx model and nnx.Optimizer: it trains (loss down), forecasts."""
     result = run_smoke("forecast", tmp_path, "--api", "nnx")
+    assert result["png"].name == "forecast_nnx.png"  # the linen run's forecast.png is kept
     assert math.isfinite(result["test_mae"]) and result["test_mae"] > 0
     assert len(result["losses"]) == 20 and result["losses"][-1] < 0.9 * result["losses"][0]
 
@@ -191,7 +193,12 @@ def test_help(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load(name).main(["--help"])
     assert exit_info.value.code == 0
-    assert "--smoke" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--smoke" in out
+    # every option has help text (ArgumentDefaultsHelpFormatter adds "(default: ...)" only to options with help)
+    options = re.split(r"\n  (?=-)", out.split("options:", 1)[1])
+    undocumented = [o.split()[0] for o in options if o.strip() and "(default:" not in o and not o.startswith("-h")]
+    assert not undocumented, f"{name}: options without help text: {undocumented}"
 
 
 def test_runs_as_a_script():

@@ -184,6 +184,24 @@ def test_inspect_lists_layers_and_weights(saved, capsys):
     assert f"{by_class['Bidirectional']['name']} (Bidirectional)" in capsys.readouterr().out
 
 
+def test_inspect_text_is_readable(saved, tmp_path, capsys):
+    """The text report: a nested layer's config (Bidirectional's LSTM) one key per line, not one line
+    of thousands of characters; a weights-only file says it records no classes (no 'None') and,
+    for Keras 3, that its layers are listed alphabetically, not in the model's order."""
+    from rnnjax.keras.__main__ import main
+
+    path, _, _, kmodel = saved["functional_mixed"]
+    main(["inspect", str(path)])
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) < 120, max(out.splitlines(), key=len)
+    assert "        layer: LSTM\n" in out and "            units: 3\n" in out    # the nested LSTM, key by key
+    kmodel.save_weights(tmp_path / "w.weights.h5")
+    assert main(["inspect", str(tmp_path / "w.weights.h5")]) == 1
+    out = capsys.readouterr().out
+    assert "(None)" not in out
+    assert "weights only: no layer classes recorded; layers in alphabetical order (the file does not record" in out
+
+
 def test_stateful_model_starts_from_zero_states(tmp_path):
     """Keras does not save states: a loaded stateful model starts from zeros, as Keras's does
     after reset_states(), and carries them from batch to batch."""

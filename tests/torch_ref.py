@@ -3,8 +3,9 @@ import pytest
 
 
 def torch_or_skip():
-    """The ``torch`` module; the calling test skips where PyTorch is not installed (the test extra
-    installs its pinned CPU wheel on Python 3.11 only, the Python that wheel is for)."""
+    """The ``torch`` module; the calling test skips where PyTorch is not installed (it is the
+    ``torch`` extra, not the test extra: on Linux pip's default wheel is the multi-gigabyte CUDA build)."""
     return pytest.importorskip(
-        "torch", reason="PyTorch is not installed (the test extra installs it on Python 3.11 only, the "
-        "Python its pinned CPU wheel is for): the PyTorch reference comparison cannot run")
+        "torch", reason="PyTorch is not installed (the `torch` extra; install its CPU wheel with `pip install "
+        "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu`): the PyTorch reference comparison "
+        "cannot run")

@@ -41,12 +41,18 @@ from rnnjax.functional.protocol import InputAdditiveStep, RecurrentMatmulStep
 
 
 class ConvLSTMParams(NamedTuple):
+    """ConvLSTM weights in Keras layout, gates in the order i, f, c, o: ``kernel (*kernel_size,
+    channels, 4 filters)``, ``recurrent_kernel (*kernel_size, filters, 4 filters)``, ``bias (4 filters,)``
+    (``None`` without ``use_bias``)."""
+
     kernel: jax.Array
     recurrent_kernel: jax.Array
     bias: Optional[jax.Array]
 
 
 class ConvLSTMState(NamedTuple):
+    """The ConvLSTM state: ``h`` (the output) and ``c``, each ``(*batch, *output_spatial, filters)``."""
+
     h: jax.Array
     c: jax.Array
 

@@ -32,12 +32,18 @@ from rnnjax.functional.protocol import InputAdditiveStep, RecurrentMatmulStep
 
 
 class GRUParams(NamedTuple):
+    """GRU weights in Keras layout, gates in the order z, r, h: ``kernel (input_dim, 3 units)``,
+    ``recurrent_kernel (units, 3 units)``, ``bias (3 units,)``, or ``(2, 3 units)`` (input and
+    recurrent biases) with ``reset_after=True``; ``None`` without ``use_bias``."""
+
     kernel: jax.Array
     recurrent_kernel: jax.Array
     bias: Optional[jax.Array]
 
 
 class GRUState(NamedTuple):
+    """The GRU state: ``h (*batch, units)``, also the output."""
+
     h: jax.Array
 
 

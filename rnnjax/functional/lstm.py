@@ -26,12 +26,17 @@ from rnnjax.functional.protocol import InputAdditiveStep, RecurrentMatmulStep
 
 
 class LSTMParams(NamedTuple):
+    """LSTM weights in Keras layout, gates in the order i, f, c, o: ``kernel (input_dim, 4 units)``,
+    ``recurrent_kernel (units, 4 units)``, ``bias (4 units,)`` (``None`` without ``use_bias``)."""
+
     kernel: jax.Array
     recurrent_kernel: jax.Array
     bias: Optional[jax.Array]
 
 
 class LSTMState(NamedTuple):
+    """The LSTM state: ``h`` (the output) and ``c`` (the carry), each ``(*batch, units)``."""
+
     h: jax.Array
     c: jax.Array
 

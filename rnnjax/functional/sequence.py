@@ -40,6 +40,15 @@ def rnn(
     backward pass where the core's step has one (``docs/design.md``); it is reverse-mode only, so
     pass False to differentiate in forward mode (``jax.jvp``, ``jax.jacfwd``). States are kept in
     at least float32 (bfloat16 inputs get float32 states), as in the layers.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import rnnjax.functional as F
+        >>> core = F.LSTMCore(4)
+        >>> params = core.init(jax.random.key(0), input_dim=3)
+        >>> y, state = F.rnn(core, params, jnp.ones((2, 5, 3)), return_sequences=True)
+        >>> y.shape, state.c.shape
+        ((2, 5, 4), (2, 4))
     """
     if not isinstance(core, RecurrentCore):
         missing = [m for m in CORE_MEMBERS if not hasattr(core, m)]

@@ -20,12 +20,17 @@ from rnnjax.functional.protocol import RecurrentMatmulStep
 
 
 class SimpleRNNParams(NamedTuple):
+    """SimpleRNN weights in Keras layout: ``kernel (input_dim, units)``, ``recurrent_kernel (units,
+    units)``, ``bias (units,)`` (``None`` without ``use_bias``)."""
+
     kernel: jax.Array
     recurrent_kernel: jax.Array
     bias: Optional[jax.Array]
 
 
 class SimpleRNNState(NamedTuple):
+    """The SimpleRNN state: ``h (*batch, units)``, also the output."""
+
     h: jax.Array
 
 

@@ -107,16 +107,53 @@ def inspect_keras(path) -> dict:
     return info
 
 
+def _is_layer(value) -> bool:
+    return isinstance(value, dict) and "class_name" in value and isinstance(value.get("config"), dict)
+
+
+def _value_lines(head: str, value, indent: str) -> list:
+    """``head`` and ``value``: a nested layer as its class name with its config indented below, a
+    dict a line per key, a list of dicts an item per line, anything else as JSON on the line."""
+    if _is_layer(value):
+        return [f"{indent}{head}{value['class_name']}"] + _config_lines(_summary(value["config"]), indent + "    ")
+    if isinstance(value, dict) and value:
+        return [f"{indent}{head}".rstrip()] + _config_lines(value, indent + "    ")
+    if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        lines = [f"{indent}{head}".rstrip()]
+        for item in value:
+            lines += _value_lines("- ", item, indent + "    ")
+        return lines
+    return [f"{indent}{head}{json.dumps(value)}"]
+
+
+def _config_lines(config: dict, indent: str) -> list:
+    """A config as one ``key: value`` line per key, sorted, nested layers (Bidirectional's, an RNN's
+    cells) indented below their key: short lines, nothing left out."""
+    lines = []
+    for key in sorted(config):
+        lines += _value_lines(f"{key}: ", config[key], indent)
+    return lines
+
+
 def format_report(info: dict) -> str:
-    """``inspect_keras``'s result as text."""
+    """``inspect_keras``'s result as text: a block per layer with its config (a line per key) and
+    its weights. A weights-only file records no classes; a Keras 3 one not the model's layer order
+    either (its groups are listed alphabetically), and the report says so."""
     lines = [f"{info['path']}: {info['format'] or 'unreadable'}",
              f"  keras_version: {info['keras_version']}   backend: {info['backend']}"]
+    if info["layers"] and all(layer["class_name"] is None for layer in info["layers"]):
+        order = "alphabetical order (the file does not record the model's)" if "Keras 3" in (info["format"] or "") \
+            else "the model's order"
+        lines.append(f"  weights only: no layer classes recorded; layers in {order}")
     for layer in info["layers"]:
-        lines.append(f"  {layer['name']} ({layer['class_name']})")
+        lines.append(f"  {layer['name']}" + (f" ({layer['class_name']})" if layer["class_name"] else ""))
         if layer["config"]:
-            lines.append(f"      config: {json.dumps(layer['config'], sort_keys=True)}")
+            lines.append("      config:")
+            lines += _config_lines(layer["config"], "        ")
+        if layer["weights"]:
+            lines.append("      weights:")
         for name, shape, dtype in layer["weights"]:
-            lines.append(f"      {name}: {shape} {dtype}")
+            lines.append(f"        {name}: {shape} {dtype}")
     if info["problems"]:
         lines.append("  rnnjax cannot load this file:")
         lines += [f"    - {p}" for p in info["problems"]]

@@ -23,6 +23,7 @@ from rnnjax.layers.path import (
 )
 
 STATE_COLLECTION = "rnn_state"
+"""The Flax variable collection that holds stateful layers' states (``variables['rnn_state']``)."""
 
 
 def generic_program(cell: nn.Module, input_shape: tuple, batch_shape: tuple, dtype, constants) -> CoreProgram:

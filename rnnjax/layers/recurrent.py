@@ -132,6 +132,15 @@ class LSTM(_KerasRecurrent):
 
     Keras 2 defaults: ``recurrent_activation='hard_sigmoid'``, ``unit_forget_bias=True``,
     ``implementation=1``. ``return_state`` returns ``(output, h, c)``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, rnnjax
+        >>> layer = rnnjax.LSTM(4, recurrent_dropout=0.2, return_sequences=True, return_state=True)
+        >>> x = jnp.ones((2, 5, 3))                      # (batch, timesteps, features)
+        >>> variables = layer.init(jax.random.key(0), x)
+        >>> outputs, h, c = layer.apply(variables, x, training=True, rngs={"dropout": jax.random.key(1)})
+        >>> outputs.shape, h.shape, c.shape
+        ((2, 5, 4), (2, 4), (2, 4))
     """
 
     units: int

@@ -15,7 +15,8 @@ The same numbers as the linen layers: :func:`from_linen` / :func:`to_linen` conv
 """
 from __future__ import annotations
 
-MIN_FLAX = "0.12.8"  # the oldest Flax the NNX front end is tested with (nnx.List, nnx.data, nnx.view)
+MIN_FLAX = "0.12.8"
+"""The oldest Flax the NNX front end is tested with (it needs ``nnx.List``, ``nnx.data``, ``nnx.view``)."""
 
 
 def _check_flax():

@@ -184,7 +184,16 @@ class GRU(_KerasRecurrent):
 
 class LSTM(_KerasRecurrent):
     """Long Short-Term Memory layer (Keras 2 defaults; see :class:`rnnjax.LSTM`):
-    ``LSTM(units, ..., *, input_dim, rngs)``; ``return_state`` returns ``(output, h, c)``."""
+    ``LSTM(units, ..., *, input_dim, rngs)``; ``return_state`` returns ``(output, h, c)``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import rnnjax.nnx as rnx
+        >>> layer = rnx.LSTM(4, recurrent_dropout=0.2, input_dim=3, rngs=nnx.Rngs(0, dropout=1))
+        >>> layer(jnp.ones((2, 5, 3))).shape           # dropout on: model.train() is the default
+        (2, 4)
+    """
 
     linen_class = linen_layers.LSTM
     cell_class = LSTMCell
