@@ -119,9 +119,7 @@ def main(argv=None):
         args.units, args.epochs = 16, 2
     out = out_dir(args.out)
 
-    x, lengths, y = digit_sequences()
-    if args.smoke:
-        x, lengths, y = x[:256], lengths[:256], y[:256]
+    x, lengths, y = digit_sequences(256 if args.smoke else None)
     idx_tr, idx_te = train_test_split(np.arange(len(x)), test_size=0.25, random_state=args.seed)
     rng = np.random.default_rng(args.seed)
     orders = [rng.permutation(idx_tr) for _ in range(args.epochs)]

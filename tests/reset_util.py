@@ -105,8 +105,11 @@ def packed_and_alone(run, go_backwards: bool, return_sequences: bool):
     def both(p, x, mask, reset, h0, lay):
         results = []
         for fn in (packed, alone):
-            value = fn(p, x, h0, mask, reset, lay)
-            grads = jax.grad(lambda *a: weighted_loss(*fn(*a, mask, reset, lay)), argnums=(0, 1, 2))(p, x, h0)
+            def loss(*a, fn=fn):
+                value = fn(*a, mask, reset, lay)
+                return weighted_loss(*value), value
+
+            (_, value), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(p, x, h0)
             results.append((value, grads))
         return tuple(results)
 

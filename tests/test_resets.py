@@ -354,6 +354,21 @@ def test_stateful_layer_continues_its_stored_state_into_the_first_sequence():
     assert_trees_close(y2, continued[0])
 
 
+def test_nnx_stateful_layer_with_reset():
+    """NNX: the stored state continues into each row's first sequence (the non-stateful twin given
+    it as ``initial_state`` is the reference, itself checked against each sequence alone above)."""
+    x, h0 = _data(state_shapes=[(U,), (U,)])
+    stateful = rnx.LSTM(U, input_dim=I, stateful=True, batch_size=B, return_sequences=True, rngs=nnx.Rngs(0))
+    plain = rnx.LSTM(U, input_dim=I, return_sequences=True, return_state=True, rngs=nnx.Rngs(0))
+    stateful.reset_states(h0)
+    reset = jnp.asarray(RESET)
+    for _ in range(2):  # the second call continues the state the first stored
+        start = list(jax.tree_util.tree_leaves(stateful.states.get_value()))
+        want, h, c = plain(x, reset=reset, initial_state=start)
+        assert_trees_close(stateful(x, reset=reset), want, 1e-6)
+        assert_trees_close(list(jax.tree_util.tree_leaves(stateful.states.get_value())), [h, c], 1e-6)
+
+
 def _nnx_layers():
     rngs = nnx.Rngs(0)
     return {
@@ -389,28 +404,24 @@ def test_nnx_layer_packed_equals_alone(name):
 # ---- the fused cuDNN path cannot reset --------------------------------------------------------------
 
 def test_cudnn_layer_takes_the_scan_path_with_reset(monkeypatch):
-    """With cuDNN "available" (the kernel swapped for lstm_ref), ``backend='auto'`` runs the fused
-    kernel without ``reset`` and the scan path with it (same numbers as ``backend='scan'``);
-    ``backend='cudnn'`` with ``reset`` is an error naming ``reset``."""
-    calls = []
+    """With cuDNN "available", ``backend='auto'`` runs the fused kernel without ``reset`` and the
+    scan path with it (the numbers of ``backend='scan'``); ``backend='cudnn'`` with ``reset`` is
+    an error naming ``reset``."""
+    class FusedKernelRan(Exception):
+        pass
 
     def kernel(*args):
-        calls.append(1)
-        return fused.reference_kernel(*args)
+        raise FusedKernelRan
 
     monkeypatch.setattr(fused, "cudnn_lstm_unavailable_reason", lambda x=None: None)
     monkeypatch.setattr(fused, "cudnn_kernel", kernel)
     x, _ = _data()
     reset = jnp.asarray(RESET)
     auto, scan = rnnjax.CuDNNLSTM(U, return_sequences=True), rnnjax.CuDNNLSTM(U, return_sequences=True, backend="scan")
-    v = auto.init(jax.random.key(0), x)
-    assert calls
-    calls.clear()
-    got = auto.apply(v, x, reset=reset)
-    assert not calls, "the fused kernel ran with reset"
-    np.testing.assert_allclose(got, scan.apply(v, x, reset=reset), atol=1e-6)
-    assert not np.allclose(got, auto.apply(v, x), atol=1e-3)  # the restarts changed the numbers
-    assert calls
+    v = scan.init(jax.random.key(0), x)
+    with pytest.raises(FusedKernelRan):  # without reset, 'auto' takes the fused kernel here
+        auto.apply(v, x)
+    np.testing.assert_allclose(auto.apply(v, x, reset=reset), scan.apply(v, x, reset=reset), atol=1e-6)
     with pytest.raises(ValueError, match="`reset`: the cuDNN kernel cannot restart"):
         rnnjax.CuDNNLSTM(U, backend="cudnn").apply(v, x, reset=reset)
 
