@@ -18,8 +18,8 @@ Three ways in:
 
 Each public name is defined in one module; the top level re-exports the layers and the helpers
 a model needs, not the cores or the conversions.
-* Keras files: :func:`load_keras`, :func:`load_keras_weights`, :func:`inspect_keras` and
-  :func:`save_keras` (:mod:`rnnjax.keras`, needs ``rnnjax[keras]``).
+* Keras files: :func:`load_keras`, :func:`load_keras_weights`, :func:`load_keras_optimizer`,
+  :func:`inspect_keras` and :func:`save_keras` (:mod:`rnnjax.keras`, needs ``rnnjax[keras]``).
 """
 from rnnjax import constraints, functional, regularizers
 from rnnjax.functional import activations, initializers
@@ -37,7 +37,7 @@ from rnnjax.constraints import keras_constraints
 
 __version__ = "0.1.0"
 
-_KERAS_FILES = ("load_keras", "load_keras_weights", "inspect_keras", "save_keras")
+_KERAS_FILES = ("load_keras", "load_keras_weights", "load_keras_optimizer", "inspect_keras", "save_keras")
 
 
 def __getattr__(name):
@@ -58,5 +58,5 @@ __all__ = [
     "activations", "initializers", "constraints", "regularizers", "functional",
     "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell",
     "ConvLSTMCell", "cudnn", "CuDNNLSTM", "CuDNNGRU", "packing",
-    "load_keras", "load_keras_weights", "inspect_keras", "save_keras",
+    "load_keras", "load_keras_weights", "load_keras_optimizer", "inspect_keras", "save_keras",
 ]

@@ -138,3 +138,31 @@ def cudnn_gru_step(k, r, b):
         n = np.tanh(w[2] @ x + bw[2] + rg * (rr[2] @ h + br[2]))
         return (1 - z) * n + z * h
     return step, np.zeros(u)
+
+
+# ---- what model.save writes for a compiled, trained model ----
+def write_training(path, class_name, config, state, loss="mse", metrics=("accuracy",), as_bytes=False):
+    """Adds tf-keras's training data to a full-model file (``save_model_to_hdf5``): the root
+    attribute ``training_config`` (JSON: ``loss``, ``metrics``, ``optimizer_config``) and, when
+    ``state`` is given, the group ``optimizer_weights`` (``weight_names`` in ``optimizer.weights``
+    order; each name a dataset path, the step counter an int64 scalar)."""
+    training = {"loss": loss, "metrics": list(metrics), "weighted_metrics": None, "loss_weights": None,
+                "optimizer_config": {"class_name": class_name, "config": config}}
+    with h5py.File(path, "a") as f:
+        f.attrs["training_config"] = _attr(json.dumps(training), as_bytes)
+        if state is None:
+            return
+        g = f.create_group("optimizer_weights")
+        _names(g, "weight_names", [n for n, _ in state], as_bytes, 1)
+        for name, value in state:
+            g.create_dataset(name, data=value)
+
+
+def optimizer_v2_state(optimizer, step, slots):
+    """``optimizer.weights`` of tf.keras's OptimizerV2: ``<optimizer>/iter:0`` (int64), then each
+    slot kind for every weight (``_create_slots``: all ``m``, then all ``v``), named
+    ``<optimizer>/<weight name>/<slot>:0``. ``slots``: ``[(slot, [(weight name, array)])]``."""
+    out = [(f"{optimizer}/iter:0", np.int64(step))]
+    for slot, arrays in slots:
+        out += [(f"{optimizer}/{w.split(':')[0]}/{slot}:0", a) for w, a in arrays]
+    return out

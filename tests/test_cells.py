@@ -247,3 +247,22 @@ def test_seed_defaults():
     assert (lstm.kernel_initializer, lstm.recurrent_initializer, lstm.bias_initializer) == ("glorot_uniform", "orthogonal", "zeros")
     b = rnnjax.LSTM(2).init(jax.random.key(0), jnp.ones((1, 2, 3)))["params"]["cell"]["bias"]
     np.testing.assert_array_equal(b, [0, 0, 1, 1, 0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: rnnjax.LSTM(4, return_sequences=True, **kw), lambda **kw: rnnjax.RNN(rnnjax.GRUCell(4, **kw))],
+    ids=["LSTM", "GRUCell"])
+def test_keras2_implementation_0_warns_and_runs_implementation_1(make):
+    """Keras 2's deprecated ``implementation=0`` (older Keras 2 files carry it): Keras 2.3's
+    warning, then implementation 1's computation, its one dropout mask per gate included."""
+    x = jax.random.normal(jax.random.key(0), (2, 5, 3))
+    with pytest.warns(UserWarning, match=r"`implementation=0` has been deprecated, and now defaults to "
+                                         r"`implementation=1`"):
+        layer = make(implementation=0, dropout=0.3, recurrent_dropout=0.2)
+    reference = make(implementation=1, dropout=0.3, recurrent_dropout=0.2)
+    v = reference.init(jax.random.key(1), x)
+    rngs = {"dropout": jax.random.key(2)}
+    np.testing.assert_array_equal(layer.apply(v, x, training=True, rngs=rngs),
+                                  reference.apply(v, x, training=True, rngs=rngs))
+    fused = make(implementation=2, dropout=0.3, recurrent_dropout=0.2)  # one mask: other numbers
+    assert not np.allclose(fused.apply(v, x, training=True, rngs=rngs), reference.apply(v, x, training=True, rngs=rngs))

@@ -300,3 +300,31 @@ def test_tf_keras_conv_pool_norm_before_an_lstm(tmp_path):
         normed = gamma * (pooled - mean) / np.sqrt(var + 1e-3) + beta
         step, s0 = k2.lstm_step(*(a.astype(np.float64) for a in (k, r, b)))
         np.testing.assert_allclose(got[row], k2.run(step, s0, normed, None)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("implementation,expected", [(0, 1), (1, 1), (2, 2)])
+def test_keras2_implementation_field_carried(tmp_path, implementation, expected):
+    """Older Keras 2 files carry the deprecated ``implementation=0``, which Keras 2's from_config
+    made 1; 2 (one dropout mask per cell) is kept, for training."""
+    k, r, b = _w(3, 8), _w(2, 8), _w(8)
+    gk, gr, gb = _w(2, 6), _w(2, 6), _w(6)
+    config = sequential(
+        layer("LSTM", name="lstm_1", batch_input_shape=[None, 4, 3], units=2, return_sequences=True,
+              implementation=implementation),
+        layer("GRU", name="gru_1", units=2, implementation=implementation))
+    k2.write_model(tmp_path / "m.h5", config, [
+        ("lstm_1", [("lstm_1/kernel:0", k), ("lstm_1/recurrent_kernel:0", r), ("lstm_1/bias:0", b)]),
+        ("gru_1", [("gru_1/kernel:0", gk), ("gru_1/recurrent_kernel:0", gr), ("gru_1/bias:0", gb)])],
+        version="2.2.4")
+    model, variables = rnnjax.load_keras(tmp_path / "m.h5")
+    assert [layer.implementation for layer in model.layers] == [expected, expected]
+    x = RNG.normal(size=(2, 4, 3)).astype(np.float32)
+    step, s0 = k2.lstm_step(*(a.astype(np.float64) for a in (k, r, b)), act=k2.hard_sigmoid)
+    gstep, g0 = k2.gru_step_reset_before(*(a.astype(np.float64) for a in (gk, gr, gb)))
+    for row in range(2):
+        hs, state = [], s0
+        for t in range(4):
+            state = step(state, x[row, t].astype(np.float64))
+            hs.append(state[0])
+        np.testing.assert_allclose(model.apply(variables, jnp.asarray(x))[row],
+                                   k2.run(gstep, g0, np.stack(hs), None), atol=1e-5)

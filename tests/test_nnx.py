@@ -178,3 +178,16 @@ def test_nnx_model_trains_like_its_linen_twin():
     np.testing.assert_allclose(losses, linen_losses, rtol=1e-5)
     assert losses[-1] < 0.8 * losses[0]
     assert_trees_close(rnx.to_linen(model)["params"], params, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [rnx.LSTM, rnx.GRU])
+def test_keras2_implementation_0_warns_and_is_implementation_1(cls):
+    """As the linen layers: Keras 2.3's warning, then implementation 1 (one dropout mask per gate)."""
+    def make(implementation):
+        return cls(U, implementation=implementation, dropout=0.3, return_sequences=True, input_dim=I,
+                   rngs=nnx.Rngs(0, dropout=1))
+    with pytest.warns(UserWarning, match="`implementation=0` has been deprecated"):
+        layer = make(0)
+    x = _x()
+    np.testing.assert_array_equal(layer(x), make(1)(x))
+    assert not np.allclose(make(1)(x), make(2)(x))  # one mask: other numbers

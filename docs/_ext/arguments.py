@@ -55,7 +55,8 @@ ARGUMENTS = {
     "implementation": "Implementation mode, either 1 or 2. Mode 1 will structure its operations as a larger "
                       "number of smaller dot products and additions, whereas mode 2 will batch them into fewer, "
                       "larger operations. In rnnjax both compute the same function; they differ in dropout: "
-                      "mode 1 draws one mask per gate, mode 2 one mask shared by the gates.",
+                      "mode 1 draws one mask per gate, mode 2 one mask shared by the gates. Keras 2's deprecated "
+                      "0 (older Keras 2 files carry it) is accepted with Keras 2.3's warning and runs mode 1.",
     "return_sequences": "Boolean. Whether to return the last output in the output sequence, or the full "
                         "sequence.",
     "return_state": "Boolean. Whether to return the last state in addition to the output.",

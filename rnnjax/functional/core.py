@@ -47,8 +47,18 @@ def check_rate(rate, argument: str) -> float:
 
 
 def check_implementation(implementation) -> int:
-    if isinstance(implementation, bool) or not isinstance(implementation, numbers.Integral) or implementation not in (1, 2):
-        raise ValueError(f"`implementation`: expected 1 or 2, got {implementation!r}.")
+    """``implementation`` as 1 or 2. Keras 2's deprecated 0 (older Keras 2 files carry it) is
+    accepted with Keras 2.3's warning and runs implementation 1 (what its ``from_config`` made
+    of it); rnnjax treats every value but 2 as 1."""
+    if isinstance(implementation, bool) or not isinstance(implementation, numbers.Integral) or \
+            implementation not in (0, 1, 2):
+        raise ValueError(f"`implementation`: expected 1 or 2 (or Keras 2's deprecated 0), got {implementation!r}.")
+    if implementation == 0:
+        import warnings
+
+        warnings.warn("`implementation=0` has been deprecated, and now defaults to `implementation=1`.Please update "
+                      "your layer call.", stacklevel=2)
+        return 1
     return int(implementation)
 
 

@@ -97,6 +97,9 @@ def _cell_args(c: Cfg, kind: str) -> dict:
                 dropout=float(c("dropout", 0.0)), recurrent_dropout=float(c("recurrent_dropout", 0.0)))
     if kind != "SimpleRNN":
         args["recurrent_activation"] = c.act("recurrent_activation", rec_act)
+    if kind != "SimpleRNN" and c.major < 3 and "implementation" in c.d:
+        # Keras 2's from_config turned the deprecated 0 into 1; 2 draws one dropout mask per cell.
+        args["implementation"] = 1 if c("implementation") == 0 else c("implementation")
     if kind == "GRU":
         args["reset_after"] = bool(c("reset_after", reset_after))
     return args

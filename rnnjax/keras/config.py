@@ -121,6 +121,10 @@ def parse_model(config: Any, version: Optional[str]) -> ModelSpec:
     every code-bearing object, custom class and malformed part."""
     if not isinstance(config, (dict, list)):
         raise KerasImportError(f"the model config must be a JSON object, got {type(config).__name__}")
+    if isinstance(config, dict) and "compile_config" in config:
+        # Keras 3's compile settings (loss, metrics, optimizer) are data for rnnjax.keras.training,
+        # never built here: a loss named by a function reference is not code to scan for.
+        config = {k: v for k, v in config.items() if k != "compile_config"}
     problems = []
     scan(config, "the model", problems)
     if problems:

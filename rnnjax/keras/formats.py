@@ -24,6 +24,10 @@ MAX_INFLATE_RATIO = 100
 MAX_COMPRESSION_RATIO = 1000  # declared bytes / stored bytes of one HDF5 dataset
 _SMALL = 1 << 20  # below this, a ratio says nothing (a tiny array compresses well)
 _FLOATS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
+# Top-level groups holding an optimizer's state (Keras 2/3 ``.h5``: ``optimizer_weights``; a
+# ``.keras`` archive's weights: ``optimizer``), where the step counter is an integer scalar.
+OPTIMIZER_GROUPS = ("optimizer_weights", "optimizer")
+_COUNTERS = {np.dtype(np.int32), np.dtype(np.int64)}
 
 
 class KerasImportError(ValueError):
@@ -191,11 +195,12 @@ def attr_text(obj, name: str, default=None, cap: int = MAX_JSON_BYTES):
 
 def check_tree(root, where: str = "") -> None:
     """Walks every link under ``root`` and refuses, all at once, soft and external links, hard-link
-    cycles, external and virtual datasets, non-float datasets and shape bombs."""
+    cycles, external and virtual datasets, non-float datasets (but for the integer step counters of
+    an optimizer's state, scalars under :data:`OPTIMIZER_GROUPS` at the top) and shape bombs."""
     h5py = import_h5py()
     problems, seen, total = [], set(), [0]
 
-    def visit(group, prefix):
+    def visit(group, prefix, counters=False):
         for name in group:
             full = f"{prefix}/{name}"
             link = group.get(name, getlink=True)
@@ -212,16 +217,16 @@ def check_tree(root, where: str = "") -> None:
                 continue
             seen.add(addr)
             if isinstance(obj, h5py.Group):
-                visit(obj, full)
+                visit(obj, full, counters or (prefix == where and name in OPTIMIZER_GROUPS))
             else:
-                _check_dataset(obj, full, problems, total)
+                _check_dataset(obj, full, problems, total, counters)
 
     visit(root, where)
     if problems:
         raise KerasImportError(problems)
 
 
-def _check_dataset(ds, name, problems, total):
+def _check_dataset(ds, name, problems, total, counters=False):
     if ds.is_virtual:
         problems.append(f"{name}: a virtual dataset (it reads other files); refused")
         return
@@ -229,6 +234,8 @@ def _check_dataset(ds, name, problems, total):
         problems.append(f"{name}: a dataset stored in external files {[e[0] for e in ds.external]}; refused")
         return
     dtype = ds.dtype
+    if counters and dtype in _COUNTERS and ds.shape == ():
+        return
     if dtype not in _FLOATS and not (ds.attrs.get("dtype") == "bfloat16" and dtype == np.uint16):
         problems.append(f"{name}: weights must be float16/32/64 or bfloat16, got dtype {dtype}")
         return
@@ -242,11 +249,20 @@ def _check_dataset(ds, name, problems, total):
         problems.append(f"{name}: the weights pass the cap of {MAX_WEIGHT_BYTES} bytes in all; refused")
 
 
+def read_counter(ds) -> int:
+    """An optimizer's step counter: an integer scalar dataset (checked by :func:`check_tree`)."""
+    if not isinstance(ds, import_h5py().Dataset) or ds.dtype not in _COUNTERS or ds.shape != ():
+        raise KerasImportError(f"{ds.name}: expected an integer scalar (a step counter)")
+    return int(ds[()])
+
+
 def read_array(ds) -> np.ndarray:
     """A checked dataset's values (bfloat16 stored as uint16 with ``attrs['dtype']`` comes back as
     ``ml_dtypes.bfloat16``)."""
     if not isinstance(ds, import_h5py().Dataset):
         raise KerasImportError(f"{ds.name}: expected a weight array, found an HDF5 group")
+    if ds.dtype not in _FLOATS and not (ds.dtype == np.uint16 and ds.attrs.get("dtype") == "bfloat16"):
+        raise KerasImportError(f"{ds.name}: weights must be float16/32/64 or bfloat16, got dtype {ds.dtype}")
     a = np.asarray(ds[()])
     if a.dtype == np.uint16:
         import ml_dtypes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from rnnjax.keras import build, config as kconfig, formats
+from rnnjax.keras import build, config as kconfig, formats, training
 from rnnjax.keras.formats import KerasImportError
 from rnnjax.keras.weights import snake_case
 
@@ -69,13 +69,25 @@ def _read_hdf5(f, info):
     raise KerasImportError("an HDF5 file that is not a Keras model or weights file")
 
 
+def _training(path):
+    """``training.describe`` of the file, ``None`` without training data (or when unreadable:
+    the layers' report says why)."""
+    try:
+        return training.describe(training.read_training(path))
+    except KerasImportError:
+        return None
+
+
 def inspect_keras(path) -> dict:
     """A description of a Keras file: ``format``, ``keras_version``, ``backend``, ``layers``
     (each ``name``, ``class_name``, ``config`` without initializers/regularizers/constraints,
-    ``weights`` ``[(name, shape, dtype)]``) and ``problems``: everything :func:`load_keras`
-    would refuse, all at once (empty when the file loads). Never raises for a bad file."""
+    ``weights`` ``[(name, shape, dtype)]``), ``training`` (what a compiled, trained model saved:
+    ``optimizer`` class, ``step`` count, optimizer ``config``, ``loss`` and ``metrics`` names,
+    ``writer``, ``state_arrays``; ``None`` without) and ``problems``: everything
+    :func:`load_keras` would refuse, all at once (empty when the file loads). Never raises for a
+    bad file."""
     info = {"path": str(path), "format": None, "keras_version": None, "backend": None, "layers": [],
-            "problems": []}
+            "training": _training(str(path)), "problems": []}
     try:
         cfg, version, shapes = _read(str(path), info)
     except KerasImportError as err:
@@ -135,6 +147,19 @@ def _config_lines(config: dict, indent: str) -> list:
     return lines
 
 
+def _training_lines(t: dict) -> list:
+    """What a compiled, trained model saved: the optimizer (its config a line per key), the loss
+    and the metrics."""
+    lines = [f"  training: optimizer {t['optimizer']} ({t['writer']}), step {t['step']}, {t['state_arrays']} state "
+             "arrays"]
+    if t["config"]:
+        lines += ["      optimizer config:"] + _config_lines(t["config"], "        ")
+    for key in ("loss", "metrics", "weighted_metrics"):
+        if t[key] is not None:
+            lines.append(f"      {key}: {json.dumps(t[key])}")
+    return lines
+
+
 def format_report(info: dict) -> str:
     """``inspect_keras``'s result as text: a block per layer with its config (a line per key) and
     its weights. A weights-only file records no classes; a Keras 3 one not the model's layer order
@@ -154,6 +179,8 @@ def format_report(info: dict) -> str:
             lines.append("      weights:")
         for name, shape, dtype in layer["weights"]:
             lines.append(f"        {name}: {shape} {dtype}")
+    if info.get("training"):
+        lines += _training_lines(info["training"])
     if info["problems"]:
         lines.append("  rnnjax cannot load this file:")
         lines += [f"    - {p}" for p in info["problems"]]
