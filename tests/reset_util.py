@@ -89,8 +89,10 @@ def weighted_loss(out, finals):
 
 
 def packed_and_alone(run, go_backwards: bool, return_sequences: bool):
-    """A jitted ``(params, x, mask, reset, h0, layout) -> (packed, alone)``, each ``(outputs, final
-    states, gradients of (params, x, h0))``. ``run(params, x, mask, reset, h0, rows) -> (output,
+    """A jitted ``(params, x, mask, reset, h0, layout) -> (packed, alone)``, each ``((outputs, final
+    states), gradients of (params, x, h0))``; the packed values are those of the call that is not
+    differentiated (the driver may run another program then), checked against the differentiated
+    call's. ``run(params, x, mask, reset, h0, rows) -> (output,
     list of final states)``; ``rows``: the packed row of each row of ``x`` (per-row extras such as
     dropout masks are gathered with it)."""
 
@@ -111,7 +113,8 @@ def packed_and_alone(run, go_backwards: bool, return_sequences: bool):
 
             (_, value), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(p, x, h0)
             results.append((value, grads))
-        return tuple(results)
+        inference = packed(p, x, h0, mask, reset, lay)
+        return ((inference, results[0][1]), results[1], results[0][0])
 
     return jax.jit(both)
 

@@ -43,9 +43,11 @@ def _data(feature_shape=(I,), state_shapes=((U,),), seed=0):
 
 
 def _check(program, params, x, h0, mask, reset, go_backwards, tol=2e-5):
-    (packed, d_packed), (alone, d_alone) = program(params, x, mask, jnp.asarray(reset), h0,
-                                                   layout(reset, go_backwards))
+    """The packed call (not differentiated and differentiated) against each sequence alone."""
+    (packed, d_packed), (alone, d_alone), trained = program(params, x, mask, jnp.asarray(reset), h0,
+                                                            layout(reset, go_backwards))
     assert_trees_close(packed, alone, tol)
+    assert_trees_close(trained, alone, tol)
     assert_trees_close(d_packed, d_alone, tol)
     return packed, d_packed
 
@@ -59,7 +61,6 @@ FUNCTIONAL = {
                                {"go_backwards": True, "return_sequences": True}, "none"),
     "lstm_per_gate_dropout": (F.LSTMCore(U), 4, {"return_sequences": True, "zero_output_for_mask": True}, "holes"),
     "gru_backwards": (F.GRUCore(U), None, {"go_backwards": True, "return_sequences": True}, "holes"),
-    "gru": (F.GRUCore(U), None, {}, "none"),
     "gru_reset_after_dropout": (F.GRUCore(U, reset_after=True), 1, {"return_sequences": True}, "trailing"),
     "gru_reset_after_per_gate_backwards": (F.GRUCore(U, reset_after=True), 3, {"go_backwards": True}, "holes"),
     "lstm_remat": (F.LSTMCore(U), None, {"remat": True, "return_sequences": True}, "holes"),
@@ -71,7 +72,7 @@ FUNCTIONAL = {
                                {"unroll": True, "go_backwards": True, "return_sequences": True}, "holes"),
 }
 # the generic loop (autodiff's backward pass) too, where a hand-written one exists
-GENERIC = ("simple", "lstm_hard_sigmoid", "gru_backwards", "gru_reset_after_per_gate_backwards")
+GENERIC = ("lstm_hard_sigmoid", "gru_backwards")
 _PROGRAMS = {}
 
 
@@ -110,8 +111,8 @@ def test_functional_packed_equals_alone(name, custom_backward):
     packed = _check(program, params, x, h0, mask, RESET, options.get("go_backwards", False))
     if mask is not None:
         poisoned = jnp.where(jnp.asarray(mask)[..., None], x, jnp.nan)
-        (got, d_got), _ = program(params, poisoned, mask, jnp.asarray(RESET), h0,
-                                  layout(RESET, options.get("go_backwards", False)))
+        (got, d_got), _, _ = program(params, poisoned, mask, jnp.asarray(RESET), h0,
+                                     layout(RESET, options.get("go_backwards", False)))
         assert_trees_close((got, d_got), packed, 1e-6)
 
 
@@ -139,7 +140,8 @@ def patterns(draw):
 
 
 @pytest.mark.parametrize("name, custom_backward", [("lstm_hard_sigmoid", True), ("gru_backwards", True),
-                                                   ("gru_reset_after_per_gate_backwards", True), ("simple", False)])
+                                                   ("gru_reset_after_per_gate_backwards", True),
+                                                   ("gru_backwards", False)])
 def test_reset_patterns(name, custom_backward):
     core, _, options, _ = FUNCTIONAL[name]
     params, program = _functional(name, custom_backward)
@@ -155,12 +157,20 @@ def test_reset_patterns(name, custom_backward):
     check()
 
 
-@pytest.mark.parametrize("case", SWITCHES, ids=[s[0] for s in SWITCHES])
+# one row of tests/test_fast_paths.py's SWITCHES per switch (both cores where spans differ)
+RESET_SWITCHES = [s for s in SWITCHES if s[0] in (
+    "lstm_not_in_place", "lstm_sigmoid_delayed_dz", "simple_immediate_dz", "gru_reset_after_carry_prev_output",
+    "gru_reset_after_bias_grad_per_step", "lstm_project_chunk", "gru_project_chunk", "simple_infer_span",
+    "lstm_no_loop_bias", "lstm_train_in_one_loop")]
+
+
+@pytest.mark.parametrize("case", RESET_SWITCHES, ids=[s[0] for s in RESET_SWITCHES])
 def test_each_plan_switch_with_resets(case):
-    """Every switch of the driver's plan (tests/test_fast_paths.py's SWITCHES) forced, with
-    restarts: still the alone sequences' numbers (each direction once, alternating)."""
+    """Every switch of the driver's plan forced, with restarts: still the alone sequences' numbers,
+    not differentiated (inference spans, the bias in the loop) and differentiated (each direction
+    once, alternating)."""
     name, core, count, with_mask, switches, *_ = case
-    go_backwards = SWITCHES.index(case) % 2 == 1
+    go_backwards = RESET_SWITCHES.index(case) % 2 == 1
     params = jax.tree_util.tree_map(lambda a: a + 0.1, core.init(jax.random.key(0), I))
     rmask = None if count is None else F.dropout_masks(jax.random.key(3), 0.3, (B, core.units), count=count)
 
@@ -342,7 +352,7 @@ def test_stateful_layer_continues_its_stored_state_into_the_first_sequence():
         return out, list(updates["rnn_state"]["states"])
 
     program = packed_and_alone(_linen_run(plain), False, True)
-    (want, d_want), _ = program(params, x, None, jnp.asarray(RESET), h0, layout(RESET, False))
+    (want, d_want), _, _ = program(params, x, None, jnp.asarray(RESET), h0, layout(RESET, False))
     packed = jax.jit(run_packed)(params, x, None, jnp.asarray(RESET), h0, None)
     assert_trees_close(packed, want)
     # the same through the stored state itself, twice: the second call continues the first's state
@@ -372,9 +382,8 @@ def test_nnx_stateful_layer_with_reset():
 def _nnx_layers():
     rngs = nnx.Rngs(0)
     return {
-        "nnx_lstm": (rnx.LSTM(U, input_dim=I, **SEQ_STATE, rngs=rngs), (I,), [(U,), (U,)], "holes", False),
-        "nnx_gru_backwards": (rnx.GRU(U, input_dim=I, return_state=True, go_backwards=True, rngs=rngs), (I,),
-                              [(U,)], "holes", True),
+        "nnx_lstm_backwards": (rnx.LSTM(U, input_dim=I, go_backwards=True, **SEQ_STATE, rngs=rngs), (I,),
+                               [(U,), (U,)], "holes", True),
         "nnx_bidirectional": (rnx.Bidirectional(rnx.SimpleRNN(U, input_dim=I, return_sequences=True, rngs=rngs),
                                                 rngs=rngs), (I,), None, "none", False),
         "nnx_conv_lstm1d": (rnx.ConvLSTM1D(2, 3, padding="same", input_dim=2, **SEQ_STATE, rngs=rngs), (5, 2),
@@ -385,8 +394,8 @@ def _nnx_layers():
     }
 
 
-@pytest.mark.parametrize("name", ["nnx_lstm", "nnx_gru_backwards", "nnx_bidirectional", "nnx_conv_lstm1d",
-                                  "nnx_cudnn_gru", "nnx_rnn_stacked"])
+@pytest.mark.parametrize("name", ["nnx_lstm_backwards", "nnx_bidirectional", "nnx_conv_lstm1d", "nnx_cudnn_gru",
+                                  "nnx_rnn_stacked"])
 def test_nnx_layer_packed_equals_alone(name):
     layer, feature_shape, state_shapes, mask_kind, go_backwards = _nnx_layers()[name]
     graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
