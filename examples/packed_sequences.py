@@ -111,7 +111,7 @@ def train_both(models, params, batches, ys):
 def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--units", type=int, default=64, help="LSTM units")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per training step")
     p.add_argument("--row-length", type=int, default=24, help="steps per packed row")
     args = p.parse_args(argv)
