@@ -9,8 +9,10 @@ Three ways in:
   ``LSTM``, the cells and ``StackedRNNCells``;
 * stateful mode: states in the ``'rnn_state'`` collection, :func:`reset_states`;
 * the Keras layers around them: ``Bidirectional``, ``Embedding``, ``Masking``,
-  ``TimeDistributed``, ``Dense``, ``Dropout``, ``Activation`` and a mask-propagating
-  ``Sequential``;
+  ``TimeDistributed``, ``Dense``, ``Dropout``, ``Activation``, a mask-propagating
+  ``Sequential``, and Keras's reshaping, activation, merge, convolution, pooling, normalization
+  and attention layers (``RepeatVector``, ``Reshape``, ``Conv2D``, ``Attention``, ... :
+  ``rnnjax.layers.KERAS_LAYERS``; their NNX twins in :mod:`rnnjax.nnx` under the same names);
 * ``reset`` on every recurrent layer (episodes, packed sequences) and the packing helpers of
   :mod:`rnnjax.packing`;
 * Keras 2's cuDNN layers ``CuDNNLSTM``/``CuDNNGRU``; their weight conversions (canonical <->
@@ -26,6 +28,13 @@ from rnnjax.functional import activations, initializers
 from rnnjax.layers import (
     Activation, Bidirectional, Dense, Dropout, Embedding, Masking, Sequential, TimeDistributed,
     GRU, LSTM, RNN, STATE_COLLECTION, GRUCell, LSTMCell, SimpleRNN, SimpleRNNCell, StackedRNNCells, reset_states,
+)
+from rnnjax.layers import (  # noqa: F401  (KERAS_LAYERS: their names)
+    KERAS_LAYERS, AdditiveAttention, Add, Attention, Average, AveragePooling1D, AveragePooling2D,
+    BatchNormalization, Concatenate, Conv1D, Conv2D, Conv3D, Cropping1D, Dot, Flatten, GlobalAveragePooling1D,
+    GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D, LayerNormalization, LeakyReLU, MaxPooling1D,
+    MaxPooling2D, Maximum, Minimum, Multiply, Permute, ReLU, RepeatVector, Reshape, Softmax, Subtract,
+    UpSampling1D, ZeroPadding1D,
 )
 from rnnjax.layers.conv_lstm import (
     ConvLSTM1D, ConvLSTM2D, ConvLSTM3D, ConvLSTM1DCell, ConvLSTM2DCell, ConvLSTM3DCell, ConvLSTMCell,
@@ -59,4 +68,5 @@ __all__ = [
     "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell",
     "ConvLSTMCell", "cudnn", "CuDNNLSTM", "CuDNNGRU", "packing",
     "load_keras", "load_keras_weights", "load_keras_optimizer", "inspect_keras", "save_keras",
+    *KERAS_LAYERS,
 ]

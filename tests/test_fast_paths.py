@@ -1,7 +1,7 @@
 """The driver's fast paths, each against a reference no fast path touches (autodiff of the
 generic loop, ``custom_backward=False``, or ``unroll=True``): one test per path (the
 recurrent-matmul loop, the input-additive loop, ConvLSTM's forms) and one per plan switch, each
-switch forced through ``_planner.force_plan`` (docs/design.md has the table). bfloat16 inputs
+switch forced through ``rnnjax.functional.force_plan`` (docs/design.md has the table). bfloat16 inputs
 with float32 states included."""
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ import rnnjax
 import rnnjax.functional as F
 from rnnjax.functional import _planner
 from rnnjax.functional._matmul_backward import plan_matmul_backward
-from rnnjax.functional._planner import force_plan
+from rnnjax.functional import LoopOptions, force_plan
 from rnnjax.functional.driver import run_program
 from rnnjax.functional.protocol import CoreProgram, InputAdditiveStep
 
@@ -143,8 +143,8 @@ def test_projection_in_chunks_equals_all_at_once(core, go_backwards):
         program = CoreProgram(lambda z: core.project(p, z), lambda s, xt: core.step(p, s, xt),
                               matmul_step=core.matmul_step(p))
         with force_plan(project_chunk=chunk):
-            out, state = run_program(program, x, core.initial_state((2,)), mask=mask, go_backwards=go_backwards,
-                                     return_sequences=True)
+            out, state = run_program(program, x, core.initial_state((2,)),
+                                     LoopOptions(go_backwards=go_backwards, return_sequences=True), mask=mask)
         return jnp.sum(out * jnp.cos(out)) + sum(jnp.sum(s) for s in state), (out, state)
 
     params = jax.tree_util.tree_map(lambda a: a + 0.05, core.init(jax.random.key(0), 3))

@@ -145,10 +145,10 @@ def test_code_and_custom_objects_refused(tmp_path, traps, bad, patterns):
 
 
 def test_unsupported_layers_listed_at_once_and_nested_models(tmp_path):
-    config = _k3_sequential(_k3_layer("Conv2D", filters=2), _k3_layer("RepeatVector", n=2),
-                            _k3_layer("Reshape", target_shape=[3]))
+    config = _k3_sequential(_k3_layer("Conv2DTranspose", filters=2), _k3_layer("MultiHeadAttention", num_heads=2),
+                            _k3_layer("Cropping2D", cropping=[1, 1]))
     _archive(tmp_path / "m.keras", config)
-    refused(tmp_path / "m.keras", "'Conv2D'", "'RepeatVector'", "'Reshape'")
+    refused(tmp_path / "m.keras", "'Conv2DTranspose'", "'MultiHeadAttention'", "'Cropping2D'")
     _archive(tmp_path / "n.keras", _k3_sequential(_k3_sequential(_k3_layer("Dense", units=2))))
     refused(tmp_path / "n.keras", "nested models")
 

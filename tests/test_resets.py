@@ -21,7 +21,7 @@ import rnnjax
 import rnnjax.functional as F
 import rnnjax.nnx as rnx
 from rnnjax.cudnn import fused
-from rnnjax.functional._planner import force_plan
+from rnnjax.functional import force_plan
 from custom_cells import MinimalRNNCell
 from reset_util import assert_trees_close, layout, packed_and_alone
 from test_fast_paths import SWITCHES

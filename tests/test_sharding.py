@@ -15,7 +15,7 @@ import pytest
 
 import rnnjax
 from rnnjax.functional import _planner
-from rnnjax.functional._planner import force_plan
+from rnnjax.functional import LoopOptions, force_plan
 from rnnjax.functional.driver import run_program
 import rnnjax.functional as F
 from custom_cells import MinimalRNNCell
@@ -254,7 +254,7 @@ def test_functional_scan_rnn_partitions_cleanly(core, project_chunk):
             return F.rnn(core, params, x, mask=mask, return_sequences=True)[0]
         prog = F.core.core_program(core, params)
         with force_plan(project_chunk=project_chunk):
-            return run_program(prog, x, s0, mask=mask, return_sequences=True)[0]
+            return run_program(prog, x, s0, LoopOptions(return_sequences=True), mask=mask)[0]
 
     def train(params, x, mask):
         return jax.grad(lambda p, x: jnp.sum(jnp.sin(forward(p, x, mask))), argnums=(0, 1))(params, x)

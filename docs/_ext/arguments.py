@@ -80,12 +80,15 @@ ARGUMENTS = {
                "convolution).",
     "kernel_size": "An integer or tuple/list of n integers, specifying the dimensions of the convolution "
                    "window.",
-    "strides": "An integer or tuple/list of n integers, specifying the strides of the convolution. Specifying "
-               "any stride value != 1 is incompatible with specifying any `dilation_rate` value != 1.",
-    "padding": "One of `\"valid\"` or `\"same\"` (case-insensitive).",
+    "strides": "An integer or tuple/list of n integers, how far the window moves: the strides of the "
+               "convolution (any stride != 1 is incompatible with any `dilation_rate` != 1), or of the pooling "
+               "window (None: `pool_size`).",
+    "padding": "One of `\"valid\"` or `\"same\"` (case-insensitive; TensorFlow's split of the padding, and a "
+               "`'same'` average pooling counts only real entries); Conv1D also `\"causal\"`.",
     "data_format": "A string, one of `channels_last` (default) or `channels_first`. The ordering of the "
-                   "dimensions in the inputs: `channels_last` corresponds to inputs with shape "
-                   "`(batch, time, ..., channels)`, `channels_first` to `(batch, time, channels, ...)`.",
+                   "dimensions in the inputs: `channels_last` puts the channels last, `channels_first` before "
+                   "the spatial axes (ConvLSTM: `(batch, time, ..., channels)` or `(batch, time, channels, ...)`; "
+                   "Conv2D: `(batch, rows, cols, channels)` or `(batch, channels, rows, cols)`).",
     "rank": "The number of spatial dimensions: 1, 2 or 3 (ConvLSTM1D, 2D, 3D).",
     "dilation_rate": "An integer or tuple/list of n integers, specifying the dilation rate to use for dilated "
                      "convolution. Specifying any `dilation_rate` value != 1 is incompatible with specifying "
@@ -130,19 +133,43 @@ ARGUMENTS = {
     "noise_shape": "1D integer tensor representing the shape of the binary dropout mask that will be "
                    "multiplied with the input (`None` entries take the input's size).",
     "seed": "An integer to use as random seed (folded into the `'dropout'` stream's key).",
-    # rnnjax.keras's layers (Keras's arguments).
+    # The layers around the recurrent ones (rnnjax.layers.KERAS_LAYERS; Keras's arguments).
     "axis": "The axis (or axes) the layer acts along.",
     "epsilon": "Small float added to the variance to avoid dividing by zero.",
     "center": "If True, add the offset `beta` to the normalized tensor.",
     "scale": "If True, multiply by `gamma`.",
-    "rms_scaling": "If True, normalize by the root mean square instead (Keras 3): `center` and `beta` are "
-                   "ignored.",
+    "rms_scaling": "If True (Keras 3), divide the inputs, not centred, by their standard deviation and keep "
+                   "only `gamma`: `center` and `beta` are ignored.",
     "groups": "A positive integer specifying the number of groups in which the input is split along the "
               "channel axis.",
-    "mode": "`'max'` or `'average'`.",
-    "pool_size": "Integer, size of the pooling windows.",
-    "keepdims": "Whether to keep the time axis (of size 1).",
-    "mask_rule": "How the inputs' masks combine: `'all'` (Keras 2) or `'any'` (Keras 3).",
+    "pool_size": "An integer or tuple/list of n integers, the size of the pooling windows.",
+    "keepdims": "Whether to keep the pooled axes (with size 1).",
+    "n": "Integer, the number of repetitions.",
+    "target_shape": "Tuple of integers, the shape of a sample after the reshape (not including the batch axis); "
+                    "one entry may be -1.",
+    "dims": "Tuple of integers, the permutation of the non-batch axes, indexed from 1: `(2, 1)` swaps the first "
+            "and second.",
+    "cropping": "An integer (both sides) or a tuple `(start, end)`: how many steps to drop at the start and the "
+                "end.",
+    "size": "Integer, how many times each step is repeated.",
+    "max_value": "Float >= 0, the largest value the activation returns (None: no cap).",
+    "negative_slope": "Float >= 0, the slope below the threshold (Keras 2's `alpha`).",
+    "threshold": "Float >= 0, the value below which the input is damped (or set to 0).",
+    "alpha": "Keras 2's name for `negative_slope` (give one of the two).",
+    "robust_masking": "Keras 2 (tf-keras) only: if True, masked entries are replaced by a large negative value "
+                      "instead of having it added.",
+    "keras_version": "2 (default) or 3: which Keras version's rule to follow where the two compute differently "
+                     "(masks; `Dot`'s normalization epsilon). `load_keras` sets the file's.",
+    "axes": "Integer or tuple of two integers, the axis of each input along which the dot product is taken "
+            "(not the batch axis).",
+    "normalize": "Whether to L2-normalize samples along the dot product axis before taking the dot product "
+                 "(the result is then the cosine proximity).",
+    "use_scale": "If True, the scores are multiplied by a trained scale (a scalar for `Attention`, a vector "
+                 "for `AdditiveAttention`).",
+    "score_mode": "Function to compute the attention scores: `'dot'` (the query-key dot product) or "
+                  "`'concat'` (`sum tanh(query + key)`).",
+    "causal": "Keras 2's (tf-keras up to 2.10) constructor form of `use_causal_mask`: if True, position `i` "
+              "cannot attend to positions `j > i`.",
     "names": "The layers' Keras names, in `layers` order.",
     "inbound": "For each layer, the indices of the layers it takes its input from (-1: the model input).",
     "merges": "For each layer, whether it takes a list of inputs (a merge layer).",
@@ -152,8 +179,10 @@ ARGUMENTS = {
 # The NNX front end's own keyword arguments (rnnjax.nnx), where a linen field of the same name means
 # something else.
 NNX = {
-    "input_dim": "The number of input features (Keras 2's `input_dim`; for ConvLSTM, the input channels). "
-                 "Required: NNX creates the parameters at construction.",
+    "input_dim": "The number of input features (Keras 2's `input_dim`; for ConvLSTM and the convolutions, the "
+                 "input channels; for BatchNormalization/LayerNormalization, the size of `axis` (a tuple for "
+                 "several axes); for AdditiveAttention, the query's features). Required: NNX creates the "
+                 "parameters at construction.",
     "rngs": "An `nnx.Rngs` (keyword-only): the `params` stream initialises the parameters, the `dropout` "
             "stream (or `rng_collection`) draws the dropout masks.",
     "batch_size": "For `stateful=True`: the batch size (an int, or a tuple of batch axes) of the states, "

@@ -57,6 +57,9 @@ class RnnjaxDocs(griffe.Extension):
         if pkg.name != "rnnjax":
             return
         self.pkg = pkg
+        for module_name in PUBLIC_MODULES:  # the run-time __all__ (Griffe cannot evaluate `*KERAS_LAYERS`)
+            module = pkg if module_name == "rnnjax" else pkg[module_name.removeprefix("rnnjax.")]
+            module.exports = list(importlib.import_module(module_name).__all__)
         self.public = _public_names()
         self._inspect_made_classes()
         # canonical path -> the public path it is rendered under (the first module that exports it)

@@ -59,6 +59,7 @@ from rnnjax.cudnn import convert, fused
 from rnnjax.functional.core import check_custom_backward, check_units, concrete, init_weight
 from rnnjax.functional.gru import GRUCore
 from rnnjax.functional.lstm import LSTMCore
+from rnnjax.functional.protocol import make_params
 from rnnjax.layers.base import RecurrentLayer, read_state, reset_layer_states, store_and_report
 from rnnjax.layers.path import CallOptions, check_mask, check_sequence, core_cell_program, drive, finish, start_state
 
@@ -175,7 +176,7 @@ class _CuDNNRecurrent(RecurrentLayer):
             reg = regularizers.get(getattr(self, f"{arg}_regularizer"), f"{arg}_regularizer")
             if reg is not None:
                 regularizers.report(self, f"{arg}_regularizer", reg(values[name]))
-        return self.params_class(values["kernel"], values["recurrent_kernel"], values["bias"])
+        return make_params(self.params_class, values)
 
     def _backend(self, inputs, params, reset=None) -> str:
         if self.backend not in BACKENDS:

@@ -9,6 +9,7 @@ from jax import lax
 
 from rnnjax.functional.masking import mask_step, restart
 from rnnjax.functional.mesh import contract_leading
+from rnnjax.functional.options import LoopOptions
 from rnnjax.functional.protocol import InputAdditiveStep
 
 
@@ -27,21 +28,21 @@ def _with_ghost_parts(step: InputAdditiveStep, kernels, xs):
     return adds_to, xs
 
 
-def scan_input_additive(step: InputAdditiveStep, carry, xs, m, r, *, go_backwards, return_sequences,
-                        zero_output_for_mask, scan_unroll):
+def scan_input_additive(step: InputAdditiveStep, carry, xs, m, r, options: LoopOptions):
     """``lax.scan`` of ``step`` over time-major ``xs`` with the restart and masking rules (``m``,
     ``r``: the mask and the restart flags ``(T, *batch)`` in processing order, or None):
-    ``(carry, ys)``."""
+    ``(carry, ys)`` (``options``: ``go_backwards``, ``return_sequences``, ``zero_output_for_mask``,
+    ``scan_unroll``)."""
 
     def scan(kernels, xs, carry, m, r):
         def body(carry, inp):
             x_t, m_t, r_t = inp
             state, last = restart(r_t, carry)
             (new_state, y), lhs = step.step(kernels, state, x_t)
-            state, y = mask_step(m_t, new_state, state, y, last, zero_output_for_mask)
-            return (state, y), (y if return_sequences else None, lhs)
+            state, y = mask_step(m_t, new_state, state, y, last, options.zero_output_for_mask)
+            return (state, y), (y if options.return_sequences else None, lhs)
 
-        carry, (ys, lhs) = lax.scan(body, carry, (xs, m, r), reverse=go_backwards, unroll=scan_unroll)
+        carry, (ys, lhs) = lax.scan(body, carry, (xs, m, r), reverse=options.go_backwards, unroll=options.scan_unroll)
         return (carry, ys), lhs
 
     kernels = tuple(step.kernels)

@@ -21,26 +21,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from rnnjax.functional import _planner
 from rnnjax.functional.masking import mask_step, restart
 from rnnjax.functional.mesh import contract_leading
-from rnnjax.functional.protocol import RecurrentMatmulStep
-
-
-def with_pointwise_vjp(pointwise, pointwise_vjp):
-    """``pointwise(pointwise_params, xp_t, a_t, state)`` whose reverse-mode derivative is the
-    hand-written ``pointwise_vjp`` (see :class:`RecurrentMatmulStep`); ``pointwise`` itself if that
-    is None. Reverse mode only (a ``jax.custom_vjp``): the custom backward paths, which
-    ``custom_backward=False`` turns off, use it."""
-    if pointwise_vjp is None:
-        return pointwise
-    fn = jax.custom_vjp(pointwise)
-    fn.defvjp(lambda *args: (pointwise(*args), args), lambda args, ct: pointwise_vjp(*args, ct))
-    return fn
+from rnnjax.functional.options import LoopOptions, PlanOverrides
+from rnnjax.functional.protocol import RecurrentMatmulStep, with_pointwise_vjp
 
 
 class MatmulPlan(NamedTuple):
-    """The switches of the hand-written backward pass (each forceable: ``_planner.force_plan``).
+    """The switches of the hand-written backward pass (each forceable: :class:`PlanOverrides`).
 
     * ``in_place_z``: the forward loop stores ``z_t = xp_t + a_t`` over ``xp_t`` in the
       projected-input buffer (no ``a_t`` residual) and the backward loop writes ``dz_t`` over it;
@@ -60,18 +48,19 @@ class MatmulPlan(NamedTuple):
     bias_grad_after_loop: bool
 
 
-def plan_matmul_backward(step: RecurrentMatmulStep, xs, init_state, has_mask: bool) -> MatmulPlan:
-    """The automatic :class:`MatmulPlan`, then any switch forced by ``_planner.force_plan``."""
+def plan_matmul_backward(step: RecurrentMatmulStep, xs, init_state, has_mask: bool,
+                         forced: PlanOverrides = PlanOverrides()) -> MatmulPlan:
+    """The automatic :class:`MatmulPlan`, then any switch ``forced``."""
     in_place_ok = step.reads_only_sum and not isinstance(xs, tuple)
     keeps_precision = in_place_ok and jnp.result_type(
         xs.dtype, step.recurrent_kernel.dtype, _first_leaf(init_state).dtype) == xs.dtype
-    in_place = _planner.forced("in_place_z", keeps_precision, allowed=(False, in_place_ok))
+    in_place = forced.choose("in_place_z", keeps_precision, allowed=(False, in_place_ok))
     # written at once where every read of z_t feeds dz_t (the sigmoid LSTM's hand-written backward)
     delay = in_place and (step.pointwise_vjp is None or step.vjp_rereads_z)
-    delay = _planner.forced("delayed_dz_write", delay, allowed=(False, in_place))
-    carry = _planner.forced("carry_prev_output", has_mask, allowed=(True, not has_mask))
+    delay = forced.choose("delayed_dz_write", delay, allowed=(False, in_place))
+    carry = forced.choose("carry_prev_output", has_mask, allowed=(True, not has_mask))
     bias_ok = step.pointwise_params_is_recurrent_bias and step.pointwise_params is not None
-    bias_after = _planner.forced("bias_grad_after_loop", bias_ok, allowed=(False, bias_ok))
+    bias_after = forced.choose("bias_grad_after_loop", bias_ok, allowed=(False, bias_ok))
     return MatmulPlan(in_place, delay, carry, bias_after)
 
 
@@ -96,6 +85,21 @@ class MatmulResiduals(NamedTuple):
     z: Optional[jax.Array]  # z_t of every step, in the inputs' buffer (in place)
     states: Any  # state_{t-1} of every step (after the restart rule)
     prev_outputs: Optional[jax.Array]  # o_{t-1} of every step (carry_prev_output)
+
+
+class LoopArgs(NamedTuple):
+    """The arguments of the loop's ``custom_vjp`` in order (the backward pass returns their
+    cotangents in this order)."""
+
+    recurrent_kernel: Any
+    pointwise_params: Any
+    inputs: Any
+    initial_state: Any
+    initial_output: Any
+    mask: Any
+    restarts: Any
+    recurrent_dropout_mask: Any
+    xp_bias: Any
 
 
 def _first_leaf(state):
@@ -153,11 +157,8 @@ def _finish_dz(plan: MatmulPlan, z_carry, t_last):
 class MatmulLoop:
     """One loop of a :class:`RecurrentMatmulStep` under a :class:`MatmulPlan`."""
 
-    def __init__(self, step: RecurrentMatmulStep, plan: MatmulPlan, steps, *, go_backwards, return_sequences,
-                 zero_output_for_mask, scan_unroll):
-        self.step, self.plan, self.steps = step, plan, steps
-        self.go_backwards, self.return_sequences = go_backwards, return_sequences
-        self.zero_output_for_mask, self.scan_unroll = zero_output_for_mask, scan_unroll
+    def __init__(self, step: RecurrentMatmulStep, plan: MatmulPlan, steps, options: LoopOptions):
+        self.step, self.plan, self.steps, self.options = step, plan, steps, options
         self.pointwise_for_backward = with_pointwise_vjp(step.pointwise, step.pointwise_vjp)
         self.recurrent_lhs = step.recurrent_lhs or (lambda v: v)
         sizes = step.part_sizes
@@ -165,7 +166,7 @@ class MatmulLoop:
 
     def cell(self, params, xp_t, a_t, s_prev, last_prev, m_t, pointwise=None):
         s_new, y = (pointwise or self.step.pointwise)(params, xp_t, a_t, s_prev)
-        return mask_step(m_t, s_new, s_prev, y, last_prev, self.zero_output_for_mask)
+        return mask_step(m_t, s_new, s_prev, y, last_prev, self.options.zero_output_for_mask)
 
     def split(self, a):
         """An array -> the tuple of its parts (``part_sizes``)."""
@@ -206,14 +207,16 @@ class MatmulLoop:
             s_new, out = self.cell(params, xp_t, a, s, last, m_t)
             if keep_residuals and not in_place:
                 res = StepResiduals(a, s, last if keep_prev_output else None)
-            return (s_new, out, zbuf), (out if self.return_sequences else None, res)
+            return (s_new, out, zbuf), (out if self.options.return_sequences else None, res)
 
         carry = (s0, last0, xs if in_place else None)
         # the step index, made here (a closed-over array would leak a tracer)
         seq = (None if in_place else xs, m, r, jnp.arange(self.steps, dtype=jnp.int32))
-        (s, last, zbuf), (ys, res) = lax.scan(body, carry, seq, reverse=self.go_backwards, unroll=self.scan_unroll)
+        (s, last, zbuf), (ys, res) = lax.scan(body, carry, seq, reverse=self.options.go_backwards,
+                                                 unroll=self.options.scan_unroll)
         if res is not None:
-            res = MatmulResiduals(R, params, None if self.plan.in_place_z else xs, m, r, rec_mask, res.recurrent_product,
+            res = MatmulResiduals(R, params, None if self.plan.in_place_z else xs, m, r, rec_mask,
+                                  res.recurrent_product,
                                   zbuf if in_place else None, res.state, res.prev_output)
         return (ys, s, last), res
 
@@ -252,9 +255,10 @@ class MatmulLoop:
         d_ys, d_s, d_last = cts
         plan, R, rec_mask = self.plan, res.recurrent_kernel, res.recurrent_dropout_mask
         R_transposed = R.T
-        t_first = 0 if self.go_backwards else self.steps - 1  # the first step the backward loop processes
-        t_last = self.steps - 1 if self.go_backwards else 0  # ... and the last
-        prev_step = -1 if self.go_backwards else 1  # t of the step processed before t
+        go_backwards = self.options.go_backwards
+        t_first = 0 if go_backwards else self.steps - 1  # the first step the backward loop processes
+        t_last = self.steps - 1 if go_backwards else 0  # ... and the last
+        prev_step = -1 if go_backwards else 1  # t of the step processed before t
 
         def body(carry, inp):
             ds, dlast, dparams, zbuf = carry
@@ -283,14 +287,14 @@ class MatmulLoop:
         zero_params = jax.tree_util.tree_map(jnp.zeros_like, res.pointwise_params)
         t_index = jnp.arange(self.steps, dtype=jnp.int32)
         xp_a = None if plan.in_place_z else (res.inputs, res.recurrent_products)
-        seq = (xp_a, res.states, res.prev_outputs, res.mask, res.restarts, d_ys if self.return_sequences else None,
-               t_index)
+        seq = (xp_a, res.states, res.prev_outputs, res.mask, res.restarts,
+               d_ys if self.options.return_sequences else None, t_index)
         zbuf0 = res.z
         if plan.delayed_dz_write:
             zbuf0 = (res.z, jnp.zeros(res.z.shape[1:], res.z.dtype))
         init = (d_s, d_last if plan.carry_prev_output else None, zero_params, zbuf0)
-        (ds0, dlast0, dparams, zbuf), outs = lax.scan(body, init, seq, reverse=not self.go_backwards,
-                                                      unroll=self.scan_unroll)
+        (ds0, dlast0, dparams, zbuf), outs = lax.scan(body, init, seq, reverse=not go_backwards,
+                                                      unroll=self.options.scan_unroll)
         if not plan.carry_prev_output:  # the initial previous output is never read without a mask
             dlast0 = jnp.zeros_like(d_last)
         if plan.in_place_z:  # d xp_t = d a_t = d z_t
@@ -305,22 +309,22 @@ class MatmulLoop:
         v_seq = self.recurrent_lhs(v_seq if rec_mask is None else v_seq * rec_mask)
         # one matmul over the joined (T, *batch, G*U) cotangents, also when the inputs are split
         dR = contract_leading(v_seq, da_seq)
-        return dR.astype(R.dtype), dparams, dxs, ds0, dlast0, None, None, None, None
+        return tuple(LoopArgs(recurrent_kernel=dR.astype(R.dtype), pointwise_params=dparams, inputs=dxs,
+                              initial_state=ds0, initial_output=dlast0, mask=None, restarts=None,
+                              recurrent_dropout_mask=None, xp_bias=None))
 
 
-def scan_matmul_step(step: RecurrentMatmulStep, xs, init_state, last0, m, r=None, xp_bias=None, *, go_backwards,
-                     return_sequences, zero_output_for_mask, scan_unroll):
+def scan_matmul_step(step: RecurrentMatmulStep, xs, init_state, last0, m, r, options: LoopOptions, xp_bias=None):
     """Runs ``step`` over time-major ``xs`` with its hand-written backward pass: ``(ys, state, last)``.
 
     ``m``/``r``: the mask and the restart flags ``(T, *batch)`` in processing order, or None.
-
-    ``xp_bias``: added to each step's ``xp_t`` inside the loop (``xs`` then comes from the
-    projection without its bias, :class:`~rnnjax.functional.protocol.LoopBias`); not
-    differentiable (the planner passes it only to calls that are not differentiated)."""
+    ``options``: checked (:meth:`LoopOptions.checked`). ``xp_bias``: added to each step's ``xp_t``
+    inside the loop (``xs`` then comes from the projection without its bias,
+    :class:`~rnnjax.functional.protocol.LoopBias`); not differentiable (the planner passes it only
+    to calls that are not differentiated)."""
     steps = jax.tree_util.tree_leaves(xs)[0].shape[0]
-    plan = plan_matmul_backward(step, xs, init_state, m is not None)
-    loop = MatmulLoop(step, plan, steps, go_backwards=go_backwards, return_sequences=return_sequences,
-                      zero_output_for_mask=zero_output_for_mask, scan_unroll=scan_unroll)
+    plan = plan_matmul_backward(step, xs, init_state, m is not None, options.plan)
+    loop = MatmulLoop(step, plan, steps, options)
 
     @jax.custom_vjp
     def run(R, params, xs, s0, last0, m, r, rec_mask, xp_bias):
@@ -338,4 +342,5 @@ def scan_matmul_step(step: RecurrentMatmulStep, xs, init_state, last0, m, r=None
         xs = loop.split(xs)
         params = None if params is None else loop.split(params)
         xp_bias = None if xp_bias is None else loop.split(xp_bias)
-    return run(step.recurrent_kernel, params, xs, init_state, last0, m, r, step.recurrent_dropout_mask, xp_bias)
+    return run(*LoopArgs(step.recurrent_kernel, params, xs, init_state, last0, m, r, step.recurrent_dropout_mask,
+                         xp_bias))

@@ -19,17 +19,21 @@ program runs when a call is not differentiated. None of it changes a number beyo
 Symbolic sizes (``jax.export``) cannot be compared with thresholds: then every choice is the one
 right for all sizes (all steps at once, no remat spans, no folded bias).
 
-:func:`force_plan` forces any switch (for tests): ``with force_plan(in_place_z=False): ...``.
+:class:`~rnnjax.functional.options.PlanOverrides` forces any switch (for tests): each call's
+:class:`~rnnjax.functional.options.LoopOptions` carries one (``plan``), read here and in
+:func:`rnnjax.functional._matmul_backward.plan_matmul_backward` and nowhere else; it is filled from
+``with rnnjax.functional.force_plan(in_place_z=False): ...`` blocks, whose value is part of every
+jit cache key (a traced function never keeps a stale plan). Nothing here is global state.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 
 from rnnjax.functional.mesh import partitioned, static
+from rnnjax.functional.options import LoopOptions
 from rnnjax.functional.protocol import CoreProgram, LoopBias
 
 # Projection spans: PROJECT_CHUNK steps at a time, from CHUNK_MIN_BATCH rows and CHUNK_MIN_STEPS
@@ -43,40 +47,6 @@ CHUNK_MIN_STEPS = 50
 # INFER_SPAN_BYTES (2 to PROJECT_CHUNK steps); an empirical rule (bench/README.md, "Inference spans").
 INFER_SPAN_MIN_BYTES = 20 * 2**20
 INFER_SPAN_BYTES = 2 * 2**20
-
-SWITCHES = ("project_chunk", "infer_span", "loop_bias", "train_in_one_loop",
-            "in_place_z", "delayed_dz_write", "carry_prev_output", "bias_grad_after_loop")
-_forced: dict = {}
-
-
-@contextlib.contextmanager
-def force_plan(**switches):
-    """Forces planner switches while tracing inside the block (a test hook; functions traced
-    before, e.g. cached ``jax.jit`` calls, keep their plan). ``project_chunk``/``infer_span``: an
-    int (0: all steps at once / no inference spans); the others True or False. A switch forced to
-    a value that would change the numbers (e.g. ``carry_prev_output=False`` with a mask) raises."""
-    unknown = sorted(set(switches) - set(SWITCHES))
-    if unknown:
-        raise ValueError(f"force_plan: unknown switch(es) {unknown}; expected some of {SWITCHES}.")
-    saved = dict(_forced)
-    _forced.update(switches)
-    try:
-        yield
-    finally:
-        _forced.clear()
-        _forced.update(saved)
-
-
-def forced(name: str, default, allowed=None):
-    """The value of switch ``name``: forced by :func:`force_plan`, else ``default``. ``allowed``:
-    ``(value, ok)``, forcing ``value`` is always allowed, the other value only where ``ok``."""
-    if name not in _forced:
-        return default
-    value = _forced[name]
-    if allowed is not None and value != allowed[0] and not allowed[1]:
-        raise ValueError(f"force_plan: {name}={value!r} is not valid for this step (it would change the numbers).")
-    return value
-
 
 def projection_chunk(steps, project_chunk, batch_rows) -> int:
     """Steps projected at once (``steps``: all); with a symbolic size, all."""
@@ -94,11 +64,11 @@ def remat_chunk(steps) -> int:
     return max(1, math.isqrt(steps)) if static(steps) and steps >= 4 else 1
 
 
-def choose_path(program: CoreProgram, *, constants, remat) -> str:
+def choose_path(program: CoreProgram, options: LoopOptions, *, has_constants: bool) -> str:
     """``'matmul'``, ``'input_additive'`` or ``'generic'`` (``docs/design.md`` has the table)."""
-    if program.matmul_step is not None and constants is None:
+    if program.matmul_step is not None and not has_constants:
         return "matmul"
-    if program.input_additive_step is not None and constants is None and not remat:
+    if program.input_additive_step is not None and not has_constants and not options.remat:
         return "input_additive"
     return "generic"
 
@@ -108,33 +78,36 @@ class SequencePlan(NamedTuple):
     ``infer_chunk`` steps when not (``steps``: one loop); ``loop_bias``: added inside the loop when
     not differentiated (None: the bias stays in the projection)."""
 
-    path: str
     train_chunk: Any
     infer_chunk: Any
     loop_bias: Optional[LoopBias]
 
 
-def plan_sequence(program: CoreProgram, path: str, x, steps, *, remat, project_span: Callable) -> SequencePlan:
-    """The :class:`SequencePlan` of a scanned call on time-major inputs ``x (T, *batch, F)``."""
-    project_chunk = _forced.get("project_chunk")
+def plan_sequence(program: CoreProgram, path: str, x, steps, options: LoopOptions,
+                  project_span: Callable) -> SequencePlan:
+    """The :class:`SequencePlan` of a scanned call on time-major inputs ``x (T, *batch, F)``
+    (``options.plan`` complete: :meth:`LoopOptions.checked`)."""
+    remat, forced = options.remat, options.plan
+    project_chunk = forced.project_chunk
     chunk = remat_chunk(steps) if remat else projection_chunk(steps, project_chunk, math.prod(x.shape[1:-1]))
     fast = path != "generic"
     one_loop = fast and not remat and project_chunk is None and partitioned(x)
-    one_loop = forced("train_in_one_loop", one_loop)
+    one_loop = forced.choose("train_in_one_loop", one_loop)
     train_chunk = steps if one_loop else chunk
     infer_chunk, loop_bias = chunk, None
     if path == "matmul" and not remat and project_chunk is None:
         one_step = jax.ShapeDtypeStruct(x[:1].shape, x.dtype)
         xp_struct = jax.eval_shape(project_span, one_step)
         usable = _usable_loop_bias(program.loop_bias, xp_struct, one_step)
-        loop_bias = usable if forced("loop_bias", usable is not None, allowed=(False, usable is not None)) else None
+        use_loop_bias = forced.choose("loop_bias", usable is not None, allowed=(False, usable is not None))
+        loop_bias = usable if use_loop_bias else None
         xp_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(xp_struct))
-        span = _forced.get("infer_span")
+        span = forced.infer_span
         if span is None and static(steps, xp_bytes) and chunk >= steps and steps * xp_bytes >= INFER_SPAN_MIN_BYTES:
             span = max(2, min(PROJECT_CHUNK, INFER_SPAN_BYTES // max(xp_bytes, 1)))
         if span:
             infer_chunk = span if steps > span else chunk
-    return SequencePlan(path, train_chunk, infer_chunk, loop_bias)
+    return SequencePlan(train_chunk, infer_chunk, loop_bias)
 
 
 def _usable_loop_bias(loop_bias: Optional[LoopBias], xp_struct, one_step) -> Optional[LoopBias]:

@@ -28,16 +28,18 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.export
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 from jax import lax
 
-from rnnjax.functional._matmul_backward import with_pointwise_vjp
 from rnnjax.functional.conv import (
     _DIMENSION_NUMBERS, _same_pads, check_padding, conv_output_length, normalize_tuple, same_conv, shape_ints,
 )
 from rnnjax.functional.core import check_core_config, check_units, init_weight, lstm_bias
 from rnnjax.functional.lstm import LSTMCore
 from rnnjax.functional.mesh import partitioned
-from rnnjax.functional.protocol import InputAdditiveStep, RecurrentMatmulStep
+from rnnjax.functional.protocol import (
+    InputAdditiveStep, RecurrentMatmulStep, per_gate_masks, shared_mask, with_pointwise_vjp,
+)
 
 
 class ConvLSTMParams(NamedTuple):
@@ -82,6 +84,7 @@ class ConvLSTMCore:
 
     params_class = ConvLSTMParams
     gates = 4
+    dropout_mask_count = 4  # one mask per gate, as Keras's ConvLSTM cells draw
 
     @property
     def num_feature_axes(self) -> int:
@@ -105,15 +108,15 @@ class ConvLSTMCore:
         check_core_config(self)
 
     @property
-    def state_size(self):
+    def state_size(self) -> tuple:
         """Channels of each state (the spatial shape depends on the input)."""
         return (self.filters, self.filters)
 
     @property
-    def output_size(self):
+    def output_size(self) -> int:
         return self.filters
 
-    def output_spatial_shape(self, spatial_shape) -> tuple:
+    def output_spatial_shape(self, spatial_shape: tuple) -> tuple:
         """Spatial shape of the outputs and states for inputs of spatial shape ``spatial_shape``."""
         spatial_shape = shape_ints(spatial_shape)
         if self.padding == "same" and any(jax.export.is_symbolic_dim(n) and st > 1
@@ -145,7 +148,7 @@ class ConvLSTMCore:
             )
         return out
 
-    def init(self, key, input_dim: int, dtype=jnp.float32) -> ConvLSTMParams:
+    def init(self, key: jax.Array, input_dim: int, dtype: DTypeLike = jnp.float32) -> ConvLSTMParams:
         check_units(input_dim, "input_dim")
         f = self.filters
         k1, k2, k3 = jax.random.split(key, 3)
@@ -156,7 +159,8 @@ class ConvLSTMCore:
         bias = lstm_bias(self.bias_initializer, k3, f, dtype, self.unit_forget_bias) if self.use_bias else None
         return ConvLSTMParams(kernel, recurrent, bias)
 
-    def initial_state(self, batch_shape=(), dtype=jnp.float32, input_spatial_shape=None) -> ConvLSTMState:
+    def initial_state(self, batch_shape: tuple = (), dtype: DTypeLike = jnp.float32,
+                      input_spatial_shape: Optional[tuple] = None) -> ConvLSTMState:
         """Zero states ``(*batch_shape, *output_spatial_shape(input_spatial_shape), F)``."""
         if input_spatial_shape is None:
             raise ValueError(
@@ -197,17 +201,16 @@ class ConvLSTMCore:
         Not one grouped convolution (``feature_group_count=4``) over the stacked masked copies,
         the same function: on the CPU its kernel gradient is much slower than the four plain
         ones' (``bench/README.md``, "ConvLSTM")."""
-        if masks is None:
+        if not per_gate_masks(masks):
+            x = x if masks is None else x * shared_mask(masks)
             return self._conv(x, kernel, strides, padding, dilation, time_first)
-        if masks.shape[0] == 1:
-            return self._conv(x * masks[0], kernel, strides, padding, dilation, time_first)
         if masks.shape[0] != self.gates:
             raise ValueError(f"dropout masks: expected 1 or {self.gates} masks, got {masks.shape[0]}.")
         blocks = jnp.split(kernel, self.gates, axis=-1)
         return jnp.concatenate([self._conv(x * masks[g], k, strides, padding, dilation, time_first)
                                 for g, k in enumerate(blocks)], axis=-1)
 
-    def check_inputs(self, params: ConvLSTMParams, inputs):
+    def check_inputs(self, params: ConvLSTMParams, inputs: jax.Array) -> None:
         """Checks a sequence ``(*batch, T, *spatial, C)`` against the parameters (for ``rnn``)."""
         r = self.rank
         if inputs.ndim < r + 2:
@@ -229,7 +232,7 @@ class ConvLSTMCore:
             )
         self.output_spatial_shape(x.shape[-(r + 1):-1])
 
-    def project(self, params: ConvLSTMParams, x, dropout_mask=None):
+    def project(self, params: ConvLSTMParams, x: jax.Array, dropout_mask: Optional[jax.Array] = None) -> jax.Array:
         """``x ∗ kernel + bias`` for ``x`` of shape ``(..., *spatial, C)`` (any leading axes, e.g.
         the driver's ``(T, *batch)``: folded into one convolution, the first axis innermost) ->
         ``(..., *spatial', 4F)``."""
@@ -240,18 +243,20 @@ class ConvLSTMCore:
             z = z + params.bias
         return z
 
-    def pointwise(self, pointwise_params, xp_t, a_t, state: ConvLSTMState):
+    def pointwise(self, pointwise_params: Any, xp_t: jax.Array, a_t: jax.Array,
+                  state: ConvLSTMState) -> tuple[ConvLSTMState, jax.Array]:
         """The LSTM gate math after the recurrent convolution ``a_t = h_{t-1} ⊛ R`` (the same
         element-wise function as :meth:`LSTMCore.pointwise`, per pixel)."""
         (h, c), y = self._pixel_lstm().pointwise(pointwise_params, xp_t, a_t, state)
         return ConvLSTMState(h, c), y
 
-    def step(self, params: ConvLSTMParams, state: ConvLSTMState, xp_t, recurrent_dropout_mask=None):
+    def step(self, params: ConvLSTMParams, state: ConvLSTMState, xp_t: Any,
+             recurrent_dropout_mask: Optional[jax.Array] = None) -> tuple[ConvLSTMState, jax.Array]:
         ones = (1,) * self.rank
         a = self._gate_conv(state.h, params.recurrent_kernel, recurrent_dropout_mask, ones, "same", ones)
         return self.pointwise(None, xp_t, a, state)
 
-    def recurrent_patches(self, h):
+    def recurrent_patches(self, h: jax.Array) -> jax.Array:
         """``h (..., *spatial, F) -> (..., *spatial, prod(kernel_size) * F)``: the recurrent
         convolution's input windows (stride 1, 'same'), offset-major (row ``o * F + c`` for the
         kernel offset ``o`` in row-major order), so that ``h ⊛ recurrent_kernel =
@@ -268,18 +273,18 @@ class ConvLSTMCore:
                    for offset in itertools.product(*(range(k) for k in self.kernel_size))]
         return jnp.concatenate(windows, axis=-1)
 
-    def matmul_step(self, params: ConvLSTMParams, recurrent_dropout_mask=None):
+    def matmul_step(self, params: ConvLSTMParams,
+                    recurrent_dropout_mask: Optional[jax.Array] = None) -> Optional[RecurrentMatmulStep]:
         """The step as a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep`: the recurrent
         convolution as ``patches(h) @ R`` (its weight gradient then is one matmul after the loop;
         XLA's kernel-gradient convolution inside a loop is slow on the CPU, jax-ml/jax#12868).
         None with per-gate recurrent dropout masks."""
-        m = recurrent_dropout_mask
-        if m is not None and m.shape[0] != 1:
+        if per_gate_masks(recurrent_dropout_mask):
             return None
         flat, recurrent_conv = self._flat_recurrent(params)
         # the element-wise backward pass by hand: the LSTM's, per pixel
-        return RecurrentMatmulStep(flat, self.pointwise, None, None if m is None else m[0], self.recurrent_patches,
-                                   reads_only_sum=True, apply_recurrent_kernel=recurrent_conv,
+        return RecurrentMatmulStep(flat, self.pointwise, None, shared_mask(recurrent_dropout_mask),
+                                   self.recurrent_patches, reads_only_sum=True, apply_recurrent_kernel=recurrent_conv,
                                    **self._pixel_lstm().backward_fields())
 
     def _pixel_lstm(self) -> LSTMCore:
@@ -303,14 +308,15 @@ class ConvLSTMCore:
 
         return flat, recurrent_conv
 
-    def input_additive_step(self, params: ConvLSTMParams, recurrent_dropout_mask=None):
+    def input_additive_step(self, params: ConvLSTMParams,
+                            recurrent_dropout_mask: Optional[jax.Array] = None) -> Optional[InputAdditiveStep]:
         """With one recurrent dropout mask per gate (what the ConvLSTM layers draw): the step as an
         :class:`~rnnjax.functional.protocol.InputAdditiveStep` (four recurrent convolutions, each
         adding to one gate's part of the projected input), so that the kernel gradients are
         ``patches(h ⊙ m_g)ᵀ @ dz_g`` after the loop instead of XLA's kernel-gradient convolution
         inside it (jax-ml/jax#12868). None otherwise (the RecurrentMatmulStep covers it)."""
         m = recurrent_dropout_mask
-        if m is None or m.shape[0] == 1:
+        if not per_gate_masks(m):
             return None
         flat, recurrent_conv = self._flat_recurrent(params)
         # the element-wise backward pass by hand, as in matmul_step
@@ -327,7 +333,8 @@ class ConvLSTMCore:
         return self.step(params, state, self.project(params, x_t))
 
 
-def conv_lstm(core: ConvLSTMCore, params: ConvLSTMParams, inputs: jax.Array, **options):
+def conv_lstm(core: ConvLSTMCore, params: ConvLSTMParams, inputs: jax.Array,
+              **options) -> tuple[jax.Array, ConvLSTMState]:
     """:func:`rnnjax.functional.rnn` for a :class:`ConvLSTMCore` (a thin alias, kept for the
     ConvLSTM shapes it documents): ``inputs (*batch, T, *spatial, C)`` (channels_last) ->
     ``(output, ConvLSTMState)``, output ``(*batch, *spatial', F)`` or, with ``return_sequences``,

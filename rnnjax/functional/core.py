@@ -5,7 +5,7 @@ runs). The core protocol itself is :mod:`rnnjax.functional.protocol`.
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.export
@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from rnnjax.functional import activations, initializers
 from rnnjax.functional.mesh import partitioned
 from rnnjax.functional.protocol import (
-    CoreProgram, HasInputAdditiveStep, HasLoopParams, HasMatmulStep, HasProjectParts, LoopBias,
+    CoreParams, CoreProgram, HasBiasInLoop, HasInputAdditiveStep, HasLoopParams, HasMatmulStep, HasProjectParts, LoopBias,
+    RecurrentCore, per_gate_masks,
 )
 
 
@@ -140,7 +141,7 @@ def gate_matmul(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array], gat
     into a matmul (the sum is a second ``(rows, gates*U)`` array) and, for the kernel gradient of
     a 3-D matmul, copies the output cotangent transposed (``bench/README.md``, "The folded bias").
     """
-    if masks is not None and masks.shape[0] > 1:  # one matmul per gate, each on its own masked x
+    if per_gate_masks(masks):  # one matmul per gate, each on its own masked x
         return jnp.concatenate(gate_matmul_parts(x, kernel, masks, gates, bias), axis=-1)
     return gate_matmul_parts(x, kernel, masks, 1, bias)[0]
 
@@ -156,39 +157,61 @@ def _projection(core, params, dropout_mask):
     return project
 
 
-def core_program(core, params, dropout_mask=None, recurrent_dropout_mask=None, custom_backward=True) -> CoreProgram:
+def core_program(core: RecurrentCore, params: CoreParams, dropout_mask: Optional[jax.Array] = None,
+                 recurrent_dropout_mask: Optional[jax.Array] = None) -> CoreProgram:
     """The :class:`~rnnjax.functional.protocol.CoreProgram` of a core for one call.
 
     ``project``: see :func:`_projection`. ``step(state, xp_t)``: ``core.step`` on the parameters
     prepared once, here, outside the loop (:class:`~rnnjax.functional.protocol.HasLoopParams`).
     ``initial_state``: ``core.initial_state``. ``matmul_step``/``input_additive_step``: the core's
-    forms (hand-written backward passes; None without ``custom_backward``). ``loop_bias``:
-    :func:`loop_bias`. ``output_shape`` is left None (the caller knows the spatial shape).
+    forms (hand-written backward passes; the driver drops them without ``custom_backward``).
+    ``loop_bias``: :func:`loop_bias`. ``output_shape`` is left None (the caller knows the spatial
+    shape). The step's element-wise work runs in a ``jax.named_scope`` named after the core's class
+    (:func:`named_step`), so profiles and compiled programs name the cell.
     """
-    check_custom_backward(custom_backward)
     loop_params = core.loop_params(params) if isinstance(core, HasLoopParams) else params
+    scope = type(core).__name__
 
     def step(state, xp_t):
         return core.step(loop_params, state, xp_t, recurrent_dropout_mask)
 
     matmul = additive = None
-    if custom_backward and isinstance(core, HasMatmulStep):
+    if isinstance(core, HasMatmulStep):
         matmul = core.matmul_step(params, recurrent_dropout_mask)
-    if custom_backward and isinstance(core, HasInputAdditiveStep):
+    if matmul is not None:
+        matmul = matmul._replace(pointwise=named_step(scope, matmul.pointwise),
+                                 pointwise_vjp=named_step(scope, matmul.pointwise_vjp))
+    if isinstance(core, HasInputAdditiveStep):
         additive = core.input_additive_step(params, recurrent_dropout_mask)
-    return CoreProgram(_projection(core, params, dropout_mask), step, core.initial_state,
+    if additive is not None:
+        additive = additive._replace(step=named_step(scope, additive.step))
+    return CoreProgram(_projection(core, params, dropout_mask), named_step(scope, step), core.initial_state,
                        matmul_step=matmul, input_additive_step=additive,
                        loop_bias=loop_bias(core, params, dropout_mask))
 
 
-def loop_bias(core, params, dropout_mask=None) -> Optional[LoopBias]:
+def named_step(name: str, fn: Optional[Callable]) -> Optional[Callable]:
+    """``fn`` run inside ``jax.named_scope(name)`` (None for None): the operations of a cell's
+    step carry the cell's name in profiles and compiled programs' metadata, nothing else."""
+    if fn is None:
+        return None
+
+    def scoped(*args):
+        with jax.named_scope(name):
+            return fn(*args)
+
+    return scoped
+
+
+def loop_bias(core: RecurrentCore, params: CoreParams,
+              dropout_mask: Optional[jax.Array] = None) -> Optional[LoopBias]:
     """The :class:`~rnnjax.functional.protocol.LoopBias` of the projection of
     :func:`core_program`, or None (no bias, or a core with ``bias_in_loop = False``).
 
     A call that is not differentiated then adds the input bias inside the loop, in the step's
     element-wise pass, instead of folding it into the projection (whose ``[x, 1]`` is a padded
     copy of the inputs; ``bench/README.md``, "The bias in the loop")."""
-    if params.bias is None or not getattr(core, "bias_in_loop", True):
+    if params.bias is None or (isinstance(core, HasBiasInLoop) and not core.bias_in_loop):
         return None
     return LoopBias(_projection(core, params._replace(bias=None), dropout_mask), params.bias)
 
@@ -200,7 +223,7 @@ def gate_matmul_parts(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array
     copies). ``masks`` as in :func:`gate_matmul` with ``gates = parts``."""
     width = kernel.shape[-1] // parts
     blocks = [slice(g * width, (g + 1) * width) for g in range(parts)]
-    if masks is not None and masks.shape[0] > 1:
+    if per_gate_masks(masks):
         return tuple(gate_matmul(x * masks[g], kernel[:, b], None, 1, None if bias is None else bias[b])
                      for g, b in enumerate(blocks))
     if masks is not None:

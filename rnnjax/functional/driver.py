@@ -22,12 +22,15 @@ Restarts (``reset``, for episodes and packed sequences): ``reset[..., t]`` True 
 sequence at step ``t`` (input order); ``r_t`` is that flag in processing order
 (:func:`rnnjax.functional.masking.restarts`: with ``go_backwards`` each sequence runs backwards
 within itself, so ``r_t = reset[t + 1]``). The ``where`` cuts every gradient across a restart.
+``reset`` is data, like the mask: it travels next to it, never in the options.
 
 How it runs (none of it changes a number beyond float rounding) is the private planner's choice
 (:mod:`rnnjax.functional._planner`): the loop (the hand-written backward passes of
 :mod:`rnnjax.functional._matmul_backward` and :mod:`rnnjax.functional._input_additive`, or
 autodiff's), spans of projected steps, and another program for a call that is not differentiated.
-``unroll`` is a Python loop, else ``lax.scan``. ``docs/design.md`` is the map.
+``unroll`` is a Python loop, else ``lax.scan``. ``docs/design.md`` is the map. The options of a
+call are one static value, :class:`~rnnjax.functional.options.LoopOptions`, built once where the
+call enters and handed down to the loops and the planner; data travels as arguments.
 
 Symbolic sizes (``jax.export.symbolic_shape``): the driver takes the program right for every
 size (all steps projected at once, ``remat`` without spans, ``scan_unroll`` 1, no folded bias);
@@ -53,6 +56,7 @@ from rnnjax.functional._input_additive import scan_input_additive
 from rnnjax.functional._matmul_backward import scan_matmul_step
 from rnnjax.functional.masking import mask_step, restart, restarts, zero_masked_inputs
 from rnnjax.functional.mesh import static
+from rnnjax.functional.options import LoopOptions
 from rnnjax.functional.protocol import CoreProgram, LoopBias
 
 Step = Callable[..., tuple[Any, jax.Array]]
@@ -74,7 +78,7 @@ def scan_rnn(
     scan_unroll: int = 1,
     remat: bool = False,
     time_major: bool = False,
-):
+) -> tuple[jax.Array, Any]:
     """Runs ``step`` over the time axis of ``inputs``.
 
     Args:
@@ -115,44 +119,50 @@ def scan_rnn(
       ``(output, final_state)``: output ``(*batch, U)``, or ``(*batch, T, U)`` with
       ``return_sequences`` (``(T, *batch, U)`` when time-major).
     """
-    return run_program(CoreProgram(project, step), inputs, initial_state, mask=mask, reset=reset, constants=constants,
-                       go_backwards=go_backwards, return_sequences=return_sequences,
-                       zero_output_for_mask=zero_output_for_mask, unroll=unroll, scan_unroll=scan_unroll,
-                       remat=remat, time_major=time_major)
+    options = LoopOptions(go_backwards=go_backwards, return_sequences=return_sequences,
+                          zero_output_for_mask=zero_output_for_mask, unroll=unroll, scan_unroll=scan_unroll,
+                          remat=remat, time_major=time_major)
+    return run_program(CoreProgram(project, step), inputs, initial_state, options, mask=mask, reset=reset,
+                       constants=constants)
 
 
-def run_program(program: CoreProgram, inputs, initial_state, *, mask=None, reset=None, constants=None, go_backwards=False,
-                return_sequences=False, zero_output_for_mask=False, unroll=False, scan_unroll=1, remat=False,
-                time_major=False, feature_axes: int = 1):
+def run_program(program: CoreProgram, inputs: jax.Array, initial_state: Any, options: LoopOptions = LoopOptions(),
+                *, mask: Optional[jax.Array] = None, reset: Optional[jax.Array] = None,
+                constants: Any = None) -> tuple[jax.Array, Any]:
     """Runs a :class:`~rnnjax.functional.protocol.CoreProgram` (with its backward forms) over
     ``inputs``: the one entry of the front ends (:func:`rnnjax.functional.rnn`, the layers).
 
-    The arguments are :func:`scan_rnn`'s; ``program.project`` and ``program.step`` are its
-    ``project`` and ``step``. ``feature_axes``: the trailing feature axes of a step's input
-    (ConvLSTM: ``rank + 1``); with more than one, ``inputs`` is ``(*batch, T, *features)``
-    (batch-major only), ``project`` sees ``(T, *batch, *features)`` and returned sequences are
-    ``(*batch, T, ...)``.
+    ``inputs``, ``initial_state``, ``mask``, ``reset`` and ``constants`` are :func:`scan_rnn`'s;
+    ``program.project`` and ``program.step`` are its ``project`` and ``step``; ``options`` (a
+    :class:`~rnnjax.functional.options.LoopOptions`) its options. With ``options.feature_axes``
+    above one (ConvLSTM: ``rank + 1``), ``inputs`` is ``(*batch, T, *features)`` (batch-major
+    only), ``project`` sees ``(T, *batch, *features)`` and returned sequences are ``(*batch, T,
+    ...)``. Without ``options.custom_backward`` the program's backward forms are dropped.
     """
-    options = dict(constants=constants, go_backwards=go_backwards, return_sequences=return_sequences,
-                   zero_output_for_mask=zero_output_for_mask, unroll=unroll, scan_unroll=scan_unroll, remat=remat)
-    if feature_axes != 1:
-        return _run_spatial(program, inputs, initial_state, feature_axes, mask=mask, reset=reset, **options)
-    steps = _check_inputs(inputs, mask, reset, time_major)
-    x = inputs if time_major else jnp.moveaxis(inputs, -2, 0)
+    options = options.checked()
+    if not options.custom_backward:
+        program = program.without_backward_forms()
+    if options.feature_axes != 1:
+        return _run_spatial(program, inputs, initial_state, options, mask=mask, reset=reset, constants=constants)
+    steps = _check_inputs(inputs, mask, reset, options.time_major)
+    x = inputs if options.time_major else jnp.moveaxis(inputs, -2, 0)
     m = None
     if mask is not None:
-        m = mask if time_major else jnp.moveaxis(mask, -1, 0)
+        m = mask if options.time_major else jnp.moveaxis(mask, -1, 0)
         x = zero_masked_inputs(x, m)
-    r = None if reset is None else restarts(reset if time_major else jnp.moveaxis(reset, -1, 0), go_backwards)
-    ys, final_state = _TimeMajorRun(program, x, m, r, initial_state, steps, **options).run()
-    if return_sequences:
-        return (ys if time_major else jnp.moveaxis(ys, 0, -2)), final_state
+    r = None
+    if reset is not None:
+        r = restarts(reset if options.time_major else jnp.moveaxis(reset, -1, 0), options.go_backwards)
+    ys, final_state = _TimeMajorRun(program, x, m, r, initial_state, steps, options, constants).run()
+    if options.return_sequences:
+        return (ys if options.time_major else jnp.moveaxis(ys, 0, -2)), final_state
     return ys, final_state
 
 
-def _run_spatial(program: CoreProgram, inputs, initial_state, feature_axes, *, mask, reset, **options):
+def _run_spatial(program: CoreProgram, inputs, initial_state, options: LoopOptions, *, mask, reset, constants):
     """:func:`run_program` for ``(*batch, T, *features)``: handed on time-major with the feature
     axes flattened, unflattened again before ``project``."""
+    feature_axes = options.feature_axes
     nb = inputs.ndim - feature_axes - 1
     if nb < 0:
         raise ValueError(f"`inputs`: expected (*batch, time, {feature_axes} feature axes), got shape {inputs.shape}.")
@@ -162,7 +172,7 @@ def _run_spatial(program: CoreProgram, inputs, initial_state, feature_axes, *, m
     x = jnp.moveaxis(inputs, nb, 0)
     x = x.reshape(x.shape[:nb + 1] + (math.prod(feature_shape),))
     m = None if mask is None else jnp.moveaxis(jnp.asarray(mask), nb, 0)
-    r = None if reset is None else jnp.moveaxis(reset, nb, 0)
+    r = None if reset is None else jnp.moveaxis(jnp.asarray(reset), nb, 0)
 
     def unflat(x, project=program.project):
         x = x.reshape(x.shape[:-1] + tuple(feature_shape))
@@ -172,8 +182,9 @@ def _run_spatial(program: CoreProgram, inputs, initial_state, feature_axes, *, m
     if loop_bias is not None:
         loop_bias = LoopBias(functools.partial(unflat, project=loop_bias.project_without_bias), loop_bias.bias)
     program = program._replace(project=unflat, loop_bias=loop_bias)
-    output, final = run_program(program, x, initial_state, mask=m, reset=r, time_major=True, **options)
-    if options["return_sequences"]:
+    output, final = run_program(program, x, initial_state, options._replace(time_major=True, feature_axes=1),
+                                mask=m, reset=r, constants=constants)
+    if options.return_sequences:
         output = jnp.moveaxis(output, 0, nb)
     return output, final
 
@@ -181,17 +192,12 @@ def _run_spatial(program: CoreProgram, inputs, initial_state, feature_axes, *, m
 class _TimeMajorRun:
     """One call on time-major inputs ``x (T, *batch, F)``: the loops, spans and the plan."""
 
-    def __init__(self, program: CoreProgram, x, m, r, initial_state, steps, *, constants, go_backwards,
-                 return_sequences, zero_output_for_mask, unroll, scan_unroll, remat):
-        if isinstance(scan_unroll, bool) or not isinstance(scan_unroll, int) or scan_unroll < 1:
-            raise ValueError(f"`scan_unroll`: expected a positive integer, got {scan_unroll!r}.")
+    def __init__(self, program: CoreProgram, x, m, r, initial_state, steps, options: LoopOptions, constants=None):
         if not static(steps):
-            scan_unroll = 1  # lax.scan cannot split a symbolic length into unrolled blocks
+            options = options._replace(scan_unroll=1)  # lax.scan cannot split a symbolic length into unrolled blocks
         self.program, self.x, self.m, self.r, self.steps = program, x, m, r, steps
-        self.constants, self.go_backwards, self.return_sequences = constants, go_backwards, return_sequences
-        self.zero_output_for_mask, self.unroll, self.scan_unroll, self.remat = (
-            zero_output_for_mask, unroll, scan_unroll, remat)
-        self.path = _planner.choose_path(program, constants=constants, remat=remat)
+        self.options, self.constants = options, constants
+        self.path = _planner.choose_path(program, options, has_constants=constants is not None)
         out_struct = jax.eval_shape(self.first_output, initial_state, x[:1])
         self.carry = (initial_state, jnp.zeros(out_struct.shape, out_struct.dtype))
 
@@ -211,19 +217,20 @@ class _TimeMajorRun:
         x_t, m_t, r_t = inp
         state, last = restart(r_t, carry)
         new_state, y = self.call(state, x_t)
-        state, y = mask_step(m_t, new_state, state, y, last, self.zero_output_for_mask)
-        return (state, y), (y if self.return_sequences else None)
+        state, y = mask_step(m_t, new_state, state, y, last, self.options.zero_output_for_mask)
+        return (state, y), (y if self.options.return_sequences else None)
 
     def run(self):
         """``(output or time-major outputs, final state)``."""
-        if self.unroll:
+        opts = self.options
+        if opts.unroll:
             carry, ys = self.run_unrolled()
         else:
             carry, ys = self.run_scanned()
-            if self.return_sequences and self.go_backwards:
+            if opts.return_sequences and opts.go_backwards:
                 ys = jnp.flip(ys, 0)
         final_state, last = carry
-        return (ys if self.return_sequences else last), final_state
+        return (ys if opts.return_sequences else last), final_state
 
     def run_unrolled(self):
         if not static(self.steps):
@@ -231,17 +238,16 @@ class _TimeMajorRun:
                              f"symbolic {self.steps}; use unroll=False (lax.scan) for a symbolic time axis.")
         seq = (self.project_span(self.x), self.m, self.r)
         carry, outputs = self.carry, []
-        order = range(self.steps - 1, -1, -1) if self.go_backwards else range(self.steps)
+        order = range(self.steps - 1, -1, -1) if self.options.go_backwards else range(self.steps)
         for t in order:
             carry, y = self.body(carry, jax.tree_util.tree_map(lambda a: a[t], seq))
-            if self.return_sequences:
+            if self.options.return_sequences:
                 outputs.append(y)
-        return carry, (jnp.stack(outputs) if self.return_sequences else None)
+        return carry, (jnp.stack(outputs) if self.options.return_sequences else None)
 
     def run_scanned(self):
         raw = (self.x, self.m, self.r)
-        plan = _planner.plan_sequence(self.program, self.path, self.x, self.steps, remat=self.remat,
-                                      project_span=self.project_span)
+        plan = _planner.plan_sequence(self.program, self.path, self.x, self.steps, self.options, self.project_span)
         if plan.infer_chunk == plan.train_chunk and plan.loop_bias is None:
             return self.run_chunked(plan.train_chunk, raw, self.carry)
         # the inference program when not differentiated, the training one when differentiated
@@ -252,37 +258,36 @@ class _TimeMajorRun:
         """Projects a span of steps (time-major raw inputs) and runs the planned loop over it."""
         x_span, m_span, r_span = raw
         xs_span = self.project_span(x_span) if loop_bias is None else loop_bias.project_without_bias(x_span)
-        options = dict(go_backwards=self.go_backwards, return_sequences=self.return_sequences,
-                       zero_output_for_mask=self.zero_output_for_mask, scan_unroll=self.scan_unroll)
+        opts = self.options
         if self.path == "matmul":
             ys_span, state, last = scan_matmul_step(self.program.matmul_step, xs_span, carry[0], carry[1], m_span,
-                                                    r_span, None if loop_bias is None else loop_bias.bias, **options)
+                                                    r_span, opts, None if loop_bias is None else loop_bias.bias)
             return (state, last), ys_span
         if self.path == "input_additive":
-            return scan_input_additive(self.program.input_additive_step, carry, xs_span, m_span, r_span, **options)
-        return lax.scan(self.body, carry, (xs_span, m_span, r_span), reverse=self.go_backwards, unroll=self.scan_unroll)
+            return scan_input_additive(self.program.input_additive_step, carry, xs_span, m_span, r_span, opts)
+        return lax.scan(self.body, carry, (xs_span, m_span, r_span), reverse=opts.go_backwards, unroll=opts.scan_unroll)
 
     def run_chunked(self, chunk, raw, carry, loop_bias: Optional[LoopBias] = None):
         """The loop over spans of ``chunk`` steps, each projected inside the outer loop (and with
         ``remat`` checkpointed: only span boundaries are stored, memory ~ sqrt(T))."""
-        steps = self.steps
+        steps, opts = self.steps, self.options
         if not static(chunk) or chunk <= 1 or chunk >= steps:
-            if self.remat and self.path != "matmul":  # too short to chunk: checkpoint every step
+            if opts.remat and self.path != "matmul":  # too short to chunk: checkpoint every step
                 seq = (self.project_span(self.x), self.m, self.r)
-                return lax.scan(jax.checkpoint(self.body), carry, seq, reverse=self.go_backwards,
-                                unroll=self.scan_unroll)
+                return lax.scan(jax.checkpoint(self.body), carry, seq, reverse=opts.go_backwards,
+                                unroll=opts.scan_unroll)
             return self.run_span(carry, raw, loop_bias)
-        span = jax.checkpoint(self.run_span) if self.remat else functools.partial(self.run_span, loop_bias=loop_bias)
+        span = jax.checkpoint(self.run_span) if opts.remat else functools.partial(self.run_span, loop_bias=loop_bias)
         n_chunks, rest = divmod(steps, chunk)
         head = jax.tree_util.tree_map(lambda a: a[:n_chunks * chunk].reshape((n_chunks, chunk) + a.shape[1:]), raw)
         tail = jax.tree_util.tree_map(lambda a: a[n_chunks * chunk:], raw)  # the last `rest` steps
         ys_tail = None
-        if rest and self.go_backwards:  # processing order: the tail comes first
+        if rest and opts.go_backwards:  # processing order: the tail comes first
             carry, ys_tail = span(carry, tail)
-        carry, ys = lax.scan(span, carry, head, reverse=self.go_backwards)
-        if rest and not self.go_backwards:
+        carry, ys = lax.scan(span, carry, head, reverse=opts.go_backwards)
+        if rest and not opts.go_backwards:
             carry, ys_tail = span(carry, tail)
-        if self.return_sequences:
+        if opts.return_sequences:
             ys = ys.reshape((n_chunks * chunk,) + ys.shape[2:])
             if rest:
                 ys = jnp.concatenate([ys, ys_tail], 0)

@@ -25,10 +25,11 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from rnnjax.functional import activations
 from rnnjax.functional.core import check_core_config, check_units, gate_matmul, gate_matmul_parts, init_weight
-from rnnjax.functional.protocol import InputAdditiveStep, RecurrentMatmulStep
+from rnnjax.functional.protocol import InputAdditiveStep, RecurrentMatmulStep, per_gate_masks, shared_mask
 
 
 class GRUParams(NamedTuple):
@@ -73,14 +74,14 @@ class GRUCore:
         check_core_config(self)
 
     @property
-    def state_size(self):
+    def state_size(self) -> tuple:
         return (self.units,)
 
     @property
-    def output_size(self):
+    def output_size(self) -> int:
         return self.units
 
-    def init(self, key, input_dim: int, dtype=jnp.float32) -> GRUParams:
+    def init(self, key: jax.Array, input_dim: int, dtype: DTypeLike = jnp.float32) -> GRUParams:
         check_units(input_dim, "input_dim")
         u = self.units
         k1, k2, k3 = jax.random.split(key, 3)
@@ -94,14 +95,28 @@ class GRUCore:
             bias,
         )
 
-    def initial_state(self, batch_shape=(), dtype=jnp.float32) -> GRUState:
+    def initial_state(self, batch_shape: tuple = (), dtype: DTypeLike = jnp.float32) -> GRUState:
         return GRUState(jnp.zeros(tuple(batch_shape) + (self.units,), dtype))
 
-    def project(self, params: GRUParams, x, dropout_mask=None):
-        bias = params.bias
-        if bias is not None and self.reset_after:
-            bias = bias[0]
-        return gate_matmul(x, params.kernel, dropout_mask, 3, bias)
+    @property
+    def dropout_mask_count(self) -> int:
+        """Dropout masks per call: one per gate with ``implementation=1`` (Keras), else one."""
+        return 1 if self.implementation == 2 else self.gates
+
+    def input_bias(self, params: GRUParams) -> Optional[jax.Array]:
+        """``b``, added to ``x @ W``: the bias, or row 0 of the reset-after ``(2, 3U)`` bias (None
+        without a bias)."""
+        if params.bias is not None and self.reset_after:
+            return params.bias[0]
+        return params.bias
+
+    def recurrent_bias(self, params: GRUParams) -> Optional[jax.Array]:
+        """``b_rec``, added to ``h @ R``: row 1 of the reset-after bias (None without one, and for
+        ``reset_after=False``)."""
+        return params.bias[1] if params.bias is not None and self.reset_after else None
+
+    def project(self, params: GRUParams, x: jax.Array, dropout_mask: Optional[jax.Array] = None) -> jax.Array:
+        return gate_matmul(x, params.kernel, dropout_mask, 3, self.input_bias(params))
 
     def loop_params(self, params: GRUParams) -> GRUParams:
         """``params`` as :meth:`step` takes them inside a loop, prepared once before it: for
@@ -112,15 +127,15 @@ class GRUCore:
             return params
         return params._replace(recurrent_kernel=tuple(jnp.split(params.recurrent_kernel, 3, axis=-1)))
 
-    def step(self, params: GRUParams, state: GRUState, xp_t, recurrent_dropout_mask=None):
+    def step(self, params: GRUParams, state: GRUState, xp_t: Any,
+             recurrent_dropout_mask: Optional[jax.Array] = None) -> tuple[GRUState, jax.Array]:
         """One step; ``xp_t`` is the projected input ``(..., 3U)`` or its parts ``(xz, xr, xh)``
         (see :meth:`split_inputs`); ``params`` as given or from :meth:`loop_params`."""
         h = state.h
         rk = params.recurrent_kernel
         masks = recurrent_dropout_mask
         if self.reset_after:
-            rec_bias = None if params.bias is None else params.bias[1]
-            return self.pointwise(rec_bias, xp_t, gate_matmul(h, rk, masks, 3), state)
+            return self.pointwise(self.recurrent_bias(params), xp_t, gate_matmul(h, rk, masks, 3), state)
         rk = rk if isinstance(rk, tuple) else tuple(jnp.split(rk, 3, axis=-1))
         return self._reset_before_step(rk, state, xp_t, masks)[0]
 
@@ -130,7 +145,7 @@ class GRUCore:
         its three matmuls."""
         h = state.h
         rk_z, rk_r, rk_h = kernels
-        if masks is None or masks.shape[0] == 1:
+        if not per_gate_masks(masks):
             h_z = h_r = h_h = h if masks is None else h * masks[0]
         else:
             h_z, h_r, h_h = h * masks[0], h * masks[1], h * masks[2]
@@ -143,7 +158,8 @@ class GRUCore:
         h = z * h + (1.0 - z) * hh
         return (GRUState(h), h), (h_z, h_r, rh)
 
-    def input_additive_step(self, params: GRUParams, recurrent_dropout_mask=None):
+    def input_additive_step(self, params: GRUParams,
+                            recurrent_dropout_mask: Optional[jax.Array] = None) -> Optional[InputAdditiveStep]:
         """The step as a :class:`~rnnjax.functional.protocol.InputAdditiveStep` where it has no
         RecurrentMatmulStep form: the reset-before step (its three matmuls each add to one gate's
         projected input), and the reset-after step with one recurrent dropout mask per gate (the
@@ -153,7 +169,7 @@ class GRUCore:
         if not self.reset_after:
             return InputAdditiveStep(self.loop_params(params).recurrent_kernel,
                                      lambda kernels, state, xp_t: self._reset_before_step(kernels, state, xp_t, masks))
-        if masks is None or masks.shape[0] == 1:
+        if not per_gate_masks(masks):
             return None  # the RecurrentMatmulStep covers it
         # reset_after with one recurrent mask per gate: three matmuls; the candidate's, multiplied
         # by r, adds to a ghost part (see InputAdditiveStep.adds_to). The recurrent bias blocks
@@ -161,9 +177,10 @@ class GRUCore:
         # gradients are then sums after the loop, not a reduction over the batch at every step
         # (which, with the batch sharded over a device mesh, is a collective at every step).
         kernels = tuple(jnp.split(params.recurrent_kernel, 3, axis=-1))
-        n_bias = 0 if params.bias is None else 3
+        rec_bias = self.recurrent_bias(params)
+        n_bias = 0 if rec_bias is None else 3
         if n_bias:
-            kernels += tuple(b[None] for b in jnp.split(params.bias[1], 3))
+            kernels += tuple(b[None] for b in jnp.split(rec_bias, 3))
 
         def step(kernels, state, xp_t):
             xz, xr, xh, ghost = xp_t
@@ -176,20 +193,18 @@ class GRUCore:
 
         return InputAdditiveStep(kernels, step, adds_to=(0, 1, 3) * (1 + n_bias // 3))
 
-    def project_parts(self, params: GRUParams, x, dropout_mask=None):
+    def project_parts(self, params: GRUParams, x: jax.Array, dropout_mask: Optional[jax.Array] = None) -> tuple:
         """:meth:`project` as its three gate blocks ``(xz, xr, xh)``, each from its own matmul (for
         a whole sequence this is faster than splitting ``(..., 3U)`` afterwards: no copies)."""
-        bias = params.bias
-        if bias is not None and self.reset_after:
-            bias = bias[0]
-        return gate_matmul_parts(x, params.kernel, dropout_mask, 3, bias)
+        return gate_matmul_parts(x, params.kernel, dropout_mask, 3, self.input_bias(params))
 
-    def split_inputs(self, xp):
+    def split_inputs(self, xp: Any) -> tuple:
         """``(..., 3U) -> (xz, xr, xh)``. Splitting the projected inputs of all steps once, before
         the loop, is faster on the CPU than slicing each step's input inside it."""
         return xp if isinstance(xp, tuple) else tuple(jnp.split(xp, 3, axis=-1))
 
-    def pointwise(self, rec_bias, xp_t, a_t, state: GRUState):
+    def pointwise(self, rec_bias: Optional[jax.Array], xp_t: Any, a_t: Any,
+                  state: GRUState) -> tuple[GRUState, jax.Array]:
         """The reset-after GRU (``reset_after=True``) after its recurrent matmul ``a_t = h_{t-1} @ R``;
         ``rec_bias``: ``b_rec``, added to ``a_t``."""
         sigma, phi = activations.get(self.recurrent_activation), activations.get(self.activation)
@@ -203,16 +218,16 @@ class GRUCore:
         h = z * state.h + (1.0 - z) * hh
         return GRUState(h), h
 
-    def matmul_step(self, params: GRUParams, recurrent_dropout_mask=None):
+    def matmul_step(self, params: GRUParams,
+                    recurrent_dropout_mask: Optional[jax.Array] = None) -> Optional[RecurrentMatmulStep]:
         """The reset-after step as a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep`; None
         for ``reset_after=False`` (its candidate needs a second matmul, on ``r ⊙ h``) and for
         per-gate recurrent dropout masks."""
-        m = recurrent_dropout_mask
-        if not self.reset_after or (m is not None and m.shape[0] != 1):
+        if not self.reset_after or per_gate_masks(recurrent_dropout_mask):
             return None
-        rec_bias = None if params.bias is None else params.bias[1]
-        return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, rec_bias, None if m is None else m[0],
-                                   part_sizes=(self.units,) * 3, pointwise_params_is_recurrent_bias=True)
+        return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, self.recurrent_bias(params),
+                                   shared_mask(recurrent_dropout_mask), part_sizes=(self.units,) * 3,
+                                   pointwise_params_is_recurrent_bias=True)
 
     def __call__(self, params: GRUParams, state: GRUState, x_t):
         return self.step(params, state, self.project(params, x_t))

@@ -18,11 +18,13 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from rnnjax.functional import activations
 from rnnjax.functional.core import check_core_config, check_units, gate_matmul, init_weight, lstm_bias
-from rnnjax.functional._matmul_backward import with_pointwise_vjp
-from rnnjax.functional.protocol import InputAdditiveStep, RecurrentMatmulStep
+from rnnjax.functional.protocol import (
+    InputAdditiveStep, RecurrentMatmulStep, per_gate_masks, shared_mask, with_pointwise_vjp,
+)
 
 
 class LSTMParams(NamedTuple):
@@ -59,19 +61,24 @@ class LSTMCore:
     gates = 4
     num_feature_axes = 1
 
+    @property
+    def dropout_mask_count(self) -> int:
+        """Dropout masks per call: one per gate with ``implementation=1`` (Keras), else one."""
+        return 1 if self.implementation == 2 else self.gates
+
     def __post_init__(self):
         check_units(self.units)
         check_core_config(self)
 
     @property
-    def state_size(self):
+    def state_size(self) -> tuple:
         return (self.units, self.units)
 
     @property
-    def output_size(self):
+    def output_size(self) -> int:
         return self.units
 
-    def init(self, key, input_dim: int, dtype=jnp.float32) -> LSTMParams:
+    def init(self, key: jax.Array, input_dim: int, dtype: DTypeLike = jnp.float32) -> LSTMParams:
         check_units(input_dim, "input_dim")
         u = self.units
         k1, k2, k3 = jax.random.split(key, 3)
@@ -80,11 +87,11 @@ class LSTMCore:
         bias = lstm_bias(self.bias_initializer, k3, u, dtype, self.unit_forget_bias) if self.use_bias else None
         return LSTMParams(kernel, recurrent, bias)
 
-    def initial_state(self, batch_shape=(), dtype=jnp.float32) -> LSTMState:
+    def initial_state(self, batch_shape: tuple = (), dtype: DTypeLike = jnp.float32) -> LSTMState:
         z = jnp.zeros(tuple(batch_shape) + (self.units,), dtype)
         return LSTMState(z, z)
 
-    def project(self, params: LSTMParams, x, dropout_mask=None):
+    def project(self, params: LSTMParams, x: jax.Array, dropout_mask: Optional[jax.Array] = None) -> jax.Array:
         """``x @ kernel + bias`` for ``x`` of shape ``(..., I)``; ``dropout_mask`` as in
         :func:`rnnjax.functional.core.gate_matmul`."""
         return gate_matmul(x, params.kernel, dropout_mask, 4, params.bias)
@@ -99,7 +106,7 @@ class LSTMCore:
         u = self.units
         return jnp.arange(4 * u) // u == 2
 
-    def gate_values(self, z):
+    def gate_values(self, z: jax.Array) -> tuple:
         """``(σ(i), σ(f), φ(c̃), σ(o))`` from the pre-activations ``z (..., 4U)``.
 
         For the common activations all four gates come from ONE element-wise pass over the
@@ -124,7 +131,8 @@ class LSTMCore:
             return g[..., :u], g[..., u:2 * u], phi(z[..., 2 * u:3 * u]), g[..., 3 * u:]
         return sigma(z[..., :u]), sigma(z[..., u:2 * u]), phi(z[..., 2 * u:3 * u]), sigma(z[..., 3 * u:])
 
-    def pointwise(self, pointwise_params, xp_t, a_t, state: LSTMState):
+    def pointwise(self, pointwise_params: Any, xp_t: jax.Array, a_t: jax.Array,
+                  state: LSTMState) -> tuple[LSTMState, jax.Array]:
         """Everything after the recurrent matmul ``a_t = h_{t-1} @ R``, with ``z_t = xp_t + a_t``."""
         del pointwise_params  # the bias is in the input projection
         i, f, g, o = self.gate_values(xp_t + a_t)
@@ -132,7 +140,7 @@ class LSTMCore:
         h = o * activations.get(self.activation)(c)
         return LSTMState(h, c), h
 
-    def gate_slopes(self, z):
+    def gate_slopes(self, z: jax.Array) -> tuple:
         """The four gates and their derivatives ``dg/dz``, each a tuple ``(i, f, c̃, o)`` of
         ``(..., U)`` blocks, for tanh and a sigmoid or Keras 2 hard-sigmoid recurrent activation
         (see :meth:`has_fast_vjp`)::
@@ -169,7 +177,8 @@ class LSTMCore:
         Keras 2's hard sigmoid)."""
         return self.activation == "tanh" and self.recurrent_activation in ("sigmoid", "hard_sigmoid")
 
-    def pointwise_vjp(self, pointwise_params, xp_t, a_t, state: LSTMState, ct):
+    def pointwise_vjp(self, pointwise_params: Any, xp_t: jax.Array, a_t: jax.Array, state: LSTMState,
+                      ct: tuple) -> tuple:
         """The backward pass of :meth:`pointwise` by hand, with ``g = (i, f, c̃, o)`` and
         ``g' = dg/dz`` from :meth:`gate_slopes`::
 
@@ -190,17 +199,18 @@ class LSTMCore:
         dz = jnp.concatenate([dc * g * si, dc * state.c * sf, dc * i * sg, dh * tc * so], axis=-1)
         return None, dz, dz, type(state)(jnp.zeros_like(state.h), dc * f)
 
-    def step(self, params: LSTMParams, state: LSTMState, xp_t, recurrent_dropout_mask=None):
+    def step(self, params: LSTMParams, state: LSTMState, xp_t: Any,
+             recurrent_dropout_mask: Optional[jax.Array] = None) -> tuple[LSTMState, jax.Array]:
         a = gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 4)
         return self.pointwise(None, xp_t, a, state)
 
-    def matmul_step(self, params: LSTMParams, recurrent_dropout_mask=None):
+    def matmul_step(self, params: LSTMParams,
+                    recurrent_dropout_mask: Optional[jax.Array] = None) -> Optional[RecurrentMatmulStep]:
         """The step as a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep` (None with
         per-gate masks)."""
-        m = recurrent_dropout_mask
-        if m is not None and m.shape[0] != 1:
+        if per_gate_masks(recurrent_dropout_mask):
             return None
-        return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0],
+        return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, None, shared_mask(recurrent_dropout_mask),
                                    reads_only_sum=True, **self.backward_fields())
 
     def backward_fields(self) -> dict:
@@ -210,7 +220,8 @@ class LSTMCore:
         return dict(pointwise_vjp=self.pointwise_vjp if self.has_fast_vjp else None,
                     vjp_rereads_z=self.recurrent_activation != "sigmoid")
 
-    def input_additive_step(self, params: LSTMParams, recurrent_dropout_mask=None):
+    def input_additive_step(self, params: LSTMParams,
+                            recurrent_dropout_mask: Optional[jax.Array] = None) -> Optional[InputAdditiveStep]:
         """With one recurrent dropout mask per gate (``implementation=1``, Keras 2's default) the
         step has no :class:`~rnnjax.functional.protocol.RecurrentMatmulStep` form: as an
         :class:`~rnnjax.functional.protocol.InputAdditiveStep` (four matmuls, each adding to one
@@ -219,7 +230,7 @@ class LSTMCore:
         the gate math is most of the loop: ``bench/README.md``, "Per-gate recurrent dropout").
         None otherwise (the RecurrentMatmulStep covers it)."""
         m = recurrent_dropout_mask
-        if m is None or m.shape[0] == 1:
+        if not per_gate_masks(m):
             return None
         pointwise = with_pointwise_vjp(self.pointwise, self.backward_fields()["pointwise_vjp"])
 

@@ -12,12 +12,22 @@ A core is a frozen dataclass of static configuration; parameters and states are 
 ``NamedTuple`` pytrees. :func:`rnnjax.functional.rnn` drives any :class:`RecurrentCore`;
 :func:`rnnjax.functional.core.core_program` turns one into the :class:`CoreProgram` the driver
 runs.
+
+What the front ends read besides :class:`RecurrentCore` is declared here too: the parameter
+layout (:data:`PARAM_NAMES`, :func:`make_params`), :class:`CellCore` (the dropout-mask count),
+:class:`SpatialCore` (input checks and spatial shapes), :class:`HasBiasInLoop`, the dropout-mask
+rule (:func:`per_gate_masks`, :func:`shared_mask`) and :func:`with_pointwise_vjp`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, runtime_checkable
 
 import jax
+
+PARAM_NAMES = ("kernel", "recurrent_kernel", "bias")
+"""The parameter layout every core shares (Keras's names and order): ``params_class`` is a
+NamedTuple with exactly these fields (:class:`CoreParams`); ``bias`` may be None
+(``use_bias=False``)."""
 
 
 @runtime_checkable
@@ -34,7 +44,9 @@ class RecurrentCore(Protocol):
       part of one step, in ``lax.scan`` argument order.
     * ``state_size``/``output_size``: units per state and of the output; ``gates``: the number of
       parts ``G`` of the projection; ``num_feature_axes``: the trailing feature axes of a step's
-      input (1; ConvLSTM: ``rank + 1``).
+      input (1; ConvLSTM: ``rank + 1``, then the core is a :class:`SpatialCore` too).
+    * ``params_class``: the parameter NamedTuple, fields :data:`PARAM_NAMES` (:class:`CoreParams`;
+      build one by name with :func:`make_params`).
     """
 
     gates: int
@@ -58,6 +70,92 @@ class RecurrentCore(Protocol):
 
 CORE_MEMBERS = ("init", "initial_state", "project", "step", "state_size", "output_size", "gates", "num_feature_axes",
                 "params_class")
+
+
+class CoreParams(Protocol):
+    """The parameter layout contract (what ``core.params_class`` builds, what the front ends and the
+    Keras files read): ``kernel W (*window, I, G*U)``, ``recurrent_kernel R (*window, U, G*U)``,
+    ``bias`` (``(G*U,)``; the reset-after GRU's ``(2, G*U)``) or None, in this field order
+    (:data:`PARAM_NAMES`), as a NamedTuple (``_replace`` works)."""
+
+    kernel: jax.Array
+    recurrent_kernel: jax.Array
+    bias: Optional[jax.Array]
+
+
+def make_params(params_class: type, values: Mapping[str, Any]) -> CoreParams:
+    """``params_class`` built by name from ``values`` (``{name: array}``, names from
+    :data:`PARAM_NAMES`; a missing ``bias`` is None), after checking that ``params_class`` has the
+    layout of :class:`CoreParams`."""
+    fields = getattr(params_class, "_fields", None)
+    if tuple(fields or ()) != PARAM_NAMES:
+        raise TypeError(f"`params_class`: expected a NamedTuple with the fields {PARAM_NAMES}, got "
+                        f"{getattr(params_class, '__name__', params_class)!r} with fields {fields}.")
+    unknown = sorted(set(values) - set(PARAM_NAMES))
+    if unknown:
+        raise ValueError(f"parameters: expected some of {PARAM_NAMES}, got also {unknown}.")
+    return params_class(**{name: values.get(name) for name in PARAM_NAMES})
+
+
+@runtime_checkable
+class CellCore(RecurrentCore, Protocol):
+    """A core that a Keras cell front end wraps (the built-in cells: linen, NNX) also declares
+    ``dropout_mask_count``: how many dropout masks a call draws, ``1`` (one shared by every gate)
+    or ``gates`` (one per gate: Keras's ``implementation=1``); see :func:`per_gate_masks`."""
+
+    dropout_mask_count: int
+
+
+@runtime_checkable
+class SpatialCore(RecurrentCore, Protocol):
+    """A core with spatial feature axes (``num_feature_axes > 1``: ConvLSTM). Besides
+    :class:`RecurrentCore`:
+
+    * ``initial_state(batch_shape, dtype, input_spatial_shape)``: the states' spatial shape
+      follows the input's;
+    * ``check_inputs(params, inputs)``: raises (naming ``inputs``) unless ``inputs`` is
+      ``(*batch, T, *spatial, C)`` with the parameters' ``C``;
+    * ``output_spatial_shape(spatial_shape) -> tuple``: the spatial shape of outputs and states.
+    """
+
+    def check_inputs(self, params: Any, inputs: jax.Array) -> None: ...
+
+    def output_spatial_shape(self, spatial_shape: tuple) -> tuple: ...
+
+
+@runtime_checkable
+class HasBiasInLoop(Protocol):
+    """Optional: ``bias_in_loop: bool``, default True (a core without it). False keeps the input
+    bias in the projection for calls that are not differentiated (see
+    :func:`rnnjax.functional.core.loop_bias`; the GRU's)."""
+
+    bias_in_loop: bool
+
+
+def per_gate_masks(masks: Optional[jax.Array]) -> bool:
+    """The dropout-mask rule: ``masks`` is None, ``(1, *shape)`` (one mask shared by every gate) or
+    ``(gates, *shape)`` (gate ``g``'s matmul sees its input times ``masks[g]``). True for the
+    last."""
+    return masks is not None and masks.shape[0] > 1
+
+
+def shared_mask(masks: Optional[jax.Array]) -> Optional[jax.Array]:
+    """The one mask of ``(1, *shape)`` masks as ``shape`` (None for None): what a
+    :class:`RecurrentMatmulStep` takes; per-gate masks have no such form (:func:`per_gate_masks`)."""
+    return None if masks is None else masks[0]
+
+
+def with_pointwise_vjp(pointwise: Callable, pointwise_vjp: Optional[Callable]) -> Callable:
+    """``pointwise(pointwise_params, xp_t, a_t, state)`` whose reverse-mode derivative is the
+    hand-written ``pointwise_vjp(pointwise_params, xp_t, a_t, state, (d_state, d_y)) -> (d_params,
+    d_xp, d_a, d_state_prev)`` (see :class:`RecurrentMatmulStep`); ``pointwise`` itself if that is
+    None. Reverse mode only (a ``jax.custom_vjp``): the custom backward paths, which
+    ``custom_backward=False`` turns off, use it (a core's :class:`InputAdditiveStep` too)."""
+    if pointwise_vjp is None:
+        return pointwise
+    fn = jax.custom_vjp(pointwise)
+    fn.defvjp(lambda *args: (pointwise(*args), args), lambda args, ct: pointwise_vjp(*args, ct))
+    return fn
 
 
 @runtime_checkable

@@ -7,12 +7,13 @@ import jax
 
 from rnnjax.functional.core import check_input_dim, check_state, core_program, state_dtype
 from rnnjax.functional.driver import run_program
-from rnnjax.functional.protocol import CORE_MEMBERS, RecurrentCore
+from rnnjax.functional.options import LoopOptions
+from rnnjax.functional.protocol import CORE_MEMBERS, CoreParams, RecurrentCore, SpatialCore
 
 
 def rnn(
-    core,
-    params,
+    core: RecurrentCore,
+    params: CoreParams,
     inputs: jax.Array,
     *,
     initial_state: Any = None,
@@ -27,7 +28,7 @@ def rnn(
     dropout_mask: Optional[jax.Array] = None,
     recurrent_dropout_mask: Optional[jax.Array] = None,
     custom_backward: bool = True,
-):
+) -> tuple[jax.Array, Any]:
     """Runs a core over a sequence: ``(*batch, T, *features) -> ((*batch, U) or (*batch, T, U),
     state)`` (ConvLSTM: ``features = (*spatial, C)``, outputs ``(..., *spatial', F)``).
 
@@ -55,15 +56,19 @@ def rnn(
         raise TypeError(f"`core`: expected a rnnjax.functional.RecurrentCore, got {type(core).__name__} "
                         f"without {', '.join(missing)}.")
     n = core.num_feature_axes
+    options = LoopOptions(go_backwards=go_backwards, return_sequences=return_sequences,
+                          zero_output_for_mask=zero_output_for_mask, unroll=unroll, scan_unroll=scan_unroll,
+                          remat=remat, feature_axes=n, custom_backward=custom_backward).checked()
     if n == 1:
         check_input_dim(params.kernel, inputs)
         template = core.initial_state(inputs.shape[:-2], state_dtype(inputs.dtype))
     else:
+        if not isinstance(core, SpatialCore):
+            raise TypeError(f"`core`: a core with {n} feature axes must be a rnnjax.functional.SpatialCore, "
+                            f"got {type(core).__name__} without check_inputs or output_spatial_shape.")
         core.check_inputs(params, inputs)
         template = core.initial_state(inputs.shape[:-(n + 1)], state_dtype(inputs.dtype),
                                       inputs.shape[-n:-1])
     initial_state = template if initial_state is None else check_state(template, initial_state)
-    program = core_program(core, params, dropout_mask, recurrent_dropout_mask, custom_backward)
-    return run_program(program, inputs, initial_state, mask=mask, reset=reset, go_backwards=go_backwards,
-                       return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask,
-                       unroll=unroll, scan_unroll=scan_unroll, remat=remat, feature_axes=n)
+    program = core_program(core, params, dropout_mask, recurrent_dropout_mask)
+    return run_program(program, inputs, initial_state, options, mask=mask, reset=reset)

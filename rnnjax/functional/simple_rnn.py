@@ -13,10 +13,11 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from rnnjax.functional import activations
 from rnnjax.functional.core import check_core_config, check_units, gate_matmul, init_weight
-from rnnjax.functional.protocol import RecurrentMatmulStep
+from rnnjax.functional.protocol import RecurrentMatmulStep, shared_mask
 
 
 class SimpleRNNParams(NamedTuple):
@@ -48,21 +49,21 @@ class SimpleRNNCore:
     params_class = SimpleRNNParams
     gates = 1
     num_feature_axes = 1
-    implementation = 2  # one dropout mask, as Keras's SimpleRNNCell
+    dropout_mask_count = 1  # one dropout mask, as Keras's SimpleRNNCell
 
     def __post_init__(self):
         check_units(self.units)
         check_core_config(self)
 
     @property
-    def state_size(self):
+    def state_size(self) -> tuple:
         return (self.units,)
 
     @property
-    def output_size(self):
+    def output_size(self) -> int:
         return self.units
 
-    def init(self, key, input_dim: int, dtype=jnp.float32) -> SimpleRNNParams:
+    def init(self, key: jax.Array, input_dim: int, dtype: DTypeLike = jnp.float32) -> SimpleRNNParams:
         check_units(input_dim, "input_dim")
         k1, k2, k3 = jax.random.split(key, 3)
         u = self.units
@@ -72,26 +73,28 @@ class SimpleRNNCore:
             init_weight(self.bias_initializer, k3, (u,), dtype, "bias_initializer") if self.use_bias else None,
         )
 
-    def initial_state(self, batch_shape=(), dtype=jnp.float32) -> SimpleRNNState:
+    def initial_state(self, batch_shape: tuple = (), dtype: DTypeLike = jnp.float32) -> SimpleRNNState:
         return SimpleRNNState(jnp.zeros(tuple(batch_shape) + (self.units,), dtype))
 
-    def project(self, params: SimpleRNNParams, x, dropout_mask=None):
+    def project(self, params: SimpleRNNParams, x: jax.Array, dropout_mask: Optional[jax.Array] = None) -> jax.Array:
         return gate_matmul(x, params.kernel, dropout_mask, 1, params.bias)
 
-    def pointwise(self, pointwise_params, xp_t, a_t, state: SimpleRNNState):
+    def pointwise(self, pointwise_params: Any, xp_t: jax.Array, a_t: jax.Array,
+                  state: SimpleRNNState) -> tuple[SimpleRNNState, jax.Array]:
         """``h_t = φ(xp_t + a_t)`` with ``a_t = h_{t-1} @ R``."""
         del pointwise_params, state
         h = activations.get(self.activation)(xp_t + a_t)
         return SimpleRNNState(h), h
 
-    def step(self, params: SimpleRNNParams, state: SimpleRNNState, xp_t, recurrent_dropout_mask=None):
+    def step(self, params: SimpleRNNParams, state: SimpleRNNState, xp_t: Any,
+             recurrent_dropout_mask: Optional[jax.Array] = None) -> tuple[SimpleRNNState, jax.Array]:
         a = gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 1)
         return self.pointwise(None, xp_t, a, state)
 
-    def matmul_step(self, params: SimpleRNNParams, recurrent_dropout_mask=None):
+    def matmul_step(self, params: SimpleRNNParams,
+                    recurrent_dropout_mask: Optional[jax.Array] = None) -> Optional[RecurrentMatmulStep]:
         """The step as a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep`."""
-        m = recurrent_dropout_mask
-        return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, None, None if m is None else m[0],
+        return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, None, shared_mask(recurrent_dropout_mask),
                                    reads_only_sum=True)
 
     def __call__(self, params: SimpleRNNParams, state: SimpleRNNState, x_t):

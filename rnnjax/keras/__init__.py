@@ -14,9 +14,6 @@ Reading and writing files needs h5py (``pip install rnnjax[keras]``), imported o
 from rnnjax.keras.formats import KerasImportError
 from rnnjax.keras.graph import KerasGraph
 from rnnjax.keras.inspect import inspect_keras
-from rnnjax.keras.layers import (
-    Add, BatchNormalization, Concatenate, Conv1D, Flatten, GlobalPooling1D, LayerNormalization, Pooling1D,
-)
 from rnnjax.keras.loader import load_keras, load_keras_weights
 from rnnjax.keras.optimizer_import import load_keras_optimizer
 from rnnjax.keras.optimizer_rules import KerasOptimizerState
@@ -25,6 +22,4 @@ from rnnjax.keras.save import KerasSaveError, save_keras
 __all__ = [
     "load_keras", "load_keras_weights", "load_keras_optimizer", "inspect_keras", "save_keras", "KerasImportError",
     "KerasSaveError", "KerasGraph", "KerasOptimizerState",
-    "Add", "BatchNormalization", "Concatenate", "Conv1D", "Flatten", "GlobalPooling1D", "LayerNormalization",
-    "Pooling1D",
 ]

@@ -1,4 +1,4 @@
-"""Keras layer configs -> rnnjax / :mod:`rnnjax.keras.layers` modules, key by key.
+"""Keras layer configs -> rnnjax modules, key by key.
 
 Every key of a layer config is either mapped to a constructor argument, checked to have the one
 value rnnjax supports, or on a list of keys that do not change the forward pass (initializers,
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import rnnjax
-from rnnjax.keras import layers as klayers
+from rnnjax.keras.build_layers import LAYER_BUILDERS, MULTI_INPUT
 from rnnjax.keras.formats import KerasImportError
 
 # Keys without effect on the outputs of a loaded model (regularizers only add training losses).
@@ -185,55 +185,6 @@ def _bidirectional(c: Cfg):
     return rnnjax.Bidirectional(forward, merge_mode=mode, backward_layer=backward, name=c.name)
 
 
-def _int(v):
-    return int(v[0]) if isinstance(v, (list, tuple)) else int(v)
-
-
-def _data_format(c: Cfg, allowed=("channels_last", "channels_first")):
-    fmt = c("data_format", "channels_last") or "channels_last"
-    if fmt not in allowed:
-        c.fail(f"data_format={fmt!r} is not supported (supported: {list(allowed)})")
-    return fmt
-
-
-def _conv1d(c: Cfg):
-    _data_format(c, ("channels_last",))
-    return klayers.Conv1D(int(c("filters")), _int(c("kernel_size")), strides=_int(c("strides", 1)),
-                          padding=c("padding", "valid"), dilation_rate=_int(c("dilation_rate", 1)),
-                          groups=int(c("groups", 1)), activation=c.act("activation", None),
-                          use_bias=bool(c("use_bias", True)), name=c.name)
-
-
-def _pool(mode):
-    def make(c: Cfg):
-        size = _int(c("pool_size", 2))
-        strides = c("strides", None)
-        return klayers.Pooling1D(mode, size, None if strides is None else _int(strides), c("padding", "valid"),
-                                 _data_format(c), name=c.name)
-    return make
-
-
-def _global_pool(mode):
-    return lambda c: klayers.GlobalPooling1D(mode, _data_format(c), bool(c("keepdims", False)), name=c.name)
-
-
-def _axes(v):
-    return tuple(int(a) for a in (v if isinstance(v, (list, tuple)) else [v]))
-
-
-def _batch_norm(c: Cfg):
-    axis = _axes(c("axis", -1))
-    if len(axis) != 1:
-        c.fail(f"axis={axis} is not supported (one axis)")
-    return klayers.BatchNormalization(axis[0], float(c("epsilon", 1e-3)), bool(c("center", True)),
-                                      bool(c("scale", True)), name=c.name)
-
-
-def _layer_norm(c: Cfg):
-    return klayers.LayerNormalization(_axes(c("axis", -1)), float(c("epsilon", 1e-3)), bool(c("center", True)),
-                                      bool(c("scale", True)), bool(c("rms_scaling", False)), name=c.name)
-
-
 BUILDERS: dict[str, Callable] = {
     "Dense": lambda c: rnnjax.Dense(int(c("units")), activation=c.act("activation", None),
                                     use_bias=bool(c("use_bias", True)), name=c.name),
@@ -250,18 +201,9 @@ BUILDERS: dict[str, Callable] = {
     "Bidirectional": _bidirectional,
     "TimeDistributed": lambda c: (lambda inner: None if inner is None else
                                   rnnjax.TimeDistributed(inner, name=c.name))(_wrapped(c, "layer")),
-    "Conv1D": _conv1d, "Convolution1D": _conv1d,
-    "MaxPooling1D": _pool("max"), "MaxPool1D": _pool("max"),
-    "AveragePooling1D": _pool("average"), "AvgPool1D": _pool("average"),
-    "GlobalMaxPooling1D": _global_pool("max"), "GlobalMaxPool1D": _global_pool("max"),
-    "GlobalAveragePooling1D": _global_pool("average"), "GlobalAvgPool1D": _global_pool("average"),
-    "Flatten": lambda c: (_data_format(c, ("channels_last",)), klayers.Flatten(name=c.name))[1],
-    "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm,
-    "Concatenate": lambda c: klayers.Concatenate(int(c("axis", -1)), "any" if c.major >= 3 else "all",
-                                                 name=c.name),
-    "Add": lambda c: klayers.Add(name=c.name),
 }
-MERGES = ("Concatenate", "Add")
+BUILDERS.update(LAYER_BUILDERS)  # the layers around the recurrent ones: rnnjax/keras/build_layers.py
+MERGES = MULTI_INPUT
 
 
 class Context:

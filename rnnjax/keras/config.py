@@ -30,7 +30,7 @@ MODEL_CLASSES = ("Sequential", "Functional", "Model")
 # Keras 3 functional graphs spell out mask computations as op nodes; only these may appear, and
 # only on the way to a layer's `mask=` (rnnjax recomputes masks by Keras's layer rules).
 MASK_OPS = {"NotEqual", "Any", "All", "ExpandDims", "ZerosLike", "OnesLike", "LogicalOr", "LogicalAnd",
-            "Concatenate", "BroadcastTo", "Cast", "Squeeze"}
+            "Concatenate", "BroadcastTo", "Cast", "Squeeze", "ConvertToTensor"}  # the last: Attention.compute_mask
 _OPS_MODULE = "keras.src.ops"
 
 

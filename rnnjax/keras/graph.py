@@ -57,5 +57,5 @@ class KerasGraph(nn.Module):
             ms = [values[i][1] for i in srcs]
             x, m = (xs, ms) if merge else (xs[0], ms[0])
             out_mask = _mask_of(layer, name, x, m)
-            values[k] = (module(x) if merge else _call(module, x, m, training), out_mask)
+            values[k] = (_call(module, x, m, training), out_mask)  # a merge gets its list of masks
         return values[self.output][0]

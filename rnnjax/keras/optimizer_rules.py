@@ -70,7 +70,7 @@ KINDS = ("adam", "sgd", "rmsprop", "adagrad")
 class KerasOptimizerState(NamedTuple):
     """The state of a Keras optimizer, a pytree (it goes through ``jax.jit`` as it is).
 
-    Args:
+    Attributes:
         step: Keras's ``iterations``: the updates applied so far (an int32 scalar).
         slots: ``{slot name: a tree shaped like the parameters}``: Adam ``m``, ``v`` (and
             ``vhat`` with ``amsgrad``), SGD ``momentum``, RMSprop ``velocity`` (and ``momentum``,

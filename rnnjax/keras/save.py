@@ -31,6 +31,7 @@ from rnnjax.layers.protocol import keras_name, snake_case
 
 __all__ = ["save_keras", "KerasSaveError"]
 
+BATCH_STATS = "batch_stats"  # BatchNormalization's moving statistics (rnnjax.BatchNormalization)
 # The Keras 3 file layout written here (``vars`` groups carry a ``name`` attribute since 3.6).
 FORMAT_KERAS_VERSION = "3.6.0"
 
@@ -53,17 +54,33 @@ def _names(layers) -> list:
 def _param_tree(model, variables, layers, names) -> list:
     if not isinstance(variables, Mapping) or "params" not in variables:
         raise ValueError(f"`variables`: expected the dict returned by `model.init` (with 'params'), got {type(variables).__name__}.")
-    unknown = sorted(set(variables) - {"params", STATE_COLLECTION, LOSSES})
+    unknown = sorted(set(variables) - {"params", STATE_COLLECTION, LOSSES, BATCH_STATS})
     if unknown:
         raise KerasSaveError(f"`variables`: collections {unknown} have no place in a Keras 3 file (expected 'params'"
-                             f" and optionally '{STATE_COLLECTION}' and '{LOSSES}', the penalties init reported).")
-    params = variables["params"]
+                             f" and optionally '{STATE_COLLECTION}', '{BATCH_STATS}' (BatchNormalization) and "
+                             f"'{LOSSES}', the penalties init reported).")
+    params = _with_batch_stats(variables["params"], variables.get(BATCH_STATS, {}))
     if not isinstance(model, Sequential):
         return [params]
     extra = sorted(set(params) - set(names))
     if extra:
         raise KerasSaveError(f"`variables`: parameters {extra} belong to no layer of the model (its layers: {names}).")
     return [params.get(n) for n in names]
+
+
+def _with_batch_stats(params, stats):
+    """``params`` with BatchNormalization's moving statistics (``'batch_stats'``) merged in by path:
+    Keras 3 keeps them with the layer's other variables."""
+    if not isinstance(stats, Mapping):
+        return stats
+    out = dict(params)
+    for key, value in stats.items():
+        out[key] = _with_batch_stats(out.get(key, {}), value) if isinstance(value, Mapping) else value
+    return out
+
+
+def _count_arrays(variables) -> int:
+    return len(jax.tree_util.tree_leaves([variables["params"], variables.get(BATCH_STATS, {})]))
 
 
 def _infer_input(layer, params, where) -> tuple:
@@ -202,9 +219,11 @@ def save_keras(model, variables, path, *, input_shape=None, input_dtype=None, ba
     Args:
       model: an ``rnnjax.Sequential`` of rnnjax layers (SimpleRNN, GRU, LSTM, RNN of cells or
         stacked cells, ConvLSTM1D/2D/3D, CuDNNLSTM/CuDNNGRU, Bidirectional, TimeDistributed,
-        Embedding, Masking, Dense, Dropout, Activation), or one such layer alone (its
-        ``return_state`` outputs become the Keras model's outputs).
-      variables: ``model.init(...)``'s result: ``'params'`` (and ``'rnn_state'``, not saved).
+        Embedding, Masking, Dense, Dropout, Activation, and the layers of
+        ``rnnjax.layers.KERAS_LAYERS``: Conv2D, Reshape, RepeatVector, ...), or one such layer
+        alone (its ``return_state`` outputs become the Keras model's outputs).
+      variables: ``model.init(...)``'s result: ``'params'`` (and ``'batch_stats'``, saved with
+        BatchNormalization; ``'rnn_state'``, not saved).
       path: the file to write; must end in ``.keras`` (Keras 3 requires it). Replaced atomically.
       input_shape: per-sample input shape (``None`` for a free length); inferred from the first
         layer that fixes it (Embedding: ``(input_length,)`` int32; recurrent: ``(input_length,
@@ -236,7 +255,7 @@ def save_keras(model, variables, path, *, input_shape=None, input_dtype=None, ba
     saved = []
     for i, (layer, name, p) in enumerate(zip(layers, names, params)):
         saved.append(sl.convert(layer, p, name, f"layer {i} ({name}, {type(layer).__name__})", ctx))
-    written, total = sum(_count(s.node) for s in saved), len(jax.tree_util.tree_leaves(variables["params"]))
+    written, total = sum(_count(s.node) for s in saved), _count_arrays(variables)
     if written != total:
         raise KerasSaveError(f"`variables`: {total} parameter arrays, but the model's layers account for {written}.")
     batch = _batch_size(layers, variables, batch_size)

@@ -14,7 +14,8 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from rnnjax.cudnn import CuDNNGRU, CuDNNLSTM, cudnn_gru_to_gru, cudnn_lstm_to_lstm
-from rnnjax.keras import save_objects as so
+from rnnjax.functional.protocol import PARAM_NAMES
+from rnnjax.keras import save_companions, save_objects as so
 from rnnjax.keras.save_objects import KerasSaveError
 from rnnjax.layers import (
     GRU, LSTM, RNN, Activation, Bidirectional, Dense, Dropout, Embedding, GRUCell, LSTMCell, Masking,
@@ -123,8 +124,7 @@ def _scale(arrays: list, factors: list) -> list:
 
 
 def _cell_weights(obj, params, kind, factors, units, where, ctx) -> list:
-    names = ["kernel", "recurrent_kernel"] + (["bias"] if obj.use_bias else [])
-    arrays = _weights(params, names, where, ctx)
+    arrays = _weights(params, PARAM_NAMES if obj.use_bias else PARAM_NAMES[:2], where, ctx)
     gates = len(factors)
     if arrays[0].shape[-1] != gates * units or arrays[1].shape[-1] != gates * units:
         raise KerasSaveError(
@@ -199,7 +199,7 @@ def _cudnn(layer, params, name, where, ctx) -> Saved:
             f"{where}: {type(layer).__name__} is saved as a Keras 3 {'LSTM' if lstm else 'GRU'}, whose weights are "
             f"laid out (and its bias summed/reshaped) differently, so {blocked} would act on other numbers; drop them."
         )
-    k, r, b = _weights(params, ["kernel", "recurrent_kernel", "bias"], where, ctx)
+    k, r, b = _weights(params, PARAM_NAMES, where, ctx)
     canonical = (cudnn_lstm_to_lstm if lstm else cudnn_gru_to_gru)((k, r, b))
     arrays = [np.asarray(a, ctx.dtype) for a in canonical]
     cfg = {"units": int(layer.units), "activation": "tanh", "recurrent_activation": "sigmoid", "use_bias": True}
@@ -271,6 +271,8 @@ def _bidirectional(layer, params, name, where, ctx) -> Saved:
 
 def _time_distributed(layer, params, name, where, ctx) -> Saved:
     inner_name = keras_name(layer.layer)
+    if params and len(params) == 1:  # inside a Sequential the inner layer's own name was reset (dense_1 -> dense)
+        inner_name = next(iter(params))
     inner = convert(layer.layer, (params or {}).get(inner_name), inner_name, f"{where} inner layer", ctx)
     config = {**_base(name, ctx), "layer": inner.config}
     return Saved(keras_object("TimeDistributed", config), Node(name, [], {"layer": inner.node}))
@@ -327,6 +329,16 @@ _CONVERTERS = {
     TimeDistributed: _time_distributed, Embedding: _embedding, Dense: _dense, Masking: _weightless,
     Dropout: _weightless, Activation: _weightless,
 }
+
+
+def _companion(layer, params, name, where, ctx) -> Saved:
+    """A layer of :data:`rnnjax.layers.KERAS_LAYERS` (:mod:`rnnjax.keras.save_companions`)."""
+    class_name, fields, names, factor = save_companions.describe(layer, where, ctx)
+    arrays = _scale(_weights(params, names, where, ctx), [factor])
+    return Saved(keras_object(class_name, {**_base(name, ctx), **fields}), Node(name, arrays, {}))
+
+
+_CONVERTERS.update(dict.fromkeys(save_companions.CLASSES, _companion))
 RECURRENT = (SimpleRNN, GRU, LSTM, ConvLSTM1D, ConvLSTM2D, ConvLSTM3D, CuDNNLSTM, CuDNNGRU, RNN)
 
 

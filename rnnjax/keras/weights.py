@@ -18,7 +18,8 @@ import rnnjax
 from rnnjax.keras import formats
 from rnnjax.keras.formats import KerasImportError
 
-_CANON = ("embeddings", "kernel", "recurrent_kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")
+_CANON = ("embeddings", "kernel", "recurrent_kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance",
+          "scale", "concat_score_weight")
 _RECURRENT = (rnnjax.SimpleRNN, rnnjax.GRU, rnnjax.LSTM, rnnjax.ConvLSTM1D, rnnjax.ConvLSTM2D, rnnjax.ConvLSTM3D)
 _CELLS = (rnnjax.SimpleRNNCell, rnnjax.GRUCell, rnnjax.LSTMCell)
 

@@ -19,14 +19,7 @@ import numpy as np
 from rnnjax import constraints, regularizers
 from rnnjax.functional import activations, initializers
 from rnnjax.functional.core import check_rate, check_units, concrete, init_weight
-
-
-class _PassMask:
-    """``compute_mask`` of a layer that keeps the time axis and does not change the mask."""
-
-    def compute_mask(self, inputs, mask=None):
-        del inputs
-        return mask
+from rnnjax.layers.protocol import PassMask as _PassMask
 
 
 class _Weighted:

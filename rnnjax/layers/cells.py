@@ -21,10 +21,9 @@ from rnnjax.functional.gru import GRUCore
 from rnnjax.functional.lstm import LSTMCore
 from rnnjax.functional.simple_rnn import SimpleRNNCore
 from rnnjax.layers.base import single_step
-from rnnjax.functional.protocol import CoreProgram
+from rnnjax.functional.protocol import PARAM_NAMES as _WEIGHTS, CoreProgram, make_params
 from rnnjax.layers.path import core_cell_program
 
-_WEIGHTS = ("kernel", "recurrent_kernel", "bias")
 _ARG = {"kernel": "kernel", "recurrent_kernel": "recurrent", "bias": "bias"}  # Keras argument prefixes
 
 
@@ -115,10 +114,9 @@ class KerasCell(nn.Module):
         input_dim = int(input_shape[0])
         core = self.core()
         values = self.weights(input_dim)
-        params = core.params_class(values["kernel"], values["recurrent_kernel"], values.get("bias"))
-        count = 1 if core.implementation == 2 else core.gates
+        params = make_params(core.params_class, values)
         in_mask, rec_mask = self.dropout_masks(tuple(batch_shape) + (input_dim,), tuple(batch_shape) + (self.units,),
-                                               count, dtype, training)
+                                               core.dropout_mask_count, dtype, training)
         return core_cell_program(core, params, (self.units,), in_mask, rec_mask)
 
     def get_initial_state(self, batch_size: int, dtype=jnp.float32):

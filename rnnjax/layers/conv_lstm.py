@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.functional.conv import check_data_format, shape_ints
-from rnnjax.functional.conv_lstm import ConvLSTMCore, ConvLSTMParams
+from rnnjax.functional.conv_lstm import ConvLSTMCore
 from rnnjax.layers.base import STATE_COLLECTION, RecurrentLayer, reset_layer_states, run_recurrent
 from rnnjax.layers.cells import KerasCell
-from rnnjax.functional.protocol import CoreProgram
+from rnnjax.functional.protocol import CoreProgram, make_params
 from rnnjax.layers.path import check_sequence, check_state, core_cell_program
 
 
@@ -93,10 +93,11 @@ class ConvLSTMCell(KerasCell):
         core = self.core()
         out_spatial = core.output_spatial_shape(spatial)
         values = self.weights(channels)
-        params = ConvLSTMParams(values["kernel"], values["recurrent_kernel"], values.get("bias"))
+        params = make_params(core.params_class, values)
         batch_shape = tuple(batch_shape)
         in_mask, rec_mask = self.dropout_masks(batch_shape + spatial + (channels,),
-                                               batch_shape + out_spatial + (self.filters,), core.gates, dtype, training)
+                                               batch_shape + out_spatial + (self.filters,), core.dropout_mask_count,
+                                               dtype, training)
 
         def initial_state(batch_shape=batch_shape, dtype=dtype):
             return core.initial_state(batch_shape, dtype, spatial)

@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import regularizers
-from rnnjax.functional.core import check_custom_backward, check_state, core_program, state_dtype
+from rnnjax.functional.core import check_state, core_program, state_dtype
 from rnnjax.functional.driver import run_program
+from rnnjax.functional.options import LoopOptions
 from rnnjax.functional.protocol import CoreProgram
 
 __all__ = [
@@ -213,14 +214,11 @@ def drive(program: CoreProgram, inputs, initial_state, options: CallOptions, *, 
     over ``inputs (*batch, T, *features)`` (several feature axes: ConvLSTM). Without
     ``options.custom_backward`` the program's hand-written backward forms are dropped (the
     generic loop, which forward-mode autodiff can differentiate)."""
-    check_custom_backward(options.custom_backward)
-    if not options.custom_backward:
-        program = program.without_backward_forms()
-    return run_program(
-        program, inputs, initial_state, mask=mask, reset=reset, constants=constants, go_backwards=options.go_backwards,
-        return_sequences=options.return_sequences, zero_output_for_mask=options.zero_output_for_mask,
-        unroll=options.unroll, scan_unroll=options.scan_unroll, remat=options.remat, feature_axes=feature_ndim,
-    )
+    loop = LoopOptions(go_backwards=options.go_backwards, return_sequences=options.return_sequences,
+                       zero_output_for_mask=options.zero_output_for_mask, unroll=options.unroll,
+                       scan_unroll=options.scan_unroll, remat=options.remat, feature_axes=feature_ndim,
+                       custom_backward=options.custom_backward)
+    return run_program(program, inputs, initial_state, loop, mask=mask, reset=reset, constants=constants)
 
 
 def like_state(new, current):

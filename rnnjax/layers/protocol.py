@@ -57,6 +57,32 @@ def output_mask(layer, inputs, mask):
     return rule(inputs, mask)
 
 
+class PassMask:
+    """``compute_mask`` of a layer that keeps the time axis and does not change the mask."""
+
+    def compute_mask(self, inputs, mask=None):
+        del inputs
+        return mask
+
+
+class DropMask:
+    """``compute_mask`` of a layer whose output has no mask: it changes or removes the time axis
+    (Keras 3 drops the mask with a warning; Keras 2 refused to build such a model, so no Keras 2
+    file has one)."""
+
+    def compute_mask(self, inputs, mask=None):
+        del inputs, mask
+        return None
+
+
+def check_keras_version(version) -> int:
+    """The ``keras_version`` field of the layers whose semantics differ between Keras 2 (tf-keras)
+    and Keras 3: 2 or 3."""
+    if isinstance(version, bool) or version not in (2, 3):
+        raise ValueError(f"`keras_version`: expected 2 (tf-keras's semantics) or 3 (Keras 3's), got {version!r}.")
+    return int(version)
+
+
 def raise_no_masking(layer):
     raise TypeError(
         f"{type(layer).__name__} does not support masking, but was passed a mask (as Keras 2 said): it has no "

@@ -10,7 +10,9 @@ keyword-only, parameters as ``nnx.Param`` under the Keras names in Keras layout:
     y = layer(x)                              # x (batch, T, 8) -> (batch, T, 64)
 
 The companion layers too (``Embedding``, ``Masking``, ``Dense``, ``Dropout``, ``Activation``,
-``TimeDistributed``) and the mask-carrying ``Sequential``.
+``TimeDistributed``), Keras's layers around the recurrent ones under the linen names
+(``rnnjax.layers.KERAS_LAYERS``: ``RepeatVector``, ``Reshape``, ``Conv2D``, ``Attention``, ...)
+and the mask-carrying ``Sequential``.
 The same numbers as the linen layers: :func:`from_linen` / :func:`to_linen` convert variables.
 """
 from __future__ import annotations
@@ -51,7 +53,16 @@ from rnnjax.nnx.conv_lstm import (  # noqa: E402
 from rnnjax.nnx.cudnn import CuDNNGRU, CuDNNLSTM  # noqa: E402
 from rnnjax.nnx.wrappers import Bidirectional, TimeDistributed  # noqa: E402
 from rnnjax.nnx.basic import Activation, Dense, Dropout, Embedding, Masking  # noqa: E402
+from rnnjax.nnx.keras_layers import (  # noqa: E402
+    Add, Average, AveragePooling1D, AveragePooling2D, Concatenate, Cropping1D, Dot, Flatten, GlobalAveragePooling1D,
+    GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D, LeakyReLU, MaxPooling1D, MaxPooling2D, Maximum,
+    Minimum, Multiply, Permute, ReLU, RepeatVector, Reshape, Softmax, Subtract, UpSampling1D, ZeroPadding1D,
+)
+from rnnjax.nnx.keras_weighted import (  # noqa: E402
+    AdditiveAttention, Attention, BatchNormalization, Conv1D, Conv2D, Conv3D, LayerNormalization,
+)
 from rnnjax.nnx.sequential import Sequential  # noqa: E402
+from rnnjax.layers import KERAS_LAYERS  # noqa: E402  (the same names as the linen layers around the RNNs)
 from rnnjax.nnx.convert import from_linen, linen_path, to_linen  # noqa: E402
 
 __all__ = [
@@ -61,4 +72,5 @@ __all__ = [
     "CuDNNLSTM", "CuDNNGRU", "Bidirectional", "TimeDistributed", "Sequential",
     "Embedding", "Masking", "Dense", "Dropout", "Activation",
     "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell",
+    *KERAS_LAYERS,
 ]

@@ -22,15 +22,15 @@ def keras_fields(linen_class) -> list:
 
 def bind(owner: str, linen_class, args: tuple, kwargs: dict, last_positional: str, first: str) -> dict:
     """``{argument: value}`` for all of ``linen_class``'s fields: ``args`` bound in Keras 2 order up to
-    ``last_positional``, then ``kwargs``, then the defaults. ``first`` names the first argument
-    (``units``/``filters``/``cell``) for the error messages."""
+    ``last_positional`` (None: none positional), then ``kwargs``, then the defaults. ``first``
+    names the first argument (``units``/``filters``/``cell``) for the error messages."""
     fields = keras_fields(linen_class)
     names = [f.name for f in fields]
-    positional = names[: names.index(last_positional) + 1]
+    positional = names[: names.index(last_positional) + 1] if last_positional else []
     if len(args) > len(positional):
         raise TypeError(
-            f"{owner}: takes at most {len(positional)} positional arguments (Keras 2's: {', '.join(positional)}), "
-            f"got {len(args)}; pass the others by keyword."
+            f"{owner}: takes at most {len(positional)} positional arguments (Keras's: {', '.join(positional) or 'none'}),"
+            f" got {len(args)}; pass the others by keyword."
         )
     if len(args) >= 2 and positional[1] in _NEVER_INT and isinstance(args[1], numbers.Integral) \
             and not isinstance(args[1], bool):

@@ -22,7 +22,7 @@ from flax import nnx
 from rnnjax import constraints, layers as linen_layers, regularizers
 from rnnjax.functional.core import dropout_masks
 from rnnjax.layers import path
-from rnnjax.functional.protocol import CoreProgram
+from rnnjax.functional.protocol import PARAM_NAMES, CoreProgram, make_params
 from rnnjax.nnx import _args
 
 WEIGHTS = (("kernel", "kernel"), ("recurrent_kernel", "recurrent"), ("bias", "bias"))
@@ -122,8 +122,8 @@ class KerasCell(DropoutStream, nnx.Module):
 
     def params(self):
         """The core's parameter NamedTuple of the current values."""
-        return self.core.params_class(self.kernel[...], self.recurrent_kernel[...],
-                                      None if self.bias is None else self.bias[...])
+        weights = {name: getattr(self, name) for name in PARAM_NAMES}
+        return make_params(self.core.params_class, {n: None if w is None else w[...] for n, w in weights.items()})
 
     def _shapes(self, feature_shape):
         """``(input features, input mask shape, state mask shape, output shape, state kwargs)``."""
@@ -142,7 +142,7 @@ class KerasCell(DropoutStream, nnx.Module):
             raise ValueError(f"`inputs`: {n} features per step, but {type(self).__name__} was built for {built} "
                              f"(input_dim={built}, kernel shape {tuple(self.kernel.shape)}).")
         keys = self.mask_keys(deterministic, rngs)
-        count = 1 if getattr(core, "implementation", 1) == 2 else core.gates
+        count = core.dropout_mask_count
         batch_shape = tuple(batch_shape)
         in_mask = rec_mask = None
         if keys is not None and self.spec.dropout > 0:

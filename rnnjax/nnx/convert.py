@@ -21,7 +21,7 @@ from flax import nnx
 
 from rnnjax.nnx.variables import RNNState
 
-COLLECTIONS = ((nnx.Param, "params"), (RNNState, "rnn_state"))
+COLLECTIONS = ((nnx.Param, "params"), (RNNState, "rnn_state"), (nnx.BatchStat, "batch_stats"))
 
 
 def linen_path(model, path) -> tuple:
@@ -60,7 +60,7 @@ def _flatten(tree, prefix=()):
 
 
 def to_linen(model, state=None) -> dict:
-    """``{'params': ..., 'rnn_state': ...}`` (only collections that exist) of ``model``'s values, as
+    """``{'params': ..., 'rnn_state': ..., 'batch_stats': ...}`` (only collections that exist) of ``model``'s values, as
     the linen twin's ``init`` would lay them out. With ``state`` (an ``nnx.State`` of the model's
     paths, e.g. the gradients from ``nnx.grad``) its values are laid out instead."""
     values = None if state is None else {tuple(p): v for p, v in nnx.to_flat_state(state)}
@@ -79,9 +79,9 @@ def to_linen(model, state=None) -> dict:
 
 def from_linen(model, variables: Mapping):
     """Sets ``model``'s parameters (and stateful states) in place from linen ``variables``
-    (``{'params': ..., 'rnn_state': ...}``, as ``init`` returns); returns ``model``. Every NNX
+    (``{'params': ..., 'rnn_state': ..., 'batch_stats': ...}``, as ``init`` returns); returns ``model``. Every NNX
     variable must find a linen value of the same shape, and every linen value must be used."""
-    flat = {(c,) + p: v for c in ("params", "rnn_state") if c in variables for p, v in _flatten(variables[c])}
+    flat = {(c,) + p: v for _, c in COLLECTIONS if c in variables for p, v in _flatten(variables[c])}
     used, problems, updates = set(), [], []
     for collection, path, var in _variables(model):
         key = (collection,) + linen_path(model, path)

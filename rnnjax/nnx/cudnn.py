@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from rnnjax.cudnn import layers as linen_cudnn
 from rnnjax.functional.core import check_units, init_weight
+from rnnjax.functional.protocol import PARAM_NAMES, make_params
 from rnnjax.layers import path
 from rnnjax.nnx import _args
 from rnnjax.nnx.cells import WEIGHTS, weight_param
@@ -65,7 +66,7 @@ class _CuDNN(Recurrent):
         if seq.feature_shape[0] != self.kernel.shape[0]:
             raise ValueError(f"`inputs`: {seq.feature_shape[0]} features per step, but {type(self).__name__} was built "
                              f"for {self.kernel.shape[0]} (input_dim={self.kernel.shape[0]}).")
-        params = spec.params_class(self.kernel[...], self.recurrent_kernel[...], self.bias[...])
+        params = make_params(spec.params_class, {name: getattr(self, name)[...] for name in PARAM_NAMES})
         rows = math.prod(seq.batch_shape)
         lengths, ok = linen_cudnn.resolve_lengths(mask, seq_lengths, seq.batch_shape, seq.steps)
         reset = linen_cudnn.check_reset(reset, seq, rows)
