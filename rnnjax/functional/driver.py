@@ -1,4 +1,5 @@
-"""The one sequence driver: every rnnjax layer runs its cell through :func:`run_program`, and
+"""The one sequence driver: every rnnjax layer runs its cell through :func:`run_program` (the
+CuDNN layers too, except on their cuDNN backend, which runs the fused GPU kernel), and
 :func:`scan_rnn` is its public form for any step function.
 
 Given a step ``step(state, xp_t) -> (new_state, y_t)`` and an input sequence, the driver
