@@ -13,6 +13,8 @@ Three ways in:
   ``Sequential``, and Keras's reshaping, activation, merge, convolution, pooling, normalization
   and attention layers (``RepeatVector``, ``Reshape``, ``Conv2D``, ``Attention``, ... :
   ``rnnjax.layers.KERAS_LAYERS``; their NNX twins in :mod:`rnnjax.nnx` under the same names);
+* ``reset`` on every recurrent layer (episodes, packed sequences) and the packing helpers of
+  :mod:`rnnjax.packing`;
 * Keras 2's cuDNN layers ``CuDNNLSTM``/``CuDNNGRU``; their weight conversions (canonical <->
   cuDNN <-> PyTorch) live in :mod:`rnnjax.cudnn` only (``rnnjax.cudnn.cudnn_lstm_to_lstm``, ...);
 * Keras files: :func:`load_keras`, :func:`load_keras_weights`, :func:`load_keras_optimizer`,
@@ -39,7 +41,7 @@ from rnnjax.layers import (  # noqa: F401  (KERAS_LAYERS: their names)
 from rnnjax.layers import (
     ConvLSTM1D, ConvLSTM2D, ConvLSTM3D, ConvLSTM1DCell, ConvLSTM2DCell, ConvLSTM3DCell, ConvLSTMCell,
 )
-from rnnjax import cudnn
+from rnnjax import cudnn, packing
 from rnnjax.cudnn import CuDNNGRU, CuDNNLSTM
 from rnnjax.regularizers import regularization_loss
 from rnnjax.constraints import keras_constraints
@@ -66,7 +68,7 @@ __all__ = [
     "reset_states", "regularization_loss", "keras_constraints", "STATE_COLLECTION",
     "activations", "initializers", "constraints", "regularizers", "functional",
     "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell",
-    "ConvLSTMCell", "cudnn", "CuDNNLSTM", "CuDNNGRU",
+    "ConvLSTMCell", "cudnn", "CuDNNLSTM", "CuDNNGRU", "packing",
     "load_keras", "load_keras_weights", "load_keras_optimizer", "inspect_keras", "save_keras",
     *KERAS_LAYERS,
 ]

@@ -143,6 +143,26 @@ def test_export_matches_jit(name, spec, masked):
         _check(fn, restored, (variables, x, m) if masked else (variables, x), (0, 1))
 
 
+@pytest.mark.parametrize("name", ["SimpleRNN", "GRU", "LSTM", "LSTM_remat", "ConvLSTM1D", "CuDNNLSTM"])
+def test_export_with_reset(name):
+    """``reset`` (like the mask: ``(b, t)`` boolean, symbolic) exports with symbolic batch and time,
+    forward and VJP, for each backward form (and go_backwards: SimpleRNN)."""
+    layer, variables, feat, mask_kind = _build(name)
+    lead, concrete = SPECS["b, t"]
+    x_spec = _spec(lead, feat)
+
+    def fn(v, x, m, r):
+        return layer.apply(v, x, mask=m, reset=r)
+
+    flags = jax.ShapeDtypeStruct(x_spec.shape[:2], jnp.bool_)
+    restored = _roundtrip(fn, variables, x_spec, flags, flags)
+    assert [str(d) for d in restored.in_avals[-1].shape] == [str(d) for d in lead]
+    for k, shape in enumerate(concrete + ([(64, 50)] if name == "LSTM" else [])):
+        x, m = _inputs(shape, feat, mask_kind, seed=k)
+        r = jnp.asarray(np.random.default_rng(k + 10).random(shape) < 0.3)
+        _check(fn, restored, (variables, x, m, r), (0, 1))
+
+
 SPATIAL = {  # symbolic spatial sizes (padding 'same', stride 1), two concrete shapes each
     "ConvLSTM1D": ("b, t, w, 2", [(1, 2, 3, 2), (2, 4, 7, 2)]),
     "ConvLSTM2D": ("b, t, h, w, 2", [(1, 3, 2, 5, 2), (2, 2, 6, 3, 2)]),

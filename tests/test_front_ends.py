@@ -2,7 +2,11 @@
 the linen variables (``rnnjax.nnx.from_linen``), the same outputs and final states (the linen
 layers themselves are checked against Keras 3, PyTorch and numpy elsewhere). Both front ends
 share one contract (``rnnjax.layers.contract``); a cell whose output is narrower than its state,
-stacked before ``LSTMCell(5)``, is also checked against a float64 numpy step loop."""
+stacked before ``LSTMCell(5)``, is also checked against a float64 numpy step loop. Every model's
+call takes the agreed options (``mask=``, ``initial_state=``, ``training=``, ``reset=``) by
+keyword only, in both front ends."""
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,6 +66,22 @@ def test_linen_and_nnx_compute_the_same(name):
     assert_trees_close(got, want, atol=2e-6, rtol=2e-6)
     if name in KINDS + COMPOSED and name != "bidirectional_lstm":
         assert len(want) == 1 + n_states(name)
+
+
+# the agreed call options of every recurrent layer, linen and NNX: keyword-only after ``inputs``
+CALL_OPTIONS = {"mask", "initial_state", "training", "reset"}
+
+
+@pytest.mark.parametrize("front", ["linen", "nnx"])
+def test_call_options_are_keyword_only(front):
+    """Every model's call takes ``inputs`` positionally and the agreed options (``mask=``,
+    ``initial_state=``, ``training=``, ``reset=``) by keyword only."""
+    for name in MODELS:
+        params = list(inspect.signature(type(_model(name, front)).__call__).parameters.values())
+        positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        keyword = {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+        assert positional == ["self", "inputs"], (name, positional)
+        assert CALL_OPTIONS <= keyword, (name, sorted(CALL_OPTIONS - keyword))
 
 
 def _np_lstm_step(p, x_t, h, c):

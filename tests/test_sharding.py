@@ -29,6 +29,7 @@ REDUCTIONS = ("all-reduce", "reduce-scatter")
 
 HOLES = np.random.default_rng(7).random((B, T)) > 0.35
 RIGHT_PADDED = np.arange(T)[None, :] < np.array([6, 5, 1, 3, 6, 2, 4, 6])[:, None]
+RESETS = np.random.default_rng(8).random((B, T)) > 0.6  # restarts mid-row (sharded like the batch)
 
 
 # name -> (layer of catalogue variants, input shape, call options). Dropout cases run in training with
@@ -76,6 +77,14 @@ CASES = {
     "conv_lstm3d": (lambda: layer("conv_lstm3d", 2, kernel_size=2, return_state=True), (B, 3, 3, 3, 3, 1), {}),
     "cudnn_lstm": (lambda: layer("cudnn_lstm", U, return_sequences=True), (B, T, I), {"mask": RIGHT_PADDED}),
     "cudnn_gru": (lambda: layer("cudnn_gru", U, return_state=True), (B, T, I), {"mask": RIGHT_PADDED}),
+    # reset: the recurrent-matmul and input-additive loops, the generic one, ConvLSTM, the CuDNN scan path
+    "lstm_reset_holes_state": (lambda: layer("lstm", U, return_state=True, **SEQ), (B, T, I),
+                               {"mask": HOLES, "reset": RESETS, "initial_state": 2}),
+    "gru_reset_backwards": (lambda: layer("gru", U, go_backwards=True, **SEQ), (B, T, I), {"reset": RESETS}),
+    "rnn_custom_cell_reset": (lambda: layer("custom_cell", U, **SEQ), (B, T, I), {"mask": HOLES, "reset": RESETS}),
+    "conv_lstm1d_reset": (lambda: layer("conv_lstm1d", 2, **SEQ), (B, T, 5, 2), {"reset": RESETS}),
+    "cudnn_lstm_reset": (lambda: layer("cudnn_lstm", U, return_sequences=True), (B, T, I),
+                         {"mask": RIGHT_PADDED, "reset": RESETS}),
 }
 
 
@@ -88,6 +97,7 @@ REDUCED_IN_THE_LOOP = {
     "lstm_unroll": "unroll=True: autodiff of the Python loop",
     "lstm_remat": "remat: one reduction per checkpointed span",
     "rnn_custom_cell": "a custom cell: autodiff of the loop",
+    "rnn_custom_cell_reset": "a custom cell: autodiff of the loop",
     "rnn_custom_cell_stacked": "a custom cell in a stack: autodiff of the loop",
     "rnn_stacked_cells": "stacked cells: autodiff of the loop",
 }
@@ -97,8 +107,9 @@ def _inputs(shape, options, layer):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
     call = {}
-    if "mask" in options:
-        call["mask"] = jnp.asarray(options["mask"])
+    for name in ("mask", "reset"):
+        if name in options:
+            call[name] = jnp.asarray(options[name])
     if "initial_state" in options:
         call["initial_state"] = [jnp.asarray(rng.normal(size=(shape[0], U)), jnp.float32)
                                  for _ in range(options["initial_state"])]

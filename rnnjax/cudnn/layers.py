@@ -22,7 +22,11 @@ Backends (field ``backend``):
   the loop). Any platform, any dtype, ``vmap``.
 * ``'auto'`` (default): ``'cudnn'`` for a float32 LSTM whose input lives on a CUDA GPU (under
   ``jit``: when JAX's default backend is the GPU), else ``'scan'``; always ``'scan'`` with
-  ``custom_backward=False``.
+  ``custom_backward=False`` and with ``reset``.
+
+Resets: ``reset (*batch, timesteps)`` (True where a new sequence starts: episodes, packed
+sequences; the rule is :func:`rnnjax.functional.scan_rnn`'s) runs the scan backend, since cuDNN
+cannot restart a sequence mid-row; ``backend='cudnn'`` with ``reset`` is an error.
 
 Both backends differentiate in reverse mode only (``jax.grad``/``jax.vjp``); for forward mode
 (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) set ``custom_backward=False``: the scan backend
@@ -88,17 +92,19 @@ class CuDNNRecurrent(RecurrentLayer):
 
     @nn.compact
     def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
-                 seq_lengths: Optional[jax.Array] = None, training: bool = False):
+                 seq_lengths: Optional[jax.Array] = None, training: bool = False, reset: Optional[jax.Array] = None):
         """``inputs (*batch, timesteps, features)`` -> output ``(*batch, units)`` (``(*batch,
         timesteps, units)`` with ``return_sequences``), then the final states with
         ``return_state`` (``h, c`` for the LSTM, ``h`` for the GRU). ``mask``: right-padded boolean
-        ``(*batch, timesteps)``, or ``seq_lengths (*batch,)``. ``training`` is accepted and unused
-        (the CuDNN layers have no dropout)."""
+        ``(*batch, timesteps)``, or ``seq_lengths (*batch,)``; ``reset``: boolean ``(*batch,
+        timesteps)``, True where a new sequence starts (the scan backend; see the module
+        docstring). ``training`` is accepted and unused (the CuDNN layers have no dropout)."""
         del training
         check_units(self.units)
         options = CallOptions.of(self)
         call = run_cudnn_layer(self.cudnn_kind, self.units, self.backend, options, self._weights, inputs, mask=mask,
-                               seq_lengths=seq_lengths, initial_state=initial_state, read_state=read_state(self))
+                               seq_lengths=seq_lengths, reset=reset, initial_state=initial_state,
+                               read_state=read_state(self))
         return store_and_report(self, call, options)
 
     def reset_states(self, states: Any = None):
@@ -127,7 +133,7 @@ _FIELDS_DOC = """
     ``zero_output_for_mask``, ``param_dtype``, ``scan_unroll`` (``lax.scan`` partial unroll of the
     scan backend), ``custom_backward`` (False for forward-mode differentiation, see the module
     docstring). Call: ``layer.apply(variables, x, *, mask=None, initial_state=None,
-    seq_lengths=None)``.
+    seq_lengths=None, reset=None)``.
     """
 
 

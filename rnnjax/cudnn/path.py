@@ -5,7 +5,7 @@ states, everything else is here.
 One call (:func:`run_cudnn_layer`), in order: the sequence checked (the layer-side path's
 :func:`~rnnjax.layers.path.check_sequence`), the weights (the front end's ``params_of(input_dim)``),
 the sequence lengths from a right-padded ``mask`` or ``seq_lengths`` (:func:`resolve_lengths`),
-the initial state (:func:`~rnnjax.layers.path.start_state`), the batch axes folded into cuDNN's
+the ``reset`` checked like a mask (any ``reset`` runs the scan backend), the initial state (:func:`~rnnjax.layers.path.start_state`), the batch axes folded into cuDNN's
 rows (:func:`to_rows`; time is never merged), the backend chosen (:func:`choose_backend`) and run
 (:func:`run_rows`), the rows of an invalid traced mask poisoned with NaN (:func:`poison`), the
 rows unfolded (:func:`from_rows`), and the Keras results (:func:`~rnnjax.layers.path.finish`).
@@ -148,10 +148,16 @@ def from_rows(tree: Any, batch_shape: tuple):
     return jax.tree_util.tree_map(lambda a: a.reshape(tuple(batch_shape) + a.shape[1:]), tree)
 
 
-def choose_backend(kind: CuDNNKind, backend: str, custom_backward: bool, inputs: jax.Array, params: Any) -> str:
+def choose_backend(kind: CuDNNKind, backend: str, custom_backward: bool, inputs: jax.Array, params: Any,
+                   reset: Optional[jax.Array] = None) -> str:
     """``'cudnn'`` or ``'scan'`` for this call (the rules: :mod:`rnnjax.cudnn.layers`)."""
     check_backend(backend)
     check_custom_backward(custom_backward)
+    if reset is not None:  # cuDNN runs whole rows: no restart mid-sequence
+        if backend == "cudnn":
+            raise ValueError("`reset`: the cuDNN kernel cannot restart a sequence mid-row; use backend='auto' or "
+                             "'scan' (the same function, which takes `reset`).")
+        return "scan"
     if backend == "cudnn" and not custom_backward:
         raise ValueError(
             "`custom_backward`: False (forward-mode differentiation) needs the scan backend; the cuDNN "
@@ -177,31 +183,37 @@ def choose_backend(kind: CuDNNKind, backend: str, custom_backward: bool, inputs:
 
 
 def run_rows(kind: CuDNNKind, units: int, backend: str, params: Any, x: jax.Array, init: Any,
-             lengths: Optional[jax.Array], options: CallOptions):
-    """``(output, final state)`` for rows ``x (B, T, I)``: the cuDNN kernel, or the canonical weights
-    through the layer-side path's driver call (:func:`~rnnjax.layers.path.drive`)."""
-    if choose_backend(kind, backend, options.custom_backward, x, params) == "cudnn":
+             lengths: Optional[jax.Array], options: CallOptions, reset: Optional[jax.Array] = None):
+    """``(output, final state)`` for rows ``x (B, T, I)`` (``reset (B, T)`` or None): the cuDNN
+    kernel, or the canonical weights through the layer-side path's driver call
+    (:func:`~rnnjax.layers.path.drive`)."""
+    if choose_backend(kind, backend, options.custom_backward, x, params, reset) == "cudnn":
         return fused.fused_lstm(params, x, init, lengths, go_backwards=options.go_backwards,
                                 return_sequences=options.return_sequences,
                                 zero_output_for_mask=options.zero_output_for_mask)
     mask = None if lengths is None else jnp.arange(x.shape[1])[None, :] < lengths[:, None]
     program = core_cell_program(kind.scan_core(units), kind.to_canonical(params), (units,))
-    return drive(program, x, init, options, mask=mask)
+    return drive(program, x, init, options, mask=mask, reset=reset)
 
 
 def run_cudnn_layer(kind: CuDNNKind, units: int, backend: str, options: CallOptions, params_of: Callable,
                     inputs: jax.Array, *, mask: Optional[jax.Array] = None, seq_lengths: Optional[jax.Array] = None,
-                    initial_state: Any = None, read_state: Optional[Callable] = None) -> LayerCall:
+                    reset: Optional[jax.Array] = None, initial_state: Any = None,
+                    read_state: Optional[Callable] = None) -> LayerCall:
     """One CuDNN layer call (the sequence in the module docstring). ``params_of(input_dim)`` returns
-    the weights in ``kind.params_class``'s layout; ``read_state`` as in
-    :func:`~rnnjax.layers.path.start_state` (used when ``options.stateful``)."""
+    the weights in ``kind.params_class``'s layout; ``reset (*batch, T)``: True where a new sequence
+    starts (the scan backend); ``read_state`` as in :func:`~rnnjax.layers.path.start_state` (used
+    when ``options.stateful``)."""
     seq = check_sequence(inputs)
     params = params_of(int(seq.feature_shape[0]))
     lengths, ok = resolve_lengths(mask, seq_lengths, seq.batch_shape, seq.steps)
+    reset = check_mask(reset, tuple(seq.batch_shape) + (seq.steps,), argument="reset")
     init = start_state(kind.scan_core(units).initial_state, seq, inputs.dtype, initial_state=initial_state,
                        read_state=read_state if options.stateful else None)
     x = to_rows(inputs, seq.batch_shape)
-    output, final = run_rows(kind, units, backend, params, x, to_rows(init, seq.batch_shape), lengths, options)
+    rows_reset = None if reset is None else to_rows(reset, seq.batch_shape)
+    output, final = run_rows(kind, units, backend, params, x, to_rows(init, seq.batch_shape), lengths, options,
+                             rows_reset)
     if ok is not None:
         output, final = poison((output, final), ok)
     output, final = from_rows((output, final), seq.batch_shape)

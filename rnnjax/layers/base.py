@@ -117,8 +117,8 @@ def store_and_report(module: nn.Module, call: LayerCall, options: CallOptions):
 
 
 def run_recurrent(module: nn.Module, cell: Any, inputs: jax.Array, *, mask: Optional[jax.Array] = None,
-                  initial_state: Any = None, constants: Any = None, training: bool = False,
-                  options: Optional[CallOptions] = None, layout: Optional[str] = None):
+                  reset: Optional[jax.Array] = None, initial_state: Any = None, constants: Any = None,
+                  training: bool = False, options: Optional[CallOptions] = None, layout: Optional[str] = None):
     """A linen recurrent layer's call: ``cell`` run over ``inputs`` with the layer's Keras options
     (``options``, by default read from ``module``'s fields). ``custom_backward=False`` drops the
     cell program's hand-written backward forms (the generic loop, which forward-mode autodiff can
@@ -129,7 +129,7 @@ def run_recurrent(module: nn.Module, cell: Any, inputs: jax.Array, *, mask: Opti
                          layout=layout or getattr(cell, "sequence_layout", "(*batch, timesteps, features)"))
     program = cell_program(cell, seq.feature_shape, seq.batch_shape, inputs.dtype, training=training,
                            constants=constants)
-    call = run_layer(program, inputs, seq, options, cell=cell, mask=mask, initial_state=initial_state,
+    call = run_layer(program, inputs, seq, options, cell=cell, mask=mask, reset=reset, initial_state=initial_state,
                      read_state=read_state(module), constants=constants)
     return store_and_report(module, call, options)
 
@@ -163,10 +163,13 @@ class RNN(RecurrentLayer):
     runs the same function through the generic loop, which every JAX transformation can (the
     gradients are equal to float rounding; training is slower).
 
-    Call: ``layer(inputs, *, mask=None, initial_state=None, constants=None, training=False)`` with
-    inputs ``(*batch, timesteps, features)`` (any number of batch axes, none included, so
-    ``jax.vmap`` over unbatched sequences equals the batched call) and a boolean ``mask``
-    ``(*batch, timesteps)``. Returns the output ``(*batch, units)`` (``(*batch, timesteps, units)``
+    Call: ``layer(inputs, *, mask=None, initial_state=None, constants=None, training=False,
+    reset=None)`` with inputs ``(*batch, timesteps, features)`` (any number of batch axes, none
+    included, so ``jax.vmap`` over unbatched sequences equals the batched call), a boolean
+    ``mask`` ``(*batch, timesteps)`` and a boolean ``reset`` ``(*batch, timesteps)``: True where a
+    new sequence starts (episodes, packed sequences; the state restarts from zeros there, see
+    :func:`rnnjax.functional.scan_rnn`; a stateful layer's stored state continues into a row's
+    first sequence and stores the state after the last step). Returns the output ``(*batch, units)`` (``(*batch, timesteps, units)``
     with ``return_sequences``), followed by the final states (flat, Keras order) with
     ``return_state``. The layer-side semantics are :mod:`rnnjax.layers.path`'s. Stateful layers keep their states in the ``'rnn_state'`` collection:
     ``apply(..., mutable=['rnn_state'])``; see :func:`rnnjax.reset_states`.
@@ -197,9 +200,9 @@ class RNN(RecurrentLayer):
 
     @nn.compact
     def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
-                 constants: Any = None, training: bool = False):
-        return run_recurrent(self, self._cell(), inputs, mask=mask, initial_state=initial_state, constants=constants,
-                             training=training)
+                 constants: Any = None, training: bool = False, reset: Optional[jax.Array] = None):
+        return run_recurrent(self, self._cell(), inputs, mask=mask, reset=reset, initial_state=initial_state,
+                             constants=constants, training=training)
 
     def reset_states(self, states: Any = None):
         """Sets the stateful states to zeros, or to ``states`` (a list of arrays, Keras order).

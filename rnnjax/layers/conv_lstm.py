@@ -58,9 +58,10 @@ class ConvLSTMCell(KerasCell):
 class ConvLSTM(RecurrentLayer):
     """Shared call of ``ConvLSTM1D/2D/3D`` (the fields come from the kind's record).
 
-    Call: ``layer(inputs, *, mask=None, initial_state=None, training=False)`` with inputs
-    ``(*batch, time, *spatial, channels)`` (``(*batch, time, channels, *spatial)`` for
-    channels_first), any number of batch axes; ``mask`` boolean ``(*batch, time)``;
+    Call: ``layer(inputs, *, mask=None, initial_state=None, training=False, reset=None)`` with
+    inputs ``(*batch, time, *spatial, channels)`` (``(*batch, time, channels, *spatial)`` for
+    channels_first), any number of batch axes; ``mask`` and ``reset`` (True where a new sequence
+    starts, see :class:`rnnjax.RNN`) boolean ``(*batch, time)``;
     ``initial_state`` ``[h, c]`` in the layer's data_format. Returns the output, followed by
     ``h, c`` (in the layer's data_format) with ``return_state``.
     """
@@ -88,11 +89,12 @@ class ConvLSTM(RecurrentLayer):
 
     @nn.compact
     def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
-                 training: bool = False):
+                 training: bool = False, reset: Optional[jax.Array] = None):
         cell = self._make_cell(name="cell")
 
         def run(x, init, layout):
-            return run_recurrent(self, cell, x, mask=mask, initial_state=init, training=training, layout=layout)
+            return run_recurrent(self, cell, x, mask=mask, reset=reset, initial_state=init, training=training,
+                                 layout=layout)
 
         return self.boundary.call(run, inputs, initial_state,
                                   lambda spatial: cell.core.output_spatial_shape(spatial) + (self.filters,))

@@ -110,18 +110,19 @@ def check_sequence(inputs: jax.Array, *, feature_ndim: int = 1, input_dim: Optio
     return Sequence(batch_shape, steps, features)
 
 
-def check_mask(mask: Optional[jax.Array], expected_shape: tuple, where: str = ""):
+def check_mask(mask: Optional[jax.Array], expected_shape: tuple, where: str = "", argument: str = "mask"):
     """``mask`` as a boolean array of exactly ``expected_shape`` (``(*batch, T)``), or None.
-    Nothing broadcasts: ``(1, T)`` for a batch of 2 is an error. ``where`` names the caller."""
+    Nothing broadcasts: ``(1, T)`` for a batch of 2 is an error. ``where`` names the caller,
+    ``argument`` the argument (``reset`` has the same form)."""
     if mask is None:
         return None
-    label = f"`mask` ({where})" if where else "`mask`"
+    label = f"`{argument}` ({where})" if where else f"`{argument}`"
     shape = tuple(jnp.shape(mask)) if hasattr(mask, "shape") else None
     if shape != tuple(expected_shape):
         raise ValueError(f"{label}: expected shape {tuple(expected_shape)} (*batch, timesteps), got {shape}.")
     mask = jnp.asarray(mask)
     if mask.dtype != jnp.bool_:
-        raise TypeError(f"{label}: expected a boolean array, got dtype {mask.dtype}; use `mask.astype(bool)`.")
+        raise TypeError(f"{label}: expected a boolean array, got dtype {mask.dtype}; use `{argument}.astype(bool)`.")
     return mask
 
 
@@ -188,26 +189,29 @@ def finish(output: Any, final: Any, options: CallOptions, sequence: Sequence) ->
 
 
 def run_layer(program: CoreProgram, inputs: jax.Array, sequence: Sequence, options: CallOptions, *, cell: Any = None,
-              mask: Optional[jax.Array] = None, initial_state: Any = None, read_state: Optional[Callable] = None,
-              constants: Any = None) -> LayerCall:
+              mask: Optional[jax.Array] = None, reset: Optional[jax.Array] = None, initial_state: Any = None,
+              read_state: Optional[Callable] = None, constants: Any = None) -> LayerCall:
     """One recurrent layer call: ``program`` (from the front end's cell, for ``sequence``, the
     result of :func:`check_sequence` on ``inputs``) run over ``inputs`` with Keras's semantics.
 
-    ``mask``: boolean ``(*batch, T)``; ``initial_state``/``read_state``: see :func:`start_state`;
-    ``constants``: passed to every step (``cell`` names the cell in errors). Returns a
-    :class:`LayerCall`.
+    ``mask``: boolean ``(*batch, T)``; ``reset``: boolean ``(*batch, T)``, True where a new
+    sequence starts (:func:`rnnjax.functional.scan_rnn` states the rule; a stateful layer's
+    stored state is the initial state of a row's first sequence); ``initial_state``/
+    ``read_state``: see :func:`start_state`; ``constants``: passed to every step (``cell`` names
+    the cell in errors). Returns a :class:`LayerCall`.
     """
     check_constants(program, constants, cell)
     mask = check_mask(mask, sequence.batch_shape + (sequence.steps,))
+    reset = check_mask(reset, sequence.batch_shape + (sequence.steps,), argument="reset")
     init = start_state(program.initial_state, sequence, inputs.dtype, initial_state=initial_state,
                        read_state=read_state if options.stateful else None)
     output, final = drive(program, inputs, init, options, feature_ndim=len(sequence.feature_shape), mask=mask,
-                          constants=constants)
+                          reset=reset, constants=constants)
     return finish(output, final, options, sequence)
 
 
 def drive(program: CoreProgram, inputs: jax.Array, initial_state: Any, options: CallOptions, *, feature_ndim: int = 1,
-          mask: Optional[jax.Array] = None, constants: Any = None):
+          mask: Optional[jax.Array] = None, reset: Optional[jax.Array] = None, constants: Any = None):
     """The one call from the layers into the driver: ``(output, final state)`` of ``program``
     over ``inputs (*batch, T, *features)`` (several feature axes: ConvLSTM). Without
     ``options.custom_backward`` the program's hand-written backward forms are dropped (the
@@ -216,7 +220,7 @@ def drive(program: CoreProgram, inputs: jax.Array, initial_state: Any, options: 
                        zero_output_for_mask=options.zero_output_for_mask, unroll=options.unroll,
                        scan_unroll=options.scan_unroll, remat=options.remat, feature_axes=feature_ndim,
                        custom_backward=options.custom_backward)
-    return run_program(program, inputs, initial_state, loop, mask=mask, constants=constants)
+    return run_program(program, inputs, initial_state, loop, mask=mask, reset=reset, constants=constants)
 
 
 def like_state(new: Any, current: Any):

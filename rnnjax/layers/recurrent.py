@@ -8,7 +8,9 @@ fields are the kind's arguments in Keras 2's order with Keras 2's defaults, then
 A layer is ``RNN(<X>Cell(...))`` with the cell's parameters under ``params['cell']``
 (``kernel``, ``recurrent_kernel``, ``bias``). Call::
 
-    y = layer(inputs, *, mask=None, initial_state=None, training=False)   # inputs (*batch, T, F)
+    y = layer(inputs, *, mask=None, initial_state=None, training=False, reset=None)   # inputs (*batch, T, F)
+
+``reset (*batch, T)``: True where a new sequence starts (see :class:`rnnjax.RNN`).
 
 Fields beyond Keras 2: ``input_dim``/``input_length`` (checked), ``zero_output_for_mask``,
 ``param_dtype``, the performance options ``scan_unroll`` and ``remat``, and ``custom_backward``
@@ -45,8 +47,8 @@ class KerasRecurrent(RecurrentLayer):
 
     @nn.compact
     def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
-                 training: bool = False):
-        return run_recurrent(self, self._make_cell(), inputs, mask=mask, initial_state=initial_state,
+                 training: bool = False, reset: Optional[jax.Array] = None):
+        return run_recurrent(self, self._make_cell(), inputs, mask=mask, reset=reset, initial_state=initial_state,
                              training=training)
 
     def reset_states(self, states: Any = None):

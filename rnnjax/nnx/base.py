@@ -3,7 +3,7 @@ and defaults (those of the linen twins in :mod:`rnnjax.layers`), parameters buil
 construction::
 
     layer = rnnjax.nnx.RNN(rnnjax.nnx.LSTMCell(64, input_dim=8, rngs=nnx.Rngs(0)), return_sequences=True)
-    y = layer(x, *, mask=None, initial_state=None, constants=None, training=None)   # x (batch, T, 8)
+    y = layer(x, *, mask=None, initial_state=None, constants=None, training=None, reset=None)   # x (batch, T, 8)
 
 Inputs ``(*batch, T, features)``: any number of batch axes, none included (the layer-side path's
 rule). ``stateful=True`` keeps the final states in ``layer.states`` (an :class:`RNNState`, created
@@ -63,7 +63,7 @@ class Recurrent(nnx.Module):
         if penalty is not None:
             self.activity_penalty[...] = jnp.asarray(penalty, jnp.float32)
 
-    def _run(self, inputs, *, mask, initial_state, constants, training, deterministic, rngs, layout=None):
+    def _run(self, inputs, *, mask, initial_state, constants, training, deterministic, rngs, layout=None, reset=None):
         """One call through the layer-side path; stores the final states and the activity penalty."""
         options = path.CallOptions.of(self)
         seq = path.check_sequence(inputs, feature_ndim=num_feature_axes(self.cell), input_dim=options.input_dim,
@@ -72,20 +72,22 @@ class Recurrent(nnx.Module):
         program = cell_program(self.cell, seq.feature_shape, seq.batch_shape, inputs.dtype,
                                deterministic=resolve_deterministic(training, deterministic), rngs=rngs,
                                constants=constants)
-        call = path.run_layer(program, inputs, seq, options, cell=self.cell, mask=mask, initial_state=initial_state,
-                              read_state=lambda template: self.states.get_value(), constants=constants)
+        call = path.run_layer(program, inputs, seq, options, cell=self.cell, mask=mask, reset=reset,
+                              initial_state=initial_state, read_state=lambda template: self.states.get_value(),
+                              constants=constants)
         self._store(call.state, call.activity_penalty)
         return call.results
 
     def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
                  constants: Any = None, training: Optional[bool] = None, deterministic: Optional[bool] = None,
-                 rngs: Any = None):
+                 rngs: Any = None, reset: Optional[jax.Array] = None):
         """``inputs (*batch, timesteps, features)``, boolean ``mask (*batch, timesteps)`` -> the output
         (``(*batch, units)``, ``(*batch, timesteps, units)`` with ``return_sequences``), then the final
-        states (flat, Keras order) with ``return_state``. ``training``/``deterministic`` override the
-        mode set by ``train()``/``eval()``; ``rngs`` overrides the cells' dropout streams."""
+        states (flat, Keras order) with ``return_state``. ``reset``: boolean ``(*batch, timesteps)``,
+        True where a new sequence starts (see :class:`rnnjax.RNN`). ``training``/``deterministic``
+        override the mode set by ``train()``/``eval()``; ``rngs`` overrides the cells' dropout streams."""
         return self._run(inputs, mask=mask, initial_state=initial_state, constants=constants, training=training,
-                         deterministic=deterministic, rngs=rngs)
+                         deterministic=deterministic, rngs=rngs, reset=reset)
 
     def reset_states(self, states: Any = None):
         """Sets the stateful states to zeros, or to ``states`` (a flat list, Keras order), in place."""

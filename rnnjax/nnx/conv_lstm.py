@@ -72,12 +72,14 @@ class NNXConvLSTM(Recurrent):
         return self.kind.rank + 1
 
     def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
-                 training: Optional[bool] = None, deterministic: Optional[bool] = None, rngs: Any = None):
+                 training: Optional[bool] = None, deterministic: Optional[bool] = None, rngs: Any = None,
+                 reset: Optional[jax.Array] = None):
         """``inputs (*samples, time, *spatial, channels)`` (channels_first: ``(*samples, time, channels,
-        *spatial)``) -> the output, then ``h, c`` with ``return_state`` (in the layer's data_format)."""
+        *spatial)``) -> the output, then ``h, c`` with ``return_state`` (in the layer's data_format);
+        ``reset (*samples, time)``: True where a new sequence starts (see :class:`rnnjax.RNN`)."""
         def run(x, init, layout):
             return self._run(x, mask=mask, initial_state=init, constants=None, training=training,
-                             deterministic=deterministic, rngs=rngs, layout=layout)
+                             deterministic=deterministic, rngs=rngs, layout=layout, reset=reset)
 
         return self.boundary.call(run, inputs, initial_state,
                                   lambda spatial: self.cell.core.output_spatial_shape(spatial) + (self.spec.filters,))

@@ -54,14 +54,17 @@ class NNXCuDNN(Recurrent):
         return make_params(self.spec.cudnn_kind.params_class, {name: getattr(self, name)[...] for name in PARAM_NAMES})
 
     def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
-                 seq_lengths: Optional[jax.Array] = None, training: Optional[bool] = None):
+                 seq_lengths: Optional[jax.Array] = None, training: Optional[bool] = None,
+                 reset: Optional[jax.Array] = None):
         """``inputs (*batch, timesteps, features)`` -> the output, then the final states with
         ``return_state``; ``mask``: right-padded boolean ``(*batch, timesteps)``, or ``seq_lengths
-        (*batch,)``. ``training`` is accepted and unused (no dropout)."""
+        (*batch,)``; ``reset``: boolean ``(*batch, timesteps)``, True where a new sequence starts
+        (the scan backend, see :mod:`rnnjax.cudnn.layers`). ``training`` is accepted and unused (no
+        dropout)."""
         del training
         options = path.CallOptions.of(self)
         call = run_cudnn_layer(self.spec.cudnn_kind, self.spec.units, self.spec.backend, options, self._params, inputs,
-                               mask=mask, seq_lengths=seq_lengths, initial_state=initial_state,
+                               mask=mask, seq_lengths=seq_lengths, reset=reset, initial_state=initial_state,
                                read_state=lambda template: self.states.get_value())
         self._store(call.state, call.activity_penalty)
         return call.results

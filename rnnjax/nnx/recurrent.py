@@ -4,7 +4,7 @@ of its linen twin (Keras 2's positionally, rnnjax's by keyword) plus NNX's (``in
 ``rngs``, ...), parameters built at construction::
 
     layer = rnnjax.nnx.LSTM(64, return_sequences=True, input_dim=8, rngs=nnx.Rngs(0))
-    y = layer(x, *, mask=None, initial_state=None, training=None)        # x (batch, T, 8)
+    y = layer(x, *, mask=None, initial_state=None, training=None, reset=None)   # x (batch, T, 8)
 
 Inputs ``(*batch, T, features)``: any number of batch axes, none included (the layer-side path's
 rule). ``stateful=True`` keeps the final states in ``layer.states`` (an

@@ -46,7 +46,8 @@ class Bidirectional(nnx.Module):
     """``Bidirectional(layer, merge_mode='concat', backward_layer=None, *, rngs=None)``: ``merge_mode``
     ``'concat'``/``'sum'``/``'mul'``/``'ave'``/``None``; with ``return_state`` the result is
     ``(output, *forward states, *backward states)``; ``initial_state`` and ``reset_states(states)``
-    take the forward states then the backward ones."""
+    take the forward states then the backward ones; ``reset (*batch, timesteps)`` (True where a new
+    sequence starts) goes to both directions, as in :class:`rnnjax.Bidirectional`."""
 
     def __init__(self, layer, merge_mode="concat", backward_layer=None, *, rngs=None):
         if merge_mode not in MERGE_MODES:
@@ -92,8 +93,11 @@ class Bidirectional(nnx.Module):
                              f"backward layer's), got {len(given)}.")
         return given[: len(given) // 2], given[len(given) // 2:]
 
-    def __call__(self, inputs, *, mask=None, initial_state=None, training: Optional[bool] = None, **kwargs):
+    def __call__(self, inputs, *, mask=None, initial_state=None, training: Optional[bool] = None, reset=None,
+                 **kwargs):
         halves = (None, None) if initial_state is None else self._halves(initial_state, "initial_state")
+        if reset is not None:
+            kwargs["reset"] = reset
         outs = [layer(inputs, mask=mask, initial_state=h, training=training, **kwargs)
                 for layer, h in zip(self.layers, halves)]
         (y, *f_states), (y_rev, *b_states) = (o if isinstance(o, tuple) else (o,) for o in outs)
