@@ -1,10 +1,11 @@
 """The loop of a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep` and its hand-written
 backward pass: plan, forward, backward (``docs/design.md``, "The recurrent-matmul path").
 
-Forward, per step in processing order: ``a_t = v_{t-1} @ R``, ``state_t, y_t = pointwise(xp_t,
-a_t, state_{t-1})`` and the masking rule. Backward, in reverse: the cotangents of the state only
-(``d state_{t-1} = pointwise's vjp + (d a_t @ Rᵀ)`` through ``recurrent_lhs``), while ``d a_t``
-is stored per step, so that after the loop::
+Forward, per step in processing order: the restart rule (``state_{t-1}`` and the previous
+output zeroed where ``r_t``), ``a_t = v_{t-1} @ R``, ``state_t, y_t = pointwise(xp_t, a_t,
+state_{t-1})`` and the masking rule. Backward, in reverse: the cotangents of the state only
+(``d state_{t-1} = pointwise's vjp + (d a_t @ Rᵀ)`` through ``recurrent_lhs``, zeroed where
+``r_t``: nothing crosses a restart), while ``d a_t`` is stored per step, so that after the loop::
 
     dR = Vᵀ dA = Σ_{t, batch} v_{t-1}ᵀ d a_t         # ONE matmul (contract_leading)
 
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from rnnjax.functional.masking import mask_step
+from rnnjax.functional.masking import mask_step, restart
 from rnnjax.functional.mesh import contract_leading, sum_leading
 from rnnjax.functional.options import LoopOptions, PlanOverrides
 from rnnjax.functional.protocol import RecurrentMatmulStep, with_pointwise_vjp
@@ -104,10 +105,11 @@ class MatmulResiduals(NamedTuple):
     pointwise_params: Any
     inputs: Any  # xp of every step (None in place: the buffer holds z)
     mask: Optional[jax.Array]
+    restarts: Optional[jax.Array]  # r_t of every step (the call's reset flags, in processing order)
     recurrent_dropout_mask: Optional[jax.Array]
     recurrent_products: Any  # a_t of every step (not in place; in place: as in StepResiduals)
     z: Any  # in place: per part, z_t (read only through the sum) or xp_t, in the inputs' buffer
-    states: Any  # state_{t-1} of every step
+    states: Any  # state_{t-1} of every step (after the restart rule)
     prev_outputs: Optional[jax.Array]  # o_{t-1} of every step (carry_prev_output)
 
 
@@ -121,6 +123,7 @@ class LoopArgs(NamedTuple):
     initial_state: Any
     initial_output: Any
     mask: Any
+    restarts: Any
     recurrent_dropout_mask: Any
     xp_bias: Any
 
@@ -147,18 +150,10 @@ def _tree_take(tree, t):
     return jax.tree_util.tree_map(lambda b: _take(b, t), tree)
 
 
-def _read_z(plan: MatmulPlan, z_carry, t):
-    """The backward loop's values of the buffers at step ``t``: ``(z_carry, values)``. With
-    ``prefetch_z`` the carry is ``(buffers, values at t)``, read by the step before
-    (:func:`_write_dz`)."""
-    if plan.prefetch_z:
-        return z_carry, z_carry[1]
-    return z_carry, _tree_take(z_carry, t)
-
-
 def _write_dz(plan: MatmulPlan, z_carry, dz, t, t_next):
-    """``dz_t`` (= d xp_t = d a_t) written over ``z_t``; with ``prefetch_z`` the values of step
-    ``t_next`` (the next processed; clamped past the last) are then read from the updated buffer.
+    """``dz_t`` (= d xp_t = d a_t) written over ``z_t``; with ``prefetch_z`` (the carry is then
+    ``(buffers, values at t)``) the values of step ``t_next`` (the next processed; clamped past
+    the last) are then read from the updated buffer.
 
     Why prefetch: a read of ``z_t`` in an op that does not feed ``dz_t`` (some backward passes
     read it twice), followed in the same step by the in-place write of ``dz_t``, makes XLA copy
@@ -202,14 +197,15 @@ class MatmulLoop:
             return self.step.apply_recurrent_kernel(v, R)
         return self.recurrent_lhs(v) @ R
 
-    def forward(self, R, params, xs, s0, last0, m, rec_mask, keep_residuals, xp_bias=None):
+    def forward(self, R, params, xs, s0, last0, m, r, rec_mask, keep_residuals, xp_bias=None):
         """``((ys, state, last), residuals)``; residuals only with ``keep_residuals``."""
         in_place = keep_residuals and self.plan.in_place_z
         keep_prev_output = self.plan.carry_prev_output
 
         def body(carry, inp):
             s, last, zbuf = carry
-            xp_t, m_t, t = inp
+            xp_t, m_t, r_t, t = inp
+            s, last = restart(r_t, (s, last))
             if xp_bias is not None:  # fused into the step's element-wise pass
                 xp_t = jax.tree_util.tree_map(lambda v, b: (v + b).astype(v.dtype), xp_t, xp_bias)
             a = self.split(self.recurrent_product(s, R, rec_mask))
@@ -224,11 +220,12 @@ class MatmulLoop:
 
         carry = (s0, last0, xs if in_place else None)
         # the step index, made here (a closed-over array would leak a tracer)
-        seq = (None if in_place else xs, m, jnp.arange(self.steps, dtype=jnp.int32))
+        seq = (None if in_place else xs, m, r, jnp.arange(self.steps, dtype=jnp.int32))
         (s, last, zbuf), (ys, res) = lax.scan(body, carry, seq, reverse=self.options.go_backwards,
                                                  unroll=self.options.scan_unroll)
         if res is not None:
-            res = MatmulResiduals(R, params, None if self.plan.in_place_z else xs, m, rec_mask, res.recurrent_product,
+            res = MatmulResiduals(R, params, None if self.plan.in_place_z else xs, m, r, rec_mask,
+                                  res.recurrent_product,
                                   zbuf if in_place else None, res.state, res.prev_output)
         return (ys, s, last), res
 
@@ -311,9 +308,9 @@ class MatmulLoop:
 
         def body(carry, inp):
             ds, dlast, dparams, zbuf = carry
-            xp_a, s_prev, last_prev, m_t, dy_t, t = inp
+            xp_a, s_prev, last_prev, m_t, r_t, dy_t, t = inp
             if plan.in_place_z:  # the buffer holds z_t: the cell sees (z_t, 0) (kept parts: (xp_t, a_t))
-                zbuf, values = _read_z(plan, zbuf, t)
+                values = zbuf[1] if plan.prefetch_z else _tree_take(zbuf, t)  # prefetch: read by the step before
                 xp_t, a_t = self.read_in_place(values, t)
             else:
                 xp_t, a_t = xp_a
@@ -327,6 +324,7 @@ class MatmulLoop:
             written = self.written_in_place(dxp, da) if plan.in_place_z else None
             da = self.join(da)  # joined once: the matmul below and the stacked output use it
             ds_prev = _add_to_first_leaf(ds_prev, self._through_matmul(da, s_prev, R, R_transposed, rec_mask))
+            ds_prev, dlast_prev = restart(r_t, (ds_prev, dlast_prev))  # nothing crosses a restart
             if not plan.bias_grad_after_loop:
                 dparams = jax.tree_util.tree_map(jnp.add, dparams, dparams_t)
             if plan.in_place_z:
@@ -336,7 +334,8 @@ class MatmulLoop:
         zero_params = jax.tree_util.tree_map(jnp.zeros_like, res.pointwise_params)
         t_index = jnp.arange(self.steps, dtype=jnp.int32)
         xp_a = None if plan.in_place_z else (res.inputs, res.recurrent_products)
-        seq = (xp_a, res.states, res.prev_outputs, res.mask, d_ys if self.options.return_sequences else None, t_index)
+        seq = (xp_a, res.states, res.prev_outputs, res.mask, res.restarts,
+               d_ys if self.options.return_sequences else None, t_index)
         zbuf0 = res.z if all(self.sum_parts) or not plan.in_place_z else (res.z, res.recurrent_products)
         if plan.prefetch_z:
             zbuf0 = (zbuf0, _tree_take(zbuf0, t_first))
@@ -360,13 +359,14 @@ class MatmulLoop:
         # one matmul per stored part of the (T, *batch, G*U) cotangents (not joined: no copy)
         dR = _joined([contract_leading(v_seq, d) for d in da_parts])
         return tuple(LoopArgs(recurrent_kernel=dR.astype(R.dtype), pointwise_params=dparams, inputs=dxs,
-                              initial_state=ds0, initial_output=dlast0, mask=None, recurrent_dropout_mask=None,
-                              xp_bias=None))
+                              initial_state=ds0, initial_output=dlast0, mask=None, restarts=None,
+                              recurrent_dropout_mask=None, xp_bias=None))
 
 
-def scan_matmul_step(step: RecurrentMatmulStep, xs, init_state, last0, m, options: LoopOptions, xp_bias=None):
+def scan_matmul_step(step: RecurrentMatmulStep, xs, init_state, last0, m, r, options: LoopOptions, xp_bias=None):
     """Runs ``step`` over time-major ``xs`` with its hand-written backward pass: ``(ys, state, last)``.
 
+    ``m``/``r``: the mask and the restart flags ``(T, *batch)`` in processing order, or None.
     ``options``: checked (:meth:`LoopOptions.checked`). ``xp_bias``: added to each step's ``xp_t``
     inside the loop (``xs`` then comes from the projection without its bias,
     :class:`~rnnjax.functional.protocol.LoopBias`); not differentiable (the planner passes it only
@@ -376,13 +376,13 @@ def scan_matmul_step(step: RecurrentMatmulStep, xs, init_state, last0, m, option
     loop = MatmulLoop(step, plan, steps, options)
 
     @jax.custom_vjp
-    def run(R, params, xs, s0, last0, m, rec_mask, xp_bias):
-        return loop.forward(R, params, xs, s0, last0, m, rec_mask, False, xp_bias)[0]
+    def run(R, params, xs, s0, last0, m, r, rec_mask, xp_bias):
+        return loop.forward(R, params, xs, s0, last0, m, r, rec_mask, False, xp_bias)[0]
 
-    def run_fwd(R, params, xs, s0, last0, m, rec_mask, xp_bias):
+    def run_fwd(R, params, xs, s0, last0, m, r, rec_mask, xp_bias):
         if xp_bias is not None:
             raise AssertionError("internal: xp_bias is for calls that are not differentiated")
-        return loop.forward(R, params, xs, s0, last0, m, rec_mask, True)
+        return loop.forward(R, params, xs, s0, last0, m, r, rec_mask, True)
 
     run.defvjp(run_fwd, loop.backward)
     # Split outside the custom VJP: autodiff of the split joins the cotangents back.
@@ -391,4 +391,5 @@ def scan_matmul_step(step: RecurrentMatmulStep, xs, init_state, last0, m, option
         xs = loop.split(xs)
         params = None if params is None else loop.split(params)
         xp_bias = None if xp_bias is None else loop.split(xp_bias)
-    return run(*LoopArgs(step.recurrent_kernel, params, xs, init_state, last0, m, step.recurrent_dropout_mask, xp_bias))
+    return run(*LoopArgs(step.recurrent_kernel, params, xs, init_state, last0, m, r, step.recurrent_dropout_mask,
+                         xp_bias))
