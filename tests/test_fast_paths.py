@@ -157,21 +157,27 @@ def test_projection_in_chunks_equals_all_at_once(core, go_backwards):
 @pytest.mark.parametrize("core", [F.LSTMCore(8), F.GRUCore(8, reset_after=True), F.SimpleRNNCore(8)],
                          ids=["lstm", "gru_reset_after", "simple"])
 @pytest.mark.parametrize("options", [{"return_sequences": True}, {"go_backwards": True},
-                                     {"go_backwards": True, "return_sequences": True, "zero_output_for_mask": True}])
+                                     {"go_backwards": True, "return_sequences": True, "zero_output_for_mask": True,
+                                      "reset": True}])
 def test_inference_spans_change_no_number(core, options):
     """Not differentiated, the inputs are projected in spans of at most ``INFER_SPAN_BYTES``
     (at these sizes all steps fit one span); differentiated, all steps at once. With spans of a
-    few steps and a remainder span (forced: ``infer_span=5``, 8 spans of 5 steps and one of 3):
-    the forward's temporaries shrink, outputs and final states equal the one-projection loop, and
-    gradients (parameters, inputs, initial state), jit and vmap are unchanged."""
+    few steps and a remainder span (forced: ``infer_span=5``, 8 spans of 5 steps and one of 3;
+    in the last case with restarts, some at span boundaries): the forward's temporaries shrink,
+    outputs and final states equal the one-projection loop, and gradients (parameters, inputs,
+    initial state), jit and vmap are unchanged."""
 
     params = jax.tree_util.tree_map(lambda a: a + 0.05, core.init(jax.random.key(0), 5))
     x = jax.random.normal(jax.random.key(1), (3, 43, 5))
     mask = jax.random.bernoulli(jax.random.key(2), 0.8, (3, 43))
+    options = dict(options)
+    reset = None
+    if options.pop("reset", False):
+        reset = jax.random.bernoulli(jax.random.key(4), 0.1, (3, 43)).at[:, [5, 21, 40]].set(True)
     h0 = jax.tree_util.tree_map(lambda a: a + 0.2, core.initial_state((3,)))
 
-    def f(p, x, h0, mask=mask):
-        return F.rnn(core, p, x, mask=mask, initial_state=h0, **options)
+    def f(p, x, h0, mask=mask, reset=reset):
+        return F.rnn(core, p, x, mask=mask, reset=reset, initial_state=h0, **options)
 
     def loss(p, x, h0):
         out, state = f(p, x, h0)
@@ -184,7 +190,7 @@ def test_inference_spans_change_no_number(core, options):
         on_cpu = jax.device_put((params, x, h0), jax.devices("cpu")[0])
         temp = fwd.lower(*on_cpu).compile().memory_analysis().temp_size_in_bytes
         grads = jax.jit(jax.grad(lambda *a: loss(*a), argnums=(0, 1, 2)))(params, x, h0)
-        per_example = jax.jit(jax.vmap(lambda xx, hh, mm: f(params, xx, hh, mm)))(x, h0, mask)
+        per_example = jax.jit(jax.vmap(lambda xx, hh, mm, rr: f(params, xx, hh, mm, rr)))(x, h0, mask, reset)
         return temp, fwd(params, x, h0), grads, per_example
 
     temp_all, *want = measure()
