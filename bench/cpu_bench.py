@@ -250,8 +250,10 @@ def rnnjax_layer(layer: str, shape, extra: dict, cls_name: Optional[str] = None,
     return cls(**kw)
 
 
-def build_rnnjax(layer: str, shape, w: dict, x, extra: dict, cls_name: Optional[str] = None, old: bool = False) -> Built:
-    """rnnjax's layer (``old``: the same layer of the ``--old-rev`` build, named ``rnnjax@REV``)."""
+def build_rnnjax(layer: str, shape, w: dict, x, extra: dict, cls_name: Optional[str] = None, old: bool = False,
+                 label: Optional[str] = None) -> Built:
+    """rnnjax's layer (``old``: the same layer of the ``--old-rev`` build, named ``rnnjax@REV``;
+    ``label``: another name for the row, e.g. ``rnnjax.LSTM[onednn]``)."""
     import jax
 
     mod = rnnjax_layer(layer, shape, extra, cls_name, OLD_BUILD["module"] if old else None)
@@ -259,7 +261,7 @@ def build_rnnjax(layer: str, shape, w: dict, x, extra: dict, cls_name: Optional[
     values = to_cudnn_layout(layer, w) if cls_name in OPTIONAL_RNNJAX else w
     variables = fill_by_name(jax.tree_util.tree_map(np.asarray, variables, is_leaf=lambda a: hasattr(a, "shape")),
                              values, f"rnnjax.{cls_name or layer}")
-    name = f"rnnjax@{OLD_BUILD['rev']}" if old else f"rnnjax.{cls_name or layer}"
+    name = label or (f"rnnjax@{OLD_BUILD['rev']}" if old else f"rnnjax.{cls_name or layer}")
     return build_jax(name, lambda v, xx: mod.apply(v, xx), variables, x)
 
 
@@ -419,12 +421,17 @@ def bench_group(layer: str, shape, args, rate_gflops: float, problems: list) -> 
     w = canonical_weights(layer, shape)
     x = make_input(layer, shape)
     where = f"{layer} {shape}"
-    ref = build_rnnjax(layer, shape, w, x, args.rnnjax_kw)  # failures of rnnjax itself propagate
+    ref_kw = {**args.rnnjax_kw, **({"backend": args.backends[0]} if args.backends and layer in ("GRU", "LSTM") else {})}
+    ref = build_rnnjax(layer, shape, w, x, ref_kw)  # failures of rnnjax itself propagate
     built = [ref]
     guards = {ref.name: {"max_abs_out_diff": 0.0, "max_rel_dx_diff": 0.0}}
     extra = [c for c, grp in OPTIONAL_RNNJAX.items()
              if grp == layer and hasattr(rnnjax, c) and not args.no_cudnn_layers]
     builders = [(f"rnnjax.{c}", lambda c=c: build_rnnjax(layer, shape, w, x, {}, c), True) for c in extra]
+    if layer in ("GRU", "LSTM"):  # --backends: the same layer on each further backend, interleaved
+        builders += [(f"rnnjax.{layer}[{b}]", lambda b=b: build_rnnjax(
+            layer, shape, w, x, {**args.rnnjax_kw, "backend": b}, label=f"rnnjax.{layer}[{b}]"), False)
+            for b in args.backends[1:]]
     if OLD_BUILD:  # the same layer and options in the old build: an A/B of two builds, interleaved
         builders.append((f"rnnjax@{OLD_BUILD['rev']}",
                          lambda: build_rnnjax(layer, shape, w, x, args.rnnjax_kw, old=True), False))
@@ -664,6 +671,9 @@ def main(argv=None) -> dict:
     p.add_argument("--peers", default=",".join(PEERS), help="comma list among flax,keras,torch")
     p.add_argument("--rnnjax-kw", action="append", metavar="KEY=VALUE",
                    help="extra constructor argument for the rnnjax layers (repeatable), e.g. scan_unroll=4")
+    p.add_argument("--backends", default="",
+                   help="comma list of rnnjax backends for GRU/LSTM, e.g. 'scan,onednn': the first is the reference "
+                        "row, each further one its own row rnnjax.LSTM[backend] (default: the layers' default)")
     p.add_argument("--no-cudnn-layers", action="store_true",
                    help="leave out rnnjax.CuDNNLSTM / CuDNNGRU (always left out in --smoke)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: usable cores)")
@@ -682,6 +692,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     args.peers = [s.strip() for s in args.peers.split(",") if s.strip()]
     args.rnnjax_kw = _parse_kw(args.rnnjax_kw)
+    args.backends = [s.strip() for s in args.backends.split(",") if s.strip()]
     TORCH_THREADS[0] = args.torch_threads
     args.no_cudnn_layers = args.no_cudnn_layers or args.smoke
     defaults = (0.02, 2, 3) if args.smoke else (0.5, 5, 200)
@@ -739,6 +750,7 @@ def run(args):
         "machine": machine, "loadavg_end": list(os.getloadavg()),
         "matmul": {"n": mm_start["n"], "gflops": rate, "start": mm_start, "end": mm_end},
         "config": {"mode": mode, "peers": args.peers, "rnnjax_kw": args.rnnjax_kw, "old_rev": args.old_rev,
+                   "backends": args.backends, "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")},
                    "torch_threads": args.torch_threads or machine["usable_cpus"],
                    "target_seconds": args.target_seconds, "min_reps": args.min_reps, "max_reps": args.max_reps,
                    "tolerances": {"output": OUT_TOL, "input_gradient_relative": GRAD_TOL}},

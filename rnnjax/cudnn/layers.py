@@ -21,8 +21,9 @@ Backends (field ``backend``):
   (``LSTMCore``/``GRUCore(reset_after=True)`` with sigmoid gates; input projection hoisted out of
   the loop). Any platform, any dtype, ``vmap``.
 * ``'auto'`` (default): ``'cudnn'`` for a float32 LSTM whose input lives on a CUDA GPU (under
-  ``jit``: when JAX's default backend is the GPU), else ``'scan'``; always ``'scan'`` with
-  ``custom_backward=False``.
+  ``jit``: when JAX's default backend is the GPU), else ``'scan'``, which on the CPU runs oneDNN's
+  fused kernel where the ``onednn`` extra is installed and it applies (the rules of
+  :mod:`rnnjax.onednn.dispatch`); always ``'scan'`` with ``custom_backward=False``.
 
 Both backends differentiate in reverse mode only (``jax.grad``/``jax.vjp``); for forward mode
 (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) set ``custom_backward=False``: the scan backend
@@ -205,7 +206,9 @@ class _CuDNNRecurrent(RecurrentLayer):
         mask = None if lengths is None else jnp.arange(x.shape[1])[None, :] < lengths[:, None]
         core = self.scan_core()
         program = core_cell_program(core, self.to_canonical(params), (self.units,))
-        return drive(program, x, init, options, mask=mask)
+        # 'auto' lets the driver run oneDNN's CPU kernel where it applies (rnnjax.onednn.dispatch)
+        return drive(program, x, init, options._replace(backend="auto" if self.backend == "auto" else "scan"),
+                     mask=mask)
 
     @nn.compact
     def __call__(self, inputs, mask=None, initial_state=None, seq_lengths=None, training: bool = False):

@@ -116,6 +116,15 @@ def run_program(program: CoreProgram, inputs: jax.Array, initial_state: Any, opt
     ...)``. Without ``options.custom_backward`` the program's backward forms are dropped.
     """
     options = options.checked()
+    if options.backend != "scan" and program.fused is not None:
+        from rnnjax.onednn import dispatch  # oneDNN's fused kernels where the backend picks them
+
+        done = dispatch.run(program, inputs, initial_state, options, mask=mask, constants=constants)
+        if done is not None:
+            return done
+    elif options.backend == "onednn":
+        raise ValueError("`backend='onednn'`: this cell has no oneDNN kernel (oneDNN runs LSTMCore and GRUCore "
+                         "only, not stacked cells, ConvLSTM, SimpleRNN or custom cells); use backend='auto' or 'scan'.")
     if not options.custom_backward:
         program = program.without_backward_forms()
     if options.feature_axes != 1:
@@ -153,7 +162,7 @@ def _run_spatial(program: CoreProgram, inputs, initial_state, options: LoopOptio
     loop_bias = program.loop_bias
     if loop_bias is not None:
         loop_bias = LoopBias(functools.partial(unflat, project=loop_bias.project_without_bias), loop_bias.bias)
-    program = program._replace(project=unflat, loop_bias=loop_bias)
+    program = program._replace(project=unflat, loop_bias=loop_bias, fused=None)
     output, final = run_program(program, x, initial_state, options._replace(time_major=True, feature_axes=1),
                                 mask=m, constants=constants)
     if options.return_sequences:

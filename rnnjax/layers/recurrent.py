@@ -8,7 +8,11 @@ live under ``params['cell']`` (``kernel``, ``recurrent_kernel``, ``bias``). Call
 Extra fields beyond Keras 2: ``input_dim``/``input_length`` (checked), ``zero_output_for_mask``,
 ``reset_after`` (GRU), ``param_dtype``, the performance options ``scan_unroll`` and
 ``remat``, and ``custom_backward`` (False for forward-mode differentiation: ``jax.jvp``,
-``jax.jacfwd``, ``jax.hessian``; see :class:`rnnjax.RNN`).
+``jax.jacfwd``, ``jax.hessian``; see :class:`rnnjax.RNN`); ``GRU`` and ``LSTM`` also ``backend``:
+``'auto'`` (default) runs a call on oneDNN's fused CPU kernels where the ``onednn`` extra is
+installed and they compute it exactly (``recurrent_activation='sigmoid'``, ``activation='tanh'``,
+no mask, no recurrent dropout, float32, one CPU device, at least 16 rows: :mod:`rnnjax.onednn.dispatch`),
+else the scan; ``'scan'`` always the scan; ``'onednn'`` oneDNN or a ``ValueError`` saying why not.
 """
 from __future__ import annotations
 
@@ -121,6 +125,7 @@ class GRU(_KerasRecurrent):
     scan_unroll: int = 1
     remat: bool = False
     custom_backward: bool = True
+    backend: str = "auto"
 
     cell_class = GRUCell
 
@@ -171,5 +176,6 @@ class LSTM(_KerasRecurrent):
     scan_unroll: int = 1
     remat: bool = False
     custom_backward: bool = True
+    backend: str = "auto"
 
     cell_class = LSTMCell
