@@ -119,7 +119,9 @@ def run_program(program: CoreProgram, inputs: jax.Array, initial_state: Any, opt
     if options.backend != "scan" and program.fused is not None:
         from rnnjax.onednn import dispatch  # oneDNN's fused kernels where the backend picks them
 
-        done = dispatch.run(program, inputs, initial_state, options, mask=mask, constants=constants)
+        scan = functools.partial(run_program, program, options=options._replace(backend="scan"), mask=mask,
+                                 constants=constants)
+        done = dispatch.run(program, inputs, initial_state, options, scan=scan, mask=mask, constants=constants)
         if done is not None:
             return done
     elif options.backend == "onednn":

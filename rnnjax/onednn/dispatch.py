@@ -19,10 +19,14 @@ cannot run on oneDNN exactly as the scan path computes it (None: it can):
   ones), a CPU backend, and a program not partitioned over a device mesh;
 * the extra installed and its kernels compiled (:func:`rnnjax.onednn.unavailable_reason`).
 
-``"auto"`` also asks that the call be large enough for oneDNN to win: at least
-:data:`AUTO_MIN_BATCH` rows (the product of the batch axes). Below that rnnjax's scan is
-faster on the CPU (``bench/README.md``, "oneDNN"), and tiny test shapes never build the kernels.
-``"onednn"`` raises a ``ValueError`` naming the reason where it cannot apply.
+``"auto"`` also asks that a step be large enough for oneDNN to win, measured by its work
+``rows × units`` (rows: the product of the batch axes): a call that is not differentiated runs on
+oneDNN from :data:`AUTO_INFER_MIN_WORK` on; a differentiated one (training) from
+:data:`AUTO_TRAIN_MIN_WORK` on, and between the two the forward of a differentiated call runs
+rnnjax's scan (``_planner.infer_or_train``: the inference program on oneDNN, the training program
+the scan's). Below that rnnjax's scan is as fast or faster on the CPU (``bench/README.md``,
+"oneDNN"), and the tiny shapes of tests never build the kernels. ``"onednn"`` runs both on oneDNN
+whatever the size, and raises a ``ValueError`` naming the reason where it cannot apply.
 
 Two cases the trace cannot see keep the scan inside the compiled program (:mod:`rnnjax.onednn.ops`
 lowers its primitives to the scan path there): ``jax.export`` and a ``jax.jit`` partitioned over
@@ -31,7 +35,7 @@ several devices by ``in_shardings`` alone.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +45,10 @@ from rnnjax.functional.lstm import LSTMCore
 from rnnjax.functional.mesh import partitioned, static
 from rnnjax.functional.protocol import CoreProgram, FusedForm, per_gate_masks
 
-# "auto" takes oneDNN from this many rows (product of the batch axes) on: bench/README.md, "oneDNN".
-AUTO_MIN_BATCH = 16
+# "auto" takes oneDNN from this much work per step (rows × units) on, for a call that is not
+# differentiated / for training; below, rnnjax's scan is as fast or faster (bench/README.md, "oneDNN").
+AUTO_INFER_MIN_WORK = 8192
+AUTO_TRAIN_MIN_WORK = 16384
 
 
 def _config_reason(fused: FusedForm) -> Optional[str]:
@@ -96,30 +102,44 @@ def _data_reason(fused: FusedForm, inputs, initial_state) -> Optional[str]:
 
 
 def why_not(program: CoreProgram, inputs, initial_state, options, *, mask=None, constants=None) -> Optional[str]:
-    """Why this call cannot run on oneDNN (see the module docstring), or None."""
-    fused = program.fused
-    reason = _config_reason(fused) or _options_reason(options, mask, constants) or \
+    """Why this call cannot run on oneDNN exactly as the scan computes it (the module docstring's
+    rules, the kernels' availability last), or None. Sizes are :func:`run`'s concern."""
+    return _exactness_reason(program.fused, inputs, initial_state, options, mask, constants) or _available()
+
+
+def _exactness_reason(fused: FusedForm, inputs, initial_state, options, mask, constants) -> Optional[str]:
+    return _config_reason(fused) or _options_reason(options, mask, constants) or \
         _data_reason(fused, inputs, initial_state)
-    if reason is None and options.backend == "auto" and math.prod(inputs.shape[:-2]) < AUTO_MIN_BATCH:
-        reason = f"fewer than {AUTO_MIN_BATCH} rows (rnnjax's scan is faster there)"
-    if reason is None:
-        from rnnjax.onednn import _build
-
-        reason = _build.unavailable_reason()
-    return reason
 
 
-def run(program: CoreProgram, inputs, initial_state, options, *, mask=None, constants=None) -> Optional[tuple]:
-    """``(output, final state)`` of the call on oneDNN where :func:`why_not` allows it; None (the
-    scan path) where it does not under ``"auto"``; a ``ValueError`` naming the reason under
-    ``"onednn"``."""
-    reason = why_not(program, inputs, initial_state, options, mask=mask, constants=constants)
-    if reason is None:
-        return _run(program.fused, inputs, initial_state, options)
-    if options.backend == "onednn":
-        raise ValueError(f"`backend='onednn'`: this call cannot run on oneDNN: {reason}. Use backend='auto' "
-                         "(oneDNN where it applies) or 'scan'.")
-    return None
+def _available() -> Optional[str]:
+    from rnnjax.onednn import _build
+
+    return _build.unavailable_reason()
+
+
+def run(program: CoreProgram, inputs, initial_state, options, *, scan: Callable, mask=None,
+        constants=None) -> Optional[tuple]:
+    """``(output, final state)`` of the call on oneDNN where it runs there (:func:`why_not` and,
+    for ``"auto"``, the sizes of the module docstring; ``scan(inputs, initial_state)`` is the scan
+    path, for the training program of a mid-sized call); None where the scan path runs it; a
+    ``ValueError`` naming the reason under ``"onednn"``."""
+    fused = program.fused
+    reason = _exactness_reason(fused, inputs, initial_state, options, mask, constants)
+    work = math.prod(inputs.shape[:-2]) * fused.core.units if reason is None else 0
+    if options.backend == "auto" and work < AUTO_INFER_MIN_WORK:
+        return None
+    reason = reason or _available()
+    if reason is not None:
+        if options.backend == "onednn":
+            raise ValueError(f"`backend='onednn'`: this call cannot run on oneDNN: {reason}. Use backend='auto' "
+                             "(oneDNN where it applies) or 'scan'.")
+        return None
+    if options.backend == "auto" and work < AUTO_TRAIN_MIN_WORK:
+        from rnnjax.functional._planner import infer_or_train
+
+        return infer_or_train(lambda x, s: _run(fused, x, s, options), scan, inputs, initial_state)
+    return _run(fused, inputs, initial_state, options)
 
 
 def onednn_weights(core: Any, params: Any) -> tuple:
