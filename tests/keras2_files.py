@@ -140,6 +140,41 @@ def cudnn_gru_step(k, r, b):
     return step, np.zeros(u)
 
 
+# ---- functional graphs (tf-keras layout) ----
+def inbound(*entries, **kwargs):
+    """One tf-keras inbound node: ``[layer, node, tensor, kwargs]`` per input tensor (``entries``:
+    ``'name'`` or ``('name', node, tensor)``); ``kwargs`` holds tensors as ``[layer, node, tensor]``."""
+    out = []
+    for e in entries:
+        name, node, tensor = (e, 0, 0) if isinstance(e, str) else e
+        out.append([name, node, tensor, dict(kwargs)])
+    return out
+
+
+def functional(layers, inputs, outputs, name="model"):
+    """A tf-keras functional ``model_config``; ``layers``: ``[(layer dict, [inbound nodes])]``."""
+    return {"class_name": "Functional", "config": {
+        "name": name, "layers": [{**entry, "name": entry["config"]["name"], "inbound_nodes": nodes}
+                                 for entry, nodes in layers],
+        "input_layers": [[n, 0, 0] for n in inputs], "output_layers": [[n, node, t] for n, node, t in outputs]}}
+
+
+def input_layer(name, shape, dtype="float32"):
+    return layer("InputLayer", name=name, batch_input_shape=[None, *shape], dtype=dtype, sparse=False, ragged=False)
+
+
+def outputs_of(step, state, xs, mask=None):
+    """Every step's output and the final state of ``step`` over ``xs (T, I)`` (Keras 2: a masked
+    step repeats the previous output and keeps the state; before any step, zeros)."""
+    out, prev = [], None
+    for t in range(len(xs)):
+        if mask is None or mask[t]:
+            state = step(state, xs[t])
+            prev = state[0] if isinstance(state, tuple) else state
+        out.append(np.zeros_like(state[0] if isinstance(state, tuple) else state) if prev is None else prev)
+    return np.stack(out), state
+
+
 # ---- what model.save writes for a compiled, trained model ----
 def write_training(path, class_name, config, state, loss="mse", metrics=("accuracy",), as_bytes=False):
     """Adds tf-keras's training data to a full-model file (``save_model_to_hdf5``): the root

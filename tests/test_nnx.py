@@ -24,7 +24,9 @@ def _dropped(layer, x, keys, rate=0.3, recurrent_rate=0.2):
     """The functional reference: rnnjax.functional.rnn with masks from the two keys (input, recurrent)."""
     cell = layer.cell
     core = cell.core
-    count = 1 if core.implementation == 2 else core.gates
+    # Keras draws one mask per gate only for implementation=1; SimpleRNN (no implementation) draws one
+    count = core.gates if getattr(core, "implementation", 2) == 1 else 1
+    assert core.dropout_mask_count == count
     return F.rnn(core, cell.params(), x, return_sequences=True,
                  dropout_mask=F.dropout_masks(keys[0], rate, (B, I), count),
                  recurrent_dropout_mask=F.dropout_masks(keys[1], recurrent_rate, (B, U), count))[0]

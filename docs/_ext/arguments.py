@@ -171,9 +171,6 @@ ARGUMENTS = {
     "causal": "Keras 2's (tf-keras up to 2.10) constructor form of `use_causal_mask`: if True, position `i` "
               "cannot attend to positions `j > i`.",
     "names": "The layers' Keras names, in `layers` order.",
-    "inbound": "For each layer, the indices of the layers it takes its input from (-1: the model input).",
-    "merges": "For each layer, whether it takes a list of inputs (a merge layer).",
-    "output": "The index of the layer whose output is the model's output.",
 }
 
 # The NNX front end's own keyword arguments (rnnjax.nnx), where a linen field of the same name means

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Callable
 
 import rnnjax
-from rnnjax.keras.build_layers import LAYER_BUILDERS, MULTI_INPUT
-from rnnjax.keras.formats import KerasImportError
+from rnnjax.keras import custom
+from rnnjax.keras.build_layers import LAYER_BUILDERS
+from rnnjax.keras.config import CODE_CLASSES
 
 # Keys without effect on the outputs of a loaded model (regularizers only add training losses).
 _IGNORED = {"name", "trainable", "dtype", "batch_input_shape", "batch_shape", "input_shape", "input_dim",
@@ -83,9 +84,7 @@ def _minor(version: str) -> int:
 
 def _seq_flags(c: Cfg, state: bool = True):
     flags = dict(return_sequences=bool(c("return_sequences", False)), go_backwards=bool(c("go_backwards", False)),
-                 stateful=bool(c("stateful", False)))
-    if c("return_state", False):
-        c.fail("return_state=True is not supported in a loaded model (one output per layer)")
+                 stateful=bool(c("stateful", False)), return_state=bool(c("return_state", False)))
     if "zero_output_for_mask" in c.d:
         flags["zero_output_for_mask"] = bool(c("zero_output_for_mask"))
     return flags
@@ -169,15 +168,13 @@ def _wrapped(c: Cfg, key):
         c.fail(f"`{key}` must be a layer config")
         return None
     return c.ctx.build(entry.get("config", {}).get("name", entry.get("class_name")), entry.get("class_name"),
-                       entry.get("config", {}))
+                       entry.get("config", {}), entry)
 
 
 def _bidirectional(c: Cfg):
     forward = _wrapped(c, "layer")
     backward = _wrapped(c, "backward_layer") if c.d.get("backward_layer") is not None else c("backward_layer")
     mode = c("merge_mode", "concat")
-    if mode is None:
-        c.fail("merge_mode=None (two outputs) is not supported in a loaded model")
     if forward is None or c.problems:
         return None
     if backward is not None and backward.go_backwards == forward.go_backwards:
@@ -203,14 +200,14 @@ BUILDERS: dict[str, Callable] = {
                                   rnnjax.TimeDistributed(inner, name=c.name))(_wrapped(c, "layer")),
 }
 BUILDERS.update(LAYER_BUILDERS)  # the layers around the recurrent ones: rnnjax/keras/build_layers.py
-MERGES = MULTI_INPUT
 
 
 class Context:
-    """Builds the modules of one file, collecting every problem."""
+    """Builds the modules of one file, collecting every problem; ``custom``: the user's
+    :class:`rnnjax.keras.custom.CustomObjects` (or ``None``)."""
 
-    def __init__(self, major: int, version: str, cudnn: str = "keep"):
-        self.major, self.version, self.problems, self.cudnn = major, version, [], cudnn
+    def __init__(self, major: int, version: str, cudnn: str = "keep", custom=None):
+        self.major, self.version, self.problems, self.cudnn, self.custom = major, version, [], cudnn, custom
 
     def sub(self, name, cls, config) -> Cfg:
         c = Cfg(name, cls, config, self.major)
@@ -218,10 +215,20 @@ class Context:
         c.problems = self.problems
         return c
 
-    def build(self, name, cls, config):
-        """The module for one layer, or ``None`` (the problem recorded)."""
-        if cls not in BUILDERS:
-            self.problems.append(f"layer {name!r}: unsupported layer class {cls!r}")
+    def build(self, name, cls, config, entry=None):
+        """The module for one layer, or ``None`` (the problem recorded): the user's module when
+        ``custom_objects`` supplies it, else rnnjax's for Keras's own classes."""
+        entry = entry or {}
+        key = None if self.custom is None else self.custom.find(name, cls, entry)
+        if key is not None:
+            module, problem = self.custom.build(key, name, config)
+            if problem is not None:
+                self.problems.append(problem)
+            return module
+        if cls in CODE_CLASSES:
+            return None  # the config scan has reported it
+        if cls not in BUILDERS or custom.is_custom(cls, entry):
+            self.problems.append(custom.unknown_class(name, cls, entry, config))
             return None
         c = self.sub(name, cls, config)
         before = len(self.problems)
@@ -232,12 +239,3 @@ class Context:
             return None
         c.finish()
         return module if len(self.problems) == before else None
-
-
-def build_layers(specs, major: int, version: str, cudnn: str = "keep") -> list:
-    """The modules of all ``specs``; one :class:`KerasImportError` lists every problem."""
-    ctx = Context(major, version, cudnn)
-    modules = [ctx.build(s.name, s.class_name, s.config) for s in specs]
-    if ctx.problems:
-        raise KerasImportError(ctx.problems)
-    return modules

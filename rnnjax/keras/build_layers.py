@@ -139,6 +139,3 @@ _ALIASES = {"Convolution1D": "Conv1D", "Convolution2D": "Conv2D", "Convolution3D
             "GlobalAvgPool1D": "GlobalAveragePooling1D", "GlobalMaxPool2D": "GlobalMaxPooling2D",
             "GlobalAvgPool2D": "GlobalAveragePooling2D"}
 LAYER_BUILDERS.update({alias: LAYER_BUILDERS[name] for alias, name in _ALIASES.items()})
-# Layers called on a list of inputs (``layer([x1, x2, ...], mask=[m1, m2, ...])``).
-MULTI_INPUT = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot",
-               "Attention", "AdditiveAttention")

@@ -3,8 +3,10 @@ safety scan, and the model's layers and their connections.
 
 The scan walks the whole JSON before anything is built and refuses every object that would
 make Keras run or import code: ``Lambda`` and the other code-bearing layers, serialized
-functions, classes registered by the user, modules outside ``keras``. The loader only ever
-compares the strings it finds with its own tables; it never looks a name up in Python.
+functions, classes registered by the user, modules outside ``keras`` (a layer's own class is
+judged when it is built, :mod:`rnnjax.keras.custom`). The loader only ever compares the strings
+it finds with its own tables; it never looks a name up in Python. Layers the user supplies
+(``custom_objects``) are not scanned: their configs are only data handed to the user's code.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import dataclasses
 import re
 from typing import Any, Optional
 
+from rnnjax.keras import topology
 from rnnjax.keras.formats import KerasImportError
+from rnnjax.keras.topology import MODEL_CLASSES, GraphSpec
 
 # Layers that carry code (marshalled bytecode, a function reference, a SavedModel path, a JAX
 # function): never deserialised.
@@ -26,12 +30,6 @@ CODE_CLASSES = {
     "JaxLayer": "it wraps a Python function",
     "FlaxLayer": "it wraps a Python module",
 }
-MODEL_CLASSES = ("Sequential", "Functional", "Model")
-# Keras 3 functional graphs spell out mask computations as op nodes; only these may appear, and
-# only on the way to a layer's `mask=` (rnnjax recomputes masks by Keras's layer rules).
-MASK_OPS = {"NotEqual", "Any", "All", "ExpandDims", "ZerosLike", "OnesLike", "LogicalOr", "LogicalAnd",
-            "Concatenate", "BroadcastTo", "Cast", "Squeeze", "ConvertToTensor"}  # the last: Attention.compute_mask
-_OPS_MODULE = "keras.src.ops"
 
 
 @dataclasses.dataclass
@@ -39,19 +37,22 @@ class LayerSpec:
     name: str
     class_name: str
     config: dict
-    inputs: list  # names of the inbound layers (functional models)
+    entry: dict = dataclasses.field(default_factory=dict)  # the whole entry (module, registered_name)
+    graph: Optional[GraphSpec] = None  # a nested model's graph
+    trainable: bool = True
+    custom: Optional[str] = None  # the custom_objects key that supplies this layer
 
 
 @dataclasses.dataclass
 class ModelSpec:
     kind: str  # 'sequential' or 'functional'
     layers: list  # LayerSpec, without InputLayer and mask op nodes
-    input_shape: Optional[tuple]  # (batch, ...) with None for unknown sizes
+    input_shape: Optional[tuple]  # a Sequential's (batch, ...) with None for unknown sizes
     input_dtype: str
-    input_name: Optional[str]
-    output_name: Optional[str]
     keras_major: int
     version: str
+    graph: Optional[GraphSpec] = None  # a functional model's graph
+    problems: list = dataclasses.field(default_factory=list)  # everything refused, all at once
 
 
 def keras_major(version: Optional[str]) -> int:
@@ -102,172 +103,121 @@ def _strip_tuples(obj):
     if isinstance(obj, dict):
         if obj.get("class_name") in ("__tuple__", "TensorShape") and "items" in obj:
             return [_strip_tuples(v) for v in obj["items"]]
-        return {k: _strip_tuples(v) for k, v in obj.items()}
+        return {k: _strip_tuples(v) if isinstance(v, (dict, list)) else v for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_strip_tuples(v) for v in obj]
+        return [_strip_tuples(v) if isinstance(v, (dict, list)) else v for v in obj]
     return obj
 
 
-def _input_of(cfg: dict):
-    shape = cfg.get("batch_shape", cfg.get("batch_input_shape"))
-    dtype = cfg.get("dtype", "float32")
-    if isinstance(dtype, dict):
-        dtype = dtype.get("config", {}).get("name", "float32")
-    return (None if shape is None else tuple(shape)), str(dtype)
+def _subclassed(cls) -> str:
+    return (f"the model is of class {cls!r}, not Sequential or Functional: a subclassed model, whose architecture "
+            "is Python code (its call method); the file has no graph of layers to read. Build the same model from "
+            "rnnjax layers (or any Flax module) and load the weights into it with rnnjax.load_keras_weights(path, "
+            "model, variables) (Keras's order; shapes checked)")
 
 
-def parse_model(config: Any, version: Optional[str]) -> ModelSpec:
-    """The layers and connections of a model config; raises :class:`KerasImportError` listing
-    every code-bearing object, custom class and malformed part."""
+def parse_model(config: Any, version: Optional[str], custom=None) -> ModelSpec:
+    """The layers and connections of a model config. Problems that leave the rest readable
+    (code-bearing objects, custom classes, malformed layers or connections) are collected in
+    ``ModelSpec.problems``, all of them; ``custom`` (:class:`rnnjax.keras.custom.CustomObjects`)
+    names the layers the user supplies, whose configs are not scanned (they are only data to the
+    user's factory). Raises :class:`KerasImportError` when there is no model to read."""
     if not isinstance(config, (dict, list)):
         raise KerasImportError(f"the model config must be a JSON object, got {type(config).__name__}")
-    if isinstance(config, dict) and "compile_config" in config:
-        # Keras 3's compile settings (loss, metrics, optimizer) are data for rnnjax.keras.training,
-        # never built here: a loss named by a function reference is not code to scan for.
-        config = {k: v for k, v in config.items() if k != "compile_config"}
-    problems = []
-    scan(config, "the model", problems)
-    if problems:
-        raise KerasImportError(problems)
-    config = _strip_tuples(config)
     major = keras_major(version)
+    if isinstance(config, list):  # Keras < 2.2 Sequential
+        config = {"class_name": "Sequential", "config": {"layers": config}}
+    config = _strip_tuples(config)
+    cls, body = config.get("class_name"), config.get("config")
+    if cls not in MODEL_CLASSES and isinstance(cls, str) and cls not in CODE_CLASSES:
+        raise KerasImportError(_subclassed(cls))
+    problems = []
+    # Keras 3's compile settings (loss, metrics, optimizer) are data for rnnjax.keras.training, never
+    # built here: a loss named by a function reference is not code to scan for.
+    scan({k: v for k, v in config.items() if k not in ("config", "compile_config")}, "the model", problems)
+    if cls not in MODEL_CLASSES or not isinstance(body, (dict, list)):
+        raise KerasImportError(problems or [f"the top-level object is {cls!r}, not a Keras model (Sequential or "
+                                            "Functional)"])
     if major < 2:
         raise KerasImportError(f"a Keras 1 (or older) model (keras_version={version!r}) is not supported; "
                                "re-save it with Keras 2")
-    if isinstance(config, list):  # Keras < 2.2 Sequential
-        config = {"class_name": "Sequential", "config": {"layers": config}}
-    cls, body = config.get("class_name"), config.get("config")
-    if cls not in MODEL_CLASSES or not isinstance(body, (dict, list)):
-        raise KerasImportError(f"the top-level object is {cls!r}, not a Keras model (Sequential or Functional)")
-    if isinstance(body, list):
-        body = {"layers": body}
-    layers = body.get("layers")
-    if not isinstance(layers, list) or not layers:
-        raise KerasImportError("the model config has no layers")
-    version = str(version)
+    body = {"layers": body} if isinstance(body, list) else body
+    reader = _Layers(major, problems, custom)
     try:
-        if cls == "Sequential":
-            return _sequential(layers, major, version, body.get("build_input_shape"))
-        return _functional(body, layers, major, version)
+        kind, layers, shape, dtype, graph = reader.model(cls, body, "")
     except (TypeError, AttributeError, KeyError, IndexError, ValueError) as err:
         if isinstance(err, KerasImportError):
             raise
-        raise KerasImportError(f"a malformed model config ({type(err).__name__}: {err})") from None
+        raise KerasImportError(problems + [f"a malformed model config ({type(err).__name__}: {err})"]) from None
+    return ModelSpec(kind, layers, shape, dtype, major, str(version), graph, problems)
 
 
-def _entries(layers):
+def _entries(layers, where):
+    if not isinstance(layers, list) or not layers:
+        raise KerasImportError(f"{where}the model config has no layers")
     for i, entry in enumerate(layers):
         if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str) or \
                 not isinstance(entry.get("config"), dict):
-            raise KerasImportError(f"layer {i} of the model config is not a {{class_name, config}} object")
+            raise KerasImportError(f"{where}layer {i} of the model config is not a {{class_name, config}} object")
         yield entry
 
 
-def _nested(entry):
-    if entry["class_name"] in MODEL_CLASSES:
-        return f"layer {entry['config'].get('name')!r} ({entry['class_name']}): nested models are not supported"
-    return None
+class _Layers:
+    """Reads the layers of a model config (nested models recursively, to ``MAX_NESTING`` levels)."""
 
+    def __init__(self, major, problems, custom):
+        self.major, self.problems, self.custom, self.depth = major, problems, custom, 0
 
-def _sequential(layers, major, version, build_shape=None) -> ModelSpec:
-    specs, shape, dtype, problems = [], None, "float32", []
-    for i, entry in enumerate(_entries(layers)):
+    def model(self, cls, body, where):
+        """``(kind, layers, input shape, input dtype, graph)`` of one model's ``config``."""
+        scan({k: v for k, v in body.items() if k != "layers"}, f"{where}the model", self.problems)
+        if cls == "Sequential":
+            return self._sequential(body, where)
+        graph = topology.read_graph({**body, "layers": list(_entries(body.get("layers"), where))}, self.major,
+                                    self.problems, lambda n, c, e: self.layer(n, c, e, where), where)
+        return "functional", graph.layers, None, "float32", graph
+
+    def _sequential(self, body, where):
+        specs, shape, dtype = [], None, "float32"
+        for i, entry in enumerate(_entries(body.get("layers"), where)):
+            cfg = entry["config"]
+            if entry["class_name"] == "InputLayer":
+                shape, dtype = topology._input_of(cfg)
+                continue
+            if not specs and shape is None and ("batch_input_shape" in cfg or "batch_shape" in cfg):
+                shape, dtype = topology._input_of(cfg)
+            spec = self.layer(str(cfg.get("name", f"layer_{i}")), entry["class_name"], entry, where)
+            if spec is not None:
+                specs.append(spec)
+        if shape is None and isinstance(body.get("build_input_shape"), list):
+            shape = tuple(body["build_input_shape"])
+        return "sequential", specs, shape, dtype, None
+
+    def layer(self, name, cls, entry, where) -> Optional[LayerSpec]:
+        """The spec of one layer entry, or ``None`` with its problem recorded."""
         cfg = entry["config"]
-        if entry["class_name"] == "InputLayer":
-            shape, dtype = _input_of(cfg)
-            continue
-        if (note := _nested(entry)) is not None:
-            problems.append(note)
-            continue
-        if i == 0 or (not specs and shape is None):
-            shape, dtype = _input_of(cfg) if ("batch_input_shape" in cfg or "batch_shape" in cfg) else (shape, dtype)
-        specs.append(LayerSpec(str(cfg.get("name", f"layer_{i}")), entry["class_name"], cfg, []))
-    if problems:
-        raise KerasImportError(problems)
-    if shape is None and isinstance(build_shape, list):
-        shape = tuple(build_shape)
-    return ModelSpec("sequential", specs, shape, dtype, None, None, major, version)
-
-
-def _history(arg):
-    """``(layer, node, tensor)`` of one Keras 3 ``__keras_tensor__`` argument, else ``None``."""
-    if isinstance(arg, dict) and arg.get("class_name") == "__keras_tensor__":
-        return tuple(arg["config"]["keras_history"])
-    return None
-
-
-def _node_inputs(node, major) -> tuple:
-    """The input tensors ``[(layer, node, tensor)]`` of one inbound node and its kwargs."""
-    if major >= 3 and isinstance(node, dict):
-        args = node.get("args", [])
-        flat = args[0] if len(args) == 1 and isinstance(args[0], list) else args
-        tensors = [h for h in (_history(a) for a in flat) if h is not None]
-        return tensors, dict(node.get("kwargs", {}))
-    tensors, kwargs = [], {}
-    for item in node:
-        tensors.append(tuple(item[:3]))
-        if len(item) > 3 and isinstance(item[3], dict):
-            kwargs.update(item[3])
-    return tensors, kwargs
-
-
-def _endpoint(value, what):
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
-        value = value[0]
-    if not (isinstance(value, list) and len(value) == 3 and isinstance(value[0], str)):
-        raise KerasImportError(f"{what}: only models with one input and one output are supported, got {value!r}")
-    return value[0]
-
-
-def _is_op(entry, major, ops) -> bool:
-    """A Keras 3 op node: named by its module in ``.keras`` files; in Keras 3's legacy ``.h5`` (no
-    module) by its class, and for ``Concatenate`` (also a layer) by inputs that are all op outputs."""
-    module = entry.get("module")
-    if module is not None:
-        return str(module).startswith(_OPS_MODULE)
-    cls = entry["class_name"]
-    if major < 3 or cls not in MASK_OPS:
-        return False
-    if cls != "Concatenate":
-        return True
-    nodes = entry.get("inbound_nodes") or [{}]
-    tensors, _ = _node_inputs(nodes[0], major)
-    return bool(tensors) and all(t[0] in ops for t in tensors)
-
-
-def _functional(body, layers, major, version) -> ModelSpec:
-    input_name = _endpoint(body.get("input_layers"), "input_layers")
-    output_name = _endpoint(body.get("output_layers"), "output_layers")
-    specs, ops, problems, shape, dtype = [], set(), [], None, "float32"
-    for entry in _entries(layers):
-        cfg, cls = entry["config"], entry["class_name"]
-        name = str(entry.get("name", cfg.get("name")))
-        if _is_op(entry, major, ops):
-            if cls not in MASK_OPS:
-                problems.append(f"op node {name!r} ({cls}): only the mask ops Keras 3 writes are supported")
-            ops.add(name)
-            continue
-        if cls == "InputLayer":
-            if name != input_name:
-                problems.append(f"layer {name!r}: a second input; only single-input models are supported")
-            shape, dtype = _input_of(cfg)
-            continue
-        if (note := _nested(entry)) is not None:
-            problems.append(note)
-            continue
-        nodes = entry.get("inbound_nodes", [])
-        if len(nodes) != 1:
-            problems.append(f"layer {name!r} ({cls}): called {len(nodes)} times; shared layers are not supported")
-            continue
-        tensors, kwargs = _node_inputs(nodes[0], major)
-        for key in kwargs:
-            if key not in ("mask", "training"):
-                problems.append(f"layer {name!r} ({cls}): call argument {key!r} is not supported")
-        if any(t[2] != 0 or t[1] != 0 for t in tensors):
-            problems.append(f"layer {name!r} ({cls}): takes a second output or call of a layer; not supported")
-        if any(t[0] in ops for t in tensors):
-            problems.append(f"layer {name!r} ({cls}): takes an op node's output as data; not supported")
-        specs.append(LayerSpec(name, cls, cfg, [t[0] for t in tensors]))
-    if problems:
-        raise KerasImportError(problems)
-    return ModelSpec("functional", specs, shape, dtype, input_name, output_name, major, version)
+        trainable = cfg.get("trainable", True) is not False
+        key = None if self.custom is None else self.custom.find(name, cls, entry)
+        if key is not None:  # the user's code: its config is data for their factory, never scanned
+            return LayerSpec(name, cls, cfg, entry, None, trainable, key)
+        here = f"{where}layer {name!r} ({cls})"
+        if cls in CODE_CLASSES:
+            self.problems.append(f"{here}: {cls} refused: {CODE_CLASSES[cls]}; rnnjax never runs code from a file "
+                                 f"(supply your own module for it: custom_objects={{{name!r}: factory}}, or rebuild "
+                                 "this part in JAX and use rnnjax.load_keras_weights)")
+            return None
+        scan(entry.get("inbound_nodes"), here, self.problems)
+        if cls not in MODEL_CLASSES:
+            scan(cfg, here, self.problems)
+            return LayerSpec(name, cls, cfg, entry, None, trainable)
+        if self.depth >= topology.MAX_NESTING:
+            self.problems.append(f"{here}: models nested more than {topology.MAX_NESTING} deep are not supported")
+            return None
+        self.depth += 1
+        try:
+            kind, layers, shape, dtype, graph = self.model(cls, cfg, f"{where}in nested model {name!r}: ")
+        finally:
+            self.depth -= 1
+        if kind == "sequential":
+            graph = topology.chain(layers, shape, dtype)
+        return LayerSpec(name, cls, cfg, entry, graph, trainable)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from rnnjax.keras import build, config as kconfig, formats, training
+from rnnjax.keras import config as kconfig, formats, models, training
 from rnnjax.keras.formats import KerasImportError
 from rnnjax.keras.weights import snake_case
 
@@ -112,10 +112,7 @@ def inspect_keras(path) -> dict:
             key = base if n == 0 else f"{base}_{n}"
         info["layers"].append({"name": s.name, "class_name": s.class_name, "config": _summary(s.config),
                                "weights": shapes.get(key, [])})
-    try:
-        build.build_layers(spec.layers, spec.keras_major, spec.version)
-    except KerasImportError as err:
-        info["problems"] = err.problems
+    info["problems"] = models.build_model(spec)[1]
     return info
 
 

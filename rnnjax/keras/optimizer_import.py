@@ -41,20 +41,28 @@ def _set(tree, path, value):
 
 
 def _order(spec, params):
-    """``([(path, shape)] of the trainable weights in Keras's order, frozen layer names)``."""
-    order, frozen, known = [], [], set()
-    for s in spec.layers:
-        known.add(s.name)
-        found = [(p, shape) for col, p, shape in weights.slots({"params": params}, s.name) if col == "params"]
-        if s.config.get("trainable", True) is not False:
-            order.extend(found)
-        elif found:
-            frozen.append(s.name)
-    unknown = sorted(set(params) - known)
+    """``([(path, shape)] of the trainable weights in Keras's order, frozen layer names)``: the
+    layers in order, a nested model's layers in its order (``model.trainable_weights``)."""
+    order, frozen = [], []
+    _collect(spec.layers, params, (), True, order, frozen)
+    unknown = sorted(set(params) - {s.name for s in spec.layers})
     if unknown:
         raise KerasImportError(f"`variables` has parameters {unknown} that are no layer of the file's model: pass "
                                "the variables load_keras returned for this file")
     return order, frozen
+
+
+def _collect(layers, params, path, trainable, order, frozen):
+    for s in layers:
+        at, on = path + (s.name,), trainable and s.config.get("trainable", True) is not False
+        if s.graph is not None:
+            _collect(s.graph.layers, params, at, on, order, frozen)
+            continue
+        found = [(p, shape) for col, p, shape in weights.slots({"params": params}, at) if col == "params"]
+        if on:
+            order.extend(found)
+        elif found:
+            frozen.append("/".join(at))
 
 
 def _describe(value):

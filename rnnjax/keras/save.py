@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from rnnjax.keras import save_layers as sl
+from rnnjax.keras import save_graph, save_layers as sl
+from rnnjax.keras.graph import KerasGraph
 from rnnjax.keras.formats import import_h5py
 from rnnjax.keras.save_objects import KerasSaveError
 from rnnjax.layers import STATE_COLLECTION, Bidirectional, Embedding, Sequential, TimeDistributed
@@ -52,8 +53,7 @@ def _names(layers) -> list:
 
 
 def _param_tree(model, variables, layers, names) -> list:
-    if not isinstance(variables, Mapping) or "params" not in variables:
-        raise ValueError(f"`variables`: expected the dict returned by `model.init` (with 'params'), got {type(variables).__name__}.")
+    _params(variables)
     unknown = sorted(set(variables) - {"params", STATE_COLLECTION, LOSSES, BATCH_STATS})
     if unknown:
         raise KerasSaveError(f"`variables`: collections {unknown} have no place in a Keras 3 file (expected 'params'"
@@ -174,13 +174,12 @@ def _write_node(h5, path: str, node: sl.Node) -> None:
         _write_node(h5, f"{path}/{key}" if path else key, child)
 
 
-def _weights_file(h5py, saved, model_name) -> bytes:
+def _weights_file(h5py, nodes) -> bytes:
+    """The weights file: each ``(path, Node)`` written at ``path`` (``''``: the root)."""
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as h5:
-        _write_node(h5, "", sl.Node(model_name, [], {}))
-        used = {}
-        for s in saved:
-            _write_node(h5, "layers/" + sl.unique(snake_case(s.config["class_name"]), used), s.node)
+        for path, node in nodes:
+            _write_node(h5, path, node)
     return buffer.getvalue()
 
 
@@ -213,19 +212,23 @@ def _write_archive(path: str, members: dict) -> None:
 def save_keras(model, variables, path, *, input_shape=None, input_dtype=None, batch_size=None,
                hard_sigmoid: str = "scale") -> None:
     """Writes ``model`` with ``variables`` as a Keras 3 ``.keras`` archive at ``path``, which
-    ``keras.saving.load_model(path)`` loads (safe mode) into a ``keras.Sequential`` predicting
-    what ``model.apply(variables, x)`` does.
+    ``keras.saving.load_model(path)`` loads (safe mode) into a ``keras.Sequential`` (or, for a
+    :class:`rnnjax.keras.KerasGraph`, a functional ``keras.Model``) predicting what
+    ``model.apply(variables, ...)`` does.
 
     Args:
       model: an ``rnnjax.Sequential`` of rnnjax layers (SimpleRNN, GRU, LSTM, RNN of cells or
         stacked cells, ConvLSTM1D/2D/3D, CuDNNLSTM/CuDNNGRU, Bidirectional, TimeDistributed,
         Embedding, Masking, Dense, Dropout, Activation, and the layers of
         ``rnnjax.layers.KERAS_LAYERS``: Conv2D, Reshape, RepeatVector, ...), or one such layer
-        alone (its ``return_state`` outputs become the Keras model's outputs).
+        alone (its ``return_state`` outputs become the Keras model's outputs), or a ``KerasGraph``
+        (from :func:`rnnjax.load_keras`) of those layers and nested graphs: its inputs, outputs,
+        shared layers, states and masks passed between layers as they are.
       variables: ``model.init(...)``'s result: ``'params'`` (and ``'batch_stats'``, saved with
         BatchNormalization; ``'rnn_state'``, not saved).
       path: the file to write; must end in ``.keras`` (Keras 3 requires it). Replaced atomically.
-      input_shape: per-sample input shape (``None`` for a free length); inferred from the first
+      input_shape: per-sample input shape (``None`` for a free length; not for a ``KerasGraph``,
+        whose inputs are its own); inferred from the first
         layer that fixes it (Embedding: ``(input_length,)`` int32; recurrent: ``(input_length,
         features)``), required for a model starting with Dense or ConvLSTM (static spatial sizes).
       input_dtype: the input dtype (default: int32 after an Embedding, else float32).
@@ -248,10 +251,38 @@ def save_keras(model, variables, path, *, input_shape=None, input_dtype=None, ba
     if not path.endswith(".keras"):
         raise ValueError(f"`path`: Keras 3 loads .keras archives only by that suffix; got {path!r}.")
     h5py = import_h5py("rnnjax.save_keras (writing the weights file)")
+    ctx = sl.Context(hard_sigmoid, lambda m: warnings.warn(f"save_keras: {m}", stacklevel=4),
+                     _dtype(_params(variables)))
+    if isinstance(model, KerasGraph):
+        if (input_shape, input_dtype, batch_size) != (None, None, None):
+            raise ValueError("`input_shape`/`input_dtype`/`batch_size`: a KerasGraph's inputs are its own "
+                             f"(model.inputs = {list(model.inputs)}); leave them unset.")
+        name = model.name or "functional"
+        params = _param_tree(model, variables, [], [])[0]
+        config, node = save_graph.graph_members(model, variables, params, ctx, name)
+        nodes = [("", sl.Node(name, [], {}))] + list(node.children.items())
+    else:
+        config, saved, name = _sequential(model, variables, ctx, input_shape, input_dtype, batch_size)
+        nodes = [("", sl.Node(name, [], {}))] + [("layers/" + p, s.node) for p, s in saved]
+    metadata = {"keras_version": FORMAT_KERAS_VERSION, "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
+                "writer": "rnnjax.save_keras"}
+    _write_archive(path, {
+        "metadata.json": json.dumps(metadata), "config.json": json.dumps(config),
+        "model.weights.h5": _weights_file(h5py, nodes),
+    })
+
+
+def _params(variables):
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        raise ValueError(f"`variables`: expected the dict returned by `model.init` (with 'params'), got {type(variables).__name__}.")
+    return variables["params"]
+
+
+def _sequential(model, variables, ctx, input_shape, input_dtype, batch_size):
+    """``(config.json object, [(path under layers/, Saved)], model name)`` of a Sequential or one layer."""
     layers = _layers_of(model)
     names = _names(layers)
     params = _param_tree(model, variables, layers, names)
-    ctx = sl.Context(hard_sigmoid, lambda m: warnings.warn(f"save_keras: {m}", stacklevel=4), _dtype(variables["params"]))
     saved = []
     for i, (layer, name, p) in enumerate(zip(layers, names, params)):
         saved.append(sl.convert(layer, p, name, f"layer {i} ({name}, {type(layer).__name__})", ctx))
@@ -262,9 +293,5 @@ def save_keras(model, variables, path, *, input_shape=None, input_dtype=None, ba
     shape, dtype = _input_spec(model, variables, layers, params, input_shape, input_dtype, batch)
     name = keras_name(model) if isinstance(model, Sequential) else "sequential"
     config = _model_config(saved, name, (batch,) + shape, dtype, ctx.dtype)
-    metadata = {"keras_version": FORMAT_KERAS_VERSION, "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
-                "writer": "rnnjax.save_keras"}
-    _write_archive(path, {
-        "metadata.json": json.dumps(metadata), "config.json": json.dumps(config),
-        "model.weights.h5": _weights_file(h5py, saved, name),
-    })
+    used = {}
+    return config, [(sl.unique(snake_case(s.config["class_name"]), used), s) for s in saved], name

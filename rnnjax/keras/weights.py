@@ -17,6 +17,7 @@ import numpy as np
 import rnnjax
 from rnnjax.keras import formats
 from rnnjax.keras.formats import KerasImportError
+from rnnjax.keras.graph import KerasGraph
 
 _CANON = ("embeddings", "kernel", "recurrent_kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance",
           "scale", "concat_score_weight")
@@ -42,22 +43,75 @@ def _rank(name: str):
     return (2, int(found.group(1)), name) if found else (3, 0, name)
 
 
-def slots(variables: dict, name: str) -> list:
-    """``[(collection, path, shape)]`` of layer ``name``'s variables, in Keras's weight order."""
+def slots(variables: dict, name, module=None) -> list:
+    """``[(collection, path, shape)]`` of the variables of the layer at ``name`` (a name, or a
+    path of names into nested models), in Keras's weight order: Keras's names first
+    (``embeddings, kernel, recurrent_kernel, bias, gamma, beta, moving_mean, moving_variance``),
+    forward before backward, numbered ones by number, the rest alphabetically; a module with a
+    ``keras_weight_order`` (a user's module for a custom layer: its parameter paths, ``'/'``-joined,
+    in the order the Keras layer created its weights) in that order."""
+    path = (name,) if isinstance(name, str) else tuple(name)
     out = []
 
-    def walk(tree, col, path):
+    def walk(tree, col, at):
         for key in sorted(tree, key=_rank):
             value = tree[key]
             if isinstance(value, dict):
-                walk(value, col, path + (key,))
+                walk(value, col, at + (key,))
             else:
-                out.append((col, path + (key,), tuple(value.shape)))
+                out.append((col, at + (key,), tuple(value.shape)))
 
     for col in ("params", "batch_stats"):
-        if name in variables.get(col, {}):
-            walk(variables[col][name], col, (name,))
+        tree = variables.get(col, {})
+        for key in path:
+            tree = tree.get(key, {}) if isinstance(tree, dict) else {}
+        if tree:
+            walk(tree, col, path)
+    order = getattr(module, "keras_weight_order", None)
+    if order is not None:
+        rank = {str(p): i for i, p in enumerate(order)}
+        return sorted(out, key=lambda s: (rank.get("/".join(s[1][len(path):]), len(rank)),
+                                          [_rank(p) for p in s[1]]))
     return sorted(out, key=lambda s: [_rank(p) for p in s[1]])
+
+
+def _split(variables, path, graph, frozen):
+    """Keras 2's weight list of a nested model, as two lists: the trainable weights of all its
+    layers in order, then the non-trainable ones (a frozen layer's all; ``batch_stats``)."""
+    trainable, fixed = [], []
+    flags = graph.trainable or (True,) * len(graph.layers)
+    for name, layer, flag in zip(graph.names, graph.layers, flags):
+        sub = path + (name,)
+        if isinstance(layer, KerasGraph):
+            t, f = _split(variables, sub, layer, frozen or not flag)
+        else:
+            ss = slots(variables, sub, layer)
+            t = [] if frozen or not flag else [x for x in ss if x[0] == "params"]
+            f = ss if frozen or not flag else [x for x in ss if x[0] != "params"]
+        trainable += t
+        fixed += f
+    return trainable, fixed
+
+
+def model_slots(names, modules, variables, nested_grouped: bool) -> list:
+    """``[(label, slots)]`` of a model's layers in order, as a file lists them: a nested model as
+    one layer with Keras 2's grouping (``nested_grouped``: Keras 2 HDF5 and Keras 3's legacy
+    ``.h5``), or expanded into its layers (``'inner/lstm'``; Keras 3 weights files)."""
+    out = []
+    for name, module in zip(names, modules):
+        if not isinstance(module, KerasGraph):
+            out.append((name, slots(variables, name, module)))
+        elif nested_grouped:
+            t, f = _split(variables, (name,), module, False)
+            out.append((name, t + f))
+        else:
+            out += [(f"{name}/{label}", [(c, (name,) + p, sh) for c, p, sh in ss])
+                    for label, ss in model_slots(module.names, module.layers, _at(variables, name), False)]
+    return out
+
+
+def _at(variables, name):
+    return {col: tree[name] for col, tree in variables.items() if isinstance(tree, dict) and name in tree}
 
 
 def _cells(module) -> list:
@@ -114,30 +168,62 @@ def read_k2(group, path=None) -> list:
 
 def read_k3(root, layers, path=None) -> list:
     """``[(layer name, [(weight path, array)])]`` from a Keras 3 weights file, for ``layers``
-    ``[(keras class name, layer name, module)]`` in model order."""
+    ``[(keras class name, layer name, module)]`` in model order; a nested model's layers come
+    one by one (``'inner/lstm'``), from ``layers/<its class>/layers/...``. A layer not at its
+    path (the attributes of a subclassed model) is looked up by the ``name`` attribute Keras 3.6+
+    gives each ``vars`` group."""
     top = "layers" if "layers" in root else "_layer_checkpoint_dependencies"
     if top not in root:
         raise KerasImportError("a Keras 3 weights file without a `layers` group", path)
-    counts, out, problems = {}, [], []
+    out, problems, named = [], [], []
+    _read_container(root, top, layers, "", out, problems, named)
+    if problems:
+        raise KerasImportError(problems, path)
+    return out
+
+
+def _named_groups(root) -> dict:
+    """``{layer name: group path}`` from the ``name`` attributes of the file's ``vars`` groups
+    (names that appear once)."""
+    found = {}
+
+    def visit(name, obj):
+        if name.endswith("vars") and "name" in obj.attrs:
+            key = formats.text(obj.attrs["name"])
+            found[key] = None if key in found else name[: -len("vars")].rstrip("/")
+    root.visititems(visit)
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _read_container(root, top, layers, prefix, out, problems, named):
+    """Reads ``layers`` of the container at ``top`` into ``out``; ``named``: ``[]``, or the file's
+    :func:`_named_groups` once a layer was not at its path."""
+    counts = {}
     for cls, name, module in layers:
         base = snake_case(cls)
         n = counts.get(base, 0)
         counts[base] = n + 1
         where = f"{top}/{base if n == 0 else f'{base}_{n}'}"
+        if isinstance(module, KerasGraph):
+            classes = module.classes or [type(m).__name__ for m in module.layers]
+            _read_container(root, f"{where}/layers", list(zip(classes, module.names, module.layers)),
+                            f"{prefix}{name}/", out, problems, named)
+            continue
+        if root.get(where) is None:
+            if not named:
+                named.append(_named_groups(root))
+            where = named[0].get(name, where)
         arrays = []
         for sub in k3_paths(module):
             full = f"{where}/{sub}"
             if full not in root:
                 if root.get(where) is not None and sub != "vars":
-                    problems.append(f"layer {name!r}: the file has no group {full}")
+                    problems.append(f"layer {prefix + name!r}: the file has no group {full}")
                 continue
             group = root[full]
             for key in sorted(group, key=lambda k: int(k) if k.isdigit() else -1):
                 arrays.append((f"{full}/{key}", formats.read_array(group[key])))
-        out.append((name, arrays))
-    if problems:
-        raise KerasImportError(problems, path)
-    return out
+        out.append((prefix + name, arrays))
 
 
 def _convert(arrays, shapes, name):
@@ -162,11 +248,13 @@ def _convert(arrays, shapes, name):
 
 
 def assign(file_layers, model_layers, variables, path=None) -> dict:
-    """New variables with the file's arrays; ``model_layers`` ``[layer name]`` in model order.
+    """New variables with the file's arrays; ``model_layers``: ``[(label, slots)]`` in model order
+    (:func:`model_slots`; a plain layer name stands for ``(name, slots(variables, name))``).
     Layers without weights on either side are skipped (Keras's rule); every count or shape
     mismatch is listed in one :class:`KerasImportError`."""
+    model_layers = [(m, slots(variables, m)) if isinstance(m, str) else m for m in model_layers]
     file_w = [(n, a) for n, a in file_layers if a]
-    model_w = [(n, s) for n in model_layers if (s := slots(variables, n))]
+    model_w = [(n, s) for n, s in model_layers if s]
     if len(file_w) != len(model_w):
         raise KerasImportError(
             f"the file has {len(file_w)} layers with weights {[n for n, _ in file_w]}, the model "
