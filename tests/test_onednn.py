@@ -4,10 +4,13 @@ Reference: the scan path (``backend='scan'``), which the kernels, their FFI call
 do not touch (and which ``test_keras_parity.py`` checks against Keras 3): outputs, final states
 and gradients (parameters, inputs, initial states) to 1e-5. The dispatch rules are read from the
 traced program (``jax.make_jaxpr``: whether it holds oneDNN's primitive), the ``jax.export`` and
-partitioned programs from their lowered text. The kernel tests skip, saying why, where the extra
-is not installed or cannot be built; the build's error messages are tested everywhere.
+partitioned programs from their lowered text. The kernel tests skip, saying why, only where the
+extra is not installed (CI installs it); where it is installed they build the kernels (on first use,
+into the per-user cache) and fail with the build's message if that fails. The build's error
+messages and the fallback are tested everywhere.
 """
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +25,8 @@ import rnnjax.nnx as rnx
 from rnnjax.layers import path
 from rnnjax.onednn import _build, dispatch
 
-REASON = _build.unavailable_reason() if _build.installed() else \
-    "the oneDNN extra is not installed (pip install 'rnnjax[onednn]')"
-needs_onednn = pytest.mark.skipif(REASON is not None, reason=f"oneDNN kernels unavailable here: {REASON}")
+needs_onednn = pytest.mark.skipif(not _build.installed(),
+                                  reason="the oneDNN extra is not installed (pip install 'rnnjax[onednn]')")
 TOL = dict(rtol=1e-5, atol=1e-5)
 UNITS = 4
 ROWS = dispatch.AUTO_INFER_MIN_WORK // UNITS  # the fewest rows 'auto' runs on oneDNN (units 4)
@@ -38,14 +40,20 @@ CORES = {
 }
 
 
-def rand(key, shape, scale=0.5):
-    return jax.random.normal(jax.random.key(key), shape, jnp.float32) * scale
+def rand(seed, shape, scale=0.5):
+    """Normal floats made by NumPy (no XLA program compiled per shape, as jax.random would)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32) * scale)
+
+
+def init_params(core, features, seed=0):
+    """Random parameters of ``core``'s shapes (bias included, so a wrong bias mapping cannot hide)."""
+    leaves, tree = jax.tree_util.tree_flatten(jax.eval_shape(lambda key: core.init(key, features), jax.random.key(0)))
+    return tree.unflatten([rand(seed + k, leaf.shape) for k, leaf in enumerate(leaves)])
 
 
 def setup(core, batch_shape=(2, 3), steps=5, features=3):
-    """Parameters with a non-zero bias (a wrong bias mapping cannot hide), inputs, an initial state."""
-    params = core.init(jax.random.key(0), features)
-    params = params._replace(bias=rand(1, params.bias.shape))
+    """Random parameters, inputs, an initial state."""
+    params = init_params(core, features)
     x = rand(2, batch_shape + (steps, features), 1.0)
     init = core.initial_state(batch_shape)._make(rand(3 + k, batch_shape + (core.units,)) for k in range(len(
         core.state_size)))
@@ -59,6 +67,12 @@ def assert_trees_close(a, b):
 
 def takes_onednn(fn, *args, primitive=PRIMITIVE) -> bool:
     return primitive in str(jax.make_jaxpr(fn)(*args))
+
+
+@needs_onednn
+def test_the_installed_extra_builds_and_loads():
+    """With the extra installed the kernels compile and load (else the message says what is missing)."""
+    assert _build.unavailable_reason() is None
 
 
 @needs_onednn
@@ -99,11 +113,16 @@ def test_vmap_folds_into_the_batch_and_per_example_gradients():
         y, s = F.rnn(core, p, xx, return_sequences=True, backend=backend)
         return jnp.sum(jnp.sin(y)) + jnp.sum(s.h ** 2)
 
-    batched = F.rnn(core, params, x, return_sequences=True, backend="scan")
-    mapped = jax.vmap(lambda xx: F.rnn(core, params, xx, return_sequences=True, backend="onednn"))(x)
+    @jax.jit  # one compiled program (eager op-by-op dispatch would compile every op)
+    def both(params, x):
+        batched = F.rnn(core, params, x, return_sequences=True, backend="scan")
+        mapped = jax.vmap(lambda xx: F.rnn(core, params, xx, return_sequences=True, backend="onednn"))(x)
+        per_example = {b: jax.vmap(jax.grad(lambda p, xx, b=b: loss(b, p, xx)), in_axes=(None, 0))(params, x)
+                       for b in ("onednn", "scan")}
+        return batched, mapped, per_example
+
+    batched, mapped, per_example = both(params, x)
     assert_trees_close(mapped, batched)
-    per_example = {b: jax.vmap(jax.grad(lambda p, xx, b=b: loss(b, p, xx)), in_axes=(None, 0))(params, x)
-                   for b in ("onednn", "scan")}
     assert_trees_close(per_example["onednn"], per_example["scan"])
 
 
@@ -114,30 +133,32 @@ def test_layers_linen_nnx_and_shared_input_dropout():
     x = rand(5, (2, 6, 3), 1.0)
     kw = dict(recurrent_activation="sigmoid", implementation=2, dropout=0.3, return_sequences=True,
               return_state=True)
-    variables = rnnjax.LSTM(4, **kw).init(jax.random.key(0), x)
+    variables = jax.jit(rnnjax.LSTM(4, **kw).init)(jax.random.key(0), x)
     rngs = {"dropout": jax.random.key(7)}
 
     def loss(backend, v):
         out = rnnjax.LSTM(4, backend=backend, **kw).apply(v, x, training=True, rngs=rngs)
         return sum(jnp.sum(jnp.tanh(o)) for o in out), out
 
-    results = {b: jax.value_and_grad(lambda v, b=b: loss(b, v), has_aux=True)(variables) for b in ("onednn", "scan")}
+    results = jax.jit(lambda v: {b: jax.value_and_grad(lambda v, b=b: loss(b, v), has_aux=True)(v)
+                                 for b in ("onednn", "scan")})(variables)
     assert_trees_close(results["onednn"], results["scan"])
 
     layer = rnx.GRU(4, recurrent_activation="sigmoid", reset_after=True, return_sequences=True, backend="onednn",
                     input_dim=3, rngs=nnx.Rngs(0))
+    call = nnx.jit(lambda m, xx: m(xx))
     assert takes_onednn(lambda xx: layer(xx), x)
-    fused = layer(x)
+    fused = call(layer, x)
     layer.backend = "scan"
     assert not takes_onednn(lambda xx: layer(xx), x)
-    np.testing.assert_allclose(np.asarray(fused), np.asarray(layer(x)), **TOL)
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(call(layer, x)), **TOL)
 
 
 def _lstm_call(rows=ROWS, **options):
     """``(fn, args)``: a sigmoid LSTM call through ``rnnjax.functional.rnn`` with ``options``."""
     core = F.LSTMCore(UNITS, recurrent_activation=options.pop("recurrent_activation", "sigmoid"))
     dtype = options.pop("dtype", jnp.float32)
-    params = jax.tree_util.tree_map(lambda a: a.astype(dtype), core.init(jax.random.key(0), 3))
+    params = jax.tree_util.tree_map(lambda a: a.astype(dtype), init_params(core, 3))
     shape = rows if isinstance(rows, tuple) else (rows,)
     x = rand(1, shape + (5, 3)).astype(dtype)
     return (lambda p, xx: F.rnn(core, p, xx, **options)), (params, x)
@@ -154,7 +175,8 @@ AUTO_CASES = [
     ("rows split over two batch axes", {"rows": (2, ROWS // 2)}, True),
     ("one row fewer than AUTO_INFER_MIN_WORK / units", {"rows": ROWS - 1}, False),
     ("hard sigmoid", {"recurrent_activation": "hard_sigmoid"}, False),
-    ("a mask", {"mask": jnp.ones((ROWS, 5), bool)}, False),
+    ("a mask with holes", {"mask": jnp.arange(5) < jnp.arange(ROWS)[:, None] % 6}, False),
+    ("a mask without holes", {"mask": jnp.ones((ROWS, 5), bool)}, False),
     ("shared input dropout mask", {"dropout_mask": _masks("shared")}, True),
     ("per-gate input dropout masks", {"dropout_mask": _masks("per_gate")}, False),
     ("recurrent dropout", {"recurrent_dropout_mask": _masks("recurrent")}, False),
@@ -189,7 +211,7 @@ def test_auto_trains_on_onednn_from_its_own_size(rows, expected):
     assert takes_onednn(fn, *args)
     scan_loss = lambda p, xx: jnp.sum(F.rnn(F.LSTMCore(UNITS, recurrent_activation="sigmoid"), p, xx,  # noqa: E731
                                             backend="scan")[0][:2])
-    assert_trees_close(jax.value_and_grad(loss)(*args), jax.value_and_grad(scan_loss)(*args))
+    assert_trees_close(*jax.jit(lambda *a: [jax.value_and_grad(f)(*a) for f in (loss, scan_loss)])(*args))
 
 
 @needs_onednn
@@ -241,21 +263,31 @@ def test_onednn_backend_errors_for_other_cells_and_bad_values():
     x = rand(1, (2, 5, 3))
     with pytest.raises(ValueError, match="SimpleRNNCore has no oneDNN kernel"):
         core = F.SimpleRNNCore(4)
-        F.rnn(core, core.init(jax.random.key(0), 3), x, backend="onednn")
+        F.rnn(core, init_params(core, 3), x, backend="onednn")
     with pytest.raises(ValueError, match="`backend`: expected one of .*'auto', 'scan', 'onednn'.*got 'cudnn'"):
-        F.rnn(F.LSTMCore(4), F.LSTMCore(4).init(jax.random.key(0), 3), x, backend="cudnn")
+        F.rnn(F.LSTMCore(4), init_params(F.LSTMCore(4), 3), x, backend="cudnn")
     core = F.LSTMCore(4, recurrent_activation="sigmoid")
-    program = rnnjax.functional.core.core_program(core, core.init(jax.random.key(0), 3))
+    program = rnnjax.functional.core.core_program(core, init_params(core, 3))
     stacked = path.stack_programs([program, program], (2,), jnp.float32)
     with pytest.raises(ValueError, match="backend='onednn'.*no oneDNN kernel"):
         path.drive(stacked, x, (core.initial_state((2,)),) * 2, path.CallOptions(backend="onednn"))
 
 
 def test_unavailable_kernels_fall_back_or_say_what_is_missing(monkeypatch):
-    """Without the kernels (here: made unavailable) 'auto' runs the scan and 'onednn' names the reason."""
+    """Without the kernels (here: made unavailable) 'auto' runs the scan, with one warning saying
+    why where the extra is installed (silently where it is not), and 'onednn' names the reason."""
     monkeypatch.setattr(_build, "unavailable_reason", lambda: "no C++ compiler found (test)")
+    monkeypatch.setattr(dispatch, "_warned", [])
     fn, args = _lstm_call()
-    assert not takes_onednn(fn, *args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not takes_onednn(fn, *args)
+        assert not takes_onednn(fn, *args)
+    caught = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    if _build.installed():
+        assert len(caught) == 1 and "backend='auto' runs the scan path: no C++ compiler found (test)" in caught[0]
+    else:
+        assert caught == []
     fn, args = _lstm_call(backend="onednn")
     with pytest.raises(ValueError, match=r"backend='onednn'.*no C\+\+ compiler found \(test\)"):
         fn(*args)
@@ -268,7 +300,12 @@ def test_build_errors_name_what_is_missing_and_how_to_get_it(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(_build, "_wheel_file", lambda dist, suffix: _build.Path("/x/include/oneapi/dnnl/dnnl.hpp"))
     monkeypatch.setenv("CXX", "/no/such/compiler")
-    with pytest.raises(_build.OneDNNUnavailable, match=r"no C\+\+ compiler found.*apt-get install g\+\+"):
+    with pytest.raises(_build.OneDNNUnavailable, match=r"\$CXX is '/no/such/compiler', which is not an executable"):
+        _build._Plan()
+    monkeypatch.delenv("CXX")
+    monkeypatch.setenv("PATH", "/no/such/folder")
+    with pytest.raises(_build.OneDNNUnavailable, match=r"no C\+\+ compiler found.*g\+\+, c\+\+, clang\+\+ on "
+                                                       r"PATH.*apt-get install g\+\+"):
         _build._Plan()
 
 

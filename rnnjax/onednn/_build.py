@@ -54,15 +54,23 @@ def _wheel_file(dist_name: str, suffix: str) -> Optional[Path]:
     return None
 
 
-def _compiler() -> Optional[str]:
+def _compiler() -> str:
+    """The C++ compiler: ``$CXX`` where set, else the first of :data:`COMPILERS` on ``PATH``;
+    :class:`OneDNNUnavailable` saying which was looked for and how to get one otherwise."""
     explicit = os.environ.get("CXX")
     if explicit:
-        return shutil.which(explicit) or (explicit if os.path.isfile(explicit) else None)
+        found = shutil.which(explicit) or (explicit if os.access(explicit, os.X_OK) else None)
+        if found is None:
+            raise OneDNNUnavailable(f"$CXX is {explicit!r}, which is not an executable C++ compiler: set CXX to "
+                                    "one (or unset it to use g++, c++ or clang++ from PATH)")
+        return found
     for name in COMPILERS:
         found = shutil.which(name)
         if found:
             return found
-    return None
+    raise OneDNNUnavailable(
+        f"no C++ compiler found to build rnnjax's oneDNN kernels (looked for {', '.join(COMPILERS)} on PATH): "
+        "install one (e.g. `apt-get install g++`) or set CXX")
 
 
 def _cache_dir() -> Path:
@@ -86,18 +94,14 @@ class _Plan:
     def __init__(self):
         if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
             raise OneDNNUnavailable(
-                f"rnnjax's oneDNN extra runs on Linux x86-64 only (this is {sys.platform} {platform.machine()}).")
+                f"rnnjax's oneDNN extra runs on Linux x86-64 only (this is {sys.platform} {platform.machine()})")
         self.library = _wheel_file(RUNTIME, "libdnnl.so.3")
         header = _wheel_file(DEVEL, "oneapi/dnnl/dnnl.hpp")
         if self.library is None or header is None:
             missing = RUNTIME if self.library is None else DEVEL
-            raise OneDNNUnavailable(f"the oneDNN extra is not installed (no {missing} wheel found): {INSTALL}.")
+            raise OneDNNUnavailable(f"the oneDNN extra is not installed (no {missing} wheel found): {INSTALL}")
         self.include = header.parent.parent.parent
         self.cxx = _compiler()
-        if self.cxx is None:
-            raise OneDNNUnavailable(
-                "no C++ compiler found to build rnnjax's oneDNN kernels (looked for $CXX, then "
-                f"{', '.join(COMPILERS)}): install one, e.g. `apt-get install g++`, or set CXX.")
         import jax.ffi
         import jaxlib
 
@@ -146,8 +150,10 @@ def _load():
         lib = ctypes.CDLL(str(plan.build()))
     except OneDNNUnavailable as e:
         return None, str(e)
-    except OSError as e:
-        return None, f"loading rnnjax's oneDNN kernels failed: {e}"
+    except OSError as e:  # e.g. libgomp.so.1 missing: the onednn-cpu-gomp build links GNU OpenMP
+        hint = " (oneDNN's GNU OpenMP build needs libgomp.so.1: e.g. `apt-get install libgomp1`)" \
+            if "libgomp" in str(e) else ""
+        return None, f"loading rnnjax's oneDNN kernels failed: {e}{hint}"
     import jax.ffi
 
     for name in TARGETS:

@@ -26,7 +26,9 @@ oneDNN from :data:`AUTO_INFER_MIN_WORK` on; a differentiated one (training) from
 rnnjax's scan (``_planner.infer_or_train``: the inference program on oneDNN, the training program
 the scan's). Below that rnnjax's scan is as fast or faster on the CPU (``bench/README.md``,
 "oneDNN"), and the tiny shapes of tests never build the kernels. ``"onednn"`` runs both on oneDNN
-whatever the size, and raises a ``ValueError`` naming the reason where it cannot apply.
+whatever the size, and raises a ``ValueError`` naming the reason where it cannot apply. Where the
+extra is installed but its kernels cannot run (no C++ compiler, a failed build), ``"auto"`` runs the
+scan and says why in one ``RuntimeWarning`` per process; without the extra it is silent.
 
 Two cases the trace cannot see keep the scan inside the compiled program (:mod:`rnnjax.onednn.ops`
 lowers its primitives to the scan path there): ``jax.export`` and a ``jax.jit`` partitioned over
@@ -35,6 +37,7 @@ several devices by ``in_shardings`` alone.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Optional
 
 import jax
@@ -118,6 +121,21 @@ def _available() -> Optional[str]:
     return _build.unavailable_reason()
 
 
+_warned = []
+
+
+def _warn_unavailable(reason: str) -> None:
+    """One ``RuntimeWarning`` per process where ``'auto'`` would take oneDNN, the extra is
+    installed, and its kernels cannot run (no compiler, a failed build): the scan runs instead.
+    Without the extra installed ``'auto'`` is silent."""
+    from rnnjax.onednn import _build
+
+    if not _warned and _build.installed():
+        _warned.append(reason)
+        warnings.warn(f"rnnjax's oneDNN extra is installed but its kernels cannot run, so backend='auto' runs the "
+                      f"scan path: {reason}", RuntimeWarning, stacklevel=2)
+
+
 def run(program: CoreProgram, inputs, initial_state, options, *, scan: Callable, mask=None,
         constants=None) -> Optional[tuple]:
     """``(output, final state)`` of the call on oneDNN where it runs there (:func:`why_not` and,
@@ -129,11 +147,13 @@ def run(program: CoreProgram, inputs, initial_state, options, *, scan: Callable,
     work = math.prod(inputs.shape[:-2]) * fused.core.units if reason is None else 0
     if options.backend == "auto" and work < AUTO_INFER_MIN_WORK:
         return None
-    reason = reason or _available()
-    if reason is not None:
+    unavailable = None if reason else _available()
+    if reason or unavailable:
         if options.backend == "onednn":
-            raise ValueError(f"`backend='onednn'`: this call cannot run on oneDNN: {reason}. Use backend='auto' "
-                             "(oneDNN where it applies) or 'scan'.")
+            raise ValueError(f"`backend='onednn'`: this call cannot run on oneDNN: {reason or unavailable}. Use "
+                             "backend='auto' (oneDNN where it applies) or 'scan'.")
+        if unavailable:
+            _warn_unavailable(unavailable)
         return None
     if options.backend == "auto" and work < AUTO_TRAIN_MIN_WORK:
         from rnnjax.functional._planner import infer_or_train

@@ -3,7 +3,7 @@
 // for the CPU. Compiled at first use by rnnjax/onednn/_build.py against jax.ffi.include_dir()
 // and the onednn-devel-cpu-gomp headers; linked to the onednn-cpu-gomp library by path (rpath).
 //
-// Handlers (rnnjax/onednn/_ops.py calls them; attributes: cell 0 LSTM, 1 GRU, 2 LBR GRU;
+// Handlers (rnnjax/onednn/ops.py calls them; attributes: cell 0 LSTM, 1 GRU, 2 LBR GRU;
 // reverse: right-to-left; x and y batch-major, (N, T, C)):
 //   rnnjax_onednn_fwd  args  x, h0, [c0], w_layer (I,G,U), w_iter (U,G,U), bias (Gb,U)
 //                      rets  y, hT, [cT], [workspace (bytes,) u8 when training]
