@@ -553,6 +553,43 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def backends_markdown(payload: dict) -> str:
+    """With ``--backends`` and the PyTorch peer: one row per layer, shape and mode with each
+    backend's median and the speed ratios PyTorch time / backend time and scan time / backend time
+    (above 1: that backend is faster), then their medians over the shapes."""
+    rows = payload["results"]
+    backends = payload["config"].get("backends") or []
+    get = {(r["layer"], tuple(r["shape"]), r["impl"], r["mode"]): r["median_s"] for r in rows}
+    lines = ["| layer | B,T,I,U | mode | " + " | ".join(f"{b} ms" for b in backends) + " | PyTorch ms | "
+             + " | ".join(f"PyTorch / {b}" for b in backends) + " | "
+             + " | ".join(f"scan / {b}" for b in backends if b != "scan") + " |",
+             "|---" * (4 + 2 * len(backends) + len([b for b in backends if b != "scan"])) + "|"]
+    ratios: Dict[tuple, list] = {}
+    for layer, shape, mode in dict.fromkeys((r["layer"], tuple(r["shape"]), r["mode"]) for r in rows):
+        times = {b: get.get((layer, shape, f"rnnjax.{layer}" if i == 0 else f"rnnjax.{layer}[{b}]", mode))
+                 for i, b in enumerate(backends)}
+        torch_t = get.get((layer, shape, "torch", mode))
+        if torch_t is None or None in times.values():
+            continue
+        cells = [layer, ",".join(map(str, shape)), mode] + [f"{t * 1e3:.3g}" for t in times.values()]
+        cells.append(f"{torch_t * 1e3:.3g}")
+        for b, t in times.items():
+            ratios.setdefault((layer, mode, "torch", b), []).append(torch_t / t)
+            cells.append(f"{torch_t / t:.2f}×")
+        for b, t in times.items():
+            if b != "scan" and "scan" in times:
+                ratios.setdefault((layer, mode, "scan", b), []).append(times["scan"] / t)
+                cells.append(f"{times['scan'] / t:.2f}×")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| layer | mode | " + " | ".join(f"median PyTorch / {b} (min)" for b in backends) + " |",
+              "|---" * (2 + len(backends)) + "|"]
+    for layer, mode in dict.fromkeys((k[0], k[1]) for k in ratios):
+        cells = [f"{np.median(ratios[(layer, mode, 'torch', b)]):.2f}× ({min(ratios[(layer, mode, 'torch', b)]):.2f}×)"
+                 for b in backends]
+        lines.append(f"| {layer} | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _sweep(shapes, vary: int):
     """The largest set of shapes that differ only in position ``vary`` (at least 2), sorted."""
     groups: Dict[tuple, list] = {}
@@ -717,6 +754,8 @@ def main(argv=None) -> dict:
         payload, stem = run(args)
     table = markdown(payload)
     print("\n" + table)
+    if len(payload["config"].get("backends") or []) > 1 and "torch" in payload["config"].get("peers", []):
+        print("\n" + backends_markdown(payload))
     if not args.no_plot:
         for path in plot(payload, stem):
             print("plot:", path)

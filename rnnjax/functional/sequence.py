@@ -42,7 +42,7 @@ def rnn(
     at least float32 (bfloat16 inputs get float32 states), as in the layers. ``backend``:
     ``'auto'`` runs an ``LSTMCore``/``GRUCore`` call on oneDNN's fused CPU kernels where the
     ``onednn`` extra is installed and they compute it exactly (sigmoid gates, tanh, no mask, no
-    recurrent dropout, float32, one CPU device, at least 16 rows; :mod:`rnnjax.onednn.dispatch`
+    recurrent dropout, float32, one CPU device, a large enough batch; :mod:`rnnjax.onednn.dispatch`
     lists the rules), else the scan; ``'scan'`` always the scan; ``'onednn'`` oneDNN or a
     ``ValueError`` saying why not.
 

@@ -11,8 +11,8 @@ Extra fields beyond Keras 2: ``input_dim``/``input_length`` (checked), ``zero_ou
 ``jax.jacfwd``, ``jax.hessian``; see :class:`rnnjax.RNN`); ``GRU`` and ``LSTM`` also ``backend``:
 ``'auto'`` (default) runs a call on oneDNN's fused CPU kernels where the ``onednn`` extra is
 installed and they compute it exactly (``recurrent_activation='sigmoid'``, ``activation='tanh'``,
-no mask, no recurrent dropout, float32, one CPU device, at least 16 rows: :mod:`rnnjax.onednn.dispatch`),
-else the scan; ``'scan'`` always the scan; ``'onednn'`` oneDNN or a ``ValueError`` saying why not.
+no mask, no recurrent dropout, float32, one CPU device, a large enough batch:
+:mod:`rnnjax.onednn.dispatch`), else the scan; ``'scan'`` always the scan; ``'onednn'`` oneDNN or a ``ValueError`` saying why not.
 """
 from __future__ import annotations
 
