@@ -44,8 +44,8 @@ except ImportError:  # pragma: no cover - imported as examples.classify_sequence
     from examples._common import out_dir, parser, plt, save_figure
 
 
-def digit_sequences():
-    """Digits as variable-length sequences of columns.
+def digit_sequences(limit=None):
+    """Digits as variable-length sequences of columns (the first ``limit`` only, if given).
 
     Returns ``x`` ``(n, 8, 8)`` float32 (sequence of columns, padded with zeros at the end),
     ``lengths`` ``(n,)`` (number of inked columns) and labels ``y`` ``(n,)``.
@@ -60,7 +60,7 @@ def digit_sequences():
     x = np.zeros_like(columns)
     for i, (a, n) in enumerate(zip(first, lengths)):
         x[i, :n] = columns[i, a:a + n]
-    return x, lengths.astype(np.int32), digits.target.astype(np.int32)
+    return x[:limit], lengths[:limit].astype(np.int32), digits.target[:limit].astype(np.int32)
 
 
 def length_mask(lengths, timesteps):
@@ -126,9 +126,7 @@ def main(argv=None):
         args.units, args.epochs = 16, 2
     out = out_dir(args.out)
 
-    x, lengths, y = digit_sequences()
-    if args.smoke:
-        x, lengths, y = x[:256], lengths[:256], y[:256]
+    x, lengths, y = digit_sequences(256 if args.smoke else None)
     print(f"{len(x)} sequences, lengths {lengths.min()}..{lengths.max()} "
           f"(how many of each: {dict(zip(*map(np.ndarray.tolist, np.unique(lengths, return_counts=True))))})")
     mask = length_mask(lengths, x.shape[1])

@@ -13,13 +13,17 @@ Three ways in:
   ``Sequential``, and Keras's reshaping, activation, merge, convolution, pooling, normalization
   and attention layers (``RepeatVector``, ``Reshape``, ``Conv2D``, ``Attention``, ... :
   ``rnnjax.layers.KERAS_LAYERS``; their NNX twins in :mod:`rnnjax.nnx` under the same names);
+* ``reset`` on every recurrent layer (episodes, packed sequences) and the packing helpers of
+  :mod:`rnnjax.packing`;
 * Keras 2's cuDNN layers ``CuDNNLSTM``/``CuDNNGRU``; their weight conversions (canonical <->
-  cuDNN <-> PyTorch) live in :mod:`rnnjax.cudnn` only (``rnnjax.cudnn.cudnn_lstm_to_lstm``, ...).
+  cuDNN <-> PyTorch) live in :mod:`rnnjax.cudnn` only (``rnnjax.cudnn.cudnn_lstm_to_lstm``, ...);
+* Keras files: :func:`load_keras`, :func:`load_keras_weights`, :func:`load_keras_optimizer`,
+  :func:`inspect_keras` and :func:`save_keras` (:mod:`rnnjax.keras`, needs ``rnnjax[keras]``);
+* Flax NNX: :mod:`rnnjax.nnx` (imported on demand), the same layers as NNX modules.
 
 Each public name is defined in one module; the top level re-exports the layers and the helpers
-a model needs, not the cores or the conversions.
-* Keras files: :func:`load_keras`, :func:`load_keras_weights`, :func:`load_keras_optimizer`,
-  :func:`inspect_keras` and :func:`save_keras` (:mod:`rnnjax.keras`, needs ``rnnjax[keras]``).
+a model needs, not the cores or the conversions. Each built-in cell kind is one record
+(:mod:`rnnjax.kinds`) from which its linen and NNX classes are made.
 """
 from rnnjax import constraints, functional, regularizers
 from rnnjax.functional import activations, initializers
@@ -34,10 +38,10 @@ from rnnjax.layers import (  # noqa: F401  (KERAS_LAYERS: their names)
     MaxPooling2D, Maximum, Minimum, Multiply, Permute, ReLU, RepeatVector, Reshape, Softmax, Subtract,
     UpSampling1D, ZeroPadding1D,
 )
-from rnnjax.layers.conv_lstm import (
+from rnnjax.layers import (
     ConvLSTM1D, ConvLSTM2D, ConvLSTM3D, ConvLSTM1DCell, ConvLSTM2DCell, ConvLSTM3DCell, ConvLSTMCell,
 )
-from rnnjax import cudnn
+from rnnjax import cudnn, packing
 from rnnjax.cudnn import CuDNNGRU, CuDNNLSTM
 from rnnjax.regularizers import regularization_loss
 from rnnjax.constraints import keras_constraints
@@ -64,7 +68,7 @@ __all__ = [
     "reset_states", "regularization_loss", "keras_constraints", "STATE_COLLECTION",
     "activations", "initializers", "constraints", "regularizers", "functional",
     "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell",
-    "ConvLSTMCell", "cudnn", "CuDNNLSTM", "CuDNNGRU",
+    "ConvLSTMCell", "cudnn", "CuDNNLSTM", "CuDNNGRU", "packing",
     "load_keras", "load_keras_weights", "load_keras_optimizer", "inspect_keras", "save_keras",
     *KERAS_LAYERS,
 ]

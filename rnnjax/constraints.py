@@ -101,6 +101,18 @@ def get(identifier: Union[None, str, Callable, Mapping], argument: str = "constr
     raise TypeError(f"`{argument}`: expected a constraint name, None or a callable, got {identifier!r}.")
 
 
+def declared(obj, weights) -> dict:
+    """``{weight name: projection}`` of the constraints ``obj`` sets: for each ``(name, prefix)``
+    of ``weights``, ``obj.<prefix>_constraint`` where it is not None (what a layer's
+    ``declared_constraints()`` returns for :func:`collect_constraints`)."""
+    found = {}
+    for name, prefix in weights:
+        fn = get(getattr(obj, f"{prefix}_constraint"), f"{prefix}_constraint")
+        if fn is not None:
+            found[name] = fn
+    return found
+
+
 def apply_constraints(params: Mapping, constraint_map: Mapping[tuple, Callable]) -> Any:
     """Returns ``params`` with ``constraint_map[path](leaf)`` applied to each listed leaf.
 
@@ -141,7 +153,7 @@ def collect_constraints(model, *sample_args, **sample_kwargs) -> dict[tuple, Cal
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
         declared = getattr(module, "declared_constraints", None)
-        if declared is not None and context.method_name in ("__call__", "prepare"):
+        if declared is not None and context.method_name in ("__call__", "program"):
             for name, fn in declared().items():  # only constraints that are set
                 found[tuple(module.path) + (name,)] = fn
         return next_fun(*args, **kwargs)

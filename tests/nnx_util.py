@@ -5,6 +5,7 @@ import numpy as np
 from flax import nnx
 
 import rnnjax.nnx as rnx
+from catalogue import assert_trees_close
 
 
 def random_like(tree, seed):
@@ -19,14 +20,6 @@ def twin(nnx_layer, linen_layer, x, seed=0, **call):
     variables["params"] = random_like(variables["params"], seed + 100)
     rnx.from_linen(nnx_layer, variables)
     return variables
-
-
-def assert_trees_close(a, b, atol=1e-6):
-    la, ta = jax.tree_util.tree_flatten(a)
-    lb, tb = jax.tree_util.tree_flatten(b)
-    assert ta == tb, (ta, tb)
-    for u, v in zip(la, lb):
-        np.testing.assert_allclose(np.asarray(u), np.asarray(v), atol=atol, rtol=atol)
 
 
 def linen_grads(linen_layer, variables, x, **call):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import rnnjax
+from catalogue import assert_trees_close
 from custom_cells import MinimalRNNCell
 
 KEY = jax.random.key(0)
@@ -36,11 +37,7 @@ def _right_padded(batch, seed=1):
 
 
 def _close(a, b, atol=2e-6):
-    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    assert len(la) == len(lb)
-    for p, q in zip(la, lb):
-        assert p.shape == q.shape
-        np.testing.assert_allclose(np.asarray(p), np.asarray(q), rtol=2e-5, atol=atol)
+    assert_trees_close(a, b, atol=atol, rtol=2e-5, same_tree=False)
 
 
 def _n_states(layer):

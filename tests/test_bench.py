@@ -115,3 +115,22 @@ def test_old_rev_times_the_old_build_beside_the_new(tmp_path):
         assert old["guard"]["max_abs_out_diff"] <= 1e-4 and old["guard"]["max_rel_dx_diff"] <= 1e-4
         assert old["ratio_to_rnnjax"] == pytest.approx(old["median_s"] / got[("rnnjax.LSTM", mode)]["median_s"])
     assert "| rnnjax@HEAD |" in proc.stdout
+
+
+def test_resets_bench_runs_and_its_guard_bites(monkeypatch):
+    """bench/resets.py (the cost of ``reset``, and Flax's hand-written reset cell as the peer): a
+    smoke run times every variant; a peer whose cell ignores the restarts fails the guard."""
+    mod = load_bench_script("resets.py", "resets_bench")
+    rows = mod.main(["--smoke", "--shapes", "2,9,3,4", "--layer", "GRU"])
+    assert [r["mode"] for r in rows] == ["fwd", "fwdbwd"]
+    for r in rows:
+        assert all(r[v]["median_s"] > 0 for v in ("rnnjax", "rnnjax+reset", "flax+reset"))
+    right = mod.flax_weights
+
+    def swapped(layer, params, units):  # the peer's input and forget gates exchanged
+        cell = right(layer, params, units)
+        return {**cell, "ii": cell["if"], "if": cell["ii"]}
+
+    monkeypatch.setattr(mod, "flax_weights", swapped)
+    with pytest.raises(AssertionError):
+        mod.run_shape("LSTM", (2, 9, 3, 4), 0.01)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import rnnjax
+from catalogue import assert_trees_close
 from keras_ref import cell_weights, keras, keras_activation
 
 ATOL = 1e-5
@@ -44,11 +45,7 @@ def _leaves(out):
 
 
 def assert_same(ours, theirs):
-    ours, theirs = _leaves(ours), _leaves(theirs)
-    assert len(ours) == len(theirs)
-    for a, b in zip(ours, theirs):
-        assert a.shape == b.shape
-        np.testing.assert_allclose(a, b, atol=ATOL, rtol=ATOL)
+    assert_trees_close(_leaves(ours), _leaves(theirs), atol=ATOL, rtol=ATOL)
 
 
 def _pair(kind, merge_mode="concat", **kw):

@@ -24,12 +24,14 @@ import pytest
 
 import rnnjax
 import rnnjax.functional as F
+from rnnjax import kinds
 
 KEY = jax.random.key(0)
 X = jnp.ones((2, 5, 3), jnp.float32)
-LAYERS = [rnnjax.SimpleRNN, rnnjax.GRU, rnnjax.LSTM]
-N_STATES = {rnnjax.SimpleRNN: 1, rnnjax.GRU: 1, rnnjax.LSTM: 2}
-CORES = [F.SimpleRNNCore, F.GRUCore, F.LSTMCore]
+DENSE_KINDS = [k for k in kinds.KINDS if not k.rank]  # the dense built-in kinds (records)
+LAYERS = [k.linen_layer for k in DENSE_KINDS]
+N_STATES = {k.linen_layer: len(k.core(1).state_size) for k in DENSE_KINDS}
+CORES = [k.core for k in DENSE_KINDS]
 
 
 def _msg(*parts):

@@ -16,29 +16,28 @@ import pytest
 from jax import export
 
 import rnnjax
+from catalogue import assert_trees_close, layer as make_layer, right_padded_only
 from rnnjax.functional import _planner
 
 
 RTOL, ATOL = 2e-5, 2e-6
 
-# name -> (layer factory, per-step feature shape, mask kind: "holes" or "right" (CuDNN: right-padded))
+SEQ_STATE = dict(return_sequences=True, return_state=True)
+# name -> (catalogue variant, units, options, per-step feature shape); CuDNN: right-padded masks
 LAYERS = {
-    "SimpleRNN": (lambda: rnnjax.SimpleRNN(4, return_sequences=True, go_backwards=True), (3,), "holes"),
-    "GRU": (lambda: rnnjax.GRU(4, return_sequences=True, return_state=True), (3,), "holes"),
-    "GRU_reset_after": (lambda: rnnjax.GRU(4, reset_after=True, recurrent_activation="sigmoid", scan_unroll=2),
-                        (3,), "holes"),
-    "LSTM": (lambda: rnnjax.LSTM(4, return_sequences=True, return_state=True), (3,), "holes"),
-    "LSTM_remat": (lambda: rnnjax.LSTM(4, remat=True, zero_output_for_mask=True, return_sequences=True), (3,), "holes"),
-    "RNN_cell": (lambda: rnnjax.RNN(rnnjax.SimpleRNNCell(4), return_state=True), (3,), "holes"),
-    "RNN_stack": (lambda: rnnjax.RNN(rnnjax.StackedRNNCells([rnnjax.GRUCell(4), rnnjax.LSTMCell(3)]),
-                                     return_sequences=True), (3,), "holes"),
-    "ConvLSTM1D": (lambda: rnnjax.ConvLSTM1D(3, 3, padding="same", return_sequences=True), (5, 2), "holes"),
-    "ConvLSTM2D": (lambda: rnnjax.ConvLSTM2D(2, 3, padding="same", return_state=True), (4, 4, 2), "holes"),
-    "ConvLSTM2D_valid": (lambda: rnnjax.ConvLSTM2D(2, 3), (5, 5, 2), "holes"),
-    "ConvLSTM3D": (lambda: rnnjax.ConvLSTM3D(2, 2, padding="same", data_format="channels_first"),
-                   (2, 3, 3, 3), "holes"),
-    "CuDNNLSTM": (lambda: rnnjax.CuDNNLSTM(4, return_sequences=True, return_state=True), (3,), "right"),
-    "CuDNNGRU": (lambda: rnnjax.CuDNNGRU(4, return_sequences=True), (3,), "right"),
+    "SimpleRNN": ("simple_rnn", 4, dict(return_sequences=True, go_backwards=True), (3,)),
+    "GRU": ("gru", 4, SEQ_STATE, (3,)),
+    "GRU_reset_after": ("gru_reset_after", 4, dict(recurrent_activation="sigmoid", scan_unroll=2), (3,)),
+    "LSTM": ("lstm", 4, SEQ_STATE, (3,)),
+    "LSTM_remat": ("lstm", 4, dict(remat=True, zero_output_for_mask=True, return_sequences=True), (3,)),
+    "RNN_cell": ("rnn_simple_rnn", 4, dict(return_state=True), (3,)),
+    "RNN_stack": ("stack", 3, dict(return_sequences=True), (3,)),
+    "ConvLSTM1D": ("conv_lstm1d", 3, dict(return_sequences=True), (5, 2)),
+    "ConvLSTM2D": ("conv_lstm2d", 2, dict(return_state=True), (4, 4, 2)),
+    "ConvLSTM2D_valid": ("conv_lstm2d", 2, dict(padding="valid"), (5, 5, 2)),
+    "ConvLSTM3D": ("conv_lstm3d", 2, dict(kernel_size=2, data_format="channels_first"), (2, 3, 3, 3)),
+    "CuDNNLSTM": ("cudnn_lstm", 4, SEQ_STATE, (3,)),
+    "CuDNNGRU": ("cudnn_gru", 4, dict(return_sequences=True), (3,)),
 }
 FIXED = (2, 5)
 # spec -> the symbolic (batch, time) and the concrete (batch, time) pairs each export is called on
@@ -50,8 +49,9 @@ SPECS = {
 
 
 def _build(name):
-    make, feat, mask_kind = LAYERS[name]
-    layer = make()
+    variant, units, options, feat = LAYERS[name]
+    layer = make_layer(variant, units, **options)
+    mask_kind = "right" if right_padded_only(variant) else "holes"
     variables = layer.init(jax.random.key(0), jnp.ones(FIXED + feat))
     return layer, variables, feat, mask_kind
 
@@ -88,9 +88,7 @@ def _cotangents(out, seed=1):
 
 
 def _close(actual, expected):
-    jax.tree_util.tree_map(
-        lambda a, e: np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=RTOL, atol=ATOL), actual, expected)
-    assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected)
+    assert_trees_close(actual, expected, rtol=RTOL, atol=ATOL)
 
 
 def _check(fn, restored, args, diff_argnums):
@@ -143,6 +141,26 @@ def test_export_matches_jit(name, spec, masked):
     for k, shape in enumerate(concrete):
         x, m = _inputs(shape, feat, mask_kind, seed=k)
         _check(fn, restored, (variables, x, m) if masked else (variables, x), (0, 1))
+
+
+@pytest.mark.parametrize("name", ["SimpleRNN", "GRU", "LSTM", "LSTM_remat", "ConvLSTM1D", "CuDNNLSTM"])
+def test_export_with_reset(name):
+    """``reset`` (like the mask: ``(b, t)`` boolean, symbolic) exports with symbolic batch and time,
+    forward and VJP, for each backward form (and go_backwards: SimpleRNN)."""
+    layer, variables, feat, mask_kind = _build(name)
+    lead, concrete = SPECS["b, t"]
+    x_spec = _spec(lead, feat)
+
+    def fn(v, x, m, r):
+        return layer.apply(v, x, mask=m, reset=r)
+
+    flags = jax.ShapeDtypeStruct(x_spec.shape[:2], jnp.bool_)
+    restored = _roundtrip(fn, variables, x_spec, flags, flags)
+    assert [str(d) for d in restored.in_avals[-1].shape] == [str(d) for d in lead]
+    for k, shape in enumerate(concrete + ([(64, 50)] if name == "LSTM" else [])):
+        x, m = _inputs(shape, feat, mask_kind, seed=k)
+        r = jnp.asarray(np.random.default_rng(k + 10).random(shape) < 0.3)
+        _check(fn, restored, (variables, x, m, r), (0, 1))
 
 
 SPATIAL = {  # symbolic spatial sizes (padding 'same', stride 1), two concrete shapes each

@@ -16,14 +16,13 @@ from rnnjax.functional import LoopOptions, force_plan
 from rnnjax.functional.driver import run_program
 from rnnjax.functional.protocol import CoreProgram, InputAdditiveStep
 
+from catalogue import assert_trees_close
 from jaxpr_util import convolution_shapes, equations
 
 
 def assert_same_function(got, want, tol=2e-5):
     """Every leaf of ``got`` equals ``want``'s to ``tol`` (same tree)."""
-    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
-    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol, rtol=tol)
+    assert_trees_close(got, want, atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("core", [F.SimpleRNNCore(5, activation="relu"), F.LSTMCore(5), F.LSTMCore(5, recurrent_activation="sigmoid"),
@@ -49,8 +48,7 @@ def test_custom_backward_equals_autodiff(core, options):
     assert core.matmul_step(params, rmask) is not None
     fast = jax.jit(jax.grad(lambda p, x, h: loss(p, x, h, True), argnums=(0, 1, 2)))(params, x, h0)
     slow = jax.jit(jax.grad(lambda p, x, h: loss(p, x, h, False), argnums=(0, 1, 2)))(params, x, h0)
-    for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(slow)):
-        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+    assert_same_function(fast, slow)
 
 
 @pytest.mark.parametrize("recurrent_activation", ["hard_sigmoid", "sigmoid"])

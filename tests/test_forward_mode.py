@@ -13,31 +13,35 @@ import pytest
 from jax.test_util import check_grads
 
 import rnnjax
+from catalogue import DENSE, assert_trees_close, feature_shape, layer as make_layer, right_padded_only
 
 K3 = dict(recurrent_activation="sigmoid")
-LAYERS = {
-    "simple_rnn": (lambda **kw: rnnjax.SimpleRNN(5, **kw), (3, 6, 4)),
-    "lstm_seed_defaults": (lambda **kw: rnnjax.LSTM(5, **kw), (3, 6, 4)),
-    "lstm_sigmoid": (lambda **kw: rnnjax.LSTM(5, **K3, **kw), (3, 6, 4)),
-    "gru_seed_defaults": (lambda **kw: rnnjax.GRU(5, **kw), (3, 6, 4)),
-    "gru_reset_after": (lambda **kw: rnnjax.GRU(5, reset_after=True, **K3, **kw), (3, 6, 4)),
-    "rnn_lstm_cell": (lambda **kw: rnnjax.RNN(rnnjax.LSTMCell(5), **kw), (3, 6, 4)),
-    "conv_lstm_2d": (lambda **kw: rnnjax.ConvLSTM2D(3, 3, padding="same", **kw), (2, 4, 5, 5, 2)),
-    "cudnn_lstm": (lambda **kw: rnnjax.CuDNNLSTM(5, **kw), (3, 6, 4)),
-    "cudnn_gru": (lambda **kw: rnnjax.CuDNNGRU(5, **kw), (3, 6, 4)),
-}
+# test id -> (catalogue variant, options): every dense kind with Keras 2's defaults, then variations
+LAYERS = {name: (name, {}) for name in DENSE}
+LAYERS.update({
+    "lstm_sigmoid": ("lstm", K3),
+    "gru_reset_after": ("gru_reset_after", K3),
+    "rnn_lstm_cell": ("rnn_lstm", {}),
+    "conv_lstm2d": ("conv_lstm2d", {}),
+    "cudnn_lstm": ("cudnn_lstm", {}),
+    "cudnn_gru": ("cudnn_gru", {}),
+})
 # right-padded, as the CuDNN layers require; holes for the others
 MASKS = {"right_padded": [[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4],
          "holes": [[1, 0, 1, 1, 0, 1], [0, 1, 1, 0, 1, 1], [1, 1, 0, 0, 0, 1]]}
 
 
 def _setup(name, **kw):
-    make, shape = LAYERS[name]
+    variant, options = LAYERS[name]
+    spatial = len(feature_shape(variant, 2)) > 1
+    shape = (2, 4) + feature_shape(variant, 2) if spatial else (3, 6, 4)
+
+    def make(**more):
+        return make_layer(variant, 3 if spatial else 5, **options, **more)
+
     x = jax.random.normal(jax.random.key(1), shape)
-    mask = None
-    if len(shape) == 3 or name.startswith("conv"):
-        which = "right_padded" if name.startswith("cudnn") else "holes"
-        mask = jnp.asarray(MASKS[which], bool)[:shape[0], :shape[1]]
+    which = "right_padded" if right_padded_only(variant) else "holes"
+    mask = jnp.asarray(MASKS[which], bool)[:shape[0], :shape[1]]
     layer = make(**kw)
     v = layer.init(jax.random.key(0), x, mask=mask)
     v = jax.tree_util.tree_map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(2), a.shape, a.dtype), v)
@@ -58,8 +62,7 @@ def test_jvp_with_custom_backward_false_matches_the_default_vjp(name, options):
     tx = jax.random.normal(jax.random.key(4), x.shape)
     y, ty = jax.jit(lambda v, x, tv, tx: jax.jvp(f(generic), (v, x), (tv, tx)))(v, x, tv, tx)
     y_fast, vjp = jax.vjp(f(fast), v, x)
-    for a, b in zip(jax.tree_util.tree_leaves(y), jax.tree_util.tree_leaves(y_fast)):
-        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+    assert_trees_close(y, y_fast, atol=1e-6, rtol=1e-6)
     u = jax.tree_util.tree_map(lambda a: jax.random.normal(jax.random.key(5), a.shape, a.dtype), y_fast)
     gv, gx = vjp(u)
     lhs = sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(ty)))
@@ -68,7 +71,7 @@ def test_jvp_with_custom_backward_false_matches_the_default_vjp(name, options):
     np.testing.assert_allclose(float(lhs), float(rhs), rtol=2e-5)
 
 
-@pytest.mark.parametrize("name", ["lstm_seed_defaults", "gru_reset_after", "conv_lstm_2d"])
+@pytest.mark.parametrize("name", ["lstm", "gru_reset_after", "conv_lstm2d"])
 def test_check_grads_forward_mode_float64(name):
     with jax.enable_x64(True):
         make, x, mask, v = _setup(name, return_sequences=True, param_dtype=jnp.float64)
@@ -79,7 +82,7 @@ def test_check_grads_forward_mode_float64(name):
 
 
 def test_jacfwd_equals_jacrev_of_the_default_layer():
-    make, x, mask, v = _setup("lstm_seed_defaults")
+    make, x, mask, v = _setup("lstm")
     jf = jax.jacfwd(lambda x: make(custom_backward=False).apply(v, x, mask=mask))(x)
     jr = jax.jacrev(lambda x: make().apply(v, x, mask=mask))(x)
     assert jf.shape == (3, 5, 3, 6, 4)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 import rnnjax
+from catalogue import DENSE, VARIANTS, assert_trees_close, keras_layer, layer as make_layer, n_states
 from keras_ref import cell_weights, keras, keras_activation, run_keras
 
 ATOL = 1e-5
@@ -22,30 +23,25 @@ def _x(seed=0, shape=(B, T, I)):
 HOLES = np.array([[1, 1, 0, 1, 0, 1, 1], [0, 1, 1, 0, 1, 1, 0], [1, 0, 0, 0, 0, 0, 1]], bool)
 RIGHT_PADDED = np.array([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5], bool)
 
-KINDS = {
-    "simple": (rnnjax.SimpleRNN, keras.layers.SimpleRNN, {}),
-    "lstm": (rnnjax.LSTM, keras.layers.LSTM, {}),
-    "gru": (rnnjax.GRU, keras.layers.GRU, {"reset_after": False}),
-    "gru_ra": (rnnjax.GRU, keras.layers.GRU, {"reset_after": True}),
-}
+def _takes(kind, argument):
+    return argument in VARIANTS[kind][0].arguments("layer")
 
 
 def _keras_kwargs(kind, kwargs):
-    out = dict(KINDS[kind][2])
+    out = {}
     for k, v in kwargs.items():
         if k in ("implementation", "scan_unroll"):
             continue
         out[k] = keras_activation(v) if k in ("activation", "recurrent_activation") else v
-    if kind != "simple" and "recurrent_activation" not in out:
+    if _takes(kind, "recurrent_activation") and "recurrent_activation" not in out:
         out["recurrent_activation"] = keras_activation("hard_sigmoid")  # the seed's default
     return out
 
 
 def _compare(kind, kwargs=None, mask=None, initial_state=None, seed=0, x=None):
     kwargs = dict(kwargs or {})
-    ours_cls, keras_cls, fixed = KINDS[kind]
     x = _x(seed) if x is None else x
-    layer = ours_cls(U, **fixed, **kwargs)
+    layer = make_layer(kind, U, **kwargs)
     call = {}
     if mask is not None:
         call["mask"] = jnp.asarray(mask)
@@ -56,7 +52,7 @@ def _compare(kind, kwargs=None, mask=None, initial_state=None, seed=0, x=None):
     rng = np.random.default_rng(seed + 100)
     params = jax.tree_util.tree_map(lambda p: rng.normal(scale=0.5, size=p.shape).astype(np.float32), variables["params"])
     ours = layer.apply({"params": params}, jnp.asarray(x), **call)
-    klayer = keras_cls(U, **_keras_kwargs(kind, kwargs))
+    klayer = keras_layer(kind, U, **_keras_kwargs(kind, kwargs))
     kcall = {}
     if mask is not None:
         kcall["mask"] = mask
@@ -64,12 +60,8 @@ def _compare(kind, kwargs=None, mask=None, initial_state=None, seed=0, x=None):
         kcall["initial_state"] = list(initial_state)
     theirs = run_keras(klayer, x, cell_weights(params["cell"]), **kcall)
     ours = [np.asarray(o) for o in ours] if isinstance(ours, tuple) else np.asarray(ours)
-    if isinstance(theirs, list):
-        assert len(ours) == len(theirs)
-        for a, b in zip(ours, theirs):
-            np.testing.assert_allclose(a, b, atol=ATOL, rtol=ATOL)
-    else:
-        np.testing.assert_allclose(ours, theirs, atol=ATOL, rtol=ATOL)
+    assert isinstance(ours, list) == isinstance(theirs, list)
+    assert_trees_close(ours, theirs, atol=ATOL, rtol=ATOL)
     return ours
 
 
@@ -87,8 +79,8 @@ OPTIONS = [
 ]
 
 
-# SimpleRNN has no `implementation` argument.
-CASES = [(k, o) for k in KINDS for o in OPTIONS if not (k == "simple" and "implementation" in o)]
+# Each kind with the options it takes (SimpleRNN has no `implementation` argument).
+CASES = [(k, o) for k in DENSE for o in OPTIONS if all(_takes(k, a) for a in o)]
 
 
 @pytest.mark.parametrize("kind,options", CASES,
@@ -97,15 +89,15 @@ def test_matches_keras(kind, options):
     _compare(kind, options)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", DENSE)
 def test_sigmoid_gates_match_keras(kind):
-    if kind == "simple":
+    if not _takes(kind, "recurrent_activation"):
         _compare(kind, {"activation": "sigmoid", "return_sequences": True})
     else:
         _compare(kind, {"recurrent_activation": "sigmoid", "return_sequences": True})
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", DENSE)
 @pytest.mark.parametrize("go_backwards", [False, True])
 @pytest.mark.parametrize("mask", [HOLES, RIGHT_PADDED], ids=["holes", "right_padded"])
 def test_masks_match_keras(kind, go_backwards, mask):
@@ -113,16 +105,15 @@ def test_masks_match_keras(kind, go_backwards, mask):
     _compare(kind, {"return_state": True, "go_backwards": go_backwards}, mask=mask)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", DENSE)
 def test_zero_output_for_mask_matches_keras(kind):
     _compare(kind, {"return_sequences": True, "zero_output_for_mask": True}, mask=HOLES)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", DENSE)
 def test_initial_state_matches_keras(kind):
-    n_states = 2 if kind == "lstm" else 1
     rng = np.random.default_rng(7)
-    init = [rng.normal(size=(B, U)).astype(np.float32) for _ in range(n_states)]
+    init = [rng.normal(size=(B, U)).astype(np.float32) for _ in range(n_states(kind))]
     _compare(kind, {"return_sequences": True, "return_state": True}, initial_state=init)
     # With a mask whose first step is unmasked Keras 3's scan agrees with Keras 2 (see notes).
     _compare(kind, {"return_state": True}, initial_state=init, mask=RIGHT_PADDED)
@@ -134,7 +125,7 @@ def test_leading_masked_step_with_initial_state_follows_keras2():
     mask = np.ones((B, T), bool)
     mask[:, 0] = False
     init = [np.full((B, U), 0.7, np.float32)]
-    ours = _compare("simple", {"return_sequences": True, "unroll": True}, mask=mask, initial_state=init)
+    ours = _compare("simple_rnn", {"return_sequences": True, "unroll": True}, mask=mask, initial_state=init)
     np.testing.assert_array_equal(ours[:, 0], 0.0)
     layer = rnnjax.SimpleRNN(U, return_sequences=True)
     v = layer.init(jax.random.key(0), jnp.asarray(_x()))
@@ -144,13 +135,12 @@ def test_leading_masked_step_with_initial_state_follows_keras2():
     np.testing.assert_allclose(scan, unrolled, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru_ra"])
+@pytest.mark.parametrize("kind", ["lstm", "gru_reset_after"])
 def test_stateful_matches_keras(kind):
-    ours_cls, keras_cls, fixed = KINDS[kind]
     x1, x2, x3 = _x(1), _x(2), _x(3)
-    layer = ours_cls(U, **fixed, stateful=True, return_sequences=True)
+    layer = make_layer(kind, U, stateful=True, return_sequences=True)
     v = layer.init(jax.random.key(0), jnp.asarray(x1))
-    klayer = keras_cls(U, stateful=True, return_sequences=True, **_keras_kwargs(kind, {}))
+    klayer = keras_layer(kind, U, stateful=True, return_sequences=True, **_keras_kwargs(kind, {}))
     klayer.build(x1.shape)
     klayer.set_weights(cell_weights(v["params"]["cell"]))
     for x in (x1, x2):
@@ -164,13 +154,12 @@ def test_stateful_matches_keras(kind):
     y, upd = layer.apply(v, jnp.asarray(x3), mutable=["rnn_state"])
     np.testing.assert_allclose(np.asarray(y), np.asarray(klayer(x3)), atol=ATOL)
     # Numeric reset_states(states=...) (Keras 2 API; Keras 3 dropped it: compare with initial_state).
-    n_states = 2 if kind == "lstm" else 1
-    states = [np.random.default_rng(9 + i).normal(size=(B, U)).astype(np.float32) for i in range(n_states)]
+    states = [np.random.default_rng(9 + i).normal(size=(B, U)).astype(np.float32) for i in range(n_states(kind))]
     v = {**v, **upd}
     _, upd = layer.apply(v, [jnp.asarray(s) for s in states], method="reset_states", mutable=["rnn_state"])
     v = {**v, **upd}
     y, _ = layer.apply(v, jnp.asarray(x1), mutable=["rnn_state"])
-    k2 = keras_cls(U, return_sequences=True, **_keras_kwargs(kind, {}))
+    k2 = keras_layer(kind, U, return_sequences=True, **_keras_kwargs(kind, {}))
     expected = run_keras(k2, x1, cell_weights(v["params"]["cell"]), initial_state=states)
     np.testing.assert_allclose(np.asarray(y), expected, atol=ATOL)
 
@@ -187,10 +176,8 @@ def test_stacked_cells_match_keras():
     weights = sum((cell_weights(v["params"][f"cell_{k}"]) for k in range(3)), [])
     theirs = run_keras(klayer, x, weights)
     ours = layer.apply(v, jnp.asarray(x))
-    flat_theirs = theirs
-    assert len(ours) == len(flat_theirs) == 5  # output, (h, c), h, h
-    for a, b in zip(ours, flat_theirs):
-        np.testing.assert_allclose(np.asarray(a), b, atol=ATOL)
+    assert len(ours) == len(theirs) == 5  # output, (h, c), h, h
+    assert_trees_close(list(ours), theirs, atol=ATOL, rtol=1e-7)
 
 
 def test_single_cell_step_matches_keras():
@@ -208,19 +195,18 @@ def test_single_cell_step_matches_keras():
         np.testing.assert_allclose(a, np.asarray(b), atol=ATOL)
 
 
-@pytest.mark.parametrize("kind", ["simple", "lstm", "gru"])
+@pytest.mark.parametrize("kind", ["simple_rnn", "lstm", "gru"])
 def test_regularizer_penalties_match_keras(kind):
-    ours_cls, keras_cls, fixed = KINDS[kind]
     x = _x(6)
     regs = dict(kernel_regularizer=rnnjax.regularizers.L1L2(0.01, 0.02), recurrent_regularizer="l2",
                 bias_regularizer="l1", activity_regularizer=rnnjax.regularizers.L2(0.05))
-    layer = ours_cls(U, **fixed, **regs)
+    layer = make_layer(kind, U, **regs)
     v = layer.init(jax.random.key(0), jnp.asarray(x))
     params = jax.tree_util.tree_map(lambda p: p + 0.1, v["params"])  # non-zero bias
     _, aux = layer.apply({"params": params}, jnp.asarray(x), mutable=["losses"])
     kregs = dict(kernel_regularizer=keras.regularizers.L1L2(0.01, 0.02), recurrent_regularizer="l2",
                  bias_regularizer="l1", activity_regularizer=keras.regularizers.L2(0.05))
-    klayer = keras_cls(U, **_keras_kwargs(kind, kregs))
+    klayer = keras_layer(kind, U, **_keras_kwargs(kind, kregs))
     y = run_keras(klayer, x, cell_weights(params["cell"]))
     weight_penalty = sum(float(l) for l in klayer._get_regularization_losses())
     # Keras 3 normalises activity penalties by the batch size; its SimpleRNN forgets to pass

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 import rnnjax
+from catalogue import keras_layer, layer as make_layer, n_states
+from rnnjax import kinds
 from keras_ref import cell_weights, keras, keras_activation, run_keras
 from rnnjax.functional.lstm import LSTMState
 from rnnjax.layers import path
@@ -26,23 +28,15 @@ def _random_params(variables, seed=1):
                                   variables["params"])
 
 
-KINDS = {
-    "lstm": (rnnjax.LSTM, keras.layers.LSTM, {}),
-    "gru": (rnnjax.GRU, keras.layers.GRU, {"reset_after": True}),
-}
-
-
 def _keras(kind, **kwargs):
-    _, keras_cls, fixed = KINDS[kind]
-    return keras_cls(U, recurrent_activation=keras_activation("hard_sigmoid"), **fixed, **kwargs)
+    return keras_layer(kind, U, recurrent_activation=keras_activation("hard_sigmoid"), **kwargs)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", ["lstm", "gru_reset_after"])
 def test_stateful_over_two_batch_axes_matches_keras(kind):
     """States of batch shape (2, 3) carry over chunks as Keras's batch of 6 does, and
     reset_states (to zeros and to given arrays) is Keras's."""
-    ours_cls, _, fixed = KINDS[kind]
-    layer = ours_cls(U, **fixed, stateful=True, return_sequences=True)
+    layer = make_layer(kind, U, stateful=True, return_sequences=True)
     chunks = [_x((B1, B2, T, I), seed) for seed in range(3)]
     variables = layer.init(KEY, jnp.asarray(chunks[0]))
     params = _random_params(variables)
@@ -54,8 +48,7 @@ def test_stateful_over_two_batch_axes_matches_keras(kind):
         ours, state = layer.apply({"params": params, **state}, jnp.asarray(x), mutable=[rnnjax.STATE_COLLECTION])
         theirs = np.asarray(klayer(x.reshape(B1 * B2, T, I)))
         np.testing.assert_allclose(ours, theirs.reshape(ours.shape), atol=ATOL)
-    n = 2 if kind == "lstm" else 1
-    given = [_x((B1, B2, U), 10 + k) for k in range(n)]
+    given = [_x((B1, B2, U), 10 + k) for k in range(n_states(kind))]
     state = rnnjax.reset_states(state, given)
     klayer.reset_states()
     for s, g in zip(klayer.states, given):
@@ -90,7 +83,7 @@ def test_initial_state_forms_match_keras(form):
     gp = _random_params(gv, 2)
     np.testing.assert_allclose(
         gru.apply({"params": gp}, jnp.asarray(x), initial_state=jnp.asarray(h)),
-        run_keras(_keras("gru"), x, cell_weights(gp["cell"]), initial_state=[h]), atol=ATOL)
+        run_keras(_keras("gru_reset_after"), x, cell_weights(gp["cell"]), initial_state=[h]), atol=ATOL)
 
 
 def test_activity_penalty_over_batch_axes_matches_keras():
@@ -158,14 +151,12 @@ def _field_names(cls) -> set:
     return {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
 
 
-@pytest.mark.parametrize("layer_cls,cell_cls,absent", [
-    (rnnjax.SimpleRNN, rnnjax.SimpleRNNCell, set()), (rnnjax.GRU, rnnjax.GRUCell, set()),
-    (rnnjax.LSTM, rnnjax.LSTMCell, set()), (rnnjax.ConvLSTM1D, rnnjax.ConvLSTM1DCell, {"input_dim", "input_length"}),
-    (rnnjax.ConvLSTM2D, rnnjax.ConvLSTM2DCell, {"input_dim", "input_length"}),
-    (rnnjax.ConvLSTM3D, rnnjax.ConvLSTM3DCell, {"input_dim", "input_length"}),
-])
-def test_layer_fields_are_the_cell_fields_and_the_rnn_options(layer_cls, cell_cls, absent):
+@pytest.mark.parametrize("kind", kinds.KINDS + (kinds.MINIMAL_RNN,), ids=lambda k: k.name)
+def test_layer_fields_are_the_cell_fields_and_the_rnn_options(kind):
     """A layer forwards its cell's fields by name and reads the rest through CallOptions.of: the
-    Keras field lists written in both places must stay the same lists."""
+    field lists the record gives both must stay the same lists (a ConvLSTM layer has no
+    input_dim/input_length, as in Keras)."""
+    absent = {"input_dim", "input_length"} if kind.rank else set()
+    layer_cls, cell_cls = kind.linen_layer, kind.linen_cell
     assert _field_names(layer_cls) == _field_names(cell_cls) | (set(path.CallOptions._fields) - absent)
     assert _field_names(rnnjax.RNN) == {"cell"} | set(path.CallOptions._fields)

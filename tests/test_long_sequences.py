@@ -12,23 +12,14 @@ import numpy as np
 import pytest
 
 import rnnjax
+from catalogue import assert_trees_close, keras_layer, layer
 
-KINDS = ["simple", "gru", "gru_ra", "lstm", "stack"]
+KINDS = ["simple_rnn", "gru", "gru_reset_after", "lstm", "stack"]
 
 
 def make(kind, ra="sigmoid", **kw):
-    """A 3-unit layer of ``kind`` (``ra``: recurrent_activation of the gated cells)."""
-    if kind == "simple":
-        return rnnjax.SimpleRNN(3, **kw)
-    if kind == "gru":
-        return rnnjax.GRU(3, recurrent_activation=ra, **kw)
-    if kind == "gru_ra":
-        return rnnjax.GRU(3, reset_after=True, recurrent_activation=ra, **kw)
-    if kind == "lstm":
-        return rnnjax.LSTM(3, recurrent_activation=ra, **kw)
-    return rnnjax.RNN([rnnjax.LSTMCell(3, recurrent_activation=ra), rnnjax.GRUCell(2, recurrent_activation=ra)], **kw)
-
-
+    """A 3-unit layer of catalogue variant ``kind`` (``ra``: recurrent_activation of the gated cells)."""
+    return layer(kind, 3, **({"recurrent_activation": ra} if ra else {}), **kw)
 
 
 def _grad_fn(layer, x, mask=None):
@@ -62,7 +53,7 @@ def test_long_sequence_grad_remat_equals_plain(kind, steps):
 def test_long_sequence_grad_matches_finite_differences():
     """The 10,000-step gradient is a real gradient: a directional finite difference (float64
     inputs are not needed: a central difference on a smooth loss, step 1e-2) agrees with it."""
-    layer = make("gru_ra", remat=True)
+    layer = make("gru_reset_after", remat=True)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 10_000, 2)), jnp.float32)
     params = layer.init(jax.random.key(0), x[:, :3])["params"]
     f = _grad_fn(layer, x)
@@ -94,7 +85,7 @@ def test_remat_reduces_compiled_temp_memory(return_sequences):
 
 # ----- extreme inputs ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind,ra", [("simple", None), ("gru", "hard_sigmoid"), ("gru_ra", "sigmoid"),
+@pytest.mark.parametrize("kind,ra", [("simple_rnn", None), ("gru", "hard_sigmoid"), ("gru_reset_after", "sigmoid"),
                                      ("lstm", "hard_sigmoid"), ("lstm", "sigmoid"), ("stack", "sigmoid")])
 def test_large_magnitude_inputs_are_finite(kind, ra):
     layer = make(kind, ra, return_sequences=True, return_state=True)
@@ -144,15 +135,10 @@ def test_fully_masked_batch(kind):
 
 
 def _keras_layer(kind, **kw):
-    import keras  # noqa: F401  (KERAS_BACKEND=jax from conftest)
-    if kind == "simple":
-        return keras.layers.SimpleRNN(3, **kw)
-    if kind == "lstm":
-        return keras.layers.LSTM(3, recurrent_activation="sigmoid", **kw)
-    return keras.layers.GRU(3, recurrent_activation="sigmoid", reset_after=True, **kw)
+    return keras_layer(kind, 3, **({} if kind == "simple_rnn" else {"recurrent_activation": "sigmoid"}), **kw)
 
 
-@pytest.mark.parametrize("kind", ["simple", "gru_ra", "lstm"])
+@pytest.mark.parametrize("kind", ["simple_rnn", "gru_reset_after", "lstm"])
 @pytest.mark.parametrize("batch,steps", [(1, 1), (1, 7), (4, 1)])
 def test_single_step_and_batch_of_one_match_keras(kind, batch, steps):
     """T=1 and B=1 against Keras 3 (JAX backend) on the same random weights."""
@@ -166,8 +152,7 @@ def test_single_step_and_batch_of_one_match_keras(kind, batch, steps):
     ours = layer.apply({"params": {"cell": p}}, jnp.asarray(x))
     ref = run_keras(_keras_layer(kind, return_sequences=True, return_state=True), x, cell_weights(p))
     assert ours[0].shape == (batch, steps, 3)
-    for a, b in zip(ours, ref):
-        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6)
+    assert_trees_close(list(ours), ref, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("steps", [7, 10, 23])

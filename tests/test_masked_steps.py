@@ -9,34 +9,30 @@ import pytest
 from hypothesis import given, strategies as st
 
 import rnnjax
-from custom_cells import MinimalRNNCell
+from catalogue import DENSE, assert_trees_close, feature_shape as catalogue_features, layer as make_layer
+from catalogue import right_padded_only
 
 B, T, I, U = 3, 6, 4, 3
 
 
 SEQ = {"return_sequences": True}
-# name -> (layer from custom_backward, per-step feature shape, right-padded masks only, training)
-LAYERS = {
-    "simple_rnn": (lambda cb: rnnjax.SimpleRNN(U, custom_backward=cb, **SEQ), (I,), False, False),
-    "lstm": (lambda cb: rnnjax.LSTM(U, custom_backward=cb, **SEQ), (I,), False, False),
-    "lstm_sigmoid_backwards": (lambda cb: rnnjax.LSTM(U, recurrent_activation="sigmoid", implementation=2,
-                                                      go_backwards=True, custom_backward=cb), (I,), False, False),
-    "lstm_dropout": (lambda cb: rnnjax.LSTM(U, dropout=0.3, recurrent_dropout=0.3, custom_backward=cb, **SEQ),
-                     (I,), False, True),
-    "gru": (lambda cb: rnnjax.GRU(U, zero_output_for_mask=True, custom_backward=cb, **SEQ), (I,), False, False),
-    "gru_reset_after": (lambda cb: rnnjax.GRU(U, reset_after=True, custom_backward=cb, **SEQ), (I,), False, False),
-    "rnn_stacked_cells": (lambda cb: rnnjax.RNN([rnnjax.LSTMCell(U), rnnjax.GRUCell(U)], custom_backward=cb, **SEQ),
-                          (I,), False, False),
-    "rnn_custom_cell": (lambda cb: rnnjax.RNN(MinimalRNNCell(U), custom_backward=cb, **SEQ), (I,), False, False),
-    "conv_lstm1d": (lambda cb: rnnjax.ConvLSTM1D(2, 3, padding="same", custom_backward=cb, **SEQ), (5, 2),
-                    False, False),
-    "cudnn_lstm": (lambda cb: rnnjax.CuDNNLSTM(U, custom_backward=cb, **SEQ), (I,), True, False),
-    "cudnn_gru": (lambda cb: rnnjax.CuDNNGRU(U, custom_backward=cb), (I,), True, False),
-    "bidirectional_lstm": (lambda cb: rnnjax.Bidirectional(rnnjax.LSTM(U, custom_backward=cb, **SEQ)), (I,),
-                           False, False),
-    "bidirectional_gru_sum": (lambda cb: rnnjax.Bidirectional(rnnjax.GRU(U, custom_backward=cb), merge_mode="sum"),
-                              (I,), False, False),
-}
+# test id -> (catalogue variant, options, training): every dense kind returning sequences, then
+# variations, compositions and the other front-end paths
+LAYERS = {name: (name, SEQ, False) for name in DENSE}
+LAYERS.update({
+    "lstm_sigmoid_backwards": ("lstm", dict(recurrent_activation="sigmoid", implementation=2, go_backwards=True),
+                               False),
+    "lstm_dropout": ("lstm", dict(dropout=0.3, recurrent_dropout=0.3, **SEQ), True),
+    "gru": ("gru", dict(zero_output_for_mask=True, **SEQ), False),
+    "rnn_stacked_cells": ("stack", SEQ, False),
+    "rnn_custom_cell": ("custom_cell", SEQ, False),
+    "minimal_rnn": ("minimal_rnn", SEQ, False),
+    "conv_lstm1d": ("conv_lstm1d", SEQ, False),
+    "cudnn_lstm": ("cudnn_lstm", SEQ, False),
+    "cudnn_gru": ("cudnn_gru", {}, False),
+    "bidirectional_lstm": ("bidirectional_lstm", SEQ, False),
+    "bidirectional_gru_sum": ("bidirectional_gru", {"merge_mode": "sum"}, False),
+})
 _PROGRAMS = {}
 
 
@@ -44,8 +40,9 @@ def _program(name, custom_backward):
     """(params, jitted (params, x, mask) -> (outputs, gradients)) for one layer configuration."""
     key = (name, custom_backward)
     if key not in _PROGRAMS:
-        make, feature_shape, _, training = LAYERS[name]
-        layer = make(custom_backward)
+        variant, options, training = LAYERS[name]
+        layer = make_layer(variant, U, custom_backward=custom_backward, **options)
+        feature_shape = catalogue_features(variant, I)
         x0 = jnp.zeros((B, T) + feature_shape)
         mask0 = jnp.ones((B, T), bool)
         params = layer.init(jax.random.key(0), x0, mask=mask0)["params"]
@@ -81,7 +78,7 @@ def masked_inputs(draw, right_padded):
 def test_masked_steps_never_touch_the_numbers(name, custom_backward):
     params, run, feature_shape = _program(name, custom_backward)
 
-    @given(masked_inputs(LAYERS[name][2]))
+    @given(masked_inputs(right_padded_only(LAYERS[name][0])))
     def check(case):
         mask, fill, seed = case
         x = np.random.default_rng(seed).normal(size=(B, T) + feature_shape).astype(np.float32)
@@ -89,10 +86,9 @@ def test_masked_steps_never_touch_the_numbers(name, custom_backward):
         zero_padded, poisoned = np.where(m, x, 0.0), np.where(m, x, fill).astype(np.float32)
         want_out, want_grads = run(params, jnp.asarray(zero_padded), jnp.asarray(mask))
         got_out, got_grads = run(params, jnp.asarray(poisoned), jnp.asarray(mask))
-        for got, want in zip(jax.tree_util.tree_leaves((got_out, got_grads)),
-                             jax.tree_util.tree_leaves((want_out, want_grads))):
+        for got in jax.tree_util.tree_leaves((got_out, got_grads)):
             assert np.all(np.isfinite(got)), f"non-finite values with {fill} at masked steps"
-            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+        assert_trees_close((got_out, got_grads), (want_out, want_grads), rtol=1e-6, atol=1e-6)
         # the input gradient at masked steps is zero
         dx = np.asarray(got_grads[1])
         assert np.all(dx[~mask] == 0.0)

@@ -9,6 +9,7 @@ from flax import nnx
 
 import rnnjax
 import rnnjax.nnx as rnx
+from catalogue import feature_shape, layer
 from nnx_util import assert_trees_close, twin
 
 B, T, I, U = 3, 6, 5, 4
@@ -18,19 +19,20 @@ def _x(shape, seed=0):
     return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
 
 
+# (catalogue variant, options)
 LAYERS = [
-    ("LSTM", dict(return_sequences=True, return_state=True), {}),
-    ("GRU", dict(reset_after=True, return_state=True), {}),
-    ("CuDNNLSTM", dict(return_sequences=True, return_state=True), {}),
-    ("ConvLSTM1D", dict(kernel_size=3, padding="same", return_state=True), {"spatial": (5,)}),
+    ("lstm", dict(return_sequences=True, return_state=True)),
+    ("gru_reset_after", dict(return_state=True)),
+    ("cudnn_lstm", dict(return_sequences=True, return_state=True)),
+    ("conv_lstm1d", dict(return_state=True)),
 ]
 
 
-@pytest.mark.parametrize("name,kw,extra", LAYERS, ids=[n for n, _, _ in LAYERS])
-def test_unbatched_and_two_batch_axes_match_linen(name, kw, extra):
-    features = extra.get("spatial", ()) + (I if "spatial" not in extra else 2,)
-    ours = getattr(rnx, name)(U, **kw, input_dim=features[-1], rngs=nnx.Rngs(0))
-    linen = getattr(rnnjax, name)(U, **kw)
+@pytest.mark.parametrize("name,kw", LAYERS, ids=[n for n, _ in LAYERS])
+def test_unbatched_and_two_batch_axes_match_linen(name, kw):
+    features = feature_shape(name, 2 if name.startswith("conv") else I)
+    ours = layer(name, U, "nnx", **kw, input_dim=features[-1], rngs=nnx.Rngs(0))
+    linen = layer(name, U, **kw)
     x = _x((2, B, T) + features)
     variables = twin(ours, linen, x[0])
     batched = ours(x[0])

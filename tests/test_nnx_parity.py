@@ -9,17 +9,12 @@ from flax import nnx
 
 import rnnjax
 import rnnjax.nnx as rnx
-from custom_cells import MinimalRNNCell
+from catalogue import DENSE, layer, n_states
+from custom_cells import MinimalRNNCell, NNXMinimalRNNCell
 from nnx_util import assert_trees_close, linen_grads, nnx_grads, twin
-from test_keras_parity import HOLES, OPTIONS, RIGHT_PADDED
+from test_keras_parity import CASES, HOLES, RIGHT_PADDED, _takes
 
 B, T, I, U = 3, 7, 5, 4
-KINDS = {
-    "simple": (rnx.SimpleRNN, rnnjax.SimpleRNN, {}),
-    "lstm": (rnx.LSTM, rnnjax.LSTM, {}),
-    "gru": (rnx.GRU, rnnjax.GRU, {"reset_after": False}),
-    "gru_ra": (rnx.GRU, rnnjax.GRU, {"reset_after": True}),
-}
 
 
 def _x(seed=0, shape=(B, T, I)):
@@ -38,12 +33,9 @@ def compare(nnx_layer, linen_layer, x, seed=0, grads=True, **call):
 
 
 def compare_kind(kind, kwargs=None, **call):
-    nnx_cls, linen_cls, fixed = KINDS[kind]
-    kwargs = {**fixed, **(kwargs or {})}
-    return compare(nnx_cls(U, **kwargs, input_dim=I, rngs=nnx.Rngs(0)), linen_cls(U, **kwargs), _x(), **call)
-
-
-CASES = [(k, o) for k in KINDS for o in OPTIONS if not (k == "simple" and "implementation" in o)]
+    kwargs = kwargs or {}
+    return compare(layer(kind, U, "nnx", **kwargs, input_dim=I, rngs=nnx.Rngs(0)), layer(kind, U, **kwargs), _x(),
+                   **call)
 
 
 @pytest.mark.parametrize("kind,options", CASES,
@@ -52,12 +44,13 @@ def test_matches_linen(kind, options):
     compare_kind(kind, options)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", DENSE)
 def test_sigmoid_gates_match_linen(kind):
-    compare_kind(kind, {"activation": "sigmoid"} if kind == "simple" else {"recurrent_activation": "sigmoid"})
+    compare_kind(kind, {"recurrent_activation": "sigmoid"} if _takes(kind, "recurrent_activation")
+                 else {"activation": "sigmoid"})
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", DENSE)
 @pytest.mark.parametrize("go_backwards", [False, True])
 @pytest.mark.parametrize("mask", [HOLES, RIGHT_PADDED], ids=["holes", "right_padded"])
 def test_masks_match_linen(kind, go_backwards, mask):
@@ -66,15 +59,15 @@ def test_masks_match_linen(kind, go_backwards, mask):
                  mask=jnp.asarray(mask))
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", DENSE)
 def test_initial_state_matches_linen(kind):
     rng = np.random.default_rng(7)
-    init = [jnp.asarray(rng.normal(size=(B, U)), jnp.float32) for _ in range(2 if kind == "lstm" else 1)]
+    init = [jnp.asarray(rng.normal(size=(B, U)), jnp.float32) for _ in range(n_states(kind))]
     compare_kind(kind, {"return_sequences": True, "return_state": True}, initial_state=init)
     compare_kind(kind, {"return_state": True}, initial_state=init, mask=jnp.asarray(RIGHT_PADDED))
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", DENSE)
 def test_performance_options_match_linen(kind):
     compare_kind(kind, {"return_sequences": True, "scan_unroll": 3, "remat": True})
     compare_kind(kind, {"return_state": True, "custom_backward": False})
@@ -93,26 +86,6 @@ def test_stacked_cells_match_linen():
                                  rnx.SimpleRNNCell(5, input_dim=4, rngs=nnx.Rngs(1))])
     compare(rnx.RNN(stack, return_state=True),
             rnnjax.RNN(rnnjax.StackedRNNCells([rnnjax.LSTMCell(4), rnnjax.SimpleRNNCell(5)]), return_state=True), x)
-
-
-class NNXMinimalRNNCell(nnx.Module):
-    """The seed's custom-cell example (``MinimalRNNCell``) written in NNX."""
-
-    def __init__(self, units, *, input_dim, rngs):
-        self.units = units
-        init = rnnjax.initializers.get("uniform")
-        self.kernel = nnx.Param(init(rngs.params(), (input_dim, units)))
-        self.recurrent_kernel = nnx.Param(init(rngs.params(), (units, units)))
-
-    @property
-    def state_size(self):
-        return self.units
-
-    def __call__(self, inputs, states):
-        prev_output = states[0]
-        h = inputs @ self.kernel[...]
-        output = h + prev_output @ self.recurrent_kernel[...]
-        return output, [output]
 
 
 def test_custom_nnx_cell_alone_and_stacked():

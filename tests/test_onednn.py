@@ -177,6 +177,7 @@ AUTO_CASES = [
     ("hard sigmoid", {"recurrent_activation": "hard_sigmoid"}, False),
     ("a mask with holes", {"mask": jnp.arange(5) < jnp.arange(ROWS)[:, None] % 6}, False),
     ("a mask without holes", {"mask": jnp.ones((ROWS, 5), bool)}, False),
+    ("a reset", {"reset": jnp.arange(5) == jnp.arange(ROWS)[:, None] % 5}, False),
     ("shared input dropout mask", {"dropout_mask": _masks("shared")}, True),
     ("per-gate input dropout masks", {"dropout_mask": _masks("per_gate")}, False),
     ("recurrent dropout", {"recurrent_dropout_mask": _masks("recurrent")}, False),
@@ -250,6 +251,7 @@ def test_cudnn_layers_auto_uses_onednn_on_the_cpu():
 @pytest.mark.parametrize("options,message", [
     ({"recurrent_activation": "hard_sigmoid"}, "recurrent_activation='hard_sigmoid'"),
     ({"mask": jnp.ones((ROWS, 5), bool)}, "a mask"),
+    ({"reset": jnp.zeros((ROWS, 5), bool)}, "a reset"),
     ({"recurrent_dropout_mask": _masks("recurrent")}, "recurrent dropout"),
     ({"custom_backward": False}, "custom_backward=False"),
 ])

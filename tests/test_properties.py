@@ -22,36 +22,28 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-import rnnjax
 import rnnjax.functional as F
+from catalogue import assert_trees_close, layer
 
-KINDS = ["simple", "gru", "gru_ra", "lstm", "stack"]
-FUNCTIONAL_KINDS = ["simple", "gru", "gru_ra", "lstm"]
-GATES = {"gru": 3, "gru_ra": 3, "lstm": 4}
+KINDS = ["simple_rnn", "gru", "gru_reset_after", "lstm", "stack"]
+FUNCTIONAL_KINDS = ["simple_rnn", "gru", "gru_reset_after", "lstm"]
+GATES = {"gru": 3, "gru_reset_after": 3, "lstm": 4}
 TOL = dict(rtol=2e-5, atol=2e-6)
 
 
 def make_layer(kind, units, recurrent_activation="hard_sigmoid", implementation=1, **kw):
-    """A layer of ``kind`` with ``units`` units; ``kw`` are RNN options (return_sequences, ...)."""
-    ra = dict(recurrent_activation=recurrent_activation, implementation=implementation)
-    if kind == "simple":
-        return rnnjax.SimpleRNN(units, **kw)
-    if kind == "gru":
-        return rnnjax.GRU(units, reset_after=False, **ra, **kw)
-    if kind == "gru_ra":
-        return rnnjax.GRU(units, reset_after=True, **ra, **kw)
-    if kind == "lstm":
-        return rnnjax.LSTM(units, **ra, **kw)
-    return rnnjax.RNN([rnnjax.LSTMCell(units, **ra), rnnjax.SimpleRNNCell(units + 1), rnnjax.GRUCell(units, **ra)], **kw)
+    """A layer of catalogue variant ``kind`` with ``units`` units; ``kw`` are RNN options
+    (return_sequences, ...); the gate options reach the cells that have them."""
+    return layer(kind, units, recurrent_activation=recurrent_activation, implementation=implementation, **kw)
 
 
 def make_core(kind, units, recurrent_activation="hard_sigmoid", implementation=1):
-    if kind == "simple":
+    if kind == "simple_rnn":
         return F.SimpleRNNCore(units)
     ra = dict(recurrent_activation=recurrent_activation, implementation=implementation)
     if kind == "lstm":
         return F.LSTMCore(units, **ra)
-    return F.GRUCore(units, reset_after=(kind == "gru_ra"), **ra)
+    return F.GRUCore(units, reset_after=(kind == "gru_reset_after"), **ra)
 
 
 def randomize(params, rng):
@@ -107,8 +99,7 @@ def random_mask(rng, batch, steps, holes=True):
 
 
 def close(a, b, **tol):
-    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(np.asarray(u), np.asarray(v), **(tol or TOL))
+    assert_trees_close(a, b, **(tol or TOL), same_tree=False)
 
 
 # ----- float64 numpy reference ---------------------------------------------------------------
@@ -125,7 +116,7 @@ def np_step(kind, p, state, x, ra):
     """One step of the Keras equations in float64; ``state`` is a tuple of (B, U) arrays."""
     K, R, b = (np.asarray(p[n], np.float64) for n in ("kernel", "recurrent_kernel", "bias"))
     s = _np_act(ra)
-    if kind == "simple":
+    if kind == "simple_rnn":
         h = np.tanh(x @ K + b + state[0] @ R)
         return (h,), h
     if kind == "lstm":
@@ -311,7 +302,7 @@ def test_jit_equals_eager(case, go_backwards, masked):
     close(jax.jit(layer.apply)(v, x, mask=mask), layer.apply(v, x, mask=mask))
 
 
-@given(cases(kinds=["gru", "gru_ra", "lstm"]), st.sampled_from([0.0, 0.3]), st.sampled_from([0.0, 0.4]))
+@given(cases(kinds=["gru", "gru_reset_after", "lstm"]), st.sampled_from([0.0, 0.3]), st.sampled_from([0.0, 0.4]))
 def test_implementation_1_equals_2(case, rate, rec_rate):
     """Same parameters; implementation 1 given ``gates`` copies of implementation 2's dropout
     masks (so each gate's matmul sees the same mask) must compute the same function."""
@@ -345,19 +336,19 @@ def test_float32_close_to_float64_reference(case, go_backwards, masked):
 @pytest.mark.parametrize("kind", FUNCTIONAL_KINDS)
 def test_reference_matches_keras_public_values(kind):
     """Anchors ``np_rnn`` itself to Keras's published test vectors (keras-semantics.md)."""
-    u = 3 if kind != "simple" else 4
-    x = np.arange(72, dtype=np.float64).reshape(3, 6, 4) if kind != "simple" else np.arange(24.0).reshape(2, 3, 4)
+    u = 3 if kind != "simple_rnn" else 4
+    x = np.arange(72, dtype=np.float64).reshape(3, 6, 4) if kind != "simple_rnn" else np.arange(24.0).reshape(2, 3, 4)
     i = x.shape[-1]
-    g = {"simple": 1, "gru": 3, "gru_ra": 3, "lstm": 4}[kind]
+    g = {"simple_rnn": 1, "gru": 3, "gru_reset_after": 3, "lstm": 4}[kind]
     p = {"kernel": np.full((i, g * u), 0.01), "recurrent_kernel": np.full((u, g * u), 0.02),
-         "bias": np.full((2, g * u) if kind == "gru_ra" else (g * u,), 0.03)}
+         "bias": np.full((2, g * u) if kind == "gru_reset_after" else (g * u,), 0.03)}
     if kind == "lstm":
         p["bias"][u:2 * u] = 1.0  # unit_forget_bias: the forget block starts at exactly 1
     y, _ = np_rnn(kind, p, x, None, False, "sigmoid")
     expected = {
-        "simple": [0.405432, 0.73605347],
+        "simple_rnn": [0.405432, 0.73605347],
         "gru": [0.51447755, 0.6426879, 0.40208298],
-        "gru_ra": [0.5217289, 0.6371659, 0.39384964],
+        "gru_reset_after": [0.5217289, 0.6371659, 0.39384964],
         "lstm": [0.6288687, 0.86899155, 0.9460773],
     }
     np.testing.assert_allclose(y[:, -1, 0], expected[kind], rtol=1e-5)
@@ -369,16 +360,8 @@ def test_training_dropout_runs_for_every_implementation(kind, implementation):
     """Layer-level dropout (per-gate masks with implementation=1): finite, different from
     inference, deterministic for a given 'dropout' rng, and the identity at rate 0."""
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 3)), jnp.float32)
-    ra = dict(recurrent_activation="sigmoid", implementation=implementation)
-    if kind == "simple":
-        mk = lambda r: rnnjax.SimpleRNN(3, dropout=r, recurrent_dropout=r)  # noqa: E731
-    elif kind == "stack":
-        mk = lambda r: rnnjax.RNN([rnnjax.LSTMCell(3, dropout=r, recurrent_dropout=r, **ra),  # noqa: E731
-                                   rnnjax.GRUCell(3, dropout=r, recurrent_dropout=r, **ra)])
-    else:
-        cls = {"gru": rnnjax.GRU, "gru_ra": rnnjax.GRU, "lstm": rnnjax.LSTM}[kind]
-        extra = {"reset_after": kind == "gru_ra"} if kind.startswith("gru") else {}
-        mk = lambda r: cls(3, dropout=r, recurrent_dropout=r, **ra, **extra)  # noqa: E731
+    def mk(rate):
+        return make_layer(kind, 3, "sigmoid", implementation, dropout=rate, recurrent_dropout=rate)
     v = mk(0.0).init(jax.random.key(0), x)
     rngs = {"dropout": jax.random.key(5)}
     infer = mk(0.5).apply(v, x)

@@ -8,20 +8,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import rnnjax
+from catalogue import layer
 
-KINDS = ["simple", "gru", "lstm", "stack"]
+KINDS = ["simple_rnn", "gru", "lstm", "stack"]
 
 
 def make(kind, **kw):
-    if kind == "simple":
-        return rnnjax.SimpleRNN(4, **kw)
-    if kind == "gru":
-        return rnnjax.GRU(4, **kw)
-    if kind == "lstm":
-        return rnnjax.LSTM(4, **kw)
-    pd = kw.pop("param_dtype", jnp.float32)
-    return rnnjax.RNN([rnnjax.LSTMCell(4, param_dtype=pd), rnnjax.GRUCell(3, param_dtype=pd)], **kw)
+    """A 4-unit layer of catalogue variant ``kind`` (a stack's ``param_dtype`` reaches its cells)."""
+    return layer(kind, 4, **kw)
 
 
 def _data(seed=0, shape=(2, 9, 3)):

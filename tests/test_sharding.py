@@ -18,6 +18,7 @@ from rnnjax.functional import _planner
 from rnnjax.functional import LoopOptions, force_plan
 from rnnjax.functional.driver import run_program
 import rnnjax.functional as F
+from catalogue import assert_trees_close, layer
 from custom_cells import MinimalRNNCell
 from sharding_util import batch_mesh, collectives, compiled_text, replicate, shard_batch
 
@@ -28,59 +29,62 @@ REDUCTIONS = ("all-reduce", "reduce-scatter")
 
 HOLES = np.random.default_rng(7).random((B, T)) > 0.35
 RIGHT_PADDED = np.arange(T)[None, :] < np.array([6, 5, 1, 3, 6, 2, 4, 6])[:, None]
+RESETS = np.random.default_rng(8).random((B, T)) > 0.6  # restarts mid-row (sharded like the batch)
 
 
-def _n_states(layer):
-    cell = layer.cell if isinstance(layer, rnnjax.RNN) else None
-    if isinstance(layer, (rnnjax.LSTM, rnnjax.CuDNNLSTM)) or isinstance(cell, rnnjax.LSTMCell):
-        return 2
-    return 1
-
-
-# name -> (layer, input shape, call options). Dropout cases run in training with an RNG stream.
+# name -> (layer of catalogue variants, input shape, call options). Dropout cases run in training with
+# an RNG stream.
 SEQ = dict(return_sequences=True)
 CASES = {
-    "simple_rnn": (lambda: rnnjax.SimpleRNN(U), (B, T, I), {}),
-    "simple_rnn_holes": (lambda: rnnjax.SimpleRNN(U, **SEQ), (B, T, I), {"mask": HOLES}),
-    "lstm": (lambda: rnnjax.LSTM(U), (B, T, I), {}),
-    "lstm_holes_seq": (lambda: rnnjax.LSTM(U, **SEQ), (B, T, I), {"mask": HOLES}),
-    "lstm_right_padded_backwards": (lambda: rnnjax.LSTM(U, go_backwards=True), (B, T, I), {"mask": RIGHT_PADDED}),
-    "lstm_state_initial": (lambda: rnnjax.LSTM(U, return_state=True), (B, T, I), {"initial_state": 2}),
-    "lstm_many_rows": (lambda: rnnjax.LSTM(U, **SEQ), (16, 20, 4), {}),  # the projection on >= 256 rows
+    "simple_rnn": (lambda: layer("simple_rnn", U), (B, T, I), {}),
+    "simple_rnn_holes": (lambda: layer("simple_rnn", U, **SEQ), (B, T, I), {"mask": HOLES}),
+    "lstm": (lambda: layer("lstm", U), (B, T, I), {}),
+    "lstm_holes_seq": (lambda: layer("lstm", U, **SEQ), (B, T, I), {"mask": HOLES}),
+    "lstm_right_padded_backwards": (lambda: layer("lstm", U, go_backwards=True), (B, T, I), {"mask": RIGHT_PADDED}),
+    "lstm_state_initial": (lambda: layer("lstm", U, return_state=True), (B, T, I), {"initial_state": 2}),
+    "lstm_many_rows": (lambda: layer("lstm", U, **SEQ), (16, 20, 4), {}),  # the projection on >= 256 rows
     # from 64 rows and 50 steps on, inference projects spans of steps; training runs one loop
-    "lstm_projection_spans": (lambda: rnnjax.LSTM(U, **SEQ), (64, 50, I), {}),
-    "gru_projection_spans": (lambda: rnnjax.GRU(U), (64, 50, I), {"mask": np.tile(HOLES, (8, 9))[:, :50]}),
-    "lstm_sigmoid_zero_output": (lambda: rnnjax.LSTM(U, recurrent_activation="sigmoid", zero_output_for_mask=True,
-                                                     **SEQ), (B, T, I), {"mask": HOLES}),
-    "lstm_dropout_impl1": (lambda: rnnjax.LSTM(U, dropout=0.3, recurrent_dropout=0.3, **SEQ), (B, T, I),
+    "lstm_projection_spans": (lambda: layer("lstm", U, **SEQ), (64, 50, I), {}),
+    "gru_projection_spans": (lambda: layer("gru", U), (64, 50, I), {"mask": np.tile(HOLES, (8, 9))[:, :50]}),
+    "lstm_sigmoid_zero_output": (lambda: layer("lstm", U, recurrent_activation="sigmoid", zero_output_for_mask=True,
+                                               **SEQ), (B, T, I), {"mask": HOLES}),
+    "lstm_dropout_impl1": (lambda: layer("lstm", U, dropout=0.3, recurrent_dropout=0.3, **SEQ), (B, T, I),
                            {"mask": HOLES, "dropout": True}),
-    "lstm_dropout_impl2": (lambda: rnnjax.LSTM(U, dropout=0.3, recurrent_dropout=0.3, implementation=2),
+    "lstm_dropout_impl2": (lambda: layer("lstm", U, dropout=0.3, recurrent_dropout=0.3, implementation=2),
                            (B, T, I), {"dropout": True}),
-    "lstm_remat": (lambda: rnnjax.LSTM(U, remat=True, **SEQ), (B, 17, I), {"mask": np.tile(HOLES, (1, 3))[:, :17]}),
-    "lstm_unroll": (lambda: rnnjax.LSTM(U, unroll=True), (B, T, I), {"mask": HOLES}),
-    "lstm_generic_loop": (lambda: rnnjax.LSTM(U, custom_backward=False), (B, T, I), {"mask": HOLES}),
-    "gru": (lambda: rnnjax.GRU(U), (B, T, I), {}),
-    "gru_holes_state": (lambda: rnnjax.GRU(U, return_state=True, **SEQ), (B, T, I),
+    "lstm_remat": (lambda: layer("lstm", U, remat=True, **SEQ), (B, 17, I),
+                   {"mask": np.tile(HOLES, (1, 3))[:, :17]}),
+    "lstm_unroll": (lambda: layer("lstm", U, unroll=True), (B, T, I), {"mask": HOLES}),
+    "lstm_generic_loop": (lambda: layer("lstm", U, custom_backward=False), (B, T, I), {"mask": HOLES}),
+    "gru": (lambda: layer("gru", U), (B, T, I), {}),
+    "gru_holes_state": (lambda: layer("gru", U, return_state=True, **SEQ), (B, T, I),
                         {"mask": HOLES, "initial_state": 1}),
-    "gru_dropout": (lambda: rnnjax.GRU(U, dropout=0.2, recurrent_dropout=0.2), (B, T, I),
+    "gru_dropout": (lambda: layer("gru", U, dropout=0.2, recurrent_dropout=0.2), (B, T, I),
                     {"mask": HOLES, "dropout": True}),
-    "gru_reset_after": (lambda: rnnjax.GRU(U, reset_after=True, go_backwards=True, **SEQ), (B, T, I),
+    "gru_reset_after": (lambda: layer("gru_reset_after", U, go_backwards=True, **SEQ), (B, T, I),
                         {"mask": HOLES}),
-    "gru_reset_after_dropout": (lambda: rnnjax.GRU(U, reset_after=True, recurrent_dropout=0.3), (B, T, I),
+    "gru_reset_after_dropout": (lambda: layer("gru_reset_after", U, recurrent_dropout=0.3), (B, T, I),
                                 {"dropout": True}),
-    "rnn_lstm_cell": (lambda: rnnjax.RNN(rnnjax.LSTMCell(U), **SEQ), (B, T, I), {"mask": HOLES}),
-    "rnn_stacked_cells": (lambda: rnnjax.RNN([rnnjax.GRUCell(U), rnnjax.SimpleRNNCell(U)], return_state=True),
-                          (B, T, I), {"mask": HOLES}),
-    "rnn_custom_cell": (lambda: rnnjax.RNN(MinimalRNNCell(U), **SEQ), (B, T, I), {"mask": HOLES}),
+    "rnn_lstm_cell": (lambda: layer("rnn_lstm", U, **SEQ), (B, T, I), {"mask": HOLES}),
+    "rnn_stacked_cells": (lambda: layer("stack", U, return_state=True), (B, T, I), {"mask": HOLES}),
+    "rnn_custom_cell": (lambda: layer("custom_cell", U, **SEQ), (B, T, I), {"mask": HOLES}),
     "rnn_custom_cell_stacked": (lambda: rnnjax.RNN([MinimalRNNCell(U), rnnjax.LSTMCell(U)]), (B, T, I), {}),
-    "conv_lstm1d": (lambda: rnnjax.ConvLSTM1D(2, 3, padding="same", **SEQ), (B, T, 5, 2), {"mask": HOLES}),
-    "conv_lstm2d": (lambda: rnnjax.ConvLSTM2D(2, 3, padding="same"), (B, 4, 5, 5, 2), {}),
-    "conv_lstm2d_valid_dropout": (lambda: rnnjax.ConvLSTM2D(2, 2, dropout=0.2, recurrent_dropout=0.2,
-                                                            go_backwards=True), (B, 4, 5, 5, 2),
+    "conv_lstm1d": (lambda: layer("conv_lstm1d", 2, **SEQ), (B, T, 5, 2), {"mask": HOLES}),
+    "conv_lstm2d": (lambda: layer("conv_lstm2d", 2), (B, 4, 5, 5, 2), {}),
+    "conv_lstm2d_valid_dropout": (lambda: layer("conv_lstm2d", 2, kernel_size=2, padding="valid", dropout=0.2,
+                                                recurrent_dropout=0.2, go_backwards=True), (B, 4, 5, 5, 2),
                                   {"mask": HOLES[:, :4], "dropout": True}),
-    "conv_lstm3d": (lambda: rnnjax.ConvLSTM3D(2, 2, padding="same", return_state=True), (B, 3, 3, 3, 3, 1), {}),
-    "cudnn_lstm": (lambda: rnnjax.CuDNNLSTM(U, return_sequences=True), (B, T, I), {"mask": RIGHT_PADDED}),
-    "cudnn_gru": (lambda: rnnjax.CuDNNGRU(U, return_state=True), (B, T, I), {"mask": RIGHT_PADDED}),
+    "conv_lstm3d": (lambda: layer("conv_lstm3d", 2, kernel_size=2, return_state=True), (B, 3, 3, 3, 3, 1), {}),
+    "cudnn_lstm": (lambda: layer("cudnn_lstm", U, return_sequences=True), (B, T, I), {"mask": RIGHT_PADDED}),
+    "cudnn_gru": (lambda: layer("cudnn_gru", U, return_state=True), (B, T, I), {"mask": RIGHT_PADDED}),
+    # reset: the recurrent-matmul and input-additive loops, the generic one, ConvLSTM, the CuDNN scan path
+    "lstm_reset_holes_state": (lambda: layer("lstm", U, return_state=True, **SEQ), (B, T, I),
+                               {"mask": HOLES, "reset": RESETS, "initial_state": 2}),
+    "gru_reset_backwards": (lambda: layer("gru", U, go_backwards=True, **SEQ), (B, T, I), {"reset": RESETS}),
+    "rnn_custom_cell_reset": (lambda: layer("custom_cell", U, **SEQ), (B, T, I), {"mask": HOLES, "reset": RESETS}),
+    "conv_lstm1d_reset": (lambda: layer("conv_lstm1d", 2, **SEQ), (B, T, 5, 2), {"reset": RESETS}),
+    "cudnn_lstm_reset": (lambda: layer("cudnn_lstm", U, return_sequences=True), (B, T, I),
+                         {"mask": RIGHT_PADDED, "reset": RESETS}),
 }
 
 
@@ -93,6 +97,7 @@ REDUCED_IN_THE_LOOP = {
     "lstm_unroll": "unroll=True: autodiff of the Python loop",
     "lstm_remat": "remat: one reduction per checkpointed span",
     "rnn_custom_cell": "a custom cell: autodiff of the loop",
+    "rnn_custom_cell_reset": "a custom cell: autodiff of the loop",
     "rnn_custom_cell_stacked": "a custom cell in a stack: autodiff of the loop",
     "rnn_stacked_cells": "stacked cells: autodiff of the loop",
 }
@@ -102,8 +107,9 @@ def _inputs(shape, options, layer):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
     call = {}
-    if "mask" in options:
-        call["mask"] = jnp.asarray(options["mask"])
+    for name in ("mask", "reset"):
+        if name in options:
+            call[name] = jnp.asarray(options[name])
     if "initial_state" in options:
         call["initial_state"] = [jnp.asarray(rng.normal(size=(shape[0], U)), jnp.float32)
                                  for _ in range(options["initial_state"])]
@@ -180,9 +186,7 @@ def assert_partitions_cleanly(text, *, training, n_params, steps=None):
 def _close(a, b):
     """Equal to float32 rounding: the sharded program sums gradients over the batch in another
     order, so the absolute tolerance scales with each array's largest entry."""
-    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        v = np.asarray(v)
-        np.testing.assert_allclose(np.asarray(u), v, rtol=RTOL, atol=ATOL * max(1.0, float(np.abs(v).max())))
+    assert_trees_close(a, b, rtol=RTOL, atol=ATOL, atol_scaled=True, same_tree=False)
 
 
 def _check(layer, shape, options, mesh, reduced_in_the_loop=False):

@@ -17,15 +17,14 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-import rnnjax
+from catalogue import assert_trees_close, layer as make_layer
 from rnnjax.functional.core import dropout_masks
 from sharding_util import batch_mesh, collective_sources, collectives, compiled_text, replicate, shard_batch
 
 GATHERS = ("all-gather", "all-to-all", "collective-permute")
-LAYERS = {"LSTM": rnnjax.LSTM, "GRU": rnnjax.GRU, "SimpleRNN": rnnjax.SimpleRNN}
 SHAPE = (8, 5, 3)  # one row per device
-# (layer, implementation): one mask per gate (1) or one shared mask (2); SimpleRNN has one mask
-CASES = [("LSTM", 1), ("LSTM", 2), ("GRU", 1), ("GRU", 2), ("SimpleRNN", None)]
+# (catalogue variant, implementation): one mask per gate (1) or one shared mask (2); SimpleRNN has one mask
+CASES = [("lstm", 1), ("lstm", 2), ("gru", 1), ("gru", 2), ("simple_rnn", None)]
 
 
 def _train_step(layer):
@@ -37,7 +36,7 @@ def _train_step(layer):
 
 def _problem(name, implementation):
     kw = {} if implementation is None else {"implementation": implementation}
-    layer = LAYERS[name](4, dropout=0.3, recurrent_dropout=0.4, return_sequences=True, **kw)
+    layer = make_layer(name, 4, dropout=0.3, recurrent_dropout=0.4, return_sequences=True, **kw)
     kx, kp = jax.random.split(jax.random.key(0))
     x = jax.random.normal(kx, SHAPE)
     mask = jnp.arange(SHAPE[1])[None, :] < jnp.array([5, 3, 5, 1, 4, 5, 2, 5])[:, None]
@@ -46,8 +45,7 @@ def _problem(name, implementation):
 
 
 def _leaves_close(a, b):
-    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
+    assert_trees_close(a, b, rtol=1e-5, atol=1e-6, same_tree=False)
 
 
 @pytest.mark.parametrize("partitionable", [True, False])

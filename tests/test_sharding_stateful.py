@@ -13,21 +13,18 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import rnnjax
+from catalogue import assert_trees_close, layer as make_layer
 from sharding_util import batch_mesh, collectives, replicate, shard_batch
 
 GATHERS = ("all-gather", "all-to-all", "collective-permute")
 
-LAYERS = {
-    "LSTM": (lambda: rnnjax.LSTM(4, stateful=True, return_sequences=True), (8, 5, 3)),
-    "GRU": (lambda: rnnjax.GRU(4, stateful=True, return_sequences=True), (8, 5, 3)),
-    "ConvLSTM2D": (lambda: rnnjax.ConvLSTM2D(2, 3, padding="same", stateful=True, return_sequences=True),
-                   (8, 3, 5, 5, 1)),
-}
+# catalogue variant -> (units, input shape)
+LAYERS = {"lstm": (4, (8, 5, 3)), "gru": (4, (8, 5, 3)), "conv_lstm2d": (2, (8, 3, 5, 5, 1))}
 
 
 def _setup(name):
-    make, shape = LAYERS[name]
-    layer = make()
+    units, shape = LAYERS[name]
+    layer = make_layer(name, units, stateful=True, return_sequences=True)
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     chunks = [jax.random.normal(k1, shape), jax.random.normal(k2, shape)]
     variables = layer.init(k3, chunks[0])
@@ -54,8 +51,7 @@ def _assert_batch_sharded(mesh, tree):
 
 
 def _assert_close(a, b):
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    assert_trees_close(a, b, rtol=1e-5, atol=1e-6, same_tree=False)
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))

@@ -126,7 +126,8 @@ def _check_bias(b, shapes: tuple, what: str, hint: str = ""):
         raise ValueError(f"`{what}`: bias must have shape {' or '.join(map(str, shapes))}, got {tuple(b.shape)}.{hint}")
 
 
-def _blocks(a, gates, axis):
+def gate_blocks(a: Any, gates: int, axis: int) -> list:
+    """``a`` split into ``gates`` equal blocks along ``axis`` (0 or 1)."""
     width = a.shape[axis] // gates
     if axis == 0:
         return [a[g * width:(g + 1) * width] for g in range(gates)]
@@ -137,17 +138,17 @@ def _kernel_from_cudnn(k, gates, xp):
     """Keras 2 CuDNN kernel -> canonical: each block's bytes are W_g (U, I); canonical = W_g.T."""
     i, gu = k.shape
     u = gu // gates
-    return xp.concatenate([blk.reshape(u, i).T for blk in _blocks(k, gates, 1)], axis=1)
+    return xp.concatenate([blk.reshape(u, i).T for blk in gate_blocks(k, gates, 1)], axis=1)
 
 
 def _kernel_to_cudnn(k, gates, xp):
     i, gu = k.shape
     u = gu // gates
-    return xp.concatenate([blk.T.reshape(i, u) for blk in _blocks(k, gates, 1)], axis=1)
+    return xp.concatenate([blk.T.reshape(i, u) for blk in gate_blocks(k, gates, 1)], axis=1)
 
 
 def _transpose_blocks(r, gates, xp):
-    return xp.concatenate([blk.T for blk in _blocks(r, gates, 1)], axis=1)
+    return xp.concatenate([blk.T for blk in gate_blocks(r, gates, 1)], axis=1)
 
 
 def _torch_get(state_dict: Mapping, key: str, prefix: str, required: bool = True):
@@ -187,12 +188,12 @@ def _torch_parts(state_dict, gates, prefix, what):
 
 def _reorder_rows(a, xp):
     """GRU rows/vector blocks z, r, h <-> r, z, n (axis 0)."""
-    blocks = _blocks(a, 3, 0)
+    blocks = gate_blocks(a, 3, 0)
     return xp.concatenate([blocks[j] for j in _GRU_TO_TORCH], axis=0)
 
 
 def _reorder_cols(a, xp):
-    blocks = _blocks(a, 3, 1)
+    blocks = gate_blocks(a, 3, 1)
     return xp.concatenate([blocks[j] for j in _GRU_TO_TORCH], axis=1)
 
 
@@ -204,7 +205,7 @@ def _torch_dict(w_ih, w_hh, b_ih, b_hh, prefix):
 # ----------------------------------------------------------------------------------------------
 # LSTM
 
-def cudnn_lstm_to_lstm(params) -> LSTMParams:
+def cudnn_lstm_to_lstm(params: Any) -> LSTMParams:
     """Keras 2 ``CuDNNLSTM`` weights -> canonical ``LSTMParams`` (for ``rnnjax.LSTM`` with
     ``recurrent_activation='sigmoid'``): kernels re-laid out per gate, ``bias = b[:4U] + b[4U:]``."""
     k, r, b = _triplet(params, "params")
@@ -215,7 +216,7 @@ def cudnn_lstm_to_lstm(params) -> LSTMParams:
     return LSTMParams(_kernel_from_cudnn(k, 4, xp), _transpose_blocks(r, 4, xp), bias)
 
 
-def lstm_to_cudnn_lstm(params) -> CuDNNLSTMParams:
+def lstm_to_cudnn_lstm(params: Any) -> CuDNNLSTMParams:
     """Canonical LSTM weights (``kernel (I, 4U)``, ``recurrent_kernel (U, 4U)``, ``bias (4U,)`` or
     None) -> Keras 2 ``CuDNNLSTM`` weights; the bias is split evenly, ``tile(0.5 * b, 2)`` (Keras 2's
     rule; only the sum matters). A missing bias becomes zeros."""
@@ -253,8 +254,8 @@ def cudnn_lstm_to_torch(params, prefix: str = "") -> dict:
     _check_bias(b, ((8 * u,),), "params")
     xp = _xp(k, r, b)
     b = xp.zeros((8 * u,), k.dtype) if b is None else b
-    w_ih = xp.concatenate([blk.reshape(u, i) for blk in _blocks(k, 4, 1)], axis=0)
-    w_hh = xp.concatenate([blk.reshape(u, u) for blk in _blocks(r, 4, 1)], axis=0)
+    w_ih = xp.concatenate([blk.reshape(u, i) for blk in gate_blocks(k, 4, 1)], axis=0)
+    w_hh = xp.concatenate([blk.reshape(u, u) for blk in gate_blocks(r, 4, 1)], axis=0)
     return _torch_dict(w_ih, w_hh, b[:4 * u], b[4 * u:], prefix)
 
 
@@ -262,15 +263,15 @@ def torch_to_cudnn_lstm(state_dict: Mapping, prefix: str = "") -> CuDNNLSTMParam
     """``nn.LSTM`` state_dict (layer 0) -> Keras 2 ``CuDNNLSTM`` weights (exact)."""
     w_ih, w_hh, b_ih, b_hh, xp = _torch_parts(state_dict, 4, prefix, "state_dict")
     u, i = w_hh.shape[1], w_ih.shape[1]
-    k = xp.concatenate([blk.reshape(i, u) for blk in _blocks(w_ih, 4, 0)], axis=1)
-    r = xp.concatenate([blk.reshape(u, u) for blk in _blocks(w_hh, 4, 0)], axis=1)
+    k = xp.concatenate([blk.reshape(i, u) for blk in gate_blocks(w_ih, 4, 0)], axis=1)
+    r = xp.concatenate([blk.reshape(u, u) for blk in gate_blocks(w_hh, 4, 0)], axis=1)
     return CuDNNLSTMParams(k, r, xp.concatenate([b_ih, b_hh]))
 
 
 # ----------------------------------------------------------------------------------------------
 # GRU
 
-def cudnn_gru_to_gru(params) -> GRUParams:
+def cudnn_gru_to_gru(params: Any) -> GRUParams:
     """Keras 2 ``CuDNNGRU`` weights -> canonical ``GRUParams`` for ``rnnjax.GRU(reset_after=True,
     recurrent_activation='sigmoid')``: kernels re-laid out per gate, ``bias.reshape(2, 3U)``."""
     k, r, b = _triplet(params, "params")
@@ -297,7 +298,7 @@ def _gru_bias(b, u, what, xp, dtype):
     return b
 
 
-def gru_to_cudnn_gru(params) -> CuDNNGRUParams:
+def gru_to_cudnn_gru(params: Any) -> CuDNNGRUParams:
     """Canonical ``GRU(reset_after=True)`` weights (bias ``(2, 3U)`` or None) -> Keras 2
     ``CuDNNGRU`` weights. A ``reset_after=False`` GRU (bias ``(3U,)``) is an error: it computes a
     different function that cuDNN cannot express."""
@@ -333,7 +334,7 @@ def cudnn_gru_to_torch(params, prefix: str = "") -> dict:
     _check_bias(b, ((6 * u,),), "params")
     xp = _xp(k, r, b)
     b = xp.zeros((6 * u,), k.dtype) if b is None else b
-    kb, rb = _blocks(k, 3, 1), _blocks(r, 3, 1)
+    kb, rb = gate_blocks(k, 3, 1), gate_blocks(r, 3, 1)
     w_ih = xp.concatenate([kb[j].reshape(u, i) for j in _GRU_TO_TORCH], axis=0)
     w_hh = xp.concatenate([rb[j].reshape(u, u) for j in _GRU_TO_TORCH], axis=0)
     return _torch_dict(w_ih, w_hh, _reorder_rows(b[:3 * u], xp), _reorder_rows(b[3 * u:], xp), prefix)
@@ -343,7 +344,7 @@ def torch_to_cudnn_gru(state_dict: Mapping, prefix: str = "") -> CuDNNGRUParams:
     """``nn.GRU`` state_dict (layer 0) -> Keras 2 ``CuDNNGRU`` weights (exact)."""
     w_ih, w_hh, b_ih, b_hh, xp = _torch_parts(state_dict, 3, prefix, "state_dict")
     u, i = w_hh.shape[1], w_ih.shape[1]
-    wb, hb = _blocks(w_ih, 3, 0), _blocks(w_hh, 3, 0)
+    wb, hb = gate_blocks(w_ih, 3, 0), gate_blocks(w_hh, 3, 0)
     k = xp.concatenate([wb[j].reshape(i, u) for j in _GRU_TO_TORCH], axis=1)
     r = xp.concatenate([hb[j].reshape(u, u) for j in _GRU_TO_TORCH], axis=1)
     return CuDNNGRUParams(k, r, xp.concatenate([_reorder_rows(b_ih, xp), _reorder_rows(b_hh, xp)]))

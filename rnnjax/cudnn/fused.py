@@ -30,7 +30,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cudnn.convert import CuDNNLSTMParams, _blocks
+from rnnjax.cudnn.convert import CuDNNLSTMParams, gate_blocks
 from rnnjax.functional.lstm import LSTMState
 
 
@@ -42,7 +42,7 @@ def _gpu_rnn_module():
     return gpu_rnn
 
 
-def cudnn_lstm_unavailable_reason(x=None) -> Optional[str]:
+def cudnn_lstm_unavailable_reason(x: jax.Array = None) -> Optional[str]:
     """``None`` when ``jax.experimental.rnn.lstm`` can run ``x`` on cuDNN, else why not.
 
     ``x`` concrete: the platform of its devices; traced (under ``jit``) or None: JAX's default
@@ -68,18 +68,20 @@ def pack_lstm_weights(params: CuDNNLSTMParams) -> jax.Array:
     """Keras 2 ``CuDNNLSTM`` weights -> the flat ``(4U*I + 4U*U + 8U,)`` buffer of
     ``jax.experimental.rnn.lstm`` (cuDNN's layout for one layer, one direction)."""
     k, r, b = params
-    parts = [blk.reshape(-1) for blk in _blocks(k, 4, 1)] + [blk.reshape(-1) for blk in _blocks(r, 4, 1)]
+    parts = [blk.reshape(-1) for blk in gate_blocks(k, 4, 1)] + [blk.reshape(-1) for blk in gate_blocks(r, 4, 1)]
     return jnp.concatenate(parts + [b.reshape(-1)])
 
 
-def cudnn_kernel(x, h0, c0, weights, seq_lengths, input_size, hidden_size):
+def cudnn_kernel(x: jax.Array, h0: jax.Array, c0: jax.Array, weights: jax.Array, seq_lengths: Optional[jax.Array],
+                 input_size: int, hidden_size: int):
     """``jax.experimental.rnn.lstm`` for one layer, one direction (``h0``/``c0``: ``(1, B, U)``)."""
     from jax.experimental import rnn
 
     return rnn.lstm(x, h0, c0, weights, seq_lengths, input_size, hidden_size, 1, 0.0, False)
 
 
-def reference_kernel(x, h0, c0, weights, seq_lengths, input_size, hidden_size):
+def reference_kernel(x: jax.Array, h0: jax.Array, c0: jax.Array, weights: jax.Array, seq_lengths: Optional[jax.Array],
+                     input_size: int, hidden_size: int):
     """The same contract as :func:`cudnn_kernel` through ``jax.experimental.rnn.lstm_ref`` (pure
     JAX, any platform): the stand-in that tests the GPU branch on the CPU."""
     from jax.experimental import rnn

@@ -1,10 +1,11 @@
 """The loop of a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep` and its hand-written
 backward pass: plan, forward, backward (``docs/design.md``, "The recurrent-matmul path").
 
-Forward, per step in processing order: ``a_t = v_{t-1} @ R``, ``state_t, y_t = pointwise(xp_t,
-a_t, state_{t-1})`` and the masking rule. Backward, in reverse: the cotangents of the state only
-(``d state_{t-1} = pointwise's vjp + (d a_t @ Rᵀ)`` through ``recurrent_lhs``), while ``d a_t``
-is stored per step, so that after the loop::
+Forward, per step in processing order: the restart rule (``state_{t-1}`` and the previous
+output zeroed where ``r_t``), ``a_t = v_{t-1} @ R``, ``state_t, y_t = pointwise(xp_t, a_t,
+state_{t-1})`` and the masking rule. Backward, in reverse: the cotangents of the state only
+(``d state_{t-1} = pointwise's vjp + (d a_t @ Rᵀ)`` through ``recurrent_lhs``, zeroed where
+``r_t``: nothing crosses a restart), while ``d a_t`` is stored per step, so that after the loop::
 
     dR = Vᵀ dA = Σ_{t, batch} v_{t-1}ᵀ d a_t         # ONE matmul (contract_leading)
 
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from rnnjax.functional.masking import mask_step
+from rnnjax.functional.masking import mask_step, restart
 from rnnjax.functional.mesh import contract_leading
 from rnnjax.functional.options import LoopOptions, PlanOverrides
 from rnnjax.functional.protocol import RecurrentMatmulStep, with_pointwise_vjp
@@ -78,10 +79,11 @@ class MatmulResiduals(NamedTuple):
     pointwise_params: Any
     inputs: Any  # xp of every step (None in place: the buffer holds z)
     mask: Optional[jax.Array]
+    restarts: Optional[jax.Array]  # r_t of every step (the call's reset flags, in processing order)
     recurrent_dropout_mask: Optional[jax.Array]
     recurrent_products: Optional[jax.Array]  # a_t of every step (not in place)
     z: Optional[jax.Array]  # z_t of every step, in the inputs' buffer (in place)
-    states: Any  # state_{t-1} of every step
+    states: Any  # state_{t-1} of every step (after the restart rule)
     prev_outputs: Optional[jax.Array]  # o_{t-1} of every step (carry_prev_output)
 
 
@@ -95,6 +97,7 @@ class LoopArgs(NamedTuple):
     initial_state: Any
     initial_output: Any
     mask: Any
+    restarts: Any
     recurrent_dropout_mask: Any
     xp_bias: Any
 
@@ -182,14 +185,15 @@ class MatmulLoop:
             return self.step.apply_recurrent_kernel(v, R)
         return self.recurrent_lhs(v) @ R
 
-    def forward(self, R, params, xs, s0, last0, m, rec_mask, keep_residuals, xp_bias=None):
+    def forward(self, R, params, xs, s0, last0, m, r, rec_mask, keep_residuals, xp_bias=None):
         """``((ys, state, last), residuals)``; residuals only with ``keep_residuals``."""
         in_place = keep_residuals and self.plan.in_place_z
         keep_prev_output = self.plan.carry_prev_output
 
         def body(carry, inp):
             s, last, zbuf = carry
-            xp_t, m_t, t = inp
+            xp_t, m_t, r_t, t = inp
+            s, last = restart(r_t, (s, last))
             if xp_bias is not None:  # fused into the step's element-wise pass
                 xp_t = jax.tree_util.tree_map(lambda v, b: (v + b).astype(v.dtype), xp_t, xp_bias)
             a = self.split(self.recurrent_product(s, R, rec_mask))
@@ -207,11 +211,12 @@ class MatmulLoop:
 
         carry = (s0, last0, xs if in_place else None)
         # the step index, made here (a closed-over array would leak a tracer)
-        seq = (None if in_place else xs, m, jnp.arange(self.steps, dtype=jnp.int32))
+        seq = (None if in_place else xs, m, r, jnp.arange(self.steps, dtype=jnp.int32))
         (s, last, zbuf), (ys, res) = lax.scan(body, carry, seq, reverse=self.options.go_backwards,
                                                  unroll=self.options.scan_unroll)
         if res is not None:
-            res = MatmulResiduals(R, params, None if self.plan.in_place_z else xs, m, rec_mask, res.recurrent_product,
+            res = MatmulResiduals(R, params, None if self.plan.in_place_z else xs, m, r, rec_mask,
+                                  res.recurrent_product,
                                   zbuf if in_place else None, res.state, res.prev_output)
         return (ys, s, last), res
 
@@ -257,7 +262,7 @@ class MatmulLoop:
 
         def body(carry, inp):
             ds, dlast, dparams, zbuf = carry
-            xp_a, s_prev, last_prev, m_t, dy_t, t = inp
+            xp_a, s_prev, last_prev, m_t, r_t, dy_t, t = inp
             if plan.in_place_z:  # the buffer holds z_t: the cell sees (z_t, 0)
                 zbuf, xp_t = _read_z(plan, zbuf, t, t_first, prev_step)
                 a_t = jnp.zeros_like(xp_t)
@@ -272,6 +277,7 @@ class MatmulLoop:
                 dlast_prev = None
             da = self.join(da)  # joined once: the matmul below and the stacked output use it
             ds_prev = _add_to_first_leaf(ds_prev, self._through_matmul(da, s_prev, R, R_transposed, rec_mask))
+            ds_prev, dlast_prev = restart(r_t, (ds_prev, dlast_prev))  # nothing crosses a restart
             if not plan.bias_grad_after_loop:
                 dparams = jax.tree_util.tree_map(jnp.add, dparams, dparams_t)
             if plan.in_place_z:
@@ -281,7 +287,8 @@ class MatmulLoop:
         zero_params = jax.tree_util.tree_map(jnp.zeros_like, res.pointwise_params)
         t_index = jnp.arange(self.steps, dtype=jnp.int32)
         xp_a = None if plan.in_place_z else (res.inputs, res.recurrent_products)
-        seq = (xp_a, res.states, res.prev_outputs, res.mask, d_ys if self.options.return_sequences else None, t_index)
+        seq = (xp_a, res.states, res.prev_outputs, res.mask, res.restarts,
+               d_ys if self.options.return_sequences else None, t_index)
         zbuf0 = res.z
         if plan.delayed_dz_write:
             zbuf0 = (res.z, jnp.zeros(res.z.shape[1:], res.z.dtype))
@@ -303,13 +310,14 @@ class MatmulLoop:
         # one matmul over the joined (T, *batch, G*U) cotangents, also when the inputs are split
         dR = contract_leading(v_seq, da_seq)
         return tuple(LoopArgs(recurrent_kernel=dR.astype(R.dtype), pointwise_params=dparams, inputs=dxs,
-                              initial_state=ds0, initial_output=dlast0, mask=None, recurrent_dropout_mask=None,
-                              xp_bias=None))
+                              initial_state=ds0, initial_output=dlast0, mask=None, restarts=None,
+                              recurrent_dropout_mask=None, xp_bias=None))
 
 
-def scan_matmul_step(step: RecurrentMatmulStep, xs, init_state, last0, m, options: LoopOptions, xp_bias=None):
+def scan_matmul_step(step: RecurrentMatmulStep, xs, init_state, last0, m, r, options: LoopOptions, xp_bias=None):
     """Runs ``step`` over time-major ``xs`` with its hand-written backward pass: ``(ys, state, last)``.
 
+    ``m``/``r``: the mask and the restart flags ``(T, *batch)`` in processing order, or None.
     ``options``: checked (:meth:`LoopOptions.checked`). ``xp_bias``: added to each step's ``xp_t``
     inside the loop (``xs`` then comes from the projection without its bias,
     :class:`~rnnjax.functional.protocol.LoopBias`); not differentiable (the planner passes it only
@@ -319,13 +327,13 @@ def scan_matmul_step(step: RecurrentMatmulStep, xs, init_state, last0, m, option
     loop = MatmulLoop(step, plan, steps, options)
 
     @jax.custom_vjp
-    def run(R, params, xs, s0, last0, m, rec_mask, xp_bias):
-        return loop.forward(R, params, xs, s0, last0, m, rec_mask, False, xp_bias)[0]
+    def run(R, params, xs, s0, last0, m, r, rec_mask, xp_bias):
+        return loop.forward(R, params, xs, s0, last0, m, r, rec_mask, False, xp_bias)[0]
 
-    def run_fwd(R, params, xs, s0, last0, m, rec_mask, xp_bias):
+    def run_fwd(R, params, xs, s0, last0, m, r, rec_mask, xp_bias):
         if xp_bias is not None:
             raise AssertionError("internal: xp_bias is for calls that are not differentiated")
-        return loop.forward(R, params, xs, s0, last0, m, rec_mask, True)
+        return loop.forward(R, params, xs, s0, last0, m, r, rec_mask, True)
 
     run.defvjp(run_fwd, loop.backward)
     # Split outside the custom VJP: autodiff of the split joins the cotangents back.
@@ -334,4 +342,5 @@ def scan_matmul_step(step: RecurrentMatmulStep, xs, init_state, last0, m, option
         xs = loop.split(xs)
         params = None if params is None else loop.split(params)
         xp_bias = None if xp_bias is None else loop.split(xp_bias)
-    return run(*LoopArgs(step.recurrent_kernel, params, xs, init_state, last0, m, step.recurrent_dropout_mask, xp_bias))
+    return run(*LoopArgs(step.recurrent_kernel, params, xs, init_state, last0, m, r, step.recurrent_dropout_mask,
+                         xp_bias))

@@ -1,4 +1,5 @@
-"""The one sequence driver: every rnnjax layer runs its cell through :func:`run_program`, and
+"""The one sequence driver: every rnnjax layer runs its cell through :func:`run_program` (the
+CuDNN layers too, except on their cuDNN backend, which runs the fused GPU kernel), and
 :func:`scan_rnn` is its public form for any step function.
 
 Given a step ``step(state, xp_t) -> (new_state, y_t)`` and an input sequence, the driver
@@ -6,15 +7,23 @@ computes, for ``t`` in processing order (``T-1 ... 0`` when ``go_backwards``)::
 
     x_t     = where(m_t, x_t, 0)                # a masked step's input never reaches the numbers
     xp      = project(x)                        # many steps at once, outside the recurrence
-    s', y   = step(s_{t-1}, xp_t[, constants])
-    s_t     = where(m_t, s', s_{t-1})           # masked steps leave every state unchanged
-    o_t     = where(m_t, y, o_{t-1})            # ... and repeat the previous output (0 at first)
+    s_in    = where(r_t, 0, s_{t-1})            # a restart: the fresh (zero) state ...
+    o_in    = where(r_t, 0, o_{t-1})            # ... and no previous output
+    s', y   = step(s_in, xp_t[, constants])
+    s_t     = where(m_t, s', s_in)              # masked steps leave every state unchanged
+    o_t     = where(m_t, y, o_in)               # ... and repeat the previous output (0 at first)
             = where(m_t, y, 0)                  # with zero_output_for_mask=True
 
 and returns ``(o_{last}, s_{last})`` or, with ``return_sequences``, all ``o_t`` in processing
 order (reversed time when ``go_backwards``, as Keras does). Because masked inputs are zeroed
 first, NaN or inf at masked steps give the outputs and gradients of zero padding
 (:mod:`rnnjax.functional.masking`).
+
+Restarts (``reset``, for episodes and packed sequences): ``reset[..., t]`` True starts a new
+sequence at step ``t`` (input order); ``r_t`` is that flag in processing order
+(:func:`rnnjax.functional.masking.restarts`: with ``go_backwards`` each sequence runs backwards
+within itself, so ``r_t = reset[t + 1]``). The ``where`` cuts every gradient across a restart.
+``reset`` is data, like the mask: it travels next to it, never in the options.
 
 How it runs (none of it changes a number beyond float rounding) is the private planner's choice
 (:mod:`rnnjax.functional._planner`): the loop (the hand-written backward passes of
@@ -31,7 +40,7 @@ size (all steps projected at once, ``remat`` without spans, ``scan_unroll`` 1, n
 Shapes: ``inputs`` is ``(*batch, T, F)`` (any number of batch dimensions, none included, so a
 single unbatched sequence works and ``jax.vmap`` over it equals the batched call) or
 ``(T, *batch, F)`` with ``time_major=True``; ``mask`` is ``(*batch, T)`` (``(T, *batch)`` when
-time-major) and boolean.
+time-major) and boolean; ``reset`` likewise.
 """
 from __future__ import annotations
 
@@ -46,7 +55,7 @@ from jax import lax
 from rnnjax.functional import _planner
 from rnnjax.functional._input_additive import scan_input_additive
 from rnnjax.functional._matmul_backward import scan_matmul_step
-from rnnjax.functional.masking import mask_step, zero_masked_inputs
+from rnnjax.functional.masking import mask_step, restart, restarts, zero_masked_inputs
 from rnnjax.functional.mesh import static
 from rnnjax.functional.options import LoopOptions
 from rnnjax.functional.protocol import CoreProgram, LoopBias
@@ -61,6 +70,7 @@ def scan_rnn(
     *,
     project: Optional[Callable[[jax.Array], Any]] = None,
     mask: Optional[jax.Array] = None,
+    reset: Optional[jax.Array] = None,
     constants: Any = None,
     go_backwards: bool = False,
     return_sequences: bool = False,
@@ -81,6 +91,19 @@ def scan_rnn(
         the loop: the input projection ``x @ kernel + bias`` of many steps in one matmul;
         identity if None.
       mask: boolean ``(*batch, T)``; False steps are skipped (see the module docstring).
+      reset: boolean ``(*batch, T)``: True where a new sequence starts (episodes, packed
+        sequences). Before step ``t`` with ``reset[..., t]`` the state is replaced by zeros (the
+        fresh initial state of every rnnjax layer) and the previous output carried for masked
+        steps by 0; the first sequence of a row (the steps before its first restart) continues
+        from ``initial_state``, so ``reset[..., 0]`` True starts from zeros instead. With
+        ``go_backwards`` each sequence is processed backwards within itself (its restart falls
+        at its last step in input order; ``initial_state`` continues into the row's last
+        sequence, and ``reset[..., 0]`` changes nothing), so a packed row gives exactly what
+        each sequence gives alone, values and gradients: no gradient crosses a restart, and
+        ``initial_state`` reaches only the first sequence processed. The final state is the
+        state after the last step processed. A restart at a masked step still applies (the
+        next unmasked step starts fresh); the masked step itself outputs 0, like a masked step
+        at a sequence's start. The fast paths all take it (``docs/design.md``).
       constants: passed unchanged to every step.
       go_backwards: process from the last step to the first; outputs in processing order.
       return_sequences: return every step's output instead of the last one.
@@ -100,15 +123,17 @@ def scan_rnn(
     options = LoopOptions(go_backwards=go_backwards, return_sequences=return_sequences,
                           zero_output_for_mask=zero_output_for_mask, unroll=unroll, scan_unroll=scan_unroll,
                           remat=remat, time_major=time_major)
-    return run_program(CoreProgram(project, step), inputs, initial_state, options, mask=mask, constants=constants)
+    return run_program(CoreProgram(project, step), inputs, initial_state, options, mask=mask, reset=reset,
+                       constants=constants)
 
 
 def run_program(program: CoreProgram, inputs: jax.Array, initial_state: Any, options: LoopOptions = LoopOptions(),
-                *, mask: Optional[jax.Array] = None, constants: Any = None) -> tuple[jax.Array, Any]:
+                *, mask: Optional[jax.Array] = None, reset: Optional[jax.Array] = None,
+                constants: Any = None) -> tuple[jax.Array, Any]:
     """Runs a :class:`~rnnjax.functional.protocol.CoreProgram` (with its backward forms) over
     ``inputs``: the one entry of the front ends (:func:`rnnjax.functional.rnn`, the layers).
 
-    ``inputs``, ``initial_state``, ``mask`` and ``constants`` are :func:`scan_rnn`'s;
+    ``inputs``, ``initial_state``, ``mask``, ``reset`` and ``constants`` are :func:`scan_rnn`'s;
     ``program.project`` and ``program.step`` are its ``project`` and ``step``; ``options`` (a
     :class:`~rnnjax.functional.options.LoopOptions`) its options. With ``options.feature_axes``
     above one (ConvLSTM: ``rank + 1``), ``inputs`` is ``(*batch, T, *features)`` (batch-major
@@ -120,8 +145,9 @@ def run_program(program: CoreProgram, inputs: jax.Array, initial_state: Any, opt
         from rnnjax.onednn import dispatch  # oneDNN's fused kernels where the backend picks them
 
         scan = functools.partial(run_program, program, options=options._replace(backend="scan"), mask=mask,
-                                 constants=constants)
-        done = dispatch.run(program, inputs, initial_state, options, scan=scan, mask=mask, constants=constants)
+                                 reset=reset, constants=constants)
+        done = dispatch.run(program, inputs, initial_state, options, scan=scan, mask=mask, reset=reset,
+                            constants=constants)
         if done is not None:
             return done
     elif options.backend == "onednn":
@@ -130,20 +156,23 @@ def run_program(program: CoreProgram, inputs: jax.Array, initial_state: Any, opt
     if not options.custom_backward:
         program = program.without_backward_forms()
     if options.feature_axes != 1:
-        return _run_spatial(program, inputs, initial_state, options, mask=mask, constants=constants)
-    steps = _check_inputs(inputs, mask, options.time_major)
+        return _run_spatial(program, inputs, initial_state, options, mask=mask, reset=reset, constants=constants)
+    steps = _check_inputs(inputs, mask, reset, options.time_major)
     x = inputs if options.time_major else jnp.moveaxis(inputs, -2, 0)
     m = None
     if mask is not None:
         m = mask if options.time_major else jnp.moveaxis(mask, -1, 0)
         x = zero_masked_inputs(x, m)
-    ys, final_state = _TimeMajorRun(program, x, m, initial_state, steps, options, constants).run()
+    r = None
+    if reset is not None:
+        r = restarts(reset if options.time_major else jnp.moveaxis(reset, -1, 0), options.go_backwards)
+    ys, final_state = _TimeMajorRun(program, x, m, r, initial_state, steps, options, constants).run()
     if options.return_sequences:
         return (ys if options.time_major else jnp.moveaxis(ys, 0, -2)), final_state
     return ys, final_state
 
 
-def _run_spatial(program: CoreProgram, inputs, initial_state, options: LoopOptions, *, mask, constants):
+def _run_spatial(program: CoreProgram, inputs, initial_state, options: LoopOptions, *, mask, reset, constants):
     """:func:`run_program` for ``(*batch, T, *features)``: handed on time-major with the feature
     axes flattened, unflattened again before ``project``."""
     feature_axes = options.feature_axes
@@ -151,11 +180,12 @@ def _run_spatial(program: CoreProgram, inputs, initial_state, options: LoopOptio
     if nb < 0:
         raise ValueError(f"`inputs`: expected (*batch, time, {feature_axes} feature axes), got shape {inputs.shape}.")
     feature_shape = inputs.shape[nb + 1:]
-    if mask is not None and tuple(jnp.shape(mask)) != inputs.shape[:nb + 1]:
-        raise ValueError(f"`mask`: expected shape {inputs.shape[:nb + 1]} (batch, timesteps), got {tuple(jnp.shape(mask))}.")
+    for flags, name in ((mask, "mask"), (reset, "reset")):
+        _check_flags(flags, name, inputs.shape[:nb + 1])
     x = jnp.moveaxis(inputs, nb, 0)
     x = x.reshape(x.shape[:nb + 1] + (math.prod(feature_shape),))
     m = None if mask is None else jnp.moveaxis(jnp.asarray(mask), nb, 0)
+    r = None if reset is None else jnp.moveaxis(jnp.asarray(reset), nb, 0)
 
     def unflat(x, project=program.project):
         x = x.reshape(x.shape[:-1] + tuple(feature_shape))
@@ -166,7 +196,7 @@ def _run_spatial(program: CoreProgram, inputs, initial_state, options: LoopOptio
         loop_bias = LoopBias(functools.partial(unflat, project=loop_bias.project_without_bias), loop_bias.bias)
     program = program._replace(project=unflat, loop_bias=loop_bias, fused=None)
     output, final = run_program(program, x, initial_state, options._replace(time_major=True, feature_axes=1),
-                                mask=m, constants=constants)
+                                mask=m, reset=r, constants=constants)
     if options.return_sequences:
         output = jnp.moveaxis(output, 0, nb)
     return output, final
@@ -175,10 +205,10 @@ def _run_spatial(program: CoreProgram, inputs, initial_state, options: LoopOptio
 class _TimeMajorRun:
     """One call on time-major inputs ``x (T, *batch, F)``: the loops, spans and the plan."""
 
-    def __init__(self, program: CoreProgram, x, m, initial_state, steps, options: LoopOptions, constants=None):
+    def __init__(self, program: CoreProgram, x, m, r, initial_state, steps, options: LoopOptions, constants=None):
         if not static(steps):
             options = options._replace(scan_unroll=1)  # lax.scan cannot split a symbolic length into unrolled blocks
-        self.program, self.x, self.m, self.steps = program, x, m, steps
+        self.program, self.x, self.m, self.r, self.steps = program, x, m, r, steps
         self.options, self.constants = options, constants
         self.path = _planner.choose_path(program, options, has_constants=constants is not None)
         out_struct = jax.eval_shape(self.first_output, initial_state, x[:1])
@@ -197,8 +227,8 @@ class _TimeMajorRun:
 
     def body(self, carry, inp):
         """The generic loop's step (autodiff differentiates it)."""
-        state, last = carry
-        x_t, m_t = inp if self.m is not None else (inp, None)
+        x_t, m_t, r_t = inp
+        state, last = restart(r_t, carry)
         new_state, y = self.call(state, x_t)
         state, y = mask_step(m_t, new_state, state, y, last, self.options.zero_output_for_mask)
         return (state, y), (y if self.options.return_sequences else None)
@@ -219,8 +249,7 @@ class _TimeMajorRun:
         if not static(self.steps):
             raise ValueError(f"`unroll=True`: a Python loop needs a known number of time steps, got the "
                              f"symbolic {self.steps}; use unroll=False (lax.scan) for a symbolic time axis.")
-        xs = self.project_span(self.x)
-        seq = xs if self.m is None else (xs, self.m)
+        seq = (self.project_span(self.x), self.m, self.r)
         carry, outputs = self.carry, []
         order = range(self.steps - 1, -1, -1) if self.options.go_backwards else range(self.steps)
         for t in order:
@@ -230,7 +259,7 @@ class _TimeMajorRun:
         return carry, (jnp.stack(outputs) if self.options.return_sequences else None)
 
     def run_scanned(self):
-        raw = self.x if self.m is None else (self.x, self.m)
+        raw = (self.x, self.m, self.r)
         plan = _planner.plan_sequence(self.program, self.path, self.x, self.steps, self.options, self.project_span)
         if plan.infer_chunk == plan.train_chunk and plan.loop_bias is None:
             return self.run_chunked(plan.train_chunk, raw, self.carry)
@@ -240,17 +269,16 @@ class _TimeMajorRun:
 
     def run_span(self, carry, raw, loop_bias: Optional[LoopBias] = None):
         """Projects a span of steps (time-major raw inputs) and runs the planned loop over it."""
-        x_span, m_span = raw if self.m is not None else (raw, None)
+        x_span, m_span, r_span = raw
         xs_span = self.project_span(x_span) if loop_bias is None else loop_bias.project_without_bias(x_span)
         opts = self.options
         if self.path == "matmul":
-            ys_span, state, last = scan_matmul_step(self.program.matmul_step, xs_span, carry[0], carry[1], m_span, opts,
-                                                    xp_bias=None if loop_bias is None else loop_bias.bias)
+            ys_span, state, last = scan_matmul_step(self.program.matmul_step, xs_span, carry[0], carry[1], m_span,
+                                                    r_span, opts, None if loop_bias is None else loop_bias.bias)
             return (state, last), ys_span
-        seq_span = xs_span if m_span is None else (xs_span, m_span)
         if self.path == "input_additive":
-            return scan_input_additive(self.program.input_additive_step, carry, xs_span, m_span, opts)
-        return lax.scan(self.body, carry, seq_span, reverse=opts.go_backwards, unroll=opts.scan_unroll)
+            return scan_input_additive(self.program.input_additive_step, carry, xs_span, m_span, r_span, opts)
+        return lax.scan(self.body, carry, (xs_span, m_span, r_span), reverse=opts.go_backwards, unroll=opts.scan_unroll)
 
     def run_chunked(self, chunk, raw, carry, loop_bias: Optional[LoopBias] = None):
         """The loop over spans of ``chunk`` steps, each projected inside the outer loop (and with
@@ -258,8 +286,7 @@ class _TimeMajorRun:
         steps, opts = self.steps, self.options
         if not static(chunk) or chunk <= 1 or chunk >= steps:
             if opts.remat and self.path != "matmul":  # too short to chunk: checkpoint every step
-                xs = self.project_span(self.x)
-                seq = xs if self.m is None else (xs, self.m)
+                seq = (self.project_span(self.x), self.m, self.r)
                 return lax.scan(jax.checkpoint(self.body), carry, seq, reverse=opts.go_backwards,
                                 unroll=opts.scan_unroll)
             return self.run_span(carry, raw, loop_bias)
@@ -280,7 +307,19 @@ class _TimeMajorRun:
         return carry, ys
 
 
-def _check_inputs(inputs, mask, time_major):
+def _check_flags(flags, name: str, expected) -> None:
+    """``flags`` (a mask or ``reset``) is None or boolean of exactly the ``expected`` shape."""
+    if flags is None:
+        return
+    if tuple(jnp.shape(flags)) != tuple(expected):
+        raise ValueError(f"`{name}`: expected shape {tuple(expected)} (the input's shape without the feature axis), "
+                         f"got {tuple(jnp.shape(flags))}.")
+    if jnp.result_type(flags) != jnp.bool_:
+        raise TypeError(f"`{name}`: expected a boolean array, got dtype {jnp.result_type(flags)}; "
+                        f"use `{name}.astype(bool)`.")
+
+
+def _check_inputs(inputs, mask, reset, time_major):
     if not hasattr(inputs, "ndim") or inputs.ndim < 2:
         raise ValueError(
             f"`inputs`: expected an array of shape (*batch, time, features) with at least 2 "
@@ -289,13 +328,6 @@ def _check_inputs(inputs, mask, time_major):
     steps = inputs.shape[0 if time_major else inputs.ndim - 2]
     if steps == 0:
         raise ValueError(f"`inputs`: the time axis is empty (shape {inputs.shape}); a sequence needs at least one step.")
-    if mask is not None:
-        expected = inputs.shape[:-1]
-        if tuple(mask.shape) != tuple(expected):
-            raise ValueError(
-                f"`mask`: expected shape {tuple(expected)} (the input's shape without the feature axis), "
-                f"got {tuple(mask.shape)}."
-            )
-        if mask.dtype != jnp.bool_:
-            raise TypeError(f"`mask`: expected a boolean array, got dtype {mask.dtype}; use `mask.astype(bool)`.")
+    for flags, name in ((mask, "mask"), (reset, "reset")):
+        _check_flags(flags, name, inputs.shape[:-1])
     return steps

@@ -18,6 +18,7 @@ def rnn(
     *,
     initial_state: Any = None,
     mask: Optional[jax.Array] = None,
+    reset: Optional[jax.Array] = None,
     go_backwards: bool = False,
     return_sequences: bool = False,
     zero_output_for_mask: bool = False,
@@ -34,7 +35,8 @@ def rnn(
 
     The input projection of every step is one matmul (or convolution) before the loop; the loop
     runs only the recurrent part (:func:`rnnjax.functional.scan_rnn` documents the sequence
-    semantics). ``dropout_mask``/``recurrent_dropout_mask``: ``(count, *batch, *features)``/
+    semantics, ``reset`` included: boolean ``(*batch, T)``, True where a new sequence starts, for
+    episodes and packed sequences). ``dropout_mask``/``recurrent_dropout_mask``: ``(count, *batch, *features)``/
     ``(count, *batch, *state features)`` masks from :func:`rnnjax.functional.dropout_masks` (count
     1, or one per gate with ``implementation=1``). ``custom_backward``: use the hand-written
     backward pass where the core's step has one (``docs/design.md``); it is reverse-mode only, so
@@ -75,4 +77,4 @@ def rnn(
                                       inputs.shape[-n:-1])
     initial_state = template if initial_state is None else check_state(template, initial_state)
     program = core_program(core, params, dropout_mask, recurrent_dropout_mask)
-    return run_program(program, inputs, initial_state, options, mask=mask)
+    return run_program(program, inputs, initial_state, options, mask=mask, reset=reset)

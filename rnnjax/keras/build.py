@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import rnnjax
+from rnnjax import kinds
 from rnnjax.keras import custom
 from rnnjax.keras.build_layers import LAYER_BUILDERS
 from rnnjax.keras.config import CODE_CLASSES
@@ -90,23 +91,48 @@ def _seq_flags(c: Cfg, state: bool = True):
     return flags
 
 
-def _cell_args(c: Cfg, kind: str) -> dict:
+def _tuple(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+# How a cell argument is read from a Keras config (each kind reads those of its arguments listed
+# here, rnnjax.kinds; the rest keep their defaults). `rec`/`reset`: the writing version's defaults.
+_READ = {
+    "units": lambda c, rec, reset: int(c("units")),
+    "filters": lambda c, rec, reset: c("filters"),
+    "kernel_size": lambda c, rec, reset: _tuple(c("kernel_size")),
+    "strides": lambda c, rec, reset: _tuple(c("strides")),
+    "padding": lambda c, rec, reset: c("padding"),
+    "data_format": lambda c, rec, reset: c("data_format"),
+    "dilation_rate": lambda c, rec, reset: _tuple(c("dilation_rate")),
+    "activation": lambda c, rec, reset: c.act("activation", "tanh"),
+    "recurrent_activation": lambda c, rec, reset: c.act("recurrent_activation", rec),
+    "use_bias": lambda c, rec, reset: bool(c("use_bias", True)),
+    "dropout": lambda c, rec, reset: float(c("dropout", 0.0)),
+    "recurrent_dropout": lambda c, rec, reset: float(c("recurrent_dropout", 0.0)),
+    "reset_after": lambda c, rec, reset: bool(c("reset_after", reset)),
+    # Keras 2's from_config turned the deprecated 0 into 1; 2 draws one dropout mask per cell.
+    "implementation": lambda c, rec, reset: 1 if c("implementation") == 0 else c("implementation"),
+}
+# When an argument is read (else it keeps rnnjax's default): the convolution's only when the config
+# has them; `implementation` from Keras 2 files only (in a Keras 3 file it is an ignored key).
+_WHEN = {**dict.fromkeys(("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate"),
+                         lambda c, a: a in c.d),
+         "implementation": lambda c, a: c.major < 3 and a in c.d}
+
+
+def _cell_args(c: Cfg, kind: kinds.CellKind) -> dict:
+    """The arguments of a ``kind`` cell (or layer) from its Keras config."""
     rec_act, reset_after = _recurrent_defaults(c)
-    args = dict(units=int(c("units")), activation=c.act("activation", "tanh"), use_bias=bool(c("use_bias", True)),
-                dropout=float(c("dropout", 0.0)), recurrent_dropout=float(c("recurrent_dropout", 0.0)))
-    if kind != "SimpleRNN":
-        args["recurrent_activation"] = c.act("recurrent_activation", rec_act)
-    if kind != "SimpleRNN" and c.major < 3 and "implementation" in c.d:
-        # Keras 2's from_config turned the deprecated 0 into 1; 2 draws one dropout mask per cell.
-        args["implementation"] = 1 if c("implementation") == 0 else c("implementation")
-    if kind == "GRU":
-        args["reset_after"] = bool(c("reset_after", reset_after))
-    return args
+    return {a: _READ[a](c, rec_act, reset_after) for a in kind.cell_arguments
+            if a in _READ and _WHEN.get(a, lambda c, a: True)(c, a)}
 
 
-def _recurrent(kind):
-    layer = {"SimpleRNN": rnnjax.SimpleRNN, "GRU": rnnjax.GRU, "LSTM": rnnjax.LSTM}[kind]
-    return lambda c: layer(**_cell_args(c, kind), **_seq_flags(c), name=c.name)
+def _recurrent(kind: kinds.CellKind):
+    return lambda c: kind.linen_layer(**_cell_args(c, kind), **_seq_flags(c), name=c.name)
+
+
+_CELL_KINDS = {k.keras_cell: k for k in kinds.KINDS if k.in_keras_files and k.keras_cell}
 
 
 def _cell(entry, ctx) -> object:
@@ -116,13 +142,11 @@ def _cell(entry, ctx) -> object:
         cells = [_cell(e, ctx) for e in c("cells", [])]
         c.finish()
         return rnnjax.StackedRNNCells(cells)
-    kinds = {"SimpleRNNCell": ("SimpleRNN", rnnjax.SimpleRNNCell), "GRUCell": ("GRU", rnnjax.GRUCell),
-             "LSTMCell": ("LSTM", rnnjax.LSTMCell)}
-    if cls not in kinds:
+    if cls not in _CELL_KINDS:
         c.fail("unsupported cell class")
         return rnnjax.SimpleRNNCell(1)  # a stand-in: the recorded problem fails the whole build
-    kind, make = kinds[cls]
-    cell = make(**_cell_args(c, kind))
+    kind = _CELL_KINDS[cls]
+    cell = kind.linen_cell(**_cell_args(c, kind))
     c.finish()
     return cell
 
@@ -144,21 +168,6 @@ def _cudnn(kind):
         extra = {"reset_after": True} if kind == "GRU" else {}
         canonical = rnnjax.GRU if kind == "GRU" else rnnjax.LSTM
         return canonical(int(c("units")), recurrent_activation="sigmoid", **extra, **_seq_flags(c), name=c.name)
-    return make
-
-
-def _conv_lstm(rank):
-    layer = {1: rnnjax.ConvLSTM1D, 2: rnnjax.ConvLSTM2D, 3: rnnjax.ConvLSTM3D}[rank]
-
-    def make(c: Cfg):
-        args = {k: c(k) for k in ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate")
-                if k in c.d}
-        args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
-        rec_act, _ = _recurrent_defaults(c)
-        return layer(**args, activation=c.act("activation", "tanh"),
-                     recurrent_activation=c.act("recurrent_activation", rec_act), use_bias=bool(c("use_bias", True)),
-                     dropout=float(c("dropout", 0.0)), recurrent_dropout=float(c("recurrent_dropout", 0.0)),
-                     **_seq_flags(c), name=c.name)
     return make
 
 
@@ -192,9 +201,8 @@ BUILDERS: dict[str, Callable] = {
     "SpatialDropout1D": lambda c: (c("noise_shape"), rnnjax.Dropout(float(c("rate")), noise_shape=(None, 1, None),
                                                                     name=c.name))[1],
     "Activation": lambda c: rnnjax.Activation(c.act("activation", None), name=c.name),
-    "SimpleRNN": _recurrent("SimpleRNN"), "GRU": _recurrent("GRU"), "LSTM": _recurrent("LSTM"),
+    **{kind.name: _recurrent(kind) for kind in kinds.KINDS if kind.in_keras_files},
     "RNN": _rnn, "CuDNNLSTM": _cudnn("LSTM"), "CuDNNGRU": _cudnn("GRU"),
-    "ConvLSTM1D": _conv_lstm(1), "ConvLSTM2D": _conv_lstm(2), "ConvLSTM3D": _conv_lstm(3),
     "Bidirectional": _bidirectional,
     "TimeDistributed": lambda c: (lambda inner: None if inner is None else
                                   rnnjax.TimeDistributed(inner, name=c.name))(_wrapped(c, "layer")),

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from rnnjax import kinds
 from rnnjax.keras import save_graph, save_layers as sl
 from rnnjax.keras.graph import KerasGraph
 from rnnjax.keras.formats import import_h5py
@@ -91,7 +92,8 @@ def _infer_input(layer, params, where) -> tuple:
     if isinstance(layer, Bidirectional):
         sub = next((v for k, v in (params or {}).items() if k.startswith("forward_")), None)
         return _infer_input(layer.layer, sub, where)
-    if isinstance(layer, sl.RECURRENT) and not type(layer).__name__.startswith("ConvLSTM"):
+    kind = kinds.kind_of(layer)
+    if isinstance(layer, sl.RECURRENT) and not (kind is not None and kind.rank):
         kernels = [a for path, a in jax.tree_util.tree_leaves_with_path(params or {})
                    if jax.tree_util.keystr(path).endswith("['kernel']")]
         if kernels and kernels[0].ndim == 2:  # a ConvLSTM cell's kernel has spatial axes too

@@ -13,16 +13,13 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from rnnjax import kinds
 from rnnjax.cudnn import CuDNNGRU, CuDNNLSTM, cudnn_gru_to_gru, cudnn_lstm_to_lstm
 from rnnjax.functional.protocol import PARAM_NAMES
 from rnnjax.keras import save_companions, save_objects as so
 from rnnjax.keras.save_objects import KerasSaveError
 from rnnjax.layers import (
-    GRU, LSTM, RNN, Activation, Bidirectional, Dense, Dropout, Embedding, GRUCell, LSTMCell, Masking,
-    SimpleRNN, SimpleRNNCell, StackedRNNCells, TimeDistributed,
-)
-from rnnjax.layers.conv_lstm import (
-    ConvLSTM1D, ConvLSTM1DCell, ConvLSTM2D, ConvLSTM2DCell, ConvLSTM3D, ConvLSTM3DCell,
+    RNN, Activation, Bidirectional, Dense, Dropout, Embedding, Masking, StackedRNNCells, TimeDistributed,
 )
 from rnnjax.layers.protocol import keras_name, snake_case
 
@@ -70,34 +67,31 @@ def _weights(params, expected, where: str, ctx: Context) -> list:
     return [np.asarray(params[n], dtype=ctx.dtype) for n in expected]
 
 
-# Keras kind -> (gates, gate blocks of recurrent_activation, whether `activation`'s argument is
-# linear in the weights: not for the LSTMs, whose activation also squashes the cell state).
-_KINDS = {"SimpleRNN": (1, (), True), "GRU": (3, (0, 1), True), "LSTM": (4, (0, 1, 3), False)}
-_PARTS = ("kernel", "recurrent", "bias")
+_PARTS = kinds.WEIGHTS
 
 
-def _cell_config(obj, kind: str, ctx: Context, where: str) -> tuple[dict, list]:
+def _cell_config(obj, kind: kinds.CellKind, ctx: Context, where: str) -> tuple[dict, list]:
     """The cell arguments of ``obj`` (a cell, or a layer with the cell's fields) and the factor
-    each gate block's pre-activation must be scaled by (Keras 2 hard sigmoid, see save_objects)."""
-    gates, rec_blocks, scalable = _KINDS["LSTM" if kind == "ConvLSTM" else kind]
-    act, factor = so.activation(obj.activation, f"{where} `activation`", ctx.hard_sigmoid, scalable)
-    factors = [1.0 if g in rec_blocks else factor for g in range(gates)]
+    each gate block's pre-activation must be scaled by (Keras 2 hard sigmoid, see save_objects):
+    ``kind.sigma_blocks`` by ``recurrent_activation``'s, the others by ``activation``'s."""
+    act, factor = so.activation(obj.activation, f"{where} `activation`", ctx.hard_sigmoid, kind.activation_linear)
+    factors = [1.0 if g in kind.sigma_blocks else factor for g in range(kind.gates)]
     cfg = {"activation": act}
-    if kind != "SimpleRNN":
+    if "recurrent_activation" in kind.cell_arguments:
         cfg["recurrent_activation"], rec = so.activation(
             obj.recurrent_activation, f"{where} `recurrent_activation`", ctx.hard_sigmoid, True)
-        for g in rec_blocks:
+        for g in kind.sigma_blocks:
             factors[g] = rec
     cfg["use_bias"] = bool(obj.use_bias)
     for p in _PARTS:
         cfg[f"{p}_initializer"] = so.initializer(getattr(obj, f"{p}_initializer"), f"{where} `{p}_initializer`", ctx.warn)
-    if kind in ("LSTM", "ConvLSTM"):
+    if "unit_forget_bias" in kind.cell_arguments:
         cfg["unit_forget_bias"] = bool(obj.unit_forget_bias)
     for p in _PARTS:
         cfg[f"{p}_regularizer"] = so.regularizer(getattr(obj, f"{p}_regularizer"), f"{where} `{p}_regularizer`")
         cfg[f"{p}_constraint"] = so.constraint(getattr(obj, f"{p}_constraint"), f"{where} `{p}_constraint`")
     cfg["dropout"], cfg["recurrent_dropout"] = float(obj.dropout), float(obj.recurrent_dropout)
-    if kind == "GRU":
+    if "reset_after" in kind.cell_arguments:
         cfg["reset_after"] = bool(obj.reset_after)
     _check_scaling(obj, factors, where)
     return cfg, factors
@@ -138,17 +132,27 @@ def _cell_weights(obj, params, kind, factors, units, where, ctx) -> list:
     return _scale(arrays, factors)
 
 
+def _saved_kind(obj, role: str):
+    """The record of a built-in linen cell or layer (exact class) that Keras files hold, else None."""
+    kind = kinds.kind_of(obj)
+    ok = kind is not None and kind.in_keras_files and type(obj) is (kind.linen_cell if role == "cell" else kind.linen_layer)
+    return kind if ok else None
+
+
 def _cell(cell, params, name, where, ctx) -> Saved:
-    """A SimpleRNNCell / GRUCell / LSTMCell (exact rnnjax classes) as the same Keras 3 cell."""
-    kind = {SimpleRNNCell: "SimpleRNN", GRUCell: "GRU", LSTMCell: "LSTM"}.get(type(cell))
-    if kind is None:
+    """A built-in dense cell (exact rnnjax class: SimpleRNNCell / GRUCell / LSTMCell) as the same
+    Keras 3 cell."""
+    kind = _saved_kind(cell, "cell")
+    if kind is None or not kind.keras_cell:
+        public = [k.keras_cell for k in kinds.KINDS if k.in_keras_files and k.keras_cell]
         raise KerasSaveError(
             f"{where}: cell {type(cell).__name__} is a custom cell (or one Keras 3 has no public class for); "
-            "only rnnjax's SimpleRNNCell, GRUCell and LSTMCell can be saved in an RNN."
+            f"only rnnjax's {', '.join(public[:-1])} and {public[-1]} can be saved in an RNN."
         )
     cfg, factors = _cell_config(cell, kind, ctx, where)
     arrays = _cell_weights(cell, params, kind, factors, cell.units, where, ctx)
-    return Saved(keras_object(f"{kind}Cell", {**_base(name, ctx), "units": int(cell.units), **cfg}), Node(name, arrays, {}))
+    return Saved(keras_object(kind.keras_cell, {**_base(name, ctx), "units": int(cell.units), **cfg}),
+                 Node(name, arrays, {}))
 
 
 def _sequence_fields(layer, ctx, where) -> dict:
@@ -161,16 +165,13 @@ def _sequence_fields(layer, ctx, where) -> dict:
     }
 
 
-_CONV_RANK = {ConvLSTM1D: 1, ConvLSTM2D: 2, ConvLSTM3D: 3, ConvLSTM1DCell: 1, ConvLSTM2DCell: 2, ConvLSTM3DCell: 3}
-
-
 def _keras_rnn(layer, params, name, where, ctx, cell=None) -> Saved:
     """SimpleRNN / GRU / LSTM / ConvLSTM1D-3D: the cell fields (of ``cell``, else of the layer,
     which has them too) plus the layer's sequence fields. ``RNN(ConvLSTM2DCell(...))`` comes here
     as a ConvLSTM2D (Keras 3 has no public ConvLSTM cell; the two compute the same)."""
     source = layer if cell is None else cell
-    conv = _CONV_RANK.get(type(source))
-    kind = "ConvLSTM" if conv else type(layer).__name__
+    kind = kinds.kind_of(source)
+    conv = kind.rank
     cfg, factors = _cell_config(source, kind, ctx, where)
     units = source.filters if conv else source.units
     cell_params = None if params is None else params.get("cell")
@@ -184,8 +185,8 @@ def _keras_rnn(layer, params, name, where, ctx, cell=None) -> Saved:
         fields["padding"] = str(source.padding).lower()
         fields["data_format"] = source.data_format or "channels_last"
     config = {**_base(name, ctx), **_sequence_fields(layer, ctx, where), **fields, **cfg}
-    class_name = f"ConvLSTM{conv}D" if conv else kind
-    cell_name = snake_case(class_name + "Cell")
+    class_name = kind.name
+    cell_name = snake_case(kind.cell_name)
     return Saved(keras_object(class_name, config), Node(name, [], {"cell": Node(cell_name, arrays, {})}))
 
 
@@ -233,7 +234,8 @@ def _rnn_cells(layer, params):
 
 def _rnn(layer, params, name, where, ctx) -> Saved:
     cells, stacked = _rnn_cells(layer, params)
-    if not stacked and type(cells[0][0]) in _CONV_RANK:
+    kind = _saved_kind(cells[0][0], "cell")
+    if not stacked and kind is not None and not kind.keras_cell:
         return _keras_rnn(layer, params, name, where, ctx, cell=cells[0][0])
     used, saved = {}, []
     for i, (cell, p) in enumerate(cells):
@@ -323,11 +325,11 @@ def _weightless(layer, params, name, where, ctx) -> Saved:
     return Saved(keras_object(class_name, {**_base(name, ctx), **fields}), Node(name, [], {}))
 
 
+_SAVED_KINDS = tuple(k.linen_layer for k in kinds.KINDS if k.in_keras_files)
 _CONVERTERS = {
-    SimpleRNN: _keras_rnn, GRU: _keras_rnn, LSTM: _keras_rnn, ConvLSTM1D: _keras_rnn, ConvLSTM2D: _keras_rnn,
-    ConvLSTM3D: _keras_rnn, CuDNNLSTM: _cudnn, CuDNNGRU: _cudnn, RNN: _rnn, Bidirectional: _bidirectional,
-    TimeDistributed: _time_distributed, Embedding: _embedding, Dense: _dense, Masking: _weightless,
-    Dropout: _weightless, Activation: _weightless,
+    **{layer: _keras_rnn for layer in _SAVED_KINDS}, CuDNNLSTM: _cudnn, CuDNNGRU: _cudnn, RNN: _rnn,
+    Bidirectional: _bidirectional, TimeDistributed: _time_distributed, Embedding: _embedding, Dense: _dense,
+    Masking: _weightless, Dropout: _weightless, Activation: _weightless,
 }
 
 
@@ -339,7 +341,7 @@ def _companion(layer, params, name, where, ctx) -> Saved:
 
 
 _CONVERTERS.update(dict.fromkeys(save_companions.CLASSES, _companion))
-RECURRENT = (SimpleRNN, GRU, LSTM, ConvLSTM1D, ConvLSTM2D, ConvLSTM3D, CuDNNLSTM, CuDNNGRU, RNN)
+RECURRENT = _SAVED_KINDS + (CuDNNLSTM, CuDNNGRU, RNN)
 
 
 def convert(layer, params, name: str, where: str, ctx: Context, overrides: dict | None = None) -> Saved:

@@ -15,14 +15,14 @@ import re
 import numpy as np
 
 import rnnjax
+from rnnjax import kinds
 from rnnjax.keras import formats
 from rnnjax.keras.formats import KerasImportError
 from rnnjax.keras.graph import KerasGraph
 
 _CANON = ("embeddings", "kernel", "recurrent_kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance",
           "scale", "concat_score_weight")
-_RECURRENT = (rnnjax.SimpleRNN, rnnjax.GRU, rnnjax.LSTM, rnnjax.ConvLSTM1D, rnnjax.ConvLSTM2D, rnnjax.ConvLSTM3D)
-_CELLS = (rnnjax.SimpleRNNCell, rnnjax.GRUCell, rnnjax.LSTMCell)
+_RECURRENT = tuple(kind.linen_layer for kind in kinds.KINDS)
 
 
 def snake_case(name: str) -> str:

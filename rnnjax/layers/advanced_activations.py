@@ -143,6 +143,6 @@ class Softmax(PassMask, nn.Module):
                              "Leave it False with keras_version=3.")
         super().__post_init__()
 
-    def __call__(self, inputs, mask=None):
+    def __call__(self, inputs, *, mask=None):
         axis = tuple(self.axis) if isinstance(self.axis, (tuple, list)) else self.axis
         return masked_softmax(inputs, axis, mask, self.keras_version, self.robust_masking)

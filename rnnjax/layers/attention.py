@@ -103,7 +103,7 @@ class _Attention(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, inputs, mask=None, training: bool = False, return_attention_scores: bool = False,
+    def __call__(self, inputs, *, mask=None, training: bool = False, return_attention_scores: bool = False,
                  use_causal_mask: bool = False):
         q, v, k, qm, vm = attention_inputs(type(self).__name__, inputs, mask)
         key = self.make_rng("dropout") if training and self.dropout > 0.0 else None

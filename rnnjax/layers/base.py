@@ -14,63 +14,43 @@ from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from rnnjax import regularizers
 from rnnjax.functional.protocol import CoreProgram
+from rnnjax.layers.contract import keras_cell_program, num_feature_axes, one_step
 from rnnjax.layers.path import (
-    CallOptions, LayerCall, check_sequence, reset_value, run_layer, stack_programs, step_once,
-    zero_states,
+    CallOptions, LayerCall, check_sequence, reset_value, run_layer, stack_programs, zero_states,
 )
 
 STATE_COLLECTION = "rnn_state"
 """The Flax variable collection that holds stateful layers' states (``variables['rnn_state']``)."""
 
 
-def generic_program(cell: nn.Module, input_shape: tuple, batch_shape: tuple, dtype, constants) -> CoreProgram:
-    """Wraps a Keras-protocol Flax cell (``__call__(inputs, states[, constants])``)."""
-    if not hasattr(cell, "state_size"):
-        raise TypeError(
-            f"`cell`: {type(cell).__name__} has no `state_size`; a cell needs `state_size` (an int or a "
-            "tuple of ints) and `__call__(inputs, states)` returning `(output, new_states)`."
-        )
-    state_size = cell.state_size
-    count = len(zero_states(state_size, (), dtype))
-
-    def initial_state(batch_shape=batch_shape, dtype=dtype):
-        return zero_states(state_size, batch_shape, dtype)
-
+def generic_program(cell: nn.Module, feature_shape: tuple, batch_shape: tuple, dtype: Any,
+                    constants: Any = None) -> CoreProgram:
+    """The program of a Keras-protocol linen cell (``state_size``, ``__call__(inputs, states[,
+    constants])``): the cell's variables are created by one call at init, and every step applies
+    the unbound cell to them (:func:`rnnjax.layers.contract.keras_cell_program`)."""
     kwargs = {} if constants is None else {"constants": constants}
-    x0 = jax.numpy.zeros(tuple(batch_shape) + tuple(input_shape), dtype)
-    out0 = cell(x0, list(initial_state()), **kwargs)[0] if cell.is_initializing() else None
-    variables = cell.variables
-    unbound = cell.clone(parent=None)
-    output_size = getattr(cell, "output_size", None) or (out0.shape[-1] if out0 is not None else initial_state()[0].shape[-1])
-    output_shape = tuple(output_size) if isinstance(output_size, (tuple, list)) else (int(output_size),)
+    if hasattr(cell, "state_size") and cell.is_initializing():  # creates the cell's variables
+        x0 = jnp.zeros(tuple(batch_shape) + tuple(feature_shape), dtype)
+        cell(x0, list(zero_states(cell.state_size, batch_shape, dtype)), **kwargs)
+    variables, unbound = cell.variables, cell.clone(parent=None)
 
-    def step(state, x_t, constants=None):
-        kw = {} if constants is None else {"constants": constants}
-        out, new = unbound.apply(variables, x_t, list(state), **kw)
-        new = tuple(new) if isinstance(new, (list, tuple)) else (new,)
-        if len(new) != count:
-            raise ValueError(f"`cell`: {type(cell).__name__} returned {len(new)} states, its state_size declares {count}.")
-        return new, out
+    def call(x_t, states, constants):
+        return unbound.apply(variables, x_t, states, **({} if constants is None else {"constants": constants}))
 
-    return CoreProgram(lambda x: x, step, initial_state, output_shape, takes_constants=True)
+    return keras_cell_program(cell, call, feature_shape, batch_shape, dtype, constants)
 
 
-def cell_program(cell, input_shape, batch_shape, dtype, training, constants) -> CoreProgram:
-    """The program of ``cell`` for inputs of per-step feature shape ``input_shape``."""
-    if isinstance(cell, StackedRNNCells):
-        return cell.prepare(input_shape, batch_shape, dtype, training, constants)
-    if hasattr(cell, "prepare"):
-        return cell.prepare(input_shape, batch_shape, dtype, training)
-    return generic_program(cell, input_shape, batch_shape, dtype, constants)
-
-
-def num_feature_axes(cell) -> int:
-    """How many trailing feature axes one step of ``cell`` takes (1; ConvLSTM cells: rank + 1)."""
-    first = cell[0] if isinstance(cell, (list, tuple)) else cell
-    return int(getattr(first, "num_feature_axes", 1))
+def cell_program(cell: Any, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any, *,
+                 training: bool = False, constants: Any = None) -> CoreProgram:
+    """The program of ``cell`` (an rnnjax cell or stack: its ``program``; any other Keras-protocol
+    cell: :func:`generic_program`) for inputs of per-step feature shape ``feature_shape``."""
+    if hasattr(cell, "program"):
+        return cell.program(feature_shape, batch_shape, dtype, training=training, constants=constants)
+    return generic_program(cell, feature_shape, batch_shape, dtype, constants)
 
 
 class StackedRNNCells(nn.Module):
@@ -97,26 +77,21 @@ class StackedRNNCells(nn.Module):
         return num_feature_axes(self.cells)
 
     @nn.compact
-    def prepare(self, input_shape, batch_shape, dtype, training, constants=None) -> CoreProgram:
+    def program(self, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any, *, training: bool = False,
+                constants: Any = None) -> CoreProgram:
+        """The cells' programs in a stack (:func:`rnnjax.layers.path.stack_programs`), each built for
+        the output shape of the one below."""
         programs = []
-        shape = tuple(input_shape)
+        shape = tuple(feature_shape)
         for cell in self.cells:
-            programs.append(cell_program(cell, shape, batch_shape, dtype, training, constants))
+            programs.append(cell_program(cell, shape, batch_shape, dtype, training=training, constants=constants))
             shape = programs[-1].output_shape
         return stack_programs(programs, batch_shape, dtype)
 
-    def __call__(self, inputs, states, constants=None, training: bool = False):
+    def __call__(self, inputs: jax.Array, states: Any, *, constants: Any = None, training: bool = False):
         """One step of the stack (Keras cell protocol): ``states`` flat as in Keras."""
-        return single_step(self, inputs, states, constants, training)
-
-
-def single_step(cell, inputs, states, constants=None, training=False):
-    """Keras-style one step on ``inputs (*batch, *features)``: ``(output, new_states)`` with
-    ``states`` a flat list of arrays."""
-    nf = num_feature_axes(cell)
-    prog = cell_program(cell, inputs.shape[inputs.ndim - nf:], inputs.shape[:inputs.ndim - nf], inputs.dtype,
-                        training, constants)
-    return step_once(prog, cell, inputs, states, constants, nf)
+        return one_step(self, inputs, states,
+                        lambda f, b, d: self.program(f, b, d, training=training, constants=constants), constants)
 
 
 def read_state(module: nn.Module):
@@ -141,7 +116,8 @@ def store_and_report(module: nn.Module, call: LayerCall, options: CallOptions):
     return call.results
 
 
-def run_recurrent(module: nn.Module, cell, inputs, *, mask=None, initial_state=None, constants=None,
+def run_recurrent(module: nn.Module, cell: Any, inputs: jax.Array, *, mask: Optional[jax.Array] = None,
+                  reset: Optional[jax.Array] = None, initial_state: Any = None, constants: Any = None,
                   training: bool = False, options: Optional[CallOptions] = None, layout: Optional[str] = None):
     """A linen recurrent layer's call: ``cell`` run over ``inputs`` with the layer's Keras options
     (``options``, by default read from ``module``'s fields). ``custom_backward=False`` drops the
@@ -151,8 +127,9 @@ def run_recurrent(module: nn.Module, cell, inputs, *, mask=None, initial_state=N
     seq = check_sequence(inputs, feature_ndim=num_feature_axes(cell), input_dim=options.input_dim,
                          input_length=options.input_length,
                          layout=layout or getattr(cell, "sequence_layout", "(*batch, timesteps, features)"))
-    program = cell_program(cell, seq.feature_shape, seq.batch_shape, inputs.dtype, training, constants)
-    call = run_layer(program, inputs, seq, options, cell=cell, mask=mask, initial_state=initial_state,
+    program = cell_program(cell, seq.feature_shape, seq.batch_shape, inputs.dtype, training=training,
+                           constants=constants)
+    call = run_layer(program, inputs, seq, options, cell=cell, mask=mask, reset=reset, initial_state=initial_state,
                      read_state=read_state(module), constants=constants)
     return store_and_report(module, call, options)
 
@@ -166,7 +143,7 @@ class RecurrentLayer(nn.Module):
 
     num_feature_axes = 1
 
-    def compute_mask(self, inputs, mask=None):
+    def compute_mask(self, inputs: jax.Array, mask: Optional[jax.Array] = None):
         """The mask of the layer's output (Keras's ``RNN.compute_mask``): the input ``mask``
         ``(batch, timesteps)`` with ``return_sequences``, else ``None`` (the time axis is gone)."""
         del inputs
@@ -186,10 +163,13 @@ class RNN(RecurrentLayer):
     runs the same function through the generic loop, which every JAX transformation can (the
     gradients are equal to float rounding; training is slower).
 
-    Call: ``layer(inputs, mask=None, initial_state=None, constants=None, training=False)`` with
-    inputs ``(*batch, timesteps, features)`` (any number of batch axes, none included, so
-    ``jax.vmap`` over unbatched sequences equals the batched call) and a boolean ``mask``
-    ``(*batch, timesteps)``. Returns the output ``(*batch, units)`` (``(*batch, timesteps, units)``
+    Call: ``layer(inputs, *, mask=None, initial_state=None, constants=None, training=False,
+    reset=None)`` with inputs ``(*batch, timesteps, features)`` (any number of batch axes, none
+    included, so ``jax.vmap`` over unbatched sequences equals the batched call), a boolean
+    ``mask`` ``(*batch, timesteps)`` and a boolean ``reset`` ``(*batch, timesteps)``: True where a
+    new sequence starts (episodes, packed sequences; the state restarts from zeros there, see
+    :func:`rnnjax.functional.scan_rnn`; a stateful layer's stored state continues into a row's
+    first sequence and stores the state after the last step). Returns the output ``(*batch, units)`` (``(*batch, timesteps, units)``
     with ``return_sequences``), followed by the final states (flat, Keras order) with
     ``return_state``. The layer-side semantics are :mod:`rnnjax.layers.path`'s. Stateful layers keep their states in the ``'rnn_state'`` collection:
     ``apply(..., mutable=['rnn_state'])``; see :func:`rnnjax.reset_states`.
@@ -219,11 +199,12 @@ class RNN(RecurrentLayer):
         return num_feature_axes(self.cell)
 
     @nn.compact
-    def __call__(self, inputs, mask=None, initial_state=None, constants=None, training: bool = False):
-        return run_recurrent(self, self._cell(), inputs, mask=mask, initial_state=initial_state, constants=constants,
-                             training=training)
+    def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
+                 constants: Any = None, training: bool = False, reset: Optional[jax.Array] = None):
+        return run_recurrent(self, self._cell(), inputs, mask=mask, reset=reset, initial_state=initial_state,
+                             constants=constants, training=training)
 
-    def reset_states(self, states=None):
+    def reset_states(self, states: Any = None):
         """Sets the stateful states to zeros, or to ``states`` (a list of arrays, Keras order).
 
         Use as ``_, updates = layer.apply(variables, method='reset_states',
@@ -232,7 +213,7 @@ class RNN(RecurrentLayer):
         return reset_layer_states(self, states)
 
 
-def reset_layer_states(module: nn.Module, states=None):
+def reset_layer_states(module: nn.Module, states: Any = None):
     """``reset_states`` of a linen layer: stores :func:`~rnnjax.layers.path.reset_value`."""
     if not module.stateful:
         raise ValueError("reset_states: the layer is not stateful (stateful=False).")

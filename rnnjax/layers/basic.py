@@ -9,6 +9,8 @@ recurrent layers.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -29,12 +31,8 @@ class _Weighted:
 
     def declared_constraints(self) -> dict:
         """``{weight name: projection}`` for :func:`rnnjax.constraints.keras_constraints`."""
-        found = {}
-        for name, arg in self.weight_args:
-            fn = constraints.get(getattr(self, f"{arg}_constraint"), f"{arg}_constraint")
-            if fn is not None and (name != "bias" or getattr(self, "use_bias", True)):
-                found[name] = fn
-        return found
+        weights = [(n, a) for n, a in self.weight_args if n != "bias" or getattr(self, "use_bias", True)]
+        return constraints.declared(self, weights)
 
     def _check_args(self):
         for _, arg in self.weight_args:
@@ -95,7 +93,9 @@ class Embedding(_Weighted, nn.Module):
         self._check_args()
         super().__post_init__()
 
-    def _ids(self, inputs):
+    def check_ids(self, inputs):
+        """``inputs`` as integer ids after Keras 2's checks (integer values in ``[0, input_dim)``
+        where they are concrete, ``input_length``); side-effect free (the NNX twin calls it)."""
         if not hasattr(inputs, "shape") or not hasattr(inputs, "dtype"):
             raise TypeError(f"`inputs`: expected an array of integer ids, got {type(inputs).__name__}.")
         if self.input_length is not None and (inputs.ndim < 2 or inputs.shape[1] != self.input_length):
@@ -117,7 +117,7 @@ class Embedding(_Weighted, nn.Module):
     @nn.compact
     def __call__(self, inputs):
         """``ids (...)`` -> ``(..., output_dim)``."""
-        ids = self._ids(inputs)
+        ids = self.check_ids(inputs)
         embeddings = self._weight("embeddings", "embeddings", (self.input_dim, self.output_dim))
         return self._activity(jnp.take(embeddings, ids, axis=0))
 
@@ -231,7 +231,9 @@ class Dropout(_PassMask, nn.Module):
         check_rate(self.rate, "rate")
         super().__post_init__()
 
-    def _noise_shape(self, inputs):
+    def mask_shape(self, inputs):
+        """The shape of the keep mask for ``inputs``: ``noise_shape`` with its None entries the
+        input's sizes (checked); side-effect free (the NNX twin calls it through :func:`dropout`)."""
         if self.noise_shape is None:
             return inputs.shape
         shape = tuple(self.noise_shape)
@@ -244,7 +246,7 @@ class Dropout(_PassMask, nn.Module):
             )
         return tuple(d if s is None else s for s, d in zip(shape, inputs.shape))
 
-    def __call__(self, inputs, training: bool = False):
+    def __call__(self, inputs, *, training: bool = False):
         if not training or self.rate == 0.0:
             return inputs
         return dropout(self, inputs, self.make_rng("dropout"))
@@ -255,7 +257,7 @@ def dropout(spec: Dropout, inputs, key):
     folded into ``key``; shared by the linen and NNX ``Dropout`` (``spec``: a linen ``Dropout``)."""
     if spec.seed is not None:
         key = jax.random.fold_in(key, spec.seed)
-    keep = jax.random.bernoulli(key, 1.0 - spec.rate, spec._noise_shape(inputs))
+    keep = jax.random.bernoulli(key, 1.0 - spec.rate, spec.mask_shape(inputs))
     return jnp.where(keep, inputs / jnp.asarray(1.0 - spec.rate, inputs.dtype), jnp.zeros((), inputs.dtype))
 
 

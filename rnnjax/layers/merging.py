@@ -120,7 +120,7 @@ class _Merge(nn.Module):
         check_keras_version(self.keras_version)
         super().__post_init__()
 
-    def __call__(self, inputs: Sequence, mask=None):
+    def __call__(self, inputs: Sequence, *, mask=None):
         name = type(self).__name__
         xs, masks = merge_inputs(name, inputs, mask, self.count)
         same_rank = len({x.ndim for x in xs}) == 1
@@ -218,7 +218,7 @@ class Concatenate(nn.Module):
             raise ValueError(f"`axis`: expected an integer, got {self.axis!r}.")
         super().__post_init__()
 
-    def __call__(self, inputs: Sequence, mask=None):
+    def __call__(self, inputs: Sequence, *, mask=None):
         del mask  # the values do not depend on it
         xs, _ = merge_inputs("Concatenate", inputs, None)
         ranks = {x.ndim for x in xs}
@@ -293,7 +293,7 @@ class Dot(nn.Module):
             )
         return out
 
-    def __call__(self, inputs: Sequence, mask=None):
+    def __call__(self, inputs: Sequence, *, mask=None):
         del mask  # Keras's Dot ignores masks
         xs, _ = merge_inputs("Dot", inputs, None, 2)
         axes = self._axes(xs)

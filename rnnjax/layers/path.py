@@ -1,8 +1,9 @@
 """The layer-side path: what every recurrent layer does around the driver, for any front end.
 
-A front end (Flax linen in :mod:`rnnjax.layers`, Flax NNX next) owns parameters, RNG streams
-and where stateful states live; everything else a Keras recurrent layer does happens here, once,
-with no Flax import:
+A front end (Flax linen in :mod:`rnnjax.layers` and :mod:`rnnjax.cudnn`, Flax NNX in
+:mod:`rnnjax.nnx`) owns parameters, RNG streams and where stateful states live; everything else a
+Keras recurrent layer does happens here, once, with no Flax import (what a cell computes for one
+call is :mod:`rnnjax.layers.contract`'s, the CuDNN layers' call :mod:`rnnjax.cudnn.path`'s):
 
 1. :func:`check_sequence`: the input is ``(*batch, T, *features)``, any number of batch axes
    (zero included: one unbatched sequence, so ``jax.vmap`` over unbatched calls works), and
@@ -60,7 +61,7 @@ class CallOptions(NamedTuple):
     backend: str = "auto"
 
     @classmethod
-    def of(cls, layer, **overrides) -> "CallOptions":
+    def of(cls, layer: Any, **overrides) -> "CallOptions":
         """The options from ``layer``'s attributes of the same names (defaults for missing ones)."""
         values = {name: getattr(layer, name, default) for name, default in cls._field_defaults.items()}
         values.update(overrides)
@@ -89,8 +90,8 @@ def _describe(a) -> str:
     return str(tuple(a.shape)) if hasattr(a, "shape") else type(a).__name__
 
 
-def check_sequence(inputs, *, feature_ndim: int = 1, input_dim=None, input_length=None,
-                   layout: str = "(*batch, timesteps, features)") -> Sequence:
+def check_sequence(inputs: jax.Array, *, feature_ndim: int = 1, input_dim: Optional[int] = None,
+                   input_length: Optional[int] = None, layout: str = "(*batch, timesteps, features)") -> Sequence:
     """Checks that ``inputs`` is ``(*batch, T, *features)`` with ``feature_ndim`` feature axes,
     ``T >= 1``, and (when given) ``input_dim`` features and ``input_length`` steps; returns its
     :class:`Sequence`. Errors name ``inputs`` and the expected ``layout``."""
@@ -110,22 +111,23 @@ def check_sequence(inputs, *, feature_ndim: int = 1, input_dim=None, input_lengt
     return Sequence(batch_shape, steps, features)
 
 
-def check_mask(mask, expected_shape, where: str = ""):
+def check_mask(mask: Optional[jax.Array], expected_shape: tuple, where: str = "", argument: str = "mask"):
     """``mask`` as a boolean array of exactly ``expected_shape`` (``(*batch, T)``), or None.
-    Nothing broadcasts: ``(1, T)`` for a batch of 2 is an error. ``where`` names the caller."""
+    Nothing broadcasts: ``(1, T)`` for a batch of 2 is an error. ``where`` names the caller,
+    ``argument`` the argument (``reset`` has the same form)."""
     if mask is None:
         return None
-    label = f"`mask` ({where})" if where else "`mask`"
+    label = f"`{argument}` ({where})" if where else f"`{argument}`"
     shape = tuple(jnp.shape(mask)) if hasattr(mask, "shape") else None
     if shape != tuple(expected_shape):
         raise ValueError(f"{label}: expected shape {tuple(expected_shape)} (*batch, timesteps), got {shape}.")
     mask = jnp.asarray(mask)
     if mask.dtype != jnp.bool_:
-        raise TypeError(f"{label}: expected a boolean array, got dtype {mask.dtype}; use `mask.astype(bool)`.")
+        raise TypeError(f"{label}: expected a boolean array, got dtype {mask.dtype}; use `{argument}.astype(bool)`.")
     return mask
 
 
-def check_constants(program: CoreProgram, constants, cell) -> None:
+def check_constants(program: CoreProgram, constants: Any, cell: Any) -> None:
     """Constants only reach cells whose step takes them."""
     if constants is not None and not program.takes_constants:
         raise ValueError(
@@ -151,7 +153,7 @@ def _check_stored(stored, template, batch_shape) -> None:
     )
 
 
-def start_state(make_state: Callable, sequence: Sequence, dtype, *, initial_state=None,
+def start_state(make_state: Callable, sequence: Sequence, dtype: Any, *, initial_state: Any = None,
                 read_state: Optional[Callable] = None):
     """The state before the first step: ``initial_state`` (Keras's flat list ``[h, c]``, one
     array, or a pytree like the state) > the stored state > zeros, in the states' dtype.
@@ -175,7 +177,7 @@ def start_state(make_state: Callable, sequence: Sequence, dtype, *, initial_stat
     return jax.tree_util.tree_map(lambda a, t: jnp.asarray(a, t.dtype), state, template)
 
 
-def finish(output, final, options: CallOptions, sequence: Sequence) -> LayerCall:
+def finish(output: Any, final: Any, options: CallOptions, sequence: Sequence) -> LayerCall:
     """The :class:`LayerCall` of a driver result ``(output, final state)``: Keras's results and
     the activity penalty ``sum_k regularizer(r_k) / batch`` over the results ``r_k`` (Keras
     divides by the batch size; ``batch`` is the product of the batch axes, 1 for none)."""
@@ -187,26 +189,30 @@ def finish(output, final, options: CallOptions, sequence: Sequence) -> LayerCall
     return LayerCall(results, final, penalty)
 
 
-def run_layer(program: CoreProgram, inputs, sequence: Sequence, options: CallOptions, *, cell=None, mask=None,
-              initial_state=None, read_state: Optional[Callable] = None, constants=None) -> LayerCall:
+def run_layer(program: CoreProgram, inputs: jax.Array, sequence: Sequence, options: CallOptions, *, cell: Any = None,
+              mask: Optional[jax.Array] = None, reset: Optional[jax.Array] = None, initial_state: Any = None,
+              read_state: Optional[Callable] = None, constants: Any = None) -> LayerCall:
     """One recurrent layer call: ``program`` (from the front end's cell, for ``sequence``, the
     result of :func:`check_sequence` on ``inputs``) run over ``inputs`` with Keras's semantics.
 
-    ``mask``: boolean ``(*batch, T)``; ``initial_state``/``read_state``: see :func:`start_state`;
-    ``constants``: passed to every step (``cell`` names the cell in errors). Returns a
-    :class:`LayerCall`.
+    ``mask``: boolean ``(*batch, T)``; ``reset``: boolean ``(*batch, T)``, True where a new
+    sequence starts (:func:`rnnjax.functional.scan_rnn` states the rule; a stateful layer's
+    stored state is the initial state of a row's first sequence); ``initial_state``/
+    ``read_state``: see :func:`start_state`; ``constants``: passed to every step (``cell`` names
+    the cell in errors). Returns a :class:`LayerCall`.
     """
     check_constants(program, constants, cell)
     mask = check_mask(mask, sequence.batch_shape + (sequence.steps,))
+    reset = check_mask(reset, sequence.batch_shape + (sequence.steps,), argument="reset")
     init = start_state(program.initial_state, sequence, inputs.dtype, initial_state=initial_state,
                        read_state=read_state if options.stateful else None)
     output, final = drive(program, inputs, init, options, feature_ndim=len(sequence.feature_shape), mask=mask,
-                          constants=constants)
+                          reset=reset, constants=constants)
     return finish(output, final, options, sequence)
 
 
-def drive(program: CoreProgram, inputs, initial_state, options: CallOptions, *, feature_ndim: int = 1,
-          mask=None, constants=None):
+def drive(program: CoreProgram, inputs: jax.Array, initial_state: Any, options: CallOptions, *, feature_ndim: int = 1,
+          mask: Optional[jax.Array] = None, reset: Optional[jax.Array] = None, constants: Any = None):
     """The one call from the layers into the driver: ``(output, final state)`` of ``program``
     over ``inputs (*batch, T, *features)`` (several feature axes: ConvLSTM). Without
     ``options.custom_backward`` the program's hand-written backward forms are dropped (the
@@ -216,10 +222,10 @@ def drive(program: CoreProgram, inputs, initial_state, options: CallOptions, *, 
                        zero_output_for_mask=options.zero_output_for_mask, unroll=options.unroll,
                        scan_unroll=options.scan_unroll, remat=options.remat, feature_axes=feature_ndim,
                        custom_backward=options.custom_backward, backend=options.backend)
-    return run_program(program, inputs, initial_state, loop, mask=mask, constants=constants)
+    return run_program(program, inputs, initial_state, loop, mask=mask, reset=reset, constants=constants)
 
 
-def like_state(new, current):
+def like_state(new: Any, current: Any):
     """``new`` with ``current``'s dtype and, outside ``jit``, its sharding (a state sharded like the
     batch stays so); under ``jit`` the result is placed by ``jit`` (its ``out_shardings``)."""
     new = jnp.asarray(new, current.dtype)
@@ -227,7 +233,7 @@ def like_state(new, current):
     return new if traced else jax.device_put(new, current.sharding)
 
 
-def reset_value(current, states=None, argument: str = "states"):
+def reset_value(current: Any, states: Any = None, argument: str = "states"):
     """What ``reset_states(states)`` stores in place of the stored state ``current``: zeros, or
     ``states`` (Keras's flat list, checked against ``current``'s count and shapes) in
     ``current``'s dtypes and sharding."""
@@ -236,7 +242,8 @@ def reset_value(current, states=None, argument: str = "states"):
     return jax.tree_util.tree_map(like_state, check_state(current, states, argument), current)
 
 
-def core_cell_program(core, params, output_shape, dropout_mask=None, recurrent_dropout_mask=None,
+def core_cell_program(core: Any, params: Any, output_shape: tuple, dropout_mask: Optional[jax.Array] = None,
+                      recurrent_dropout_mask: Optional[jax.Array] = None,
                       initial_state: Optional[Callable] = None) -> CoreProgram:
     """The :class:`CoreProgram` of a functional core on ``params`` with this call's dropout masks
     (the built-in cells, CuDNN's scan backend): its projection, step and hand-written backward
@@ -245,7 +252,7 @@ def core_cell_program(core, params, output_shape, dropout_mask=None, recurrent_d
     return program._replace(initial_state=initial_state or core.initial_state, output_shape=tuple(output_shape))
 
 
-def stack_programs(programs, batch_shape, dtype) -> CoreProgram:
+def stack_programs(programs: Sequence[CoreProgram], batch_shape: tuple, dtype: Any) -> CoreProgram:
     """One program for cells run in a stack: ``y_0 = x_t``; ``s_k, y_k = cell_k(s_k, y_{k-1})``.
     The state is the tuple of the cells' states; only the first cell's input projection runs
     before the loop (the others depend on the cell below)."""
@@ -272,7 +279,8 @@ def _step(program, state, x_t, constants):
     return program.step(state, x_t)
 
 
-def step_once(program: CoreProgram, cell, inputs, states, constants=None, feature_ndim: int = 1):
+def step_once(program: CoreProgram, cell: Any, inputs: jax.Array, states: Any, constants: Any = None,
+              feature_ndim: int = 1):
     """A cell called directly, the Keras way: one step on ``inputs (*batch, *features)`` from
     ``states`` (Keras's flat list); returns ``(output, new states as a flat list)``."""
     batch_shape = tuple(inputs.shape[:inputs.ndim - feature_ndim])
@@ -283,7 +291,7 @@ def step_once(program: CoreProgram, cell, inputs, states, constants=None, featur
     return y, jax.tree_util.tree_leaves(new)
 
 
-def zero_states(state_size, batch_shape, dtype) -> tuple:
+def zero_states(state_size: Any, batch_shape: tuple, dtype: Any) -> tuple:
     """Zero states for a Keras ``state_size`` (an int, a shape, or a list of them)."""
     sizes = (state_size,) if isinstance(state_size, numbers.Integral) else tuple(state_size)
     return tuple(jnp.zeros(tuple(batch_shape) + ((int(s),) if isinstance(s, numbers.Integral) else tuple(s)), dtype)

@@ -139,7 +139,7 @@ class GlobalAveragePooling1D(_GlobalPooling):
 
     rank, mode = 1, "average"
 
-    def __call__(self, inputs, mask=None):
+    def __call__(self, inputs, *, mask=None):
         return global_pool(inputs, self.mode, self.rank, self.data_format, self.keepdims, mask, type(self).__name__)
 
 

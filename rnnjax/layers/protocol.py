@@ -15,6 +15,9 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+from typing import Any, Optional
+
+import jax
 
 from rnnjax.layers import path
 
@@ -27,12 +30,12 @@ def _parameters(cls) -> frozenset:
         return frozenset()
 
 
-def accepts(layer, argument: str) -> bool:
+def accepts(layer: Any, argument: str) -> bool:
     """Whether ``layer.__call__`` has a parameter named ``argument``."""
     return argument in _parameters(type(layer))
 
 
-def call_layer(layer, inputs, mask=None, training: bool = False, **extra):
+def call_layer(layer: Any, inputs: jax.Array, mask: Optional[jax.Array] = None, training: bool = False, **extra):
     """``layer(inputs, ...)`` with ``mask``/``training`` passed the way ``layer`` takes them (a layer
     without a ``mask`` parameter gets none; :func:`output_mask` says whether it may ignore it)."""
     kwargs = dict(extra)
@@ -47,7 +50,7 @@ def call_layer(layer, inputs, mask=None, training: bool = False, **extra):
     return layer(inputs, **kwargs)
 
 
-def output_mask(layer, inputs, mask):
+def output_mask(layer: Any, inputs: jax.Array, mask: Optional[jax.Array]):
     """The mask of ``layer``'s output for ``inputs`` with input ``mask`` (Keras's rule)."""
     rule = getattr(layer, "compute_mask", None)
     if rule is None:
@@ -83,7 +86,7 @@ def check_keras_version(version) -> int:
     return int(version)
 
 
-def raise_no_masking(layer):
+def raise_no_masking(layer: Any):
     raise TypeError(
         f"{type(layer).__name__} does not support masking, but was passed a mask (as Keras 2 said): it has no "
         "`compute_mask(inputs, mask)`. Use rnnjax's Keras-named layers (Dense, Dropout, Activation), wrap it in "
@@ -91,7 +94,7 @@ def raise_no_masking(layer):
     )
 
 
-def check_mask(mask, inputs, where: str, nested: bool = False):
+def check_mask(mask: Optional[jax.Array], inputs: jax.Array, where: str, nested: bool = False):
     """A container's mask: boolean, the leading axes ``(*batch, timesteps)`` of ``inputs`` (the
     container cannot know how many of its inputs' axes are features; the layers inside check the
     exact shape). With ``nested`` (a ``TimeDistributed`` mask) at least two axes."""
@@ -102,7 +105,7 @@ def check_mask(mask, inputs, where: str, nested: bool = False):
     return path.check_mask(mask, inputs.shape[:rank] if fits else inputs.shape[:2], where)
 
 
-def keras_name(layer) -> str:
+def keras_name(layer: Any) -> str:
     """The name Keras gives ``layer`` by default: its class name in snake case (``LSTM`` ->
     ``lstm``, ``SimpleRNN`` -> ``simple_rnn``, ``ConvLSTM2D`` -> ``conv_lstm2d``), or the name
     the user gave it (not one Flax made up: ``LSTM_0``, or a container's field name)."""

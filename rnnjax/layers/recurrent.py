@@ -1,51 +1,62 @@
-"""The Keras 2 recurrent layers ``SimpleRNN``, ``GRU`` and ``LSTM`` as Flax modules.
+"""The linen classes of the built-in cell kinds, made from their records (:mod:`rnnjax.kinds`):
+``SimpleRNN``, ``GRU``, ``LSTM``, ``ConvLSTM1D/2D/3D`` and their cells.
 
-Each is ``RNN(<X>Cell(...))`` with Keras 2's signature and defaults; the cell's parameters
-live under ``params['cell']`` (``kernel``, ``recurrent_kernel``, ``bias``). Call::
+:func:`linen_class` makes one class per kind and role (``'cell'`` or ``'layer'``), once: a
+subclass of :class:`~rnnjax.layers.cells.KerasCell` / :class:`KerasRecurrent` (ConvLSTM:
+:class:`~rnnjax.layers.conv_lstm.ConvLSTMCell` / :class:`~rnnjax.layers.conv_lstm.ConvLSTM`) whose
+fields are the kind's arguments in Keras 2's order with Keras 2's defaults, then rnnjax's own.
+A layer is ``RNN(<X>Cell(...))`` with the cell's parameters under ``params['cell']``
+(``kernel``, ``recurrent_kernel``, ``bias``). Call::
 
-    y = layer(inputs, mask=None, initial_state=None, training=False)   # inputs (*batch, T, F)
+    y = layer(inputs, *, mask=None, initial_state=None, training=False, reset=None)   # inputs (*batch, T, F)
 
-Extra fields beyond Keras 2: ``input_dim``/``input_length`` (checked), ``zero_output_for_mask``,
-``reset_after`` (GRU), ``param_dtype``, the performance options ``scan_unroll`` and
-``remat``, and ``custom_backward`` (False for forward-mode differentiation: ``jax.jvp``,
-``jax.jacfwd``, ``jax.hessian``; see :class:`rnnjax.RNN`); ``GRU`` and ``LSTM`` also ``backend``:
+``reset (*batch, T)``: True where a new sequence starts (see :class:`rnnjax.RNN`).
+
+Fields beyond Keras 2: ``input_dim``/``input_length`` (checked), ``zero_output_for_mask``,
+``param_dtype``, the performance options ``scan_unroll`` and ``remat``, and ``custom_backward``
+(False for forward-mode differentiation: ``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``; see
+:class:`rnnjax.RNN`); ConvLSTM also ``return_state`` and ``unroll``; ``GRU`` and ``LSTM`` also ``backend``:
 ``'auto'`` (default) runs a call on oneDNN's fused CPU kernels where the ``onednn`` extra is
 installed and they compute it exactly (``recurrent_activation='sigmoid'``, ``activation='tanh'``,
-no mask, no recurrent dropout, float32, one CPU device, a large enough batch:
-:mod:`rnnjax.onednn.dispatch`), else the scan; ``'scan'`` always the scan; ``'onednn'`` oneDNN or a ``ValueError`` saying why not.
+no mask or reset, no recurrent dropout, float32, one CPU device, a large enough batch:
+:mod:`rnnjax.onednn.dispatch`), else the scan; ``'scan'`` always the scan; ``'onednn'`` oneDNN or a
+``ValueError`` saying why not.
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
-import jax.numpy as jnp
+import jax
 
+from rnnjax import kinds
+from rnnjax.layers import contract
 from rnnjax.layers.base import RecurrentLayer, reset_layer_states, run_recurrent
-from rnnjax.layers.cells import GRUCell, LSTMCell, SimpleRNNCell, check_cell_config
+from rnnjax.layers.cells import KerasCell
+from rnnjax.layers.conv_lstm import ConvLSTM, ConvLSTMCell
 
 
-class _KerasRecurrent(RecurrentLayer):
-    """Shared call of the concrete layers (no fields of its own)."""
+class KerasRecurrent(RecurrentLayer):
+    """Shared call of the dense built-in layers (no fields of its own; ``kind``: the record)."""
 
-    cell_class = None
+    kind = None
 
     def __post_init__(self):
-        if self.cell_class is not None:
-            check_cell_config(self, self.cell_class.core_class)
+        if self.kind is not None:
+            contract.check_config(self.kind, self)
         super().__post_init__()
 
     def _make_cell(self):
-        names = {f.name for f in dataclasses.fields(self.cell_class)} - {"parent", "name"}
-        return self.cell_class(**{n: getattr(self, n) for n in names}, name="cell")
+        return self.kind.linen_cell(**{n: getattr(self, n) for n in self.kind.arguments("cell")}, name="cell")
 
     @nn.compact
-    def __call__(self, inputs, mask=None, initial_state=None, training: bool = False):
-        return run_recurrent(self, self._make_cell(), inputs, mask=mask, initial_state=initial_state,
+    def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
+                 training: bool = False, reset: Optional[jax.Array] = None):
+        return run_recurrent(self, self._make_cell(), inputs, mask=mask, reset=reset, initial_state=initial_state,
                              training=training)
 
-    def reset_states(self, states=None):
+    def reset_states(self, states: Any = None):
         """Zeroes the stateful states, or sets them to ``states`` (``[h]`` or ``[h, c]``).
 
         ``_, updates = layer.apply(variables, method='reset_states', mutable=['rnn_state'])``.
@@ -53,129 +64,45 @@ class _KerasRecurrent(RecurrentLayer):
         return reset_layer_states(self, states)
 
 
-class SimpleRNN(_KerasRecurrent):
-    """Fully-connected RNN where the output is fed back to the input (see :class:`SimpleRNNCell`)."""
-
-    units: int
-    activation: Any = "tanh"
-    use_bias: bool = True
-    kernel_initializer: Any = "glorot_uniform"
-    recurrent_initializer: Any = "orthogonal"
-    bias_initializer: Any = "zeros"
-    kernel_regularizer: Any = None
-    recurrent_regularizer: Any = None
-    bias_regularizer: Any = None
-    activity_regularizer: Any = None
-    kernel_constraint: Any = None
-    recurrent_constraint: Any = None
-    bias_constraint: Any = None
-    dropout: float = 0.0
-    recurrent_dropout: float = 0.0
-    return_sequences: bool = False
-    return_state: bool = False
-    go_backwards: bool = False
-    stateful: bool = False
-    unroll: bool = False
-    input_dim: Optional[int] = None
-    input_length: Optional[int] = None
-    zero_output_for_mask: bool = False
-    param_dtype: Any = jnp.float32
-    scan_unroll: int = 1
-    remat: bool = False
-    custom_backward: bool = True
-
-    cell_class = SimpleRNNCell
+_BASES = {("cell", False): KerasCell, ("cell", True): ConvLSTMCell, ("layer", False): KerasRecurrent,
+          ("layer", True): ConvLSTM}
+_CALLS = {
+    "cell": "Call: ``output, new_states = cell(x_t, states, *, training=False)`` (one step, Keras's flat "
+            "states); in a layer, ``rnnjax.RNN(cell)``.",
+    "layer": "Call: ``layer(inputs, *, mask=None, initial_state=None, training=False)``: inputs ``(*batch, "
+             "timesteps, *features)`` (any number of batch axes), a boolean ``mask (*batch, timesteps)``; returns "
+             "the output (the whole sequence with ``return_sequences``), then the final states (flat, Keras order) "
+             "with ``return_state``. Stateful layers: see :class:`rnnjax.RNN`.",
+}
 
 
-class GRU(_KerasRecurrent):
-    """Gated Recurrent Unit - Cho et al. 2014 (see :class:`GRUCell` for the equations).
-
-    Keras 2 defaults: ``recurrent_activation='hard_sigmoid'`` (Keras 2's ``clip(0.2x + 0.5, 0, 1)``),
-    ``implementation=1``, ``reset_after=False``. For Keras 3's GRU pass
-    ``recurrent_activation='sigmoid', reset_after=True``.
-    """
-
-    units: int
-    activation: Any = "tanh"
-    recurrent_activation: Any = "hard_sigmoid"
-    use_bias: bool = True
-    kernel_initializer: Any = "glorot_uniform"
-    recurrent_initializer: Any = "orthogonal"
-    bias_initializer: Any = "zeros"
-    kernel_regularizer: Any = None
-    recurrent_regularizer: Any = None
-    bias_regularizer: Any = None
-    activity_regularizer: Any = None
-    kernel_constraint: Any = None
-    recurrent_constraint: Any = None
-    bias_constraint: Any = None
-    dropout: float = 0.0
-    recurrent_dropout: float = 0.0
-    implementation: int = 1
-    return_sequences: bool = False
-    return_state: bool = False
-    go_backwards: bool = False
-    stateful: bool = False
-    unroll: bool = False
-    reset_after: bool = False
-    input_dim: Optional[int] = None
-    input_length: Optional[int] = None
-    zero_output_for_mask: bool = False
-    param_dtype: Any = jnp.float32
-    scan_unroll: int = 1
-    remat: bool = False
-    custom_backward: bool = True
-    backend: str = "auto"
-
-    cell_class = GRUCell
+def class_doc(kind: kinds.CellKind, role: str, name: str) -> str:
+    """The docstring of a class made from ``kind``: its summary, where the equations live, the call,
+    its examples (the arguments are the class's fields: ``inspect.signature`` lists them)."""
+    summary = kind.cell_doc if role == "cell" else kind.layer_doc
+    core = kind.core.__name__
+    example = f"\n\n    Examples:{kind.linen_example}" if role == "layer" and kind.linen_example else ""
+    return (f"{summary}\n\n    Equations, parameters (Keras layout) and states: "
+            f":class:`{kind.core.__module__}.{core}` (its module's docstring). ``param_dtype`` (not in Keras) sets "
+            f"the parameters' dtype. {_CALLS[role]}{example}\n    ")
 
 
-class LSTM(_KerasRecurrent):
-    """Long Short-Term Memory layer - Hochreiter 1997 (see :class:`LSTMCell` for the equations).
+@functools.lru_cache(maxsize=None)
+def linen_class(kind: kinds.CellKind, role: str) -> type:
+    """The linen class of ``kind`` (``role='cell'``: ``<Name>Cell``; ``'layer'``: ``<Name>``), made
+    once: fields the kind's arguments (:meth:`rnnjax.kinds.CellKind.arguments`) with their
+    defaults (:meth:`rnnjax.kinds.CellKind.default`)."""
+    name = kind.cell_name if role == "cell" else kind.name
+    names = kind.arguments(role)
+    namespace = {"__annotations__": {n: kinds.ARGUMENTS[n][0] for n in names}, "__module__": __name__,
+                 "__qualname__": name, "__doc__": class_doc(kind, role, name), "kind": kind, "kind_role": role}
+    namespace.update({n: kind.default(n) for n in names if kind.default(n) is not kinds.REQUIRED})
+    if kind.rank:
+        namespace["rank"] = kind.rank
+    return type(name, (_BASES[role, bool(kind.rank)],), namespace)
 
-    Keras 2 defaults: ``recurrent_activation='hard_sigmoid'``, ``unit_forget_bias=True``,
-    ``implementation=1``. ``return_state`` returns ``(output, h, c)``.
 
-    Examples:
-        >>> import jax, jax.numpy as jnp, rnnjax
-        >>> layer = rnnjax.LSTM(4, recurrent_dropout=0.2, return_sequences=True, return_state=True)
-        >>> x = jnp.ones((2, 5, 3))                      # (batch, timesteps, features)
-        >>> variables = layer.init(jax.random.key(0), x)
-        >>> outputs, h, c = layer.apply(variables, x, training=True, rngs={"dropout": jax.random.key(1)})
-        >>> outputs.shape, h.shape, c.shape
-        ((2, 5, 4), (2, 4), (2, 4))
-    """
-
-    units: int
-    activation: Any = "tanh"
-    recurrent_activation: Any = "hard_sigmoid"
-    use_bias: bool = True
-    kernel_initializer: Any = "glorot_uniform"
-    recurrent_initializer: Any = "orthogonal"
-    bias_initializer: Any = "zeros"
-    unit_forget_bias: bool = True
-    kernel_regularizer: Any = None
-    recurrent_regularizer: Any = None
-    bias_regularizer: Any = None
-    activity_regularizer: Any = None
-    kernel_constraint: Any = None
-    recurrent_constraint: Any = None
-    bias_constraint: Any = None
-    dropout: float = 0.0
-    recurrent_dropout: float = 0.0
-    implementation: int = 1
-    return_sequences: bool = False
-    return_state: bool = False
-    go_backwards: bool = False
-    stateful: bool = False
-    unroll: bool = False
-    input_dim: Optional[int] = None
-    input_length: Optional[int] = None
-    zero_output_for_mask: bool = False
-    param_dtype: Any = jnp.float32
-    scan_unroll: int = 1
-    remat: bool = False
-    custom_backward: bool = True
-    backend: str = "auto"
-
-    cell_class = LSTMCell
+# The public classes, one per kind of rnnjax.kinds.KINDS (in its order).
+SimpleRNN, GRU, LSTM, ConvLSTM1D, ConvLSTM2D, ConvLSTM3D = (linen_class(k, "layer") for k in kinds.KINDS)
+SimpleRNNCell, GRUCell, LSTMCell, ConvLSTM1DCell, ConvLSTM2DCell, ConvLSTM3DCell = (
+    linen_class(k, "cell") for k in kinds.KINDS)

@@ -35,7 +35,7 @@ class Sequential(nn.Module):
     * a Flax module without ``compute_mask`` may only be reached by no mask (Keras 2 raised "does
       not support masking"): wrap it in ``TimeDistributed`` to run it per step.
 
-    Call: ``model(inputs, mask=None, training=False)``; ``training`` reaches every layer that
+    Call: ``model(inputs, *, mask=None, training=False)``; ``training`` reaches every layer that
     takes it (``deterministic=not training`` for Flax's own modules), and RNG streams
     (``'dropout'``) reach every layer. Each layer must return one array (no ``return_state``,
     no ``merge_mode=None``). Parameters live under each layer's Keras name, numbered per class as
@@ -55,7 +55,7 @@ class Sequential(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, inputs, mask=None, training: bool = False):
+    def __call__(self, inputs, *, mask=None, training: bool = False):
         def bind(name, layer):
             return layer.clone(parent=self, name=name, _deep_clone=True, _reset_names=True)
 

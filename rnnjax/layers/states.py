@@ -6,6 +6,7 @@ A stateful rnnjax layer keeps its final states under ``variables['rnn_state'][<l
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +67,7 @@ def _from_flat_list(current, states):
     return new
 
 
-def reset_states(variables, states=None):
+def reset_states(variables: Any, states: Any = None):
     """Returns ``variables`` with every stateful rnnjax state of a model set to zeros (Keras's
     ``model.reset_states()``), or to ``states``.
 

@@ -1,6 +1,8 @@
 """Keras 2's layer wrappers as Flax modules: ``Bidirectional`` and ``TimeDistributed``."""
 from __future__ import annotations
 
+from typing import Optional
+
 import dataclasses
 from typing import Any, Optional
 
@@ -61,7 +63,10 @@ class Bidirectional(nn.Module):
     output 0 at masked steps when returning sequences (Keras forces ``zero_output_for_mask =
     return_sequences`` on both).
 
-    Call: ``layer(inputs, mask=None, initial_state=None, constants=None, training=False)``;
+    Call: ``layer(inputs, *, mask=None, initial_state=None, constants=None, training=False,
+    reset=None)``; ``reset (*batch, timesteps)``: True where a new sequence starts, passed to both
+    directions (the backward one processes each sequence backwards within itself, so a packed row
+    gives what each sequence gives alone; see :func:`rnnjax.functional.scan_rnn`);
     ``initial_state``: the forward layer's states, then the backward layer's (Keras's halves);
     ``constants`` go to both (for an ``RNN`` of cells that take them). Parameters (and stateful
     states) live under ``forward_<name>`` and ``backward_<name>``, ``<name>`` the layer's Keras
@@ -123,7 +128,8 @@ class Bidirectional(nn.Module):
             )
         return given[: len(given) // 2], given[len(given) // 2:]
 
-    def __call__(self, inputs, mask=None, initial_state=None, constants=None, training: bool = False):
+    def __call__(self, inputs, *, mask=None, initial_state=None, constants=None, training: bool = False,
+                 reset=None):
         forward, backward = self._directions()
         halves = (None, None) if initial_state is None else self._split_states(initial_state, "initial_state")
         outs = []
@@ -135,6 +141,10 @@ class Bidirectional(nn.Module):
                 extra["constants"] = constants
             if mask is not None and not accepts(layer, "mask"):
                 raise ValueError(f"`mask`: {type(layer).__name__} takes no mask.")
+            if reset is not None:
+                if not accepts(layer, "reset"):
+                    raise ValueError(f"`reset`: {type(layer).__name__} takes no reset.")
+                extra["reset"] = reset
             outs.append(call_layer(layer, inputs, mask, training, **extra))
         y, y_rev = outs
         states = ()
@@ -196,7 +206,7 @@ class TimeDistributed(nn.Module):
     when it computes one, else the input mask (Keras 2). Dropout inside draws independent noise
     per step, as Keras's folded call does.
 
-    Call: ``layer(inputs, mask=None, training=False)``.
+    Call: ``layer(inputs, *, mask=None, training=False)``.
     """
 
     layer: Any
@@ -208,7 +218,7 @@ class TimeDistributed(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, inputs, mask=None, training: bool = False):
+    def __call__(self, inputs, *, mask=None, training: bool = False):
         check_steps(inputs)
         mask = check_mask(mask, inputs, "TimeDistributed", nested=True)
         inner = self.layer.clone(parent=self, name=self._name, _deep_clone=True, _reset_names=True)

@@ -45,9 +45,10 @@ _check_flax()
 from rnnjax.nnx.variables import (  # noqa: E402
     ActivityPenalty, RNNState, apply_constraints, regularization_loss, reset_states,
 )
-from rnnjax.nnx.cells import GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells  # noqa: E402
-from rnnjax.nnx.recurrent import GRU, LSTM, RNN, SimpleRNN  # noqa: E402
-from rnnjax.nnx.conv_lstm import (  # noqa: E402
+from rnnjax.nnx.cells import StackedRNNCells  # noqa: E402
+from rnnjax.nnx.base import RNN  # noqa: E402
+from rnnjax.nnx.recurrent import (  # noqa: E402
+    GRU, LSTM, SimpleRNN, GRUCell, LSTMCell, SimpleRNNCell,
     ConvLSTM1D, ConvLSTM1DCell, ConvLSTM2D, ConvLSTM2DCell, ConvLSTM3D, ConvLSTM3DCell,
 )
 from rnnjax.nnx.cudnn import CuDNNGRU, CuDNNLSTM  # noqa: E402

@@ -14,6 +14,8 @@ their penalties and constraints as metadata (:func:`rnnjax.nnx.regularization_lo
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import jax.numpy as jnp
 from flax import nnx
 
@@ -83,7 +85,7 @@ class Embedding(_Weighted):
 
     def __call__(self, inputs):
         """``ids (...)`` -> ``(..., output_dim)``."""
-        ids = self.spec._ids(inputs)  # the linen twin's checks: integer ids in range, input_length
+        ids = self.spec.check_ids(inputs)  # the linen twin's checks: integer ids in range, input_length
         return self._activity(jnp.take(self.embeddings[...], ids, axis=0))
 
 
@@ -134,7 +136,7 @@ class Dropout(DropoutStream, _Companion):
     def drops(self) -> bool:
         return self.spec.rate > 0
 
-    def __call__(self, inputs, training=None, *, deterministic=None, rngs=None):
+    def __call__(self, inputs, *, training: Optional[bool] = None, deterministic: Optional[bool] = None, rngs=None):
         keys = self.mask_keys(resolve_deterministic(training, deterministic), rngs)
         return inputs if keys is None else dropout(self.spec, inputs, keys())
 

@@ -14,21 +14,21 @@ Called directly it runs one step the Keras way::
 """
 from __future__ import annotations
 
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnjax import constraints, layers as linen_layers, regularizers
-from rnnjax.functional.core import dropout_masks
-from rnnjax.layers import path
+from rnnjax import constraints, regularizers
 from rnnjax.functional.protocol import PARAM_NAMES, CoreProgram, make_params
+from rnnjax.layers import contract, path
 from rnnjax.nnx import _args
 
 WEIGHTS = (("kernel", "kernel"), ("recurrent_kernel", "recurrent"), ("bias", "bias"))
 
 
-def weight_param(value, regularizer, constraint, argument: str):
+def weight_param(value: jax.Array, regularizer: Any, constraint: Any, argument: str):
     """An ``nnx.Param`` carrying its Keras penalty and constraint as metadata (absent when None)."""
     meta = {}
     reg = regularizers.get(regularizer, f"{argument}_regularizer")
@@ -55,10 +55,10 @@ class DropoutStream:
 
     def drops(self) -> bool:
         """Whether this module's configuration drops anything (then it holds a stream)."""
-        return self.spec.dropout > 0 or self.spec.recurrent_dropout > 0
+        return getattr(self.spec, "dropout", 0.0) > 0 or getattr(self.spec, "recurrent_dropout", 0.0) > 0
 
     def set_view(self, deterministic: bool | None = None):
-        """Class method used by ``nnx.view``.
+        """Sets the mode; ``nnx.view`` calls it.
 
         Args:
           deterministic: if True, dropout and recurrent dropout are disabled.
@@ -66,7 +66,7 @@ class DropoutStream:
         if deterministic is not None:
             self.deterministic = deterministic
 
-    def mask_keys(self, deterministic, rngs):
+    def mask_keys(self, deterministic: Optional[bool], rngs: Any):
         """A function returning a fresh key per mask, or None when this call does not drop out."""
         deterministic = self.deterministic if deterministic is None else deterministic
         if deterministic or not self.drops():
@@ -82,89 +82,71 @@ class DropoutStream:
         raise TypeError(f"`rngs`: expected an nnx.Rngs, an RngStream or a key, got {type(source).__name__}.")
 
 
-class KerasCell(DropoutStream, nnx.Module):
-    """Shared machinery of the built-in cells: ``linen_class`` is the linen twin, whose fields are
-    the arguments (Keras 2's positionally up to ``last_positional``)."""
+class NNXKerasCell(contract.CellFacts, DropoutStream, nnx.Module):
+    """Shared machinery of the built-in NNX cells (the classes of each kind are made from its
+    record by :func:`rnnjax.nnx.recurrent.nnx_class`): ``kind`` is the record; the arguments are
+    the linen twin's fields (Keras 2's positionally, rnnjax's by keyword)."""
 
-    linen_class = None
-    last_positional = "recurrent_dropout"
-    first_argument = "units"
+    kind = None  # the cell kind's record (rnnjax.kinds.CellKind)
+    # set per kind by nnx_class: the linen twin, its last Keras 2 (positional) and its first argument
+    linen_class = last_positional = first_argument = None
+    input_what = "input features"
 
-    def __init__(self, *args, input_dim=None, deterministic: bool = False, rng_collection: str = "dropout",
-                 rngs=None, **kwargs):
-        owner = type(self).__name__
+    def __init__(self, *args, input_dim: Optional[int] = None, deterministic: bool = False,
+                 rng_collection: str = "dropout", rngs: Optional[nnx.Rngs] = None, **kwargs):
+        owner, kind = type(self).__name__, self.kind
         config = _args.bind(owner, self.linen_class, args, kwargs, self.last_positional, self.first_argument)
-        self.spec = self.linen_class(**config)
+        self.spec = self.linen_class(**config)  # the static configuration, validated by the linen twin
         input_dim = _args.check_input_dim(owner, input_dim, self.input_what)
         rngs = _args.check_rngs(owner, rngs)
-        core = self.spec.core()
-        values = core.init(rngs.params(), input_dim, self.spec.param_dtype)
-        for name, arg in WEIGHTS:
-            value = getattr(values, name)
-            setattr(self, name, nnx.data(None) if value is None else weight_param(
-                value, getattr(self.spec, f"{arg}_regularizer"), getattr(self.spec, f"{arg}_constraint"), arg))
+        values = self.core.init(rngs.params(), input_dim, self.spec.param_dtype)
+        weights = dict(contract.cell_weights(kind, self.spec))
+        for name in ("kernel", "recurrent_kernel", "bias"):
+            arg = weights.get(name)
+            setattr(self, name, nnx.data(None) if arg is None else weight_param(
+                getattr(values, name), getattr(self.spec, f"{arg}_regularizer", None),
+                getattr(self.spec, f"{arg}_constraint", None), arg))
         self._init_dropout(rngs, deterministic, rng_collection)
-
-    input_what = "input features"
-    num_feature_axes = 1  # the axes after time in an input sequence
 
     @property
     def core(self):
-        return self.spec.core()
-
-    @property
-    def state_size(self):
-        return self.spec.state_size
-
-    @property
-    def output_size(self):
-        return self.spec.output_size
+        """The functional core of this cell's arguments."""
+        return self.spec.core
 
     def params(self):
         """The core's parameter NamedTuple of the current values."""
         weights = {name: getattr(self, name) for name in PARAM_NAMES}
         return make_params(self.core.params_class, {n: None if w is None else w[...] for n, w in weights.items()})
 
-    def _shapes(self, feature_shape):
-        """``(input features, input mask shape, state mask shape, output shape, state kwargs)``."""
-        if len(feature_shape) != 1:
-            raise ValueError(f"`inputs`: {type(self).__name__} takes (*batch, features) per step, got per-step "
-                             f"shape {tuple(feature_shape)}.")
-        n = int(feature_shape[0])
-        return n, (n,), (self.spec.units,), (self.spec.units,), {}
-
-    def program(self, feature_shape, batch_shape, dtype, *, deterministic=None, rngs=None) -> CoreProgram:
-        """The program of this call: parameters read once, dropout masks drawn once per sequence."""
+    def program(self, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any, *,
+                deterministic: Optional[bool] = None, rngs: Any = None, constants: Any = None) -> CoreProgram:
+        """The program of this call: parameters read once, dropout masks drawn once per sequence
+        (:mod:`rnnjax.layers.contract`). ``constants`` are not taken (the step takes none)."""
+        del constants
         core = self.core
-        n, in_shape, rec_shape, output_shape, state_kwargs = self._shapes(tuple(feature_shape))
+        shapes = contract.step_shapes(core, feature_shape, type(self).__name__)
         built = self.kernel.shape[-2]
-        if n != built:
-            raise ValueError(f"`inputs`: {n} features per step, but {type(self).__name__} was built for {built} "
-                             f"(input_dim={built}, kernel shape {tuple(self.kernel.shape)}).")
-        keys = self.mask_keys(deterministic, rngs)
-        count = core.dropout_mask_count
-        batch_shape = tuple(batch_shape)
-        in_mask = rec_mask = None
-        if keys is not None and self.spec.dropout > 0:
-            in_mask = dropout_masks(keys(), self.spec.dropout, batch_shape + in_shape, count, dtype)
-        if keys is not None and self.spec.recurrent_dropout > 0:
-            rec_mask = dropout_masks(keys(), self.spec.recurrent_dropout, batch_shape + rec_shape, count, dtype)
+        if shapes.input_dim != built:
+            raise ValueError(f"`inputs`: {shapes.input_dim} features per step, but {type(self).__name__} was built "
+                             f"for {built} (input_dim={built}, kernel shape {tuple(self.kernel.shape)}).")
+        masks = contract.draw_masks(core, self.mask_keys(deterministic, rngs), getattr(self.spec, "dropout", 0.0),
+                                    getattr(self.spec, "recurrent_dropout", 0.0), shapes, batch_shape, dtype)
+        return contract.built_cell_program(core, self.params(), shapes, batch_shape, dtype, masks)
 
-        def initial_state(batch_shape=batch_shape, dtype=dtype):
-            return core.initial_state(batch_shape, dtype, **state_kwargs)
+    def get_initial_state(self, batch_size: int, dtype: Any = jnp.float32, *,
+                          input_spatial_shape: Optional[tuple] = None) -> list:
+        """Zero states, a flat list in Keras order (see :meth:`rnnjax.layers.KerasCell.get_initial_state`)."""
+        return self.spec.get_initial_state(batch_size, dtype, input_spatial_shape=input_spatial_shape)
 
-        return path.core_cell_program(core, self.params(), output_shape, in_mask, rec_mask, initial_state)
-
-    def get_initial_state(self, batch_size: int, dtype=jnp.float32):
-        """Zero states, a flat list in Keras order."""
-        return list(self.core.initial_state((batch_size,), dtype))
-
-    def __call__(self, inputs, states, training=None, *, deterministic=None, rngs=None):
+    def __call__(self, inputs: jax.Array, states: Any, *, training: Optional[bool] = None,
+                 deterministic: Optional[bool] = None, rngs: Any = None):
         """One step on ``inputs (*batch, features)``: ``(output (*batch, units), new_states list)``."""
-        return single_step(self, inputs, states, None, resolve_deterministic(training, deterministic), rngs)
+        mode = resolve_deterministic(training, deterministic)
+        return contract.one_step(self, inputs, states,
+                                 lambda f, b, d: self.program(f, b, d, deterministic=mode, rngs=rngs))
 
 
-def resolve_deterministic(training, deterministic):
+def resolve_deterministic(training: bool, deterministic: Optional[bool]):
     """Keras's ``training=`` as NNX's ``deterministic=`` (None: the module's own attribute)."""
     if training is not None and deterministic is not None and bool(training) == bool(deterministic):
         raise ValueError(f"`training`={training!r} and `deterministic`={deterministic!r} contradict each other; "
@@ -172,60 +154,24 @@ def resolve_deterministic(training, deterministic):
     return deterministic if training is None else not training
 
 
-class SimpleRNNCell(KerasCell):
-    """Cell class for SimpleRNN (see :class:`rnnjax.SimpleRNNCell` for the equations):
-    ``SimpleRNNCell(units, ..., *, input_dim, rngs)``."""
-
-    linen_class = linen_layers.SimpleRNNCell
-
-
-class GRUCell(KerasCell):
-    """Cell class for the GRU layer (see :class:`rnnjax.GRUCell`): ``GRUCell(units, ..., *, input_dim, rngs)``."""
-
-    linen_class = linen_layers.GRUCell
-    last_positional = "reset_after"
-
-
-class LSTMCell(KerasCell):
-    """Cell class for the LSTM layer (see :class:`rnnjax.LSTMCell`): ``LSTMCell(units, ..., *, input_dim, rngs)``."""
-
-    linen_class = linen_layers.LSTMCell
-    last_positional = "implementation"
-
-
-def generic_program(cell, feature_shape, batch_shape, dtype) -> CoreProgram:
+def generic_program(cell: Any, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any,
+                    constants: Any = None) -> CoreProgram:
     """The program of any NNX module with the Keras cell protocol: ``state_size`` (an int or a
-    tuple) and ``__call__(inputs, states[, constants])`` returning ``(output, new_states)``."""
-    if not hasattr(cell, "state_size"):
-        raise TypeError(f"`cell`: {type(cell).__name__} has no `state_size`; a cell needs `state_size` (an int or a "
-                        "tuple of ints) and `__call__(inputs, states)` returning `(output, new_states)`.")
-    state_size = cell.state_size
-    count = len(path.zero_states(state_size, (), dtype))
+    tuple) and ``__call__(inputs, states[, constants])`` returning ``(output, new_states)``
+    (:func:`rnnjax.layers.contract.keras_cell_program`)."""
+    def call(x_t, states, constants):
+        return cell(x_t, states) if constants is None else cell(x_t, states, constants=constants)
 
-    def initial_state(batch_shape=tuple(batch_shape), dtype=dtype):
-        return path.zero_states(state_size, batch_shape, dtype)
-
-    def step(state, x_t, constants=None):
-        out, new = cell(x_t, list(state)) if constants is None else cell(x_t, list(state), constants=constants)
-        new = tuple(new) if isinstance(new, (list, tuple)) else (new,)
-        if len(new) != count:
-            raise ValueError(f"`cell`: {type(cell).__name__} returned {len(new)} states, its state_size declares "
-                             f"{count}.")
-        return new, out
-
-    size = getattr(cell, "output_size", None)
-    if size is None:
-        x0 = jax.ShapeDtypeStruct(tuple(batch_shape) + tuple(feature_shape), dtype)
-        size = jax.eval_shape(lambda x: step(initial_state(), x)[1], x0).shape[-1]
-    output_shape = tuple(size) if isinstance(size, (tuple, list)) else (int(size),)
-    return CoreProgram(lambda x: x, step, initial_state, output_shape, takes_constants=True)
+    return contract.keras_cell_program(cell, call, feature_shape, batch_shape, dtype, constants)
 
 
-def cell_program(cell, feature_shape, batch_shape, dtype, deterministic=None, rngs=None) -> CoreProgram:
-    """The program of an rnnjax NNX cell, a stack, or any Keras-protocol NNX cell."""
+def cell_program(cell: Any, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any, *,
+                 deterministic: Optional[bool] = None, rngs: Any = None, constants: Any = None) -> CoreProgram:
+    """The program of an rnnjax NNX cell, a stack (their ``program``), or any Keras-protocol NNX cell."""
     if hasattr(cell, "program"):
-        return cell.program(feature_shape, batch_shape, dtype, deterministic=deterministic, rngs=rngs)
-    return generic_program(cell, feature_shape, batch_shape, dtype)
+        return cell.program(feature_shape, batch_shape, dtype, deterministic=deterministic, rngs=rngs,
+                            constants=constants)
+    return generic_program(cell, feature_shape, batch_shape, dtype, constants)
 
 
 class StackedRNNCells(nnx.Module):
@@ -234,7 +180,7 @@ class StackedRNNCells(nnx.Module):
     stack's input, the others the size of the cell below). State: the tuple of the cells' states;
     output: the last cell's. ``y_0 = x_t``; ``s_k, y_k = cell_k(s_k, y_{k-1})``."""
 
-    def __init__(self, cells):
+    def __init__(self, cells: Sequence[nnx.Module]):
         if not isinstance(cells, (list, tuple)) or not cells:
             raise ValueError(f"`cells`: expected a non-empty list of cells, got {cells!r}.")
         for k, cell in enumerate(cells):
@@ -242,34 +188,26 @@ class StackedRNNCells(nnx.Module):
                 raise TypeError(f"`cells`[{k}]: expected an NNX cell (an nnx.Module), got {type(cell).__name__}; "
                                 "linen cells go in rnnjax.RNN.")
         self.cells = nnx.List(list(cells))
-        self.num_feature_axes = num_feature_axes(self.cells[0])
+        self.num_feature_axes = contract.num_feature_axes(self.cells[0])
 
     @property
     def state_size(self):
         return tuple(c.state_size for c in self.cells)
 
-    def program(self, feature_shape, batch_shape, dtype, *, deterministic=None, rngs=None) -> CoreProgram:
+    def program(self, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any, *,
+                deterministic: Optional[bool] = None, rngs: Any = None, constants: Any = None) -> CoreProgram:
+        """The cells' programs in a stack (:func:`rnnjax.layers.path.stack_programs`)."""
         programs, shape = [], tuple(feature_shape)
         for cell in self.cells:
-            prog = cell_program(cell, shape, batch_shape, dtype, deterministic, rngs)
+            prog = cell_program(cell, shape, batch_shape, dtype, deterministic=deterministic, rngs=rngs,
+                                constants=constants)
             programs.append(prog)
             shape = prog.output_shape
         return path.stack_programs(programs, tuple(batch_shape), dtype)
 
-    def __call__(self, inputs, states, constants=None, training=None, *, deterministic=None, rngs=None):
+    def __call__(self, inputs: jax.Array, states: Any, *, constants: Any = None, training: Optional[bool] = None,
+                 deterministic: Optional[bool] = None, rngs: Any = None):
         """One step of the stack (Keras cell protocol): ``states`` flat as in Keras."""
-        return single_step(self, inputs, states, constants, resolve_deterministic(training, deterministic), rngs)
-
-
-def num_feature_axes(cell) -> int:
-    """How many trailing feature axes one step of ``cell`` takes (1; ConvLSTM cells: rank + 1)."""
-    return int(getattr(cell, "num_feature_axes", 1))
-
-
-def single_step(cell, inputs, states, constants=None, deterministic=None, rngs=None):
-    """Keras-style one step on ``inputs (*batch, *features)``: ``(output, new_states)`` with
-    ``states`` a flat list of arrays."""
-    nf = num_feature_axes(cell)
-    batch_shape, feature_shape = inputs.shape[:inputs.ndim - nf], inputs.shape[inputs.ndim - nf:]
-    prog = cell_program(cell, feature_shape, batch_shape, inputs.dtype, deterministic, rngs)
-    return path.step_once(prog, cell, inputs, states, constants, nf)
+        mode = resolve_deterministic(training, deterministic)
+        return contract.one_step(self, inputs, states, lambda f, b, d: self.program(
+            f, b, d, deterministic=mode, rngs=rngs, constants=constants), constants)

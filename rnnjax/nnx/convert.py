@@ -14,6 +14,7 @@ so user models that name their submodules alike convert whole; ``Sequential`` an
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ from rnnjax.nnx.variables import RNNState
 COLLECTIONS = ((nnx.Param, "params"), (RNNState, "rnn_state"), (nnx.BatchStat, "batch_stats"))
 
 
-def linen_path(model, path) -> tuple:
+def linen_path(model: Any, path: Sequence[Any]) -> tuple:
     """The linen path (a tuple of str) of the variable at NNX ``path`` in ``model``."""
     out, node, keys, i = [], model, list(path), 0
     while i < len(keys):
@@ -59,7 +60,7 @@ def _flatten(tree, prefix=()):
             yield prefix + (key,), value
 
 
-def to_linen(model, state=None) -> dict:
+def to_linen(model: Any, state: Any = None) -> dict:
     """``{'params': ..., 'rnn_state': ..., 'batch_stats': ...}`` (only collections that exist) of ``model``'s values, as
     the linen twin's ``init`` would lay them out. With ``state`` (an ``nnx.State`` of the model's
     paths, e.g. the gradients from ``nnx.grad``) its values are laid out instead."""
@@ -77,7 +78,7 @@ def to_linen(model, state=None) -> dict:
     return out
 
 
-def from_linen(model, variables: Mapping):
+def from_linen(model: Any, variables: Mapping):
     """Sets ``model``'s parameters (and stateful states) in place from linen ``variables``
     (``{'params': ..., 'rnn_state': ..., 'batch_stats': ...}``, as ``init`` returns); returns ``model``. Every NNX
     variable must find a linen value of the same shape, and every linen value must be used."""

@@ -1,91 +1,83 @@
 """NNX ``CuDNNLSTM`` and ``CuDNNGRU``: Keras 2's cuDNN layers with Keras 2's weight layout (see
 :mod:`rnnjax.cudnn.layers` for the equations, backends and masks; the arguments are the linen
-twins')::
+twins'; the call is :func:`rnnjax.cudnn.path.run_cudnn_layer`'s, as in linen)::
 
     layer = rnnjax.nnx.CuDNNLSTM(64, return_sequences=True, input_dim=8, rngs=nnx.Rngs(0))
-    y = layer(x, mask=None, initial_state=None, seq_lengths=None)
+    y = layer(x, *, mask=None, initial_state=None, seq_lengths=None)
 
 Parameters at the layer's top level, as in linen: ``kernel (I, G*U)``, ``recurrent_kernel (U, G*U)``,
 ``bias (2*G*U,)`` (G = 4 for the LSTM, 3 for the GRU).
 """
 from __future__ import annotations
 
-import math
+from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 
 from rnnjax.cudnn import layers as linen_cudnn
-from rnnjax.functional.core import check_units, init_weight
+from rnnjax.cudnn.path import WEIGHTS, check_backend, initial_weight, run_cudnn_layer
+from rnnjax.functional.core import check_units
 from rnnjax.functional.protocol import PARAM_NAMES, make_params
 from rnnjax.layers import path
 from rnnjax.nnx import _args
-from rnnjax.nnx.cells import WEIGHTS, weight_param
-from rnnjax.nnx.recurrent import Recurrent
+from rnnjax.nnx.base import Recurrent
+from rnnjax.nnx.cells import weight_param
 
 
-class _CuDNN(Recurrent):
-    """Shared NNX CuDNN layer (``linen_class``: the linen twin, whose weight layout, backend
-    choice and kernel/scan run it uses; the rest of a call is the layer-side path's)."""
+class NNXCuDNN(Recurrent):
+    """Shared NNX CuDNN layer (``linen_class``: the linen twin, its arguments; its ``cudnn_kind``
+    the weight layout and backends)."""
 
     linen_class = None
 
-    def __init__(self, *args, input_dim=None, batch_size=None, rngs=None, **kwargs):
+    def __init__(self, *args, input_dim: Optional[int] = None, batch_size: Any = None, rngs: Any = None, **kwargs):
         owner = type(self).__name__
         config = _args.bind(owner, self.linen_class, args, kwargs, "stateful", "units")
-        spec = self.spec = self.linen_class(**config)
+        spec = self.spec = self.linen_class(**config)  # the static configuration, validated by the linen twin
         check_units(spec.units)
-        if spec.backend not in linen_cudnn.BACKENDS:
-            raise ValueError(f"`backend`: expected one of {linen_cudnn.BACKENDS}, got {spec.backend!r}.")
+        check_backend(spec.backend)
         input_dim = _args.check_input_dim(owner, input_dim)
         keys = jax.random.split(_args.check_rngs(owner, rngs).params(), 3)
-        u, g, dtype = spec.units, spec.gates, spec.param_dtype
-        values = {
-            "kernel": init_weight(spec.kernel_initializer, keys[0], (input_dim, g * u), dtype, "kernel_initializer"),
-            "recurrent_kernel": init_weight(spec.recurrent_initializer, keys[1], (u, g * u), dtype,
-                                            "recurrent_initializer"),
-            "bias": spec._bias_init(keys[2], (2 * g * u,), dtype),
-        }
-        for name, arg in WEIGHTS:
-            setattr(self, name, weight_param(values[name], getattr(spec, f"{arg}_regularizer"),
+        for key, (name, arg) in zip(keys, WEIGHTS):
+            value = initial_weight(spec.cudnn_kind, spec, name, key, input_dim, spec.param_dtype)
+            setattr(self, name, weight_param(value, getattr(spec, f"{arg}_regularizer"),
                                              getattr(spec, f"{arg}_constraint"), arg))
         self._setup(config, batch_size, None)
 
     def _state_template(self, feature_shape):
-        return self.spec.scan_core().initial_state(self.batch_shape, jnp.float32)
+        return self.spec.cudnn_kind.scan_core(self.spec.units).initial_state(self.batch_shape)
 
-    def __call__(self, inputs, mask=None, initial_state=None, seq_lengths=None, training=None):
+    def _params(self, input_dim: int):
+        if input_dim != self.kernel.shape[0]:
+            raise ValueError(f"`inputs`: {input_dim} features per step, but {type(self).__name__} was built "
+                             f"for {self.kernel.shape[0]} (input_dim={self.kernel.shape[0]}).")
+        return make_params(self.spec.cudnn_kind.params_class, {name: getattr(self, name)[...] for name in PARAM_NAMES})
+
+    def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
+                 seq_lengths: Optional[jax.Array] = None, training: Optional[bool] = None,
+                 reset: Optional[jax.Array] = None):
         """``inputs (*batch, timesteps, features)`` -> the output, then the final states with
         ``return_state``; ``mask``: right-padded boolean ``(*batch, timesteps)``, or ``seq_lengths
-        (*batch,)``. ``training`` is accepted and unused (no dropout)."""
+        (*batch,)``; ``reset``: boolean ``(*batch, timesteps)``, True where a new sequence starts
+        (the scan backend, see :mod:`rnnjax.cudnn.layers`). ``training`` is accepted and unused (no
+        dropout)."""
         del training
-        spec, options = self.spec, path.CallOptions.of(self)
-        seq = path.check_sequence(inputs)
-        if seq.feature_shape[0] != self.kernel.shape[0]:
-            raise ValueError(f"`inputs`: {seq.feature_shape[0]} features per step, but {type(self).__name__} was built "
-                             f"for {self.kernel.shape[0]} (input_dim={self.kernel.shape[0]}).")
-        params = make_params(spec.params_class, {name: getattr(self, name)[...] for name in PARAM_NAMES})
-        rows = math.prod(seq.batch_shape)
-        lengths, ok = linen_cudnn.resolve_lengths(mask, seq_lengths, seq.batch_shape, seq.steps)
-        init = path.start_state(spec.scan_core().initial_state, seq, inputs.dtype, initial_state=initial_state,
-                                read_state=(lambda template: self.states.get_value()) if self.stateful else None)
-        x = inputs.reshape((rows,) + inputs.shape[-2:]) if len(seq.batch_shape) != 1 else inputs
-        output, final = spec._run(params, x, linen_cudnn._to_rows(init, seq.batch_shape, rows), lengths, options)
-        if ok is not None:
-            output, final = linen_cudnn._poison((output, final), ok)
-        call = path.finish(*linen_cudnn._from_rows((output, final), seq.batch_shape), options, seq)
+        options = path.CallOptions.of(self)
+        call = run_cudnn_layer(self.spec.cudnn_kind, self.spec.units, self.spec.backend, options, self._params, inputs,
+                               mask=mask, seq_lengths=seq_lengths, reset=reset, initial_state=initial_state,
+                               read_state=lambda template: self.states.get_value())
         self._store(call.state, call.activity_penalty)
         return call.results
 
 
-class CuDNNLSTM(_CuDNN):
+class CuDNNLSTM(NNXCuDNN):
     """Fast LSTM with Keras 2's ``CuDNNLSTM`` signature and weight layout (see :class:`rnnjax.CuDNNLSTM`):
     ``CuDNNLSTM(units, kernel_initializer=..., ..., stateful=False, *, input_dim, rngs)``."""
 
     linen_class = linen_cudnn.CuDNNLSTM
 
 
-class CuDNNGRU(_CuDNN):
+class CuDNNGRU(NNXCuDNN):
     """Fast GRU with Keras 2's ``CuDNNGRU`` signature and weight layout (see :class:`rnnjax.CuDNNGRU`):
     ``CuDNNGRU(units, ..., stateful=False, *, input_dim, rngs)``."""
 

@@ -21,7 +21,7 @@ from rnnjax.nnx.basic import _Parameterless
 class _Masked(_Parameterless):
     """A layer whose call reads a mask (a list of masks for several inputs)."""
 
-    def __call__(self, inputs, mask=None):
+    def __call__(self, inputs, *, mask=None):
         return self.spec(inputs, mask=mask)
 
 
@@ -90,40 +90,19 @@ class Softmax(_Masked):
     linen_class, last_positional, first_argument = L.Softmax, "axis", "axis"
 
 
-class Add(_Masked):
-    """``Add(*, keras_version=2)``: ``[x1, x2, ...] -> x1 + x2 + ...`` (see :mod:`rnnjax.layers.merging`)."""
-
-    linen_class, last_positional, first_argument = L.Add, None, "keras_version"
-
-
-class Subtract(_Masked):
-    """``Subtract(*, keras_version=2)``: ``[x1, x2] -> x1 - x2``."""
-
-    linen_class, last_positional, first_argument = L.Subtract, None, "keras_version"
+def _merge(linen, doc: str) -> type:
+    """The NNX twin of an element-wise merge layer (one keyword argument, ``keras_version``)."""
+    return type(linen.__name__, (_Masked,), {"__doc__": doc, "__module__": __name__, "linen_class": linen,
+                                             "last_positional": None, "first_argument": "keras_version"})
 
 
-class Multiply(_Masked):
-    """``Multiply(*, keras_version=2)``: ``[x1, x2, ...] -> x1 * x2 * ...``."""
-
-    linen_class, last_positional, first_argument = L.Multiply, None, "keras_version"
-
-
-class Average(_Masked):
-    """``Average(*, keras_version=2)``: the element-wise mean of the inputs."""
-
-    linen_class, last_positional, first_argument = L.Average, None, "keras_version"
-
-
-class Maximum(_Masked):
-    """``Maximum(*, keras_version=2)``: the element-wise maximum of the inputs."""
-
-    linen_class, last_positional, first_argument = L.Maximum, None, "keras_version"
-
-
-class Minimum(_Masked):
-    """``Minimum(*, keras_version=2)``: the element-wise minimum of the inputs."""
-
-    linen_class, last_positional, first_argument = L.Minimum, None, "keras_version"
+Add = _merge(L.Add, "``Add(*, keras_version=2)``: ``[x1, x2, ...] -> x1 + x2 + ...`` (see "
+                    ":mod:`rnnjax.layers.merging`).")
+Subtract = _merge(L.Subtract, "``Subtract(*, keras_version=2)``: ``[x1, x2] -> x1 - x2``.")
+Multiply = _merge(L.Multiply, "``Multiply(*, keras_version=2)``: ``[x1, x2, ...] -> x1 * x2 * ...``.")
+Average = _merge(L.Average, "``Average(*, keras_version=2)``: the element-wise mean of the inputs.")
+Maximum = _merge(L.Maximum, "``Maximum(*, keras_version=2)``: the element-wise maximum of the inputs.")
+Minimum = _merge(L.Minimum, "``Minimum(*, keras_version=2)``: the element-wise minimum of the inputs.")
 
 
 class Concatenate(_Masked):

@@ -160,8 +160,8 @@ class Attention(_Attention):
         self.concat_score_weight = nnx.Param(jnp.ones((), dtype)) if self.spec.score_mode == "concat" \
             else nnx.data(None)
 
-    def __call__(self, inputs, mask=None, training=None, return_attention_scores: bool = False,
-                 use_causal_mask: bool = False, *, deterministic=None, rngs=None):
+    def __call__(self, inputs, *, mask=None, training=None, return_attention_scores: bool = False,
+                 use_causal_mask: bool = False, deterministic=None, rngs=None):
         q, v, k, qm, vm = attention_inputs("Attention", inputs, mask)
         scale = None if self.scale is None else self.scale[...]
         weight = None if self.concat_score_weight is None else self.concat_score_weight[...]
@@ -191,8 +191,8 @@ class AdditiveAttention(_Attention):
         else:
             self.scale = nnx.data(None)
 
-    def __call__(self, inputs, mask=None, training=None, return_attention_scores: bool = False,
-                 use_causal_mask: bool = False, *, deterministic=None, rngs=None):
+    def __call__(self, inputs, *, mask=None, training=None, return_attention_scores: bool = False,
+                 use_causal_mask: bool = False, deterministic=None, rngs=None):
         q, v, k, qm, vm = attention_inputs("AdditiveAttention", inputs, mask)
         scores = scores_additive(q, k, None if self.scale is None else self.scale[...])
         return self._run(scores, v, qm, vm, training, deterministic, rngs, return_attention_scores, use_causal_mask)

@@ -1,197 +1,72 @@
-"""The NNX layers ``RNN``, ``SimpleRNN``, ``GRU`` and ``LSTM``: Keras 2's signatures and defaults
-(those of the linen twins in :mod:`rnnjax.layers`), parameters built at construction::
+"""The NNX classes of the built-in cell kinds, made from their records (:mod:`rnnjax.kinds`):
+``SimpleRNN``, ``GRU``, ``LSTM``, ``ConvLSTM1D/2D/3D`` and their cells, each taking the arguments
+of its linen twin (Keras 2's positionally, rnnjax's by keyword) plus NNX's (``input_dim``,
+``rngs``, ...), parameters built at construction::
 
     layer = rnnjax.nnx.LSTM(64, return_sequences=True, input_dim=8, rngs=nnx.Rngs(0))
-    y = layer(x, mask=None, initial_state=None, training=None)        # x (batch, T, 8)
+    y = layer(x, *, mask=None, initial_state=None, training=None, reset=None)   # x (batch, T, 8)
 
 Inputs ``(*batch, T, features)``: any number of batch axes, none included (the layer-side path's
-rule). ``stateful=True`` keeps the final states in ``layer.states`` (an :class:`RNNState`, created
-at construction: pass ``batch_size``, an int or a tuple of batch axes); ``layer.reset_states()`` /
-``layer.reset_states([h, c])``.
+rule). ``stateful=True`` keeps the final states in ``layer.states`` (an
+:class:`~rnnjax.nnx.RNNState`, created at construction: pass ``batch_size``, an int or a tuple of
+batch axes); ``layer.reset_states()`` / ``layer.reset_states([h, c])``.
 """
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
+import functools
+import types
+from typing import Any, Optional
 
-from rnnjax import layers as linen_layers, regularizers
-from rnnjax.functional.core import check_custom_backward, check_units
-from rnnjax.layers import path
+from rnnjax import kinds
+from rnnjax.layers import contract
 from rnnjax.nnx import _args
-from rnnjax.nnx.cells import (
-    GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, cell_program, num_feature_axes, resolve_deterministic,
-)
-from rnnjax.nnx.variables import ActivityPenalty, RNNState
-
-# The path's options a layer stores itself (the activity regularizer resolved; input_dim: RNN only).
-OPTIONS = tuple(n for n in path.CallOptions._fields if n not in ("activity_regularizer", "input_dim"))
+from rnnjax.nnx.base import Recurrent
+from rnnjax.nnx.cells import NNXKerasCell
+from rnnjax.nnx.conv_lstm import NNXConvLSTM, NNXConvLSTMCell
 
 
-class Recurrent(nnx.Module):
-    """What every NNX recurrent layer shares: options, the stateful states, the activity penalty,
-    the call through the layer-side path (:mod:`rnnjax.layers.path`) and ``reset_states`` (no
-    arguments of its own). The NNX side of a call is only where things live: parameters and
-    dropout streams in the cells, the stored states in ``self.states``, the penalty in
-    ``self.activity_penalty``."""
+class NNXKerasRecurrent(Recurrent):
+    """``RNN(<X>Cell(...))`` with the arguments of the linen twin (``kind``: the record; ``linen_class``
+    etc.: see :func:`nnx_class`)."""
 
-    def _setup(self, config: dict, batch_size, feature_shape):
-        for name in OPTIONS:
-            setattr(self, name, config.get(name, path.CallOptions._field_defaults[name]))
-        check_custom_backward(self.custom_backward)
-        if self.input_length is not None:
-            check_units(self.input_length, "input_length")
-        self.activity_regularizer = regularizers.get(config.get("activity_regularizer"), "activity_regularizer")
-        self.activity_penalty = ActivityPenalty(jnp.zeros((), jnp.float32)) if self.activity_regularizer \
-            else nnx.data(None)
-        self.batch_shape = None if batch_size is None and not self.stateful else _batch_shape(batch_size)
-        self.states = nnx.data(None)
-        if self.stateful:
-            self.states = RNNState(self._state_template(feature_shape))
+    kind = linen_class = last_positional = first_argument = None
 
-    def _state_template(self, feature_shape):
-        """Zero states for a batch of ``batch_shape`` with per-step inputs ``feature_shape``."""
-        program = cell_program(self.cell, feature_shape, self.batch_shape, jnp.float32, deterministic=True)  # no masks
-        return program.initial_state(self.batch_shape, jnp.float32)
-
-    def _store(self, final, penalty):
-        """Keeps a stateful layer's final states and the call's activity penalty."""
-        if self.stateful:
-            self.states.set_value(jax.tree_util.tree_map(path.like_state, final, self.states.get_value()))
-        if penalty is not None:
-            self.activity_penalty[...] = jnp.asarray(penalty, jnp.float32)
-
-    def _run(self, inputs, *, mask, initial_state, constants, training, deterministic, rngs, layout=None):
-        """One call through the layer-side path; stores the final states and the activity penalty."""
-        options = path.CallOptions.of(self)
-        seq = path.check_sequence(inputs, feature_ndim=num_feature_axes(self.cell), input_dim=options.input_dim,
-                                  input_length=options.input_length,
-                                  layout=layout or getattr(self.cell, "sequence_layout", "(*batch, timesteps, features)"))
-        program = cell_program(self.cell, seq.feature_shape, seq.batch_shape, inputs.dtype,
-                               resolve_deterministic(training, deterministic), rngs)
-        call = path.run_layer(program, inputs, seq, options, cell=self.cell, mask=mask, initial_state=initial_state,
-                              read_state=lambda template: self.states.get_value(), constants=constants)
-        self._store(call.state, call.activity_penalty)
-        return call.results
-
-    def __call__(self, inputs, mask=None, initial_state=None, constants=None, training=None, *,
-                 deterministic=None, rngs=None):
-        """``inputs (*batch, timesteps, features)``, boolean ``mask (*batch, timesteps)`` -> the output
-        (``(*batch, units)``, ``(*batch, timesteps, units)`` with ``return_sequences``), then the final
-        states (flat, Keras order) with ``return_state``. ``training``/``deterministic`` override the
-        mode set by ``train()``/``eval()``; ``rngs`` overrides the cells' dropout streams."""
-        return self._run(inputs, mask=mask, initial_state=initial_state, constants=constants, training=training,
-                         deterministic=deterministic, rngs=rngs)
-
-    def reset_states(self, states=None):
-        """Sets the stateful states to zeros, or to ``states`` (a flat list, Keras order), in place."""
-        if not self.stateful:
-            raise ValueError(f"reset_states: this {type(self).__name__} is not stateful (stateful=False).")
-        self.states.set_value(path.reset_value(self.states.get_value(), states))
-
-    def compute_mask(self, inputs, mask=None):
-        """Keras's rule: the input mask with ``return_sequences``, else None."""
-        del inputs
-        return mask if self.return_sequences else None
-
-
-def _batch_shape(batch_size) -> tuple:
-    """``batch_size``: an int (Keras's), or a tuple of batch axes ``(*batch)``."""
-    if batch_size is None:
-        raise ValueError("`batch_size`: a stateful layer keeps states for a fixed batch, created at construction "
-                         "(Keras 2's batch_input_shape); pass batch_size=<rows per batch> (or a tuple of batch axes).")
-    if isinstance(batch_size, tuple):
-        return tuple(check_units(b, "batch_size") for b in batch_size)
-    return (check_units(batch_size, "batch_size"),)
-
-
-class RNN(Recurrent):
-    """Base class for recurrent layers: ``RNN(cell, return_sequences=False, return_state=False,
-    go_backwards=False, stateful=False, unroll=False, *, input_dim=None, input_length=None,
-    zero_output_for_mask=False, activity_regularizer=None, scan_unroll=1, remat=False,
-    custom_backward=True, batch_size=None)`` as :class:`rnnjax.RNN`. ``cell``: an rnnjax NNX cell,
-    a list of cells (stacked), a :class:`StackedRNNCells`, or any NNX module with the Keras cell
-    protocol (``state_size``, ``__call__(inputs, states[, constants])``). Each cell was built with
-    its own ``input_dim``; the layer's ``input_dim``, if given, is checked against the inputs (and
-    gives a custom cell's input size for a stateful layer's states)."""
-
-    def __init__(self, *args, batch_size=None, rngs=None, **kwargs):
-        del rngs  # the cells hold the parameters and streams; accepted for a uniform signature
-        config = _args.bind("RNN", linen_layers.RNN, args, kwargs, "unroll", "cell")
-        cell = config["cell"]
-        self.from_list = isinstance(cell, (list, tuple))
-        if self.from_list:
-            cell = StackedRNNCells(cell)
-        elif not isinstance(cell, nnx.Module):
-            raise TypeError(f"`cell`: expected an NNX cell, a list of them or StackedRNNCells, got "
-                            f"{type(cell).__name__} (linen cells go in rnnjax.RNN).")
-        self.cell = cell
-        self.input_dim = config["input_dim"]
-        self._setup(config, batch_size, _feature_shape(cell, self.input_dim, config["stateful"]))
-
-
-def _feature_shape(cell, input_dim, stateful):
-    """The per-step input shape a stateful layer's states are built for."""
-    first = cell.cells[0] if isinstance(cell, StackedRNNCells) else cell
-    kernel = getattr(first, "kernel", None)
-    if input_dim is None and kernel is not None:
-        input_dim = kernel.shape[-2]
-    if input_dim is None and stateful:
-        raise ValueError(f"`input_dim`: a stateful RNN of a {type(first).__name__} builds its states at construction; "
-                         "pass input_dim=<features per step>.")
-    return (input_dim,)
-
-
-class _KerasRecurrent(Recurrent):
-    """``RNN(<X>Cell(...))`` with the arguments of the linen twin ``linen_class``."""
-
-    linen_class = None
-    cell_class = None
-    last_positional = "unroll"
-
-    def __init__(self, *args, input_dim=None, batch_size=None, deterministic: bool = False,
-                 rng_collection: str = "dropout", rngs=None, **kwargs):
-        owner = type(self).__name__
-        config = _args.bind(owner, self.linen_class, args, kwargs, self.last_positional, "units")
+    def __init__(self, *args, input_dim: Optional[int] = None, batch_size: Any = None, deterministic: bool = False,
+                 rng_collection: str = "dropout", rngs: Any = None, **kwargs):
+        owner, kind = type(self).__name__, self.kind
+        config = _args.bind(owner, self.linen_class, args, kwargs, self.last_positional, self.first_argument)
         if config.get("input_dim") is not None:
             raise TypeError(f"{owner}: `input_dim` is keyword-only and required, e.g. {owner}(64, input_dim=8, "
                             "rngs=nnx.Rngs(0)).")
-        self.linen_class(**config)  # validates every argument, with the linen layer's messages
-        cell_fields = {f.name for f in _args.keras_fields(self.cell_class.linen_class)}
-        self.cell = self.cell_class(**{k: v for k, v in config.items() if k in cell_fields}, input_dim=input_dim,
-                                    deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
+        contract.check_config(kind, types.SimpleNamespace(**config))  # the linen layer's checks and messages
+        cell_arguments = set(kind.arguments("cell"))
+        self.cell = kind.nnx_cell(**{k: v for k, v in config.items() if k in cell_arguments}, input_dim=input_dim,
+                                  deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
         self._setup(config, batch_size, (input_dim,))
 
 
-class SimpleRNN(_KerasRecurrent):
-    """Fully-connected RNN where the output is fed back to the input (Keras 2; see
-    :class:`rnnjax.SimpleRNN`): ``SimpleRNN(units, activation='tanh', ..., *, input_dim, rngs)``."""
-
-    linen_class = linen_layers.SimpleRNN
-    cell_class = SimpleRNNCell
+_BASES = {("cell", False): NNXKerasCell, ("cell", True): NNXConvLSTMCell,
+          ("layer", False): NNXKerasRecurrent, ("layer", True): NNXConvLSTM}
 
 
-class GRU(_KerasRecurrent):
-    """Gated Recurrent Unit (Keras 2 defaults; see :class:`rnnjax.GRU`):
-    ``GRU(units, ..., unroll=False, reset_after=False, *, input_dim, rngs)``."""
+@functools.lru_cache(maxsize=None)
+def nnx_class(kind: kinds.CellKind, role: str) -> type:
+    """The NNX twin of ``kind.linen_cell`` (``role='cell'``) or ``kind.linen_layer`` (``'layer'``), made
+    once: the same arguments (``linen_class``: the twin, whose fields ``rnnjax.nnx._args.bind``
+    reads; Keras 2's positionally up to ``last_positional``, then by keyword)."""
+    name = kind.cell_name if role == "cell" else kind.name
+    extra = "input_dim=<channels>" if kind.rank else "input_dim"
+    example = f"\n\n    Examples:{kind.nnx_example}" if role == "layer" and kind.nnx_example else ""
+    doc = (f"{(kind.cell_doc if role == 'cell' else kind.layer_doc)}\n\n    The NNX twin of :class:`rnnjax.{name}` "
+           f"(same arguments and numbers): ``{name}({kind.arguments(role)[0]}, ..., *, {extra}, rngs)``.{example}\n    ")
+    arguments = kind.cell_arguments if role == "cell" else kind.layer_arguments
+    namespace = {"kind": kind, "kind_role": role, "__module__": __name__, "__qualname__": name, "__doc__": doc,
+                 "linen_class": kind.front_end_class("linen", role), "last_positional": arguments[-1],
+                 "first_argument": arguments[0]}
+    return type(name, (_BASES[role, bool(kind.rank)],), namespace)
 
-    linen_class = linen_layers.GRU
-    cell_class = GRUCell
-    last_positional = "reset_after"
 
-
-class LSTM(_KerasRecurrent):
-    """Long Short-Term Memory layer (Keras 2 defaults; see :class:`rnnjax.LSTM`):
-    ``LSTM(units, ..., *, input_dim, rngs)``; ``return_state`` returns ``(output, h, c)``.
-
-    Examples:
-        >>> import jax.numpy as jnp
-        >>> from flax import nnx
-        >>> import rnnjax.nnx as rnx
-        >>> layer = rnx.LSTM(4, recurrent_dropout=0.2, input_dim=3, rngs=nnx.Rngs(0, dropout=1))
-        >>> layer(jnp.ones((2, 5, 3))).shape           # dropout on: model.train() is the default
-        (2, 4)
-    """
-
-    linen_class = linen_layers.LSTM
-    cell_class = LSTMCell
+# The public classes, one per kind of rnnjax.kinds.KINDS (in its order).
+SimpleRNN, GRU, LSTM, ConvLSTM1D, ConvLSTM2D, ConvLSTM3D = (nnx_class(k, "layer") for k in kinds.KINDS)
+SimpleRNNCell, GRUCell, LSTMCell, ConvLSTM1DCell, ConvLSTM2DCell, ConvLSTM3DCell = (
+    nnx_class(k, "cell") for k in kinds.KINDS)

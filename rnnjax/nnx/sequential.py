@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from flax import nnx
 
 from rnnjax.layers.protocol import snake_case
@@ -20,7 +22,7 @@ class Sequential(nnx.Module):
     ``m_{k-1}``; see :class:`rnnjax.Sequential`). The layers live under their Keras names, numbered
     per class (``embedding``, ``bidirectional``, ``dense``, ``dense_1``), the linen twin's parameter
     paths, so :func:`rnnjax.nnx.from_linen`/:func:`~rnnjax.nnx.to_linen` convert a whole model.
-    Call: ``model(inputs, mask=None, training=None)``; ``training`` (None: the mode set by
+    Call: ``model(inputs, *, mask=None, training=None)``; ``training`` (None: the mode set by
     ``train()``/``eval()``) reaches every layer that takes it. Stateful models:
     :func:`rnnjax.nnx.reset_states`."""
 
@@ -39,5 +41,5 @@ class Sequential(nnx.Module):
     def layers(self) -> list:
         return [getattr(self, name) for name in self.names]
 
-    def __call__(self, inputs, mask=None, training=None):
+    def __call__(self, inputs, *, mask=None, training: Optional[bool] = None):
         return run_stack(self.names, self.layers, inputs, mask, training)

@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -34,7 +36,7 @@ def _params(model):
             yield path, node
 
 
-def regularization_loss(model) -> jax.Array:
+def regularization_loss(model: Any) -> jax.Array:
     """The sum of every penalty of ``model``: ``regularizer(w)`` of each ``nnx.Param`` with a
     ``regularizer`` metadata entry (rnnjax's ``kernel_regularizer``, ...), plus the activity
     penalties of the last call (:class:`ActivityPenalty`). A float32 scalar; call it after the
@@ -50,7 +52,7 @@ def regularization_loss(model) -> jax.Array:
     return total
 
 
-def apply_constraints(model) -> None:
+def apply_constraints(model: Any) -> None:
     """Projects, in place, every ``nnx.Param`` of ``model`` with a ``constraint`` metadata entry
     (rnnjax's ``kernel_constraint``, ...): Keras applies constraints right after each optimizer
     update, so call it after ``optimizer.update(model, grads)``."""
@@ -60,7 +62,7 @@ def apply_constraints(model) -> None:
             param[...] = fn(param[...])
 
 
-def stateful_layers(model) -> list:
+def stateful_layers(model: Any) -> list:
     """``(path, layer)`` of every stateful rnnjax layer in ``model`` (the model itself included); a
     stateful ``Bidirectional`` counts as one (its two directions are not listed)."""
     found = [(tuple(path), node) for path, node in nnx.iter_graph(model)
@@ -68,7 +70,7 @@ def stateful_layers(model) -> list:
     return [(p, n) for p, n in found if not any(q != p and p[:len(q)] == q for q, _ in found)]
 
 
-def reset_states(model, states=None) -> None:
+def reset_states(model: Any, states: Any = None) -> None:
     """Sets, in place, the states of every stateful rnnjax layer in ``model`` to zeros (Keras's
     ``model.reset_states()``), or to ``states``: Keras's flat list (``[h]``/``[h, c]``) when the
     model has exactly one stateful layer."""

@@ -12,6 +12,8 @@ under its Keras name (``dense``), as linen's does.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -19,7 +21,7 @@ from flax import nnx
 from rnnjax.layers.protocol import call_layer, check_mask, snake_case
 from rnnjax.layers.wrappers import MERGE_MODES, check_steps, fold_steps, time_distributed_mask, unfold_steps
 from rnnjax.nnx import _args
-from rnnjax.nnx.cells import KerasCell
+from rnnjax.nnx.cells import NNXKerasCell
 
 _COMMON = ("stateful", "return_sequences", "return_state")
 
@@ -33,7 +35,7 @@ def _check_recurrent(layer, argument):
 def _redraw(layer, rngs):
     """Fresh parameter values for the rnnjax cells inside ``layer`` (Keras gives the backward copy its own)."""
     for _, node in nnx.iter_graph(layer):
-        if isinstance(node, KerasCell):
+        if isinstance(node, NNXKerasCell):
             values = node.core.init(rngs.params(), node.kernel.shape[-2], node.spec.param_dtype)
             for name in ("kernel", "recurrent_kernel", "bias"):
                 if getattr(node, name) is not None:
@@ -44,7 +46,8 @@ class Bidirectional(nnx.Module):
     """``Bidirectional(layer, merge_mode='concat', backward_layer=None, *, rngs=None)``: ``merge_mode``
     ``'concat'``/``'sum'``/``'mul'``/``'ave'``/``None``; with ``return_state`` the result is
     ``(output, *forward states, *backward states)``; ``initial_state`` and ``reset_states(states)``
-    take the forward states then the backward ones."""
+    take the forward states then the backward ones; ``reset (*batch, timesteps)`` (True where a new
+    sequence starts) goes to both directions, as in :class:`rnnjax.Bidirectional`."""
 
     def __init__(self, layer, merge_mode="concat", backward_layer=None, *, rngs=None):
         if merge_mode not in MERGE_MODES:
@@ -90,8 +93,11 @@ class Bidirectional(nnx.Module):
                              f"backward layer's), got {len(given)}.")
         return given[: len(given) // 2], given[len(given) // 2:]
 
-    def __call__(self, inputs, mask=None, initial_state=None, training=None, **kwargs):
+    def __call__(self, inputs, *, mask=None, initial_state=None, training: Optional[bool] = None, reset=None,
+                 **kwargs):
         halves = (None, None) if initial_state is None else self._halves(initial_state, "initial_state")
+        if reset is not None:
+            kwargs["reset"] = reset
         outs = [layer(inputs, mask=mask, initial_state=h, training=training, **kwargs)
                 for layer, h in zip(self.layers, halves)]
         (y, *f_states), (y_rev, *b_states) = (o if isinstance(o, tuple) else (o,) for o in outs)
@@ -127,7 +133,7 @@ class TimeDistributed(nnx.Module):
     timesteps, ...)``, the steps folded into the batch (batch major) for one call of ``layer`` (any
     NNX module); a mask ``(batch, timesteps)`` is folded and passed on to a layer that takes one.
     The output mask is ``layer``'s own, unfolded, when it computes one, else the input mask (Keras 2).
-    Call: ``layer(inputs, mask=None, training=None)`` (None: the mode set by ``train()``/``eval()``)."""
+    Call: ``layer(inputs, *, mask=None, training=None)`` (None: the mode set by ``train()``/``eval()``)."""
 
     def __init__(self, layer, *, rngs=None):
         del rngs  # ``layer`` holds its own parameters; accepted for a uniform signature
@@ -140,7 +146,7 @@ class TimeDistributed(nnx.Module):
     def layer(self):
         return getattr(self, self.layer_name)
 
-    def __call__(self, inputs, mask=None, training=None):
+    def __call__(self, inputs, *, mask=None, training: Optional[bool] = None):
         check_steps(inputs)
         mask = check_mask(mask, inputs, "TimeDistributed", nested=True)
         return unfold_steps(call_layer(self.layer, fold_steps(inputs), fold_steps(mask), training), inputs)

@@ -9,7 +9,7 @@ cannot run on oneDNN exactly as the scan path computes it (None: it can):
   ``recurrent_activation='sigmoid'`` and ``activation='tanh'`` (oneDNN's fixed gate functions);
   not a stacked cell, SimpleRNN, ConvLSTM or a custom cell;
 * no mask (oneDNN 3.2's RNN has no sequence lengths, so masked steps cannot be skipped), no
-  ``constants``, no recurrent dropout and no per-gate input dropout (``implementation=1`` with
+  ``reset`` (it cannot restart a sequence mid-row), no ``constants``, no recurrent dropout and no per-gate input dropout (``implementation=1`` with
   ``dropout > 0`` while training); one input dropout mask shared by the gates is applied to the
   inputs before the kernel, as the step does;
 * the generic options: ``custom_backward=True`` (the kernel's gradient is reverse-mode only),
@@ -69,9 +69,11 @@ def _config_reason(fused: FusedForm) -> Optional[str]:
     return None
 
 
-def _options_reason(options, mask, constants) -> Optional[str]:
+def _options_reason(options, mask, reset, constants) -> Optional[str]:
     if mask is not None:
         return "a mask (oneDNN 3.2's RNN has no sequence lengths to skip masked steps)"
+    if reset is not None:
+        return "a reset (oneDNN cannot restart a sequence mid-row)"
     if constants is not None:
         return "constants"
     for name, why in (("unroll", "a Python loop"), ("remat", "rematerialisation (oneDNN keeps every step)"),
@@ -104,14 +106,15 @@ def _data_reason(fused: FusedForm, inputs, initial_state) -> Optional[str]:
     return None
 
 
-def why_not(program: CoreProgram, inputs, initial_state, options, *, mask=None, constants=None) -> Optional[str]:
+def why_not(program: CoreProgram, inputs, initial_state, options, *, mask=None, reset=None,
+            constants=None) -> Optional[str]:
     """Why this call cannot run on oneDNN exactly as the scan computes it (the module docstring's
     rules, the kernels' availability last), or None. Sizes are :func:`run`'s concern."""
-    return _exactness_reason(program.fused, inputs, initial_state, options, mask, constants) or _available()
+    return _exactness_reason(program.fused, inputs, initial_state, options, mask, reset, constants) or _available()
 
 
-def _exactness_reason(fused: FusedForm, inputs, initial_state, options, mask, constants) -> Optional[str]:
-    return _config_reason(fused) or _options_reason(options, mask, constants) or \
+def _exactness_reason(fused: FusedForm, inputs, initial_state, options, mask, reset, constants) -> Optional[str]:
+    return _config_reason(fused) or _options_reason(options, mask, reset, constants) or \
         _data_reason(fused, inputs, initial_state)
 
 
@@ -136,14 +139,14 @@ def _warn_unavailable(reason: str) -> None:
                       f"scan path: {reason}", RuntimeWarning, stacklevel=2)
 
 
-def run(program: CoreProgram, inputs, initial_state, options, *, scan: Callable, mask=None,
+def run(program: CoreProgram, inputs, initial_state, options, *, scan: Callable, mask=None, reset=None,
         constants=None) -> Optional[tuple]:
     """``(output, final state)`` of the call on oneDNN where it runs there (:func:`why_not` and,
     for ``"auto"``, the sizes of the module docstring; ``scan(inputs, initial_state)`` is the scan
     path, for the training program of a mid-sized call); None where the scan path runs it; a
     ``ValueError`` naming the reason under ``"onednn"``."""
     fused = program.fused
-    reason = _exactness_reason(fused, inputs, initial_state, options, mask, constants)
+    reason = _exactness_reason(fused, inputs, initial_state, options, mask, reset, constants)
     work = math.prod(inputs.shape[:-2]) * fused.core.units if reason is None else 0
     if options.backend == "auto" and work < AUTO_INFER_MIN_WORK:
         return None
