@@ -163,6 +163,28 @@ memory AsLayout(const memory& user, const memory::desc& wanted) {
 
 memory Mem(const memory::desc& md, const ffi::AnyBuffer& b) { return memory(md, Engine(), b.untyped_data()); }
 
+// The arguments the forward and the backward primitive share: sources, weights (in the layout the
+// primitive wants), bias, destinations; c0/cT: the LSTM's cell states (nullptr for the GRUs).
+std::unordered_map<int, memory> PrimalArgs(const Descs& s, const Entry& e, const ffi::AnyBuffer& x,
+                                           const ffi::AnyBuffer& h0, const ffi::AnyBuffer* c0,
+                                           const ffi::AnyBuffer& wl, const ffi::AnyBuffer& wi,
+                                           const ffi::AnyBuffer& b, const ffi::AnyBuffer& y,
+                                           const ffi::AnyBuffer& hT, const ffi::AnyBuffer* cT) {
+  std::unordered_map<int, memory> m;
+  m[DNNL_ARG_SRC_LAYER] = Mem(s.layer_in, x);
+  m[DNNL_ARG_SRC_ITER] = Mem(s.iter, h0);
+  m[DNNL_ARG_WEIGHTS_LAYER] = AsLayout(Mem(s.wl, wl), e.pd.weights_layer_desc());
+  m[DNNL_ARG_WEIGHTS_ITER] = AsLayout(Mem(s.wi, wi), e.pd.weights_iter_desc());
+  m[DNNL_ARG_BIAS] = Mem(s.bias, b);
+  m[DNNL_ARG_DST_LAYER] = Mem(s.layer_out, y);
+  m[DNNL_ARG_DST_ITER] = Mem(s.iter, hT);
+  if (c0 != nullptr) {
+    m[DNNL_ARG_SRC_ITER_C] = Mem(s.iter, *c0);
+    m[DNNL_ARG_DST_ITER_C] = Mem(s.iter, *cT);
+  }
+  return m;
+}
+
 // The sizes of a call from x ((N, T, I), or (T, N, I) time-major) and w_iter (U, G, U); false on bad ranks.
 bool ReadDims(int64_t cell, bool reverse, const ffi::AnyBuffer& x, const ffi::AnyBuffer& w_iter, Dims* d) {
   auto xd = x.dimensions();
@@ -207,18 +229,8 @@ ffi::Error Forward(int64_t cell, bool reverse, bool training, ffi::RemainingArgs
     if (!ReadDims(cell, reverse, x, wi, &d)) return kBadOperands;
     const Descs s = MakeDescs(d);
     const Entry& e = Get(d, training ? kTraining : kInference);
-    std::unordered_map<int, memory> m;
-    m[DNNL_ARG_SRC_LAYER] = Mem(s.layer_in, x);
-    m[DNNL_ARG_SRC_ITER] = Mem(s.iter, h0);
-    m[DNNL_ARG_WEIGHTS_LAYER] = AsLayout(Mem(s.wl, wl), e.pd.weights_layer_desc());
-    m[DNNL_ARG_WEIGHTS_ITER] = AsLayout(Mem(s.wi, wi), e.pd.weights_iter_desc());
-    m[DNNL_ARG_BIAS] = Mem(s.bias, b);
-    m[DNNL_ARG_DST_LAYER] = Mem(s.layer_out, r[0]);
-    m[DNNL_ARG_DST_ITER] = Mem(s.iter, r[1]);
-    if (c) {
-      m[DNNL_ARG_SRC_ITER_C] = Mem(s.iter, a[2]);
-      m[DNNL_ARG_DST_ITER_C] = Mem(s.iter, r[2]);
-    }
+    std::unordered_map<int, memory> m =
+        PrimalArgs(s, e, x, h0, c ? &a[2] : nullptr, wl, wi, b, r[0], r[1], c ? &r[2] : nullptr);
     if (training) {
       const ffi::AnyBuffer& ws = r[c ? 3 : 2];
       if (ws.size_bytes() != e.pd.workspace_desc().get_size())
@@ -259,14 +271,7 @@ ffi::Error Backward(int64_t cell, bool reverse, ffi::RemainingArgs args, ffi::Re
     const Entry& e = Get(d, kBackward);
     if (ws.size_bytes() != e.pd.workspace_desc().get_size())
       return ffi::Error::InvalidArgument("rnnjax_onednn_bwd: workspace size mismatch");
-    std::unordered_map<int, memory> m;
-    m[DNNL_ARG_SRC_LAYER] = Mem(s.layer_in, x);
-    m[DNNL_ARG_SRC_ITER] = Mem(s.iter, h0);
-    m[DNNL_ARG_WEIGHTS_LAYER] = AsLayout(Mem(s.wl, wl), e.pd.weights_layer_desc());
-    m[DNNL_ARG_WEIGHTS_ITER] = AsLayout(Mem(s.wi, wi), e.pd.weights_iter_desc());
-    m[DNNL_ARG_BIAS] = Mem(s.bias, b);
-    m[DNNL_ARG_DST_LAYER] = Mem(s.layer_out, y);
-    m[DNNL_ARG_DST_ITER] = Mem(s.iter, hT);
+    std::unordered_map<int, memory> m = PrimalArgs(s, e, x, h0, c0, wl, wi, b, y, hT, cT);
     m[DNNL_ARG_WORKSPACE] = Mem(e.pd.workspace_desc(), ws);
     m[DNNL_ARG_DIFF_DST_LAYER] = Mem(s.layer_out, dy);
     m[DNNL_ARG_DIFF_DST_ITER] = Mem(s.iter, dhT);
@@ -285,8 +290,6 @@ ffi::Error Backward(int64_t cell, bool reverse, ffi::RemainingArgs args, ffi::Re
     m[DNNL_ARG_DIFF_WEIGHTS_ITER] = dwi_m;
     m[DNNL_ARG_DIFF_BIAS] = Mem(s.bias, db);
     if (c) {
-      m[DNNL_ARG_SRC_ITER_C] = Mem(s.iter, *c0);
-      m[DNNL_ARG_DST_ITER_C] = Mem(s.iter, *cT);
       m[DNNL_ARG_DIFF_DST_ITER_C] = Mem(s.iter, *dcT);
       m[DNNL_ARG_DIFF_SRC_ITER_C] = Mem(s.iter, *dc0);
     }
