@@ -137,7 +137,7 @@ _FIELDS_DOC = """
     """
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cudnn_class(kind: CuDNNKind) -> type:
     """The linen layer of ``kind``: fields its arguments (Keras 2's order and defaults, then rnnjax's)."""
     table = {**kinds.ARGUMENTS, "backend": (str, "auto")}

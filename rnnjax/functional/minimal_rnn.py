@@ -19,9 +19,15 @@ from rnnjax.functional import initializers
 from rnnjax.functional.core import check_units, gate_matmul, init_weight, register_for_export
 from rnnjax.functional.protocol import RecurrentMatmulStep, shared_mask
 
-MinimalRNNParams = NamedTuple("MinimalRNNParams", [("kernel", jax.Array), ("recurrent_kernel", jax.Array),
-                                                   ("bias", Optional[jax.Array])])
-MinimalRNNState = NamedTuple("MinimalRNNState", [("h", jax.Array)])
+
+class MinimalRNNParams(NamedTuple):
+    kernel: jax.Array
+    recurrent_kernel: jax.Array
+    bias: Optional[jax.Array]
+
+
+class MinimalRNNState(NamedTuple):
+    h: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)

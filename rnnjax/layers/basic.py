@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax

@@ -22,7 +22,7 @@ import jax
 from rnnjax.layers import path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parameters(cls) -> frozenset:
     try:
         return frozenset(inspect.signature(cls.__call__).parameters)

@@ -82,7 +82,7 @@ def class_doc(kind: kinds.CellKind, role: str, name: str) -> str:
             f"the parameters' dtype. {_CALLS[role]}{example}\n    ")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def linen_class(kind: kinds.CellKind, role: str) -> type:
     """The linen class of ``kind`` (``role='cell'``: ``<Name>Cell``; ``'layer'``: ``<Name>``), made
     once: fields the kind's arguments (:meth:`rnnjax.kinds.CellKind.arguments`) with their

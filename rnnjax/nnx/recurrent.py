@@ -49,7 +49,7 @@ _BASES = {("cell", False): NNXKerasCell, ("cell", True): NNXConvLSTMCell,
           ("layer", False): NNXKerasRecurrent, ("layer", True): NNXConvLSTM}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def nnx_class(kind: kinds.CellKind, role: str) -> type:
     """The NNX twin of ``kind.linen_cell`` (``role='cell'``) or ``kind.linen_layer`` (``'layer'``), made
     once: the same arguments (``linen_class``: the twin, whose fields ``rnnjax.nnx._args.bind``
