@@ -85,8 +85,8 @@ def main(argv=None):
             ref = out if ref is None else ref
             np.testing.assert_allclose(out, ref, atol=2e-5)  # every variant computes the same function
             jax.block_until_ready(bwd(p, x))
-            timed[f"{name}/fwd"] = lambda fwd=fwd, p=p: jax.block_until_ready(fwd(p, x))
-            timed[f"{name}/bwd"] = lambda bwd=bwd, p=p: jax.block_until_ready(bwd(p, x))
+            timed[f"{name}/fwd"] = lambda fwd=fwd, p=p, x=x: jax.block_until_ready(fwd(p, x))
+            timed[f"{name}/bwd"] = lambda bwd=bwd, p=p, x=x: jax.block_until_ready(bwd(p, x))
         res = interleaved_medians(timed, target_s=args.target_s)
         base = res["flax/bwd"]["median_s"]
         for name in fns:

@@ -625,7 +625,7 @@ def _parse_shapes(text: str):
     try:
         return [tuple(int(v) for v in part.split(",")) for part in text.split(";") if part.strip()]
     except ValueError:
-        raise SystemExit(f"--shapes: expected 'B,T,I,U;B,T,I,U', got {text!r}.")
+        raise SystemExit(f"--shapes: expected 'B,T,I,U;B,T,I,U', got {text!r}.") from None
 
 
 def plan(args) -> List[tuple]:

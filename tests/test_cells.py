@@ -82,14 +82,14 @@ def _np_lstm(x, k, r, b, mask, sigma, phi):
     """float64 numpy LSTM with Keras 2 masking, written from the equations."""
     bsz, t, _ = x.shape
     u = r.shape[0]
-    h = np.zeros((bsz, u)); c = np.zeros((bsz, u)); out = np.zeros((bsz, u)); outs = []
+    h, c, out, outs = np.zeros((bsz, u)), np.zeros((bsz, u)), np.zeros((bsz, u)), []
     for s in range(t):
         z = x[:, s] @ k + h @ r + b
         i, f, g, o = sigma(z[:, :u]), sigma(z[:, u:2 * u]), phi(z[:, 2 * u:3 * u]), sigma(z[:, 3 * u:])
         c_new = f * c + i * g
         h_new = o * phi(c_new)
         m = mask[:, s:s + 1]
-        h = np.where(m, h_new, h); c = np.where(m, c_new, c); out = np.where(m, h_new, out)
+        h, c, out = np.where(m, h_new, h), np.where(m, c_new, c), np.where(m, h_new, out)
         outs.append(out)
     return np.stack(outs, 1), h, c
 

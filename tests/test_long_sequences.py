@@ -76,8 +76,8 @@ def test_remat_reduces_compiled_temp_memory(return_sequences):
     remat = rnnjax.LSTM(4, return_sequences=return_sequences, remat=True)
     params = plain.init(jax.random.key(0), x[:, :3])["params"]
     temp = {}
-    for name, layer in (("plain", plain), ("remat", remat)):
-        temp[name] = _grad_fn(layer, x).lower(params).compile().memory_analysis().temp_size_in_bytes
+    for name, lstm in (("plain", plain), ("remat", remat)):
+        temp[name] = _grad_fn(lstm, x).lower(params).compile().memory_analysis().temp_size_in_bytes
     # the plain scan keeps at least h, c and four gates per step (6 * 4 floats)
     assert temp["plain"] >= steps * 6 * 4 * 4
     assert temp["remat"] < 0.25 * temp["plain"], temp

@@ -241,7 +241,7 @@ class _TimeMajorRun:
         carry, outputs = self.carry, []
         order = range(self.steps - 1, -1, -1) if self.options.go_backwards else range(self.steps)
         for t in order:
-            carry, y = self.body(carry, jax.tree_util.tree_map(lambda a: a[t], seq))
+            carry, y = self.body(carry, jax.tree_util.tree_map(lambda a, t=t: a[t], seq))
             if self.options.return_sequences:
                 outputs.append(y)
         return carry, (jnp.stack(outputs) if self.options.return_sequences else None)

@@ -32,7 +32,7 @@ def _shapes_k3(root) -> dict:
     for group in (root[top] if top in root else {}):
         found = []
         root[f"{top}/{group}"].visititems(
-            lambda n, o: found.append((n, tuple(o.shape), str(o.dtype))) if hasattr(o, "shape") else None)
+            lambda n, o, found=found: found.append((n, tuple(o.shape), str(o.dtype))) if hasattr(o, "shape") else None)
         out[group] = found
     return out
 

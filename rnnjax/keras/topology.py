@@ -300,7 +300,10 @@ def _resolve(reader, input_names):
     calls = []
     for raw in reader.raw:
         what = raw["label"]
-        refs = lambda triples: tuple(reader.ref(t, what, input_names) for t in triples)  # noqa: E731
+
+        def refs(triples, what=what):
+            return tuple(reader.ref(t, what, input_names) for t in triples)
+
         kwargs = dict(raw["kwargs"])
         state = refs(kwargs.pop("initial_state", ()))
         mask = kwargs.pop("mask", None)
