@@ -47,7 +47,7 @@ states) instead. Use ``rnnjax.LSTM``/``rnnjax.GRU`` for arbitrary masks.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import flax.linen as nn
 import jax
@@ -66,7 +66,7 @@ class CuDNNRecurrent(RecurrentLayer):
     """Shared logic of the two linen layers (no fields of its own; ``cudnn_kind``: the
     :class:`~rnnjax.cudnn.path.CuDNNKind`); the call is :func:`rnnjax.cudnn.path.run_cudnn_layer`'s."""
 
-    cudnn_kind = None  # rnnjax.cudnn.path.CuDNNKind
+    cudnn_kind: ClassVar[CuDNNKind]  # set by cudnn_class
 
     def declared_constraints(self) -> dict:
         """``{weight name: projection}`` for :func:`rnnjax.constraints.keras_constraints`."""

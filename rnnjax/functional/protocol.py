@@ -49,9 +49,15 @@ class RecurrentCore(Protocol):
       build one by name with :func:`make_params`).
     """
 
-    gates: int
-    num_feature_axes: int
-    params_class: type
+    # Read-only members (a class attribute or a property satisfies each):
+    @property
+    def gates(self) -> int: ...
+
+    @property
+    def num_feature_axes(self) -> int: ...
+
+    @property
+    def params_class(self) -> type: ...
 
     @property
     def state_size(self) -> tuple: ...
@@ -78,9 +84,17 @@ class CoreParams(Protocol):
     ``bias`` (``(G*U,)``; the reset-after GRU's ``(2, G*U)``) or None, in this field order
     (:data:`PARAM_NAMES`), as a NamedTuple (``_replace`` works)."""
 
-    kernel: jax.Array
-    recurrent_kernel: jax.Array
-    bias: Optional[jax.Array]
+    # Read-only (NamedTuple fields):
+    @property
+    def kernel(self) -> jax.Array: ...
+
+    @property
+    def recurrent_kernel(self) -> jax.Array: ...
+
+    @property
+    def bias(self) -> Optional[jax.Array]: ...
+
+    def _replace(self, **changes: Any) -> Any: ...
 
 
 def make_params(params_class: type, values: Mapping[str, Any]) -> CoreParams:
@@ -103,7 +117,8 @@ class CellCore(RecurrentCore, Protocol):
     ``dropout_mask_count``: how many dropout masks a call draws, ``1`` (one shared by every gate)
     or ``gates`` (one per gate: Keras's ``implementation=1``); see :func:`per_gate_masks`."""
 
-    dropout_mask_count: int
+    @property
+    def dropout_mask_count(self) -> int: ...
 
 
 @runtime_checkable

@@ -141,7 +141,10 @@ class RecurrentLayer(nn.Module):
     rank + 1), which locate the time axis ``-(num_feature_axes + 1)`` behind any batch axes.
     """
 
-    num_feature_axes = 1
+    @property
+    def num_feature_axes(self) -> int:
+        """1: one feature axis after time (ConvLSTM's layers: ``rank + 1``)."""
+        return 1
 
     def compute_mask(self, inputs: jax.Array, mask: Optional[jax.Array] = None):
         """The mask of the layer's output (Keras's ``RNN.compute_mask``): the input ``mask``

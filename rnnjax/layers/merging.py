@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Sequence, Union
+from typing import Callable, ClassVar, Sequence, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -114,7 +114,8 @@ def _masked_product(xs, masks):
 class _Merge(nn.Module):
     """An element-wise merge of a list of inputs (see the module docstring)."""
 
-    count = None  # how many inputs: None (at least 1), an int, or (low, high)
+    # how many inputs: None (at least 1), an int, or (low, high)
+    count: ClassVar[Union[None, int, tuple[int, int]]] = None
 
     def __post_init__(self):
         check_keras_version(self.keras_version)
@@ -180,7 +181,7 @@ class Multiply(_Merge):
 
 
 class _Extremum(_Merge):
-    op = None  # jnp.maximum / jnp.minimum
+    op: ClassVar[Callable[..., jnp.ndarray]]  # set by each subclass: jnp.maximum / jnp.minimum
 
     def _merge(self, xs, masks):
         op = type(self).op

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import typing
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -250,7 +251,7 @@ def core_cell_program(core: Any, params: Any, output_shape: tuple, dropout_mask:
     return program._replace(initial_state=initial_state or core.initial_state, output_shape=tuple(output_shape))
 
 
-def stack_programs(programs: Sequence[CoreProgram], batch_shape: tuple, dtype: Any) -> CoreProgram:
+def stack_programs(programs: typing.Sequence[CoreProgram], batch_shape: tuple, dtype: Any) -> CoreProgram:
     """One program for cells run in a stack: ``y_0 = x_t``; ``s_k, y_k = cell_k(s_k, y_{k-1})``.
     The state is the tuple of the cells' states; only the first cell's input projection runs
     before the loop (the others depend on the cell below)."""

@@ -23,7 +23,7 @@ from rnnjax.layers import path
 
 
 @functools.cache
-def _parameters(cls) -> frozenset:
+def _parameters(cls: Any) -> frozenset:
     try:
         return frozenset(inspect.signature(cls.__call__).parameters)
     except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
@@ -35,7 +35,8 @@ def accepts(layer: Any, argument: str) -> bool:
     return argument in _parameters(type(layer))
 
 
-def call_layer(layer: Any, inputs: jax.Array, mask: Optional[jax.Array] = None, training: bool = False, **extra):
+def call_layer(layer: Any, inputs: jax.Array, mask: Optional[jax.Array] = None, training: Optional[bool] = False,
+               **extra):
     """``layer(inputs, ...)`` with ``mask``/``training`` passed the way ``layer`` takes them (a layer
     without a ``mask`` parameter gets none; :func:`output_mask` says whether it may ignore it)."""
     kwargs = dict(extra)

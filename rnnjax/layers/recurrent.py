@@ -20,7 +20,7 @@ Fields beyond Keras 2: ``input_dim``/``input_length`` (checked), ``zero_output_f
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import flax.linen as nn
 import jax
@@ -35,7 +35,7 @@ from rnnjax.layers.conv_lstm import ConvLSTM, ConvLSTMCell
 class KerasRecurrent(RecurrentLayer):
     """Shared call of the dense built-in layers (no fields of its own; ``kind``: the record)."""
 
-    kind = None
+    kind: ClassVar[Optional[kinds.CellKind]] = None  # set per kind by linen_class
 
     def __post_init__(self):
         if self.kind is not None:

@@ -37,6 +37,22 @@ class Recurrent(nnx.Module):
     dropout streams in the cells, the stored states in ``self.states``, the penalty in
     ``self.activity_penalty``."""
 
+    # Set by _setup (the options of OPTIONS, from the layer's configuration) and by each subclass (cell).
+    return_sequences: bool
+    return_state: bool
+    go_backwards: bool
+    stateful: bool
+    unroll: bool
+    zero_output_for_mask: bool
+    input_length: Optional[int]
+    scan_unroll: int
+    remat: bool
+    custom_backward: bool
+    cell: Any
+    batch_shape: Optional[tuple]
+    states: Any  # an RNNState when stateful, else None
+    activity_penalty: Any  # an ActivityPenalty with an activity_regularizer, else None
+
     def _setup(self, config: dict, batch_size, feature_shape):
         for name in OPTIONS:
             setattr(self, name, config.get(name, path.CallOptions._field_defaults[name]))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import types
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from rnnjax import kinds
 from rnnjax.layers import contract
@@ -29,7 +29,10 @@ class NNXKerasRecurrent(Recurrent):
     """``RNN(<X>Cell(...))`` with the arguments of the linen twin (``kind``: the record; ``linen_class``
     etc.: see :func:`nnx_class`)."""
 
-    kind = linen_class = last_positional = first_argument = None
+    kind: ClassVar[kinds.CellKind]  # set per kind by nnx_class, as NNXKerasCell's
+    linen_class: ClassVar[type]
+    last_positional: ClassVar[Optional[str]]
+    first_argument: ClassVar[Optional[str]]
 
     def __init__(self, *args, input_dim: Optional[int] = None, batch_size: Any = None, deterministic: bool = False,
                  rng_collection: str = "dropout", rngs: Any = None, **kwargs):
