@@ -91,7 +91,7 @@ class CellKind:
     """
 
     name: str
-    core: type
+    core: type[Any]
     cell_arguments: tuple
     layer_arguments: tuple
     sigma_blocks: tuple

@@ -75,7 +75,7 @@ class CuDNNRecurrent(RecurrentLayer):
     def _weights(self, input_dim: int):
         kind, u = self.cudnn_kind, self.units
         if self.has_variable("params", "kernel"):
-            built = self.get_variable("params", "kernel").shape
+            built: tuple = self.get_variable("params", "kernel").shape
             if tuple(built) != (input_dim, kind.gates * u):
                 raise ValueError(
                     f"`inputs`: {input_dim} features per step, but {type(self).__name__}({u}) was built for "

@@ -20,7 +20,7 @@ rule (:func:`per_gate_masks`, :func:`shared_mask`) and :func:`with_pointwise_vjp
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, TypeGuard, runtime_checkable
 
 import jax
 
@@ -94,7 +94,8 @@ class CoreParams(Protocol):
     @property
     def bias(self) -> Optional[jax.Array]: ...
 
-    def _replace(self, **changes: Any) -> Any: ...
+    @property
+    def _replace(self) -> Callable[..., Any]: ...
 
 
 def make_params(params_class: type, values: Mapping[str, Any]) -> CoreParams:
@@ -133,6 +134,8 @@ class SpatialCore(RecurrentCore, Protocol):
     * ``output_spatial_shape(spatial_shape) -> tuple``: the spatial shape of outputs and states.
     """
 
+    def initial_state(self, batch_shape: tuple = ..., dtype: Any = ..., spatial_shape: tuple = ...) -> Any: ...
+
     def check_inputs(self, params: Any, inputs: jax.Array) -> None: ...
 
     def output_spatial_shape(self, spatial_shape: tuple) -> tuple: ...
@@ -147,7 +150,7 @@ class HasBiasInLoop(Protocol):
     bias_in_loop: bool
 
 
-def per_gate_masks(masks: Optional[jax.Array]) -> bool:
+def per_gate_masks(masks: Optional[jax.Array]) -> TypeGuard[jax.Array]:
     """The dropout-mask rule: ``masks`` is None, ``(1, *shape)`` (one mask shared by every gate) or
     ``(gates, *shape)`` (gate ``g``'s matmul sees its input times ``masks[g]``). True for the
     last."""
@@ -289,7 +292,7 @@ class CoreProgram(NamedTuple):
     The three forms (None where the step lacks one) pick the driver's path (``docs/design.md``).
     """
 
-    project: Callable
+    project: Optional[Callable]  # None: the inputs are already projected (scan_rnn without project=)
     step: Callable
     initial_state: Optional[Callable] = None
     output_shape: Optional[tuple] = None

@@ -54,7 +54,7 @@ class KerasCell(contract.CellFacts, nn.Module):
         """Creates (at init) or fetches the parameters, reporting their penalties."""
         core = self.core
         if self.has_variable("params", "kernel"):  # before `param`, whose own shape check names no argument
-            built = self.get_variable("params", "kernel").shape
+            built: tuple = self.get_variable("params", "kernel").shape
             if built[-2] != input_dim:
                 raise ValueError(
                     f"`inputs`: {input_dim} features per step, but {type(self).__name__} was built for "

@@ -32,7 +32,8 @@ def _parameters(cls: Any) -> frozenset:
 
 def accepts(layer: Any, argument: str) -> bool:
     """Whether ``layer.__call__`` has a parameter named ``argument``."""
-    return argument in _parameters(type(layer))
+    cls: type = type(layer)
+    return argument in _parameters(cls)
 
 
 def call_layer(layer: Any, inputs: jax.Array, mask: Optional[jax.Array] = None, training: Optional[bool] = False,
