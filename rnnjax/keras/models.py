@@ -16,7 +16,7 @@ def build_model(spec, cudnn: str = "keep", custom=None):
     """``(model or None, problems)`` for ``spec``; ``custom``: the user's
     :class:`rnnjax.keras.custom.CustomObjects`."""
     ctx = build.Context(spec.keras_major, spec.version, cudnn, custom)
-    calls = []  # the problems of calls and connections
+    calls: list = []  # the problems of calls and connections
     if spec.kind == "functional":
         model = _graph(ctx, spec.graph, spec.keras_major, calls, None)
     else:

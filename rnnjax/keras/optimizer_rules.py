@@ -236,7 +236,7 @@ def _leaf(rule: KerasRule, g, s: dict, lr, t):
         rho = jnp.asarray(rule.rho, g.dtype)
         v = rho * s["velocity"] + (1 - rho) * jnp.square(g)
         new = {"velocity": v}
-        a2 = 0.0
+        a2: Union[float, jax.Array] = 0.0
         if rule.centered:
             a = new["average_gradient"] = rho * s["average_gradient"] + (1 - rho) * g
             a2 = jnp.square(a)

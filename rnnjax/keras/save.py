@@ -16,6 +16,7 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,7 @@ def _layers_of(model) -> list:
 
 def _names(layers) -> list:
     """Each layer's name in the variables: its Keras name, numbered per name as Sequential does."""
-    used = {}
+    used: dict = {}
     return [sl.unique(keras_name(layer), used) for layer in layers]
 
 
@@ -84,7 +85,7 @@ def _count_arrays(variables) -> int:
     return len(jax.tree_util.tree_leaves([variables["params"], variables.get(BATCH_STATS, {})]))
 
 
-def _infer_input(layer, params, where) -> tuple:
+def _infer_input(layer, params, where) -> Optional[tuple]:
     """(per-sample shape, dtype) of the inputs a model starting with ``layer`` takes, or None
     when ``layer`` keeps the shape (look at the next one)."""
     if isinstance(layer, Embedding):

@@ -41,7 +41,9 @@ def keras_order(graph) -> list:
     def parents(node):
         return [] if node < 0 else [r.node for r in _tensor_refs(graph.calls[node])]
 
-    finished, order, index = set(), [], {}
+    finished: set = set()
+    order: list = []
+    index: dict = {}
     for out in graph.outputs:
         stack = [[out.node, None]]
         while stack:  # Keras's recursive _build_map_helper, iteratively
@@ -59,7 +61,8 @@ def keras_order(graph) -> list:
                 stack.pop()
             elif nxt not in finished:
                 stack.append([nxt, None])
-    node_depth, op_depth = {}, {}
+    node_depth: dict = {}
+    op_depth: dict = {}
     for node in reversed(order):
         op = op_of(node)
         depth = max(node_depth.setdefault(node, 0), op_depth.get(op, 0))
@@ -83,7 +86,7 @@ def tensor_shapes(model, variables) -> dict:
     for size in (2, 3):
         structs = [jax.ShapeDtypeStruct(tuple(size if d is None else int(d) for d in (shape or (None,))),
                                         jnp.dtype(dtype)) for _, shape, dtype in model.inputs]
-        record = {}
+        record: dict = {}
         jax.eval_shape(lambda v, *xs, rec=record: model.apply(v, list(xs), [None] * len(xs), False, rec,
                                                              method="run"), variables, *structs)
         probes.append(record)

@@ -9,7 +9,7 @@ the layers' public fields and the public variables layout.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, cast
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def _cell_config(obj, kind: kinds.CellKind, ctx: Context, where: str) -> tuple[d
     ``kind.sigma_blocks`` by ``recurrent_activation``'s, the others by ``activation``'s."""
     act, factor = so.activation(obj.activation, f"{where} `activation`", ctx.hard_sigmoid, kind.activation_linear)
     factors = [1.0 if g in kind.sigma_blocks else factor for g in range(kind.gates)]
-    cfg = {"activation": act}
+    cfg: dict[str, Any] = {"activation": act}
     if "recurrent_activation" in kind.cell_arguments:
         cfg["recurrent_activation"], rec = so.activation(
             obj.recurrent_activation, f"{where} `recurrent_activation`", ctx.hard_sigmoid, True)
@@ -170,13 +170,13 @@ def _keras_rnn(layer, params, name, where, ctx, cell=None) -> Saved:
     which has them too) plus the layer's sequence fields. ``RNN(ConvLSTM2DCell(...))`` comes here
     as a ConvLSTM2D (Keras 3 has no public ConvLSTM cell; the two compute the same)."""
     source = layer if cell is None else cell
-    kind = kinds.kind_of(source)
+    kind = cast(kinds.CellKind, kinds.kind_of(source))  # the dispatch sends only the built-in kinds' layers here
     conv = kind.rank
     cfg, factors = _cell_config(source, kind, ctx, where)
     units = source.filters if conv else source.units
     cell_params = None if params is None else params.get("cell")
     arrays = _cell_weights(source, cell_params, kind, factors, units, where + " cell", ctx)
-    fields = {"units": int(units)}
+    fields: dict[str, Any] = {"units": int(units)}
     if conv:
         fields = {"filters": int(source.filters)}
         for f in ("kernel_size", "strides", "dilation_rate"):
@@ -237,7 +237,8 @@ def _rnn(layer, params, name, where, ctx) -> Saved:
     kind = _saved_kind(cells[0][0], "cell")
     if not stacked and kind is not None and not kind.keras_cell:
         return _keras_rnn(layer, params, name, where, ctx, cell=cells[0][0])
-    used, saved = {}, []
+    used: dict = {}
+    saved: list = []
     for i, (cell, p) in enumerate(cells):
         cell_name = unique(snake_case(type(cell).__name__), used)
         saved.append(_cell(cell, p, cell_name, f"{where} cell {i}", ctx))
@@ -314,6 +315,7 @@ def _dense(layer, params, name, where, ctx) -> Saved:
 
 def _weightless(layer, params, name, where, ctx) -> Saved:
     _weights(params, [], where, ctx)
+    fields: dict[str, Any]
     if isinstance(layer, Masking):
         class_name, fields = "Masking", {"mask_value": float(layer.mask_value)}
     elif isinstance(layer, Dropout):
