@@ -243,8 +243,9 @@ class MatmulLoop:
     def _through_matmul(self, da, s_prev, R, R_transposed, rec_mask):
         """``d h_{t-1}`` from ``d a_t``: ``(d a_t @ Rᵀ)`` through ``recurrent_lhs`` and the mask."""
         h_like = _first_leaf(s_prev)
-        if self.step.apply_recurrent_kernel is not None:  # vjp, not linear_transpose: it may have a custom_vjp
-            dv = jax.vjp(lambda v: self.step.apply_recurrent_kernel(v, R), h_like)[1](da)[0]
+        apply_kernel = self.step.apply_recurrent_kernel
+        if apply_kernel is not None:  # vjp, not linear_transpose: it may have a custom_vjp
+            dv = jax.vjp(lambda v: apply_kernel(v, R), h_like)[1](da)[0]
         else:
             dv = da @ R_transposed
             if self.step.recurrent_lhs is not None:

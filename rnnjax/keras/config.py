@@ -178,7 +178,8 @@ class _Layers:
         return "functional", graph.layers, None, "float32", graph
 
     def _sequential(self, body, where):
-        specs, shape, dtype = [], None, "float32"
+        specs: list = []
+        shape, dtype = None, "float32"
         for i, entry in enumerate(_entries(body.get("layers"), where)):
             cfg = entry["config"]
             if entry["class_name"] == "InputLayer":

@@ -296,5 +296,5 @@ def _sequential(model, variables, ctx, input_shape, input_dtype, batch_size):
     shape, dtype = _input_spec(model, variables, layers, params, input_shape, input_dtype, batch)
     name = keras_name(model) if isinstance(model, Sequential) else "sequential"
     config = _model_config(saved, name, (batch,) + shape, dtype, ctx.dtype)
-    used = {}
+    used: dict = {}
     return config, [(sl.unique(snake_case(s.config["class_name"]), used), s) for s in saved], name

@@ -107,7 +107,9 @@ class _Writer:
                                  f"{list(graph.names)}).")
         order = keras_order(graph)
         producers, op_names = self._names(graph, order)
-        entries, used, children = [], {}, {}
+        entries: list = []
+        used: dict = {}
+        children: dict = {}
         for op in order:
             entry, node = self._entry(graph, op, params, producers, op_names, where, prefix)
             entries.append(entry)
@@ -123,12 +125,15 @@ class _Writer:
 
     @staticmethod
     def _names(graph, order):
-        producers, counts = {}, {}
+        producers: dict = {}
+        counts: dict = {}
         for i, call in enumerate(graph.calls):
             if call.layer >= 0:
                 producers[i] = (graph.names[call.layer], counts.setdefault(call.layer, [0])[0])
                 counts[call.layer][0] += 1
-        taken, op_names, used = set(graph.names) | set(graph.input_names), {}, {}
+        taken = set(graph.names) | set(graph.input_names)
+        op_names: dict = {}
+        used: dict = {}
         for op in order:
             if op[0] == "op":
                 base = snake_case(graph.calls[op[1]].op)

@@ -202,7 +202,7 @@ def _named_groups(root) -> dict:
 def _read_container(root, top, layers, prefix, out, problems, named):
     """Reads ``layers`` of the container at ``top`` into ``out``; ``named``: ``[]``, or the file's
     :func:`_named_groups` once a layer was not at its path."""
-    counts = {}
+    counts: dict = {}
     for cls, name, module in layers:
         base = snake_case(cls)
         n = counts.get(base, 0)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Callable, ClassVar, Sequence, Union
+from typing import Any, Callable, ClassVar, Sequence, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -100,7 +100,8 @@ def _masked_product(xs, masks):
     """Keras 3's ``Multiply``: a masked entry counts as 1; where no input keeps an entry (every
     input masked), the output is 0; only when every input has a mask."""
     spread = [_spread(m, x) for m, x in zip(masks, xs)]
-    out, keep = None, None
+    out: Any = None
+    keep: Any = None
     for x, m in zip(xs, spread):
         if m is not None:
             x = jnp.where(m, x, jnp.ones((), x.dtype))

@@ -267,7 +267,7 @@ def stack_programs(programs: typing.Sequence[CoreProgram], batch_shape: tuple, d
         return tuple(new_states), y
 
     def initial_state(batch_shape=batch_shape, dtype=dtype):
-        return tuple(p.initial_state(batch_shape, dtype) for p in programs)
+        return tuple(cast(Callable, p.initial_state)(batch_shape, dtype) for p in programs)  # cells' programs: set
 
     return CoreProgram(programs[0].project, step, initial_state, programs[-1].output_shape,
                        takes_constants=any(p.takes_constants for p in programs))

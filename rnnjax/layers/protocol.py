@@ -36,7 +36,7 @@ def accepts(layer: Any, argument: str) -> bool:
     return argument in _parameters(cls)
 
 
-def call_layer(layer: Any, inputs: jax.Array, mask: Optional[jax.Array] = None, training: Optional[bool] = False,
+def call_layer(layer: Any, inputs: Any, mask: Any = None, training: Optional[bool] = False,
                **extra):
     """``layer(inputs, ...)`` with ``mask``/``training`` passed the way ``layer`` takes them (a layer
     without a ``mask`` parameter gets none; :func:`output_mask` says whether it may ignore it)."""

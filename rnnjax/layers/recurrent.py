@@ -20,7 +20,7 @@ Fields beyond Keras 2: ``input_dim``/``input_length`` (checked), ``zero_output_f
 from __future__ import annotations
 
 import functools
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, cast
 
 import flax.linen as nn
 import jax
@@ -43,7 +43,8 @@ class KerasRecurrent(RecurrentLayer):
         super().__post_init__()
 
     def _make_cell(self):
-        return self.kind.linen_cell(**{n: getattr(self, n) for n in self.kind.arguments("cell")}, name="cell")
+        kind = cast(kinds.CellKind, self.kind)  # set per kind by linen_class
+        return kind.linen_cell(**{n: getattr(self, n) for n in kind.arguments("cell")}, name="cell")
 
     @nn.compact
     def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,

@@ -12,7 +12,7 @@ at construction: pass ``batch_size``, an int or a tuple of batch axes); ``layer.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional, cast
 
 import jax
 import jax.numpy as jnp
@@ -69,8 +69,9 @@ class Recurrent(nnx.Module):
 
     def _state_template(self, feature_shape):
         """Zero states for a batch of ``batch_shape`` with per-step inputs ``feature_shape``."""
-        program = cell_program(self.cell, feature_shape, self.batch_shape, jnp.float32, deterministic=True)  # no masks
-        return program.initial_state(self.batch_shape, jnp.float32)
+        batch_shape = cast(tuple, self.batch_shape)  # a stateful layer's (the only caller)
+        program = cell_program(self.cell, feature_shape, batch_shape, jnp.float32, deterministic=True)  # no masks
+        return cast(Callable, program.initial_state)(batch_shape, jnp.float32)
 
     def _store(self, final, penalty):
         """Keeps a stateful layer's final states and the call's activity penalty."""

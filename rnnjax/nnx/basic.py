@@ -14,7 +14,7 @@ their penalties and constraints as metadata (:func:`rnnjax.nnx.regularization_lo
 """
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import jax.numpy as jnp
 from flax import nnx
@@ -47,6 +47,8 @@ class _Companion(nnx.Module):
 
 class _Weighted(_Companion):
     """Weights drawn with their Keras initializer; the activity penalty of the last call."""
+
+    activity_penalty: Any  # an ActivityPenalty with an activity_regularizer, else None (_init_activity)
 
     def _weight(self, arg: str, shape, rngs):
         spec = self.spec
