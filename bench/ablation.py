@@ -70,7 +70,10 @@ def main(argv=None):
     ap.add_argument("--target-s", type=float, default=1.0)
     args = ap.parse_args(argv)
     rec = machine_record()
-    print(f"# {rec.get('cpu_model')} · {rec.get('cores', os.cpu_count())} cores · jax {jax.__version__} · {rec.get('date')}")
+    print(
+        f"# {rec.get('cpu_model')} · {rec.get('cores', os.cpu_count())} "
+        f"cores · jax {jax.__version__} · {rec.get('date')}"
+    )
     print("| shape (B,T,I,U) | variant | forward | fwd+bwd | fwd+bwd vs flax |")
     print("|---|---|---|---|---|")
     for shape in args.shapes.split(";"):

@@ -250,7 +250,9 @@ def rnnjax_layer(layer: str, shape, extra: dict, cls_name: Optional[str] = None,
     return cls(**kw)
 
 
-def build_rnnjax(layer: str, shape, w: dict, x, extra: dict, cls_name: Optional[str] = None, old: bool = False) -> Built:
+def build_rnnjax(
+    layer: str, shape, w: dict, x, extra: dict, cls_name: Optional[str] = None, old: bool = False
+) -> Built:
     """rnnjax's layer (``old``: the same layer of the ``--old-rev`` build, named ``rnnjax@REV``)."""
     import jax
 

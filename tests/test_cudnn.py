@@ -511,7 +511,9 @@ def test_regularizers_constraints_and_bfloat16():
 
 def test_input_errors():
     v = {"params": cudnn_params("lstm")}
-    with pytest.raises(ValueError, match=r"`inputs`: expected an array \(\*batch, timesteps, features\) with at least 2"):
+    with pytest.raises(
+        ValueError, match=r"`inputs`: expected an array \(\*batch, timesteps, features\) with at least 2"
+    ):
         layer_for("lstm").apply(v, jnp.zeros((I,)))  # (T, I) is one unbatched sequence (test_batch_axes.py)
     with pytest.raises(ValueError, match="`inputs`: 7 features per step"):
         layer_for("lstm").apply(v, jnp.zeros((B, T, 7)))

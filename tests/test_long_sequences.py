@@ -58,11 +58,15 @@ def test_long_sequence_grad_matches_finite_differences():
     params = layer.init(jax.random.key(0), x[:, :3])["params"]
     f = _grad_fn(layer, x)
     _, g = f(params)
-    direction = jax.tree_util.tree_map(lambda a: jnp.asarray(np.random.default_rng(2).normal(size=a.shape), a.dtype), params)
+    direction = jax.tree_util.tree_map(
+        lambda a: jnp.asarray(np.random.default_rng(2).normal(size=a.shape), a.dtype), params
+    )
     eps = 1e-2
     shift = lambda s: jax.tree_util.tree_map(lambda p, d: p + s * eps * d, params, direction)  # noqa: E731
     fd = (float(f(shift(1.0))[0]) - float(f(shift(-1.0))[0])) / (2 * eps)
-    analytic = sum(float(jnp.sum(a * d)) for a, d in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(direction)))
+    analytic = sum(
+        float(jnp.sum(a * d)) for a, d in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(direction))
+    )
     np.testing.assert_allclose(analytic, fd, rtol=2e-2, atol=1e-5)
 
 

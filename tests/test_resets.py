@@ -382,7 +382,9 @@ def test_stateful_layer_continues_its_stored_state_into_the_first_sequence():
     y1, v1 = stateful.apply(v, x, reset=jnp.asarray(RESET), mutable=["rnn_state"])
     y2, _ = stateful.apply({**v, **v1}, x, reset=jnp.asarray(RESET), mutable=["rnn_state"])
     assert_trees_close(y1, want[0])
-    continued = plain.apply({"params": params}, x, reset=jnp.asarray(RESET), initial_state=list(v1["rnn_state"]["states"]))
+    continued = plain.apply(
+        {"params": params}, x, reset=jnp.asarray(RESET), initial_state=list(v1["rnn_state"]["states"])
+    )
     assert_trees_close(y2, continued[0])
 
 

@@ -160,7 +160,7 @@ def _same_struct(a, b) -> bool:
     """Whether two ``jax.eval_shape`` results have the same tree, shapes and dtypes."""
     la, ta = jax.tree_util.tree_flatten(a)
     lb, tb = jax.tree_util.tree_flatten(b)
-    return ta == tb and all(  # type: ignore[operator]  # jaxlib's PyTreeDef has no __eq__ in its stub
+    return ta == tb and all(  # type: ignore[operator]  # PyTreeDef: jaxlib's _jax has no stub
         u.shape == v.shape and u.dtype == v.dtype for u, v in zip(la, lb))
 
 

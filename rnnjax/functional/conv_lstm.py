@@ -223,7 +223,8 @@ class ConvLSTMCore:
         r = self.rank
         if x.ndim < r + 1:
             raise ValueError(
-                f"`{what}`: expected (..., {r} spatial dims, channels) with at least {r + 1} dimensions, got shape {x.shape}."
+                f"`{what}`: expected (..., {r} spatial dims, channels) "
+                f"with at least {r + 1} dimensions, got shape {x.shape}."
             )
         if x.shape[-1] != params.kernel.shape[-2]:
             raise ValueError(

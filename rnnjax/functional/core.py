@@ -14,8 +14,16 @@ import jax.numpy as jnp
 from rnnjax.functional import activations, initializers
 from rnnjax.functional.mesh import partitioned
 from rnnjax.functional.protocol import (
-    CoreParams, CoreProgram, HasBiasInLoop, HasInputAdditiveStep, HasLoopParams, HasMatmulStep, HasProjectParts, LoopBias,
-    RecurrentCore, per_gate_masks,
+    CoreParams,
+    CoreProgram,
+    HasBiasInLoop,
+    HasInputAdditiveStep,
+    HasLoopParams,
+    HasMatmulStep,
+    HasProjectParts,
+    LoopBias,
+    RecurrentCore,
+    per_gate_masks,
 )
 
 

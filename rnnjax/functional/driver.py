@@ -317,7 +317,9 @@ def _check_inputs(inputs, mask, reset, time_major):
         )
     steps = inputs.shape[0 if time_major else inputs.ndim - 2]
     if steps == 0:
-        raise ValueError(f"`inputs`: the time axis is empty (shape {inputs.shape}); a sequence needs at least one step.")
+        raise ValueError(
+            f"`inputs`: the time axis is empty (shape {inputs.shape}); a sequence needs at least one step."
+        )
     for flags, name in ((mask, "mask"), (reset, "reset")):
         _check_flags(flags, name, inputs.shape[:-1])
     return steps

@@ -73,7 +73,9 @@ class MinimalRNNCore:
 
     def step(self, params: MinimalRNNParams, state: MinimalRNNState, xp_t: jax.Array,
              recurrent_dropout_mask: Optional[jax.Array] = None):
-        return self.pointwise(None, xp_t, gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 1), state)
+        return self.pointwise(
+            None, xp_t, gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 1), state
+        )
 
     def matmul_step(self, params: MinimalRNNParams, recurrent_dropout_mask: Optional[jax.Array] = None):
         """The step as a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep` (the driver's

@@ -96,7 +96,9 @@ class CustomObjects:
                             f"factory(config) -> Flax module}}, got {type(mapping).__name__}.")
         for key, factory in mapping.items():
             if not isinstance(key, str) or not key:
-                raise TypeError(f"`custom_objects`: keys must be non-empty strings (class or layer names), got {key!r}.")
+                raise TypeError(
+                    f"`custom_objects`: keys must be non-empty strings (class or layer names), got {key!r}."
+                )
             if not callable(factory):
                 raise TypeError(f"`custom_objects[{key!r}]`: expected a callable factory(config) -> Flax module, got "
                                 f"{type(factory).__name__}.")

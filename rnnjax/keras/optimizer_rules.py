@@ -274,7 +274,7 @@ def keras_transform(rule: KerasRule, trainable=None):
         if rule.weight_decay is not None and params is None:
             raise ValueError("This Keras optimizer has weight_decay: call `tx.update(grads, state, params)` with the "
                              "parameters.")
-        treedef: Any  # jaxlib's PyTreeDef does not resolve for mypy
+        treedef: Any  # PyTreeDef: jaxlib's _jax has no stub, mypy cannot resolve it
         leaves, treedef = jax.tree_util.tree_flatten(grads)
         try:
             slots = {n: treedef.flatten_up_to(state.slots[n]) for n in names}

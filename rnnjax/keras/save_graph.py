@@ -179,10 +179,14 @@ class _Writer:
         if kind == "op":
             call = graph.calls[i]
             name = op_names[i]
-            return {"module": _OP_MODULES.get(call.op, "keras.src.ops.numpy"), "class_name": call.op,
-                    "config": {"name": name, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in call.op_config}},
-                    "registered_name": call.op, "name": name,
-                    "inbound_nodes": [self._node(graph, call, producers, op_names, prefix)]}, None
+            return {
+                "module": _OP_MODULES.get(call.op, "keras.src.ops.numpy"),
+                "class_name": call.op,
+                "config": {"name": name, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in call.op_config}},
+                "registered_name": call.op,
+                "name": name,
+                "inbound_nodes": [self._node(graph, call, producers, op_names, prefix)],
+            }, None
         layer, name = graph.layers[i], graph.names[i]
         calls = [c for c in graph.calls if c.layer == i]
         here = f"{where}layer {name!r} ({type(layer).__name__})"

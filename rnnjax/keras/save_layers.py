@@ -84,7 +84,9 @@ def _cell_config(obj, kind: kinds.CellKind, ctx: Context, where: str) -> tuple[d
             factors[g] = rec
     cfg["use_bias"] = bool(obj.use_bias)
     for p in _PARTS:
-        cfg[f"{p}_initializer"] = so.initializer(getattr(obj, f"{p}_initializer"), f"{where} `{p}_initializer`", ctx.warn)
+        cfg[f"{p}_initializer"] = so.initializer(
+            getattr(obj, f"{p}_initializer"), f"{where} `{p}_initializer`", ctx.warn
+        )
     if "unit_forget_bias" in kind.cell_arguments:
         cfg["unit_forget_bias"] = bool(obj.unit_forget_bias)
     for p in _PARTS:
@@ -128,14 +130,20 @@ def _cell_weights(obj, params, kind, factors, units, where, ctx) -> list:
     if obj.use_bias:
         expected = (2, gates * units) if getattr(obj, "reset_after", False) else (gates * units,)
         if arrays[2].shape != expected:
-            raise KerasSaveError(f"{where}: bias of shape {arrays[2].shape}, expected {expected} for the layer's config.")
+            raise KerasSaveError(
+                f"{where}: bias of shape {arrays[2].shape}, expected {expected} for the layer's config."
+            )
     return _scale(arrays, factors)
 
 
 def _saved_kind(obj, role: str):
     """The record of a built-in linen cell or layer (exact class) that Keras files hold, else None."""
     kind = kinds.kind_of(obj)
-    ok = kind is not None and kind.in_keras_files and type(obj) is (kind.linen_cell if role == "cell" else kind.linen_layer)
+    ok = (
+        kind is not None
+        and kind.in_keras_files
+        and type(obj) is (kind.linen_cell if role == "cell" else kind.linen_layer)
+    )
     return kind if ok else None
 
 
@@ -205,7 +213,9 @@ def _cudnn(layer, params, name, where, ctx) -> Saved:
     arrays = [np.asarray(a, ctx.dtype) for a in canonical]
     cfg = {"units": int(layer.units), "activation": "tanh", "recurrent_activation": "sigmoid", "use_bias": True}
     for p in _PARTS:
-        cfg[f"{p}_initializer"] = so.initializer(getattr(layer, f"{p}_initializer"), f"{where} `{p}_initializer`", ctx.warn)
+        cfg[f"{p}_initializer"] = so.initializer(
+            getattr(layer, f"{p}_initializer"), f"{where} `{p}_initializer`", ctx.warn
+        )
         cfg[f"{p}_constraint"] = None
     cfg["kernel_regularizer"] = so.regularizer(layer.kernel_regularizer, f"{where} `kernel_regularizer`")
     cfg["recurrent_regularizer"] = so.regularizer(layer.recurrent_regularizer, f"{where} `recurrent_regularizer`")
@@ -247,7 +257,9 @@ def _rnn(layer, params, name, where, ctx) -> Saved:
         config["cell"] = saved[0].config
         return Saved(keras_object("RNN", config), Node(name, [], {"cell": saved[0].node}))
     children = {f"cells/{s.node.name}": s.node for s in saved}  # Keras's container names, as the cells'
-    config["cell"] = keras_object("StackedRNNCells", {**_base("stacked_rnn_cells", ctx), "cells": [s.config for s in saved]})
+    config["cell"] = keras_object(
+        "StackedRNNCells", {**_base("stacked_rnn_cells", ctx), "cells": [s.config for s in saved]}
+    )
     return Saved(keras_object("RNN", config), Node(name, [], {"cell": Node("stacked_rnn_cells", [], children)}))
 
 
@@ -288,8 +300,12 @@ def _embedding(layer, params, name, where, ctx) -> Saved:
             f"{where}: embeddings of shape {arrays[0].shape}, expected (input_dim, output_dim) = "
             f"{(layer.input_dim, layer.output_dim)}.")
     config = {
-        **_base(name, ctx), "input_dim": int(layer.input_dim), "output_dim": int(layer.output_dim),
-        "embeddings_initializer": so.initializer(layer.embeddings_initializer, f"{where} `embeddings_initializer`", ctx.warn),
+        **_base(name, ctx),
+        "input_dim": int(layer.input_dim),
+        "output_dim": int(layer.output_dim),
+        "embeddings_initializer": so.initializer(
+            layer.embeddings_initializer, f"{where} `embeddings_initializer`", ctx.warn
+        ),
         "embeddings_regularizer": so.regularizer(layer.embeddings_regularizer, f"{where} `embeddings_regularizer`"),
         "activity_regularizer": so.regularizer(layer.activity_regularizer, f"{where} `activity_regularizer`"),
         "embeddings_constraint": so.constraint(layer.embeddings_constraint, f"{where} `embeddings_constraint`"),
@@ -304,7 +320,9 @@ def _dense(layer, params, name, where, ctx) -> Saved:
     arrays = _scale(_weights(params, ["kernel"] + (["bias"] if layer.use_bias else []), where, ctx), [factor])
     config = {**_base(name, ctx), "units": int(layer.units), "activation": act, "use_bias": bool(layer.use_bias)}
     for p in ("kernel", "bias"):
-        config[f"{p}_initializer"] = so.initializer(getattr(layer, f"{p}_initializer"), f"{where} `{p}_initializer`", ctx.warn)
+        config[f"{p}_initializer"] = so.initializer(
+            getattr(layer, f"{p}_initializer"), f"{where} `{p}_initializer`", ctx.warn
+        )
         config[f"{p}_regularizer"] = so.regularizer(getattr(layer, f"{p}_regularizer"), f"{where} `{p}_regularizer`")
         config[f"{p}_constraint"] = so.constraint(getattr(layer, f"{p}_constraint"), f"{where} `{p}_constraint`")
     activity = so.regularizer(layer.activity_regularizer, f"{where} `activity_regularizer`")

@@ -172,9 +172,10 @@ class RNN(RecurrentLayer):
     ``mask`` ``(*batch, timesteps)`` and a boolean ``reset`` ``(*batch, timesteps)``: True where a
     new sequence starts (episodes, packed sequences; the state restarts from zeros there, see
     :func:`rnnjax.functional.scan_rnn`; a stateful layer's stored state continues into a row's
-    first sequence and stores the state after the last step). Returns the output ``(*batch, units)`` (``(*batch, timesteps, units)``
-    with ``return_sequences``), followed by the final states (flat, Keras order) with
-    ``return_state``. The layer-side semantics are :mod:`rnnjax.layers.path`'s. Stateful layers keep their states in the ``'rnn_state'`` collection:
+    first sequence and stores the state after the last step). Returns the output ``(*batch, units)``
+    (``(*batch, timesteps, units)`` with ``return_sequences``), followed by the final states (flat,
+    Keras order) with ``return_state``. The layer-side semantics are :mod:`rnnjax.layers.path`'s.
+    Stateful layers keep their states in the ``'rnn_state'`` collection:
     ``apply(..., mutable=['rnn_state'])``; see :func:`rnnjax.reset_states`.
     """
 

@@ -143,8 +143,15 @@ def draw_masks(core: Any, keys: Optional[Callable], dropout: float, recurrent_dr
     return in_mask, rec_mask
 
 
-def built_cell_program(core: Any, params: Any, shapes: StepShapes, batch_shape: Sequence[int], dtype: Any,
-                       masks: tuple[Optional[jax.Array], Optional[jax.Array]] = (None, None), channels_first: bool = False) -> CoreProgram:
+def built_cell_program(
+    core: Any,
+    params: Any,
+    shapes: StepShapes,
+    batch_shape: Sequence[int],
+    dtype: Any,
+    masks: tuple[Optional[jax.Array], Optional[jax.Array]] = (None, None),
+    channels_first: bool = False,
+) -> CoreProgram:
     """The program of a built-in cell: ``core`` on ``params`` with this call's ``masks``, its
     zero state for ``batch_shape`` (and the input's spatial shape). With ``channels_first`` (a
     spatial cell used directly in a layer) see :func:`channels_first_program`."""

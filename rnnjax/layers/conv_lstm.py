@@ -11,9 +11,9 @@ undilated). Parameters (Keras layout, under ``params['cell']``): ``kernel kernel
 Shapes (2-D; 1-D and 3-D drop/add a spatial axis), ``channels_last``:
 inputs ``(*samples, time, rows, cols, channels)`` (any number of sample axes), output
 ``(*samples, rows', cols', filters)`` or ``(*samples, time, rows', cols', filters)`` with
-``return_sequences``, states ``h, c`` ``(*samples, rows', cols', filters)``. ``channels_first`` puts channels/filters right after the
-time (or batch) axis. The layers compute channels_last internally: a channels_first input is
-transposed once before the loop and the outputs/states once after (states in the
+``return_sequences``, states ``h, c`` ``(*samples, rows', cols', filters)``. ``channels_first``
+puts channels/filters right after the time (or batch) axis. The layers compute channels_last
+internally: a channels_first input is transposed once before the loop and the outputs/states once after (states in the
 ``'rnn_state'`` collection of a stateful layer are kept channels_last).
 """
 from __future__ import annotations

@@ -45,7 +45,8 @@ def merge_inputs(layer: str, inputs, mask, count=None) -> tuple:
     if not isinstance(mask, (list, tuple)) or len(mask) > len(inputs):
         raise ValueError(
             f"`mask`: {layer} takes a list of masks, one per input (None entries allowed), got "
-            f"{type(mask).__name__ if not isinstance(mask, (list, tuple)) else f'{len(mask)} masks for {len(inputs)} inputs'}."
+            + (f"{len(mask)} masks for {len(inputs)} inputs." if isinstance(mask, (list, tuple))
+               else f"{type(mask).__name__}.")
         )
     return list(inputs), list(mask) + [None] * (len(inputs) - len(mask))
 

@@ -31,7 +31,8 @@ def bind(owner: str, linen_class, args: tuple, kwargs: dict, last_positional: Op
     positional = names[: names.index(last_positional) + 1] if last_positional else []
     if len(args) > len(positional):
         raise TypeError(
-            f"{owner}: takes at most {len(positional)} positional arguments (Keras's: {', '.join(positional) or 'none'}),"
+            f"{owner}: takes at most {len(positional)} positional "
+            f"arguments (Keras's: {', '.join(positional) or 'none'}),"
             f" got {len(args)}; pass the others by keyword."
         )
     if len(args) >= 2 and positional[1] in _NEVER_INT and isinstance(args[1], numbers.Integral) \

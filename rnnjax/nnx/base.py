@@ -83,9 +83,13 @@ class Recurrent(nnx.Module):
     def _run(self, inputs, *, mask, initial_state, constants, training, deterministic, rngs, layout=None, reset=None):
         """One call through the layer-side path; stores the final states and the activity penalty."""
         options = path.CallOptions.of(self)
-        seq = path.check_sequence(inputs, feature_ndim=num_feature_axes(self.cell), input_dim=options.input_dim,
-                                  input_length=options.input_length,
-                                  layout=layout or getattr(self.cell, "sequence_layout", "(*batch, timesteps, features)"))
+        seq = path.check_sequence(
+            inputs,
+            feature_ndim=num_feature_axes(self.cell),
+            input_dim=options.input_dim,
+            input_length=options.input_length,
+            layout=layout or getattr(self.cell, "sequence_layout", "(*batch, timesteps, features)"),
+        )
         program = cell_program(self.cell, seq.feature_shape, seq.batch_shape, inputs.dtype,
                                deterministic=resolve_deterministic(training, deterministic), rngs=rngs,
                                constants=constants)

@@ -78,9 +78,17 @@ class NNXConvLSTM(Recurrent):
         return self.kind.rank + 1
 
     # Keras's ConvLSTM layers take no constants: a narrower call than Recurrent's.
-    def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None,  # type: ignore[override]
-                 initial_state: Any = None, training: Optional[bool] = None, deterministic: Optional[bool] = None, rngs: Any = None,
-                 reset: Optional[jax.Array] = None):
+    def __call__(  # type: ignore[override]
+        self,
+        inputs: jax.Array,
+        *,
+        mask: Optional[jax.Array] = None,
+        initial_state: Any = None,
+        training: Optional[bool] = None,
+        deterministic: Optional[bool] = None,
+        rngs: Any = None,
+        reset: Optional[jax.Array] = None,
+    ):
         """``inputs (*samples, time, *spatial, channels)`` (channels_first: ``(*samples, time, channels,
         *spatial)``) -> the output, then ``h, c`` with ``return_state`` (in the layer's data_format);
         ``reset (*samples, time)``: True where a new sequence starts (see :class:`rnnjax.RNN`)."""

@@ -60,8 +60,10 @@ def nnx_class(kind: kinds.CellKind, role: str) -> type:
     name = kind.cell_name if role == "cell" else kind.name
     extra = "input_dim=<channels>" if kind.rank else "input_dim"
     example = f"\n\n    Examples:{kind.nnx_example}" if role == "layer" and kind.nnx_example else ""
-    doc = (f"{(kind.cell_doc if role == 'cell' else kind.layer_doc)}\n\n    The NNX twin of :class:`rnnjax.{name}` "
-           f"(same arguments and numbers): ``{name}({kind.arguments(role)[0]}, ..., *, {extra}, rngs)``.{example}\n    ")
+    doc = (
+        f"{(kind.cell_doc if role == 'cell' else kind.layer_doc)}\n\n    The NNX twin of :class:`rnnjax.{name}` "
+        f"(same arguments and numbers): ``{name}({kind.arguments(role)[0]}, ..., *, {extra}, rngs)``.{example}\n    "
+    )
     arguments = kind.cell_arguments if role == "cell" else kind.layer_arguments
     namespace = {"kind": kind, "kind_role": role, "__module__": __name__, "__qualname__": name, "__doc__": doc,
                  "linen_class": kind.front_end_class("linen", role), "last_positional": arguments[-1],
