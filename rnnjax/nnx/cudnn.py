@@ -58,9 +58,16 @@ class NNXCuDNN(Recurrent):
         return make_params(self.spec.cudnn_kind.params_class, {name: getattr(self, name)[...] for name in PARAM_NAMES})
 
     # Keras's CuDNN layers take seq_lengths and no constants or dropout: a narrower call than Recurrent's.
-    def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None,  # type: ignore[override]
-                 initial_state: Any = None, seq_lengths: Optional[jax.Array] = None, training: Optional[bool] = None,
-                 reset: Optional[jax.Array] = None):
+    def __call__(  # type: ignore[override]
+        self,
+        inputs: jax.Array,
+        *,
+        mask: Optional[jax.Array] = None,
+        initial_state: Any = None,
+        seq_lengths: Optional[jax.Array] = None,
+        training: Optional[bool] = None,
+        reset: Optional[jax.Array] = None,
+    ):
         """``inputs (*batch, timesteps, features)`` -> the output, then the final states with
         ``return_state``; ``mask``: right-padded boolean ``(*batch, timesteps)``, or ``seq_lengths
         (*batch,)``; ``reset``: boolean ``(*batch, timesteps)``, True where a new sequence starts
