@@ -250,7 +250,9 @@ def rnnjax_layer(layer: str, shape, extra: dict, cls_name: Optional[str] = None,
     return cls(**kw)
 
 
-def build_rnnjax(layer: str, shape, w: dict, x, extra: dict, cls_name: Optional[str] = None, old: bool = False) -> Built:
+def build_rnnjax(
+    layer: str, shape, w: dict, x, extra: dict, cls_name: Optional[str] = None, old: bool = False
+) -> Built:
     """rnnjax's layer (``old``: the same layer of the ``--old-rev`` build, named ``rnnjax@REV``)."""
     import jax
 
@@ -625,7 +627,7 @@ def _parse_shapes(text: str):
     try:
         return [tuple(int(v) for v in part.split(",")) for part in text.split(";") if part.strip()]
     except ValueError:
-        raise SystemExit(f"--shapes: expected 'B,T,I,U;B,T,I,U', got {text!r}.")
+        raise SystemExit(f"--shapes: expected 'B,T,I,U;B,T,I,U', got {text!r}.") from None
 
 
 def plan(args) -> List[tuple]:

@@ -5,7 +5,7 @@ runs). The core protocol itself is :mod:`rnnjax.functional.protocol`.
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, overload
 
 import jax
 import jax.export
@@ -14,8 +14,16 @@ import jax.numpy as jnp
 from rnnjax.functional import activations, initializers
 from rnnjax.functional.mesh import partitioned
 from rnnjax.functional.protocol import (
-    CoreParams, CoreProgram, HasBiasInLoop, HasInputAdditiveStep, HasLoopParams, HasMatmulStep, HasProjectParts, LoopBias,
-    RecurrentCore, per_gate_masks,
+    CoreParams,
+    CoreProgram,
+    HasBiasInLoop,
+    HasInputAdditiveStep,
+    HasLoopParams,
+    HasMatmulStep,
+    HasProjectParts,
+    LoopBias,
+    RecurrentCore,
+    per_gate_masks,
 )
 
 
@@ -190,6 +198,10 @@ def core_program(core: RecurrentCore, params: CoreParams, dropout_mask: Optional
                        loop_bias=loop_bias(core, params, dropout_mask))
 
 
+@overload
+def named_step(name: str, fn: Callable) -> Callable: ...
+@overload
+def named_step(name: str, fn: None) -> None: ...
 def named_step(name: str, fn: Optional[Callable]) -> Optional[Callable]:
     """``fn`` run inside ``jax.named_scope(name)`` (None for None): the operations of a cell's
     step carry the cell's name in profiles and compiled programs' metadata, nothing else."""
