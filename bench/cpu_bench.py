@@ -250,8 +250,10 @@ def rnnjax_layer(layer: str, shape, extra: dict, cls_name: Optional[str] = None,
     return cls(**kw)
 
 
-def build_rnnjax(layer: str, shape, w: dict, x, extra: dict, cls_name: Optional[str] = None, old: bool = False,
-                 label: Optional[str] = None) -> Built:
+def build_rnnjax(
+    layer: str, shape, w: dict, x, extra: dict, cls_name: Optional[str] = None, old: bool = False,
+    label: Optional[str] = None,
+) -> Built:
     """rnnjax's layer (``old``: the same layer of the ``--old-rev`` build, named ``rnnjax@REV``;
     ``label``: another name for the row, e.g. ``rnnjax.LSTM[onednn]``)."""
     import jax
@@ -669,7 +671,7 @@ def _parse_shapes(text: str):
     try:
         return [tuple(int(v) for v in part.split(",")) for part in text.split(";") if part.strip()]
     except ValueError:
-        raise SystemExit(f"--shapes: expected 'B,T,I,U;B,T,I,U', got {text!r}.")
+        raise SystemExit(f"--shapes: expected 'B,T,I,U;B,T,I,U', got {text!r}.") from None
 
 
 def plan(args) -> List[tuple]:
@@ -789,7 +791,8 @@ def run(args):
         "machine": machine, "loadavg_end": list(os.getloadavg()),
         "matmul": {"n": mm_start["n"], "gflops": rate, "start": mm_start, "end": mm_end},
         "config": {"mode": mode, "peers": args.peers, "rnnjax_kw": args.rnnjax_kw, "old_rev": args.old_rev,
-                   "backends": args.backends, "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")},
+                   "backends": args.backends,
+                   "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")},
                    "torch_threads": args.torch_threads or machine["usable_cpus"],
                    "target_seconds": args.target_seconds, "min_reps": args.min_reps, "max_reps": args.max_reps,
                    "tolerances": {"output": OUT_TOL, "input_gradient_relative": GRAD_TOL}},

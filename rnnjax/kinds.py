@@ -41,14 +41,16 @@ RANK_ONES = _RankOnes()
 # Keras 2's defaults; the rest are rnnjax's (docs: rnnjax.RNN and the layers' docstrings).
 ARGUMENTS: dict[str, tuple] = {
     "units": (int, REQUIRED), "filters": (int, REQUIRED), "kernel_size": (Any, REQUIRED),
-    "strides": (Any, RANK_ONES), "padding": (str, "valid"), "data_format": (Any, None), "dilation_rate": (Any, RANK_ONES),
+    "strides": (Any, RANK_ONES), "padding": (str, "valid"), "data_format": (Any, None),
+    "dilation_rate": (Any, RANK_ONES),
     "activation": (Any, "tanh"), "recurrent_activation": (Any, "hard_sigmoid"), "use_bias": (bool, True),
     "kernel_initializer": (Any, "glorot_uniform"), "recurrent_initializer": (Any, "orthogonal"),
     "bias_initializer": (Any, "zeros"), "unit_forget_bias": (bool, True),
     "kernel_regularizer": (Any, None), "recurrent_regularizer": (Any, None), "bias_regularizer": (Any, None),
     "activity_regularizer": (Any, None),
     "kernel_constraint": (Any, None), "recurrent_constraint": (Any, None), "bias_constraint": (Any, None),
-    "dropout": (float, 0.0), "recurrent_dropout": (float, 0.0), "implementation": (int, 1), "reset_after": (bool, False),
+    "dropout": (float, 0.0), "recurrent_dropout": (float, 0.0), "implementation": (int, 1),
+    "reset_after": (bool, False),
     "return_sequences": (bool, False), "return_state": (bool, False), "go_backwards": (bool, False),
     "stateful": (bool, False), "unroll": (bool, False),
     "input_dim": (Optional[int], None), "input_length": (Optional[int], None), "zero_output_for_mask": (bool, False),
@@ -94,7 +96,7 @@ class CellKind:
     """
 
     name: str
-    core: type
+    core: type[Any]
     cell_arguments: tuple
     layer_arguments: tuple
     sigma_blocks: tuple

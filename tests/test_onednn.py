@@ -92,7 +92,7 @@ def test_matches_the_scan_values_and_gradients(name, go_backwards, return_sequen
     def both(params, x, init):
         results = []
         for backend in ("onednn", "scan"):
-            out, vjp = jax.vjp(lambda p, xx, s: run(backend, p, xx, s), params, x, init)
+            out, vjp = jax.vjp(lambda p, xx, s, backend=backend: run(backend, p, xx, s), params, x, init)
             cts = jax.tree_util.tree_map(lambda a: jnp.cos(jnp.arange(a.size, dtype=a.dtype).reshape(a.shape)), out)
             results.append((out, vjp(cts)))
         return results
@@ -297,7 +297,8 @@ def test_unavailable_kernels_fall_back_or_say_what_is_missing(monkeypatch):
 
 def test_build_errors_name_what_is_missing_and_how_to_get_it(monkeypatch):
     monkeypatch.setattr(_build, "RUNTIME", "no-such-onednn-wheel")
-    with pytest.raises(_build.OneDNNUnavailable, match=r"no no-such-onednn-wheel wheel found.*pip install 'rnnjax\[onednn\]'"):
+    with pytest.raises(_build.OneDNNUnavailable,
+                       match=r"no no-such-onednn-wheel wheel found.*pip install 'rnnjax\[onednn\]'"):
         _build._Plan()
     monkeypatch.undo()
     monkeypatch.setattr(_build, "_wheel_file", lambda dist, suffix: _build.Path("/x/include/oneapi/dnnl/dnnl.hpp"))

@@ -48,7 +48,7 @@ states) instead. Use ``rnnjax.LSTM``/``rnnjax.GRU`` for arbitrary masks.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import flax.linen as nn
 import jax
@@ -67,7 +67,7 @@ class CuDNNRecurrent(RecurrentLayer):
     """Shared logic of the two linen layers (no fields of its own; ``cudnn_kind``: the
     :class:`~rnnjax.cudnn.path.CuDNNKind`); the call is :func:`rnnjax.cudnn.path.run_cudnn_layer`'s."""
 
-    cudnn_kind = None  # rnnjax.cudnn.path.CuDNNKind
+    cudnn_kind: ClassVar[CuDNNKind]  # set by cudnn_class
 
     def declared_constraints(self) -> dict:
         """``{weight name: projection}`` for :func:`rnnjax.constraints.keras_constraints`."""
@@ -76,7 +76,7 @@ class CuDNNRecurrent(RecurrentLayer):
     def _weights(self, input_dim: int):
         kind, u = self.cudnn_kind, self.units
         if self.has_variable("params", "kernel"):
-            built = self.get_variable("params", "kernel").shape
+            built: tuple = self.get_variable("params", "kernel").shape
             if tuple(built) != (input_dim, kind.gates * u):
                 raise ValueError(
                     f"`inputs`: {input_dim} features per step, but {type(self).__name__}({u}) was built for "
@@ -138,7 +138,7 @@ _FIELDS_DOC = """
     """
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cudnn_class(kind: CuDNNKind) -> type:
     """The linen layer of ``kind``: fields its arguments (Keras 2's order and defaults, then rnnjax's)."""
     table = {**kinds.ARGUMENTS, "backend": (str, "auto")}

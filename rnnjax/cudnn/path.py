@@ -5,7 +5,8 @@ states, everything else is here.
 One call (:func:`run_cudnn_layer`), in order: the sequence checked (the layer-side path's
 :func:`~rnnjax.layers.path.check_sequence`), the weights (the front end's ``params_of(input_dim)``),
 the sequence lengths from a right-padded ``mask`` or ``seq_lengths`` (:func:`resolve_lengths`),
-the ``reset`` checked like a mask (any ``reset`` runs the scan backend), the initial state (:func:`~rnnjax.layers.path.start_state`), the batch axes folded into cuDNN's
+the ``reset`` checked like a mask (any ``reset`` runs the scan backend), the initial state
+(:func:`~rnnjax.layers.path.start_state`), the batch axes folded into cuDNN's
 rows (:func:`to_rows`; time is never merged), the backend chosen (:func:`choose_backend`) and run
 (:func:`run_rows`), the rows of an invalid traced mask poisoned with NaN (:func:`poison`), the
 rows unfolded (:func:`from_rows`), and the Keras results (:func:`~rnnjax.layers.path.finish`).

@@ -5,7 +5,7 @@ runs). The core protocol itself is :mod:`rnnjax.functional.protocol`.
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, overload
 
 import jax
 import jax.export
@@ -14,8 +14,17 @@ import jax.numpy as jnp
 from rnnjax.functional import activations, initializers
 from rnnjax.functional.mesh import partitioned
 from rnnjax.functional.protocol import (
-    CoreParams, CoreProgram, FusedForm, HasBiasInLoop, HasInputAdditiveStep, HasLoopParams, HasMatmulStep, HasProjectParts, LoopBias,
-    RecurrentCore, per_gate_masks,
+    CoreParams,
+    CoreProgram,
+    FusedForm,
+    HasBiasInLoop,
+    HasInputAdditiveStep,
+    HasLoopParams,
+    HasMatmulStep,
+    HasProjectParts,
+    LoopBias,
+    RecurrentCore,
+    per_gate_masks,
 )
 
 
@@ -192,6 +201,10 @@ def core_program(core: RecurrentCore, params: CoreParams, dropout_mask: Optional
                        fused=FusedForm(core, params, dropout_mask, recurrent_dropout_mask))
 
 
+@overload
+def named_step(name: str, fn: Callable) -> Callable: ...
+@overload
+def named_step(name: str, fn: None) -> None: ...
 def named_step(name: str, fn: Optional[Callable]) -> Optional[Callable]:
     """``fn`` run inside ``jax.named_scope(name)`` (None for None): the operations of a cell's
     step carry the cell's name in profiles and compiled programs' metadata, nothing else."""

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +58,7 @@ from rnnjax.functional._matmul_backward import scan_matmul_step
 from rnnjax.functional.masking import mask_step, restart, restarts, zero_masked_inputs
 from rnnjax.functional.mesh import static
 from rnnjax.functional.options import LoopOptions
-from rnnjax.functional.protocol import CoreProgram, LoopBias
+from rnnjax.functional.protocol import CoreProgram, InputAdditiveStep, LoopBias, RecurrentMatmulStep
 
 Step = Callable[..., tuple[Any, jax.Array]]
 
@@ -253,7 +253,7 @@ class _TimeMajorRun:
         carry, outputs = self.carry, []
         order = range(self.steps - 1, -1, -1) if self.options.go_backwards else range(self.steps)
         for t in order:
-            carry, y = self.body(carry, jax.tree_util.tree_map(lambda a: a[t], seq))
+            carry, y = self.body(carry, jax.tree_util.tree_map(lambda a, t=t: a[t], seq))
             if self.options.return_sequences:
                 outputs.append(y)
         return carry, (jnp.stack(outputs) if self.options.return_sequences else None)
@@ -273,11 +273,13 @@ class _TimeMajorRun:
         xs_span = self.project_span(x_span) if loop_bias is None else loop_bias.project_without_bias(x_span)
         opts = self.options
         if self.path == "matmul":
-            ys_span, state, last = scan_matmul_step(self.program.matmul_step, xs_span, carry[0], carry[1], m_span,
+            matmul_step = cast(RecurrentMatmulStep, self.program.matmul_step)  # the "matmul" path: there is one
+            ys_span, state, last = scan_matmul_step(matmul_step, xs_span, carry[0], carry[1], m_span,
                                                     r_span, opts, None if loop_bias is None else loop_bias.bias)
             return (state, last), ys_span
         if self.path == "input_additive":
-            return scan_input_additive(self.program.input_additive_step, carry, xs_span, m_span, r_span, opts)
+            additive = cast(InputAdditiveStep, self.program.input_additive_step)  # the path's: there is one
+            return scan_input_additive(additive, carry, xs_span, m_span, r_span, opts)
         return lax.scan(self.body, carry, (xs_span, m_span, r_span), reverse=opts.go_backwards, unroll=opts.scan_unroll)
 
     def run_chunked(self, chunk, raw, carry, loop_bias: Optional[LoopBias] = None):
@@ -294,7 +296,7 @@ class _TimeMajorRun:
         n_chunks, rest = divmod(steps, chunk)
         head = jax.tree_util.tree_map(lambda a: a[:n_chunks * chunk].reshape((n_chunks, chunk) + a.shape[1:]), raw)
         tail = jax.tree_util.tree_map(lambda a: a[n_chunks * chunk:], raw)  # the last `rest` steps
-        ys_tail = None
+        ys_tail: Any = None
         if rest and opts.go_backwards:  # processing order: the tail comes first
             carry, ys_tail = span(carry, tail)
         carry, ys = lax.scan(span, carry, head, reverse=opts.go_backwards)
@@ -327,7 +329,9 @@ def _check_inputs(inputs, mask, reset, time_major):
         )
     steps = inputs.shape[0 if time_major else inputs.ndim - 2]
     if steps == 0:
-        raise ValueError(f"`inputs`: the time axis is empty (shape {inputs.shape}); a sequence needs at least one step.")
+        raise ValueError(
+            f"`inputs`: the time axis is empty (shape {inputs.shape}); a sequence needs at least one step."
+        )
     for flags, name in ((mask, "mask"), (reset, "reset")):
         _check_flags(flags, name, inputs.shape[:-1])
     return steps

@@ -25,7 +25,7 @@ no mask or reset, no recurrent dropout, float32, one CPU device, a large enough 
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional, cast
 
 import flax.linen as nn
 import jax
@@ -40,7 +40,7 @@ from rnnjax.layers.conv_lstm import ConvLSTM, ConvLSTMCell
 class KerasRecurrent(RecurrentLayer):
     """Shared call of the dense built-in layers (no fields of its own; ``kind``: the record)."""
 
-    kind = None
+    kind: ClassVar[Optional[kinds.CellKind]] = None  # set per kind by linen_class
 
     def __post_init__(self):
         if self.kind is not None:
@@ -48,7 +48,8 @@ class KerasRecurrent(RecurrentLayer):
         super().__post_init__()
 
     def _make_cell(self):
-        return self.kind.linen_cell(**{n: getattr(self, n) for n in self.kind.arguments("cell")}, name="cell")
+        kind = cast(kinds.CellKind, self.kind)  # set per kind by linen_class
+        return kind.linen_cell(**{n: getattr(self, n) for n in kind.arguments("cell")}, name="cell")
 
     @nn.compact
     def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
@@ -87,7 +88,7 @@ def class_doc(kind: kinds.CellKind, role: str, name: str) -> str:
             f"the parameters' dtype. {_CALLS[role]}{example}\n    ")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def linen_class(kind: kinds.CellKind, role: str) -> type:
     """The linen class of ``kind`` (``role='cell'``: ``<Name>Cell``; ``'layer'``: ``<Name>``), made
     once: fields the kind's arguments (:meth:`rnnjax.kinds.CellKind.arguments`) with their

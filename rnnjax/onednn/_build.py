@@ -48,7 +48,7 @@ def _wheel_file(dist_name: str, suffix: str) -> Optional[Path]:
         return None
     for f in files:
         if str(f).replace("\\", "/").endswith(suffix):
-            path = Path(importlib.metadata.distribution(dist_name).locate_file(f)).resolve()
+            path = Path(str(importlib.metadata.distribution(dist_name).locate_file(f))).resolve()
             if path.exists():
                 return path
     return None
@@ -95,11 +95,12 @@ class _Plan:
         if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
             raise OneDNNUnavailable(
                 f"rnnjax's oneDNN extra runs on Linux x86-64 only (this is {sys.platform} {platform.machine()})")
-        self.library = _wheel_file(RUNTIME, "libdnnl.so.3")
+        library = _wheel_file(RUNTIME, "libdnnl.so.3")
         header = _wheel_file(DEVEL, "oneapi/dnnl/dnnl.hpp")
-        if self.library is None or header is None:
-            missing = RUNTIME if self.library is None else DEVEL
+        if library is None or header is None:
+            missing = RUNTIME if library is None else DEVEL
             raise OneDNNUnavailable(f"the oneDNN extra is not installed (no {missing} wheel found): {INSTALL}")
+        self.library: Path = library
         self.include = header.parent.parent.parent
         self.cxx = _compiler()
         import jax.ffi
@@ -142,7 +143,7 @@ class _Plan:
 _lock = threading.Lock()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load():
     """``(ctypes library, None)`` once compiled, loaded and registered with XLA, or ``(None, reason)``."""
     try:

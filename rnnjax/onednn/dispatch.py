@@ -2,16 +2,16 @@
 
 The driver (:func:`rnnjax.functional.driver.run_program`) hands a call here when its
 ``LoopOptions.backend`` is not ``"scan"`` and its program has a
-:class:`~rnnjax.functional.protocol.FusedForm`. :func:`why_not` gives the first reason the call
-cannot run on oneDNN exactly as the scan path computes it (None: it can):
+:class:`~rnnjax.functional.protocol.FusedForm`. :func:`run` finds the first reason the call
+cannot run on oneDNN exactly as the scan path computes it, if any:
 
 * the cell is ``LSTMCore`` or ``GRUCore`` (either ``reset_after``) with
   ``recurrent_activation='sigmoid'`` and ``activation='tanh'`` (oneDNN's fixed gate functions);
   not a stacked cell, SimpleRNN, ConvLSTM or a custom cell;
 * no mask (oneDNN 3.2's RNN has no sequence lengths, so masked steps cannot be skipped), no
-  ``reset`` (it cannot restart a sequence mid-row), no ``constants``, no recurrent dropout and no per-gate input dropout (``implementation=1`` with
-  ``dropout > 0`` while training); one input dropout mask shared by the gates is applied to the
-  inputs before the kernel, as the step does;
+  ``reset`` (it cannot restart a sequence mid-row), no ``constants``, no recurrent dropout and no
+  per-gate input dropout (``implementation=1`` with ``dropout > 0`` while training); one input
+  dropout mask shared by the gates is applied to the inputs before the kernel, as the step does;
 * the generic options: ``custom_backward=True`` (the kernel's gradient is reverse-mode only),
   ``unroll=False``, ``remat=False`` (oneDNN keeps every step for the backward pass),
   ``time_major=False``;
@@ -106,13 +106,6 @@ def _data_reason(fused: FusedForm, inputs, initial_state) -> Optional[str]:
     return None
 
 
-def why_not(program: CoreProgram, inputs, initial_state, options, *, mask=None, reset=None,
-            constants=None) -> Optional[str]:
-    """Why this call cannot run on oneDNN exactly as the scan computes it (the module docstring's
-    rules, the kernels' availability last), or None. Sizes are :func:`run`'s concern."""
-    return _exactness_reason(program.fused, inputs, initial_state, options, mask, reset, constants) or _available()
-
-
 def _exactness_reason(fused: FusedForm, inputs, initial_state, options, mask, reset, constants) -> Optional[str]:
     return _config_reason(fused) or _options_reason(options, mask, reset, constants) or \
         _data_reason(fused, inputs, initial_state)
@@ -124,7 +117,7 @@ def _available() -> Optional[str]:
     return _build.unavailable_reason()
 
 
-_warned = []
+_warned: list = []
 
 
 def _warn_unavailable(reason: str) -> None:
@@ -141,11 +134,13 @@ def _warn_unavailable(reason: str) -> None:
 
 def run(program: CoreProgram, inputs, initial_state, options, *, scan: Callable, mask=None, reset=None,
         constants=None) -> Optional[tuple]:
-    """``(output, final state)`` of the call on oneDNN where it runs there (:func:`why_not` and,
-    for ``"auto"``, the sizes of the module docstring; ``scan(inputs, initial_state)`` is the scan
-    path, for the training program of a mid-sized call); None where the scan path runs it; a
-    ``ValueError`` naming the reason under ``"onednn"``."""
+    """``(output, final state)`` of the call on oneDNN where it runs there (the module docstring's
+    rules, the kernels' availability last, and for ``"auto"`` its sizes; ``scan(inputs,
+    initial_state)`` is the scan path, for the training program of a mid-sized call); None where
+    the scan path runs it; a ``ValueError`` naming the reason under ``"onednn"``."""
     fused = program.fused
+    if fused is None:  # the driver hands over only programs with a fused form
+        return None
     reason = _exactness_reason(fused, inputs, initial_state, options, mask, reset, constants)
     work = math.prod(inputs.shape[:-2]) * fused.core.units if reason is None else 0
     if options.backend == "auto" and work < AUTO_INFER_MIN_WORK:

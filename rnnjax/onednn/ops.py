@@ -24,7 +24,7 @@ the batch for the inference call (one oneDNN call) and maps the training calls o
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -74,7 +74,7 @@ fwd_p.def_abstract_eval(_fwd_abstract)
 bwd_p.def_abstract_eval(_bwd_abstract)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(prim, **params):
     return jax.jit(functools.partial(prim.bind, **params))
 
@@ -93,6 +93,7 @@ def reference(spec: Spec, x, states, w_layer, w_iter, bias):
 
     u = w_iter.shape[0]
     kernel, recurrent = w_layer.reshape(w_layer.shape[0], -1), w_iter.reshape(u, -1)
+    core: Any
     if spec.cell == "lstm":
         core, b = LSTMCore(u, recurrent_activation="sigmoid"), bias.reshape(-1)
     elif spec.cell == "gru":
