@@ -21,8 +21,9 @@ Backends (field ``backend``):
   (``LSTMCore``/``GRUCore(reset_after=True)`` with sigmoid gates; input projection hoisted out of
   the loop). Any platform, any dtype, ``vmap``.
 * ``'auto'`` (default): ``'cudnn'`` for a float32 LSTM whose input lives on a CUDA GPU (under
-  ``jit``: when JAX's default backend is the GPU), else ``'scan'``; always ``'scan'`` with
-  ``custom_backward=False`` and with ``reset``.
+  ``jit``: when JAX's default backend is the GPU), else ``'scan'``, which on the CPU runs oneDNN's
+  fused kernel where the ``onednn`` extra is installed and it applies (the rules of
+  :mod:`rnnjax.onednn.dispatch`); always ``'scan'`` with ``custom_backward=False`` and with ``reset``.
 
 Resets: ``reset (*batch, timesteps)`` (True where a new sequence starts: episodes, packed
 sequences; the rule is :func:`rnnjax.functional.scan_rnn`'s) runs the scan backend, since cuDNN

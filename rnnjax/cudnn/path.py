@@ -194,7 +194,9 @@ def run_rows(kind: CuDNNKind, units: int, backend: str, params: Any, x: jax.Arra
                                 zero_output_for_mask=options.zero_output_for_mask)
     mask = None if lengths is None else jnp.arange(x.shape[1])[None, :] < lengths[:, None]
     program = core_cell_program(kind.scan_core(units), kind.to_canonical(params), (units,))
-    return drive(program, x, init, options, mask=mask, reset=reset)
+    # 'auto' lets the driver run oneDNN's CPU kernel where it applies (rnnjax.onednn.dispatch)
+    return drive(program, x, init, options._replace(backend="auto" if backend == "auto" else "scan"), mask=mask,
+                 reset=reset)
 
 
 def run_cudnn_layer(kind: CuDNNKind, units: int, backend: str, options: CallOptions, params_of: Callable,

@@ -16,6 +16,7 @@ from rnnjax.functional.mesh import partitioned
 from rnnjax.functional.protocol import (
     CoreParams,
     CoreProgram,
+    FusedForm,
     HasBiasInLoop,
     HasInputAdditiveStep,
     HasLoopParams,
@@ -173,7 +174,8 @@ def core_program(core: RecurrentCore, params: CoreParams, dropout_mask: Optional
     prepared once, here, outside the loop (:class:`~rnnjax.functional.protocol.HasLoopParams`).
     ``initial_state``: ``core.initial_state``. ``matmul_step``/``input_additive_step``: the core's
     forms (hand-written backward passes; the driver drops them without ``custom_backward``).
-    ``loop_bias``: :func:`loop_bias`. ``output_shape`` is left None (the caller knows the spatial
+    ``loop_bias``: :func:`loop_bias`. ``fused``: the core, parameters and masks, for a fused kernel
+    (:class:`~rnnjax.functional.protocol.FusedForm`). ``output_shape`` is left None (the caller knows the spatial
     shape). The step's element-wise work runs in a ``jax.named_scope`` named after the core's class
     (:func:`named_step`), so profiles and compiled programs name the cell.
     """
@@ -195,7 +197,8 @@ def core_program(core: RecurrentCore, params: CoreParams, dropout_mask: Optional
         additive = additive._replace(step=named_step(scope, additive.step))
     return CoreProgram(_projection(core, params, dropout_mask), named_step(scope, step), core.initial_state,
                        matmul_step=matmul, input_additive_step=additive,
-                       loop_bias=loop_bias(core, params, dropout_mask))
+                       loop_bias=loop_bias(core, params, dropout_mask),
+                       fused=FusedForm(core, params, dropout_mask, recurrent_dropout_mask))
 
 
 @overload

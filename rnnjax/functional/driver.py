@@ -141,6 +141,18 @@ def run_program(program: CoreProgram, inputs: jax.Array, initial_state: Any, opt
     ...)``. Without ``options.custom_backward`` the program's backward forms are dropped.
     """
     options = options.checked()
+    if options.backend != "scan" and program.fused is not None:
+        from rnnjax.onednn import dispatch  # oneDNN's fused kernels where the backend picks them
+
+        scan = functools.partial(run_program, program, options=options._replace(backend="scan"), mask=mask,
+                                 reset=reset, constants=constants)
+        done = dispatch.run(program, inputs, initial_state, options, scan=scan, mask=mask, reset=reset,
+                            constants=constants)
+        if done is not None:
+            return done
+    elif options.backend == "onednn":
+        raise ValueError("`backend='onednn'`: this cell has no oneDNN kernel (oneDNN runs LSTMCore and GRUCore "
+                         "only, not stacked cells, ConvLSTM, SimpleRNN or custom cells); use backend='auto' or 'scan'.")
     if not options.custom_backward:
         program = program.without_backward_forms()
     if options.feature_axes != 1:
@@ -182,7 +194,7 @@ def _run_spatial(program: CoreProgram, inputs, initial_state, options: LoopOptio
     loop_bias = program.loop_bias
     if loop_bias is not None:
         loop_bias = LoopBias(functools.partial(unflat, project=loop_bias.project_without_bias), loop_bias.bias)
-    program = program._replace(project=unflat, loop_bias=loop_bias)
+    program = program._replace(project=unflat, loop_bias=loop_bias, fused=None)
     output, final = run_program(program, x, initial_state, options._replace(time_major=True, feature_axes=1),
                                 mask=m, reset=r, constants=constants)
     if options.return_sequences:

@@ -282,6 +282,17 @@ class LoopBias(NamedTuple):
     bias: jax.Array
 
 
+class FusedForm(NamedTuple):
+    """What a fused kernel of the whole sequence (oneDNN's, :mod:`rnnjax.onednn.dispatch`) reads
+    from a program: the ``core`` (its configuration), its ``params`` and the call's dropout masks.
+    The kernel decides from these whether it computes exactly what the step computes."""
+
+    core: Any
+    params: Any
+    dropout_mask: Optional[jax.Array] = None
+    recurrent_dropout_mask: Optional[jax.Array] = None
+
+
 class CoreProgram(NamedTuple):
     """What the driver runs for one layer call: pure functions closed over the parameters and the
     call's dropout masks, and the optional forms of the step.
@@ -289,7 +300,9 @@ class CoreProgram(NamedTuple):
     ``project(x)``: ``(..., *features) -> xp`` for all steps at once; ``step(state, xp_t[,
     constants]) -> (state, y_t)``; ``initial_state(batch_shape, dtype)``: zeros; ``output_shape``:
     the per-step feature shape of ``y_t``; ``takes_constants``: whether ``step`` takes constants.
-    The three forms (None where the step lacks one) pick the driver's path (``docs/design.md``).
+    The three forms (None where the step lacks one) pick the driver's path (``docs/design.md``);
+    ``fused`` (a :class:`FusedForm`, set by ``core_program``) lets the driver hand the whole call
+    to a fused kernel where ``LoopOptions.backend`` picks one.
     """
 
     project: Optional[Callable]  # None: the inputs are already projected (scan_rnn without project=)
@@ -300,6 +313,7 @@ class CoreProgram(NamedTuple):
     matmul_step: Optional[RecurrentMatmulStep] = None
     input_additive_step: Optional[InputAdditiveStep] = None
     loop_bias: Optional[LoopBias] = None
+    fused: Optional[FusedForm] = None
 
     def without_backward_forms(self) -> "CoreProgram":
         """The same program on the generic loop (autodiff's backward pass, which forward mode can

@@ -59,6 +59,7 @@ class CallOptions(NamedTuple):
     scan_unroll: int = 1
     remat: bool = False
     custom_backward: bool = True
+    backend: str = "auto"
 
     @classmethod
     def of(cls, layer: Any, **overrides) -> "CallOptions":
@@ -217,11 +218,12 @@ def drive(program: CoreProgram, inputs: jax.Array, initial_state: Any, options: 
     """The one call from the layers into the driver: ``(output, final state)`` of ``program``
     over ``inputs (*batch, T, *features)`` (several feature axes: ConvLSTM). Without
     ``options.custom_backward`` the program's hand-written backward forms are dropped (the
-    generic loop, which forward-mode autodiff can differentiate)."""
+    generic loop, which forward-mode autodiff can differentiate); ``options.backend`` picks the
+    scan or oneDNN's fused kernel (:mod:`rnnjax.onednn.dispatch`)."""
     loop = LoopOptions(go_backwards=options.go_backwards, return_sequences=options.return_sequences,
                        zero_output_for_mask=options.zero_output_for_mask, unroll=options.unroll,
                        scan_unroll=options.scan_unroll, remat=options.remat, feature_axes=feature_ndim,
-                       custom_backward=options.custom_backward)
+                       custom_backward=options.custom_backward, backend=options.backend)
     return run_program(program, inputs, initial_state, loop, mask=mask, reset=reset, constants=constants)
 
 

@@ -15,7 +15,12 @@ A layer is ``RNN(<X>Cell(...))`` with the cell's parameters under ``params['cell
 Fields beyond Keras 2: ``input_dim``/``input_length`` (checked), ``zero_output_for_mask``,
 ``param_dtype``, the performance options ``scan_unroll`` and ``remat``, and ``custom_backward``
 (False for forward-mode differentiation: ``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``; see
-:class:`rnnjax.RNN`); ConvLSTM also ``return_state`` and ``unroll``.
+:class:`rnnjax.RNN`); ConvLSTM also ``return_state`` and ``unroll``; ``GRU`` and ``LSTM`` also ``backend``:
+``'auto'`` (default) runs a call on oneDNN's fused CPU kernels where the ``onednn`` extra is
+installed and they compute it exactly (``recurrent_activation='sigmoid'``, ``activation='tanh'``,
+no mask or reset, no recurrent dropout, float32, one CPU device, a large enough batch:
+:mod:`rnnjax.onednn.dispatch`), else the scan; ``'scan'`` always the scan; ``'onednn'`` oneDNN or a
+``ValueError`` saying why not.
 """
 from __future__ import annotations
 
