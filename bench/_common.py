@@ -69,7 +69,9 @@ def cpu_flags() -> list:
             for line in fh:
                 if line.startswith("flags"):
                     flags = line.split(":", 1)[1].split()
-                    return sorted(f for f in flags if re.match(r"(avx2|avx512f|avx512_bf16|avx512_vnni|amx\w*|fma)$", f))
+                    return sorted(
+                        f for f in flags if re.match(r"(avx2|avx512f|avx512_bf16|avx512_vnni|amx\w*|fma)$", f)
+                    )
     except OSError:
         pass
     return []

@@ -70,7 +70,10 @@ def main(argv=None):
     ap.add_argument("--target-s", type=float, default=1.0)
     args = ap.parse_args(argv)
     rec = machine_record()
-    print(f"# {rec.get('cpu_model')} · {rec.get('cores', os.cpu_count())} cores · jax {jax.__version__} · {rec.get('date')}")
+    print(
+        f"# {rec.get('cpu_model')} · {rec.get('cores', os.cpu_count())} "
+        f"cores · jax {jax.__version__} · {rec.get('date')}"
+    )
     print("| shape (B,T,I,U) | variant | forward | fwd+bwd | fwd+bwd vs flax |")
     print("|---|---|---|---|---|")
     for shape in args.shapes.split(";"):
@@ -85,8 +88,8 @@ def main(argv=None):
             ref = out if ref is None else ref
             np.testing.assert_allclose(out, ref, atol=2e-5)  # every variant computes the same function
             jax.block_until_ready(bwd(p, x))
-            timed[f"{name}/fwd"] = lambda fwd=fwd, p=p: jax.block_until_ready(fwd(p, x))
-            timed[f"{name}/bwd"] = lambda bwd=bwd, p=p: jax.block_until_ready(bwd(p, x))
+            timed[f"{name}/fwd"] = lambda fwd=fwd, p=p, x=x: jax.block_until_ready(fwd(p, x))
+            timed[f"{name}/bwd"] = lambda bwd=bwd, p=p, x=x: jax.block_until_ready(bwd(p, x))
         res = interleaved_medians(timed, target_s=args.target_s)
         base = res["flax/bwd"]["median_s"]
         for name in fns:

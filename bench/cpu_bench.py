@@ -250,8 +250,12 @@ def rnnjax_layer(layer: str, shape, extra: dict, cls_name: Optional[str] = None,
     return cls(**kw)
 
 
-def build_rnnjax(layer: str, shape, w: dict, x, extra: dict, cls_name: Optional[str] = None, old: bool = False) -> Built:
-    """rnnjax's layer (``old``: the same layer of the ``--old-rev`` build, named ``rnnjax@REV``)."""
+def build_rnnjax(
+    layer: str, shape, w: dict, x, extra: dict, cls_name: Optional[str] = None, old: bool = False,
+    label: Optional[str] = None,
+) -> Built:
+    """rnnjax's layer (``old``: the same layer of the ``--old-rev`` build, named ``rnnjax@REV``;
+    ``label``: another name for the row, e.g. ``rnnjax.LSTM[onednn]``)."""
     import jax
 
     mod = rnnjax_layer(layer, shape, extra, cls_name, OLD_BUILD["module"] if old else None)
@@ -259,7 +263,7 @@ def build_rnnjax(layer: str, shape, w: dict, x, extra: dict, cls_name: Optional[
     values = to_cudnn_layout(layer, w) if cls_name in OPTIONAL_RNNJAX else w
     variables = fill_by_name(jax.tree_util.tree_map(np.asarray, variables, is_leaf=lambda a: hasattr(a, "shape")),
                              values, f"rnnjax.{cls_name or layer}")
-    name = f"rnnjax@{OLD_BUILD['rev']}" if old else f"rnnjax.{cls_name or layer}"
+    name = label or (f"rnnjax@{OLD_BUILD['rev']}" if old else f"rnnjax.{cls_name or layer}")
     return build_jax(name, lambda v, xx: mod.apply(v, xx), variables, x)
 
 
@@ -419,12 +423,17 @@ def bench_group(layer: str, shape, args, rate_gflops: float, problems: list) -> 
     w = canonical_weights(layer, shape)
     x = make_input(layer, shape)
     where = f"{layer} {shape}"
-    ref = build_rnnjax(layer, shape, w, x, args.rnnjax_kw)  # failures of rnnjax itself propagate
+    ref_kw = {**args.rnnjax_kw, **({"backend": args.backends[0]} if args.backends and layer in ("GRU", "LSTM") else {})}
+    ref = build_rnnjax(layer, shape, w, x, ref_kw)  # failures of rnnjax itself propagate
     built = [ref]
     guards = {ref.name: {"max_abs_out_diff": 0.0, "max_rel_dx_diff": 0.0}}
     extra = [c for c, grp in OPTIONAL_RNNJAX.items()
              if grp == layer and hasattr(rnnjax, c) and not args.no_cudnn_layers]
     builders = [(f"rnnjax.{c}", lambda c=c: build_rnnjax(layer, shape, w, x, {}, c), True) for c in extra]
+    if layer in ("GRU", "LSTM"):  # --backends: the same layer on each further backend, interleaved
+        builders += [(f"rnnjax.{layer}[{b}]", lambda b=b: build_rnnjax(
+            layer, shape, w, x, {**args.rnnjax_kw, "backend": b}, label=f"rnnjax.{layer}[{b}]"), False)
+            for b in args.backends[1:]]
     if OLD_BUILD:  # the same layer and options in the old build: an A/B of two builds, interleaved
         builders.append((f"rnnjax@{OLD_BUILD['rev']}",
                          lambda: build_rnnjax(layer, shape, w, x, args.rnnjax_kw, old=True), False))
@@ -546,6 +555,43 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def backends_markdown(payload: dict) -> str:
+    """With ``--backends`` and the PyTorch peer: one row per layer, shape and mode with each
+    backend's median and the speed ratios PyTorch time / backend time and scan time / backend time
+    (above 1: that backend is faster), then their medians over the shapes."""
+    rows = payload["results"]
+    backends = payload["config"].get("backends") or []
+    get = {(r["layer"], tuple(r["shape"]), r["impl"], r["mode"]): r["median_s"] for r in rows}
+    lines = ["| layer | B,T,I,U | mode | " + " | ".join(f"{b} ms" for b in backends) + " | PyTorch ms | "
+             + " | ".join(f"PyTorch / {b}" for b in backends) + " | "
+             + " | ".join(f"scan / {b}" for b in backends if b != "scan") + " |",
+             "|---" * (4 + 2 * len(backends) + len([b for b in backends if b != "scan"])) + "|"]
+    ratios: Dict[tuple, list] = {}
+    for layer, shape, mode in dict.fromkeys((r["layer"], tuple(r["shape"]), r["mode"]) for r in rows):
+        times = {b: get.get((layer, shape, f"rnnjax.{layer}" if i == 0 else f"rnnjax.{layer}[{b}]", mode))
+                 for i, b in enumerate(backends)}
+        torch_t = get.get((layer, shape, "torch", mode))
+        if torch_t is None or None in times.values():
+            continue
+        cells = [layer, ",".join(map(str, shape)), mode] + [f"{t * 1e3:.3g}" for t in times.values()]
+        cells.append(f"{torch_t * 1e3:.3g}")
+        for b, t in times.items():
+            ratios.setdefault((layer, mode, "torch", b), []).append(torch_t / t)
+            cells.append(f"{torch_t / t:.2f}×")
+        for b, t in times.items():
+            if b != "scan" and "scan" in times:
+                ratios.setdefault((layer, mode, "scan", b), []).append(times["scan"] / t)
+                cells.append(f"{times['scan'] / t:.2f}×")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| layer | mode | " + " | ".join(f"median PyTorch / {b} (min)" for b in backends) + " |",
+              "|---" * (2 + len(backends)) + "|"]
+    for layer, mode in dict.fromkeys((k[0], k[1]) for k in ratios):
+        cells = [f"{np.median(ratios[(layer, mode, 'torch', b)]):.2f}× ({min(ratios[(layer, mode, 'torch', b)]):.2f}×)"
+                 for b in backends]
+        lines.append(f"| {layer} | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _sweep(shapes, vary: int):
     """The largest set of shapes that differ only in position ``vary`` (at least 2), sorted."""
     groups: Dict[tuple, list] = {}
@@ -625,7 +671,7 @@ def _parse_shapes(text: str):
     try:
         return [tuple(int(v) for v in part.split(",")) for part in text.split(";") if part.strip()]
     except ValueError:
-        raise SystemExit(f"--shapes: expected 'B,T,I,U;B,T,I,U', got {text!r}.")
+        raise SystemExit(f"--shapes: expected 'B,T,I,U;B,T,I,U', got {text!r}.") from None
 
 
 def plan(args) -> List[tuple]:
@@ -664,6 +710,9 @@ def main(argv=None) -> dict:
     p.add_argument("--peers", default=",".join(PEERS), help="comma list among flax,keras,torch")
     p.add_argument("--rnnjax-kw", action="append", metavar="KEY=VALUE",
                    help="extra constructor argument for the rnnjax layers (repeatable), e.g. scan_unroll=4")
+    p.add_argument("--backends", default="",
+                   help="comma list of rnnjax backends for GRU/LSTM, e.g. 'scan,onednn': the first is the reference "
+                        "row, each further one its own row rnnjax.LSTM[backend] (default: the layers' default)")
     p.add_argument("--no-cudnn-layers", action="store_true",
                    help="leave out rnnjax.CuDNNLSTM / CuDNNGRU (always left out in --smoke)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: usable cores)")
@@ -682,6 +731,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     args.peers = [s.strip() for s in args.peers.split(",") if s.strip()]
     args.rnnjax_kw = _parse_kw(args.rnnjax_kw)
+    args.backends = [s.strip() for s in args.backends.split(",") if s.strip()]
     TORCH_THREADS[0] = args.torch_threads
     args.no_cudnn_layers = args.no_cudnn_layers or args.smoke
     defaults = (0.02, 2, 3) if args.smoke else (0.5, 5, 200)
@@ -706,6 +756,8 @@ def main(argv=None) -> dict:
         payload, stem = run(args)
     table = markdown(payload)
     print("\n" + table)
+    if len(payload["config"].get("backends") or []) > 1 and "torch" in payload["config"].get("peers", []):
+        print("\n" + backends_markdown(payload))
     if not args.no_plot:
         for path in plot(payload, stem):
             print("plot:", path)
@@ -739,6 +791,8 @@ def run(args):
         "machine": machine, "loadavg_end": list(os.getloadavg()),
         "matmul": {"n": mm_start["n"], "gflops": rate, "start": mm_start, "end": mm_end},
         "config": {"mode": mode, "peers": args.peers, "rnnjax_kw": args.rnnjax_kw, "old_rev": args.old_rev,
+                   "backends": args.backends,
+                   "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")},
                    "torch_threads": args.torch_threads or machine["usable_cpus"],
                    "target_seconds": args.target_seconds, "min_reps": args.min_reps, "max_reps": args.max_reps,
                    "tolerances": {"output": OUT_TOL, "input_gradient_relative": GRAD_TOL}},

@@ -174,20 +174,38 @@ def implementations():
     gru = dict(kind="gru")
     return [
         ("rnnjax CuDNNLSTM", lstm, rnnjax_layer(lambda u: rnnjax.CuDNNLSTM(u, return_sequences=True))),
-        ("rnnjax CuDNNLSTM scan", lstm, rnnjax_layer(lambda u: rnnjax.CuDNNLSTM(u, backend="scan", return_sequences=True))),
-        ("rnnjax CuDNNLSTM scan unroll4", lstm, rnnjax_layer(
-            lambda u: rnnjax.CuDNNLSTM(u, backend="scan", scan_unroll=4, return_sequences=True))),
-        ("rnnjax LSTM", lstm, rnnjax_layer(
-            lambda u: rnnjax.LSTM(u, recurrent_activation="sigmoid", return_sequences=True))),
+        (
+            "rnnjax CuDNNLSTM scan",
+            lstm,
+            rnnjax_layer(lambda u: rnnjax.CuDNNLSTM(u, backend="scan", return_sequences=True)),
+        ),
+        (
+            "rnnjax CuDNNLSTM scan unroll4",
+            lstm,
+            rnnjax_layer(lambda u: rnnjax.CuDNNLSTM(u, backend="scan", scan_unroll=4, return_sequences=True)),
+        ),
+        (
+            "rnnjax LSTM",
+            lstm,
+            rnnjax_layer(lambda u: rnnjax.LSTM(u, recurrent_activation="sigmoid", return_sequences=True)),
+        ),
         ("jax.experimental.rnn lstm", lstm, jax_experimental_lstm),
         ("torch LSTM fp32", lstm, torch_rnn("lstm", False)),
         ("torch LSTM fp16", lstm, torch_rnn("lstm", True)),
         ("flax OptimizedLSTMCell", lstm, flax_cell("OptimizedLSTMCell")),
         ("rnnjax CuDNNGRU", gru, rnnjax_layer(lambda u: rnnjax.CuDNNGRU(u, return_sequences=True))),
-        ("rnnjax CuDNNGRU unroll4", gru, rnnjax_layer(
-            lambda u: rnnjax.CuDNNGRU(u, scan_unroll=4, return_sequences=True))),
-        ("rnnjax GRU", gru, rnnjax_layer(lambda u: rnnjax.GRU(
-            u, recurrent_activation="sigmoid", reset_after=True, return_sequences=True))),
+        (
+            "rnnjax CuDNNGRU unroll4",
+            gru,
+            rnnjax_layer(lambda u: rnnjax.CuDNNGRU(u, scan_unroll=4, return_sequences=True)),
+        ),
+        (
+            "rnnjax GRU",
+            gru,
+            rnnjax_layer(
+                lambda u: rnnjax.GRU(u, recurrent_activation="sigmoid", reset_after=True, return_sequences=True)
+            ),
+        ),
         ("torch GRU fp32", gru, torch_rnn("gru", False)),
         ("torch GRU fp16", gru, torch_rnn("gru", True)),
         ("flax GRUCell", gru, flax_cell("GRUCell")),

@@ -85,10 +85,10 @@ def main() -> int:
             params = layers["scan"].init(keys[5], x)["params"]
             params = jax.tree_util.tree_map(lambda a, k=keys[6]: a + 0.1 * jax.random.normal(k, a.shape), params)
 
-            def run(be, p, x):
+            def run(be, p, x, layers=layers, lengths=lengths, h0=h0, c0=c0):
                 return layers[be].apply({"params": p}, x, seq_lengths=lengths, initial_state=[h0, c0])
 
-            def loss(p, x, be):
+            def loss(p, x, be, proj=proj):
                 return jnp.sum(run(be, p, x)[0] * proj)
 
             got = {be: jax.jit(lambda p, x, be=be: run(be, p, x))(params, x) for be in layers}
@@ -104,13 +104,13 @@ def main() -> int:
         # full-length sequences against PyTorch float64
         cud = rnnjax.CuDNNLSTM(u, return_sequences=True, backend="cudnn")
         p = cud.init(keys[7], x)["params"]
-        y = jax.jit(lambda p, x: cud.apply({"params": p}, x, initial_state=[h0, c0]))(p, x)
+        y = jax.jit(lambda p, x, cud=cud, h0=h0, c0=c0: cud.apply({"params": p}, x, initial_state=[h0, c0]))(p, x)
         ref = torch_forward("lstm", convert.CuDNNLSTMParams(p["kernel"], p["recurrent_kernel"], p["bias"]),
                             x, h0, c0)
         report(f"LSTM B,T,I,U={b},{t},{i},{u} cudnn vs torch float64 y", rel(y, ref))
         gru = rnnjax.CuDNNGRU(u, return_sequences=True)
         pg = gru.init(keys[7], x)["params"]
-        yg = jax.jit(lambda p, x: gru.apply({"params": p}, x, initial_state=[h0]))(pg, x)
+        yg = jax.jit(lambda p, x, gru=gru, h0=h0: gru.apply({"params": p}, x, initial_state=[h0]))(pg, x)
         refg = torch_forward("gru", convert.CuDNNGRUParams(pg["kernel"], pg["recurrent_kernel"], pg["bias"]),
                              x, h0)
         report(f"GRU  B,T,I,U={b},{t},{i},{u} (scan on GPU) vs torch float64 y", rel(yg, refg))

@@ -57,7 +57,10 @@ def main(argv=None):
     cls = getattr(rnnjax, args.layer)
     print(f"{args.layer} grad step, batch={args.batch} features={args.features} units={args.units}, "
           f"backend={jax.default_backend()} ({jax.devices()[0].device_kind})")
-    print("| T | loss on | remat chunk | temp bytes, remat off | temp bytes, remat on | ratio | time off (ms) | time on (ms) |")
+    print(
+        "| T | loss on | remat chunk | temp bytes, remat off | temp "
+        "bytes, remat on | ratio | time off (ms) | time on (ms) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for steps in args.steps:
         for seq in (True, False):

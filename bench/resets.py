@@ -140,7 +140,9 @@ def main(argv=None):
     rec = machine_record()
     print(f"# {rec['cpu_model']} · {rec['usable_cpus']} usable cores · load {rec['loadavg_start'][0]:.1f} · "
           f"jax {jax.__version__} · {rec['date']} · {args.layer}")
-    print("| shape (B,T,I,U) | mode | rnnjax | rnnjax+reset | reset / no reset | flax+reset | flax+reset / rnnjax+reset |")
+    print(
+        "| shape (B,T,I,U) | mode | rnnjax | rnnjax+reset | reset / no reset | flax+reset | flax+reset / rnnjax+reset |"
+    )
     print("|---|---|---|---|---|---|---|")
     rows = []
     for shape in shapes:

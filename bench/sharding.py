@@ -129,9 +129,16 @@ def analyse(text: str, devices: int) -> dict:
                 entry["operand_bytes"] += k * operand_bytes
                 entry["result_bytes"] += k * result_bytes
                 share = (devices - 1) / devices
-                entry["sent_bytes"] += k * {"all-reduce": 2 * share * result_bytes, "all-gather": share * result_bytes,
-                                            "reduce-scatter": share * operand_bytes, "all-to-all": share * operand_bytes,
-                                            "collective-permute": operand_bytes}[op]
+                entry["sent_bytes"] += (
+                    k
+                    * {
+                        "all-reduce": 2 * share * result_bytes,
+                        "all-gather": share * result_bytes,
+                        "reduce-scatter": share * operand_bytes,
+                        "all-to-all": share * operand_bytes,
+                        "collective-permute": operand_bytes,
+                    }[op]
+                )
     return {"dot_flops": dot_flops, "collectives": {c: v for c, v in found.items() if v["ops"]}}
 
 
@@ -191,9 +198,11 @@ def fmt_flops(n) -> str:
 
 
 def table(rows) -> str:
-    lines = ["| layer | impl | shape | mode | devices | per-device batch | XLA flops (loop body once) | dot FLOPs per call "
-             "| vs 1 device | collectives (ops × runs) | bytes sent per device | time (ms, not scaling) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| layer | impl | shape | mode | devices | per-device batch | XLA flops (loop body once) | dot FLOPs per call "
+        "| vs 1 device | collectives (ops × runs) | bytes sent per device | time (ms, not scaling) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     key = lambda r: (r.get("impl", "rnnjax"), r["layer"], tuple(r["shape"]), r["mode"])  # noqa: E731
     one = {key(r): r["dot_flops"] for r in rows if r["devices"] == 1}
     for r in rows:
@@ -202,16 +211,21 @@ def table(rows) -> str:
         coll = ", ".join(f"{c} {v['ops']}×{v['executions'] // max(v['ops'], 1)}" if v["executions"] % v["ops"] == 0
                          else f"{c} {v['ops']} ({v['executions']} runs)" for c, v in r["collectives"].items()) or "none"
         sent = sum(v["sent_bytes"] for v in r["collectives"].values())
-        lines.append(f"| {r['layer']} | {r.get('impl', 'rnnjax')} | {','.join(map(str, r['shape']))} | {r['mode']} | {r['devices']} | "
-                     f"{r['per_device_batch']} | {fmt_flops(r['xla_flops'])} | {fmt_flops(r['dot_flops'])} | {ratio} | "
-                     f"{coll} | {_common.fmt_bytes(int(sent))} | {_common.fmt_ms(r['time_s'])} |")
+        lines.append(
+            f"| {r['layer']} | {r.get('impl', 'rnnjax')} | "
+            f"{','.join(map(str, r['shape']))} | {r['mode']} | {r['devices']} | "
+            f"{r['per_device_batch']} | {fmt_flops(r['xla_flops'])} | {fmt_flops(r['dot_flops'])} | {ratio} | "
+            f"{coll} | {_common.fmt_bytes(int(sent))} | {_common.fmt_ms(r['time_s'])} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", default="LSTM,GRU")
-    ap.add_argument("--shapes", default="64,50,32,64;16,100,16,32", help="batch,time,features,units; ';' between shapes")
+    ap.add_argument(
+        "--shapes", default="64,50,32,64;16,100,16,32", help="batch,time,features,units; ';' between shapes"
+    )
     ap.add_argument("--devices", default="1,2,4,8")
     ap.add_argument("--impls", default="rnnjax,flax", help="rnnjax and/or flax (nn.RNN, the reference)")
     ap.add_argument("--reps", type=int, default=10, help="timed calls per program")

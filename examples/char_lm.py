@@ -220,7 +220,9 @@ def main(argv=None):
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(np.arange(1, len(history["step_loss"]) + 1), history["step_loss"], lw=0.8, alpha=0.8,
             label="training batch")
-    ax.plot(steps_per_epoch * np.arange(1, args.epochs + 1), history["val_loss"], "o-", label="validation (end of epoch)")
+    ax.plot(
+        steps_per_epoch * np.arange(1, args.epochs + 1), history["val_loss"], "o-", label="validation (end of epoch)"
+    )
     ax.axhline(unigram_bits, color="gray", ls="--", label=f"character frequencies only ({unigram_bits:.2f})")
     ax.set(title=f"stateful LSTM({args.units}) on stdlib source, TBPTT windows of {args.seq_len}",
            xlabel="training step", ylabel="bits per character")

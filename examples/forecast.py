@@ -188,7 +188,8 @@ def main(argv=None):
     ax_test.set(title="held-out years: one-step-ahead forecasts", xlabel="year", ylabel="sunspots")
     ax_test.grid(alpha=0.3)
     ax_test.legend(loc="upper right", fontsize=9)
-    png = save_figure(fig, out / ("forecast.png" if args.api == "linen" else "forecast_nnx.png"))  # runs keep their plots
+    # runs keep their plots
+    png = save_figure(fig, out / ("forecast.png" if args.api == "linen" else "forecast_nnx.png"))
 
     test_mae = scores[f"{args.cell} (one step ahead)"][0]
     print(f"final test MAE: {test_mae:.2f} (naive last-year MAE {scores['naive: last year'][0]:.2f})")

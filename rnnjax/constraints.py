@@ -87,14 +87,17 @@ def get(identifier: Union[None, str, Callable, Mapping], argument: str = "constr
     if isinstance(identifier, Mapping):
         name = str(identifier.get("class_name", "")).lower()
         if name not in _BY_NAME:
-            raise ValueError(f"`{argument}`: unknown constraint config {identifier!r}; expected one of {sorted(_BY_NAME)}.")
+            raise ValueError(
+                f"`{argument}`: unknown constraint config {identifier!r}; expected one of {sorted(_BY_NAME)}."
+            )
         return _BY_NAME[name](**identifier.get("config", {}))
     if isinstance(identifier, str):
         try:
             return _BY_NAME[identifier.lower()]()
         except KeyError:
             raise ValueError(
-                f"`{argument}`: unknown constraint {identifier!r}; expected one of {sorted(_BY_NAME)}, None or a callable."
+                f"`{argument}`: unknown constraint {identifier!r}; "
+                f"expected one of {sorted(_BY_NAME)}, None or a callable."
             ) from None
     if callable(identifier):
         return identifier
@@ -163,7 +166,9 @@ def collect_constraints(model, *sample_args, **sample_kwargs) -> dict[tuple, Cal
     return found
 
 
-def keras_constraints(model=None, *sample_args, constraint_map: Mapping[tuple, Callable] | None = None, **sample_kwargs):
+def keras_constraints(
+    model=None, *sample_args, constraint_map: Mapping[tuple, Callable] | None = None, **sample_kwargs
+):
     """An optax transformation that projects the updated parameters onto the constraints.
 
     Chain it after the optimizer: ``optax.chain(optimizer, keras_constraints(model, x))``. It

@@ -41,18 +41,21 @@ RANK_ONES = _RankOnes()
 # Keras 2's defaults; the rest are rnnjax's (docs: rnnjax.RNN and the layers' docstrings).
 ARGUMENTS: dict[str, tuple] = {
     "units": (int, REQUIRED), "filters": (int, REQUIRED), "kernel_size": (Any, REQUIRED),
-    "strides": (Any, RANK_ONES), "padding": (str, "valid"), "data_format": (Any, None), "dilation_rate": (Any, RANK_ONES),
+    "strides": (Any, RANK_ONES), "padding": (str, "valid"), "data_format": (Any, None),
+    "dilation_rate": (Any, RANK_ONES),
     "activation": (Any, "tanh"), "recurrent_activation": (Any, "hard_sigmoid"), "use_bias": (bool, True),
     "kernel_initializer": (Any, "glorot_uniform"), "recurrent_initializer": (Any, "orthogonal"),
     "bias_initializer": (Any, "zeros"), "unit_forget_bias": (bool, True),
     "kernel_regularizer": (Any, None), "recurrent_regularizer": (Any, None), "bias_regularizer": (Any, None),
     "activity_regularizer": (Any, None),
     "kernel_constraint": (Any, None), "recurrent_constraint": (Any, None), "bias_constraint": (Any, None),
-    "dropout": (float, 0.0), "recurrent_dropout": (float, 0.0), "implementation": (int, 1), "reset_after": (bool, False),
+    "dropout": (float, 0.0), "recurrent_dropout": (float, 0.0), "implementation": (int, 1),
+    "reset_after": (bool, False),
     "return_sequences": (bool, False), "return_state": (bool, False), "go_backwards": (bool, False),
     "stateful": (bool, False), "unroll": (bool, False),
     "input_dim": (Optional[int], None), "input_length": (Optional[int], None), "zero_output_for_mask": (bool, False),
     "param_dtype": (Any, jnp.float32), "scan_unroll": (int, 1), "remat": (bool, False), "custom_backward": (bool, True),
+    "backend": (str, "auto"),
 }
 
 WEIGHTS = ("kernel", "recurrent", "bias")  # the Keras argument prefix of each weight
@@ -83,6 +86,8 @@ class CellKind:
       (not the LSTMs', which also squashes the cell state). The Keras 3 saver scales Keras 2's
       hard sigmoid by these.
     * ``rank``: the spatial axes of a step (ConvLSTM), 0 for the dense cells.
+    * ``own_layer_arguments``: rnnjax's arguments of this kind's layer beyond the common ones
+      (GRU, LSTM: ``backend``, whether oneDNN's fused CPU kernels may run it: :mod:`rnnjax.onednn`).
     * ``keras_cell``: the Keras class of the cell in files (None: Keras has no public one, so an
       ``RNN`` of it is saved as the layer); ``in_keras_files``: Keras files hold this layer.
     * ``layer_doc`` / ``cell_doc``: the first lines of the classes' docstrings;
@@ -91,7 +96,7 @@ class CellKind:
     """
 
     name: str
-    core: type
+    core: type[Any]
     cell_arguments: tuple
     layer_arguments: tuple
     sigma_blocks: tuple
@@ -99,6 +104,7 @@ class CellKind:
     layer_doc: str
     cell_doc: str
     rank: int = 0
+    own_layer_arguments: tuple = ()
     keras_cell: Optional[str] = None
     in_keras_files: bool = True
     linen_example: str = ""
@@ -119,7 +125,7 @@ class CellKind:
         """``of='cell'`` or ``'layer'``: Keras 2's arguments, then rnnjax's."""
         if of == "cell":
             return self.cell_arguments + CELL_EXTRAS
-        return self.layer_arguments + (SPATIAL_LAYER_EXTRAS if self.rank else LAYER_EXTRAS)
+        return self.layer_arguments + (SPATIAL_LAYER_EXTRAS if self.rank else LAYER_EXTRAS) + self.own_layer_arguments
 
     def default(self, argument: str):
         """The default value of ``argument`` (``REQUIRED`` for none): the core's own where the core
@@ -173,7 +179,7 @@ SIMPLE_RNN = CellKind(
 GRU = CellKind(
     "GRU", GRUCore, _GATED + _PENALTIES + ("reset_after",), layer_arguments(_GATED + _PENALTIES + ("reset_after",),
                                                                            ("reset_after",)),
-    sigma_blocks=(0, 1), activation_linear=True,
+    sigma_blocks=(0, 1), activation_linear=True, own_layer_arguments=("backend",),
     layer_doc="Gated Recurrent Unit - Cho et al. 2014 (Keras 2). Keras 2's defaults: "
               "``recurrent_activation='hard_sigmoid'`` (``clip(0.2x + 0.5, 0, 1)``), ``implementation=1``, "
               "``reset_after=False``; for Keras 3's GRU pass ``recurrent_activation='sigmoid', reset_after=True``.",
@@ -184,6 +190,7 @@ GRU = CellKind(
 _LSTM = _GATED + ("unit_forget_bias",) + _PENALTIES
 LSTM = CellKind(
     "LSTM", LSTMCore, _LSTM, layer_arguments(_LSTM), sigma_blocks=(0, 1, 3), activation_linear=False,
+    own_layer_arguments=("backend",),
     layer_doc="Long Short-Term Memory layer - Hochreiter 1997 (Keras 2). Keras 2's defaults: "
               "``recurrent_activation='hard_sigmoid'``, ``unit_forget_bias=True``, ``implementation=1``. "
               "``return_state`` returns ``(output, h, c)``.",

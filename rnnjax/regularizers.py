@@ -69,13 +69,16 @@ def get(identifier: Union[None, str, Callable, Mapping], argument: str = "regula
         cfg = dict(identifier.get("config", {}))
         if name in ("l1", "l2", "l1l2", "l1_l2"):
             return L1L2(l1=cfg.get("l1", 0.0), l2=cfg.get("l2", 0.0))
-        raise ValueError(f"`{argument}`: unknown regularizer config {identifier!r}; expected class_name L1, L2 or L1L2.")
+        raise ValueError(
+            f"`{argument}`: unknown regularizer config {identifier!r}; expected class_name L1, L2 or L1L2."
+        )
     if isinstance(identifier, str):
         try:
             return _BY_NAME[identifier.lower()]()
         except KeyError:
             raise ValueError(
-                f"`{argument}`: unknown regularizer {identifier!r}; expected one of {sorted(_BY_NAME)}, None or a callable."
+                f"`{argument}`: unknown regularizer {identifier!r}; "
+                f"expected one of {sorted(_BY_NAME)}, None or a callable."
             ) from None
     if callable(identifier):
         return identifier

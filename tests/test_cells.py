@@ -25,7 +25,9 @@ def _apply(layer, x, **kw):
 # Keras's own test vectors (shared/reference/keras-semantics.md).
 def test_public_reference_values_lstm():
     x = jnp.arange(72.0).reshape(3, 6, 4)
-    np.testing.assert_allclose(_apply(rnnjax.LSTM(3, **C, **K3), x), np.repeat([[0.6288687], [0.86899155], [0.9460773]], 3, 1), atol=1e-6)
+    np.testing.assert_allclose(
+        _apply(rnnjax.LSTM(3, **C, **K3), x), np.repeat([[0.6288687], [0.86899155], [0.9460773]], 3, 1), atol=1e-6
+    )
     np.testing.assert_allclose(_apply(rnnjax.LSTM(3, go_backwards=True, **C, **K3), x),
                                np.repeat([[0.35622165], [0.74789524], [0.8872726]], 3, 1), atol=1e-6)
 
@@ -40,20 +42,28 @@ def test_public_reference_values_gru():
 
 def test_public_reference_values_simple_rnn_and_masked_gru():
     x = jnp.arange(24.0).reshape(2, 3, 4)
-    np.testing.assert_allclose(_apply(rnnjax.SimpleRNN(4, **C), x), np.repeat([[0.405432], [0.73605347]], 4, 1), atol=1e-6)
+    np.testing.assert_allclose(
+        _apply(rnnjax.SimpleRNN(4, **C), x), np.repeat([[0.405432], [0.73605347]], 4, 1), atol=1e-6
+    )
     x = jnp.arange(24.0).reshape(2, 4, 3)
     mask = jnp.array([[1, 1, 0, 1], [1, 0, 0, 1]], bool)
     out = _apply(rnnjax.GRU(2, reset_after=True, return_sequences=True, **C, **K3), x, mask=mask)
-    expected = np.array([[0.03606692, 0.09497581, 0.09497581, 0.19393763], [0.16051409, 0.16051409, 0.16051409, 0.30818558]])
+    expected = np.array(
+        [[0.03606692, 0.09497581, 0.09497581, 0.19393763], [0.16051409, 0.16051409, 0.16051409, 0.30818558]]
+    )
     np.testing.assert_allclose(out, np.repeat(expected[..., None], 2, -1), atol=1e-6)
 
 
 def test_hard_sigmoid_is_keras2_definition():
     x = np.linspace(-4, 4, 101)
     expected = np.clip(0.2 * x.astype(np.float64) + 0.5, 0.0, 1.0)
-    np.testing.assert_allclose(np.asarray(rnnjax.activations.get("hard_sigmoid")(jnp.asarray(x, jnp.float32))), expected, atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(rnnjax.activations.get("hard_sigmoid")(jnp.asarray(x, jnp.float32))), expected, atol=1e-7
+    )
     keras3 = np.clip(x / 6.0 + 0.5, 0.0, 1.0)
-    np.testing.assert_allclose(np.asarray(rnnjax.activations.get("hard_sigmoid_keras3")(jnp.asarray(x, jnp.float32))), keras3, atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(rnnjax.activations.get("hard_sigmoid_keras3")(jnp.asarray(x, jnp.float32))), keras3, atol=1e-7
+    )
 
 
 def test_hard_sigmoid_values_and_derivatives_equal_jnp_clip():
@@ -82,14 +92,14 @@ def _np_lstm(x, k, r, b, mask, sigma, phi):
     """float64 numpy LSTM with Keras 2 masking, written from the equations."""
     bsz, t, _ = x.shape
     u = r.shape[0]
-    h = np.zeros((bsz, u)); c = np.zeros((bsz, u)); out = np.zeros((bsz, u)); outs = []
+    h, c, out, outs = np.zeros((bsz, u)), np.zeros((bsz, u)), np.zeros((bsz, u)), []
     for s in range(t):
         z = x[:, s] @ k + h @ r + b
         i, f, g, o = sigma(z[:, :u]), sigma(z[:, u:2 * u]), phi(z[:, 2 * u:3 * u]), sigma(z[:, 3 * u:])
         c_new = f * c + i * g
         h_new = o * phi(c_new)
         m = mask[:, s:s + 1]
-        h = np.where(m, h_new, h); c = np.where(m, c_new, c); out = np.where(m, h_new, out)
+        h, c, out = np.where(m, h_new, h), np.where(m, c_new, c), np.where(m, h_new, out)
         outs.append(out)
     return np.stack(outs, 1), h, c
 
@@ -103,7 +113,9 @@ def test_float32_lstm_matches_float64_numpy_with_holes():
     ref, h, c = _np_lstm(x, k, r, b, mask, hs, np.tanh)
     core = F.LSTMCore(5)
     params = F.LSTMParams(*(jnp.asarray(a, jnp.float32) for a in (k, r, b)))
-    out, state = jax.jit(lambda p, x, m: F.rnn(core, p, x, mask=m, return_sequences=True))(params, jnp.asarray(x, jnp.float32), jnp.asarray(mask))
+    out, state = jax.jit(lambda p, x, m: F.rnn(core, p, x, mask=m, return_sequences=True))(
+        params, jnp.asarray(x, jnp.float32), jnp.asarray(mask)
+    )
     np.testing.assert_allclose(out, ref, atol=2e-5)
     np.testing.assert_allclose(state.h, h, atol=2e-5)
     np.testing.assert_allclose(state.c, c, atol=2e-5)
@@ -244,7 +256,11 @@ def test_seed_defaults():
     assert lstm.implementation == gru.implementation == 1
     assert gru.reset_after is False and lstm.unit_forget_bias is True
     assert simple.activation == lstm.activation == "tanh"
-    assert (lstm.kernel_initializer, lstm.recurrent_initializer, lstm.bias_initializer) == ("glorot_uniform", "orthogonal", "zeros")
+    assert (lstm.kernel_initializer, lstm.recurrent_initializer, lstm.bias_initializer) == (
+        "glorot_uniform",
+        "orthogonal",
+        "zeros",
+    )
     b = rnnjax.LSTM(2).init(jax.random.key(0), jnp.ones((1, 2, 3)))["params"]["cell"]["bias"]
     np.testing.assert_array_equal(b, [0, 0, 1, 1, 0, 0, 0, 0])
 

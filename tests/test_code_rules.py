@@ -128,7 +128,7 @@ def test_the_rule_catches_each_kind_of_reach_in():
 NOTE = ROOT / "docs" / "design.md"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _identifiers() -> frozenset:
     """Every name the sources define or use (functions, classes, arguments, attributes, fields,
     names in tables): rnnjax's and the tests' (this file's own examples excepted)."""

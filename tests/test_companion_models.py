@@ -70,8 +70,16 @@ def test_time_distributed_dropout_activation_and_numbering_match_keras():
         keras.layers.TimeDistributed(keras.layers.Dense(3)), keras.layers.Dropout(0.5), keras.layers.Activation("tanh"),
         keras.layers.SimpleRNN(U), keras.layers.Dense(2)], (T, 5))
     td = params["time_distributed"]["dense"]
-    theirs.set_weights([*cell_weights(params["lstm"]["cell"]), td["kernel"], td["bias"],
-                        *cell_weights(params["simple_rnn"]["cell"]), params["dense"]["kernel"], params["dense"]["bias"]])
+    theirs.set_weights(
+        [
+            *cell_weights(params["lstm"]["cell"]),
+            td["kernel"],
+            td["bias"],
+            *cell_weights(params["simple_rnn"]["cell"]),
+            params["dense"]["kernel"],
+            params["dense"]["bias"],
+        ]
+    )
     assert_same(ours.apply({"params": params}, x), theirs(x))
     two = rnnjax.Sequential([rnnjax.Dense(3), rnnjax.Dense(2)])
     assert set(two.init(jax.random.key(0), x)["params"]) == {"dense", "dense_1"}
@@ -128,13 +136,18 @@ def test_embedding_matches_keras_and_reports_penalties_and_constraints():
     k.set_weights([w])
     y, aux = layer.apply(v, ids, mutable=["losses"])
     assert_same(y, k(ids))
-    np.testing.assert_allclose(aux["losses"]["embeddings_regularizer"], 0.1 * np.sum(w.astype(np.float64) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(
+        aux["losses"]["embeddings_regularizer"], 0.1 * np.sum(w.astype(np.float64) ** 2), rtol=1e-5
+    )
     np.testing.assert_allclose(aux["losses"]["activity_regularizer"], 0.01 * np.abs(np.asarray(y)).sum() / B, rtol=1e-5)
     model = rnnjax.Sequential([layer, rnnjax.Bidirectional(rnnjax.LSTM(U, recurrent_constraint="unit_norm")),
                                rnnjax.Dense(2, kernel_constraint="max_norm")])
     found = rnnjax.constraints.collect_constraints(model, ids)
-    assert set(found) == {("embedding", "embeddings"), ("dense", "kernel"),
-                          *(("bidirectional", d, "cell", "recurrent_kernel") for d in ("forward_lstm", "backward_lstm"))}
+    assert set(found) == {
+        ("embedding", "embeddings"),
+        ("dense", "kernel"),
+        *(("bidirectional", d, "cell", "recurrent_kernel") for d in ("forward_lstm", "backward_lstm")),
+    }
     assert np.array_equal(np.asarray(rnnjax.Embedding(V, 6, mask_zero=True).compute_mask(ids)), ids != 0)
     assert rnnjax.Embedding(V, 6).compute_mask(ids, jnp.asarray(HOLES)) is None
 

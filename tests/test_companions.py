@@ -26,7 +26,12 @@ KINDS = {  # ours, Keras's, the Keras kwargs that give Keras 2's defaults, our e
     "simple": (rnnjax.SimpleRNN, keras.layers.SimpleRNN, {}, {}),
     "lstm": (rnnjax.LSTM, keras.layers.LSTM, {"recurrent_activation": H_SIG}, {}),
     "gru": (rnnjax.GRU, keras.layers.GRU, {"recurrent_activation": H_SIG, "reset_after": False}, {}),
-    "gru_ra": (rnnjax.GRU, keras.layers.GRU, {"recurrent_activation": H_SIG, "reset_after": True}, {"reset_after": True}),
+    "gru_ra": (
+        rnnjax.GRU,
+        keras.layers.GRU,
+        {"recurrent_activation": H_SIG, "reset_after": True},
+        {"reset_after": True},
+    ),
 }
 
 
@@ -115,8 +120,10 @@ def test_layer_with_go_backwards_true_gets_a_forward_copy():
 
 def test_backward_layer_given_matches_keras():
     x = _x()
-    ours = rnnjax.Bidirectional(rnnjax.GRU(U, return_sequences=True),
-                                backward_layer=rnnjax.GRU(U, activation="relu", go_backwards=True, return_sequences=True))
+    ours = rnnjax.Bidirectional(
+        rnnjax.GRU(U, return_sequences=True),
+        backward_layer=rnnjax.GRU(U, activation="relu", go_backwards=True, return_sequences=True),
+    )
     variables = ours.init(jax.random.key(0), x)
     assert set(variables["params"]) == {"forward_gru", "backward_gru"}
     params = random_params(variables)
@@ -139,7 +146,9 @@ def test_stacked_cells_match_keras():
     theirs = keras.layers.Bidirectional(keras.layers.RNN(cells(), return_sequences=True, return_state=True),
                                         merge_mode="sum")
     theirs.build(x.shape)
-    weights = [w for d in ("forward_rnn", "backward_rnn") for c in ("cell_0", "cell_1") for w in cell_weights(params[d][c])]
+    weights = [
+        w for d in ("forward_rnn", "backward_rnn") for c in ("cell_0", "cell_1") for w in cell_weights(params[d][c])
+    ]
     theirs.set_weights(weights)
     assert_same(ours.apply({"params": params}, x, mask=HOLES), theirs(x, mask=HOLES))
 
@@ -152,7 +161,9 @@ def test_conv_lstm2d_matches_keras(merge_mode):
     ours = rnnjax.Bidirectional(rnnjax.ConvLSTM2D(**kw), merge_mode=merge_mode)
     variables = ours.init(jax.random.key(0), x)
     params = random_params(variables)
-    theirs = keras.layers.Bidirectional(keras.layers.ConvLSTM2D(recurrent_activation=H_SIG, **kw), merge_mode=merge_mode)
+    theirs = keras.layers.Bidirectional(
+        keras.layers.ConvLSTM2D(recurrent_activation=H_SIG, **kw), merge_mode=merge_mode
+    )
     theirs.build(x.shape)
     theirs.set_weights(_keras_weights(params, "conv_lstm2d"))
     assert_same(ours.apply({"params": params}, x), theirs(x))

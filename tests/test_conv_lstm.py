@@ -39,7 +39,9 @@ def keras_weights(w):
 
 
 def make_input(rng, rank, data_format, batch=2, steps=3, channels=2):
-    shape = (batch, steps) + ((channels,) + SPATIAL[rank] if data_format == "channels_first" else SPATIAL[rank] + (channels,))
+    shape = (batch, steps) + (
+        (channels,) + SPATIAL[rank] if data_format == "channels_first" else SPATIAL[rank] + (channels,)
+    )
     return rng.normal(0, 1, shape).astype(np.float32)
 
 
@@ -74,16 +76,46 @@ def run_keras_cell_masked(layer, x, mask, zero_output_for_mask=False):
 CASES = [
     # rank, kwargs for both layers (besides filters=3, recurrent_activation='sigmoid'), rnnjax-only kwargs, mask
     (2, dict(kernel_size=3, padding="valid", return_sequences=True), dict(remat=True, scan_unroll=2), False),
-    (2, dict(kernel_size=(3, 2), padding="SAME", strides=2, data_format="channels_first", return_state=True), {}, False),
-    (2, dict(kernel_size=2, padding="same", dilation_rate=2, go_backwards=True, return_sequences=True, use_bias=False),
-     dict(unroll=True), False),
-    (2, dict(kernel_size=3, padding="same", go_backwards=True, return_sequences=True, return_state=True),
-     dict(unroll=True), True),
+    (
+        2,
+        dict(kernel_size=(3, 2), padding="SAME", strides=2, data_format="channels_first", return_state=True),
+        {},
+        False,
+    ),
+    (
+        2,
+        dict(kernel_size=2, padding="same", dilation_rate=2, go_backwards=True, return_sequences=True, use_bias=False),
+        dict(unroll=True),
+        False,
+    ),
+    (
+        2,
+        dict(kernel_size=3, padding="same", go_backwards=True, return_sequences=True, return_state=True),
+        dict(unroll=True),
+        True,
+    ),
     (1, dict(kernel_size=3, padding="valid", strides=2, return_sequences=True, return_state=True), {}, False),
-    (1, dict(kernel_size=2, padding="same", dilation_rate=2, data_format="channels_first", go_backwards=True,
-             return_sequences=True), dict(zero_output_for_mask=True), True),
-    (3, dict(kernel_size=(2, 1, 2), padding="valid", strides=(1, 2, 1), data_format="channels_first", return_state=True),
-     {}, False),
+    (
+        1,
+        dict(
+            kernel_size=2,
+            padding="same",
+            dilation_rate=2,
+            data_format="channels_first",
+            go_backwards=True,
+            return_sequences=True,
+        ),
+        dict(zero_output_for_mask=True),
+        True,
+    ),
+    (
+        3,
+        dict(
+            kernel_size=(2, 1, 2), padding="valid", strides=(1, 2, 1), data_format="channels_first", return_state=True
+        ),
+        {},
+        False,
+    ),
 ]
 
 
@@ -219,7 +251,9 @@ def test_stateful_two_batches_equal_one_call(fmt="channels_first"):
     v = {"params": {"cell": w}, "rnn_state": v["rnn_state"]}
     _, upd = layer.apply(v, x[:, :2], mutable=["rnn_state"])
     y2, _ = layer.apply({**v, **upd}, x[:, 2:], mutable=["rnn_state"])
-    want = run_keras(keras.layers.ConvLSTM2D(3, 2, padding="same", data_format=fmt, recurrent_activation="sigmoid"), x, w)
+    want = run_keras(
+        keras.layers.ConvLSTM2D(3, 2, padding="same", data_format=fmt, recurrent_activation="sigmoid"), x, w
+    )
     np.testing.assert_allclose(np.asarray(y2), want, atol=1e-5)
     # reset_states with arrays in the user's data format = Keras's initial_state
     h0 = rng.normal(0, 1, want.shape).astype(np.float32)
@@ -251,8 +285,19 @@ def test_cell_in_rnn_channels_first_matches_keras():
     cell = rnnjax.ConvLSTM2DCell(3, 2, padding="same", data_format="channels_first", recurrent_activation="sigmoid")
     layer = rnnjax.RNN(cell, return_sequences=True, return_state=True)
     got = layer.apply({"params": {"cell": w}}, x)
-    want = run_keras(keras.layers.ConvLSTM2D(3, 2, padding="same", data_format="channels_first",
-                                             recurrent_activation="sigmoid", return_sequences=True, return_state=True), x, w)
+    want = run_keras(
+        keras.layers.ConvLSTM2D(
+            3,
+            2,
+            padding="same",
+            data_format="channels_first",
+            recurrent_activation="sigmoid",
+            return_sequences=True,
+            return_state=True,
+        ),
+        x,
+        w,
+    )
     for g, k in zip(got, want):
         np.testing.assert_allclose(np.asarray(g), k, atol=1e-5)
 
@@ -353,7 +398,9 @@ def test_call_errors():
         rnnjax.ConvLSTM2D(2, 5).init(jax.random.key(0), x)
     # (3, 4, 4, 2) is one unbatched sequence (test_batch_axes.py); 3 dimensions are too few
     with pytest.raises(ValueError, match=r"`inputs`: .* at least 4 dimensions, got shape \(4, 4, 2\)"):
-        rnnjax.ConvLSTM2D(2, 3).apply({"params": {"cell": random_weights(np.random.default_rng(0), 2, 3, 2, 2)}}, x[0, 0])
+        rnnjax.ConvLSTM2D(2, 3).apply(
+            {"params": {"cell": random_weights(np.random.default_rng(0), 2, 3, 2, 2)}}, x[0, 0]
+        )
     layer = rnnjax.ConvLSTM2D(2, 3, padding="same", data_format="channels_first")
     v = {"params": {"cell": random_weights(np.random.default_rng(0), 2, 3, 4, 2)}}  # 4 channels
     with pytest.raises(ValueError, match="mask"):

@@ -19,7 +19,9 @@ def test_vmap_of_unbatched_equals_batched():
     x = jax.random.normal(jax.random.key(1), (5, 6, 3))
     mask = jax.random.bernoulli(jax.random.key(2), 0.7, (5, 6))
     batched = F.rnn(core, params, x, mask=mask, return_sequences=True, go_backwards=True)
-    single = jax.vmap(lambda xx, mm: F.rnn(core, params, xx, mask=mm, return_sequences=True, go_backwards=True))(x, mask)
+    single = jax.vmap(lambda xx, mm: F.rnn(core, params, xx, mask=mm, return_sequences=True, go_backwards=True))(
+        x, mask
+    )
     for a, b in zip(jax.tree_util.tree_leaves(batched), jax.tree_util.tree_leaves(single)):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
@@ -78,7 +80,9 @@ def test_constants_reach_every_step():
     p = v["params"]["cell"]
     h = np.zeros((2, 4))
     for t in range(5):
-        h = np.tanh(np.asarray(x[:, t]) @ np.asarray(p["kernel"]) + h + np.asarray(ctx) @ np.asarray(p["context_kernel"]))
+        h = np.tanh(
+            np.asarray(x[:, t]) @ np.asarray(p["kernel"]) + h + np.asarray(ctx) @ np.asarray(p["context_kernel"])
+        )
         np.testing.assert_allclose(y[:, t], h, atol=1e-5)
     with pytest.raises(ValueError, match="constants"):
         rnnjax.RNN(rnnjax.LSTMCell(3)).init(jax.random.key(0), x, constants=[ctx])

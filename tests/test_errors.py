@@ -342,28 +342,46 @@ def test_bad_arguments_fail_at_construction(make, match):
 
 # ----- the companions: Bidirectional, Embedding, Masking, TimeDistributed, Sequential ---------
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: rnnjax.Bidirectional(rnnjax.LSTM(4), merge_mode="avg"),
-     _msg("`merge_mode`", "expected one of ['concat', 'sum', 'mul', 'ave', None]", "got 'avg'")),
-    (lambda: rnnjax.Bidirectional(rnnjax.Dense(3)), _msg("`layer`", "expected a recurrent layer", "got Dense")),
-    (lambda: rnnjax.Bidirectional(rnnjax.LSTM(4), backward_layer=rnnjax.Dense(3)),
-     _msg("`backward_layer`", "expected a recurrent layer", "got Dense")),
-    (lambda: rnnjax.Bidirectional(rnnjax.LSTM(4), backward_layer=rnnjax.LSTM(4)),
-     _msg("`backward_layer`", "other direction", "layer.go_backwards=False", "backward_layer.go_backwards=False")),
-    (lambda: rnnjax.Bidirectional(rnnjax.LSTM(4), backward_layer=rnnjax.LSTM(4, go_backwards=True, return_sequences=True)),
-     _msg("`backward_layer`", "the same `return_sequences` as `layer` (False)", "got True")),
-    (lambda: rnnjax.Embedding(1, 4, mask_zero=True), _msg("`input_dim`", "mask_zero=True", "at least 2", "got 1")),
-    (lambda: rnnjax.Embedding(0, 4), _msg("`input_dim`", "positive integer", "got 0")),
-    (lambda: rnnjax.Embedding(5, 4, embeddings_initializer="unifrom"), "`embeddings_initializer`"),
-    (lambda: rnnjax.Dense(0), "`units`"),
-    (lambda: rnnjax.Dense(3, activation="rleu"), "`activation`"),
-    (lambda: rnnjax.Dense(3, kernel_regularizer="l3"), "`kernel_regularizer`"),
-    (lambda: rnnjax.Dropout(1.0), _msg("`rate`", "[0, 1)", "got 1.0")),
-    (lambda: rnnjax.Activation("tanhh"), "`activation`"),
-    (lambda: rnnjax.TimeDistributed(lambda x: x), _msg("`layer`", "expected a Flax module", "got function")),
-    (lambda: rnnjax.Sequential([]), _msg("`layers`", "non-empty list")),
-    (lambda: rnnjax.Sequential([rnnjax.Dense(2), "relu"]), _msg("`layers`[1]", "expected a Flax module", "got str")),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (
+            lambda: rnnjax.Bidirectional(rnnjax.LSTM(4), merge_mode="avg"),
+            _msg("`merge_mode`", "expected one of ['concat', 'sum', 'mul', 'ave', None]", "got 'avg'"),
+        ),
+        (lambda: rnnjax.Bidirectional(rnnjax.Dense(3)), _msg("`layer`", "expected a recurrent layer", "got Dense")),
+        (
+            lambda: rnnjax.Bidirectional(rnnjax.LSTM(4), backward_layer=rnnjax.Dense(3)),
+            _msg("`backward_layer`", "expected a recurrent layer", "got Dense"),
+        ),
+        (
+            lambda: rnnjax.Bidirectional(rnnjax.LSTM(4), backward_layer=rnnjax.LSTM(4)),
+            _msg(
+                "`backward_layer`", "other direction", "layer.go_backwards=False", "backward_layer.go_backwards=False"
+            ),
+        ),
+        (
+            lambda: rnnjax.Bidirectional(
+                rnnjax.LSTM(4), backward_layer=rnnjax.LSTM(4, go_backwards=True, return_sequences=True)
+            ),
+            _msg("`backward_layer`", "the same `return_sequences` as `layer` (False)", "got True"),
+        ),
+        (lambda: rnnjax.Embedding(1, 4, mask_zero=True), _msg("`input_dim`", "mask_zero=True", "at least 2", "got 1")),
+        (lambda: rnnjax.Embedding(0, 4), _msg("`input_dim`", "positive integer", "got 0")),
+        (lambda: rnnjax.Embedding(5, 4, embeddings_initializer="unifrom"), "`embeddings_initializer`"),
+        (lambda: rnnjax.Dense(0), "`units`"),
+        (lambda: rnnjax.Dense(3, activation="rleu"), "`activation`"),
+        (lambda: rnnjax.Dense(3, kernel_regularizer="l3"), "`kernel_regularizer`"),
+        (lambda: rnnjax.Dropout(1.0), _msg("`rate`", "[0, 1)", "got 1.0")),
+        (lambda: rnnjax.Activation("tanhh"), "`activation`"),
+        (lambda: rnnjax.TimeDistributed(lambda x: x), _msg("`layer`", "expected a Flax module", "got function")),
+        (lambda: rnnjax.Sequential([]), _msg("`layers`", "non-empty list")),
+        (
+            lambda: rnnjax.Sequential([rnnjax.Dense(2), "relu"]),
+            _msg("`layers`[1]", "expected a Flax module", "got str"),
+        ),
+    ],
+)
 def test_companion_arguments_fail_at_construction(make, match):
     with pytest.raises(ValueError, match=match):
         make()

@@ -24,9 +24,16 @@ def assert_same_function(got, want, tol=2e-5):
     assert_trees_close(got, want, atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("core", [F.SimpleRNNCore(5, activation="relu"), F.LSTMCore(5), F.LSTMCore(5, recurrent_activation="sigmoid"),
-                                  F.GRUCore(5, reset_after=True, recurrent_activation="sigmoid")],
-                         ids=["simple", "lstm_hard", "lstm_sigmoid", "gru_reset_after"])
+@pytest.mark.parametrize(
+    "core",
+    [
+        F.SimpleRNNCore(5, activation="relu"),
+        F.LSTMCore(5),
+        F.LSTMCore(5, recurrent_activation="sigmoid"),
+        F.GRUCore(5, reset_after=True, recurrent_activation="sigmoid"),
+    ],
+    ids=["simple", "lstm_hard", "lstm_sigmoid", "gru_reset_after"],
+)
 @pytest.mark.parametrize("options", [{}, {"go_backwards": True, "return_sequences": True},
                                      {"zero_output_for_mask": True, "return_sequences": True}])
 def test_custom_backward_equals_autodiff(core, options):
@@ -130,8 +137,11 @@ def test_input_additive_kernel_gradients_after_the_loop(core, count, options):
                        for e in equations(body))
 
 
-@pytest.mark.parametrize("core", [F.LSTMCore(4), F.GRUCore(4), F.GRUCore(4, reset_after=True, recurrent_activation="sigmoid")],
-                         ids=["lstm", "gru", "gru_reset_after"])
+@pytest.mark.parametrize(
+    "core",
+    [F.LSTMCore(4), F.GRUCore(4), F.GRUCore(4, reset_after=True, recurrent_activation="sigmoid")],
+    ids=["lstm", "gru", "gru_reset_after"],
+)
 @pytest.mark.parametrize("go_backwards", [False, True])
 def test_projection_in_chunks_equals_all_at_once(core, go_backwards):
     """``project_chunk`` (inputs projected a span at a time inside an outer loop, with a remainder
@@ -334,8 +344,9 @@ def test_layer_gradients_equal_the_unrolled_loop(make):
     for a, b in zip(jax.tree_util.tree_leaves(grads(layer)), jax.tree_util.tree_leaves(grads(unrolled))):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
     # the scan path forms no (U, U) kernel-gradient matmul inside its loops
-    jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(layer.apply({"params": p}, x, training=True,
-                                                                 rngs={"dropout": jax.random.key(2)}))))(v["params"]).jaxpr
+    jaxpr = jax.make_jaxpr(
+        jax.grad(lambda p: jnp.sum(layer.apply({"params": p}, x, training=True, rngs={"dropout": jax.random.key(2)})))
+    )(v["params"]).jaxpr
     loops = [e.params["jaxpr"].jaxpr for e in equations(jaxpr) if e.primitive.name == "scan"]
     assert loops and not any(e.primitive.name == "dot_general" and e.outvars[0].aval.shape == (6, 6)
                              for body in loops for e in equations(body))

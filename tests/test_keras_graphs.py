@@ -357,8 +357,15 @@ def test_keras3_drops_a_mask_a_module_cannot_take_and_keras2_refuses(tmp_path):
     with pytest.warns(UserWarning, match="does not support masking; the mask it was passed is dropped"):
         model.apply(variables, jnp.array([[1, 2, 0]]))
     emb = layer("Embedding", name="embedding", input_dim=5, output_dim=3, mask_zero=True)
-    config = k2.functional([(input_layer("ids", [None], "int32"), []), (emb, [inbound("ids")]),
-                            (layer("Scale", name="scale", units=2), [inbound("embedding")])], ["ids"], [("scale", 0, 0)])
+    config = k2.functional(
+        [
+            (input_layer("ids", [None], "int32"), []),
+            (emb, [inbound("ids")]),
+            (layer("Scale", name="scale", units=2), [inbound("embedding")]),
+        ],
+        ["ids"],
+        [("scale", 0, 0)],
+    )
     k2.write_model(tmp_path / "k2.h5", config, [("ids", []), ("embedding", [("embedding/embeddings:0", _f32(5, 3))]),
                                                  ("scale", [("scale/w:0", _f32(3, 2)), ("scale/b:0", _f32(2))])])
     with pytest.raises(KerasImportError, match="'scale' .Scale. call 0: FlaxScale does not support masking"):

@@ -546,7 +546,7 @@ def test_tf_keras_2_11_optimizer_file(tmp_path):
         np.testing.assert_array_equal(_get(state.slots["momentum"], PATHS[n]), value)
     grads = jax.tree_util.tree_map(lambda p: jnp.asarray(_w(*p.shape)), variables["params"])
     new = optax.apply_updates(variables["params"], tx.update(grads, state, variables["params"])[0])
-    for (_, slot), n in zip(m, names):  # p <- p - lr wd p, then m <- 0 m - lr g, p <- p + m
+    for _, n in zip(m, names):  # p <- p - lr wd p, then m <- 0 m - lr g, p <- p + m
         p, g = _get(variables["params"], PATHS[n]).astype(np.float64), _get(grads, PATHS[n]).astype(np.float64)
         np.testing.assert_allclose(_get(new, PATHS[n]), p - 0.1 * 0.01 * p - 0.1 * g, rtol=1e-5, atol=1e-6)
     assert rnnjax.inspect_keras(path)["training"]["optimizer"] == "SGD"

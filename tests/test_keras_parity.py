@@ -50,7 +50,9 @@ def _compare(kind, kwargs=None, mask=None, initial_state=None, seed=0, x=None):
     variables = layer.init(jax.random.key(seed), jnp.asarray(x), **call)
     # Random (not initializer-shaped) weights, biases included, so every term matters.
     rng = np.random.default_rng(seed + 100)
-    params = jax.tree_util.tree_map(lambda p: rng.normal(scale=0.5, size=p.shape).astype(np.float32), variables["params"])
+    params = jax.tree_util.tree_map(
+        lambda p: rng.normal(scale=0.5, size=p.shape).astype(np.float32), variables["params"]
+    )
     ours = layer.apply({"params": params}, jnp.asarray(x), **call)
     klayer = keras_layer(kind, U, **_keras_kwargs(kind, kwargs))
     kcall = {}
@@ -216,9 +218,15 @@ def test_regularizer_penalties_match_keras(kind):
     np.testing.assert_allclose(float(aux["losses"]["activity_regularizer"]), activity_penalty, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name,kwargs", [
-    ("MaxNorm", {"max_value": 0.5}), ("NonNeg", {}), ("UnitNorm", {}), ("MinMaxNorm", {"min_value": 0.3, "max_value": 0.6, "rate": 0.5}),
-])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("MaxNorm", {"max_value": 0.5}),
+        ("NonNeg", {}),
+        ("UnitNorm", {}),
+        ("MinMaxNorm", {"min_value": 0.3, "max_value": 0.6, "rate": 0.5}),
+    ],
+)
 def test_constraints_match_keras(name, kwargs):
     w = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
     ours = getattr(rnnjax.constraints, name)(**kwargs)(jnp.asarray(w))
@@ -226,7 +234,9 @@ def test_constraints_match_keras(name, kwargs):
     np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["glorot_uniform", "orthogonal", "he_normal", "lecun_uniform", "zeros", "ones", "uniform"])
+@pytest.mark.parametrize(
+    "name", ["glorot_uniform", "orthogonal", "he_normal", "lecun_uniform", "zeros", "ones", "uniform"]
+)
 def test_initializer_statistics_match_keras(name):
     """Same distribution as Keras (values differ: different RNGs): compare mean/std and orthogonality."""
     shape = (64, 256)

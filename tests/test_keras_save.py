@@ -36,7 +36,10 @@ def _roundtrip(model, x, tmp_path, scale=0.3, **kwargs):
     loaded = keras.saving.load_model(path, safe_mode=True)
     ours, theirs = model.apply(variables, x), loaded(x, training=False)
     # Keras 3 nests a stacked RNN's states per cell; rnnjax's are flat (Keras 2): compare leaves.
-    ours, theirs = jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(list(theirs) if isinstance(theirs, tuple) else theirs)
+    ours, theirs = (
+        jax.tree_util.tree_leaves(ours),
+        jax.tree_util.tree_leaves(list(theirs) if isinstance(theirs, tuple) else theirs),
+    )
     return [np.asarray(a) for a in ours], [np.asarray(a) for a in theirs], loaded
 
 
@@ -224,7 +227,10 @@ def test_refusals(tmp_path):
         (L.Sequential([L.LSTM(3, return_sequences=True), nn.Dense(2)]), r"layer 1 \(dense, Dense\).*cannot be saved"),
         (L.RNN(MinimalRNNCell(3)), r"MinimalRNNCell is a custom cell"),
         (L.LSTM(3, activation="hard_sigmoid"), r"`activation`.*not linear in the weights"),
-        (L.Sequential([L.GRU(3, return_sequences=True), L.Activation("hard_sigmoid")]), r"layer 1 \(activation.*hard_sigmoid"),
+        (
+            L.Sequential([L.GRU(3, return_sequences=True), L.Activation("hard_sigmoid")]),
+            r"layer 1 \(activation.*hard_sigmoid",
+        ),
         (L.SimpleRNN(3, activation="gelu"), r"'gelu' cannot be saved"),
         (L.SimpleRNN(3, activation=lambda t: t * 2), r"custom activation"),
         (L.GRU(3, recurrent_activation="sigmoid", kernel_regularizer=lambda w: w.sum()), r"custom regularizer"),
@@ -290,6 +296,11 @@ def test_h5py_is_imported_only_when_saving(tmp_path):
             "assert 'h5py' not in sys.modules; sys.modules['h5py'] = None\n"
             "try:\n    rnnjax.save_keras(None, None, 'x.keras')\nexcept ImportError as e:\n"
             "    assert 'pip install rnnjax[keras]' in str(e); print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(rnnjax.__file__)))})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(rnnjax.__file__)))},
+    )
     assert out.stdout.strip() == "ok", out.stderr

@@ -58,11 +58,15 @@ def test_long_sequence_grad_matches_finite_differences():
     params = layer.init(jax.random.key(0), x[:, :3])["params"]
     f = _grad_fn(layer, x)
     _, g = f(params)
-    direction = jax.tree_util.tree_map(lambda a: jnp.asarray(np.random.default_rng(2).normal(size=a.shape), a.dtype), params)
+    direction = jax.tree_util.tree_map(
+        lambda a: jnp.asarray(np.random.default_rng(2).normal(size=a.shape), a.dtype), params
+    )
     eps = 1e-2
     shift = lambda s: jax.tree_util.tree_map(lambda p, d: p + s * eps * d, params, direction)  # noqa: E731
     fd = (float(f(shift(1.0))[0]) - float(f(shift(-1.0))[0])) / (2 * eps)
-    analytic = sum(float(jnp.sum(a * d)) for a, d in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(direction)))
+    analytic = sum(
+        float(jnp.sum(a * d)) for a, d in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(direction))
+    )
     np.testing.assert_allclose(analytic, fd, rtol=2e-2, atol=1e-5)
 
 
@@ -76,8 +80,8 @@ def test_remat_reduces_compiled_temp_memory(return_sequences):
     remat = rnnjax.LSTM(4, return_sequences=return_sequences, remat=True)
     params = plain.init(jax.random.key(0), x[:, :3])["params"]
     temp = {}
-    for name, layer in (("plain", plain), ("remat", remat)):
-        temp[name] = _grad_fn(layer, x).lower(params).compile().memory_analysis().temp_size_in_bytes
+    for name, lstm in (("plain", plain), ("remat", remat)):
+        temp[name] = _grad_fn(lstm, x).lower(params).compile().memory_analysis().temp_size_in_bytes
     # the plain scan keeps at least h, c and four gates per step (6 * 4 floats)
     assert temp["plain"] >= steps * 6 * 4 * 4
     assert temp["remat"] < 0.25 * temp["plain"], temp

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import rnnjax
 import rnnjax.nnx as rnx
 from catalogue import feature_shape, layer
 from nnx_util import assert_trees_close, twin

@@ -51,8 +51,10 @@ def test_bidirectional_stack_backward_layer_and_initial_state():
     ours = rnx.Bidirectional(rnx.GRU(U, return_sequences=True, input_dim=I, rngs=nnx.Rngs(0)),
                              backward_layer=rnx.GRU(U, reset_after=True, go_backwards=True, return_sequences=True,
                                                     input_dim=I, rngs=nnx.Rngs(1)))
-    linen = rnnjax.Bidirectional(rnnjax.GRU(U, return_sequences=True),
-                                 backward_layer=rnnjax.GRU(U, reset_after=True, go_backwards=True, return_sequences=True))
+    linen = rnnjax.Bidirectional(
+        rnnjax.GRU(U, return_sequences=True),
+        backward_layer=rnnjax.GRU(U, reset_after=True, go_backwards=True, return_sequences=True),
+    )
     init = [jnp.asarray(np.random.default_rng(k).normal(size=(B, U)), jnp.float32) for k in range(2)]
     _check(ours, linen, _x(2), initial_state=init)
 

@@ -84,11 +84,17 @@ def _tagger(nnx_dropout=0.0):
         rnx.Dense(2, input_dim=3, rngs=r),
         rnx.Dense(2, activation="softmax", input_dim=2, rngs=r),
     ])
-    linen = rnnjax.Sequential([
-        rnnjax.Embedding(V, 6, mask_zero=True), rnnjax.Bidirectional(rnnjax.LSTM(U, return_sequences=True)),
-        rnnjax.TimeDistributed(rnnjax.Dense(5, activation="tanh")), rnnjax.Dropout(nnx_dropout, noise_shape=(None, 1, None)),
-        rnnjax.GRU(3, return_sequences=True), rnnjax.Dense(2), rnnjax.Dense(2, activation="softmax"),
-    ])
+    linen = rnnjax.Sequential(
+        [
+            rnnjax.Embedding(V, 6, mask_zero=True),
+            rnnjax.Bidirectional(rnnjax.LSTM(U, return_sequences=True)),
+            rnnjax.TimeDistributed(rnnjax.Dense(5, activation="tanh")),
+            rnnjax.Dropout(nnx_dropout, noise_shape=(None, 1, None)),
+            rnnjax.GRU(3, return_sequences=True),
+            rnnjax.Dense(2),
+            rnnjax.Dense(2, activation="softmax"),
+        ]
+    )
     return ours, linen
 
 
@@ -161,10 +167,20 @@ def test_sequential_stateful_layers_and_reset_states_match_linen():
 
 
 def test_penalties_and_constraints_match_linen():
-    ours = rnx.Dense(U, kernel_regularizer=rnnjax.regularizers.L2(0.1), activity_regularizer=rnnjax.regularizers.L1(0.01),
-                     kernel_constraint="non_neg", input_dim=I, rngs=nnx.Rngs(0))
-    linen = rnnjax.Dense(U, kernel_regularizer=rnnjax.regularizers.L2(0.1), activity_regularizer=rnnjax.regularizers.L1(0.01),
-                         kernel_constraint="non_neg")
+    ours = rnx.Dense(
+        U,
+        kernel_regularizer=rnnjax.regularizers.L2(0.1),
+        activity_regularizer=rnnjax.regularizers.L1(0.01),
+        kernel_constraint="non_neg",
+        input_dim=I,
+        rngs=nnx.Rngs(0),
+    )
+    linen = rnnjax.Dense(
+        U,
+        kernel_regularizer=rnnjax.regularizers.L2(0.1),
+        activity_regularizer=rnnjax.regularizers.L1(0.01),
+        kernel_constraint="non_neg",
+    )
     variables = twin(ours, linen, _x())
     _, losses = linen.apply(variables, _x(), mutable=["losses"])
     ours(_x())
@@ -181,24 +197,43 @@ class _NoMask(nnx.Module):
         return x
 
 
-@pytest.mark.parametrize("make,error,match", [
-    (lambda: rnx.Dense(8, 64, rngs=nnx.Rngs(0)), TypeError, r"second argument is `activation`, got the int 64.*"
-                                                            r"Dense\(64, input_dim=8"),
-    (lambda: rnx.Dense(4, rngs=nnx.Rngs(0)), TypeError, r"Dense: `input_dim` is required"),
-    (lambda: rnx.Dense(4, input_dim=5), TypeError, r"`rngs` must be an nnx.Rngs.*got NoneType"),
-    (lambda: rnx.Dense(0, input_dim=5, rngs=nnx.Rngs(0)), ValueError, r"`units`"),
-    (lambda: rnx.Dense(4, activation="nope", input_dim=5, rngs=nnx.Rngs(0)), ValueError, r"`activation`"),
-    (lambda: rnx.Dense(4, bogus=1, input_dim=5, rngs=nnx.Rngs(0)), TypeError, r"Dense: unexpected argument `bogus`"),
-    (lambda: rnx.Embedding(1, 4, mask_zero=True, rngs=nnx.Rngs(0)), ValueError, r"`input_dim`: with mask_zero=True"),
-    (lambda: rnx.Embedding(V, rngs=nnx.Rngs(0)), TypeError, r"Embedding: missing required argument\(s\) \['output_dim'\]"),
-    (lambda: rnx.Embedding(V, 4), TypeError, r"`rngs` must be an nnx.Rngs"),
-    (lambda: rnx.Dropout(1.5, rngs=nnx.Rngs(0)), ValueError, r"`rate`"),
-    (lambda: rnx.Dropout(0.5), TypeError, r"Dropout: `rngs` must be an nnx.Rngs"),
-    (lambda: rnx.Activation("nope"), ValueError, r"`activation`"),
-    (lambda: rnx.TimeDistributed(rnnjax.Dense(3)), ValueError, r"`layer`: expected an NNX module, got Dense"),
-    (lambda: rnx.Sequential([]), ValueError, r"`layers`: expected a non-empty list"),
-    (lambda: rnx.Sequential([rnx.Masking(), 3]), ValueError, r"`layers`\[1\]: expected an NNX module, got int"),
-])
+@pytest.mark.parametrize(
+    "make,error,match",
+    [
+        (
+            lambda: rnx.Dense(8, 64, rngs=nnx.Rngs(0)),
+            TypeError,
+            r"second argument is `activation`, got the int 64.*"
+            r"Dense\(64, input_dim=8",
+        ),
+        (lambda: rnx.Dense(4, rngs=nnx.Rngs(0)), TypeError, r"Dense: `input_dim` is required"),
+        (lambda: rnx.Dense(4, input_dim=5), TypeError, r"`rngs` must be an nnx.Rngs.*got NoneType"),
+        (lambda: rnx.Dense(0, input_dim=5, rngs=nnx.Rngs(0)), ValueError, r"`units`"),
+        (lambda: rnx.Dense(4, activation="nope", input_dim=5, rngs=nnx.Rngs(0)), ValueError, r"`activation`"),
+        (
+            lambda: rnx.Dense(4, bogus=1, input_dim=5, rngs=nnx.Rngs(0)),
+            TypeError,
+            r"Dense: unexpected argument `bogus`",
+        ),
+        (
+            lambda: rnx.Embedding(1, 4, mask_zero=True, rngs=nnx.Rngs(0)),
+            ValueError,
+            r"`input_dim`: with mask_zero=True",
+        ),
+        (
+            lambda: rnx.Embedding(V, rngs=nnx.Rngs(0)),
+            TypeError,
+            r"Embedding: missing required argument\(s\) \['output_dim'\]",
+        ),
+        (lambda: rnx.Embedding(V, 4), TypeError, r"`rngs` must be an nnx.Rngs"),
+        (lambda: rnx.Dropout(1.5, rngs=nnx.Rngs(0)), ValueError, r"`rate`"),
+        (lambda: rnx.Dropout(0.5), TypeError, r"Dropout: `rngs` must be an nnx.Rngs"),
+        (lambda: rnx.Activation("nope"), ValueError, r"`activation`"),
+        (lambda: rnx.TimeDistributed(rnnjax.Dense(3)), ValueError, r"`layer`: expected an NNX module, got Dense"),
+        (lambda: rnx.Sequential([]), ValueError, r"`layers`: expected a non-empty list"),
+        (lambda: rnx.Sequential([rnx.Masking(), 3]), ValueError, r"`layers`\[1\]: expected an NNX module, got int"),
+    ],
+)
 def test_bad_arguments_are_named(make, error, match):
     with pytest.raises(error, match=match):
         make()

@@ -84,8 +84,11 @@ def test_conv_lstm_errors():
     with pytest.raises(ValueError, match=r"`padding`"):
         rnx.ConvLSTM2D(3, 3, padding="full", input_dim=2, rngs=nnx.Rngs(0))
     layer = rnx.ConvLSTM2D(3, 3, input_dim=2, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"`inputs`: expected an array \(\*samples, time, rows, cols, channels\) with at "
-                                         r"least 4 dimensions, got shape \(4, 5, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"`inputs`: expected an array \(\*samples, time, rows, cols, channels\) with at "
+        r"least 4 dimensions, got shape \(4, 5, 2\)",
+    ):
         layer(jnp.zeros((4, 5, 2)))
     with pytest.raises(ValueError, match=r"`inputs`: 4 features per step, but ConvLSTM2DCell was built for 2"):
         layer(jnp.zeros((2, 4, 6, 5, 4)))

@@ -47,7 +47,9 @@ def test_call_errors():
     layer = rnx.LSTM(4, input_dim=5, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"`inputs`: 6 features per step, but LSTMCell was built for 5"):
         layer(jnp.zeros((3, 7, 6)))
-    with pytest.raises(ValueError, match=r"`inputs`: expected an array \(\*batch, timesteps, features\) with at least 2"):
+    with pytest.raises(
+        ValueError, match=r"`inputs`: expected an array \(\*batch, timesteps, features\) with at least 2"
+    ):
         layer(jnp.zeros((5,)))
     with pytest.raises(ValueError, match=r"`mask`: expected shape \(3, 7\)"):
         layer(X, mask=jnp.ones((1, 7), bool))

@@ -92,8 +92,10 @@ def test_custom_nnx_cell_alone_and_stacked():
     x = _x(5)
     compare(rnx.RNN(NNXMinimalRNNCell(U, input_dim=I, rngs=nnx.Rngs(0)), return_sequences=True),
             rnnjax.RNN(MinimalRNNCell(U), return_sequences=True), x)
-    ours = rnx.RNN([NNXMinimalRNNCell(3, input_dim=I, rngs=nnx.Rngs(0)), rnx.LSTMCell(U, input_dim=3, rngs=nnx.Rngs(1))],
-                   return_state=True)
+    ours = rnx.RNN(
+        [NNXMinimalRNNCell(3, input_dim=I, rngs=nnx.Rngs(0)), rnx.LSTMCell(U, input_dim=3, rngs=nnx.Rngs(1))],
+        return_state=True,
+    )
     compare(ours, rnnjax.RNN([MinimalRNNCell(3), rnnjax.LSTMCell(U)], return_state=True), x,
             mask=jnp.asarray(HOLES))
 

@@ -242,7 +242,9 @@ def test_go_backwards_equals_reversed_sequence(case, masked):
 
     @jax.jit
     def both(v):
-        return layer.apply(v, x, mask=mask), forward.apply(v, jnp.flip(x, 1), mask=None if mask is None else jnp.flip(mask, 1))
+        return layer.apply(v, x, mask=mask), forward.apply(
+            v, jnp.flip(x, 1), mask=None if mask is None else jnp.flip(mask, 1)
+        )
 
     back, rev = both(v)
     # outputs in processing order: step k of the backward run read x[:, T-1-k]

@@ -354,7 +354,7 @@ def test_linen_layer_packed_equals_alone(name):
     x, h0 = _data(feature_shape, state_shapes or ())
     params = layer.init(jax.random.key(1), x, reset=jnp.asarray(RESET))["params"]
     params = jax.tree_util.tree_map(lambda a: a + 0.1, params)
-    return_sequences = getattr(getattr(layer, "layer", layer), "return_sequences")
+    return_sequences = getattr(layer, "layer", layer).return_sequences
     _check(packed_and_alone(_linen_run(layer), go_backwards, return_sequences), params, x, h0, MASKS[mask_kind],
            RESET, go_backwards)
 
@@ -382,7 +382,9 @@ def test_stateful_layer_continues_its_stored_state_into_the_first_sequence():
     y1, v1 = stateful.apply(v, x, reset=jnp.asarray(RESET), mutable=["rnn_state"])
     y2, _ = stateful.apply({**v, **v1}, x, reset=jnp.asarray(RESET), mutable=["rnn_state"])
     assert_trees_close(y1, want[0])
-    continued = plain.apply({"params": params}, x, reset=jnp.asarray(RESET), initial_state=list(v1["rnn_state"]["states"]))
+    continued = plain.apply(
+        {"params": params}, x, reset=jnp.asarray(RESET), initial_state=list(v1["rnn_state"]["states"])
+    )
     assert_trees_close(y2, continued[0])
 
 

@@ -107,8 +107,11 @@ ARGUMENTS = {
     "custom_backward": "Boolean. If True (the default), the loop runs with rnnjax's hand-written backward pass "
                        "(`jax.custom_vjp`); False runs the generic loop, which forward-mode differentiation "
                        "(`jax.jvp`, `jax.jacfwd`, `jax.hessian`) needs.",
-    "backend": "`'auto'` (cuDNN when the input is on a GPU and the call allows it, the scan driver elsewhere), "
-               "`'cudnn'` (cuDNN or an error saying why not) or `'scan'` (always the scan driver).",
+    "backend": "`'auto'` (the default: the CuDNN layers' cuDNN when the input is on a GPU and the call allows "
+               "it; on the CPU, oneDNN's fused LSTM/GRU kernels where the `onednn` extra is installed, the call "
+               "allows them and the batch is large enough, see [Performance](../guides/performance.md); the scan "
+               "driver elsewhere), `'scan'` (always the scan driver), `'cudnn'` (CuDNN layers: cuDNN or an error "
+               "saying why not) or `'onednn'` (`LSTM`, `GRU`: oneDNN's kernels or an error saying why not).",
     # The layers around the recurrent ones (Keras 2).
     "layer": "The layer to wrap: any rnnjax recurrent layer (Bidirectional), or any Flax module "
              "(TimeDistributed).",

@@ -42,7 +42,7 @@ def _gpu_rnn_module():
     return gpu_rnn
 
 
-def cudnn_lstm_unavailable_reason(x: jax.Array = None) -> Optional[str]:
+def cudnn_lstm_unavailable_reason(x: Optional[jax.Array] = None) -> Optional[str]:
     """``None`` when ``jax.experimental.rnn.lstm`` can run ``x`` on cuDNN, else why not.
 
     ``x`` concrete: the platform of its devices; traced (under ``jit``) or None: JAX's default

@@ -21,8 +21,9 @@ Backends (field ``backend``):
   (``LSTMCore``/``GRUCore(reset_after=True)`` with sigmoid gates; input projection hoisted out of
   the loop). Any platform, any dtype, ``vmap``.
 * ``'auto'`` (default): ``'cudnn'`` for a float32 LSTM whose input lives on a CUDA GPU (under
-  ``jit``: when JAX's default backend is the GPU), else ``'scan'``; always ``'scan'`` with
-  ``custom_backward=False`` and with ``reset``.
+  ``jit``: when JAX's default backend is the GPU), else ``'scan'``, which on the CPU runs oneDNN's
+  fused kernel where the ``onednn`` extra is installed and it applies (the rules of
+  :mod:`rnnjax.onednn.dispatch`); always ``'scan'`` with ``custom_backward=False`` and with ``reset``.
 
 Resets: ``reset (*batch, timesteps)`` (True where a new sequence starts: episodes, packed
 sequences; the rule is :func:`rnnjax.functional.scan_rnn`'s) runs the scan backend, since cuDNN
@@ -47,7 +48,7 @@ states) instead. Use ``rnnjax.LSTM``/``rnnjax.GRU`` for arbitrary masks.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import flax.linen as nn
 import jax
@@ -66,7 +67,7 @@ class CuDNNRecurrent(RecurrentLayer):
     """Shared logic of the two linen layers (no fields of its own; ``cudnn_kind``: the
     :class:`~rnnjax.cudnn.path.CuDNNKind`); the call is :func:`rnnjax.cudnn.path.run_cudnn_layer`'s."""
 
-    cudnn_kind = None  # rnnjax.cudnn.path.CuDNNKind
+    cudnn_kind: ClassVar[CuDNNKind]  # set by cudnn_class
 
     def declared_constraints(self) -> dict:
         """``{weight name: projection}`` for :func:`rnnjax.constraints.keras_constraints`."""
@@ -75,7 +76,7 @@ class CuDNNRecurrent(RecurrentLayer):
     def _weights(self, input_dim: int):
         kind, u = self.cudnn_kind, self.units
         if self.has_variable("params", "kernel"):
-            built = self.get_variable("params", "kernel").shape
+            built: tuple = self.get_variable("params", "kernel").shape
             if tuple(built) != (input_dim, kind.gates * u):
                 raise ValueError(
                     f"`inputs`: {input_dim} features per step, but {type(self).__name__}({u}) was built for "
@@ -137,7 +138,7 @@ _FIELDS_DOC = """
     """
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cudnn_class(kind: CuDNNKind) -> type:
     """The linen layer of ``kind``: fields its arguments (Keras 2's order and defaults, then rnnjax's)."""
     table = {**kinds.ARGUMENTS, "backend": (str, "auto")}

@@ -5,7 +5,8 @@ states, everything else is here.
 One call (:func:`run_cudnn_layer`), in order: the sequence checked (the layer-side path's
 :func:`~rnnjax.layers.path.check_sequence`), the weights (the front end's ``params_of(input_dim)``),
 the sequence lengths from a right-padded ``mask`` or ``seq_lengths`` (:func:`resolve_lengths`),
-the ``reset`` checked like a mask (any ``reset`` runs the scan backend), the initial state (:func:`~rnnjax.layers.path.start_state`), the batch axes folded into cuDNN's
+the ``reset`` checked like a mask (any ``reset`` runs the scan backend), the initial state
+(:func:`~rnnjax.layers.path.start_state`), the batch axes folded into cuDNN's
 rows (:func:`to_rows`; time is never merged), the backend chosen (:func:`choose_backend`) and run
 (:func:`run_rows`), the rows of an invalid traced mask poisoned with NaN (:func:`poison`), the
 rows unfolded (:func:`from_rows`), and the Keras results (:func:`~rnnjax.layers.path.finish`).
@@ -193,7 +194,9 @@ def run_rows(kind: CuDNNKind, units: int, backend: str, params: Any, x: jax.Arra
                                 zero_output_for_mask=options.zero_output_for_mask)
     mask = None if lengths is None else jnp.arange(x.shape[1])[None, :] < lengths[:, None]
     program = core_cell_program(kind.scan_core(units), kind.to_canonical(params), (units,))
-    return drive(program, x, init, options, mask=mask, reset=reset)
+    # 'auto' lets the driver run oneDNN's CPU kernel where it applies (rnnjax.onednn.dispatch)
+    return drive(program, x, init, options._replace(backend="auto" if backend == "auto" else "scan"), mask=mask,
+                 reset=reset)
 
 
 def run_cudnn_layer(kind: CuDNNKind, units: int, backend: str, options: CallOptions, params_of: Callable,

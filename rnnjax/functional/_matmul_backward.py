@@ -15,7 +15,7 @@ number beyond float rounding.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, cast
 
 import jax
 import jax.numpy as jnp
@@ -290,8 +290,9 @@ class MatmulLoop:
     def _through_matmul(self, da, s_prev, R, R_transposed, rec_mask):
         """``d h_{t-1}`` from ``d a_t``: ``(d a_t @ Rᵀ)`` through ``recurrent_lhs`` and the mask."""
         h_like = _first_leaf(s_prev)
-        if self.step.apply_recurrent_kernel is not None:  # vjp, not linear_transpose: it may have a custom_vjp
-            dv = jax.vjp(lambda v: self.step.apply_recurrent_kernel(v, R), h_like)[1](da)[0]
+        apply_kernel = self.step.apply_recurrent_kernel
+        if apply_kernel is not None:  # vjp, not linear_transpose: it may have a custom_vjp
+            dv = jax.vjp(lambda v: apply_kernel(v, R), h_like)[1](da)[0]
         else:
             dv = da @ R_transposed
             if self.step.recurrent_lhs is not None:
@@ -336,7 +337,7 @@ class MatmulLoop:
         xp_a = None if plan.in_place_z else (res.inputs, res.recurrent_products)
         seq = (xp_a, res.states, res.prev_outputs, res.mask, res.restarts,
                d_ys if self.options.return_sequences else None, t_index)
-        zbuf0 = res.z if all(self.sum_parts) or not plan.in_place_z else (res.z, res.recurrent_products)
+        zbuf0: Any = res.z if all(self.sum_parts) or not plan.in_place_z else (res.z, res.recurrent_products)
         if plan.prefetch_z:
             zbuf0 = (zbuf0, _tree_take(zbuf0, t_first))
         init = (d_s, d_last if plan.carry_prev_output else None, zero_params, zbuf0)
@@ -372,7 +373,8 @@ def scan_matmul_step(step: RecurrentMatmulStep, xs, init_state, last0, m, r, opt
     :class:`~rnnjax.functional.protocol.LoopBias`); not differentiable (the planner passes it only
     to calls that are not differentiated)."""
     steps = jax.tree_util.tree_leaves(xs)[0].shape[0]
-    plan = plan_matmul_backward(step, xs, init_state, m is not None, options.plan)
+    plan = plan_matmul_backward(step, xs, init_state, m is not None,
+                                cast(PlanOverrides, options.plan))  # checked options: never None
     loop = MatmulLoop(step, plan, steps, options)
 
     @jax.custom_vjp

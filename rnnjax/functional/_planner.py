@@ -29,7 +29,7 @@ jit cache key (a traced function never keeps a stale plan). Nothing here is glob
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, cast
 
 import jax
 
@@ -88,7 +88,7 @@ def plan_sequence(program: CoreProgram, path: str, x, steps, options: LoopOption
                   project_span: Callable) -> SequencePlan:
     """The :class:`SequencePlan` of a scanned call on time-major inputs ``x (T, *batch, F)``
     (``options.plan`` complete: :meth:`LoopOptions.checked`)."""
-    remat, forced = options.remat, options.plan
+    remat, forced = options.remat, cast(PlanOverrides, options.plan)  # checked options: never None
     project_chunk = forced.project_chunk
     chunk = remat_chunk(steps) if remat else projection_chunk(steps, project_chunk, math.prod(x.shape[1:-1]))
     fast = path != "generic"
@@ -140,7 +140,7 @@ def infer_or_train(infer: Callable, train: Callable, *args):
     """
     conv_train, c_train = jax.closure_convert(train, *args)
     conv_infer, c_infer = jax.closure_convert(infer, *args)
-    consts = []
+    consts: list = []
     for c in list(c_train) + list(c_infer):
         if not any(c is u for u in consts):
             consts.append(c)
@@ -172,7 +172,8 @@ def _same_struct(a, b) -> bool:
     """Whether two ``jax.eval_shape`` results have the same tree, shapes and dtypes."""
     la, ta = jax.tree_util.tree_flatten(a)
     lb, tb = jax.tree_util.tree_flatten(b)
-    return ta == tb and all(u.shape == v.shape and u.dtype == v.dtype for u, v in zip(la, lb))
+    return ta == tb and all(  # type: ignore[operator]  # PyTreeDef: jaxlib's _jax has no stub
+        u.shape == v.shape and u.dtype == v.dtype for u, v in zip(la, lb))
 
 
 def add_last(xp, bias):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, cast
 
 import jax
 import jax.export
@@ -35,7 +35,7 @@ from rnnjax.functional.conv import (
     _DIMENSION_NUMBERS, _same_pads, check_padding, conv_output_length, normalize_tuple, same_conv, shape_ints,
 )
 from rnnjax.functional.core import check_core_config, check_units, init_weight, lstm_bias
-from rnnjax.functional.lstm import LSTMCore
+from rnnjax.functional.lstm import LSTMCore, LSTMState
 from rnnjax.functional.mesh import partitioned
 from rnnjax.functional.protocol import (
     InputAdditiveStep, RecurrentMatmulStep, per_gate_masks, shared_mask, with_pointwise_vjp,
@@ -223,7 +223,8 @@ class ConvLSTMCore:
         r = self.rank
         if x.ndim < r + 1:
             raise ValueError(
-                f"`{what}`: expected (..., {r} spatial dims, channels) with at least {r + 1} dimensions, got shape {x.shape}."
+                f"`{what}`: expected (..., {r} spatial dims, channels) "
+                f"with at least {r + 1} dimensions, got shape {x.shape}."
             )
         if x.shape[-1] != params.kernel.shape[-2]:
             raise ValueError(
@@ -247,7 +248,8 @@ class ConvLSTMCore:
                   state: ConvLSTMState) -> tuple[ConvLSTMState, jax.Array]:
         """The LSTM gate math after the recurrent convolution ``a_t = h_{t-1} ⊛ R`` (the same
         element-wise function as :meth:`LSTMCore.pointwise`, per pixel)."""
-        (h, c), y = self._pixel_lstm().pointwise(pointwise_params, xp_t, a_t, state)
+        # ConvLSTMState has LSTMState's fields (h, c): the same element-wise function reads it
+        (h, c), y = self._pixel_lstm().pointwise(pointwise_params, xp_t, a_t, cast(LSTMState, state))
         return ConvLSTMState(h, c), y
 
     def step(self, params: ConvLSTMParams, state: ConvLSTMState, xp_t: Any,

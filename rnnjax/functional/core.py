@@ -5,7 +5,7 @@ runs). The core protocol itself is :mod:`rnnjax.functional.protocol`.
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, overload
 
 import jax
 import jax.export
@@ -14,8 +14,17 @@ import jax.numpy as jnp
 from rnnjax.functional import activations, initializers
 from rnnjax.functional.mesh import partitioned
 from rnnjax.functional.protocol import (
-    CoreParams, CoreProgram, HasBiasInLoop, HasInputAdditiveStep, HasLoopParams, HasMatmulStep, HasProjectParts, LoopBias,
-    RecurrentCore, per_gate_masks,
+    CoreParams,
+    CoreProgram,
+    FusedForm,
+    HasBiasInLoop,
+    HasInputAdditiveStep,
+    HasLoopParams,
+    HasMatmulStep,
+    HasProjectParts,
+    LoopBias,
+    RecurrentCore,
+    per_gate_masks,
 )
 
 
@@ -165,7 +174,8 @@ def core_program(core: RecurrentCore, params: CoreParams, dropout_mask: Optional
     prepared once, here, outside the loop (:class:`~rnnjax.functional.protocol.HasLoopParams`).
     ``initial_state``: ``core.initial_state``. ``matmul_step``/``input_additive_step``: the core's
     forms (hand-written backward passes; the driver drops them without ``custom_backward``).
-    ``loop_bias``: :func:`loop_bias`. ``output_shape`` is left None (the caller knows the spatial
+    ``loop_bias``: :func:`loop_bias`. ``fused``: the core, parameters and masks, for a fused kernel
+    (:class:`~rnnjax.functional.protocol.FusedForm`). ``output_shape`` is left None (the caller knows the spatial
     shape). The step's element-wise work runs in a ``jax.named_scope`` named after the core's class
     (:func:`named_step`), so profiles and compiled programs name the cell.
     """
@@ -187,9 +197,14 @@ def core_program(core: RecurrentCore, params: CoreParams, dropout_mask: Optional
         additive = additive._replace(step=named_step(scope, additive.step))
     return CoreProgram(_projection(core, params, dropout_mask), named_step(scope, step), core.initial_state,
                        matmul_step=matmul, input_additive_step=additive,
-                       loop_bias=loop_bias(core, params, dropout_mask))
+                       loop_bias=loop_bias(core, params, dropout_mask),
+                       fused=FusedForm(core, params, dropout_mask, recurrent_dropout_mask))
 
 
+@overload
+def named_step(name: str, fn: Callable) -> Callable: ...
+@overload
+def named_step(name: str, fn: None) -> None: ...
 def named_step(name: str, fn: Optional[Callable]) -> Optional[Callable]:
     """``fn`` run inside ``jax.named_scope(name)`` (None for None): the operations of a cell's
     step carry the cell's name in profiles and compiled programs' metadata, nothing else."""

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import jax
 import jax.numpy as jnp
@@ -55,10 +55,10 @@ from jax import lax
 from rnnjax.functional import _planner
 from rnnjax.functional._input_additive import scan_input_additive
 from rnnjax.functional._matmul_backward import scan_matmul_step
-from rnnjax.functional.masking import mask_step, restart, restarts, zero_masked_inputs
+from rnnjax.functional.masking import check_flags, mask_step, restart, restarts, zero_masked_inputs
 from rnnjax.functional.mesh import static
 from rnnjax.functional.options import LoopOptions
-from rnnjax.functional.protocol import CoreProgram, LoopBias
+from rnnjax.functional.protocol import CoreProgram, InputAdditiveStep, LoopBias, RecurrentMatmulStep
 
 Step = Callable[..., tuple[Any, jax.Array]]
 
@@ -141,6 +141,18 @@ def run_program(program: CoreProgram, inputs: jax.Array, initial_state: Any, opt
     ...)``. Without ``options.custom_backward`` the program's backward forms are dropped.
     """
     options = options.checked()
+    if options.backend != "scan" and program.fused is not None:
+        from rnnjax.onednn import dispatch  # oneDNN's fused kernels where the backend picks them
+
+        scan = functools.partial(run_program, program, options=options._replace(backend="scan"), mask=mask,
+                                 reset=reset, constants=constants)
+        done = dispatch.run(program, inputs, initial_state, options, scan=scan, mask=mask, reset=reset,
+                            constants=constants)
+        if done is not None:
+            return done
+    elif options.backend == "onednn":
+        raise ValueError("`backend='onednn'`: this cell has no oneDNN kernel (oneDNN runs LSTMCore and GRUCore "
+                         "only, not stacked cells, ConvLSTM, SimpleRNN or custom cells); use backend='auto' or 'scan'.")
     if not options.custom_backward:
         program = program.without_backward_forms()
     if options.feature_axes != 1:
@@ -158,8 +170,7 @@ def _run_spatial(program: CoreProgram, inputs, initial_state, options: LoopOptio
     if nb < 0:
         raise ValueError(f"`inputs`: expected (*batch, time, {feature_axes} feature axes), got shape {inputs.shape}.")
     feature_shape = inputs.shape[nb + 1:]
-    for flags, name in ((mask, "mask"), (reset, "reset")):
-        _check_flags(flags, name, inputs.shape[:nb + 1])
+    check_flags(inputs.shape[:nb + 1], mask, reset)
 
     def unflat(x, project=program.project):
         x = x.reshape(x.shape[:-1] + tuple(feature_shape))
@@ -255,7 +266,7 @@ class _TimeMajorRun:
         carry, outputs = self.carry, []
         order = range(self.steps - 1, -1, -1) if self.options.go_backwards else range(self.steps)
         for t in order:
-            carry, y = self.body(carry, jax.tree_util.tree_map(lambda a: a[t], seq))
+            carry, y = self.body(carry, jax.tree_util.tree_map(lambda a, t=t: a[t], seq))
             if self.options.return_sequences:
                 outputs.append(y)
         return carry, (jnp.stack(outputs) if self.options.return_sequences else None)
@@ -281,11 +292,13 @@ class _TimeMajorRun:
         xs_span = self.project_span(x_span, m_span, None if loop_bias is None else loop_bias.project_without_bias)
         opts = self.options
         if self.path == "matmul":
-            ys_span, state, last = scan_matmul_step(self.program.matmul_step, xs_span, carry[0], carry[1], m_span,
+            matmul_step = cast(RecurrentMatmulStep, self.program.matmul_step)  # the "matmul" path: there is one
+            ys_span, state, last = scan_matmul_step(matmul_step, xs_span, carry[0], carry[1], m_span,
                                                     r_span, opts, None if loop_bias is None else loop_bias.bias)
             return (state, last), ys_span
         if self.path == "input_additive":
-            return scan_input_additive(self.program.input_additive_step, carry, xs_span, m_span, r_span, opts)
+            additive = cast(InputAdditiveStep, self.program.input_additive_step)  # the path's: there is one
+            return scan_input_additive(additive, carry, xs_span, m_span, r_span, opts)
         return lax.scan(self.body, carry, (xs_span, m_span, r_span), reverse=opts.go_backwards, unroll=opts.scan_unroll)
 
     def split_spans(self, raw, chunk):
@@ -308,7 +321,7 @@ class _TimeMajorRun:
         span = jax.checkpoint(self.run_span) if opts.remat else self.run_span
         n_chunks, rest = divmod(steps, chunk)
         head, tail = self.split_spans(raw, chunk)
-        ys_tail = None
+        ys_tail: Any = None
         if rest and opts.go_backwards:  # processing order: the tail comes first
             carry, ys_tail = span(carry, tail)
         carry, ys = lax.scan(span, carry, head, reverse=opts.go_backwards)
@@ -367,18 +380,6 @@ class _TimeMajorRun:
         return lax.dynamic_update_slice_in_dim(out, jnp.moveaxis(ys, 0, self.time_axis), t0, self.time_axis)
 
 
-def _check_flags(flags, name: str, expected) -> None:
-    """``flags`` (a mask or ``reset``) is None or boolean of exactly the ``expected`` shape."""
-    if flags is None:
-        return
-    if tuple(jnp.shape(flags)) != tuple(expected):
-        raise ValueError(f"`{name}`: expected shape {tuple(expected)} (the input's shape without the feature axis), "
-                         f"got {tuple(jnp.shape(flags))}.")
-    if jnp.result_type(flags) != jnp.bool_:
-        raise TypeError(f"`{name}`: expected a boolean array, got dtype {jnp.result_type(flags)}; "
-                        f"use `{name}.astype(bool)`.")
-
-
 def _check_inputs(inputs, mask, reset, time_major):
     if not hasattr(inputs, "ndim") or inputs.ndim < 2:
         raise ValueError(
@@ -387,7 +388,8 @@ def _check_inputs(inputs, mask, reset, time_major):
         )
     steps = inputs.shape[0 if time_major else inputs.ndim - 2]
     if steps == 0:
-        raise ValueError(f"`inputs`: the time axis is empty (shape {inputs.shape}); a sequence needs at least one step.")
-    for flags, name in ((mask, "mask"), (reset, "reset")):
-        _check_flags(flags, name, inputs.shape[:-1])
+        raise ValueError(
+            f"`inputs`: the time axis is empty (shape {inputs.shape}); a sequence needs at least one step."
+        )
+    check_flags(inputs.shape[:-1], mask, reset)
     return steps

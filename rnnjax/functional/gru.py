@@ -21,7 +21,7 @@ input bias ``b``, row 1 the recurrent bias ``b_rec``), or ``None``. State ``GRUS
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, cast
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,13 @@ class GRUState(NamedTuple):
     """The GRU state: ``h (*batch, units)``, also the output."""
 
     h: jax.Array
+
+
+def _gate_blocks(recurrent_kernel: Any) -> tuple[jax.Array, ...]:
+    """``(R_z, R_r, R_h)``: the recurrent kernel's three gate blocks (kept if already split)."""
+    if isinstance(recurrent_kernel, tuple):
+        return recurrent_kernel
+    return tuple(jnp.split(recurrent_kernel, 3, axis=-1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +132,8 @@ class GRUCore:
         gradients back to ``(U, 3U)`` at every step.)"""
         if self.reset_after or isinstance(params.recurrent_kernel, tuple):
             return params
-        return params._replace(recurrent_kernel=tuple(jnp.split(params.recurrent_kernel, 3, axis=-1)))
+        # the loop form holds the gate blocks where the field's type says one array (step() takes either)
+        return params._replace(recurrent_kernel=cast(Any, _gate_blocks(params.recurrent_kernel)))
 
     def step(self, params: GRUParams, state: GRUState, xp_t: Any,
              recurrent_dropout_mask: Optional[jax.Array] = None) -> tuple[GRUState, jax.Array]:
@@ -136,8 +144,7 @@ class GRUCore:
         masks = recurrent_dropout_mask
         if self.reset_after:
             return self.pointwise(self.recurrent_bias(params), xp_t, gate_matmul(h, rk, masks, 3), state)
-        rk = rk if isinstance(rk, tuple) else tuple(jnp.split(rk, 3, axis=-1))
-        return self._reset_before_step(rk, state, xp_t, masks)[0]
+        return self._reset_before_step(_gate_blocks(rk), state, xp_t, masks)[0]
 
     def _reset_before_step(self, kernels, state: GRUState, xp_t, masks):
         """The reset-before step (``reset_after=False``) on the kernel blocks ``(R_z, R_r, R_h)``:
@@ -167,7 +174,7 @@ class GRUCore:
         formed after the loop (``bench/README.md``, "Kernel gradients after the loop")."""
         masks = recurrent_dropout_mask
         if not self.reset_after:
-            return InputAdditiveStep(self.loop_params(params).recurrent_kernel,
+            return InputAdditiveStep(_gate_blocks(params.recurrent_kernel),
                                      lambda kernels, state, xp_t: self._reset_before_step(kernels, state, xp_t, masks))
         if not per_gate_masks(masks):
             return None  # the RecurrentMatmulStep covers it
@@ -179,7 +186,7 @@ class GRUCore:
         kernels = tuple(jnp.split(params.recurrent_kernel, 3, axis=-1))
         rec_bias = self.recurrent_bias(params)
         n_bias = 0 if rec_bias is None else 3
-        if n_bias:
+        if rec_bias is not None:
             kernels += tuple(b[None] for b in jnp.split(rec_bias, 3))
 
         def step(kernels, state, xp_t):

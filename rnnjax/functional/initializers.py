@@ -193,7 +193,10 @@ def get(identifier: Union[str, Initializer, dict, Any], argument: str = "initial
             raise ValueError(f"`{argument}`: a config dict needs 'class_name', got {identifier!r}.")
         factory = _BY_NAME.get(_snake(identifier["class_name"]))
         if factory is None:
-            raise ValueError(f"`{argument}`: unknown initializer class {identifier['class_name']!r}; expected one of {sorted(_BY_NAME)}.")
+            raise ValueError(
+                f"`{argument}`: unknown initializer class "
+                f"{identifier['class_name']!r}; expected one of {sorted(_BY_NAME)}."
+            )
         return factory(**identifier.get("config", {}))
     if isinstance(identifier, str):
         factory = _BY_NAME.get(identifier) or _BY_NAME.get(_snake(identifier))

@@ -19,9 +19,15 @@ from rnnjax.functional import initializers
 from rnnjax.functional.core import check_units, gate_matmul, init_weight, register_for_export
 from rnnjax.functional.protocol import RecurrentMatmulStep, shared_mask
 
-MinimalRNNParams = NamedTuple("MinimalRNNParams", [("kernel", jax.Array), ("recurrent_kernel", jax.Array),
-                                                   ("bias", Optional[jax.Array])])
-MinimalRNNState = NamedTuple("MinimalRNNState", [("h", jax.Array)])
+
+class MinimalRNNParams(NamedTuple):
+    kernel: jax.Array
+    recurrent_kernel: jax.Array
+    bias: Optional[jax.Array]
+
+
+class MinimalRNNState(NamedTuple):
+    h: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +73,9 @@ class MinimalRNNCore:
 
     def step(self, params: MinimalRNNParams, state: MinimalRNNState, xp_t: jax.Array,
              recurrent_dropout_mask: Optional[jax.Array] = None):
-        return self.pointwise(None, xp_t, gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 1), state)
+        return self.pointwise(
+            None, xp_t, gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 1), state
+        )
 
     def matmul_step(self, params: MinimalRNNParams, recurrent_dropout_mask: Optional[jax.Array] = None):
         """The step as a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep` (the driver's

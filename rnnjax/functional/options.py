@@ -63,6 +63,9 @@ def force_plan(**switches: Optional[int | bool]) -> contextlib.AbstractContextMa
     return _FORCED(_FORCED.value._replace(**switches))
 
 
+BACKENDS = ("auto", "scan", "onednn")
+
+
 class LoopOptions(NamedTuple):
     """How the driver runs a sequence (static values; :func:`rnnjax.functional.scan_rnn`
     documents each): ``go_backwards``, ``return_sequences``, ``zero_output_for_mask``, ``unroll``
@@ -70,7 +73,11 @@ class LoopOptions(NamedTuple):
     (inputs ``(T, *batch, F)``), ``feature_axes`` (the trailing feature axes of a step's input:
     ConvLSTM ``rank + 1``; batch-major only), ``custom_backward`` (use the program's hand-written
     backward forms; False: autodiff of the generic loop, which forward mode can differentiate)
-    and ``plan`` (:class:`PlanOverrides`; None: the enclosing :func:`force_plan` block's)."""
+    ``plan`` (:class:`PlanOverrides`; None: the enclosing :func:`force_plan` block's) and
+    ``backend`` (one of :data:`BACKENDS`: ``"scan"``, rnnjax's loops; ``"onednn"``, oneDNN's fused
+    LSTM/GRU kernels on the CPU, an error where they cannot compute the call exactly; ``"auto"``,
+    oneDNN where it applies and is expected faster, else the scan: :mod:`rnnjax.onednn.dispatch`
+    lists the rules)."""
 
     go_backwards: bool = False
     return_sequences: bool = False
@@ -82,6 +89,7 @@ class LoopOptions(NamedTuple):
     feature_axes: int = 1
     custom_backward: bool = True
     plan: Optional[PlanOverrides] = None
+    backend: str = "auto"
 
     def checked(self) -> "LoopOptions":
         """These options checked (each error names its argument), with ``plan`` read from the
@@ -94,6 +102,8 @@ class LoopOptions(NamedTuple):
         if n != 1 and self.time_major:
             raise ValueError(f"`time_major`: inputs with {n} feature axes are batch-major; got time_major=True.")
         check_custom_backward(self.custom_backward)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"`backend`: expected one of {BACKENDS}, got {self.backend!r}.")
         if self.plan is None:
             return self._replace(plan=_FORCED.value)
         if not isinstance(self.plan, PlanOverrides):

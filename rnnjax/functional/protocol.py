@@ -20,7 +20,7 @@ rule (:func:`per_gate_masks`, :func:`shared_mask`) and :func:`with_pointwise_vjp
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, TypeGuard, runtime_checkable
 
 import jax
 
@@ -49,9 +49,15 @@ class RecurrentCore(Protocol):
       build one by name with :func:`make_params`).
     """
 
-    gates: int
-    num_feature_axes: int
-    params_class: type
+    # Read-only members (a class attribute or a property satisfies each):
+    @property
+    def gates(self) -> int: ...
+
+    @property
+    def num_feature_axes(self) -> int: ...
+
+    @property
+    def params_class(self) -> type: ...
 
     @property
     def state_size(self) -> tuple: ...
@@ -78,9 +84,18 @@ class CoreParams(Protocol):
     ``bias`` (``(G*U,)``; the reset-after GRU's ``(2, G*U)``) or None, in this field order
     (:data:`PARAM_NAMES`), as a NamedTuple (``_replace`` works)."""
 
-    kernel: jax.Array
-    recurrent_kernel: jax.Array
-    bias: Optional[jax.Array]
+    # Read-only (NamedTuple fields):
+    @property
+    def kernel(self) -> jax.Array: ...
+
+    @property
+    def recurrent_kernel(self) -> jax.Array: ...
+
+    @property
+    def bias(self) -> Optional[jax.Array]: ...
+
+    @property
+    def _replace(self) -> Callable[..., Any]: ...
 
 
 def make_params(params_class: type, values: Mapping[str, Any]) -> CoreParams:
@@ -103,7 +118,8 @@ class CellCore(RecurrentCore, Protocol):
     ``dropout_mask_count``: how many dropout masks a call draws, ``1`` (one shared by every gate)
     or ``gates`` (one per gate: Keras's ``implementation=1``); see :func:`per_gate_masks`."""
 
-    dropout_mask_count: int
+    @property
+    def dropout_mask_count(self) -> int: ...
 
 
 @runtime_checkable
@@ -117,6 +133,8 @@ class SpatialCore(RecurrentCore, Protocol):
       ``(*batch, T, *spatial, C)`` with the parameters' ``C``;
     * ``output_spatial_shape(spatial_shape) -> tuple``: the spatial shape of outputs and states.
     """
+
+    def initial_state(self, batch_shape: tuple = ..., dtype: Any = ..., spatial_shape: tuple = ...) -> Any: ...
 
     def check_inputs(self, params: Any, inputs: jax.Array) -> None: ...
 
@@ -132,7 +150,7 @@ class HasBiasInLoop(Protocol):
     bias_in_loop: bool
 
 
-def per_gate_masks(masks: Optional[jax.Array]) -> bool:
+def per_gate_masks(masks: Optional[jax.Array]) -> TypeGuard[jax.Array]:
     """The dropout-mask rule: ``masks`` is None, ``(1, *shape)`` (one mask shared by every gate) or
     ``(gates, *shape)`` (gate ``g``'s matmul sees its input times ``masks[g]``). True for the
     last."""
@@ -265,6 +283,17 @@ class LoopBias(NamedTuple):
     bias: jax.Array
 
 
+class FusedForm(NamedTuple):
+    """What a fused kernel of the whole sequence (oneDNN's, :mod:`rnnjax.onednn.dispatch`) reads
+    from a program: the ``core`` (its configuration), its ``params`` and the call's dropout masks.
+    The kernel decides from these whether it computes exactly what the step computes."""
+
+    core: Any
+    params: Any
+    dropout_mask: Optional[jax.Array] = None
+    recurrent_dropout_mask: Optional[jax.Array] = None
+
+
 class CoreProgram(NamedTuple):
     """What the driver runs for one layer call: pure functions closed over the parameters and the
     call's dropout masks, and the optional forms of the step.
@@ -272,10 +301,12 @@ class CoreProgram(NamedTuple):
     ``project(x)``: ``(..., *features) -> xp`` for all steps at once; ``step(state, xp_t[,
     constants]) -> (state, y_t)``; ``initial_state(batch_shape, dtype)``: zeros; ``output_shape``:
     the per-step feature shape of ``y_t``; ``takes_constants``: whether ``step`` takes constants.
-    The three forms (None where the step lacks one) pick the driver's path (``docs/design.md``).
+    The three forms (None where the step lacks one) pick the driver's path (``docs/design.md``);
+    ``fused`` (a :class:`FusedForm`, set by ``core_program``) lets the driver hand the whole call
+    to a fused kernel where ``LoopOptions.backend`` picks one.
     """
 
-    project: Callable
+    project: Optional[Callable]  # None: the inputs are already projected (scan_rnn without project=)
     step: Callable
     initial_state: Optional[Callable] = None
     output_shape: Optional[tuple] = None
@@ -283,6 +314,7 @@ class CoreProgram(NamedTuple):
     matmul_step: Optional[RecurrentMatmulStep] = None
     input_additive_step: Optional[InputAdditiveStep] = None
     loop_bias: Optional[LoopBias] = None
+    fused: Optional[FusedForm] = None
 
     def without_backward_forms(self) -> "CoreProgram":
         """The same program on the generic loop (autodiff's backward pass, which forward mode can

@@ -28,6 +28,7 @@ def rnn(
     dropout_mask: Optional[jax.Array] = None,
     recurrent_dropout_mask: Optional[jax.Array] = None,
     custom_backward: bool = True,
+    backend: str = "auto",
 ) -> tuple[jax.Array, Any]:
     """Runs a core over a sequence: ``(*batch, T, *features) -> ((*batch, U) or (*batch, T, U),
     state)`` (ConvLSTM: ``features = (*spatial, C)``, outputs ``(..., *spatial', F)``).
@@ -40,7 +41,12 @@ def rnn(
     1, or one per gate with ``implementation=1``). ``custom_backward``: use the hand-written
     backward pass where the core's step has one (``docs/design.md``); it is reverse-mode only, so
     pass False to differentiate in forward mode (``jax.jvp``, ``jax.jacfwd``). States are kept in
-    at least float32 (bfloat16 inputs get float32 states), as in the layers.
+    at least float32 (bfloat16 inputs get float32 states), as in the layers. ``backend``:
+    ``'auto'`` runs an ``LSTMCore``/``GRUCore`` call on oneDNN's fused CPU kernels where the
+    ``onednn`` extra is installed and they compute it exactly (sigmoid gates, tanh, no mask, no
+    recurrent dropout, float32, one CPU device, a large enough batch; :mod:`rnnjax.onednn.dispatch`
+    lists the rules), else the scan; ``'scan'`` always the scan; ``'onednn'`` oneDNN or a
+    ``ValueError`` saying why not.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -58,7 +64,7 @@ def rnn(
     n = core.num_feature_axes
     options = LoopOptions(go_backwards=go_backwards, return_sequences=return_sequences,
                           zero_output_for_mask=zero_output_for_mask, unroll=unroll, scan_unroll=scan_unroll,
-                          remat=remat, feature_axes=n, custom_backward=custom_backward).checked()
+                          remat=remat, feature_axes=n, custom_backward=custom_backward, backend=backend).checked()
     if n == 1:
         check_input_dim(params.kernel, inputs)
         template = core.initial_state(inputs.shape[:-2], state_dtype(inputs.dtype))

@@ -7,7 +7,7 @@ silently ignored. Missing keys take the defaults of the Keras version that wrote
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import rnnjax
 from rnnjax import kinds
@@ -34,9 +34,12 @@ _FLOAT_POLICIES = {"float32", "float16", "bfloat16", "float64", "mixed_float16",
 class Cfg:
     """One layer's config, recording which keys were read."""
 
+    version: str  # the writing Keras version and the load's Context: set by Context.sub
+    ctx: Context
+
     def __init__(self, name, cls, config, major):
         self.name, self.cls, self.d, self.major, self.used = name, cls, config, major, set()
-        self.problems = []
+        self.problems: list[str] = []
 
     def __call__(self, key, default=None):
         self.used.add(key)
@@ -135,7 +138,7 @@ def _recurrent(kind: kinds.CellKind):
 _CELL_KINDS = {k.keras_cell: k for k in kinds.KINDS if k.in_keras_files and k.keras_cell}
 
 
-def _cell(entry, ctx) -> object:
+def _cell(entry, ctx) -> Any:
     cls, cfg = entry.get("class_name"), entry.get("config", {})
     c = ctx.sub(cfg.get("name", cls), cls, cfg)
     if cls == "StackedRNNCells":
@@ -215,7 +218,8 @@ class Context:
     :class:`rnnjax.keras.custom.CustomObjects` (or ``None``)."""
 
     def __init__(self, major: int, version: str, cudnn: str = "keep", custom=None):
-        self.major, self.version, self.problems, self.cudnn, self.custom = major, version, [], cudnn, custom
+        self.major, self.version, self.cudnn, self.custom = major, version, cudnn, custom
+        self.problems: list[str] = []
 
     def sub(self, name, cls, config) -> Cfg:
         c = Cfg(name, cls, config, self.major)

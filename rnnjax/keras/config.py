@@ -131,7 +131,7 @@ def parse_model(config: Any, version: Optional[str], custom=None) -> ModelSpec:
     cls, body = config.get("class_name"), config.get("config")
     if cls not in MODEL_CLASSES and isinstance(cls, str) and cls not in CODE_CLASSES:
         raise KerasImportError(_subclassed(cls))
-    problems = []
+    problems: list[str] = []
     # Keras 3's compile settings (loss, metrics, optimizer) are data for rnnjax.keras.training, never
     # built here: a loss named by a function reference is not code to scan for.
     scan({k: v for k, v in config.items() if k not in ("config", "compile_config")}, "the model", problems)
@@ -178,7 +178,8 @@ class _Layers:
         return "functional", graph.layers, None, "float32", graph
 
     def _sequential(self, body, where):
-        specs, shape, dtype = [], None, "float32"
+        specs: list = []
+        shape, dtype = None, "float32"
         for i, entry in enumerate(_entries(body.get("layers"), where)):
             cfg = entry["config"]
             if entry["class_name"] == "InputLayer":

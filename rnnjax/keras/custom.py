@@ -13,6 +13,7 @@ Nothing in such a layer's config is looked up or run by rnnjax.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 
@@ -61,14 +62,14 @@ def json_data(value, where: str):
     """A copy of ``value`` made only of JSON values (dict with str keys, list, str, int, float,
     bool, None); anything else raises :class:`KerasImportError` naming where it is. Iterative,
     so any depth is read in time proportional to the size."""
-    out = [None]
-    todo = [(value, out, 0, where)]
+    out: list = [None]
+    todo: list[tuple[Any, Any, Any, str]] = [(value, out, 0, where)]  # (item, holder, slot, path)
     while todo:
         item, holder, slot, path = todo.pop()
         if type(item) in _JSON_SCALARS:  # exact types: no str/float subclasses (numpy scalars)
             holder[slot] = item
         elif type(item) is dict:
-            copy = {}
+            copy: Any = {}
             holder[slot] = copy
             for k, v in item.items():
                 if not isinstance(k, str):
@@ -95,7 +96,9 @@ class CustomObjects:
                             f"factory(config) -> Flax module}}, got {type(mapping).__name__}.")
         for key, factory in mapping.items():
             if not isinstance(key, str) or not key:
-                raise TypeError(f"`custom_objects`: keys must be non-empty strings (class or layer names), got {key!r}.")
+                raise TypeError(
+                    f"`custom_objects`: keys must be non-empty strings (class or layer names), got {key!r}."
+                )
             if not callable(factory):
                 raise TypeError(f"`custom_objects[{key!r}]`: expected a callable factory(config) -> Flax module, got "
                                 f"{type(factory).__name__}.")

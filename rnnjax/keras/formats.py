@@ -177,7 +177,7 @@ def attr_list(obj, name: str):
     if size > MAX_JSON_BYTES:
         raise KerasImportError(f"attribute {name!r} holds {size} bytes, more than the cap of {MAX_JSON_BYTES}")
     chunks = [attrs[k] for k in keys]
-    out = []
+    out: list = []
     for chunk in chunks:
         out.extend(text(v) for v in np.asarray(chunk).reshape(-1))
     return out

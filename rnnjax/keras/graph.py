@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import Sequence
+from typing import Sequence, cast
 
 import flax.linen as nn
 
@@ -106,7 +106,7 @@ class KerasGraph(nn.Module):
         for i, call in enumerate(self.calls):
             if call.layer < 0:
                 args = [a.value if isinstance(a, Const) else self._get(values, a, call)[0] for a in call.args]
-                values[Ref(i, 0)] = (ops.run(call.op, call.op_config, args), None)
+                values[Ref(i, 0)] = (ops.run(cast(str, call.op), call.op_config, args), None)  # an op call
                 continue
             sub = None if record is None else (record, prefix + (self.names[call.layer],))
             outs, out_masks = self._invoke(bound[call.layer], self.layers[call.layer], call, values, training, sub)

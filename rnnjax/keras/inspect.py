@@ -30,9 +30,9 @@ def _shapes_k3(root) -> dict:
     top = "layers" if "layers" in root else "_layer_checkpoint_dependencies"
     out = {}
     for group in (root[top] if top in root else {}):
-        found = []
+        found: list = []
         root[f"{top}/{group}"].visititems(
-            lambda n, o: found.append((n, tuple(o.shape), str(o.dtype))) if hasattr(o, "shape") else None)
+            lambda n, o, found=found: found.append((n, tuple(o.shape), str(o.dtype))) if hasattr(o, "shape") else None)
         out[group] = found
     return out
 
@@ -102,7 +102,7 @@ def inspect_keras(path) -> dict:
     except KerasImportError as err:
         info["problems"] = err.problems
         return info
-    k3_names = {}
+    k3_names: dict = {}
     for s in spec.layers:
         key = s.name
         if spec.keras_major >= 3 and s.name not in shapes:  # Keras 3 paths count class names

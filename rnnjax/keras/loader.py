@@ -143,7 +143,8 @@ def _model_layers(model, variables):
         classes = list(model.classes) or [type(m).__name__ for m in model.layers]
         return list(model.names), list(model.layers), classes, False
     if isinstance(model, rnnjax.Sequential):
-        names, counts = [], {}
+        names: list = []
+        counts: dict = {}
         for layer in model.layers:
             base = weights.snake_case(type(layer).__name__)
             auto = layer.name is None or layer.name.startswith(("layers_", type(layer).__name__ + "_"))

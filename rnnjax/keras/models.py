@@ -16,7 +16,7 @@ def build_model(spec, cudnn: str = "keep", custom=None):
     """``(model or None, problems)`` for ``spec``; ``custom``: the user's
     :class:`rnnjax.keras.custom.CustomObjects`."""
     ctx = build.Context(spec.keras_major, spec.version, cudnn, custom)
-    calls = []  # the problems of calls and connections
+    calls: list = []  # the problems of calls and connections
     if spec.kind == "functional":
         model = _graph(ctx, spec.graph, spec.keras_major, calls, None)
     else:
@@ -35,8 +35,7 @@ def build_model(spec, cudnn: str = "keep", custom=None):
 
 
 def _unique(problems):
-    seen = set()
-    return [p for p in problems if not (p in seen or seen.add(p))]
+    return list(dict.fromkeys(problems))  # the first of each, in order
 
 
 def _module(ctx, s, major, problems, where):
@@ -84,7 +83,7 @@ def _fit(call, modules, major, problems):
 def as_graph(spec, modules):
     """A Sequential's built layers as a ``KerasGraph`` chain (for layer names ``rnnjax.Sequential``
     would rename: a Keras name such as 'LSTM_1' looks like one Flax made up)."""
-    problems = []
+    problems: list[str] = []
     return _graph(None, chain(spec.layers, spec.input_shape, spec.input_dtype), spec.keras_major, problems, None,
                   modules)
 

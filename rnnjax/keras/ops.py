@@ -8,6 +8,8 @@ a ``mask=`` (or another op), never a layer's data.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import jax.numpy as jnp
 
 
@@ -20,7 +22,7 @@ def _dtype(d):
 
 
 # op class -> (config keys it takes, function of (positional args, **config))
-_OPS = {
+_OPS: dict[str, tuple[tuple, Callable]] = {
     "NotEqual": ((), lambda a: jnp.not_equal(a[0], a[1])),
     "Any": (("axis", "keepdims"), lambda a, axis=None, keepdims=False: jnp.any(a[0], _axis(axis), keepdims=keepdims)),
     "All": (("axis", "keepdims"), lambda a, axis=None, keepdims=False: jnp.all(a[0], _axis(axis), keepdims=keepdims)),

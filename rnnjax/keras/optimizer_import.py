@@ -43,7 +43,8 @@ def _set(tree, path, value):
 def _order(spec, params):
     """``([(path, shape)] of the trainable weights in Keras's order, frozen layer names)``: the
     layers in order, a nested model's layers in its order (``model.trainable_weights``)."""
-    order, frozen = [], []
+    order: list = []
+    frozen: list = []
     _collect(spec.layers, params, (), True, order, frozen)
     unknown = sorted(set(params) - {s.name for s in spec.layers})
     if unknown:
@@ -171,7 +172,8 @@ def load_keras_optimizer(path, variables):
     if not isinstance(entry, dict):
         raise KerasImportError("the file holds no optimizer (the model was saved without compile(), or with "
                                "include_optimizer=False): expected a compiled model's file", path)
-    gen = training.generation(data, entry.get("config") if isinstance(entry.get("config"), dict) else {})
+    raw_config = entry.get("config")
+    gen = training.generation(data, raw_config if isinstance(raw_config, dict) else {})
     try:
         rule = training.rule_from_config(entry, gen)
         spec = kconfig.parse_model(data.model_config, data.version)
@@ -179,7 +181,7 @@ def load_keras_optimizer(path, variables):
         raise KerasImportError(err.problems, path) from None
     params = _dict(variables.get("params", variables) if hasattr(variables, "get") else variables)
     order, frozen = _order(spec, params)
-    problems = []
+    problems: list[str] = []
     step, lr, state = _counters(data, rule, gen, problems)
     if lr is not None:
         rule = dataclasses.replace(rule, learning_rate=lr)

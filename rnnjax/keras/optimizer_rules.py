@@ -50,7 +50,7 @@ untouched for SGD with momentum and RMSprop, are not reproduced (Keras 3 on JAX 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union, cast
 
 import jax
 import jax.numpy as jnp
@@ -236,7 +236,7 @@ def _leaf(rule: KerasRule, g, s: dict, lr, t):
         rho = jnp.asarray(rule.rho, g.dtype)
         v = rho * s["velocity"] + (1 - rho) * jnp.square(g)
         new = {"velocity": v}
-        a2 = 0.0
+        a2: Union[float, jax.Array] = 0.0
         if rule.centered:
             a = new["average_gradient"] = rho * s["average_gradient"] + (1 - rho) * g
             a2 = jnp.square(a)
@@ -274,6 +274,7 @@ def keras_transform(rule: KerasRule, trainable=None):
         if rule.weight_decay is not None and params is None:
             raise ValueError("This Keras optimizer has weight_decay: call `tx.update(grads, state, params)` with the "
                              "parameters.")
+        treedef: Any  # PyTreeDef: jaxlib's _jax has no stub, mypy cannot resolve it
         leaves, treedef = jax.tree_util.tree_flatten(grads)
         try:
             slots = {n: treedef.flatten_up_to(state.slots[n]) for n in names}
@@ -290,7 +291,7 @@ def keras_transform(rule: KerasRule, trainable=None):
             step_lr = lr.astype(g.dtype)
             delta, new = _leaf(rule, g, {n: slots[n][i] for n in names}, step_lr, t.astype(g.dtype))
             if rule.weight_decay is not None:
-                delta = delta - plist[i] * jnp.asarray(rule.weight_decay, g.dtype) * step_lr
+                delta = delta - cast(list, plist)[i] * jnp.asarray(rule.weight_decay, g.dtype) * step_lr
             out[i] = delta
             for n, value in new.items():
                 slots[n][i] = value

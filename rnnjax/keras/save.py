@@ -16,6 +16,7 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -44,12 +45,14 @@ def _layers_of(model) -> list:
         return list(model.layers)
     if isinstance(model, nn.Module):
         return [model]
-    raise TypeError(f"`model`: expected an rnnjax.Sequential or an rnnjax layer (a Flax module), got {type(model).__name__}.")
+    raise TypeError(
+        f"`model`: expected an rnnjax.Sequential or an rnnjax layer (a Flax module), got {type(model).__name__}."
+    )
 
 
 def _names(layers) -> list:
     """Each layer's name in the variables: its Keras name, numbered per name as Sequential does."""
-    used = {}
+    used: dict = {}
     return [sl.unique(keras_name(layer), used) for layer in layers]
 
 
@@ -84,7 +87,7 @@ def _count_arrays(variables) -> int:
     return len(jax.tree_util.tree_leaves([variables["params"], variables.get(BATCH_STATS, {})]))
 
 
-def _infer_input(layer, params, where) -> tuple:
+def _infer_input(layer, params, where) -> Optional[tuple]:
     """(per-sample shape, dtype) of the inputs a model starting with ``layer`` takes, or None
     when ``layer`` keeps the shape (look at the next one)."""
     if isinstance(layer, Embedding):
@@ -104,7 +107,8 @@ def _infer_input(layer, params, where) -> tuple:
         return None
     raise KerasSaveError(
         f"`input_shape`: needed to save a model that starts with {where} ({type(layer).__name__}): Keras 3 needs the "
-        "input's shape per sample (None for a free length; ConvLSTM needs its spatial sizes), e.g. input_shape=(None, 8)."
+        "input's shape per sample (None for a free length; ConvLSTM "
+        "needs its spatial sizes), e.g. input_shape=(None, 8)."
     )
 
 
@@ -121,7 +125,9 @@ def _input_spec(model, variables, layers, params, input_shape, input_dtype, batc
     input_shape = tuple(None if d is None else int(d) for d in input_shape)
     input_dtype = input_dtype or "float32"
     # The same shape must run through rnnjax (a free length tried as 3 steps).
-    probe = jax.ShapeDtypeStruct((batch or 1,) + tuple(3 if d is None else d for d in input_shape), jnp.dtype(input_dtype))
+    probe = jax.ShapeDtypeStruct(
+        (batch or 1,) + tuple(3 if d is None else d for d in input_shape), jnp.dtype(input_dtype)
+    )
     try:
         kept = {k: v for k, v in variables.items() if k != LOSSES}
         jax.eval_shape(lambda x: model.apply(kept, x, mutable=True), probe)
@@ -150,7 +156,9 @@ def _batch_size(layers, variables, batch_size):
                 f"states in variables['{STATE_COLLECTION}'] give {found or 'none'}).")
         batch_size = found[0]
     elif found and found != [batch_size]:
-        raise KerasSaveError(f"`batch_size`: {batch_size}, but the states in variables['{STATE_COLLECTION}'] have batch {found}.")
+        raise KerasSaveError(
+            f"`batch_size`: {batch_size}, but the states in variables['{STATE_COLLECTION}'] have batch {found}."
+        )
     if any(np.any(np.asarray(a) != 0) for a in leaves):
         warnings.warn("save_keras: the stateful layers' current states are not saved (a Keras 3 file has no place for "
                       "them); the Keras model starts from zero states.", stacklevel=3)
@@ -266,8 +274,11 @@ def save_keras(model, variables, path, *, input_shape=None, input_dtype=None, ba
     else:
         config, saved, name = _sequential(model, variables, ctx, input_shape, input_dtype, batch_size)
         nodes = [("", sl.Node(name, [], {}))] + [("layers/" + p, s.node) for p, s in saved]
-    metadata = {"keras_version": FORMAT_KERAS_VERSION, "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
-                "writer": "rnnjax.save_keras"}
+    metadata = {
+        "keras_version": FORMAT_KERAS_VERSION,
+        "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
+        "writer": "rnnjax.save_keras",
+    }
     _write_archive(path, {
         "metadata.json": json.dumps(metadata), "config.json": json.dumps(config),
         "model.weights.h5": _weights_file(h5py, nodes),
@@ -276,7 +287,9 @@ def save_keras(model, variables, path, *, input_shape=None, input_dtype=None, ba
 
 def _params(variables):
     if not isinstance(variables, Mapping) or "params" not in variables:
-        raise ValueError(f"`variables`: expected the dict returned by `model.init` (with 'params'), got {type(variables).__name__}.")
+        raise ValueError(
+            f"`variables`: expected the dict returned by `model.init` (with 'params'), got {type(variables).__name__}."
+        )
     return variables["params"]
 
 
@@ -295,5 +308,5 @@ def _sequential(model, variables, ctx, input_shape, input_dtype, batch_size):
     shape, dtype = _input_spec(model, variables, layers, params, input_shape, input_dtype, batch)
     name = keras_name(model) if isinstance(model, Sequential) else "sequential"
     config = _model_config(saved, name, (batch,) + shape, dtype, ctx.dtype)
-    used = {}
+    used: dict = {}
     return config, [(sl.unique(snake_case(s.config["class_name"]), used), s) for s in saved], name

@@ -10,6 +10,8 @@ changes nothing for inputs without masks).
 """
 from __future__ import annotations
 
+from typing import Any, cast
+
 from rnnjax import layers as L
 from rnnjax.functional.conv import normalize_tuple
 from rnnjax.keras import save_objects as so
@@ -70,12 +72,12 @@ def _warn_version(layer, where, ctx, what):
 
 def _merge(layer, where, ctx):
     _warn_version(layer, where, ctx, "combines masks by Keras 3's rule (OR, none unless every input has one)")
-    fields = {}
+    fields: dict[str, Any] = {}
     if isinstance(layer, L.Concatenate):
         fields["axis"] = int(layer.axis)
     if isinstance(layer, L.Dot):
         axes = layer.axes
-        fields = {"axes": [int(a) for a in axes] if isinstance(axes, (tuple, list)) else int(axes),
+        fields = {"axes": [int(a) for a in axes] if isinstance(axes, (tuple, list)) else int(cast(int, axes)),
                   "normalize": bool(layer.normalize)}
     return fields, [], 1.0
 

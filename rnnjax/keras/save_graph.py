@@ -41,7 +41,9 @@ def keras_order(graph) -> list:
     def parents(node):
         return [] if node < 0 else [r.node for r in _tensor_refs(graph.calls[node])]
 
-    finished, order, index = set(), [], {}
+    finished: set = set()
+    order: list = []
+    index: dict = {}
     for out in graph.outputs:
         stack = [[out.node, None]]
         while stack:  # Keras's recursive _build_map_helper, iteratively
@@ -59,7 +61,8 @@ def keras_order(graph) -> list:
                 stack.pop()
             elif nxt not in finished:
                 stack.append([nxt, None])
-    node_depth, op_depth = {}, {}
+    node_depth: dict = {}
+    op_depth: dict = {}
     for node in reversed(order):
         op = op_of(node)
         depth = max(node_depth.setdefault(node, 0), op_depth.get(op, 0))
@@ -83,7 +86,7 @@ def tensor_shapes(model, variables) -> dict:
     for size in (2, 3):
         structs = [jax.ShapeDtypeStruct(tuple(size if d is None else int(d) for d in (shape or (None,))),
                                         jnp.dtype(dtype)) for _, shape, dtype in model.inputs]
-        record = {}
+        record: dict = {}
         jax.eval_shape(lambda v, *xs, rec=record: model.apply(v, list(xs), [None] * len(xs), False, rec,
                                                              method="run"), variables, *structs)
         probes.append(record)
@@ -104,7 +107,9 @@ class _Writer:
                                  f"{list(graph.names)}).")
         order = keras_order(graph)
         producers, op_names = self._names(graph, order)
-        entries, used, children = [], {}, {}
+        entries: list = []
+        used: dict = {}
+        children: dict = {}
         for op in order:
             entry, node = self._entry(graph, op, params, producers, op_names, where, prefix)
             entries.append(entry)
@@ -120,12 +125,15 @@ class _Writer:
 
     @staticmethod
     def _names(graph, order):
-        producers, counts = {}, {}
+        producers: dict = {}
+        counts: dict = {}
         for i, call in enumerate(graph.calls):
             if call.layer >= 0:
                 producers[i] = (graph.names[call.layer], counts.setdefault(call.layer, [0])[0])
                 counts[call.layer][0] += 1
-        taken, op_names, used = set(graph.names) | set(graph.input_names), {}, {}
+        taken = set(graph.names) | set(graph.input_names)
+        op_names: dict = {}
+        used: dict = {}
         for op in order:
             if op[0] == "op":
                 base = snake_case(graph.calls[op[1]].op)
@@ -171,10 +179,14 @@ class _Writer:
         if kind == "op":
             call = graph.calls[i]
             name = op_names[i]
-            return {"module": _OP_MODULES.get(call.op, "keras.src.ops.numpy"), "class_name": call.op,
-                    "config": {"name": name, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in call.op_config}},
-                    "registered_name": call.op, "name": name,
-                    "inbound_nodes": [self._node(graph, call, producers, op_names, prefix)]}, None
+            return {
+                "module": _OP_MODULES.get(call.op, "keras.src.ops.numpy"),
+                "class_name": call.op,
+                "config": {"name": name, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in call.op_config}},
+                "registered_name": call.op,
+                "name": name,
+                "inbound_nodes": [self._node(graph, call, producers, op_names, prefix)],
+            }, None
         layer, name = graph.layers[i], graph.names[i]
         calls = [c for c in graph.calls if c.layer == i]
         here = f"{where}layer {name!r} ({type(layer).__name__})"

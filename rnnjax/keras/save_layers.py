@@ -9,7 +9,7 @@ the layers' public fields and the public variables layout.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, cast
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def _cell_config(obj, kind: kinds.CellKind, ctx: Context, where: str) -> tuple[d
     ``kind.sigma_blocks`` by ``recurrent_activation``'s, the others by ``activation``'s."""
     act, factor = so.activation(obj.activation, f"{where} `activation`", ctx.hard_sigmoid, kind.activation_linear)
     factors = [1.0 if g in kind.sigma_blocks else factor for g in range(kind.gates)]
-    cfg = {"activation": act}
+    cfg: dict[str, Any] = {"activation": act}
     if "recurrent_activation" in kind.cell_arguments:
         cfg["recurrent_activation"], rec = so.activation(
             obj.recurrent_activation, f"{where} `recurrent_activation`", ctx.hard_sigmoid, True)
@@ -84,7 +84,9 @@ def _cell_config(obj, kind: kinds.CellKind, ctx: Context, where: str) -> tuple[d
             factors[g] = rec
     cfg["use_bias"] = bool(obj.use_bias)
     for p in _PARTS:
-        cfg[f"{p}_initializer"] = so.initializer(getattr(obj, f"{p}_initializer"), f"{where} `{p}_initializer`", ctx.warn)
+        cfg[f"{p}_initializer"] = so.initializer(
+            getattr(obj, f"{p}_initializer"), f"{where} `{p}_initializer`", ctx.warn
+        )
     if "unit_forget_bias" in kind.cell_arguments:
         cfg["unit_forget_bias"] = bool(obj.unit_forget_bias)
     for p in _PARTS:
@@ -128,14 +130,20 @@ def _cell_weights(obj, params, kind, factors, units, where, ctx) -> list:
     if obj.use_bias:
         expected = (2, gates * units) if getattr(obj, "reset_after", False) else (gates * units,)
         if arrays[2].shape != expected:
-            raise KerasSaveError(f"{where}: bias of shape {arrays[2].shape}, expected {expected} for the layer's config.")
+            raise KerasSaveError(
+                f"{where}: bias of shape {arrays[2].shape}, expected {expected} for the layer's config."
+            )
     return _scale(arrays, factors)
 
 
 def _saved_kind(obj, role: str):
     """The record of a built-in linen cell or layer (exact class) that Keras files hold, else None."""
     kind = kinds.kind_of(obj)
-    ok = kind is not None and kind.in_keras_files and type(obj) is (kind.linen_cell if role == "cell" else kind.linen_layer)
+    ok = (
+        kind is not None
+        and kind.in_keras_files
+        and type(obj) is (kind.linen_cell if role == "cell" else kind.linen_layer)
+    )
     return kind if ok else None
 
 
@@ -170,13 +178,13 @@ def _keras_rnn(layer, params, name, where, ctx, cell=None) -> Saved:
     which has them too) plus the layer's sequence fields. ``RNN(ConvLSTM2DCell(...))`` comes here
     as a ConvLSTM2D (Keras 3 has no public ConvLSTM cell; the two compute the same)."""
     source = layer if cell is None else cell
-    kind = kinds.kind_of(source)
+    kind = cast(kinds.CellKind, kinds.kind_of(source))  # the dispatch sends only the built-in kinds' layers here
     conv = kind.rank
     cfg, factors = _cell_config(source, kind, ctx, where)
     units = source.filters if conv else source.units
     cell_params = None if params is None else params.get("cell")
     arrays = _cell_weights(source, cell_params, kind, factors, units, where + " cell", ctx)
-    fields = {"units": int(units)}
+    fields: dict[str, Any] = {"units": int(units)}
     if conv:
         fields = {"filters": int(source.filters)}
         for f in ("kernel_size", "strides", "dilation_rate"):
@@ -205,7 +213,9 @@ def _cudnn(layer, params, name, where, ctx) -> Saved:
     arrays = [np.asarray(a, ctx.dtype) for a in canonical]
     cfg = {"units": int(layer.units), "activation": "tanh", "recurrent_activation": "sigmoid", "use_bias": True}
     for p in _PARTS:
-        cfg[f"{p}_initializer"] = so.initializer(getattr(layer, f"{p}_initializer"), f"{where} `{p}_initializer`", ctx.warn)
+        cfg[f"{p}_initializer"] = so.initializer(
+            getattr(layer, f"{p}_initializer"), f"{where} `{p}_initializer`", ctx.warn
+        )
         cfg[f"{p}_constraint"] = None
     cfg["kernel_regularizer"] = so.regularizer(layer.kernel_regularizer, f"{where} `kernel_regularizer`")
     cfg["recurrent_regularizer"] = so.regularizer(layer.recurrent_regularizer, f"{where} `recurrent_regularizer`")
@@ -237,7 +247,8 @@ def _rnn(layer, params, name, where, ctx) -> Saved:
     kind = _saved_kind(cells[0][0], "cell")
     if not stacked and kind is not None and not kind.keras_cell:
         return _keras_rnn(layer, params, name, where, ctx, cell=cells[0][0])
-    used, saved = {}, []
+    used: dict = {}
+    saved: list = []
     for i, (cell, p) in enumerate(cells):
         cell_name = unique(snake_case(type(cell).__name__), used)
         saved.append(_cell(cell, p, cell_name, f"{where} cell {i}", ctx))
@@ -246,7 +257,9 @@ def _rnn(layer, params, name, where, ctx) -> Saved:
         config["cell"] = saved[0].config
         return Saved(keras_object("RNN", config), Node(name, [], {"cell": saved[0].node}))
     children = {f"cells/{s.node.name}": s.node for s in saved}  # Keras's container names, as the cells'
-    config["cell"] = keras_object("StackedRNNCells", {**_base("stacked_rnn_cells", ctx), "cells": [s.config for s in saved]})
+    config["cell"] = keras_object(
+        "StackedRNNCells", {**_base("stacked_rnn_cells", ctx), "cells": [s.config for s in saved]}
+    )
     return Saved(keras_object("RNN", config), Node(name, [], {"cell": Node("stacked_rnn_cells", [], children)}))
 
 
@@ -287,8 +300,12 @@ def _embedding(layer, params, name, where, ctx) -> Saved:
             f"{where}: embeddings of shape {arrays[0].shape}, expected (input_dim, output_dim) = "
             f"{(layer.input_dim, layer.output_dim)}.")
     config = {
-        **_base(name, ctx), "input_dim": int(layer.input_dim), "output_dim": int(layer.output_dim),
-        "embeddings_initializer": so.initializer(layer.embeddings_initializer, f"{where} `embeddings_initializer`", ctx.warn),
+        **_base(name, ctx),
+        "input_dim": int(layer.input_dim),
+        "output_dim": int(layer.output_dim),
+        "embeddings_initializer": so.initializer(
+            layer.embeddings_initializer, f"{where} `embeddings_initializer`", ctx.warn
+        ),
         "embeddings_regularizer": so.regularizer(layer.embeddings_regularizer, f"{where} `embeddings_regularizer`"),
         "activity_regularizer": so.regularizer(layer.activity_regularizer, f"{where} `activity_regularizer`"),
         "embeddings_constraint": so.constraint(layer.embeddings_constraint, f"{where} `embeddings_constraint`"),
@@ -303,7 +320,9 @@ def _dense(layer, params, name, where, ctx) -> Saved:
     arrays = _scale(_weights(params, ["kernel"] + (["bias"] if layer.use_bias else []), where, ctx), [factor])
     config = {**_base(name, ctx), "units": int(layer.units), "activation": act, "use_bias": bool(layer.use_bias)}
     for p in ("kernel", "bias"):
-        config[f"{p}_initializer"] = so.initializer(getattr(layer, f"{p}_initializer"), f"{where} `{p}_initializer`", ctx.warn)
+        config[f"{p}_initializer"] = so.initializer(
+            getattr(layer, f"{p}_initializer"), f"{where} `{p}_initializer`", ctx.warn
+        )
         config[f"{p}_regularizer"] = so.regularizer(getattr(layer, f"{p}_regularizer"), f"{where} `{p}_regularizer`")
         config[f"{p}_constraint"] = so.constraint(getattr(layer, f"{p}_constraint"), f"{where} `{p}_constraint`")
     activity = so.regularizer(layer.activity_regularizer, f"{where} `activity_regularizer`")
@@ -314,6 +333,7 @@ def _dense(layer, params, name, where, ctx) -> Saved:
 
 def _weightless(layer, params, name, where, ctx) -> Saved:
     _weights(params, [], where, ctx)
+    fields: dict[str, Any]
     if isinstance(layer, Masking):
         class_name, fields = "Masking", {"mask_value": float(layer.mask_value)}
     elif isinstance(layer, Dropout):

@@ -15,7 +15,7 @@ Activation names are where Keras 2 and Keras 3 disagree:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 from rnnjax import constraints, regularizers
 from rnnjax.functional import activations, initializers
@@ -101,7 +101,7 @@ def initializer(identifier, where: str, warn) -> dict:
         warn(f"{where}: custom initializer {identifier!r} has no Keras 3 config; written as GlorotUniform "
              "(it does not affect the saved weights).")
         return _object("keras.initializers", "GlorotUniform", {"seed": None})
-    config = dataclasses.asdict(init)
+    config = dataclasses.asdict(cast(Any, init))  # a dataclass: its class is in _INITIALIZERS
     if class_name == "VarianceScaling" and config["distribution"] == "normal":
         config["distribution"] = "truncated_normal"  # Keras 2's 'normal' is the truncated normal
     if class_name not in ("Zeros", "Ones", "Constant", "Identity"):

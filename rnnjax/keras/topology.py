@@ -41,7 +41,7 @@ class Ref(NamedTuple):
     model input ``k`` when ``node == -1 - k``."""
 
     node: int
-    index: int
+    index: int  # type: ignore[assignment]  # Keras's name; shadows tuple.index, which no one calls on a Ref
 
 
 class Const(NamedTuple):
@@ -132,7 +132,7 @@ def _tensors(value, what, problems, allow_none=False) -> tuple:
 def _kwargs(kwargs, what, problems, keras3) -> dict:
     """The call arguments: ``mask``/``initial_state`` as tensors, ``training`` (Keras 3 records it
     for every call and overrides it by the model's: dropped), other JSON scalars kept."""
-    out = {}
+    out: dict = {}
     if not isinstance(kwargs, dict):
         problems.append(f"{what}: call arguments must be an object, got {type(kwargs).__name__}")
         return out
@@ -300,7 +300,10 @@ def _resolve(reader, input_names):
     calls = []
     for raw in reader.raw:
         what = raw["label"]
-        refs = lambda triples: tuple(reader.ref(t, what, input_names) for t in triples)  # noqa: E731
+
+        def refs(triples, what=what):
+            return tuple(reader.ref(t, what, input_names) for t in triples)
+
         kwargs = dict(raw["kwargs"])
         state = refs(kwargs.pop("initial_state", ()))
         mask = kwargs.pop("mask", None)
@@ -364,7 +367,7 @@ def read_graph(body, major, problems, make_layer, where="") -> GraphSpec:
         reader.entry(entry)
     in_triples, _ = _endpoints(body.get("input_layers"), "input_layers", problems)
     out_triples, single = _endpoints(body.get("output_layers"), "output_layers", problems)
-    input_names = {}
+    input_names: dict = {}
     for t in in_triples:
         if t[0] not in reader.inputs:
             problems.append(f"{where}`input_layers` names {t[0]!r}, which is not an InputLayer of the model")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Optional
+from typing import Any, Optional
 
 from rnnjax.keras import config as kconfig, formats
 from rnnjax.keras.formats import KerasImportError
@@ -118,7 +118,7 @@ def generation(data: Training, opt_config: dict) -> str:
     return "tf_keras_v1" if "-tf" in str(data.version) else "multi_backend"
 
 
-def optimizer_class(entry, gen: str) -> str:
+def optimizer_class(entry, gen: str) -> Optional[str]:
     """The Keras class name of a serialized optimizer (tf-keras >= 2.11 registers its own
     optimizers as ``Custom>Adam``...)."""
     name = entry.get("class_name") if isinstance(entry, dict) else None
@@ -156,7 +156,7 @@ def rule_from_config(entry, gen: str) -> KerasRule:
                                f"AdamW (Keras 3, tf-keras >= 2.11), SGD, RMSprop and Adagrad")
     kind, problems = CLASSES[cls], []
     # the class's default learning rate, should a config leave it out (Keras always writes it)
-    args = {"learning_rate": 0.01 if kind == "sgd" or (kind == "adagrad" and gen in ("multi_backend",
+    args: dict[str, Any] = {"learning_rate": 0.01 if kind == "sgd" or (kind == "adagrad" and gen in ("multi_backend",
                                                                                      "tf_keras_v1")) else 0.001}
     allowed = _CLASS_KEYS[kind] | _GENERATION_KEYS[gen] | {"name", "learning_rate", "lr"}
     for key, value in config.items():
@@ -208,7 +208,8 @@ def describe(data: Training) -> Optional[dict]:
     compile_cfg = data.compile if isinstance(data.compile, dict) else {}
     opt = compile_cfg.get("optimizer")
     opt = opt if isinstance(opt, dict) else {}
-    config = opt.get("config") if isinstance(opt.get("config"), dict) else {}
+    raw_config = opt.get("config")
+    config: dict = raw_config if isinstance(raw_config, dict) else {}
     gen = generation(data, config)
     step = next((v for _, v in data.state or [] if isinstance(v, int)), None)
     return {"optimizer": optimizer_class(opt, gen) if opt else None, "writer": GENERATIONS[gen], "step": step,

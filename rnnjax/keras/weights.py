@@ -11,6 +11,7 @@ rebuilds from the module. On the rnnjax side the list is the layer's variables s
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 import numpy as np
 
@@ -114,7 +115,7 @@ def _at(variables, name):
     return {col: tree[name] for col, tree in variables.items() if isinstance(tree, dict) and name in tree}
 
 
-def _cells(module) -> list:
+def _cells(module) -> Optional[list]:
     cell = getattr(module, "cell", None)
     if isinstance(cell, rnnjax.StackedRNNCells):
         return list(cell.cells)
@@ -131,7 +132,8 @@ def k3_paths(module) -> list:
         return [f"layer/{p}" for p in k3_paths(module.layer)]
     cells = _cells(module)
     if cells is not None:
-        counts, paths = {}, []
+        counts: dict = {}
+        paths: list = []
         for cell in cells:
             base = snake_case(type(cell).__name__)
             n = counts.get(base, 0)
@@ -175,7 +177,9 @@ def read_k3(root, layers, path=None) -> list:
     top = "layers" if "layers" in root else "_layer_checkpoint_dependencies"
     if top not in root:
         raise KerasImportError("a Keras 3 weights file without a `layers` group", path)
-    out, problems, named = [], [], []
+    out: list = []
+    problems: list[str] = []
+    named: list = []
     _read_container(root, top, layers, "", out, problems, named)
     if problems:
         raise KerasImportError(problems, path)
@@ -198,7 +202,7 @@ def _named_groups(root) -> dict:
 def _read_container(root, top, layers, prefix, out, problems, named):
     """Reads ``layers`` of the container at ``top`` into ``out``; ``named``: ``[]``, or the file's
     :func:`_named_groups` once a layer was not at its path."""
-    counts = {}
+    counts: dict = {}
     for cls, name, module in layers:
         base = snake_case(cls)
         n = counts.get(base, 0)

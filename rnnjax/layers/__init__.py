@@ -10,18 +10,19 @@ from rnnjax.layers.recurrent import (
 from rnnjax.layers.basic import Activation, Dense, Dropout, Embedding, Masking
 from rnnjax.layers.wrappers import Bidirectional, TimeDistributed
 from rnnjax.layers.sequential import Sequential
-from rnnjax.layers.reshaping import (
+# Re-exported through KERAS_LAYERS in __all__, which ruff cannot expand (hence the noqa: F401):
+from rnnjax.layers.reshaping import (  # noqa: F401
     Cropping1D, Flatten, Permute, RepeatVector, Reshape, UpSampling1D, ZeroPadding1D,
 )
-from rnnjax.layers.advanced_activations import LeakyReLU, ReLU, Softmax
-from rnnjax.layers.merging import Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract
-from rnnjax.layers.convolutional import Conv1D, Conv2D, Conv3D
-from rnnjax.layers.pooling import (
+from rnnjax.layers.advanced_activations import LeakyReLU, ReLU, Softmax  # noqa: F401
+from rnnjax.layers.merging import Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract  # noqa: F401
+from rnnjax.layers.convolutional import Conv1D, Conv2D, Conv3D  # noqa: F401
+from rnnjax.layers.pooling import (  # noqa: F401
     AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D,
     GlobalMaxPooling2D, MaxPooling1D, MaxPooling2D,
 )
-from rnnjax.layers.normalization import BatchNormalization, LayerNormalization
-from rnnjax.layers.attention import AdditiveAttention, Attention
+from rnnjax.layers.normalization import BatchNormalization, LayerNormalization  # noqa: F401
+from rnnjax.layers.attention import AdditiveAttention, Attention  # noqa: F401
 
 # Keras's layers around the recurrent ones (Keras-named, Keras semantics), one list for the top level.
 KERAS_LAYERS = (

@@ -23,7 +23,9 @@ def _non_negative(value, argument: str, allow_none: bool = False):
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0:
-        raise ValueError(f"`{argument}`: expected a non-negative number{' or None' if allow_none else ''}, got {value!r}.")
+        raise ValueError(
+            f"`{argument}`: expected a non-negative number{' or None' if allow_none else ''}, got {value!r}."
+        )
 
 
 def relu(x, negative_slope: float = 0.0, max_value: Optional[float] = None, threshold: float = 0.0):

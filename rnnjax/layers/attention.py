@@ -107,7 +107,9 @@ class _Attention(nn.Module):
                  use_causal_mask: bool = False):
         q, v, k, qm, vm = attention_inputs(type(self).__name__, inputs, mask)
         key = self.make_rng("dropout") if training and self.dropout > 0.0 else None
-        out = attention(self.scores(q, k), v, qm, vm, bool(self.causal or use_causal_mask), self.dropout, key, self.seed)
+        out = attention(
+            self.scores(q, k), v, qm, vm, bool(self.causal or use_causal_mask), self.dropout, key, self.seed
+        )
         return out if return_attention_scores else out[0]
 
     def compute_mask(self, inputs, mask=None):

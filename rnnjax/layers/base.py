@@ -10,7 +10,7 @@ wrapped generically. Everything else a layer call does is in :mod:`rnnjax.layers
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 import flax.linen as nn
 import jax
@@ -27,7 +27,7 @@ STATE_COLLECTION = "rnn_state"
 """The Flax variable collection that holds stateful layers' states (``variables['rnn_state']``)."""
 
 
-def generic_program(cell: nn.Module, feature_shape: tuple, batch_shape: tuple, dtype: Any,
+def generic_program(cell: nn.Module, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any,
                     constants: Any = None) -> CoreProgram:
     """The program of a Keras-protocol linen cell (``state_size``, ``__call__(inputs, states[,
     constants])``): the cell's variables are created by one call at init, and every step applies
@@ -81,12 +81,12 @@ class StackedRNNCells(nn.Module):
                 constants: Any = None) -> CoreProgram:
         """The cells' programs in a stack (:func:`rnnjax.layers.path.stack_programs`), each built for
         the output shape of the one below."""
-        programs = []
-        shape = tuple(feature_shape)
+        programs: list[CoreProgram] = []
+        shape: Sequence[int] = tuple(feature_shape)
         for cell in self.cells:
             programs.append(cell_program(cell, shape, batch_shape, dtype, training=training, constants=constants))
-            shape = programs[-1].output_shape
-        return stack_programs(programs, batch_shape, dtype)
+            shape = cast(tuple, programs[-1].output_shape)  # a cell's program always states its output shape
+        return stack_programs(programs, tuple(batch_shape), dtype)
 
     def __call__(self, inputs: jax.Array, states: Any, *, constants: Any = None, training: bool = False):
         """One step of the stack (Keras cell protocol): ``states`` flat as in Keras."""
@@ -126,7 +126,7 @@ def run_recurrent(module: nn.Module, cell: Any, inputs: jax.Array, *, mask: Opti
     options = CallOptions.of(module) if options is None else options
     seq = check_sequence(inputs, feature_ndim=num_feature_axes(cell), input_dim=options.input_dim,
                          input_length=options.input_length,
-                         layout=layout or getattr(cell, "sequence_layout", "(*batch, timesteps, features)"))
+                         layout=cast(str, layout or getattr(cell, "sequence_layout", "(*batch, timesteps, features)")))
     program = cell_program(cell, seq.feature_shape, seq.batch_shape, inputs.dtype, training=training,
                            constants=constants)
     call = run_layer(program, inputs, seq, options, cell=cell, mask=mask, reset=reset, initial_state=initial_state,
@@ -141,7 +141,10 @@ class RecurrentLayer(nn.Module):
     rank + 1), which locate the time axis ``-(num_feature_axes + 1)`` behind any batch axes.
     """
 
-    num_feature_axes = 1
+    @property
+    def num_feature_axes(self) -> int:
+        """1: one feature axis after time (ConvLSTM's layers: ``rank + 1``)."""
+        return 1
 
     def compute_mask(self, inputs: jax.Array, mask: Optional[jax.Array] = None):
         """The mask of the layer's output (Keras's ``RNN.compute_mask``): the input ``mask``
@@ -169,9 +172,10 @@ class RNN(RecurrentLayer):
     ``mask`` ``(*batch, timesteps)`` and a boolean ``reset`` ``(*batch, timesteps)``: True where a
     new sequence starts (episodes, packed sequences; the state restarts from zeros there, see
     :func:`rnnjax.functional.scan_rnn`; a stateful layer's stored state continues into a row's
-    first sequence and stores the state after the last step). Returns the output ``(*batch, units)`` (``(*batch, timesteps, units)``
-    with ``return_sequences``), followed by the final states (flat, Keras order) with
-    ``return_state``. The layer-side semantics are :mod:`rnnjax.layers.path`'s. Stateful layers keep their states in the ``'rnn_state'`` collection:
+    first sequence and stores the state after the last step). Returns the output ``(*batch, units)``
+    (``(*batch, timesteps, units)`` with ``return_sequences``), followed by the final states (flat,
+    Keras order) with ``return_state``. The layer-side semantics are :mod:`rnnjax.layers.path`'s.
+    Stateful layers keep their states in the ``'rnn_state'`` collection:
     ``apply(..., mutable=['rnn_state'])``; see :func:`rnnjax.reset_states`.
     """
 
@@ -219,6 +223,6 @@ def reset_layer_states(module: nn.Module, states: Any = None):
         raise ValueError("reset_states: the layer is not stateful (stateful=False).")
     if not module.has_variable(STATE_COLLECTION, "states"):
         raise ValueError("reset_states: the layer has no states yet; initialise it first (`init`).")
-    current = module.get_variable(STATE_COLLECTION, "states")
+    current: Any = module.get_variable(STATE_COLLECTION, "states")
     module.put_variable(STATE_COLLECTION, "states", reset_value(current, states))
     return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import flax.linen as nn
 import jax
@@ -24,6 +24,16 @@ from rnnjax.functional.core import check_rate, check_units, concrete, init_weigh
 from rnnjax.layers.protocol import PassMask as _PassMask
 
 
+class _WeightedModule(Protocol):
+    """What :class:`_Weighted` needs of the linen module it is mixed into."""
+
+    weight_args: tuple
+    activity_regularizer: Any
+    param_dtype: Any
+
+    def param(self, name: str, init_fn: Callable, *init_args: Any) -> Any: ...
+
+
 class _Weighted:
     """Creating a weight with its Keras initializer, reporting its penalty; declaring constraints."""
 
@@ -34,14 +44,14 @@ class _Weighted:
         weights = [(n, a) for n, a in self.weight_args if n != "bias" or getattr(self, "use_bias", True)]
         return constraints.declared(self, weights)
 
-    def _check_args(self):
+    def _check_args(self: _WeightedModule):
         for _, arg in self.weight_args:
             regularizers.get(getattr(self, f"{arg}_regularizer"), f"{arg}_regularizer")
             constraints.get(getattr(self, f"{arg}_constraint"), f"{arg}_constraint")
             initializers.get(getattr(self, f"{arg}_initializer"), f"{arg}_initializer")
         regularizers.get(self.activity_regularizer, "activity_regularizer")
 
-    def _weight(self, name, arg, shape):
+    def _weight(self: _WeightedModule, name, arg, shape):
         value = self.param(name, lambda key: init_weight(getattr(self, f"{arg}_initializer"), key, shape,
                                                           self.param_dtype, f"{arg}_initializer"))
         reg = regularizers.get(getattr(self, f"{arg}_regularizer"))
@@ -49,7 +59,7 @@ class _Weighted:
             regularizers.report(self, f"{arg}_regularizer", reg(value))
         return value
 
-    def _activity(self, outputs):
+    def _activity(self: _WeightedModule, outputs):
         reg = regularizers.get(self.activity_regularizer)
         if reg is not None:
             regularizers.report(self, "activity_regularizer", regularizers.activity_penalty(reg, outputs))

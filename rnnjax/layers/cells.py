@@ -12,7 +12,7 @@ equations). Called directly, a cell runs one step the Keras way::
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -21,6 +21,9 @@ import jax.numpy as jnp
 from rnnjax import constraints, regularizers
 from rnnjax.functional.protocol import CoreProgram, make_params
 from rnnjax.layers import contract
+
+if TYPE_CHECKING:
+    from rnnjax.kinds import CellKind
 
 
 class KerasCell(contract.CellFacts, nn.Module):
@@ -31,7 +34,7 @@ class KerasCell(contract.CellFacts, nn.Module):
     call's dropout masks drawn, the core's program returned.
     """
 
-    kind = None  # the cell kind's record (rnnjax.kinds.CellKind)
+    kind: ClassVar[Optional[CellKind]] = None  # the cell kind's record, set per kind
 
     def __post_init__(self):
         if self.kind is not None:
@@ -51,7 +54,7 @@ class KerasCell(contract.CellFacts, nn.Module):
         """Creates (at init) or fetches the parameters, reporting their penalties."""
         core = self.core
         if self.has_variable("params", "kernel"):  # before `param`, whose own shape check names no argument
-            built = self.get_variable("params", "kernel").shape
+            built: tuple = self.get_variable("params", "kernel").shape
             if built[-2] != input_dim:
                 raise ValueError(
                     f"`inputs`: {input_dim} features per step, but {type(self).__name__} was built for "

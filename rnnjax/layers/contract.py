@@ -23,7 +23,7 @@ A front end differs only in where parameters, RNG streams and states live; every
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Sequence
 
 import dataclasses
 
@@ -42,22 +42,27 @@ __all__ = [
 ]
 
 
+class _HasCore(Protocol):
+    @property
+    def core(self) -> Any: ...
+
+
 class CellFacts:
     """What a built-in cell (linen or NNX) says about itself, from its ``core`` (mixin): Keras's
     ``state_size`` (an int for one state, a list for several), ``output_size`` and the
     ``num_feature_axes`` of one step (1; ConvLSTM: the spatial axes and the channels)."""
 
     @property
-    def state_size(self):
+    def state_size(self: _HasCore):
         sizes = self.core.state_size
         return sizes[0] if len(sizes) == 1 else list(sizes)
 
     @property
-    def output_size(self) -> int:
+    def output_size(self: _HasCore) -> int:
         return self.core.output_size
 
     @property
-    def num_feature_axes(self) -> int:
+    def num_feature_axes(self: _HasCore) -> int:
         return self.core.num_feature_axes
 
 
@@ -124,7 +129,7 @@ def step_shapes(core: Any, feature_shape: Sequence[int], owner: str, channels_fi
 
 
 def draw_masks(core: Any, keys: Optional[Callable], dropout: float, recurrent_dropout: float, shapes: StepShapes,
-               batch_shape: Sequence[int], dtype: Any) -> tuple:
+               batch_shape: Sequence[int], dtype: Any) -> tuple[Optional[jax.Array], Optional[jax.Array]]:
     """This call's ``(input mask, recurrent mask)``: ``(count, *batch_shape, *shape)`` each
     (``count``: the core's ``dropout_mask_count``, one per gate or one shared by every gate), or
     None at rate 0 or when ``keys`` is None (not training). ``keys()`` returns a fresh key; it is
@@ -138,8 +143,15 @@ def draw_masks(core: Any, keys: Optional[Callable], dropout: float, recurrent_dr
     return in_mask, rec_mask
 
 
-def built_cell_program(core: Any, params: Any, shapes: StepShapes, batch_shape: Sequence[int], dtype: Any,
-                       masks: tuple = (None, None), channels_first: bool = False) -> CoreProgram:
+def built_cell_program(
+    core: Any,
+    params: Any,
+    shapes: StepShapes,
+    batch_shape: Sequence[int],
+    dtype: Any,
+    masks: tuple[Optional[jax.Array], Optional[jax.Array]] = (None, None),
+    channels_first: bool = False,
+) -> CoreProgram:
     """The program of a built-in cell: ``core`` on ``params`` with this call's ``masks``, its
     zero state for ``batch_shape`` (and the input's spatial shape). With ``channels_first`` (a
     spatial cell used directly in a layer) see :func:`channels_first_program`."""

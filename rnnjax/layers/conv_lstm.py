@@ -11,14 +11,14 @@ undilated). Parameters (Keras layout, under ``params['cell']``): ``kernel kernel
 Shapes (2-D; 1-D and 3-D drop/add a spatial axis), ``channels_last``:
 inputs ``(*samples, time, rows, cols, channels)`` (any number of sample axes), output
 ``(*samples, rows', cols', filters)`` or ``(*samples, time, rows', cols', filters)`` with
-``return_sequences``, states ``h, c`` ``(*samples, rows', cols', filters)``. ``channels_first`` puts channels/filters right after the
-time (or batch) axis. The layers compute channels_last internally: a channels_first input is
-transposed once before the loop and the outputs/states once after (states in the
+``return_sequences``, states ``h, c`` ``(*samples, rows', cols', filters)``. ``channels_first``
+puts channels/filters right after the time (or batch) axis. The layers compute channels_last
+internally: a channels_first input is transposed once before the loop and the outputs/states once after (states in the
 ``'rnn_state'`` collection of a stateful layer are kept channels_last).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import flax.linen as nn
 import jax
@@ -27,6 +27,9 @@ from rnnjax.functional.conv import check_data_format
 from rnnjax.layers.base import STATE_COLLECTION, RecurrentLayer, reset_layer_states, run_recurrent
 from rnnjax.layers.cells import KerasCell
 from rnnjax.layers.contract import ChannelsFirst
+
+if TYPE_CHECKING:
+    from rnnjax.kinds import CellKind
 
 
 class ConvLSTMCell(KerasCell):
@@ -66,8 +69,8 @@ class ConvLSTM(RecurrentLayer):
     ``h, c`` (in the layer's data_format) with ``return_state``.
     """
 
-    kind = None
-    rank = None
+    kind: ClassVar[CellKind]  # set per kind (rnnjax.layers.recurrent): the record and its spatial axes
+    rank: ClassVar[int]
 
     def __post_init__(self):
         self._make_cell(parent=None)  # validates every argument at construction

@@ -7,7 +7,7 @@ has no mask (Keras 3 drops it; Keras 2 refused masked inputs).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from typing import Any, ClassVar, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -91,7 +91,7 @@ class _Conv(DropMask, _Weighted, nn.Module):
     """A Keras convolution layer of ``rank`` spatial axes (see :func:`conv`); Keras's arguments
     in Keras's order, ``param_dtype`` (not in Keras) the parameters' dtype."""
 
-    rank = None
+    rank: ClassVar[int]  # set by each subclass: the spatial axes
     filters: int
     kernel_size: Union[int, Sequence[int]]
     strides: Union[int, Sequence[int]] = 1

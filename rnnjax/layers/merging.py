@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Sequence, Union
+from typing import Any, Callable, ClassVar, Sequence, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -45,7 +45,8 @@ def merge_inputs(layer: str, inputs, mask, count=None) -> tuple:
     if not isinstance(mask, (list, tuple)) or len(mask) > len(inputs):
         raise ValueError(
             f"`mask`: {layer} takes a list of masks, one per input (None entries allowed), got "
-            f"{type(mask).__name__ if not isinstance(mask, (list, tuple)) else f'{len(mask)} masks for {len(inputs)} inputs'}."
+            + (f"{len(mask)} masks for {len(inputs)} inputs." if isinstance(mask, (list, tuple))
+               else f"{type(mask).__name__}.")
         )
     return list(inputs), list(mask) + [None] * (len(inputs) - len(mask))
 
@@ -100,7 +101,8 @@ def _masked_product(xs, masks):
     """Keras 3's ``Multiply``: a masked entry counts as 1; where no input keeps an entry (every
     input masked), the output is 0; only when every input has a mask."""
     spread = [_spread(m, x) for m, x in zip(masks, xs)]
-    out, keep = None, None
+    out: Any = None
+    keep: Any = None
     for x, m in zip(xs, spread):
         if m is not None:
             x = jnp.where(m, x, jnp.ones((), x.dtype))
@@ -114,7 +116,8 @@ def _masked_product(xs, masks):
 class _Merge(nn.Module):
     """An element-wise merge of a list of inputs (see the module docstring)."""
 
-    count = None  # how many inputs: None (at least 1), an int, or (low, high)
+    # how many inputs: None (at least 1), an int, or (low, high)
+    count: ClassVar[Union[None, int, tuple[int, int]]] = None
 
     def __post_init__(self):
         check_keras_version(self.keras_version)
@@ -180,7 +183,7 @@ class Multiply(_Merge):
 
 
 class _Extremum(_Merge):
-    op = None  # jnp.maximum / jnp.minimum
+    op: ClassVar[Callable[..., jnp.ndarray]]  # set by each subclass: jnp.maximum / jnp.minimum
 
     def _merge(self, xs, masks):
         op = type(self).op

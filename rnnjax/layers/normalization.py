@@ -28,7 +28,7 @@ def check_axis(axis, inputs, layer: str) -> tuple:
     """``axis`` (an int or a sequence of ints) as sorted non-negative axes of ``inputs``."""
     axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
     ndim = getattr(inputs, "ndim", 0)
-    if not axes or any(isinstance(a, bool) or not isinstance(a, numbers.Integral) or not -ndim <= a < ndim
+    if not axes or any(isinstance(a, bool) or not isinstance(a, numbers.Integral) or not -ndim <= int(a) < ndim
                        for a in axes):
         raise ValueError(f"`axis`: {layer} got axis={axis!r}, not an axis of inputs of shape "
                          f"{getattr(inputs, 'shape', type(inputs).__name__)}.")

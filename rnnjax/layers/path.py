@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, NamedTuple, Optional
+import typing
+from typing import Any, Callable, NamedTuple, Optional, cast
 
 import jax
 import jax.numpy as jnp
@@ -58,11 +59,12 @@ class CallOptions(NamedTuple):
     scan_unroll: int = 1
     remat: bool = False
     custom_backward: bool = True
+    backend: str = "auto"
 
     @classmethod
     def of(cls, layer: Any, **overrides) -> "CallOptions":
         """The options from ``layer``'s attributes of the same names (defaults for missing ones)."""
-        values = {name: getattr(layer, name, default) for name, default in cls._field_defaults.items()}
+        values: dict[str, Any] = {name: getattr(layer, name, default) for name, default in cls._field_defaults.items()}
         values.update(overrides)
         return cls(**values)
 
@@ -203,7 +205,8 @@ def run_layer(program: CoreProgram, inputs: jax.Array, sequence: Sequence, optio
     check_constants(program, constants, cell)
     mask = check_mask(mask, sequence.batch_shape + (sequence.steps,))
     reset = check_mask(reset, sequence.batch_shape + (sequence.steps,), argument="reset")
-    init = start_state(program.initial_state, sequence, inputs.dtype, initial_state=initial_state,
+    init = start_state(cast(Callable, program.initial_state), sequence,  # a layer's program states its zeros
+                       inputs.dtype, initial_state=initial_state,
                        read_state=read_state if options.stateful else None)
     output, final = drive(program, inputs, init, options, feature_ndim=len(sequence.feature_shape), mask=mask,
                           reset=reset, constants=constants)
@@ -215,11 +218,12 @@ def drive(program: CoreProgram, inputs: jax.Array, initial_state: Any, options: 
     """The one call from the layers into the driver: ``(output, final state)`` of ``program``
     over ``inputs (*batch, T, *features)`` (several feature axes: ConvLSTM). Without
     ``options.custom_backward`` the program's hand-written backward forms are dropped (the
-    generic loop, which forward-mode autodiff can differentiate)."""
+    generic loop, which forward-mode autodiff can differentiate); ``options.backend`` picks the
+    scan or oneDNN's fused kernel (:mod:`rnnjax.onednn.dispatch`)."""
     loop = LoopOptions(go_backwards=options.go_backwards, return_sequences=options.return_sequences,
                        zero_output_for_mask=options.zero_output_for_mask, unroll=options.unroll,
                        scan_unroll=options.scan_unroll, remat=options.remat, feature_axes=feature_ndim,
-                       custom_backward=options.custom_backward)
+                       custom_backward=options.custom_backward, backend=options.backend)
     return run_program(program, inputs, initial_state, loop, mask=mask, reset=reset, constants=constants)
 
 
@@ -250,7 +254,7 @@ def core_cell_program(core: Any, params: Any, output_shape: tuple, dropout_mask:
     return program._replace(initial_state=initial_state or core.initial_state, output_shape=tuple(output_shape))
 
 
-def stack_programs(programs: Sequence[CoreProgram], batch_shape: tuple, dtype: Any) -> CoreProgram:
+def stack_programs(programs: typing.Sequence[CoreProgram], batch_shape: tuple, dtype: Any) -> CoreProgram:
     """One program for cells run in a stack: ``y_0 = x_t``; ``s_k, y_k = cell_k(s_k, y_{k-1})``.
     The state is the tuple of the cells' states; only the first cell's input projection runs
     before the loop (the others depend on the cell below)."""
@@ -259,13 +263,13 @@ def stack_programs(programs: Sequence[CoreProgram], batch_shape: tuple, dtype: A
     def step(state, xp_t, constants=None):
         new_states, y = [], None
         for k, prog in enumerate(programs):
-            x_in = xp_t if k == 0 else prog.project(y)
+            x_in = xp_t if k == 0 else cast(Callable, prog.project)(y)  # a cell's program projects
             s, y = _step(prog, state[k], x_in, constants)
             new_states.append(s)
         return tuple(new_states), y
 
     def initial_state(batch_shape=batch_shape, dtype=dtype):
-        return tuple(p.initial_state(batch_shape, dtype) for p in programs)
+        return tuple(cast(Callable, p.initial_state)(batch_shape, dtype) for p in programs)  # cells' programs: set
 
     return CoreProgram(programs[0].project, step, initial_state, programs[-1].output_shape,
                        takes_constants=any(p.takes_constants for p in programs))
@@ -282,14 +286,16 @@ def step_once(program: CoreProgram, cell: Any, inputs: jax.Array, states: Any, c
     """A cell called directly, the Keras way: one step on ``inputs (*batch, *features)`` from
     ``states`` (Keras's flat list); returns ``(output, new states as a flat list)``."""
     batch_shape = tuple(inputs.shape[:inputs.ndim - feature_ndim])
-    state = check_state(program.initial_state(batch_shape, state_dtype(inputs.dtype)), states, "states")
+    # a cell's program states its zeros and projects:
+    zeros, project = cast(Callable, program.initial_state), cast(Callable, program.project)
+    state = check_state(zeros(batch_shape, state_dtype(inputs.dtype)), states, "states")
     if constants is not None and not program.takes_constants:
         raise ValueError(f"`constants`: {type(cell).__name__} does not take constants.")
-    new, y = _step(program, state, program.project(inputs), constants)
+    new, y = _step(program, state, project(inputs), constants)
     return y, jax.tree_util.tree_leaves(new)
 
 
-def zero_states(state_size: Any, batch_shape: tuple, dtype: Any) -> tuple:
+def zero_states(state_size: Any, batch_shape: typing.Sequence[int], dtype: Any) -> tuple:
     """Zero states for a Keras ``state_size`` (an int, a shape, or a list of them)."""
     sizes = (state_size,) if isinstance(state_size, numbers.Integral) else tuple(state_size)
     return tuple(jnp.zeros(tuple(batch_shape) + ((int(s),) if isinstance(s, numbers.Integral) else tuple(s)), dtype)

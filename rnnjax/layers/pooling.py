@@ -9,7 +9,7 @@ layer's output has a mask. Sources: ``keras/src/layers/pooling/*.py`` and
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import ClassVar, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -50,8 +50,8 @@ def pool(inputs, mode: str, rank: int, pool_size, strides, padding: str, data_fo
 
 
 class _Pooling(DropMask, nn.Module):
-    rank = None
-    mode = None
+    rank: ClassVar[int]  # set by each subclass: the spatial axes, "max" or "average"
+    mode: ClassVar[str]
     pool_size: Union[int, Sequence[int]] = 2
     strides: Optional[Union[int, Sequence[int]]] = None
     padding: str = "valid"
@@ -113,8 +113,8 @@ def global_pool(inputs, mode: str, rank: int, data_format: str, keepdims: bool, 
 
 
 class _GlobalPooling(DropMask, nn.Module):
-    rank = None
-    mode = None
+    rank: ClassVar[int]  # set by each subclass: the spatial axes, "max" or "average"
+    mode: ClassVar[str]
     data_format: str = "channels_last"
     keepdims: bool = False
 

@@ -22,8 +22,8 @@ import jax
 from rnnjax.layers import path
 
 
-@functools.lru_cache(maxsize=None)
-def _parameters(cls) -> frozenset:
+@functools.cache
+def _parameters(cls: Any) -> frozenset:
     try:
         return frozenset(inspect.signature(cls.__call__).parameters)
     except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
@@ -32,10 +32,12 @@ def _parameters(cls) -> frozenset:
 
 def accepts(layer: Any, argument: str) -> bool:
     """Whether ``layer.__call__`` has a parameter named ``argument``."""
-    return argument in _parameters(type(layer))
+    cls: type = type(layer)
+    return argument in _parameters(cls)
 
 
-def call_layer(layer: Any, inputs: jax.Array, mask: Optional[jax.Array] = None, training: bool = False, **extra):
+def call_layer(layer: Any, inputs: Any, mask: Any = None, training: Optional[bool] = False,
+               **extra):
     """``layer(inputs, ...)`` with ``mask``/``training`` passed the way ``layer`` takes them (a layer
     without a ``mask`` parameter gets none; :func:`output_mask` says whether it may ignore it)."""
     kwargs = dict(extra)

@@ -15,12 +15,17 @@ A layer is ``RNN(<X>Cell(...))`` with the cell's parameters under ``params['cell
 Fields beyond Keras 2: ``input_dim``/``input_length`` (checked), ``zero_output_for_mask``,
 ``param_dtype``, the performance options ``scan_unroll`` and ``remat``, and ``custom_backward``
 (False for forward-mode differentiation: ``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``; see
-:class:`rnnjax.RNN`); ConvLSTM also ``return_state`` and ``unroll``.
+:class:`rnnjax.RNN`); ConvLSTM also ``return_state`` and ``unroll``; ``GRU`` and ``LSTM`` also ``backend``:
+``'auto'`` (default) runs a call on oneDNN's fused CPU kernels where the ``onednn`` extra is
+installed and they compute it exactly (``recurrent_activation='sigmoid'``, ``activation='tanh'``,
+no mask or reset, no recurrent dropout, float32, one CPU device, a large enough batch:
+:mod:`rnnjax.onednn.dispatch`), else the scan; ``'scan'`` always the scan; ``'onednn'`` oneDNN or a
+``ValueError`` saying why not.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional, cast
 
 import flax.linen as nn
 import jax
@@ -35,7 +40,7 @@ from rnnjax.layers.conv_lstm import ConvLSTM, ConvLSTMCell
 class KerasRecurrent(RecurrentLayer):
     """Shared call of the dense built-in layers (no fields of its own; ``kind``: the record)."""
 
-    kind = None
+    kind: ClassVar[Optional[kinds.CellKind]] = None  # set per kind by linen_class
 
     def __post_init__(self):
         if self.kind is not None:
@@ -43,7 +48,8 @@ class KerasRecurrent(RecurrentLayer):
         super().__post_init__()
 
     def _make_cell(self):
-        return self.kind.linen_cell(**{n: getattr(self, n) for n in self.kind.arguments("cell")}, name="cell")
+        kind = cast(kinds.CellKind, self.kind)  # set per kind by linen_class
+        return kind.linen_cell(**{n: getattr(self, n) for n in kind.arguments("cell")}, name="cell")
 
     @nn.compact
     def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
@@ -82,7 +88,7 @@ def class_doc(kind: kinds.CellKind, role: str, name: str) -> str:
             f"the parameters' dtype. {_CALLS[role]}{example}\n    ")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def linen_class(kind: kinds.CellKind, role: str) -> type:
     """The linen class of ``kind`` (``role='cell'``: ``<Name>Cell``; ``'layer'``: ``<Name>``), made
     once: fields the kind's arguments (:meth:`rnnjax.kinds.CellKind.arguments`) with their

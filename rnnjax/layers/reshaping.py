@@ -68,7 +68,7 @@ class Reshape(DropMask, nn.Module):
     def __post_init__(self):
         shape = self.target_shape
         ok = isinstance(shape, (tuple, list)) and all(
-            isinstance(d, numbers.Integral) and not isinstance(d, bool) and (d > 0 or d == -1) for d in shape)
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) and (int(d) > 0 or d == -1) for d in shape)
         if not ok or sum(d == -1 for d in shape) > 1:
             raise ValueError(
                 f"`target_shape`: expected a tuple of positive integers with at most one -1, got {shape!r}.")

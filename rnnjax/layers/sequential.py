@@ -11,7 +11,8 @@ from rnnjax.layers.protocol import call_layer, check_mask, keras_name, output_ma
 def unique_names(bases) -> tuple:
     """Keras's names from the layers' base names: ``lstm``, ``lstm_1``, ``lstm_2``... per base (shared
     by the linen and NNX ``Sequential``)."""
-    names, seen = [], {}
+    names: list[str] = []
+    seen: dict[str, int] = {}
     for base in bases:
         count = seen.get(base, 0)
         seen[base] = count + 1

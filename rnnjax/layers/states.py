@@ -92,7 +92,8 @@ def reset_states(variables: Any, states: Any = None):
     else:
         cur_leaves, cur_def = jax.tree_util.tree_flatten(current)
         new_leaves, new_def = jax.tree_util.tree_flatten(states)
-        if cur_def != new_def or any(a.shape != jnp.shape(b) for a, b in zip(cur_leaves, new_leaves)):
+        if cur_def != new_def or any(  # type: ignore[operator]  # PyTreeDef: jaxlib's _jax has no stub
+                a.shape != jnp.shape(b) for a, b in zip(cur_leaves, new_leaves)):
             raise ValueError(
                 f"reset_states: `states` must match the structure and shapes of variables['{STATE_COLLECTION}'] "
                 f"({jax.tree_util.tree_map(jnp.shape, current)}), or be a flat list for a model with one "

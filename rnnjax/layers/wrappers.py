@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax

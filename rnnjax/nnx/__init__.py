@@ -54,12 +54,13 @@ from rnnjax.nnx.recurrent import (  # noqa: E402
 from rnnjax.nnx.cudnn import CuDNNGRU, CuDNNLSTM  # noqa: E402
 from rnnjax.nnx.wrappers import Bidirectional, TimeDistributed  # noqa: E402
 from rnnjax.nnx.basic import Activation, Dense, Dropout, Embedding, Masking  # noqa: E402
-from rnnjax.nnx.keras_layers import (  # noqa: E402
+# Re-exported through KERAS_LAYERS in __all__, which ruff cannot expand (hence the noqa: F401):
+from rnnjax.nnx.keras_layers import (  # noqa: E402, F401
     Add, Average, AveragePooling1D, AveragePooling2D, Concatenate, Cropping1D, Dot, Flatten, GlobalAveragePooling1D,
     GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D, LeakyReLU, MaxPooling1D, MaxPooling2D, Maximum,
     Minimum, Multiply, Permute, ReLU, RepeatVector, Reshape, Softmax, Subtract, UpSampling1D, ZeroPadding1D,
 )
-from rnnjax.nnx.keras_weighted import (  # noqa: E402
+from rnnjax.nnx.keras_weighted import (  # noqa: E402, F401
     AdditiveAttention, Attention, BatchNormalization, Conv1D, Conv2D, Conv3D, LayerNormalization,
 )
 from rnnjax.nnx.sequential import Sequential  # noqa: E402

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+from typing import Optional
 
 _NOT_ARGUMENTS = ("parent", "name")
 # Second positional Keras 2 arguments that can never be an int: an int there is NNX's
@@ -20,7 +21,8 @@ def keras_fields(linen_class) -> list:
     return [f for f in dataclasses.fields(linen_class) if f.name not in _NOT_ARGUMENTS]
 
 
-def bind(owner: str, linen_class, args: tuple, kwargs: dict, last_positional: str, first: str) -> dict:
+def bind(owner: str, linen_class, args: tuple, kwargs: dict, last_positional: Optional[str],
+         first: Optional[str]) -> dict:
     """``{argument: value}`` for all of ``linen_class``'s fields: ``args`` bound in Keras 2 order up to
     ``last_positional`` (None: none positional), then ``kwargs``, then the defaults. ``first``
     names the first argument (``units``/``filters``/``cell``) for the error messages."""
@@ -29,7 +31,8 @@ def bind(owner: str, linen_class, args: tuple, kwargs: dict, last_positional: st
     positional = names[: names.index(last_positional) + 1] if last_positional else []
     if len(args) > len(positional):
         raise TypeError(
-            f"{owner}: takes at most {len(positional)} positional arguments (Keras's: {', '.join(positional) or 'none'}),"
+            f"{owner}: takes at most {len(positional)} positional "
+            f"arguments (Keras's: {', '.join(positional) or 'none'}),"
             f" got {len(args)}; pass the others by keyword."
         )
     if len(args) >= 2 and positional[1] in _NEVER_INT and isinstance(args[1], numbers.Integral) \

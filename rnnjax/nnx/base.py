@@ -12,7 +12,7 @@ at construction: pass ``batch_size``, an int or a tuple of batch axes); ``layer.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional, cast
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,22 @@ class Recurrent(nnx.Module):
     dropout streams in the cells, the stored states in ``self.states``, the penalty in
     ``self.activity_penalty``."""
 
+    # Set by _setup (the options of OPTIONS, from the layer's configuration) and by each subclass (cell).
+    return_sequences: bool
+    return_state: bool
+    go_backwards: bool
+    stateful: bool
+    unroll: bool
+    zero_output_for_mask: bool
+    input_length: Optional[int]
+    scan_unroll: int
+    remat: bool
+    custom_backward: bool
+    cell: Any
+    batch_shape: Optional[tuple]
+    states: Any  # an RNNState when stateful, else None
+    activity_penalty: Any  # an ActivityPenalty with an activity_regularizer, else None
+
     def _setup(self, config: dict, batch_size, feature_shape):
         for name in OPTIONS:
             setattr(self, name, config.get(name, path.CallOptions._field_defaults[name]))
@@ -53,8 +69,9 @@ class Recurrent(nnx.Module):
 
     def _state_template(self, feature_shape):
         """Zero states for a batch of ``batch_shape`` with per-step inputs ``feature_shape``."""
-        program = cell_program(self.cell, feature_shape, self.batch_shape, jnp.float32, deterministic=True)  # no masks
-        return program.initial_state(self.batch_shape, jnp.float32)
+        batch_shape = cast(tuple, self.batch_shape)  # a stateful layer's (the only caller)
+        program = cell_program(self.cell, feature_shape, batch_shape, jnp.float32, deterministic=True)  # no masks
+        return cast(Callable, program.initial_state)(batch_shape, jnp.float32)
 
     def _store(self, final, penalty):
         """Keeps a stateful layer's final states and the call's activity penalty."""
@@ -66,9 +83,13 @@ class Recurrent(nnx.Module):
     def _run(self, inputs, *, mask, initial_state, constants, training, deterministic, rngs, layout=None, reset=None):
         """One call through the layer-side path; stores the final states and the activity penalty."""
         options = path.CallOptions.of(self)
-        seq = path.check_sequence(inputs, feature_ndim=num_feature_axes(self.cell), input_dim=options.input_dim,
-                                  input_length=options.input_length,
-                                  layout=layout or getattr(self.cell, "sequence_layout", "(*batch, timesteps, features)"))
+        seq = path.check_sequence(
+            inputs,
+            feature_ndim=num_feature_axes(self.cell),
+            input_dim=options.input_dim,
+            input_length=options.input_length,
+            layout=layout or getattr(self.cell, "sequence_layout", "(*batch, timesteps, features)"),
+        )
         program = cell_program(self.cell, seq.feature_shape, seq.batch_shape, inputs.dtype,
                                deterministic=resolve_deterministic(training, deterministic), rngs=rngs,
                                constants=constants)

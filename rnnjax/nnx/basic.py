@@ -14,7 +14,7 @@ their penalties and constraints as metadata (:func:`rnnjax.nnx.regularization_lo
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, ClassVar, Optional
 
 import jax.numpy as jnp
 from flax import nnx
@@ -31,9 +31,9 @@ class _Companion(nnx.Module):
     """The linen twin ``linen_class`` as ``spec`` (Keras 2's arguments positionally up to
     ``last_positional``), and its mask rule."""
 
-    linen_class = None
-    last_positional = None
-    first_argument = None
+    linen_class: ClassVar[type]  # set by each subclass
+    last_positional: ClassVar[Optional[str]] = None
+    first_argument: ClassVar[Optional[str]] = None
 
     def _bind(self, args, kwargs):
         owner = type(self).__name__
@@ -47,6 +47,8 @@ class _Companion(nnx.Module):
 
 class _Weighted(_Companion):
     """Weights drawn with their Keras initializer; the activity penalty of the last call."""
+
+    activity_penalty: Any  # an ActivityPenalty with an activity_regularizer, else None (_init_activity)
 
     def _weight(self, arg: str, shape, rngs):
         spec = self.spec

@@ -14,7 +14,7 @@ Called directly it runs one step the Keras way::
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence, cast
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,9 @@ from rnnjax import constraints, regularizers
 from rnnjax.functional.protocol import PARAM_NAMES, CoreProgram, make_params
 from rnnjax.layers import contract, path
 from rnnjax.nnx import _args
+
+if TYPE_CHECKING:
+    from rnnjax.kinds import CellKind
 
 WEIGHTS = (("kernel", "kernel"), ("recurrent_kernel", "recurrent"), ("bias", "bias"))
 
@@ -47,6 +50,8 @@ class DropoutStream:
     ``model.eval()`` / ``nnx.view``; a call's ``deterministic=`` or Keras-style ``training=``
     overrides it. Keys come from the call's ``rngs`` (an ``nnx.Rngs``, an ``RngStream`` or a key)
     or else the cell's own stream."""
+
+    spec: Any  # the linen twin: the static configuration (set by the class that mixes this in)
 
     def _init_dropout(self, rngs, deterministic, rng_collection):
         self.deterministic = deterministic
@@ -87,10 +92,15 @@ class NNXKerasCell(contract.CellFacts, DropoutStream, nnx.Module):
     record by :func:`rnnjax.nnx.recurrent.nnx_class`): ``kind`` is the record; the arguments are
     the linen twin's fields (Keras 2's positionally, rnnjax's by keyword)."""
 
-    kind = None  # the cell kind's record (rnnjax.kinds.CellKind)
+    kind: ClassVar[CellKind]  # the cell kind's record
     # set per kind by nnx_class: the linen twin, its last Keras 2 (positional) and its first argument
-    linen_class = last_positional = first_argument = None
+    linen_class: ClassVar[type]
+    last_positional: ClassVar[Optional[str]]
+    first_argument: ClassVar[Optional[str]]
     input_what = "input features"
+    kernel: Any  # nnx.Param, or None for a kind without the weight (setattr in __init__)
+    recurrent_kernel: Any
+    bias: Any
 
     def __init__(self, *args, input_dim: Optional[int] = None, deterministic: bool = False,
                  rng_collection: str = "dropout", rngs: Optional[nnx.Rngs] = None, **kwargs):
@@ -146,7 +156,7 @@ class NNXKerasCell(contract.CellFacts, DropoutStream, nnx.Module):
                                  lambda f, b, d: self.program(f, b, d, deterministic=mode, rngs=rngs))
 
 
-def resolve_deterministic(training: bool, deterministic: Optional[bool]):
+def resolve_deterministic(training: Optional[bool], deterministic: Optional[bool]) -> Optional[bool]:
     """Keras's ``training=`` as NNX's ``deterministic=`` (None: the module's own attribute)."""
     if training is not None and deterministic is not None and bool(training) == bool(deterministic):
         raise ValueError(f"`training`={training!r} and `deterministic`={deterministic!r} contradict each other; "
@@ -197,12 +207,13 @@ class StackedRNNCells(nnx.Module):
     def program(self, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any, *,
                 deterministic: Optional[bool] = None, rngs: Any = None, constants: Any = None) -> CoreProgram:
         """The cells' programs in a stack (:func:`rnnjax.layers.path.stack_programs`)."""
-        programs, shape = [], tuple(feature_shape)
+        programs: list[CoreProgram] = []
+        shape: Sequence[int] = tuple(feature_shape)
         for cell in self.cells:
             prog = cell_program(cell, shape, batch_shape, dtype, deterministic=deterministic, rngs=rngs,
                                 constants=constants)
             programs.append(prog)
-            shape = prog.output_shape
+            shape = cast(tuple, prog.output_shape)  # a cell's program always states its output shape
         return path.stack_programs(programs, tuple(batch_shape), dtype)
 
     def __call__(self, inputs: jax.Array, states: Any, *, constants: Any = None, training: Optional[bool] = None,

@@ -15,7 +15,7 @@ business: use ``ConvLSTM{1,2,3}D``). A stateful layer needs ``batch_size`` and
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
 
 import jax
 
@@ -24,6 +24,9 @@ from rnnjax.layers.contract import ChannelsFirst
 from rnnjax.nnx import _args
 from rnnjax.nnx.base import Recurrent
 from rnnjax.nnx.cells import NNXKerasCell
+
+if TYPE_CHECKING:
+    from rnnjax.kinds import CellKind
 
 
 class NNXConvLSTMCell(NNXKerasCell):
@@ -46,7 +49,10 @@ class NNXConvLSTMCell(NNXKerasCell):
 class NNXConvLSTM(Recurrent):
     """Shared NNX ``ConvLSTM{r}D`` (``kind``: the record; ``linen_class`` etc.: see ``nnx_class``)."""
 
-    kind = linen_class = last_positional = first_argument = None
+    kind: ClassVar[CellKind]  # set per kind by nnx_class, as NNXKerasCell's
+    linen_class: ClassVar[type]
+    last_positional: ClassVar[Optional[str]]
+    first_argument: ClassVar[Optional[str]]
 
     def __init__(self, *args, input_dim: Optional[int] = None, batch_size: Any = None,
                  input_spatial_shape: Optional[tuple] = None, deterministic: bool = False,
@@ -71,9 +77,18 @@ class NNXConvLSTM(Recurrent):
     def num_feature_axes(self) -> int:
         return self.kind.rank + 1
 
-    def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
-                 training: Optional[bool] = None, deterministic: Optional[bool] = None, rngs: Any = None,
-                 reset: Optional[jax.Array] = None):
+    # Keras's ConvLSTM layers take no constants: a narrower call than Recurrent's.
+    def __call__(  # type: ignore[override]
+        self,
+        inputs: jax.Array,
+        *,
+        mask: Optional[jax.Array] = None,
+        initial_state: Any = None,
+        training: Optional[bool] = None,
+        deterministic: Optional[bool] = None,
+        rngs: Any = None,
+        reset: Optional[jax.Array] = None,
+    ):
         """``inputs (*samples, time, *spatial, channels)`` (channels_first: ``(*samples, time, channels,
         *spatial)``) -> the output, then ``h, c`` with ``return_state`` (in the layer's data_format);
         ``reset (*samples, time)``: True where a new sequence starts (see :class:`rnnjax.RNN`)."""

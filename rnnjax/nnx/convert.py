@@ -93,7 +93,8 @@ def from_linen(model: Any, variables: Mapping):
         value = flat[key]
         want = jax.tree_util.tree_map(jnp.shape, var.get_value())
         got = jax.tree_util.tree_map(jnp.shape, value)
-        if jax.tree_util.tree_structure(want) != jax.tree_util.tree_structure(got) or want != got:
+        want_def, got_def = jax.tree_util.tree_structure(want), jax.tree_util.tree_structure(got)
+        if want_def != got_def or want != got:  # type: ignore[operator]  # PyTreeDef: jaxlib's _jax has no stub
             problems.append(f"{'/'.join(key)}: expected {want}, got {got}")
             continue
         updates.append((var, value))

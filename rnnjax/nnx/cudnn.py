@@ -10,9 +10,10 @@ Parameters at the layer's top level, as in linen: ``kernel (I, G*U)``, ``recurre
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import jax
+from flax import nnx
 
 from rnnjax.cudnn import layers as linen_cudnn
 from rnnjax.cudnn.path import WEIGHTS, check_backend, initial_weight, run_cudnn_layer
@@ -28,7 +29,10 @@ class NNXCuDNN(Recurrent):
     """Shared NNX CuDNN layer (``linen_class``: the linen twin, its arguments; its ``cudnn_kind``
     the weight layout and backends)."""
 
-    linen_class = None
+    linen_class: ClassVar[type]  # set by each subclass
+    kernel: nnx.Param  # the weights (setattr in __init__, in cuDNN's layout)
+    recurrent_kernel: nnx.Param
+    bias: nnx.Param
 
     def __init__(self, *args, input_dim: Optional[int] = None, batch_size: Any = None, rngs: Any = None, **kwargs):
         owner = type(self).__name__
@@ -53,9 +57,17 @@ class NNXCuDNN(Recurrent):
                              f"for {self.kernel.shape[0]} (input_dim={self.kernel.shape[0]}).")
         return make_params(self.spec.cudnn_kind.params_class, {name: getattr(self, name)[...] for name in PARAM_NAMES})
 
-    def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
-                 seq_lengths: Optional[jax.Array] = None, training: Optional[bool] = None,
-                 reset: Optional[jax.Array] = None):
+    # Keras's CuDNN layers take seq_lengths and no constants or dropout: a narrower call than Recurrent's.
+    def __call__(  # type: ignore[override]
+        self,
+        inputs: jax.Array,
+        *,
+        mask: Optional[jax.Array] = None,
+        initial_state: Any = None,
+        seq_lengths: Optional[jax.Array] = None,
+        training: Optional[bool] = None,
+        reset: Optional[jax.Array] = None,
+    ):
         """``inputs (*batch, timesteps, features)`` -> the output, then the final states with
         ``return_state``; ``mask``: right-padded boolean ``(*batch, timesteps)``, or ``seq_lengths
         (*batch,)``; ``reset``: boolean ``(*batch, timesteps)``, True where a new sequence starts

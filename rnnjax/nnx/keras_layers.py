@@ -44,7 +44,8 @@ class Permute(_Parameterless):
 
 
 class Flatten(_Parameterless):
-    """``Flatten(data_format='channels_last')``: ``(batch, ...) -> (batch, prod(...))`` (see :class:`rnnjax.Flatten`)."""
+    """``Flatten(data_format='channels_last')``: ``(batch, ...) -> (batch, prod(...))`` (see
+    :class:`rnnjax.Flatten`)."""
 
     linen_class, last_positional, first_argument = L.Flatten, "data_format", "data_format"
 

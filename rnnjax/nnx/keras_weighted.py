@@ -17,6 +17,7 @@ converts linen variables.
 from __future__ import annotations
 
 import numbers
+from typing import Optional
 
 import jax.numpy as jnp
 from flax import nnx
@@ -187,7 +188,8 @@ class AdditiveAttention(_Attention):
         if self.spec.use_scale:
             n = _args.check_input_dim("AdditiveAttention", input_dim, "query features")
             key = _args.check_rngs("AdditiveAttention", rngs).params()
-            self.scale = nnx.Param(init_weight("glorot_uniform", key, (n,), self.spec.param_dtype, "scale"))
+            scale = init_weight("glorot_uniform", key, (n,), self.spec.param_dtype, "scale")
+            self.scale: Optional[nnx.Param] = nnx.Param(scale)
         else:
             self.scale = nnx.data(None)
 

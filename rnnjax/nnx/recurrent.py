@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import types
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from rnnjax import kinds
 from rnnjax.layers import contract
@@ -29,7 +29,10 @@ class NNXKerasRecurrent(Recurrent):
     """``RNN(<X>Cell(...))`` with the arguments of the linen twin (``kind``: the record; ``linen_class``
     etc.: see :func:`nnx_class`)."""
 
-    kind = linen_class = last_positional = first_argument = None
+    kind: ClassVar[kinds.CellKind]  # set per kind by nnx_class, as NNXKerasCell's
+    linen_class: ClassVar[type]
+    last_positional: ClassVar[Optional[str]]
+    first_argument: ClassVar[Optional[str]]
 
     def __init__(self, *args, input_dim: Optional[int] = None, batch_size: Any = None, deterministic: bool = False,
                  rng_collection: str = "dropout", rngs: Any = None, **kwargs):
@@ -49,7 +52,7 @@ _BASES = {("cell", False): NNXKerasCell, ("cell", True): NNXConvLSTMCell,
           ("layer", False): NNXKerasRecurrent, ("layer", True): NNXConvLSTM}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def nnx_class(kind: kinds.CellKind, role: str) -> type:
     """The NNX twin of ``kind.linen_cell`` (``role='cell'``) or ``kind.linen_layer`` (``'layer'``), made
     once: the same arguments (``linen_class``: the twin, whose fields ``rnnjax.nnx._args.bind``
@@ -57,8 +60,10 @@ def nnx_class(kind: kinds.CellKind, role: str) -> type:
     name = kind.cell_name if role == "cell" else kind.name
     extra = "input_dim=<channels>" if kind.rank else "input_dim"
     example = f"\n\n    Examples:{kind.nnx_example}" if role == "layer" and kind.nnx_example else ""
-    doc = (f"{(kind.cell_doc if role == 'cell' else kind.layer_doc)}\n\n    The NNX twin of :class:`rnnjax.{name}` "
-           f"(same arguments and numbers): ``{name}({kind.arguments(role)[0]}, ..., *, {extra}, rngs)``.{example}\n    ")
+    doc = (
+        f"{(kind.cell_doc if role == 'cell' else kind.layer_doc)}\n\n    The NNX twin of :class:`rnnjax.{name}` "
+        f"(same arguments and numbers): ``{name}({kind.arguments(role)[0]}, ..., *, {extra}, rngs)``.{example}\n    "
+    )
     arguments = kind.cell_arguments if role == "cell" else kind.layer_arguments
     namespace = {"kind": kind, "kind_role": role, "__module__": __name__, "__qualname__": name, "__doc__": doc,
                  "linen_class": kind.front_end_class("linen", role), "last_positional": arguments[-1],

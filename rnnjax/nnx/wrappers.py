@@ -70,7 +70,10 @@ class Bidirectional(nnx.Module):
             if hasattr(which, "zero_output_for_mask"):
                 which.zero_output_for_mask = which.return_sequences
         self.merge_mode = merge_mode
-        self.names = (f"forward_{snake_case(type(layer).__name__)}", f"backward_{snake_case(type(backward_layer).__name__)}")
+        self.names = (
+            f"forward_{snake_case(type(layer).__name__)}",
+            f"backward_{snake_case(type(backward_layer).__name__)}",
+        )
         setattr(self, self.names[0], layer)
         setattr(self, self.names[1], backward_layer)
 
