@@ -228,6 +228,28 @@ def test_projection_spans_and_inference_program_partition_cleanly():
                batch_mesh(8))
 
 
+@pytest.mark.parametrize("cell", ["lstm", "conv_lstm1d"])
+def test_inference_spans_on_a_mesh_with_explicit_axes(cell):
+    """Inputs committed to a mesh whose axis is ``Explicit`` (``jax.make_mesh``'s default): the
+    inference program in spans (forced: 2 steps of 11) writes each span into a returned sequence
+    made with the inputs' sharding; outputs and final states equal the unsharded call's and the
+    outputs stay sharded over the batch."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,), devices=jax.devices()[:8])
+    spatial = cell == "conv_lstm1d"
+    layer = (rnnjax.ConvLSTM1D(U, 3, padding="same", return_sequences=True, return_state=True, go_backwards=True)
+             if spatial else rnnjax.LSTM(U, return_sequences=True, return_state=True, go_backwards=True))
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(B, 11, 5, I) if spatial else (B, 11, I)), jnp.float32)
+    mask = jnp.asarray(HOLES[:, [0, 1, 2, 3, 4, 5] * 2][:, :11])
+    variables = layer.init(jax.random.key(1), x)
+    with force_plan(infer_span=2):
+        want = jax.jit(lambda v, x, m: layer.apply(v, x, mask=m))(variables, x, mask)
+        rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        got = jax.jit(lambda v, x, m: layer.apply(v, x, mask=m))(variables, jax.device_put(x, rows),
+                                                                 jax.device_put(mask, rows))
+    _close(got, want)
+    assert got[0].addressable_shards[0].data.shape[0] == B // 8, got[0].sharding
+
+
 @pytest.mark.parametrize("core", [F.LSTMCore(U), F.GRUCore(U), F.GRUCore(U, reset_after=True), F.SimpleRNNCore(U)],
                          ids=["lstm", "gru", "gru_reset_after", "simple_rnn"])
 @pytest.mark.parametrize("project_chunk", [None, 4])

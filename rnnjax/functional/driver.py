@@ -345,9 +345,11 @@ class _TimeMajorRun:
         backwards = self.options.go_backwards
         n_chunks, rest = divmod(self.steps, chunk)
         out = None
-        if self.options.return_sequences:
-            y = carry[1]
-            out = jnp.zeros(y.shape[:self.time_axis] + (self.steps,) + y.shape[self.time_axis:], y.dtype)
+        if self.options.return_sequences:  # zeros made from the inputs, so that they share their sharding
+            lead = raw[0][(Ellipsis,) + (0,) * self.feature_axes]  # (*batch, T) or (T, *batch)
+            y_features = carry[1].shape[lead.ndim - 1:]
+            zeros = jnp.zeros_like(lead, carry[1].dtype).reshape(lead.shape + (1,) * len(y_features))
+            out = jnp.broadcast_to(zeros, lead.shape + y_features)
 
         def span(c, t0, k=chunk):
             carry, out = c
