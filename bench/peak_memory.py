@@ -10,10 +10,13 @@ and guard are reused), ``return_sequences=True``, float32, sigmoid gates, reset-
 Memory is XLA's deterministic figure for the compiled program, ``compiled.memory_analysis()``:
 ``temp + output`` bytes (arguments excluded), the number ``cpu_bench.py`` reports as "peak".
 "fwd" is the forward call; "train" is the gradient of ``sum(output)`` w.r.t. parameters and input.
+rnnjax's layers run ``backend='scan'`` (``--backend``) where they take one: the memory oneDNN's
+kernels allocate themselves is not in XLA's figure.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -27,7 +30,7 @@ import cpu_bench  # noqa: E402
 SHAPES = [(32, 300, 128, 128), (8, 1000, 64, 64), (64, 100, 256, 256), (1, 2000, 128, 128)]
 
 
-def compiled_peaks(layer, shape, peers, old):
+def compiled_peaks(layer, shape, peers, old, backend="scan"):
     """``{impl: (fwd bytes, train bytes)}``: compile only, nothing run."""
     import jax
     import jax.numpy as jnp
@@ -46,7 +49,10 @@ def compiled_peaks(layer, shape, peers, old):
     if old:
         builds[f"rnnjax@{cpu_bench.OLD_BUILD['rev']}"] = (True,)
     for name, (is_old,) in builds.items():
-        mod = cpu_bench.rnnjax_layer(layer, shape, {}, None, cpu_bench.OLD_BUILD["module"] if is_old else None)
+        package = cpu_bench.OLD_BUILD["module"] if is_old else None
+        cls = getattr(package or __import__("rnnjax"), layer)
+        takes_backend = any(f.name == "backend" for f in dataclasses.fields(cls))
+        mod = cpu_bench.rnnjax_layer(layer, shape, {"backend": backend} if takes_backend else {}, None, package)
         variables = mod.init(jax.random.key(0), x[:1])
         variables = cpu_bench.fill_by_name(jax.tree_util.tree_map(np.asarray, variables), w, name)
         out[name] = peaks(lambda v, xx, mod=mod: mod.apply(v, xx), variables)
@@ -81,6 +87,7 @@ def main(argv=None):
     p.add_argument("--shapes", default=None, help="'B,T,I,U;...' (default: the issue-28 grid)")
     p.add_argument("--peers", default="flax,keras")
     p.add_argument("--old-rev", default=None)
+    p.add_argument("--backend", default="scan", help="rnnjax's backend for GRU/LSTM where the layer takes one")
     args = p.parse_args(argv)
     shapes = cpu_bench._parse_shapes(args.shapes) if args.shapes else SHAPES
     peers = [s for s in args.peers.split(",") if s]
@@ -89,7 +96,7 @@ def main(argv=None):
         results = {}
         for layer in args.layers.split(","):
             for shape in shapes:
-                results[(layer, shape)] = r = compiled_peaks(layer, shape, peers, bool(args.old_rev))
+                results[(layer, shape)] = r = compiled_peaks(layer, shape, peers, bool(args.old_rev), args.backend)
                 print(layer, shape, {k: tuple(f"{v / 2**20:.2f}" for v in vs) for k, vs in r.items()}, flush=True)
         impls = list(next(iter(results.values())))
         print()
