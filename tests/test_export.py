@@ -17,7 +17,7 @@ from jax import export
 
 import rnnjax
 from catalogue import assert_trees_close, layer as make_layer, right_padded_only
-from rnnjax.functional import _planner
+from rnnjax.functional import PlanOverrides, _planner
 
 
 RTOL, ATOL = 2e-5, 2e-6
@@ -304,3 +304,24 @@ def test_planner_concrete_and_symbolic():
     assert _planner.remat_chunk(t) == 1
     with pytest.raises(ValueError, match="`project_chunk`"):
         _planner.projection_chunk(t, -1, b)
+
+
+def test_inference_span_concrete_and_symbolic():
+    """Not differentiated, the steps projected at once: as many as fit in ``INFER_SPAN_BYTES``
+    (at least one, at most all), the forced ``infer_span`` (0: the training program's span) where
+    forced; with a symbolic size (forced or not), or ``project_chunk`` forced, the training
+    program's span."""
+    span, none = _planner.INFER_SPAN_BYTES, PlanOverrides()
+    assert _planner.inference_span(1000, span // 8, 1000, none) == 8
+    assert _planner.inference_span(1000, span // 8 + 1, 1000, none) == 7
+    assert _planner.inference_span(1000, 2 * span, 1000, none) == 1
+    assert _planner.inference_span(5, 1, 5, none) == 5
+    assert _planner.inference_span(1000, 4, 10, PlanOverrides(infer_span=3)) == 3
+    assert _planner.inference_span(1000, 4, 10, PlanOverrides(infer_span=0)) == 10
+    assert _planner.inference_span(1000, 4, 10, PlanOverrides(project_chunk=10)) == 10
+    b, t = export.symbolic_shape("b, t")
+    assert _planner.inference_span(t, 4, t, none) is t
+    assert _planner.inference_span(t, 4, t, PlanOverrides(infer_span=3)) is t  # a span needs a known time axis
+    assert _planner.inference_span(1000, 4 * b, 1000, none) == 1000
+    with pytest.raises(ValueError, match="`infer_span`"):
+        _planner.inference_span(1000, 4, 1000, PlanOverrides(infer_span=-1))

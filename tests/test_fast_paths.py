@@ -10,7 +10,6 @@ import pytest
 
 import rnnjax
 import rnnjax.functional as F
-from rnnjax.functional import _planner
 from rnnjax.functional._matmul_backward import plan_matmul_backward
 from rnnjax.functional import LoopOptions, force_plan
 from rnnjax.functional.driver import run_program
@@ -168,20 +167,27 @@ def test_projection_in_chunks_equals_all_at_once(core, go_backwards):
 @pytest.mark.parametrize("core", [F.LSTMCore(8), F.GRUCore(8, reset_after=True), F.SimpleRNNCore(8)],
                          ids=["lstm", "gru_reset_after", "simple"])
 @pytest.mark.parametrize("options", [{"return_sequences": True}, {"go_backwards": True},
-                                     {"go_backwards": True, "return_sequences": True, "zero_output_for_mask": True}])
-def test_inference_spans_change_no_number(monkeypatch, core, options):
-    """Not differentiated, a large projected block runs in spans (``INFER_SPAN_MIN_BYTES``);
-    differentiated, all steps at once. With the rule forced on (threshold 0): the forward's
-    temporaries shrink, outputs and final states equal the one-projection loop, and gradients
-    (parameters, inputs, initial state), jit and vmap are unchanged."""
+                                     {"go_backwards": True, "return_sequences": True, "zero_output_for_mask": True,
+                                      "reset": True}])
+def test_inference_spans_change_no_number(core, options):
+    """Not differentiated, the inputs are projected in spans of at most ``INFER_SPAN_BYTES``
+    (at these sizes all steps fit one span); differentiated, all steps at once. With spans of a
+    few steps and a remainder span (forced: ``infer_span=5``, 8 spans of 5 steps and one of 3;
+    in the last case with restarts, some at span boundaries): the forward's temporaries shrink,
+    outputs and final states equal the one-projection loop, and gradients (parameters, inputs,
+    initial state), jit and vmap are unchanged."""
 
     params = jax.tree_util.tree_map(lambda a: a + 0.05, core.init(jax.random.key(0), 5))
     x = jax.random.normal(jax.random.key(1), (3, 43, 5))
     mask = jax.random.bernoulli(jax.random.key(2), 0.8, (3, 43))
+    options = dict(options)
+    reset = None
+    if options.pop("reset", False):
+        reset = jax.random.bernoulli(jax.random.key(4), 0.1, (3, 43)).at[:, [5, 21, 40]].set(True)
     h0 = jax.tree_util.tree_map(lambda a: a + 0.2, core.initial_state((3,)))
 
-    def f(p, x, h0, mask=mask):
-        return F.rnn(core, p, x, mask=mask, initial_state=h0, **options)
+    def f(p, x, h0, mask=mask, reset=reset):
+        return F.rnn(core, p, x, mask=mask, reset=reset, initial_state=h0, **options)
 
     def loss(p, x, h0):
         out, state = f(p, x, h0)
@@ -194,12 +200,12 @@ def test_inference_spans_change_no_number(monkeypatch, core, options):
         on_cpu = jax.device_put((params, x, h0), jax.devices("cpu")[0])
         temp = fwd.lower(*on_cpu).compile().memory_analysis().temp_size_in_bytes
         grads = jax.jit(jax.grad(lambda *a: loss(*a), argnums=(0, 1, 2)))(params, x, h0)
-        per_example = jax.jit(jax.vmap(lambda xx, hh, mm: f(params, xx, hh, mm)))(x, h0, mask)
+        per_example = jax.jit(jax.vmap(lambda xx, hh, mm, rr: f(params, xx, hh, mm, rr)))(x, h0, mask, reset)
         return temp, fwd(params, x, h0), grads, per_example
 
     temp_all, *want = measure()
-    monkeypatch.setattr(_planner, "INFER_SPAN_MIN_BYTES", 0)
-    temp_spans, *got = measure()
+    with force_plan(infer_span=5):
+        temp_spans, *got = measure()
     assert temp_spans < temp_all
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
@@ -368,10 +374,10 @@ def test_input_additive_step_ghost_parts_are_checked():
 
 
 @pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
-def test_conv_lstm_inference_spans_change_no_number(monkeypatch, fmt):
-    """ConvLSTM2D's forward projects its inputs in 2-step spans when not differentiated and the
-    projected block is large (forced here: threshold 0): smaller temporaries, the same outputs
-    and states, and the same gradients (those run the one-projection program)."""
+def test_conv_lstm_inference_spans_change_no_number(fmt):
+    """ConvLSTM2D's forward projects its inputs in spans when not differentiated (forced here to
+    one step): smaller temporaries, the same outputs and states, and the same gradients (those
+    run the one-projection program)."""
     layer = rnnjax.ConvLSTM2D(3, (3, 3), padding="same", data_format=fmt, return_sequences=True,
                               return_state=True, recurrent_activation="sigmoid")
     shape = (2, 9, 5, 6, 2) if fmt == "channels_last" else (2, 9, 2, 5, 6)
@@ -386,9 +392,8 @@ def test_conv_lstm_inference_spans_change_no_number(monkeypatch, fmt):
         return temp, fwd(v, x), grads
 
     temp_all, *want = measure()
-    monkeypatch.setattr(_planner, "INFER_SPAN_MIN_BYTES", 0)
-    monkeypatch.setattr(_planner, "INFER_SPAN_BYTES", 0)  # the smallest span: 2 steps
-    temp_spans, *got = measure()
+    with force_plan(infer_span=1):
+        temp_spans, *got = measure()
     assert temp_spans < temp_all
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
@@ -467,9 +472,11 @@ def test_conv_lstm_per_gate_recurrent_dropout_gradients_after_the_loop(rank, rec
 SWITCHES = [
     ("lstm_not_in_place", F.LSTMCore(5), 1, True, {"in_place_z": False}),
     ("simple_not_in_place", F.SimpleRNNCore(5), None, True, {"in_place_z": False}),
-    ("lstm_sigmoid_delayed_dz", F.LSTMCore(5, recurrent_activation="sigmoid"), None, True, {"delayed_dz_write": True}),
-    ("lstm_hard_sigmoid_immediate_dz", F.LSTMCore(5), None, True, {"delayed_dz_write": False}),
-    ("simple_immediate_dz", F.SimpleRNNCore(5), 1, True, {"delayed_dz_write": False}),
+    ("lstm_sigmoid_prefetch_z", F.LSTMCore(5, recurrent_activation="sigmoid"), None, True, {"prefetch_z": True}),
+    ("lstm_hard_sigmoid_no_prefetch", F.LSTMCore(5), None, True, {"prefetch_z": False}),
+    ("simple_no_prefetch", F.SimpleRNNCore(5), 1, True, {"prefetch_z": False}),
+    ("gru_reset_after_no_prefetch", F.GRUCore(5, reset_after=True), 1, True, {"prefetch_z": False}),
+    ("gru_reset_after_not_in_place", F.GRUCore(5, reset_after=True), None, True, {"in_place_z": False}),
     ("lstm_carry_prev_output", F.LSTMCore(5), None, False, {"carry_prev_output": True}),
     ("gru_reset_after_carry_prev_output", F.GRUCore(5, reset_after=True), 1, False, {"carry_prev_output": True}),
     ("gru_reset_after_bias_grad_per_step", F.GRUCore(5, reset_after=True), None, True, {"bias_grad_after_loop": False}),
@@ -554,8 +561,10 @@ def test_forcing_a_switch_that_would_change_the_numbers_raises():
     args = _case(core, None, True)
     with force_plan(carry_prev_output=False), pytest.raises(ValueError, match="carry_prev_output"):
         _programs(core, *args, True)
+    # in place, a bfloat16 input buffer would round the float32 z_t
+    gru = F.GRUCore(5, reset_after=True)
     with force_plan(in_place_z=True), pytest.raises(ValueError, match="in_place_z"):
-        _programs(F.GRUCore(5, reset_after=True), *_case(F.GRUCore(5, reset_after=True), None, True), True)
+        _programs(gru, *_case(gru, None, True, jnp.bfloat16), True)
     with pytest.raises(ValueError, match="unknown switch"):
         with force_plan(spans=3):
             pass

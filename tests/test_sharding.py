@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import rnnjax
-from rnnjax.functional import _planner
 from rnnjax.functional import LoopOptions, force_plan
 from rnnjax.functional.driver import run_program
 import rnnjax.functional as F
@@ -220,13 +219,13 @@ def test_any_number_of_devices_dividing_the_batch(devices):
     _check(rnnjax.GRU(U, return_sequences=True), (B, T, I), {"mask": HOLES}, batch_mesh(devices))
 
 
-def test_projection_spans_and_inference_program_partition_cleanly(monkeypatch):
-    """The driver's other plans: projection spans in training (``project_chunk``) and, not
-    differentiated, inference spans with the input bias added in the loop."""
-    monkeypatch.setattr(_planner, "INFER_SPAN_MIN_BYTES", 0)
-    monkeypatch.setattr(_planner, "INFER_SPAN_BYTES", 0)
-    _check(rnnjax.LSTM(U, return_sequences=True), (B, 11, I), {"mask": HOLES[:, [0, 1, 2, 3, 4, 5] * 2][:, :11]},
-           batch_mesh(8))
+def test_projection_spans_and_inference_program_partition_cleanly():
+    """The driver's inference program: not differentiated, inference spans (forced: one step
+    each), each sliced from the sharded inputs, with the input bias added in the loop and its
+    outputs written into the sharded sequence."""
+    with force_plan(infer_span=1):
+        _check(rnnjax.LSTM(U, return_sequences=True), (B, 11, I), {"mask": HOLES[:, [0, 1, 2, 3, 4, 5] * 2][:, :11]},
+               batch_mesh(8))
 
 
 @pytest.mark.parametrize("core", [F.LSTMCore(U), F.GRUCore(U), F.GRUCore(U, reset_after=True), F.SimpleRNNCore(U)],

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rnnjax.functional.masking import mask_step, restart
-from rnnjax.functional.mesh import contract_leading
+from rnnjax.functional.mesh import contract_leading, sum_leading
 from rnnjax.functional.options import LoopOptions, PlanOverrides
 from rnnjax.functional.protocol import RecurrentMatmulStep, with_pointwise_vjp
 
@@ -30,12 +30,16 @@ from rnnjax.functional.protocol import RecurrentMatmulStep, with_pointwise_vjp
 class MatmulPlan(NamedTuple):
     """The switches of the hand-written backward pass (each forceable: :class:`PlanOverrides`).
 
-    * ``in_place_z``: the forward loop stores ``z_t = xp_t + a_t`` over ``xp_t`` in the
-      projected-input buffer (no ``a_t`` residual) and the backward loop writes ``dz_t`` over it;
-      for a ``pointwise`` that reads only the sum, when ``z_t`` keeps its precision in that buffer
-      (not for bfloat16 inputs with float32 states).
-    * ``delayed_dz_write``: (in place only) ``dz_t`` is written one step late, so that the
-      buffer's only reader in the loop is that write (see :func:`_read_z`).
+    * ``in_place_z``: every buffer is written in place. The forward loop stores ``z_t = xp_t +
+      a_t`` over ``xp_t`` in the projected-input buffer for the parts ``pointwise`` reads only
+      through the sum (no ``a_t`` residual there; the other parts keep ``xp_t`` and store
+      ``a_t``), and the backward loop writes ``d xp_t`` over the inputs' buffer and ``d a_t`` over
+      the stored ``a_t``; when ``z_t`` keeps its precision in the inputs' buffer (not for
+      bfloat16 inputs with float32 states). Not in place: ``a_t`` is stored and ``d xp``, ``d a``
+      are new sequences.
+    * ``prefetch_z``: (in place only) the backward loop reads each step's buffer values one step
+      ahead, so that the buffer's only readers are the in-place write and that read (see
+      :func:`_write_dz`).
     * ``carry_prev_output``: the previous outputs are stored and their cotangent carried (a mask
       reads them; without one they are never read).
     * ``bias_grad_after_loop``: ``pointwise_params`` is a bias on ``a_t``; its gradient is ``Σ d
@@ -43,7 +47,7 @@ class MatmulPlan(NamedTuple):
     """
 
     in_place_z: bool
-    delayed_dz_write: bool
+    prefetch_z: bool
     carry_prev_output: bool
     bias_grad_after_loop: bool
 
@@ -51,23 +55,45 @@ class MatmulPlan(NamedTuple):
 def plan_matmul_backward(step: RecurrentMatmulStep, xs, init_state, has_mask: bool,
                          forced: PlanOverrides = PlanOverrides()) -> MatmulPlan:
     """The automatic :class:`MatmulPlan`, then any switch ``forced``."""
-    in_place_ok = step.reads_only_sum and not isinstance(xs, tuple)
-    keeps_precision = in_place_ok and jnp.result_type(
-        xs.dtype, step.recurrent_kernel.dtype, _first_leaf(init_state).dtype) == xs.dtype
-    in_place = forced.choose("in_place_z", keeps_precision, allowed=(False, in_place_ok))
-    # written at once where every read of z_t feeds dz_t (the sigmoid LSTM's hand-written backward)
-    delay = in_place and (step.pointwise_vjp is None or step.vjp_rereads_z)
-    delay = forced.choose("delayed_dz_write", delay, allowed=(False, in_place))
+    in_place_ok = any(sum_parts(step))
+    keeps_precision = in_place_ok and all(jnp.result_type(
+        x.dtype, step.recurrent_kernel.dtype, _first_leaf(init_state).dtype) == x.dtype for x in _parts(xs))
+    in_place = forced.choose("in_place_z", keeps_precision, allowed=(False, keeps_precision))
+    # read at the step itself where every read of z_t feeds dz_t (the sigmoid LSTM's hand-written backward)
+    prefetch = in_place and (step.pointwise_vjp is None or step.vjp_rereads_z)
+    prefetch = forced.choose("prefetch_z", prefetch, allowed=(False, in_place))
     carry = forced.choose("carry_prev_output", has_mask, allowed=(True, not has_mask))
     bias_ok = step.pointwise_params_is_recurrent_bias and step.pointwise_params is not None
     bias_after = forced.choose("bias_grad_after_loop", bias_ok, allowed=(False, bias_ok))
-    return MatmulPlan(in_place, delay, carry, bias_after)
+    return MatmulPlan(in_place, prefetch, carry, bias_after)
+
+
+def sum_parts(step: RecurrentMatmulStep) -> tuple:
+    """Per part of ``xp_t`` (one without ``part_sizes``): whether ``pointwise`` reads it only through
+    ``xp_t + a_t`` (:attr:`RecurrentMatmulStep.reads_only_sum`)."""
+    flags = step.reads_only_sum
+    if isinstance(flags, tuple):
+        return tuple(bool(f) for f in flags)
+    return (bool(flags),) * (1 if step.part_sizes is None else len(step.part_sizes))
+
+
+def _parts(a) -> list:
+    return list(a) if isinstance(a, tuple) else [a]
+
+
+def _joined(parts: list):
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, -1)
+
+
+def _like(template, parts: list):
+    """``parts`` as a tuple where ``template`` is one, else its one element."""
+    return tuple(parts) if isinstance(template, tuple) else parts[0]
 
 
 class StepResiduals(NamedTuple):
     """What the forward loop stores per step (None: not stored)."""
 
-    recurrent_product: Optional[jax.Array]  # a_t (not in place)
+    recurrent_product: Any  # a_t (not in place; in place: the parts not read only through the sum, None for the others)
     state: Any  # state_{t-1}
     prev_output: Optional[jax.Array]  # o_{t-1} (carry_prev_output)
 
@@ -81,8 +107,8 @@ class MatmulResiduals(NamedTuple):
     mask: Optional[jax.Array]
     restarts: Optional[jax.Array]  # r_t of every step (the call's reset flags, in processing order)
     recurrent_dropout_mask: Optional[jax.Array]
-    recurrent_products: Optional[jax.Array]  # a_t of every step (not in place)
-    z: Optional[jax.Array]  # z_t of every step, in the inputs' buffer (in place)
+    recurrent_products: Any  # a_t of every step (not in place; in place: as in StepResiduals)
+    z: Any  # in place: per part, z_t (read only through the sum) or xp_t, in the inputs' buffer
     states: Any  # state_{t-1} of every step (after the restart rule)
     prev_outputs: Optional[jax.Array]  # o_{t-1} of every step (carry_prev_output)
 
@@ -120,38 +146,23 @@ def _put(buf, value, t):
     return lax.dynamic_update_index_in_dim(buf, value.astype(buf.dtype), t, 0)
 
 
-def _read_z(plan: MatmulPlan, z_carry, t, t_first, prev_step):
-    """The backward loop's read of ``z_t`` from the buffer: ``(buffer, z_t)``.
-
-    With ``delayed_dz_write`` the carry is ``(buffer, pending dz)``: the previous step's ``dz``
-    (at ``t + prev_step``; at the first processed step ``z_t`` itself, a no-op) is written first
-    and ``z_t`` read from the updated buffer, so that the buffer's only reader in the loop is that
-    in-place write. An immediate write after a read of ``z_t`` that does not feed ``dz_t`` (some
-    backward passes read it twice) makes XLA copy the whole buffer at every step
-    (``bench/README.md``, "The delayed dz write")."""
-    if not plan.delayed_dz_write:
-        return z_carry, _take(z_carry, t)
-    zbuf, pending = z_carry
-    first = t == t_first
-    pending_t = jnp.where(first, t, t + prev_step)
-    pending = jnp.where(first, _take(zbuf, t), pending)
-    zbuf = _put(zbuf, pending, pending_t)
-    return zbuf, _take(zbuf, t)
+def _tree_take(tree, t):
+    return jax.tree_util.tree_map(lambda b: _take(b, t), tree)
 
 
-def _write_dz(plan: MatmulPlan, zbuf, dz, t):
-    """``dz_t`` (= d xp_t = d a_t) over ``z_t``: now, or pending until the next step."""
-    if plan.delayed_dz_write:
-        return zbuf, dz.astype(zbuf.dtype)
-    return _put(zbuf, dz, t)
+def _write_dz(plan: MatmulPlan, z_carry, dz, t, t_next):
+    """``dz_t`` (= d xp_t = d a_t) written over ``z_t``; with ``prefetch_z`` (the carry is then
+    ``(buffers, values at t)``) the values of step ``t_next`` (the next processed; clamped past
+    the last) are then read from the updated buffer.
 
-
-def _finish_dz(plan: MatmulPlan, z_carry, t_last):
-    """The buffer after the loop: the last pending ``dz`` written."""
-    if not plan.delayed_dz_write:
-        return z_carry
-    zbuf, pending = z_carry
-    return _put(zbuf, pending, t_last)
+    Why prefetch: a read of ``z_t`` in an op that does not feed ``dz_t`` (some backward passes
+    read it twice), followed in the same step by the in-place write of ``dz_t``, makes XLA copy
+    the whole buffer at every step. Read one step ahead into the carry, ``z_t`` is a small array of
+    its own by the time the step runs, and the buffer's only readers are the write and the read
+    after it (``bench/README.md``, "The delayed dz write")."""
+    zbuf = z_carry[0] if plan.prefetch_z else z_carry
+    zbuf = jax.tree_util.tree_map(lambda b, d: _put(b, d, t), zbuf, dz)
+    return (zbuf, _tree_take(zbuf, t_next)) if plan.prefetch_z else zbuf
 
 
 class MatmulLoop:
@@ -163,6 +174,7 @@ class MatmulLoop:
         self.recurrent_lhs = step.recurrent_lhs or (lambda v: v)
         sizes = step.part_sizes
         self.part_ends = None if sizes is None else [sum(sizes[:k + 1]) for k in range(len(sizes) - 1)]
+        self.sum_parts = sum_parts(step)
 
     def cell(self, params, xp_t, a_t, s_prev, last_prev, m_t, pointwise=None):
         s_new, y = (pointwise or self.step.pointwise)(params, xp_t, a_t, s_prev)
@@ -199,11 +211,8 @@ class MatmulLoop:
             a = self.split(self.recurrent_product(s, R, rec_mask))
             res = None
             if in_place:
-                # z_t written over xp_t, then read back from the updated buffer: the old buffer has
-                # one reader, the in-place update itself (no copy by XLA)
-                zbuf = _put(zbuf, _take(zbuf, t) + a, t)
-                xp_t, a = _take(zbuf, t), jnp.zeros_like(a)
-                res = StepResiduals(None, s, last if keep_prev_output else None)
+                zbuf, xp_t, a, kept = self.sum_in_place(zbuf, a, t)
+                res = StepResiduals(kept, s, last if keep_prev_output else None)
             s_new, out = self.cell(params, xp_t, a, s, last, m_t)
             if keep_residuals and not in_place:
                 res = StepResiduals(a, s, last if keep_prev_output else None)
@@ -219,6 +228,44 @@ class MatmulLoop:
                                   res.recurrent_product,
                                   zbuf if in_place else None, res.state, res.prev_output)
         return (ys, s, last), res
+
+    def sum_in_place(self, zbuf, a, t):
+        """The in-place forward step: ``z_t = xp_t + a_t`` written over ``xp_t`` for the parts read
+        only through the sum, then read back from the updated buffer (the old buffer has one reader,
+        the in-place update itself: no copy by XLA), so the cell sees ``(z_t, 0)`` there; the other
+        parts see ``(xp_t, a_t)`` and keep ``a_t``. ``(buffer, xp_t, a_t, kept a_t or None)``."""
+        zs, xp, a_out, kept = _parts(zbuf), [], [], []
+        for k, a_k in enumerate(_parts(a)):
+            if self.sum_parts[k]:
+                zs[k] = _put(zs[k], _take(zs[k], t) + a_k, t)
+                a_k, keep = jnp.zeros_like(a_k), None
+            else:
+                keep = a_k
+            xp.append(_take(zs[k], t))
+            a_out.append(a_k)
+            kept.append(keep)
+        return _like(zbuf, zs), _like(zbuf, xp), _like(a, a_out), (None if all(self.sum_parts) else tuple(kept))
+
+    def read_in_place(self, buffers, t):
+        """The cell's ``(xp_t, a_t)`` from the backward loop's values of the buffers at ``t``:
+        ``(z or xp parts, kept a parts or None)``."""
+        zs, kept = buffers if not all(self.sum_parts) else (buffers, None)
+        a = [jnp.zeros_like(z) if kept is None or kept[k] is None else kept[k] for k, z in enumerate(_parts(zs))]
+        return zs, _like(zs, a)
+
+    def written_in_place(self, dxp, da):
+        """What the backward step writes over the buffers: ``dz_t = d xp_t`` (``= d a_t`` for the
+        parts read only through the sum) over the inputs' buffer, ``d a_t`` over the kept ``a_t``."""
+        if all(self.sum_parts):
+            return dxp
+        return dxp, tuple(None if self.sum_parts[k] else d for k, d in enumerate(_parts(da)))
+
+    def recurrent_cotangents(self, buffers):
+        """``d a`` of every step, per part, from the buffers after the backward loop."""
+        if all(self.sum_parts):
+            return _parts(buffers)
+        dz, da = buffers
+        return [dz_k if self.sum_parts[k] else da[k] for k, dz_k in enumerate(_parts(dz))]
 
     def _output_cotangent(self, dlast, d_last, dy_t, t, t_first):
         """The cotangent of this step's output: the carried one, or without ``carry_prev_output``
@@ -258,15 +305,14 @@ class MatmulLoop:
         R_transposed = R.T
         go_backwards = self.options.go_backwards
         t_first = 0 if go_backwards else self.steps - 1  # the first step the backward loop processes
-        t_last = self.steps - 1 if go_backwards else 0  # ... and the last
         prev_step = -1 if go_backwards else 1  # t of the step processed before t
 
         def body(carry, inp):
             ds, dlast, dparams, zbuf = carry
             xp_a, s_prev, last_prev, m_t, r_t, dy_t, t = inp
-            if plan.in_place_z:  # the buffer holds z_t: the cell sees (z_t, 0)
-                zbuf, xp_t = _read_z(plan, zbuf, t, t_first, prev_step)
-                a_t = jnp.zeros_like(xp_t)
+            if plan.in_place_z:  # the buffer holds z_t: the cell sees (z_t, 0) (kept parts: (xp_t, a_t))
+                values = zbuf[1] if plan.prefetch_z else _tree_take(zbuf, t)  # prefetch: read by the step before
+                xp_t, a_t = self.read_in_place(values, t)
             else:
                 xp_t, a_t = xp_a
             dout = self._output_cotangent(dlast, d_last, dy_t, t, t_first)
@@ -276,13 +322,14 @@ class MatmulLoop:
                 res.pointwise_params, xp_t, a_t, s_prev, last_prev, m_t, (ds, dout), dparams)
             if not plan.carry_prev_output:
                 dlast_prev = None
+            written = self.written_in_place(dxp, da) if plan.in_place_z else None
             da = self.join(da)  # joined once: the matmul below and the stacked output use it
             ds_prev = _add_to_first_leaf(ds_prev, self._through_matmul(da, s_prev, R, R_transposed, rec_mask))
             ds_prev, dlast_prev = restart(r_t, (ds_prev, dlast_prev))  # nothing crosses a restart
             if not plan.bias_grad_after_loop:
                 dparams = jax.tree_util.tree_map(jnp.add, dparams, dparams_t)
             if plan.in_place_z:
-                return (ds_prev, dlast_prev, dparams, _write_dz(plan, zbuf, dxp, t)), None
+                return (ds_prev, dlast_prev, dparams, _write_dz(plan, zbuf, written, t, t - prev_step)), None
             return (ds_prev, dlast_prev, dparams, None), (dxp, da)
 
         zero_params = jax.tree_util.tree_map(jnp.zeros_like, res.pointwise_params)
@@ -290,26 +337,28 @@ class MatmulLoop:
         xp_a = None if plan.in_place_z else (res.inputs, res.recurrent_products)
         seq = (xp_a, res.states, res.prev_outputs, res.mask, res.restarts,
                d_ys if self.options.return_sequences else None, t_index)
-        zbuf0: Any = res.z
-        if plan.delayed_dz_write:
-            zbuf0 = (res.z, jnp.zeros(zbuf0.shape[1:], zbuf0.dtype))
+        zbuf0: Any = res.z if all(self.sum_parts) or not plan.in_place_z else (res.z, res.recurrent_products)
+        if plan.prefetch_z:
+            zbuf0 = (zbuf0, _tree_take(zbuf0, t_first))
         init = (d_s, d_last if plan.carry_prev_output else None, zero_params, zbuf0)
         (ds0, dlast0, dparams, zbuf), outs = lax.scan(body, init, seq, reverse=not go_backwards,
                                                       unroll=self.options.scan_unroll)
         if not plan.carry_prev_output:  # the initial previous output is never read without a mask
             dlast0 = jnp.zeros_like(d_last)
-        if plan.in_place_z:  # d xp_t = d a_t = d z_t
-            dxs = da_seq = _finish_dz(plan, zbuf, t_last)
+        if plan.in_place_z:  # d xp_t (= d a_t = d z_t where read only through the sum)
+            buffers = zbuf[0] if plan.prefetch_z else zbuf
+            dxs = buffers if all(self.sum_parts) else buffers[0]
+            da_parts = self.recurrent_cotangents(buffers)
         else:
             dxs, da_seq = outs
+            da_parts = [da_seq]
         if plan.bias_grad_after_loop:
-            dparams = jnp.sum(da_seq, axis=tuple(range(da_seq.ndim - 1)))
-            dparams = jax.tree_util.tree_map(lambda d, p: d.astype(p.dtype), self.split(dparams),
-                                             res.pointwise_params)
+            sums = _joined([sum_leading(d) for d in da_parts])
+            dparams = jax.tree_util.tree_map(lambda d, p: d.astype(p.dtype), self.split(sums), res.pointwise_params)
         v_seq = _first_leaf(res.states)
         v_seq = self.recurrent_lhs(v_seq if rec_mask is None else v_seq * rec_mask)
-        # one matmul over the joined (T, *batch, G*U) cotangents, also when the inputs are split
-        dR = contract_leading(v_seq, da_seq)
+        # one matmul per stored part of the (T, *batch, G*U) cotangents (not joined: no copy)
+        dR = _joined([contract_leading(v_seq, d) for d in da_parts])
         return tuple(LoopArgs(recurrent_kernel=dR.astype(R.dtype), pointwise_params=dparams, inputs=dxs,
                               initial_state=ds0, initial_output=dlast0, mask=None, restarts=None,
                               recurrent_dropout_mask=None, xp_bias=None))

@@ -7,11 +7,12 @@ program runs when a call is not differentiated. None of it changes a number beyo
   ``CHUNK_MIN_STEPS`` steps on, the inputs are projected ``PROJECT_CHUNK`` steps at a time inside
   an outer loop, so that the projected block stays small (fresh temporary memory costs page faults
   on the CPU: ``bench/README.md``, "Projection spans").
-* **Inference spans and the bias in the loop** (:func:`plan_sequence`): a call that is not
-  differentiated keeps nothing for a backward pass, so it may project in smaller spans (once the
-  projected block of all steps reaches ``INFER_SPAN_MIN_BYTES``) and add the input bias inside the
-  loop (:class:`~rnnjax.functional.protocol.LoopBias`); :func:`infer_or_train` runs that program
-  when not differentiated and the training program when differentiated.
+* **Inference spans and the bias in the loop** (:func:`plan_sequence`, :func:`inference_span`): a
+  call that is not differentiated keeps nothing for a backward pass, so it projects as many steps
+  at once as fit in ``INFER_SPAN_BYTES`` (at least one; its memory is then the outputs and one
+  span) and may add the input bias inside the loop (:class:`~rnnjax.functional.protocol.LoopBias`);
+  :func:`infer_or_train` runs that program when not differentiated and the training program when
+  differentiated.
 * **One loop on a mesh**: differentiated on a device mesh, a step with a hand-written backward
   pass runs all steps in one loop, so that its weight gradients are reduced across devices once.
 * **Remat** (:func:`remat_chunk`): spans of about ``sqrt(T)`` steps, each checkpointed.
@@ -43,10 +44,10 @@ PROJECT_CHUNK = 10
 CHUNK_MIN_BATCH = 64
 CHUNK_MIN_STEPS = 50
 
-# Inference spans: from a projected block of INFER_SPAN_MIN_BYTES on, spans of about
-# INFER_SPAN_BYTES (2 to PROJECT_CHUNK steps); an empirical rule (bench/README.md, "Inference spans").
-INFER_SPAN_MIN_BYTES = 20 * 2**20
-INFER_SPAN_BYTES = 2 * 2**20
+# Inference spans: a call that is not differentiated projects as many steps at once as fit in
+# INFER_SPAN_BYTES (at least one), so its memory is the outputs and one span (bench/README.md,
+# "Inference memory").
+INFER_SPAN_BYTES = 256 * 2**10
 
 def projection_chunk(steps, project_chunk, batch_rows) -> int:
     """Steps projected at once (``steps``: all); with a symbolic size, all."""
@@ -94,20 +95,31 @@ def plan_sequence(program: CoreProgram, path: str, x, steps, options: LoopOption
     one_loop = fast and not remat and project_chunk is None and partitioned(x)
     one_loop = forced.choose("train_in_one_loop", one_loop)
     train_chunk = steps if one_loop else chunk
-    infer_chunk, loop_bias = chunk, None
+    one_step = jax.ShapeDtypeStruct(x[:1].shape, x.dtype)
+    xp_struct = jax.eval_shape(project_span, one_step)
+    loop_bias = None
     if path == "matmul" and not remat and project_chunk is None:
-        one_step = jax.ShapeDtypeStruct(x[:1].shape, x.dtype)
-        xp_struct = jax.eval_shape(project_span, one_step)
         usable = _usable_loop_bias(program.loop_bias, xp_struct, one_step)
         use_loop_bias = forced.choose("loop_bias", usable is not None, allowed=(False, usable is not None))
         loop_bias = usable if use_loop_bias else None
-        xp_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(xp_struct))
-        span = forced.infer_span
-        if span is None and static(steps, xp_bytes) and chunk >= steps and steps * xp_bytes >= INFER_SPAN_MIN_BYTES:
-            span = max(2, min(PROJECT_CHUNK, INFER_SPAN_BYTES // max(xp_bytes, 1)))
-        if span:
-            infer_chunk = span if steps > span else chunk
-    return SequencePlan(train_chunk, infer_chunk, loop_bias)
+    step_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(xp_struct))
+    return SequencePlan(train_chunk, inference_span(steps, step_bytes, chunk, forced), loop_bias)
+
+
+def inference_span(steps, step_bytes, chunk, forced: PlanOverrides) -> Any:
+    """Steps projected at once by a call that is not differentiated: as many as fit in
+    ``INFER_SPAN_BYTES`` of projected inputs (at least 1; all when they all fit). Forced:
+    ``forced.infer_span`` (0: the training program's ``chunk``); with ``project_chunk`` forced,
+    ``chunk``; with a symbolic size, ``chunk`` even where forced (a span length needs a known
+    time axis)."""
+    span = forced.infer_span
+    if span is not None and (isinstance(span, bool) or not isinstance(span, int) or span < 0):
+        raise ValueError(f"`infer_span`: expected a non-negative integer, got {span!r}.")
+    if not static(steps, step_bytes) or (span is None and forced.project_chunk is not None):
+        return chunk
+    if span is None:
+        span = max(1, INFER_SPAN_BYTES // max(step_bytes, 1))
+    return chunk if span == 0 else min(span, steps)
 
 
 def _usable_loop_bias(loop_bias: Optional[LoopBias], xp_struct, one_step) -> Optional[LoopBias]:

@@ -55,7 +55,7 @@ from jax import lax
 from rnnjax.functional import _planner
 from rnnjax.functional._input_additive import scan_input_additive
 from rnnjax.functional._matmul_backward import scan_matmul_step
-from rnnjax.functional.masking import mask_step, restart, restarts, zero_masked_inputs
+from rnnjax.functional.masking import check_flags, mask_step, restart, restarts, zero_masked_inputs
 from rnnjax.functional.mesh import static
 from rnnjax.functional.options import LoopOptions
 from rnnjax.functional.protocol import CoreProgram, InputAdditiveStep, LoopBias, RecurrentMatmulStep
@@ -157,35 +157,20 @@ def run_program(program: CoreProgram, inputs: jax.Array, initial_state: Any, opt
         program = program.without_backward_forms()
     if options.feature_axes != 1:
         return _run_spatial(program, inputs, initial_state, options, mask=mask, reset=reset, constants=constants)
-    steps = _check_inputs(inputs, mask, reset, options.time_major)
-    x = inputs if options.time_major else jnp.moveaxis(inputs, -2, 0)
-    m = None
-    if mask is not None:
-        m = mask if options.time_major else jnp.moveaxis(mask, -1, 0)
-        x = zero_masked_inputs(x, m)
-    r = None
-    if reset is not None:
-        r = restarts(reset if options.time_major else jnp.moveaxis(reset, -1, 0), options.go_backwards)
-    ys, final_state = _TimeMajorRun(program, x, m, r, initial_state, steps, options, constants).run()
-    if options.return_sequences:
-        return (ys if options.time_major else jnp.moveaxis(ys, 0, -2)), final_state
-    return ys, final_state
+    _check_inputs(inputs, mask, reset, options.time_major)
+    time_axis = 0 if options.time_major else inputs.ndim - 2
+    return _TimeMajorRun(program, (inputs, mask, reset), initial_state, options, constants, time_axis=time_axis).run()
 
 
 def _run_spatial(program: CoreProgram, inputs, initial_state, options: LoopOptions, *, mask, reset, constants):
-    """:func:`run_program` for ``(*batch, T, *features)``: handed on time-major with the feature
-    axes flattened, unflattened again before ``project``."""
+    """:func:`run_program` for ``(*batch, T, *features)``: run time-major with the feature axes
+    flattened, unflattened again before ``project``."""
     feature_axes = options.feature_axes
     nb = inputs.ndim - feature_axes - 1
     if nb < 0:
         raise ValueError(f"`inputs`: expected (*batch, time, {feature_axes} feature axes), got shape {inputs.shape}.")
     feature_shape = inputs.shape[nb + 1:]
-    for flags, name in ((mask, "mask"), (reset, "reset")):
-        _check_flags(flags, name, inputs.shape[:nb + 1])
-    x = jnp.moveaxis(inputs, nb, 0)
-    x = x.reshape(x.shape[:nb + 1] + (math.prod(feature_shape),))
-    m = None if mask is None else jnp.moveaxis(jnp.asarray(mask), nb, 0)
-    r = None if reset is None else jnp.moveaxis(jnp.asarray(reset), nb, 0)
+    check_flags(inputs.shape[:nb + 1], mask, reset)
 
     def unflat(x, project=program.project):
         x = x.reshape(x.shape[:-1] + tuple(feature_shape))
@@ -194,33 +179,56 @@ def _run_spatial(program: CoreProgram, inputs, initial_state, options: LoopOptio
     loop_bias = program.loop_bias
     if loop_bias is not None:
         loop_bias = LoopBias(functools.partial(unflat, project=loop_bias.project_without_bias), loop_bias.bias)
-    program = program._replace(project=unflat, loop_bias=loop_bias, fused=None)
-    output, final = run_program(program, x, initial_state, options._replace(time_major=True, feature_axes=1),
-                                mask=m, reset=r, constants=constants)
-    if options.return_sequences:
-        output = jnp.moveaxis(output, 0, nb)
-    return output, final
+    program = program._replace(project=unflat, loop_bias=loop_bias)
+    flags = tuple(None if f is None else jnp.asarray(f) for f in (mask, reset))
+    run = _TimeMajorRun(program, (inputs, *flags), initial_state, options, constants, time_axis=nb)
+    _check_inputs(run.x, None, None, True)
+    return run.run()
 
 
 class _TimeMajorRun:
-    """One call on time-major inputs ``x (T, *batch, F)``: the loops, spans and the plan."""
+    """One call: the loops, spans and the plan, on the time-major view ``x (T, *batch, F)`` of the
+    inputs (masked steps not yet zeroed; the feature axes of a spatial step flattened). Returned
+    sequences get their time axis at ``time_axis``, where the caller's inputs have it."""
 
-    def __init__(self, program: CoreProgram, x, m, r, initial_state, steps, options: LoopOptions, constants=None):
-        if not static(steps):
+    def __init__(self, program: CoreProgram, raw, initial_state, options: LoopOptions, constants=None, *,
+                 time_axis: int):
+        """``raw``: ``(inputs, mask or None, reset or None)`` in the caller's layout."""
+        self.time_axis, self.feature_axes = time_axis, options.feature_axes
+        inputs, mask, reset = raw
+        self.x, self.m, r = self.time_major(raw)
+        self.r = restarts(r, options.go_backwards)  # in processing order
+        # in the caller's layout, each span's slices taken from here
+        self.raw = (inputs, mask, None if reset is None else jnp.moveaxis(self.r, 0, time_axis))
+        self.steps = self.x.shape[0]
+        if not static(self.steps):
             options = options._replace(scan_unroll=1)  # lax.scan cannot split a symbolic length into unrolled blocks
-        self.program, self.x, self.m, self.r, self.steps = program, x, m, r, steps
-        self.options, self.constants = options, constants
+        self.program, self.options, self.constants = program, options, constants
         self.path = _planner.choose_path(program, options, has_constants=constants is not None)
-        out_struct = jax.eval_shape(self.first_output, initial_state, x[:1])
+        out_struct = jax.eval_shape(self.first_output, initial_state, self.x[:1])
         self.carry = (initial_state, jnp.zeros(out_struct.shape, out_struct.dtype))
+
+    def time_major(self, raw):
+        """``(x (T, *batch, F), m, r)`` (flags ``(T, *batch)`` or None) from ``(inputs, mask,
+        flags)`` in the caller's layout; the feature axes of a spatial step flattened into one."""
+        inputs, *flags = raw
+        x = jnp.moveaxis(inputs, self.time_axis, 0)
+        if self.feature_axes != 1:
+            x = x.reshape(x.shape[:x.ndim - self.feature_axes] + (math.prod(x.shape[x.ndim - self.feature_axes:]),))
+        return (x, *(None if f is None else jnp.moveaxis(f, self.time_axis, 0) for f in flags))
 
     def call(self, state, x_t):
         if self.constants is None:
             return self.program.step(state, x_t)
         return self.program.step(state, x_t, self.constants)
 
-    def project_span(self, x_span):
-        return self.program.project(x_span) if self.program.project is not None else x_span
+    def project_span(self, x_span, m_span=None, project=None):
+        """The projection of a span of raw steps, masked steps zeroed first (``project``: the
+        program's, or the one without the bias of :class:`LoopBias`)."""
+        if m_span is not None:
+            x_span = zero_masked_inputs(x_span, m_span)
+        project = project or self.program.project
+        return project(x_span) if project is not None else x_span
 
     def first_output(self, s, x_first):
         return self.call(s, jax.tree_util.tree_map(lambda a: a[0], self.project_span(x_first)))[1]
@@ -234,22 +242,27 @@ class _TimeMajorRun:
         return (state, y), (y if self.options.return_sequences else None)
 
     def run(self):
-        """``(output or time-major outputs, final state)``."""
-        opts = self.options
-        if opts.unroll:
-            carry, ys = self.run_unrolled()
+        """``(output or outputs, final state)``: the outputs in processing order, time at ``time_axis``."""
+        if self.options.unroll:
+            carry, ys = self.finish(*self.run_unrolled())
         else:
             carry, ys = self.run_scanned()
-            if opts.return_sequences and opts.go_backwards:
-                ys = jnp.flip(ys, 0)
         final_state, last = carry
-        return (ys if opts.return_sequences else last), final_state
+        return (ys if self.options.return_sequences else last), final_state
+
+    def finish(self, carry, ys):
+        """A loop's time-major outputs in time order (unrolled: processing order) -> processing
+        order, time at ``time_axis``."""
+        opts = self.options
+        if opts.return_sequences:
+            ys = jnp.moveaxis(jnp.flip(ys, 0) if opts.go_backwards and not opts.unroll else ys, 0, self.time_axis)
+        return carry, ys
 
     def run_unrolled(self):
         if not static(self.steps):
             raise ValueError(f"`unroll=True`: a Python loop needs a known number of time steps, got the "
                              f"symbolic {self.steps}; use unroll=False (lax.scan) for a symbolic time axis.")
-        seq = (self.project_span(self.x), self.m, self.r)
+        seq = (self.project_span(self.x, self.m), self.m, self.r)
         carry, outputs = self.carry, []
         order = range(self.steps - 1, -1, -1) if self.options.go_backwards else range(self.steps)
         for t in order:
@@ -261,16 +274,22 @@ class _TimeMajorRun:
     def run_scanned(self):
         raw = (self.x, self.m, self.r)
         plan = _planner.plan_sequence(self.program, self.path, self.x, self.steps, self.options, self.project_span)
+
+        def train(r, c):
+            return self.finish(*self.run_chunked(plan.train_chunk, r, c))
+
         if plan.infer_chunk == plan.train_chunk and plan.loop_bias is None:
-            return self.run_chunked(plan.train_chunk, raw, self.carry)
-        # the inference program when not differentiated, the training one when differentiated
-        return _planner.infer_or_train(lambda r, c: self.run_chunked(plan.infer_chunk, r, c, plan.loop_bias),
-                                       lambda r, c: self.run_chunked(plan.train_chunk, r, c), raw, self.carry)
+            return train(raw, self.carry)
+        # the inference program when not differentiated (on the inputs in the caller's layout), the
+        # training one when differentiated (on the time-major inputs)
+        return _planner.infer_or_train(lambda r, o, c: self.run_inference(plan.infer_chunk, o, c, plan.loop_bias),
+                                       lambda r, o, c: train(r, c), raw, self.raw, self.carry)
 
     def run_span(self, carry, raw, loop_bias: Optional[LoopBias] = None):
-        """Projects a span of steps (time-major raw inputs) and runs the planned loop over it."""
+        """Projects a span of steps (time-major raw inputs) and runs the planned loop over it:
+        ``(carry, time-major outputs in time order)``."""
         x_span, m_span, r_span = raw
-        xs_span = self.project_span(x_span) if loop_bias is None else loop_bias.project_without_bias(x_span)
+        xs_span = self.project_span(x_span, m_span, None if loop_bias is None else loop_bias.project_without_bias)
         opts = self.options
         if self.path == "matmul":
             matmul_step = cast(RecurrentMatmulStep, self.program.matmul_step)  # the "matmul" path: there is one
@@ -282,20 +301,26 @@ class _TimeMajorRun:
             return scan_input_additive(additive, carry, xs_span, m_span, r_span, opts)
         return lax.scan(self.body, carry, (xs_span, m_span, r_span), reverse=opts.go_backwards, unroll=opts.scan_unroll)
 
-    def run_chunked(self, chunk, raw, carry, loop_bias: Optional[LoopBias] = None):
+    def split_spans(self, raw, chunk):
+        """``(head, tail)``: the first ``n·chunk`` steps as ``(n, chunk, ...)`` and the last ``steps mod chunk``."""
+        n_chunks = self.steps // chunk
+        head = jax.tree_util.tree_map(lambda a: a[:n_chunks * chunk].reshape((n_chunks, chunk) + a.shape[1:]), raw)
+        return head, jax.tree_util.tree_map(lambda a: a[n_chunks * chunk:], raw)
+
+    def run_chunked(self, chunk, raw, carry):
         """The loop over spans of ``chunk`` steps, each projected inside the outer loop (and with
-        ``remat`` checkpointed: only span boundaries are stored, memory ~ sqrt(T))."""
+        ``remat`` checkpointed: only span boundaries are stored, memory ~ sqrt(T)): ``(carry,
+        time-major outputs in time order)``."""
         steps, opts = self.steps, self.options
         if not static(chunk) or chunk <= 1 or chunk >= steps:
             if opts.remat and self.path != "matmul":  # too short to chunk: checkpoint every step
-                seq = (self.project_span(self.x), self.m, self.r)
+                seq = (self.project_span(self.x, self.m), self.m, self.r)
                 return lax.scan(jax.checkpoint(self.body), carry, seq, reverse=opts.go_backwards,
                                 unroll=opts.scan_unroll)
-            return self.run_span(carry, raw, loop_bias)
-        span = jax.checkpoint(self.run_span) if opts.remat else functools.partial(self.run_span, loop_bias=loop_bias)
+            return self.run_span(carry, raw)
+        span = jax.checkpoint(self.run_span) if opts.remat else self.run_span
         n_chunks, rest = divmod(steps, chunk)
-        head = jax.tree_util.tree_map(lambda a: a[:n_chunks * chunk].reshape((n_chunks, chunk) + a.shape[1:]), raw)
-        tail = jax.tree_util.tree_map(lambda a: a[n_chunks * chunk:], raw)  # the last `rest` steps
+        head, tail = self.split_spans(raw, chunk)
         ys_tail: Any = None
         if rest and opts.go_backwards:  # processing order: the tail comes first
             carry, ys_tail = span(carry, tail)
@@ -308,17 +333,51 @@ class _TimeMajorRun:
                 ys = jnp.concatenate([ys, ys_tail], 0)
         return carry, ys
 
+    def run_inference(self, chunk, raw, carry, loop_bias: Optional[LoopBias]):
+        """The program of a call that is not differentiated, on ``raw`` inputs in the caller's
+        layout: spans of ``chunk`` steps, each sliced, projected and run inside an outer loop, its
+        outputs written at once into the returned sequence (processing order, time at
+        ``time_axis``), so that one span of projected steps, and neither a time-major copy of the
+        inputs nor of the outputs, is alive (``bench/README.md``, "Inference memory"):
+        ``(carry, outputs)``."""
+        if chunk >= self.steps:
+            return self.finish(*self.run_span(carry, self.time_major(raw), loop_bias))
+        backwards = self.options.go_backwards
+        n_chunks, rest = divmod(self.steps, chunk)
+        out = None
+        if self.options.return_sequences:
+            y = carry[1]
+            out = jnp.zeros(y.shape[:self.time_axis] + (self.steps,) + y.shape[self.time_axis:], y.dtype)
 
-def _check_flags(flags, name: str, expected) -> None:
-    """``flags`` (a mask or ``reset``) is None or boolean of exactly the ``expected`` shape."""
-    if flags is None:
-        return
-    if tuple(jnp.shape(flags)) != tuple(expected):
-        raise ValueError(f"`{name}`: expected shape {tuple(expected)} (the input's shape without the feature axis), "
-                         f"got {tuple(jnp.shape(flags))}.")
-    if jnp.result_type(flags) != jnp.bool_:
-        raise TypeError(f"`{name}`: expected a boolean array, got dtype {jnp.result_type(flags)}; "
-                        f"use `{name}.astype(bool)`.")
+        def span(c, t0, k=chunk):
+            carry, out = c
+            if self.m is None:
+                # the previous output is read only at masked steps: carried into the next span, it
+                # would be a loop variable of its own, copied from h at every step (bench/README.md,
+                # "Batch 1")
+                carry = (carry[0], jnp.zeros_like(carry[1]))
+            raw_span = jax.tree_util.tree_map(lambda a: lax.dynamic_slice_in_dim(a, t0, k, self.time_axis), raw)
+            carry, ys = self.run_span(carry, self.time_major(raw_span), loop_bias)
+            return (carry, self.write(out, ys, t0)), None
+
+        starts = jnp.arange(n_chunks, dtype=jnp.int32) * chunk
+        c = (carry, out)
+        if rest and backwards:  # processing order: the tail comes first
+            c = span(c, n_chunks * chunk, rest)[0]
+        c, _ = lax.scan(span, c, starts, reverse=backwards)
+        if rest and not backwards:
+            c = span(c, n_chunks * chunk, rest)[0]
+        return c
+
+    def write(self, out, ys, t0):
+        """``out`` with a span's outputs ``ys`` (time-major, time order, from step ``t0`` on)
+        written at their places in processing order."""
+        if out is None:
+            return None
+        k = ys.shape[0]
+        if self.options.go_backwards:
+            ys, t0 = jnp.flip(ys, 0), self.steps - t0 - k
+        return lax.dynamic_update_slice_in_dim(out, jnp.moveaxis(ys, 0, self.time_axis), t0, self.time_axis)
 
 
 def _check_inputs(inputs, mask, reset, time_major):
@@ -332,6 +391,5 @@ def _check_inputs(inputs, mask, reset, time_major):
         raise ValueError(
             f"`inputs`: the time axis is empty (shape {inputs.shape}); a sequence needs at least one step."
         )
-    for flags, name in ((mask, "mask"), (reset, "reset")):
-        _check_flags(flags, name, inputs.shape[:-1])
+    check_flags(inputs.shape[:-1], mask, reset)
     return steps

@@ -234,7 +234,7 @@ class GRUCore:
             return None
         return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, self.recurrent_bias(params),
                                    shared_mask(recurrent_dropout_mask), part_sizes=(self.units,) * 3,
-                                   pointwise_params_is_recurrent_bias=True)
+                                   pointwise_params_is_recurrent_bias=True, reads_only_sum=(True, True, False))
 
     def __call__(self, params: GRUParams, state: GRUState, x_t):
         return self.step(params, state, self.project(params, x_t))

@@ -68,3 +68,17 @@ def restarts(reset, go_backwards: bool):
     if reset is None or not go_backwards:
         return reset
     return jnp.concatenate([reset[1:], jnp.zeros_like(reset[:1])], axis=0)
+
+
+def check_flags(expected, mask=None, reset=None) -> None:
+    """``mask`` and ``reset`` are each None or a boolean array of exactly the ``expected`` shape
+    (the input's shape without the feature axes); the error names the argument."""
+    for flags, name in ((mask, "mask"), (reset, "reset")):
+        if flags is None:
+            continue
+        if tuple(jnp.shape(flags)) != tuple(expected):
+            raise ValueError(f"`{name}`: expected shape {tuple(expected)} (the input's shape without the feature "
+                             f"axis), got {tuple(jnp.shape(flags))}.")
+        if jnp.result_type(flags) != jnp.bool_:
+            raise TypeError(f"`{name}`: expected a boolean array, got dtype {jnp.result_type(flags)}; "
+                            f"use `{name}.astype(bool)`.")

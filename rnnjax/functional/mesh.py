@@ -62,3 +62,14 @@ def contract_leading(a: jax.Array, b: jax.Array) -> jax.Array:
         lead = tuple(range(a.ndim - 1))
         return lax.dot_general(a, b, ((lead, lead), ((), ())))
     return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+
+
+def sum_leading(a: jax.Array) -> jax.Array:
+    """``Σ_{t, batch} a[t, ..., j] -> (j,)``: a bias gradient over every leading axis. On one device
+    the sum of the rows ``a.reshape(-1, j)``, the view :func:`contract_leading` reads too (with two
+    views of one freshly written buffer, XLA's CPU backend computed the buffer twice, each in a
+    copy: ``bench/README.md``, "GRU training memory"); on a mesh or with symbolic sizes the sum
+    over the axes."""
+    if partitioned(a) or not static(*a.shape):
+        return a.sum(axis=tuple(range(a.ndim - 1)))
+    return a.reshape(-1, a.shape[-1]).sum(axis=0)

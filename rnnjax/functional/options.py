@@ -28,7 +28,7 @@ class PlanOverrides(NamedTuple):
     loop_bias: Optional[bool] = None
     train_in_one_loop: Optional[bool] = None
     in_place_z: Optional[bool] = None
-    delayed_dz_write: Optional[bool] = None
+    prefetch_z: Optional[bool] = None
     carry_prev_output: Optional[bool] = None
     bias_grad_after_loop: Optional[bool] = None
 

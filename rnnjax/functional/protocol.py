@@ -229,8 +229,9 @@ class RecurrentMatmulStep(NamedTuple):
     # patches, so that the convolution is a matmul); identity if None
     recurrent_lhs: Optional[Callable] = None
     # pointwise reads xp_t and a_t only through xp_t + a_t (then d xp_t = d a_t = d z_t, and the
-    # backward pass may store z_t alone, over xp_t)
-    reads_only_sum: bool = False
+    # backward pass may store z_t alone, over xp_t); with part_sizes, a bool per part (the
+    # reset-after GRU: (True, True, False), its candidate reads r ⊙ a_h)
+    reads_only_sum: Any = False
     # sizes of the parts along the last axis: xp_t, a_t and pointwise_params reach `pointwise` as
     # tuples of parts, split once outside the loop (slicing inside it makes XLA copy each step)
     part_sizes: Optional[tuple] = None
@@ -243,8 +244,8 @@ class RecurrentMatmulStep(NamedTuple):
     # pointwise_params is a bias added to a_t (the reset-after GRU's recurrent bias): its gradient
     # is Σ d a_t, formed once after the backward loop
     pointwise_params_is_recurrent_bias: bool = False
-    # the pointwise_vjp reads z_t in ops that do not feed dz_t (the hard-sigmoid LSTM), so dz_t is
-    # written one step late (see rnnjax.functional._matmul_backward)
+    # the pointwise_vjp reads z_t in ops that do not feed dz_t (the hard-sigmoid LSTM), so the
+    # backward loop reads z_t one step ahead (see rnnjax.functional._matmul_backward)
     vjp_rereads_z: bool = False
 
 
