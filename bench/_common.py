@@ -15,6 +15,7 @@ so that the slowest callable gets about ``target_s`` seconds in total, at least 
 at most ``max_reps`` rounds. The reported time is the median of the samples (with the
 interquartile range and the minimum for judging noise).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -26,7 +27,7 @@ import re
 import socket
 import subprocess
 import time
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -50,6 +51,7 @@ def export_old(rev: str, folder: str) -> None:
 
 
 # ----------------------------------------------------------------------------- machine
+
 
 def cpu_model() -> str:
     try:
@@ -77,7 +79,7 @@ def cpu_flags() -> list:
     return []
 
 
-def versions() -> Dict[str, Optional[str]]:
+def versions() -> dict[str, str | None]:
     out = {"python": platform.python_version()}
     for name in ("jax", "jaxlib", "flax", "keras", "torch", "numpy", "rnnjax"):
         try:
@@ -88,7 +90,7 @@ def versions() -> Dict[str, Optional[str]]:
     return out
 
 
-def machine_record(tag: Optional[str] = None) -> dict:
+def machine_record(tag: str | None = None) -> dict:
     """CPU model, cores, load, library versions, date: stored with every result file."""
     try:
         usable = len(os.sched_getaffinity(0))
@@ -115,6 +117,7 @@ def safe_tag(text: str) -> str:
 
 # ----------------------------------------------------------------------------- timing
 
+
 def _time_once(fn: Callable[[], object], k: int) -> float:
     t0 = time.perf_counter()
     for _ in range(k):
@@ -122,8 +125,15 @@ def _time_once(fn: Callable[[], object], k: int) -> float:
     return (time.perf_counter() - t0) / k
 
 
-def interleaved_medians(fns: Dict[str, Callable[[], object]], *, target_s: float = 0.75, min_reps: int = 5,
-                        max_reps: int = 200, max_inner: int = 64, warmup: int = 1) -> Dict[str, dict]:
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]],
+    *,
+    target_s: float = 0.75,
+    min_reps: int = 5,
+    max_reps: int = 200,
+    max_inner: int = 64,
+    warmup: int = 1,
+) -> dict[str, dict]:
     """Median seconds per call of each ``fn`` (each must block until its result is ready).
 
     Returns ``{name: {"median_s", "iqr_s", "min_s", "reps", "inner"}}``; see the module docstring.
@@ -148,8 +158,13 @@ def interleaved_medians(fns: Dict[str, Callable[[], object]], *, target_s: float
     for name in names:
         s = np.asarray(samples[name])
         q1, q3 = np.percentile(s, [25, 75])
-        out[name] = {"median_s": float(np.median(s)), "iqr_s": float(q3 - q1), "min_s": float(s.min()),
-                     "reps": reps, "inner": inner[name]}
+        out[name] = {
+            "median_s": float(np.median(s)),
+            "iqr_s": float(q3 - q1),
+            "min_s": float(s.min()),
+            "reps": reps,
+            "inner": inner[name],
+        }
     return out
 
 
@@ -168,13 +183,19 @@ def matmul_gflops(n: int = 2048, reps: int = 15) -> dict:
         f(a, b).block_until_ready()
         times.append(time.perf_counter() - t0)
     med = float(np.median(times))
-    return {"n": n, "median_s": med, "best_s": float(min(times)), "gflops": 2 * n ** 3 / med / 1e9,
-            "gflops_best": 2 * n ** 3 / min(times) / 1e9}
+    return {
+        "n": n,
+        "median_s": med,
+        "best_s": float(min(times)),
+        "gflops": 2 * n**3 / med / 1e9,
+        "gflops_best": 2 * n**3 / min(times) / 1e9,
+    }
 
 
 # ----------------------------------------------------------------------------- memory
 
-def jax_compiled_memory(compiled) -> Optional[dict]:
+
+def jax_compiled_memory(compiled) -> dict | None:
     """``temp + output`` bytes of an XLA executable (arguments excluded), from ``memory_analysis()``."""
     try:
         m = compiled.memory_analysis()
@@ -183,11 +204,15 @@ def jax_compiled_memory(compiled) -> Optional[dict]:
     if m is None:
         return None
     temp, output = int(m.temp_size_in_bytes), int(m.output_size_in_bytes)
-    return {"peak_bytes": temp + output, "temp_bytes": temp, "output_bytes": output,
-            "method": "xla memory_analysis temp+output"}
+    return {
+        "peak_bytes": temp + output,
+        "temp_bytes": temp,
+        "output_bytes": output,
+        "method": "xla memory_analysis temp+output",
+    }
 
 
-def torch_peak_memory(fn: Callable[[], object]) -> Optional[dict]:
+def torch_peak_memory(fn: Callable[[], object]) -> dict | None:
     """Peak bytes allocated by PyTorch's CPU allocator during one call of ``fn``, above the level
     at its start: the running sum of the allocation / free records of ``torch.profiler``
     (``profile_memory=True``), taken in time order. Counts what the call allocates (outputs,
@@ -197,6 +222,7 @@ def torch_peak_memory(fn: Callable[[], object]) -> Optional[dict]:
     earlier, larger run hides, so neither is used."""
     try:
         from torch.profiler import ProfilerActivity, profile
+
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
         events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
@@ -212,6 +238,7 @@ def torch_peak_memory(fn: Callable[[], object]) -> Optional[dict]:
 
 # ----------------------------------------------------------------------------- output
 
+
 def write_json(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:
@@ -219,21 +246,23 @@ def write_json(path: str, payload: dict) -> None:
         fh.write("\n")
 
 
-def replace_between_markers(path: str, text: str, start: str = "<!-- results:start -->",
-                            end: str = "<!-- results:end -->") -> None:
+def replace_between_markers(
+    path: str, text: str, start: str = "<!-- results:start -->", end: str = "<!-- results:end -->"
+) -> None:
     """Rewrites the part of ``path`` between the two marker lines (markers kept)."""
     with open(path) as fh:
         doc = fh.read()
     i, j = doc.find(start), doc.find(end)
     if i < 0 or j < 0 or j < i:
-        raise ValueError(f"`{path}`: expected the markers {start!r} ... {end!r} in this order, found "
-                         f"start at {i} and end at {j}.")
+        raise ValueError(
+            f"`{path}`: expected the markers {start!r} ... {end!r} in this order, found start at {i} and end at {j}."
+        )
     doc = doc[: i + len(start)] + "\n" + text.rstrip() + "\n" + doc[j:]
     with open(path, "w") as fh:
         fh.write(doc)
 
 
-def fmt_ms(seconds: Optional[float]) -> str:
+def fmt_ms(seconds: float | None) -> str:
     if seconds is None:
         return "–"
     ms = seconds * 1e3
@@ -246,10 +275,10 @@ def fmt_ms(seconds: Optional[float]) -> str:
     return f"{ms:.3f}"
 
 
-def fmt_bytes(n: Optional[int]) -> str:
+def fmt_bytes(n: int | None) -> str:
     if n is None:
         return "–"
-    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} B"

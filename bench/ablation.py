@@ -15,6 +15,7 @@ Variants, all computing the same function (sigmoid gates; checked against each o
 Forward and forward+backward (gradient of ``sum(outputs)`` w.r.t. parameters and inputs) medians,
 interleaved; see ``_common.interleaved_medians``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,9 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import flax.linen as nn  # noqa: E402
 from _common import fmt_ms, interleaved_medians, machine_record  # noqa: E402
 
-import flax.linen as nn  # noqa: E402
 import rnnjax.functional as F  # noqa: E402
 
 
@@ -48,8 +49,8 @@ def variants(b, t, i, u):
     names = "ifgo"
     cell = {}
     for g, n in enumerate(names):
-        cell[f"i{n}"] = {"kernel": k[:, g * u:(g + 1) * u]}
-        cell[f"h{n}"] = {"kernel": r[:, g * u:(g + 1) * u], "bias": bias[g * u:(g + 1) * u]}
+        cell[f"i{n}"] = {"kernel": k[:, g * u : (g + 1) * u]}
+        cell[f"h{n}"] = {"kernel": r[:, g * u : (g + 1) * u], "bias": bias[g * u : (g + 1) * u]}
     fv = {"params": {"cell": cell}}
 
     def ours(core, custom):

@@ -22,6 +22,7 @@ Prints a table (ms, and the ratio peer time / rnnjax CuDNN layer time for the sa
 writes JSON (``--json``, default ``bench/results/gpu_bench.json``). An implementation that cannot
 run here (e.g. cuDNN on a CPU) is listed with the reason instead of a time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,6 +50,7 @@ SMOKE_SHAPES = [(2, 5, 4, 8)]
 # ----------------------------------------------------------------------------------------------
 # timing helpers
 
+
 def _median_ms(fn, reps, sync):
     fn()
     sync()
@@ -66,6 +68,7 @@ def _median_ms(fn, reps, sync):
 def _jax_sync(holder):
     def sync():
         jax.block_until_ready(holder.get("out"))
+
     return sync
 
 
@@ -92,6 +95,7 @@ def time_jax(apply, params, x, reps):
 # ----------------------------------------------------------------------------------------------
 # implementations: each returns (forward ms, forward+backward ms) or raises
 
+
 def rnnjax_layer(make):
     def bench(shape, reps, key):
         b, t, i, u = shape
@@ -99,6 +103,7 @@ def rnnjax_layer(make):
         x = jax.random.normal(key, (b, t, i), jnp.float32)
         params = layer.init(jax.random.key(1), x)["params"]
         return time_jax(lambda p, x: layer.apply({"params": p}, x), params, x, reps)
+
     return bench
 
 
@@ -132,6 +137,7 @@ def flax_cell(cell_name):
         x = jax.random.normal(key, (b, t, i), jnp.float32)
         params = model.init(jax.random.key(1), x)["params"]
         return time_jax(lambda p, x: model.apply({"params": p}, x), params, x, reps)
+
     return bench
 
 
@@ -164,6 +170,7 @@ def torch_rnn(kind, half):
             (y.float().sum() * 1e-3).backward()
 
         return _median_ms(run_fwd, reps, sync), _median_ms(run_bwd, reps, sync)
+
     return bench
 
 
@@ -214,8 +221,12 @@ def implementations():
 
 def device_description():
     d = jax.devices()[0]
-    desc = {"jax_platform": d.platform, "jax_device": getattr(d, "device_kind", str(d)),
-            "jax": jax.__version__, "python": platform.python_version()}
+    desc = {
+        "jax_platform": d.platform,
+        "jax_device": getattr(d, "device_kind", str(d)),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+    }
     try:
         import torch
 
@@ -231,10 +242,15 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, 2 repetitions (CPU is fine)")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per case (default 30; smoke 2)")
     ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "gpu_bench.json"))
-    ap.add_argument("--max-seconds", type=float, default=280.0,
-                    help="stop starting new cases after this many seconds (results so far are kept)")
-    ap.add_argument("--only", default=None,
-                    help="comma-separated substrings: run only the implementations whose name contains one")
+    ap.add_argument(
+        "--max-seconds",
+        type=float,
+        default=280.0,
+        help="stop starting new cases after this many seconds (results so far are kept)",
+    )
+    ap.add_argument(
+        "--only", default=None, help="comma-separated substrings: run only the implementations whose name contains one"
+    )
     args = ap.parse_args(argv)
     shapes = SMOKE_SHAPES if args.smoke else SHAPES
     reps = args.reps or (2 if args.smoke else 30)
@@ -246,8 +262,14 @@ def main(argv=None):
     impls = [im for im in implementations() if wanted is None or any(w in im[0] for w in wanted)]
     for shape in shapes:
         for name, meta, bench in impls:
-            row = {"impl": name, "cell": meta["kind"], "shape": list(shape), "forward_ms": None,
-                   "forward_backward_ms": None, "error": None}
+            row = {
+                "impl": name,
+                "cell": meta["kind"],
+                "shape": list(shape),
+                "forward_ms": None,
+                "forward_backward_ms": None,
+                "error": None,
+            }
             if time.time() - start > args.max_seconds:
                 row["error"] = "skipped: --max-seconds reached"
             else:
@@ -277,12 +299,18 @@ def _print_row(row, results):
         return f"{row[key] / base[key]:5.2f}x"
 
     if len(results) == 1:
-        print(f"{'shape (B,T,I,U)':<22}{'implementation':<32}{'fwd ms':>9}{'fwd+bwd ms':>11}"
-              f"{'fwd/base':>9}{'f+b/base':>9}", flush=True)
+        print(
+            f"{'shape (B,T,I,U)':<22}{'implementation':<32}{'fwd ms':>9}{'fwd+bwd ms':>11}"
+            f"{'fwd/base':>9}{'f+b/base':>9}",
+            flush=True,
+        )
     shape = ",".join(map(str, row["shape"]))
     tail = f"  ({row['error']})" if row["error"] else ""
-    print(f"{shape:<22}{row['impl']:<32}{fmt(row['forward_ms']):>9}{fmt(row['forward_backward_ms']):>11}"
-          f"{ratio('forward_ms'):>9}{ratio('forward_backward_ms'):>9}{tail}", flush=True)
+    print(
+        f"{shape:<22}{row['impl']:<32}{fmt(row['forward_ms']):>9}{fmt(row['forward_backward_ms']):>11}"
+        f"{ratio('forward_ms'):>9}{ratio('forward_backward_ms'):>9}{tail}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

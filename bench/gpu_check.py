@@ -15,6 +15,7 @@ Float32 with ``jax_default_matmul_precision='highest'`` on the scan side; cuDNN 
 mode, so the bar is 1e-4 relative (float32 rounding over hundreds of steps), NaN never passes.
 Exit status 1 if any check fails. Usage: ``python bench/gpu_check.py``.
 """
+
 from __future__ import annotations
 
 import sys
@@ -80,8 +81,10 @@ def main() -> int:
         c0 = 0.3 * jax.random.normal(keys[3], (b, u))
         proj = jax.random.normal(keys[4], (b, t, u))
         for go_backwards in (False, True):
-            layers = {be: rnnjax.CuDNNLSTM(u, return_sequences=True, return_state=True,
-                                           go_backwards=go_backwards, backend=be) for be in ("cudnn", "scan")}
+            layers = {
+                be: rnnjax.CuDNNLSTM(u, return_sequences=True, return_state=True, go_backwards=go_backwards, backend=be)
+                for be in ("cudnn", "scan")
+            }
             params = layers["scan"].init(keys[5], x)["params"]
             params = jax.tree_util.tree_map(lambda a, k=keys[6]: a + 0.1 * jax.random.normal(k, a.shape), params)
 
@@ -92,8 +95,9 @@ def main() -> int:
                 return jnp.sum(run(be, p, x)[0] * proj)
 
             got = {be: jax.jit(lambda p, x, be=be: run(be, p, x))(params, x) for be in layers}
-            grads = {be: jax.jit(jax.grad(lambda p, x, be=be: loss(p, x, be), argnums=(0, 1)))(params, x)
-                     for be in layers}
+            grads = {
+                be: jax.jit(jax.grad(lambda p, x, be=be: loss(p, x, be), argnums=(0, 1)))(params, x) for be in layers
+            }
             tag = f"LSTM B,T,I,U={b},{t},{i},{u} ragged go_backwards={go_backwards}"
             for k, name in enumerate(("y", "h", "c")):
                 report(f"{tag} cudnn vs scan {name}", rel(got["cudnn"][k], got["scan"][k]))
@@ -105,14 +109,12 @@ def main() -> int:
         cud = rnnjax.CuDNNLSTM(u, return_sequences=True, backend="cudnn")
         p = cud.init(keys[7], x)["params"]
         y = jax.jit(lambda p, x, cud=cud, h0=h0, c0=c0: cud.apply({"params": p}, x, initial_state=[h0, c0]))(p, x)
-        ref = torch_forward("lstm", convert.CuDNNLSTMParams(p["kernel"], p["recurrent_kernel"], p["bias"]),
-                            x, h0, c0)
+        ref = torch_forward("lstm", convert.CuDNNLSTMParams(p["kernel"], p["recurrent_kernel"], p["bias"]), x, h0, c0)
         report(f"LSTM B,T,I,U={b},{t},{i},{u} cudnn vs torch float64 y", rel(y, ref))
         gru = rnnjax.CuDNNGRU(u, return_sequences=True)
         pg = gru.init(keys[7], x)["params"]
         yg = jax.jit(lambda p, x, gru=gru, h0=h0: gru.apply({"params": p}, x, initial_state=[h0]))(pg, x)
-        refg = torch_forward("gru", convert.CuDNNGRUParams(pg["kernel"], pg["recurrent_kernel"], pg["bias"]),
-                             x, h0)
+        refg = torch_forward("gru", convert.CuDNNGRUParams(pg["kernel"], pg["recurrent_kernel"], pg["bias"]), x, h0)
         report(f"GRU  B,T,I,U={b},{t},{i},{u} (scan on GPU) vs torch float64 y", rel(yg, refg))
     print(f"# {len(failures)} failure(s)" + (": " + "; ".join(failures) if failures else ""))
     return 1 if failures else 0

@@ -13,6 +13,7 @@ Memory is XLA's deterministic figure for the compiled program, ``compiled.memory
 rnnjax's layers run ``backend='scan'`` (``--backend``) where they take one: the memory oneDNN's
 kernels allocate themselves is not in XLA's figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,6 +59,7 @@ def compiled_peaks(layer, shape, peers, old, backend="scan"):
         out[name] = peaks(lambda v, xx, mod=mod: mod.apply(v, xx), variables)
     if "flax" in peers:
         import flax.linen as nn  # noqa: F401 (build_flax compiles; we only want its apply and params)
+
         b = cpu_bench.build_flax(layer, shape, w, x)
         out["flax"] = (b.memory["fwd"]["peak_bytes"], b.memory["fwdbwd"]["peak_bytes"])
     if "keras" in peers:
@@ -68,16 +70,20 @@ def compiled_peaks(layer, shape, peers, old, backend="scan"):
 
 def table(results, impls):
     mib = lambda n: f"{n / 2**20:.2f}"  # noqa: E731
-    lines = ["| layer | B,T,I,U | " + " | ".join(f"{i} fwd / train MiB" for i in impls)
-             + " | rnnjax / min(peers) fwd | rnnjax / flax train |",
-             "|---" * (4 + len(impls)) + "|"]
+    lines = [
+        "| layer | B,T,I,U | "
+        + " | ".join(f"{i} fwd / train MiB" for i in impls)
+        + " | rnnjax / min(peers) fwd | rnnjax / flax train |",
+        "|---" * (4 + len(impls)) + "|",
+    ]
     for (layer, shape), r in results.items():
         peers = [r[p][0] for p in ("flax", "keras") if p in r]
         ratio_f = r["rnnjax"][0] / min(peers) if peers else float("nan")
         ratio_t = r["rnnjax"][1] / r["flax"][1] if "flax" in r else float("nan")
         cells = [f"{mib(r[i][0])} / {mib(r[i][1])}" for i in impls]
-        lines.append(f"| {layer} | {','.join(map(str, shape))} | " + " | ".join(cells)
-                     + f" | {ratio_f:.2f}× | {ratio_t:.2f}× |")
+        lines.append(
+            f"| {layer} | {','.join(map(str, shape))} | " + " | ".join(cells) + f" | {ratio_f:.2f}× | {ratio_t:.2f}× |"
+        )
     return "\n".join(lines)
 
 

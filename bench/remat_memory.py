@@ -12,6 +12,7 @@ Time: median wall time of the compiled step (compile excluded), on whatever back
     python bench/remat_memory.py                 # default grid
     python bench/remat_memory.py --steps 1000 10000 --units 4 --batch 1 --repeats 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,10 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
     cls = getattr(rnnjax, args.layer)
-    print(f"{args.layer} grad step, batch={args.batch} features={args.features} units={args.units}, "
-          f"backend={jax.default_backend()} ({jax.devices()[0].device_kind})")
+    print(
+        f"{args.layer} grad step, batch={args.batch} features={args.features} units={args.units}, "
+        f"backend={jax.default_backend()} ({jax.devices()[0].device_kind})"
+    )
     print(
         "| T | loss on | remat chunk | temp bytes, remat off | temp "
         "bytes, remat on | ratio | time off (ms) | time on (ms) |"
@@ -67,8 +70,11 @@ def main(argv=None):
             shape = (steps, args.batch, args.features, args.units)
             off = measure(cls, *shape, False, args.repeats, seq)
             on = measure(cls, *shape, True, args.repeats, seq)
-            print(f"| {steps} | {'all outputs' if seq else 'last output'} | {_remat_chunk(steps)} | {off[0]:,} | "
-                  f"{on[0]:,} | {on[0] / off[0]:.3f} | {off[1] * 1e3:.1f} | {on[1] * 1e3:.1f} |", flush=True)
+            print(
+                f"| {steps} | {'all outputs' if seq else 'last output'} | {_remat_chunk(steps)} | {off[0]:,} | "
+                f"{on[0]:,} | {on[0] / off[0]:.3f} | {off[1] * 1e3:.1f} | {on[1] * 1e3:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

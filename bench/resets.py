@@ -20,6 +20,7 @@ first. "fwd" is one call; "fwdbwd" the gradient of ``sum(outputs)`` with respect
 and the inputs. Medians of interleaved samples (``_common.interleaved_medians``), with the
 interquartile range as the noise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import fmt_ms, interleaved_medians, machine_record  # noqa: E402
-
 import flax.linen as nn  # noqa: E402
-import rnnjax  # noqa: E402
+from _common import fmt_ms, interleaved_medians, machine_record  # noqa: E402
 from cpu_bench import FULL_RNN_SHAPES, QUICK_RNN_SHAPES, SMOKE_RNN_SHAPES  # noqa: E402
+
+import rnnjax  # noqa: E402
 
 RESET_EVERY = 20  # steps per sequence, on average
 
@@ -61,8 +62,11 @@ class FlaxReset(nn.Module):
 
     @nn.compact
     def __call__(self, x, reset):
-        cell = nn.OptimizedLSTMCell(self.units, name="cell") if self.layer == "LSTM" else \
-            nn.GRUCell(self.units, name="cell")
+        cell = (
+            nn.OptimizedLSTMCell(self.units, name="cell")
+            if self.layer == "LSTM"
+            else nn.GRUCell(self.units, name="cell")
+        )
         carry = cell.initialize_carry(jax.random.key(0), x[:, 0].shape)
         return ResetScan(cell, name="scan")(carry, (x, reset))[1]
 
@@ -74,8 +78,8 @@ def flax_weights(layer, params, units):
     if layer == "LSTM":  # gates i, f, g, o; hi.. carry the bias
         cell = {}
         for g, n in enumerate("ifgo"):
-            cell[f"i{n}"] = {"kernel": k[:, g * u:(g + 1) * u]}
-            cell[f"h{n}"] = {"kernel": r[:, g * u:(g + 1) * u], "bias": b[g * u:(g + 1) * u]}
+            cell[f"i{n}"] = {"kernel": k[:, g * u : (g + 1) * u]}
+            cell[f"h{n}"] = {"kernel": r[:, g * u : (g + 1) * u], "bias": b[g * u : (g + 1) * u]}
         return cell
     # GRU reset_after, Keras gates z, r, h; bias (2, 3U): input and recurrent. Flax: r = σ(ir x + hr h + b),
     # z likewise, n = tanh(in x + b_in + r ⊙ (hn h + b_hn)), the input biases on `i*`, hn's on `hn`.
@@ -101,11 +105,15 @@ def variants(layer, b, t, i, u):
     params = jax.tree_util.tree_map(lambda a: a + 0.05, params)
     flax_model = FlaxReset(layer, u)
     fv = {"params": {"cell": flax_weights(layer, params["cell"], u)}}
-    return x, reset, {
-        "rnnjax": (lambda p, x: ours.apply({"params": p}, x), params),
-        "rnnjax+reset": (lambda p, x: ours.apply({"params": p}, x, reset=reset), params),
-        "flax+reset": (lambda p, x: flax_model.apply(p, x, reset), fv),
-    }
+    return (
+        x,
+        reset,
+        {
+            "rnnjax": (lambda p, x: ours.apply({"params": p}, x), params),
+            "rnnjax+reset": (lambda p, x: ours.apply({"params": p}, x, reset=reset), params),
+            "flax+reset": (lambda p, x: flax_model.apply(p, x, reset), fv),
+        },
+    )
 
 
 def run_shape(layer, shape, target_s):
@@ -138,8 +146,10 @@ def main(argv=None):
         shapes = SMOKE_RNN_SHAPES if args.smoke else QUICK_RNN_SHAPES if args.quick else FULL_RNN_SHAPES
     target = 0.02 if args.smoke else args.target_s
     rec = machine_record()
-    print(f"# {rec['cpu_model']} · {rec['usable_cpus']} usable cores · load {rec['loadavg_start'][0]:.1f} · "
-          f"jax {jax.__version__} · {rec['date']} · {args.layer}")
+    print(
+        f"# {rec['cpu_model']} · {rec['usable_cpus']} usable cores · load {rec['loadavg_start'][0]:.1f} · "
+        f"jax {jax.__version__} · {rec['date']} · {args.layer}"
+    )
     print(
         "| shape (B,T,I,U) | mode | rnnjax | rnnjax+reset | reset / no reset | flax+reset | flax+reset / rnnjax+reset |"
     )
@@ -152,9 +162,12 @@ def main(argv=None):
             noise = max(base["iqr_s"] / base["median_s"], ours["iqr_s"] / ours["median_s"])
             row = {"shape": shape, "mode": mode, "rnnjax": base, "rnnjax+reset": ours, "flax+reset": peer}
             rows.append(row)
-            print(f"| {','.join(map(str, shape))} | {mode} | {fmt_ms(base['median_s'])} | {fmt_ms(ours['median_s'])} | "
-                  f"{ours['median_s'] / base['median_s']:.2f} (IQR ±{noise:.0%}) | {fmt_ms(peer['median_s'])} | "
-                  f"{peer['median_s'] / ours['median_s']:.2f}x |", flush=True)
+            print(
+                f"| {','.join(map(str, shape))} | {mode} | {fmt_ms(base['median_s'])} | {fmt_ms(ours['median_s'])} | "
+                f"{ours['median_s'] / base['median_s']:.2f} (IQR ±{noise:.0%}) | {fmt_ms(peer['median_s'])} | "
+                f"{peer['median_s'] / ours['median_s']:.2f}x |",
+                flush=True,
+            )
     return rows
 
 

@@ -9,6 +9,7 @@ grid's layer kinds with both builds, and compares their optimised HLO text after
 instruction names and metadata. Identical programs run at the same speed, whatever the noise of
 the machine; only the programs that differ need an interleaved timing (``bench/README.md``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,10 +36,21 @@ def normalised(hlo: str) -> list[str]:
 
 
 def cases():
-    for b, t, i, u in [(32, 100, 128, 256), (1, 500, 128, 128), (128, 100, 128, 128), (32, 300, 128, 128),
-                       (8, 50, 64, 64)]:
-        for name, kw in [("LSTM", dict(recurrent_activation="sigmoid")), ("LSTM", {}), ("GRU", dict(reset_after=True)),
-                         ("GRU", {}), ("SimpleRNN", {}), ("LSTM", dict(dropout=0.2, recurrent_dropout=0.2))]:
+    for b, t, i, u in [
+        (32, 100, 128, 256),
+        (1, 500, 128, 128),
+        (128, 100, 128, 128),
+        (32, 300, 128, 128),
+        (8, 50, 64, 64),
+    ]:
+        for name, kw in [
+            ("LSTM", dict(recurrent_activation="sigmoid")),
+            ("LSTM", {}),
+            ("GRU", dict(reset_after=True)),
+            ("GRU", {}),
+            ("SimpleRNN", {}),
+            ("LSTM", dict(dropout=0.2, recurrent_dropout=0.2)),
+        ]:
             yield name, kw, (b, t, i), u
     for shape in [(4, 10, 16, 16, 8), (8, 20, 24, 24, 4)]:
         yield "ConvLSTM2D", {}, shape, 16
@@ -71,13 +83,18 @@ def main(argv=None) -> int:
         export_old(args.old_rev, folder)
         sys.path.insert(0, folder)
         sys.path.insert(0, ROOT)
-        import rnnjax
         import rnnjax_old
+
+        import rnnjax
 
         differ = 0
         for name, kw, xshape, units in cases():
-            same = [a == b for a, b in zip(programs(rnnjax_old, name, kw, xshape, units),
-                                           programs(rnnjax, name, kw, xshape, units))]
+            same = [
+                a == b
+                for a, b in zip(
+                    programs(rnnjax_old, name, kw, xshape, units), programs(rnnjax, name, kw, xshape, units)
+                )
+            ]
             differ += not all(same)
             verdict = " ".join(f"{mode} {'same' if s else 'DIFFERENT'}" for mode, s in zip(("fwd", "train"), same))
             print(f"{name:10s} {str(kw):45s} {str(xshape):20s} {verdict}", flush=True)

@@ -24,6 +24,7 @@ replicated). From each compiled (partitioned, per-device) program:
     python bench/sharding.py --smoke --out /tmp/x     # seconds; checks the script
     python bench/sharding.py --from-json bench/results/<file>.json --write-readme   # re-render only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,8 @@ if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import Mesh, NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
@@ -51,8 +53,23 @@ import rnnjax  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
-          "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_BYTES = {
+    "pred": 1,
+    "s8": 1,
+    "u8": 1,
+    "s16": 2,
+    "u16": 2,
+    "f16": 2,
+    "bf16": 2,
+    "s32": 4,
+    "u32": 4,
+    "f32": 4,
+    "s64": 8,
+    "u64": 8,
+    "f64": 8,
+    "c64": 8,
+    "c128": 16,
+}
 _ARRAY = re.compile(r"\b(" + "|".join(_BYTES) + r")\[([\d,]*)\]")
 _HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([\w\-]+)\((.*)$")
@@ -108,8 +125,9 @@ def analyse(text: str, devices: int) -> dict:
     runs = executions(comps)
     types = {ins["name"]: ins["type"] for _, instrs in comps for ins in instrs}
     dot_flops = 0
-    found = {c: {"ops": 0, "executions": 0, "operand_bytes": 0, "result_bytes": 0, "sent_bytes": 0.0}
-             for c in COLLECTIVES}
+    found = {
+        c: {"ops": 0, "executions": 0, "operand_bytes": 0, "result_bytes": 0, "sent_bytes": 0.0} for c in COLLECTIVES
+    }
     for name, instrs in comps:
         k = runs.get(name, 0)
         for ins in instrs:
@@ -152,6 +170,7 @@ def programs(impl, layer_name, shape):
     batch, steps, features, units = shape
     if impl == "flax":
         import flax.linen as nn
+
         layer = nn.RNN(getattr(nn, FLAX_CELLS[layer_name])(units))
     else:
         layer = getattr(rnnjax, layer_name)(units, return_sequences=True)
@@ -184,9 +203,19 @@ def measure(impl, layer_name, shape, devices, reps):
             t = time.perf_counter()
             jax.block_until_ready(compiled(ps, xs))
             times.append(time.perf_counter() - t)
-        rows.append({"impl": impl, "layer": layer_name, "shape": list(shape), "mode": mode, "devices": devices,
-                     "per_device_batch": shape[0] // devices, "xla_flops": cost.get("flops"),
-                     **analyse(compiled.as_text(), devices), "time_s": statistics.median(times)})
+        rows.append(
+            {
+                "impl": impl,
+                "layer": layer_name,
+                "shape": list(shape),
+                "mode": mode,
+                "devices": devices,
+                "per_device_batch": shape[0] // devices,
+                "xla_flops": cost.get("flops"),
+                **analyse(compiled.as_text(), devices),
+                "time_s": statistics.median(times),
+            }
+        )
     return rows
 
 
@@ -208,8 +237,15 @@ def table(rows) -> str:
     for r in rows:
         base = one.get(key(r))
         ratio = f"{r['dot_flops'] / base:.3f}" if base else "–"
-        coll = ", ".join(f"{c} {v['ops']}×{v['executions'] // max(v['ops'], 1)}" if v["executions"] % v["ops"] == 0
-                         else f"{c} {v['ops']} ({v['executions']} runs)" for c, v in r["collectives"].items()) or "none"
+        coll = (
+            ", ".join(
+                f"{c} {v['ops']}×{v['executions'] // max(v['ops'], 1)}"
+                if v["executions"] % v["ops"] == 0
+                else f"{c} {v['ops']} ({v['executions']} runs)"
+                for c, v in r["collectives"].items()
+            )
+            or "none"
+        )
         sent = sum(v["sent_bytes"] for v in r["collectives"].values())
         lines.append(
             f"| {r['layer']} | {r.get('impl', 'rnnjax')} | "
@@ -230,8 +266,13 @@ def main(argv=None):
     ap.add_argument("--impls", default="rnnjax,flax", help="rnnjax and/or flax (nn.RNN, the reference)")
     ap.add_argument("--reps", type=int, default=10, help="timed calls per program")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--write-readme", nargs="?", const=os.path.join(HERE, "README.md"), default=None,
-                    help="rewrite the table between <!-- sharding:start --> and <!-- sharding:end --> of this file")
+    ap.add_argument(
+        "--write-readme",
+        nargs="?",
+        const=os.path.join(HERE, "README.md"),
+        default=None,
+        help="rewrite the table between <!-- sharding:start --> and <!-- sharding:end --> of this file",
+    )
     ap.add_argument("--smoke", action="store_true", help="LSTM at (8, 5, 3, 4) on 1 and 2 devices, 2 reps")
     ap.add_argument("--from-json", default=None, help="render the table of an earlier results file, measure nothing")
     args = ap.parse_args(argv)
@@ -243,8 +284,10 @@ def main(argv=None):
         args.layers, args.shapes, args.devices, args.reps, args.impls = "LSTM", "8,5,3,4", "1,2", 2, "rnnjax"
     counts = [int(d) for d in args.devices.split(",")]
     if max(counts) > len(jax.devices()):
-        raise SystemExit(f"--devices: {max(counts)} requested, {len(jax.devices())} visible; set "
-                         f"XLA_FLAGS=--xla_force_host_platform_device_count={max(counts)} before running")
+        raise SystemExit(
+            f"--devices: {max(counts)} requested, {len(jax.devices())} visible; set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={max(counts)} before running"
+        )
     shapes = [tuple(int(s) for s in shape.split(",")) for shape in args.shapes.split(";")]
     rows = []
     for layer in args.layers.split(","):
@@ -256,8 +299,9 @@ def main(argv=None):
                     rows.extend(measure(impl, layer, shape, n, args.reps))
     stem = datetime.date.today().isoformat() + ("-sharding-smoke" if args.smoke else "-sharding")
     path = os.path.join(args.out, stem + ".json")
-    _common.write_json(path, {"machine": _common.machine_record(), "platform": jax.devices()[0].platform,
-                              "results": rows})
+    _common.write_json(
+        path, {"machine": _common.machine_record(), "platform": jax.devices()[0].platform, "results": rows}
+    )
     print(f"wrote {path}")
     return _render(rows, args.write_readme)
 

@@ -2,6 +2,7 @@
 
 Nothing here is rnnjax-specific; each example stays readable on its own.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -23,6 +23,7 @@ Run::
 Writes ``<out>/char_lm.png`` (loss curves), ``<out>/char_lm_params.msgpack`` (checkpoint) and
 ``<out>/char_lm_sample.txt`` (generated text).
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,17 @@ try:  # run as a script (python examples/x.py) or imported from the examples fol
 except ImportError:  # pragma: no cover - imported as examples.char_lm
     from examples._common import out_dir, parser, plt, save_figure
 
-MODULES = ("os.py", "argparse.py", "functools.py", "random.py", "textwrap.py", "string.py",
-           "contextlib.py", "dataclasses.py", "collections/__init__.py")
+MODULES = (
+    "os.py",
+    "argparse.py",
+    "functools.py",
+    "random.py",
+    "textwrap.py",
+    "string.py",
+    "contextlib.py",
+    "dataclasses.py",
+    "collections/__init__.py",
+)
 VOCAB = string.printable  # 100 characters; anything else is read as '?'
 CHAR_TO_ID = {c: i for i, c in enumerate(VOCAB)}
 
@@ -60,7 +70,7 @@ def load_texts(max_chars: int, val_fraction: float = 0.1) -> tuple[str, str]:
         if not os.path.exists(path) or total >= max_chars:
             continue
         with open(path, encoding="utf-8") as f:
-            text = f.read()[:max_chars - total]
+            text = f.read()[: max_chars - total]
         total += len(text)
         cut = int(len(text) * (1 - val_fraction))
         train.append(text[:cut])
@@ -87,8 +97,8 @@ def stream_batches(ids: np.ndarray, batch_size: int, seq_len: int):
         raise ValueError(f"text of {len(ids)} characters is too short for batch_size={batch_size}, seq_len={seq_len}")
     n = num_batches * seq_len
     starts = np.arange(batch_size) * stream_len
-    x = np.stack([ids[s:s + n] for s in starts])          # (batch, n)
-    y = np.stack([ids[s + 1:s + n + 1] for s in starts])
+    x = np.stack([ids[s : s + n] for s in starts])  # (batch, n)
+    y = np.stack([ids[s + 1 : s + n + 1] for s in starts])
     to_windows = lambda a: a.reshape(batch_size, num_batches, seq_len).transpose(1, 0, 2)
     return to_windows(x), to_windows(y)
 
@@ -101,10 +111,10 @@ class CharLM(nn.Module):
     units: int = 256
 
     @nn.compact
-    def __call__(self, tokens):                                    # (batch, time) int
+    def __call__(self, tokens):  # (batch, time) int
         x = nn.Embed(self.vocab_size, self.embed_dim)(tokens)
         h = rnnjax.LSTM(self.units, return_sequences=True, stateful=True)(x)
-        return nn.Dense(self.vocab_size)(h)                        # (batch, time, vocab)
+        return nn.Dense(self.vocab_size)(h)  # (batch, time, vocab)
 
 
 def make_steps(model):
@@ -129,7 +139,7 @@ def make_generate(model, length: int, temperature: float):
 
     def feed(params, rnn_state, tokens):
         logits, updates = model.apply({"params": params, "rnn_state": rnn_state}, tokens, mutable=["rnn_state"])
-        return logits[:, -1], updates["rnn_state"]                   # logits after the last token
+        return logits[:, -1], updates["rnn_state"]  # logits after the last token
 
     @jax.jit
     def generate(params, rnn_state, prompt_ids, key):
@@ -166,12 +176,14 @@ def main(argv=None):
     train_ids = encode(train_text)
     x_train, y_train = stream_batches(train_ids, args.batch_size, args.seq_len)
     x_val, y_val = stream_batches(encode(val_text), args.batch_size, args.seq_len)
-    print(f"{len(train_text) + len(val_text)} characters: {len(x_train)} training and {len(x_val)} "
-          f"validation windows of {args.batch_size} streams x {args.seq_len} steps")
+    print(
+        f"{len(train_text) + len(val_text)} characters: {len(x_train)} training and {len(x_val)} "
+        f"validation windows of {args.batch_size} streams x {args.seq_len} steps"
+    )
 
     model = CharLM(units=args.units)
     key_init, key_gen = jax.random.split(jax.random.PRNGKey(args.seed))
-    variables = model.init(key_init, x_train[0])        # a stateful layer's state has the batch size of init
+    variables = model.init(key_init, x_train[0])  # a stateful layer's state has the batch size of init
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.lr))
     state = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx)
     rnn_state = variables["rnn_state"]
@@ -181,7 +193,7 @@ def main(argv=None):
     history = {"step_loss": [], "val_loss": []}
     bar = tqdm(total=args.epochs * len(x_train), desc="training", unit="step")
     for epoch in range(args.epochs):
-        rnn_state = rnnjax.reset_states({"rnn_state": rnn_state})["rnn_state"]   # new epoch: start of the text
+        rnn_state = rnnjax.reset_states({"rnn_state": rnn_state})["rnn_state"]  # new epoch: start of the text
         for x, y in zip(x_train, y_train):
             state, rnn_state, loss = train_step(state, rnn_state, x, y)
             history["step_loss"].append(float(loss) * bits)
@@ -218,14 +230,18 @@ def main(argv=None):
     unigram = np.bincount(train_ids, minlength=len(VOCAB)) / len(train_ids)
     unigram_bits = float(-(unigram[unigram > 0] * np.log2(unigram[unigram > 0])).sum())
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(np.arange(1, len(history["step_loss"]) + 1), history["step_loss"], lw=0.8, alpha=0.8,
-            label="training batch")
+    ax.plot(
+        np.arange(1, len(history["step_loss"]) + 1), history["step_loss"], lw=0.8, alpha=0.8, label="training batch"
+    )
     ax.plot(
         steps_per_epoch * np.arange(1, args.epochs + 1), history["val_loss"], "o-", label="validation (end of epoch)"
     )
     ax.axhline(unigram_bits, color="gray", ls="--", label=f"character frequencies only ({unigram_bits:.2f})")
-    ax.set(title=f"stateful LSTM({args.units}) on stdlib source, TBPTT windows of {args.seq_len}",
-           xlabel="training step", ylabel="bits per character")
+    ax.set(
+        title=f"stateful LSTM({args.units}) on stdlib source, TBPTT windows of {args.seq_len}",
+        xlabel="training step",
+        ylabel="bits per character",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     png = save_figure(fig, out / "char_lm.png")

@@ -23,6 +23,7 @@ timesteps)) -> logits (batch, 10)``, as a serialised ``jax.export`` with a symbo
 number of steps, which any process with jax loads and calls without rnnjax (README, "Export and
 serve").
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -51,15 +52,15 @@ def digit_sequences(limit=None):
     ``lengths`` ``(n,)`` (number of inked columns) and labels ``y`` ``(n,)``.
     """
     digits = load_digits()
-    images = digits.images.astype(np.float32) / 16.0       # (n, rows, cols), values in [0, 1]
-    columns = images.transpose(0, 2, 1)                     # (n, cols, rows): one column per step
-    inked = columns.max(axis=2) > 0                         # (n, cols)
+    images = digits.images.astype(np.float32) / 16.0  # (n, rows, cols), values in [0, 1]
+    columns = images.transpose(0, 2, 1)  # (n, cols, rows): one column per step
+    inked = columns.max(axis=2) > 0  # (n, cols)
     first = inked.argmax(axis=1)
     last = columns.shape[1] - 1 - inked[:, ::-1].argmax(axis=1)
     lengths = last - first + 1
     x = np.zeros_like(columns)
     for i, (a, n) in enumerate(zip(first, lengths)):
-        x[i, :n] = columns[i, a:a + n]
+        x[i, :n] = columns[i, a : a + n]
     return x[:limit], lengths[:limit].astype(np.int32), digits.target[:limit].astype(np.int32)
 
 
@@ -76,8 +77,8 @@ class SequenceClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask):
-        h = rnnjax.LSTM(self.units)(x, mask=mask)       # (batch, units), padding skipped
-        return nn.Dense(self.num_classes)(h)            # (batch, num_classes) logits
+        h = rnnjax.LSTM(self.units)(x, mask=mask)  # (batch, units), padding skipped
+        return nn.Dense(self.num_classes)(h)  # (batch, num_classes) logits
 
 
 def make_train_step(model):
@@ -127,11 +128,14 @@ def main(argv=None):
     out = out_dir(args.out)
 
     x, lengths, y = digit_sequences(256 if args.smoke else None)
-    print(f"{len(x)} sequences, lengths {lengths.min()}..{lengths.max()} "
-          f"(how many of each: {dict(zip(*map(np.ndarray.tolist, np.unique(lengths, return_counts=True))))})")
+    print(
+        f"{len(x)} sequences, lengths {lengths.min()}..{lengths.max()} "
+        f"(how many of each: {dict(zip(*map(np.ndarray.tolist, np.unique(lengths, return_counts=True))))})"
+    )
     mask = length_mask(lengths, x.shape[1])
     x_tr, x_te, m_tr, m_te, y_tr, y_te = train_test_split(
-        x, mask, y, test_size=0.25, random_state=args.seed, stratify=None if args.smoke else y)
+        x, mask, y, test_size=0.25, random_state=args.seed, stratify=None if args.smoke else y
+    )
 
     model = SequenceClassifier(units=args.units)
     key_init, key_noise = jax.random.split(jax.random.PRNGKey(args.seed))
@@ -147,7 +151,7 @@ def main(argv=None):
         order = rng.permutation(len(x_tr))
         losses, accs = [], []
         for b in range(n_batches):
-            idx = order[b * args.batch_size:(b + 1) * args.batch_size]
+            idx = order[b * args.batch_size : (b + 1) * args.batch_size]
             state, loss, acc = train_step(state, x_tr[idx], m_tr[idx], y_tr[idx])
             losses.append(loss)
             accs.append(acc)

@@ -23,6 +23,7 @@ Run::
 
 Writes ``<out>/data_parallel.png`` (the training loss per step, on N devices and on one).
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,11 @@ def force_host_devices(argv) -> None:
     if "jax" in sys.modules:
         return
     for k, arg in enumerate(argv):
-        value = arg.split("=", 1)[1] if arg.startswith("--devices=") else (
-            argv[k + 1] if arg == "--devices" and k + 1 < len(argv) else None)
+        value = (
+            arg.split("=", 1)[1]
+            if arg.startswith("--devices=")
+            else (argv[k + 1] if arg == "--devices" and k + 1 < len(argv) else None)
+        )
         if value is not None and value.isdigit():
             flags = os.environ.get("XLA_FLAGS", "")
             os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={value}".strip()
@@ -90,15 +94,19 @@ def make_batches(args):
     for _ in range(args.epochs):
         order = rng.permutation(len(x))
         for b in range(len(x) // args.batch_size):
-            idx = order[b * args.batch_size:(b + 1) * args.batch_size]
+            idx = order[b * args.batch_size : (b + 1) * args.batch_size]
             batches.append((x[idx], mask[idx], y[idx]))
     return batches
 
 
 def main(argv=None):
     p = parser(__doc__)
-    p.add_argument("--devices", type=int, default=None,
-                   help="number of devices (default: all visible); on a CPU, that many host devices")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="number of devices (default: all visible); on a CPU, that many host devices",
+    )
     p.add_argument("--units", type=int, default=64, help="LSTM units")
     p.add_argument("--epochs", type=int, default=5, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=64, help="global batch, split over the devices")
@@ -109,32 +117,48 @@ def main(argv=None):
     visible = jax.devices()
     n = len(visible) if args.devices is None else args.devices
     if not 1 <= n <= len(visible):
-        raise SystemExit(f"--devices: {n} requested, {len(visible)} visible ({visible[0].platform}); on a CPU, "
-                         "--devices must be given on the command line, before JAX starts")
+        raise SystemExit(
+            f"--devices: {n} requested, {len(visible)} visible ({visible[0].platform}); on a CPU, "
+            "--devices must be given on the command line, before JAX starts"
+        )
     if args.batch_size % n:
         raise SystemExit(f"--batch-size: {args.batch_size} rows do not split over {n} devices; use a multiple of {n}")
     out = out_dir(args.out)
 
     model, batches = SequenceClassifier(units=args.units), make_batches(args)
     losses, shard = train(visible[:n], model, batches, args)
-    print(f"{n} {visible[0].platform} devices, global batch {args.batch_size}: per-device batch "
-          f"{shard[0]} rows (input shard {tuple(shard)} on each device)")
+    print(
+        f"{n} {visible[0].platform} devices, global batch {args.batch_size}: per-device batch "
+        f"{shard[0]} rows (input shard {tuple(shard)} on each device)"
+    )
     reference, _ = train(visible[:1], model, batches, args)
     diff = float(np.max(np.abs(losses - reference) / np.abs(reference)))
     same = bool(np.allclose(losses, reference, rtol=1e-4))
-    print(f"{len(losses)} steps, final loss {losses[-1]:.6f} on {n} devices, {reference[-1]:.6f} on 1 device; "
-          f"largest relative difference over all steps {diff:.1e}: equal to float rounding: {same}")
+    print(
+        f"{len(losses)} steps, final loss {losses[-1]:.6f} on {n} devices, {reference[-1]:.6f} on 1 device; "
+        f"largest relative difference over all steps {diff:.1e}: equal to float rounding: {same}"
+    )
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(reference, lw=3, alpha=0.4, label="1 device")
     ax.plot(losses, lw=1, label=f"{n} devices, batch sharded")
-    ax.set(title=f"LSTM({args.units}) digit classifier, global batch {args.batch_size}",
-           xlabel="step", ylabel="training loss (cross-entropy)", yscale="log")
+    ax.set(
+        title=f"LSTM({args.units}) digit classifier, global batch {args.batch_size}",
+        xlabel="step",
+        ylabel="training loss (cross-entropy)",
+        yscale="log",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     png = save_figure(fig, out / "data_parallel.png")
-    return {"devices": n, "per_device_batch": int(shard[0]), "losses": losses,
-            "losses_one_device": reference, "same_loss": same, "png": png}
+    return {
+        "devices": n,
+        "per_device_batch": int(shard[0]),
+        "losses": losses,
+        "losses_one_device": reference,
+        "same_loss": same,
+        "png": png,
+    }
 
 
 if __name__ == "__main__":

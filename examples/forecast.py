@@ -17,6 +17,7 @@ Run::
 Needs statsmodels (``pip install statsmodels``). Writes ``<out>/forecast.png`` (``forecast_nnx.png``
 with ``--api nnx``).
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -57,9 +58,9 @@ class Forecaster(nn.Module):
     units: int = 32
 
     @nn.compact
-    def __call__(self, x):                                  # (batch, window, 1)
-        h = LAYERS[self.cell](self.units)(x)                # (batch, units): state after the last year
-        return nn.Dense(1)(h)[:, 0]                         # (batch,) next year (scaled)
+    def __call__(self, x):  # (batch, window, 1)
+        h = LAYERS[self.cell](self.units)(x)  # (batch, units): state after the last year
+        return nn.Dense(1)(h)[:, 0]  # (batch,) next year (scaled)
 
 
 class NNXForecaster(nnx.Module):
@@ -72,7 +73,7 @@ class NNXForecaster(nnx.Module):
         self.rnn = layer(units, input_dim=1, rngs=rngs)
         self.dense = nnx.Linear(units, 1, rngs=rngs)
 
-    def __call__(self, x):                                  # (batch, window, 1)
+    def __call__(self, x):  # (batch, window, 1)
         return self.dense(self.rnn(x))[:, 0]
 
 
@@ -108,7 +109,7 @@ def train_nnx(args, x_tr, y_tr):
     @nnx.jit
     def train_step(model, optimizer, x, y):
         loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
-        optimizer.update(model, grads)                      # in place
+        optimizer.update(model, grads)  # in place
         return loss
 
     losses = []
@@ -150,18 +151,20 @@ def main(argv=None):
     scaled = (z - mean) / std
     unscale = lambda v: (np.asarray(v) * std + mean) ** 2
 
-    x, y = windows(scaled, args.window)                    # target year of x[i]: years[i + window]
-    target_years = years[args.window:]
+    x, y = windows(scaled, args.window)  # target year of x[i]: years[i + window]
+    target_years = years[args.window :]
     is_test = target_years >= years[n_train]
     x_tr, y_tr, x_te = x[~is_test], y[~is_test], x[is_test]
-    print(f"cell={args.cell}: {len(x_tr)} training windows ({target_years[0]}-{target_years[~is_test][-1]}), "
-          f"{len(x_te)} test years ({target_years[is_test][0]}-{target_years[-1]})")
+    print(
+        f"cell={args.cell}: {len(x_tr)} training windows ({target_years[0]}-{target_years[~is_test][-1]}), "
+        f"{len(x_te)} test years ({target_years[is_test][0]}-{target_years[-1]})"
+    )
 
     predict, losses = (train_nnx if args.api == "nnx" else train_linen)(args, x_tr, y_tr)
     pred = unscale(predict(x_te))
-    truth = spots[-args.test_years:]
-    last_year = spots[-args.test_years - 1:-1]
-    last_cycle = spots[-args.test_years - CYCLE:-CYCLE]
+    truth = spots[-args.test_years :]
+    last_year = spots[-args.test_years - 1 : -1]
+    last_cycle = spots[-args.test_years - CYCLE : -CYCLE]
     scores = {
         f"{args.cell} (one step ahead)": (mae(pred, truth), rmse(pred, truth)),
         "naive: last year": (mae(last_year, truth), rmse(last_year, truth)),
@@ -179,12 +182,30 @@ def main(argv=None):
     ax_all.set(title="yearly sunspot number", ylabel="sunspots")
     ax_all.legend(loc="upper left")
     ax_test.plot(test_years, truth, "o-", color="0.2", ms=3, label="observed")
-    ax_test.plot(test_years, pred, "o-", color="C1", ms=3,
-                 label=f"{args.cell}, MAE {scores[f'{args.cell} (one step ahead)'][0]:.1f}")
-    ax_test.plot(test_years, last_year, "--", color="C0", lw=1,
-                 label=f"naive: last year, MAE {scores['naive: last year'][0]:.1f}")
-    ax_test.plot(test_years, last_cycle, ":", color="C2", lw=1.2,
-                 label=f"naive: {CYCLE} years ago, MAE {scores[f'naive: {CYCLE} years ago'][0]:.1f}")
+    ax_test.plot(
+        test_years,
+        pred,
+        "o-",
+        color="C1",
+        ms=3,
+        label=f"{args.cell}, MAE {scores[f'{args.cell} (one step ahead)'][0]:.1f}",
+    )
+    ax_test.plot(
+        test_years,
+        last_year,
+        "--",
+        color="C0",
+        lw=1,
+        label=f"naive: last year, MAE {scores['naive: last year'][0]:.1f}",
+    )
+    ax_test.plot(
+        test_years,
+        last_cycle,
+        ":",
+        color="C2",
+        lw=1.2,
+        label=f"naive: {CYCLE} years ago, MAE {scores[f'naive: {CYCLE} years ago'][0]:.1f}",
+    )
     ax_test.set(title="held-out years: one-step-ahead forecasts", xlabel="year", ylabel="sunspots")
     ax_test.grid(alpha=0.3)
     ax_test.legend(loc="upper right", fontsize=9)

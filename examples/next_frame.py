@@ -16,6 +16,7 @@ Run::
 Writes ``<out>/next_frame.png``: true frames above the predicted ones for a few test sequences,
 and the training loss.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -53,7 +54,7 @@ def moving_digits(images, n, frames, size, rng):
     video = np.zeros((n, frames, size, size, 1), np.float32)
     for i in range(n):
         for f, (y, x) in enumerate(pos[i]):
-            video[i, f, y:y + h, x:x + w, 0] = images[which[i]]
+            video[i, f, y : y + h, x : x + w, 0] = images[which[i]]
     return video
 
 
@@ -63,12 +64,11 @@ class NextFrame(nn.Module):
     filters: int = 16
 
     @nn.compact
-    def __call__(self, frames):                                         # (batch, time, rows, cols, 1)
+    def __call__(self, frames):  # (batch, time, rows, cols, 1)
         # unroll=True: with only a handful of frames a Python loop is about 2x faster on the CPU
         # than lax.scan's per-step overhead (the scan path is fine too; use it for long videos).
-        h = rnnjax.ConvLSTM2D(self.filters, kernel_size=3, padding="same", return_sequences=True,
-                              unroll=True)(frames)
-        return nn.Conv(1, kernel_size=(1, 1))(h)                        # (batch, time, rows, cols, 1)
+        h = rnnjax.ConvLSTM2D(self.filters, kernel_size=3, padding="same", return_sequences=True, unroll=True)(frames)
+        return nn.Conv(1, kernel_size=(1, 1))(h)  # (batch, time, rows, cols, 1)
 
 
 def main(argv=None):
@@ -88,7 +88,7 @@ def main(argv=None):
     digits = load_digits().images.astype(np.float32) / 16.0
     rng = np.random.default_rng(args.seed)
     n_test = 16 if args.smoke else 256
-    held_out = len(digits) * 4 // 5          # test sequences use digit images never seen in training
+    held_out = len(digits) * 4 // 5  # test sequences use digit images never seen in training
     train = moving_digits(digits[:held_out], args.train, args.frames, args.size, rng)
     test = moving_digits(digits[held_out:], n_test, args.frames, args.size, rng)
     print(f"{len(train)} training and {len(test)} test sequences of {args.frames} frames {args.size}x{args.size}")
@@ -100,7 +100,7 @@ def main(argv=None):
     @jax.jit
     def train_step(state, video):
         def loss_fn(params):
-            logits = model.apply({"params": params}, video[:, :-1])     # frames 0..T-2 -> 1..T-1
+            logits = model.apply({"params": params}, video[:, :-1])  # frames 0..T-2 -> 1..T-1
             return optax.sigmoid_binary_cross_entropy(logits, video[:, 1:]).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -119,7 +119,7 @@ def main(argv=None):
         if i % 10 == 0:
             bar.set_postfix(bce=f"{losses[-1]:.4f}")
 
-    pred = np.asarray(predict(state.params, test))                     # frames 1..T-1
+    pred = np.asarray(predict(state.params, test))  # frames 1..T-1
     mse = float(np.mean((pred - test[:, 1:]) ** 2))
     copy_last = float(np.mean((test[:, :-1] - test[:, 1:]) ** 2))
     print(f"test MSE per pixel: ConvLSTM2D {mse:.4f}, copy the last frame {copy_last:.4f}")
@@ -145,8 +145,11 @@ def main(argv=None):
     ax.plot(losses, lw=0.8)
     ax.set(xlabel="training step", ylabel="BCE per pixel")
     ax.grid(alpha=0.3)
-    fig.suptitle(f"ConvLSTM2D({args.filters}, 3x3): each predicted frame uses only the true frames before it\n"
-                 f"test MSE {mse:.4f} vs {copy_last:.4f} for copying the last frame", fontsize=10)
+    fig.suptitle(
+        f"ConvLSTM2D({args.filters}, 3x3): each predicted frame uses only the true frames before it\n"
+        f"test MSE {mse:.4f} vs {copy_last:.4f} for copying the last frame",
+        fontsize=10,
+    )
     png = save_figure(fig, out / "next_frame.png")
 
     print(f"final test MSE: {mse:.4f} (copy last frame: {copy_last:.4f})")

@@ -22,6 +22,7 @@ Run::
 
 Writes ``<out>/packed_sequences.png`` (the two loss curves and the two throughputs).
 """
+
 from __future__ import annotations
 
 import time
@@ -53,7 +54,7 @@ class PaddedClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask):
-        h = rnnjax.LSTM(self.units, name="lstm")(x, mask=mask)                  # (batch, units)
+        h = rnnjax.LSTM(self.units, name="lstm")(x, mask=mask)  # (batch, units)
         return nn.Dense(10, name="dense")(h)
 
 
@@ -66,7 +67,7 @@ class PackedClassifier(nn.Module):
     @nn.compact
     def __call__(self, x, mask, reset, row, last):
         h = rnnjax.LSTM(self.units, return_sequences=True, name="lstm")(x, mask=mask, reset=reset)
-        return nn.Dense(10, name="dense")(h[row, last])                         # (sequences, 10)
+        return nn.Dense(10, name="dense")(h[row, last])  # (sequences, 10)
 
 
 def make_train_step(model):
@@ -84,7 +85,7 @@ def make_train_step(model):
 
 def pack(x, lengths, idx, row_length, rows=None):
     """The packed batch of sequences ``idx``: ``(inputs, mask, reset, row, last)``."""
-    p = packing.pack_sequences([x[i, :lengths[i]] for i in idx], row_length, rows=rows)
+    p = packing.pack_sequences([x[i, : lengths[i]] for i in idx], row_length, rows=rows)
     return (p.inputs, p.mask, p.reset, p.row, p.start + p.length - 1), p
 
 
@@ -122,7 +123,9 @@ def main(argv=None):
     idx_tr, idx_te = train_test_split(np.arange(len(x)), test_size=0.25, random_state=args.seed)
     rng = np.random.default_rng(args.seed)
     orders = [rng.permutation(idx_tr) for _ in range(args.epochs)]
-    steps = [o[b:b + args.batch_size] for o in orders for b in range(0, len(o) - args.batch_size + 1, args.batch_size)]
+    steps = [
+        o[b : b + args.batch_size] for o in orders for b in range(0, len(o) - args.batch_size + 1, args.batch_size)
+    ]
 
     # the same batches, padded and packed (one number of rows for all, so the step compiles once)
     padded = [(x[i], length_mask(lengths[i], x.shape[1])) for i in steps]
@@ -130,30 +133,39 @@ def main(argv=None):
     packed = [pack(x, lengths, i, args.row_length, rows)[0] for i in steps]
     labels = [y[i] for i in steps]
     real = int(sum(lengths[i].sum() for i in steps))
-    print(f"{len(steps)} steps of {args.batch_size} sequences: padded {args.batch_size} x {x.shape[1]} steps, "
-          f"packed {rows} x {args.row_length} ({real / (len(steps) * args.batch_size * x.shape[1]):.0%} vs "
-          f"{real / (len(steps) * rows * args.row_length):.0%} of the computed steps are real)")
+    print(
+        f"{len(steps)} steps of {args.batch_size} sequences: padded {args.batch_size} x {x.shape[1]} steps, "
+        f"packed {rows} x {args.row_length} ({real / (len(steps) * args.batch_size * x.shape[1]):.0%} vs "
+        f"{real / (len(steps) * rows * args.row_length):.0%} of the computed steps are real)"
+    )
 
     padded_model, packed_model = PaddedClassifier(args.units), PackedClassifier(args.units)
     params = padded_model.init(jax.random.key(args.seed), *padded[0])["params"]  # the same parameters for both
     results = {}
     trained = train_both((padded_model, packed_model), params, (padded, packed), labels)
     for name, (p, losses, seconds) in zip(("padded", "packed"), trained):
-        results[name] = {"params": p, "losses": losses, "steps_per_s": (len(steps) - 1) / seconds,
-                         "tokens_per_s": real * (len(steps) - 1) / len(steps) / seconds}
+        results[name] = {
+            "params": p,
+            "losses": losses,
+            "steps_per_s": (len(steps) - 1) / seconds,
+            "tokens_per_s": real * (len(steps) - 1) / len(steps) / seconds,
+        }
         print(f"{name}: {len(steps)} steps, final loss {losses[-1]:.4f}")
 
     # test accuracy, padded and packed
-    test_padded = padded_model.apply({"params": results["padded"]["params"]}, x[idx_te],
-                                     length_mask(lengths[idx_te], x.shape[1]))
+    test_padded = padded_model.apply(
+        {"params": results["padded"]["params"]}, x[idx_te], length_mask(lengths[idx_te], x.shape[1])
+    )
     test_batch, _ = pack(x, lengths, idx_te, args.row_length)
     test_packed = packed_model.apply({"params": results["packed"]["params"]}, *test_batch)
     for name, logits in (("padded", test_padded), ("packed", test_packed)):
         results[name]["test_accuracy"] = float(np.mean(np.argmax(np.asarray(logits), -1) == y[idx_te]))
     for name in ("padded", "packed"):
         r = results[name]
-        print(f"{name:>6}: test accuracy {r['test_accuracy']:.4f}, {r['steps_per_s']:.1f} steps/s, "
-              f"{r['tokens_per_s']:,.0f} useful tokens/s")
+        print(
+            f"{name:>6}: test accuracy {r['test_accuracy']:.4f}, {r['steps_per_s']:.1f} steps/s, "
+            f"{r['tokens_per_s']:,.0f} useful tokens/s"
+        )
     gap = float(np.max(np.abs(np.subtract(results["padded"]["losses"], results["packed"]["losses"]))))
     print(f"largest difference of the two loss curves: {gap:.2e} (the same function, to float rounding)")
 
@@ -163,14 +175,22 @@ def main(argv=None):
     ax_loss.set(title="training loss, same batches", xlabel="step", ylabel="cross-entropy", yscale="log")
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)
-    ax_speed.bar(["padded", "packed"], [results[n]["tokens_per_s"] for n in ("padded", "packed")],
-                 color=["tab:gray", "tab:blue"])
+    ax_speed.bar(
+        ["padded", "packed"], [results[n]["tokens_per_s"] for n in ("padded", "packed")], color=["tab:gray", "tab:blue"]
+    )
     ax_speed.set(title="useful tokens per second (training)", ylabel="tokens/s")
     fig.suptitle(f"LSTM({args.units}) on digits: padded to {x.shape[1]} steps vs packed in rows of {args.row_length}")
     png = save_figure(fig, out / "packed_sequences.png")
-    return {"png": png, "loss_gap": gap, "rows": rows,
-            **{f"{k}_{n}": results[n][k] for n in ("padded", "packed")
-               for k in ("test_accuracy", "steps_per_s", "tokens_per_s", "losses")}}
+    return {
+        "png": png,
+        "loss_gap": gap,
+        "rows": rows,
+        **{
+            f"{k}_{n}": results[n][k]
+            for n in ("padded", "packed")
+            for k in ("test_accuracy", "steps_per_s", "tokens_per_s", "losses")
+        },
+    }
 
 
 if __name__ == "__main__":

@@ -25,26 +25,73 @@ Each public name is defined in one module; the top level re-exports the layers a
 a model needs, not the cores or the conversions. Each built-in cell kind is one record
 (:mod:`rnnjax.kinds`) from which its linen and NNX classes are made.
 """
-from rnnjax import constraints, functional, regularizers
-from rnnjax.functional import activations, initializers
-from rnnjax.layers import (
-    Activation, Bidirectional, Dense, Dropout, Embedding, Masking, Sequential, TimeDistributed,
-    GRU, LSTM, RNN, STATE_COLLECTION, GRUCell, LSTMCell, SimpleRNN, SimpleRNNCell, StackedRNNCells, reset_states,
-)
-from rnnjax.layers import (  # noqa: F401  (KERAS_LAYERS: their names)
-    KERAS_LAYERS, AdditiveAttention, Add, Attention, Average, AveragePooling1D, AveragePooling2D,
-    BatchNormalization, Concatenate, Conv1D, Conv2D, Conv3D, Cropping1D, Dot, Flatten, GlobalAveragePooling1D,
-    GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D, LayerNormalization, LeakyReLU, MaxPooling1D,
-    MaxPooling2D, Maximum, Minimum, Multiply, Permute, ReLU, RepeatVector, Reshape, Softmax, Subtract,
-    UpSampling1D, ZeroPadding1D,
-)
-from rnnjax.layers import (
-    ConvLSTM1D, ConvLSTM2D, ConvLSTM3D, ConvLSTM1DCell, ConvLSTM2DCell, ConvLSTM3DCell, ConvLSTMCell,
-)
-from rnnjax import cudnn, packing
-from rnnjax.cudnn import CuDNNGRU, CuDNNLSTM
-from rnnjax.regularizers import regularization_loss
+
+from rnnjax import constraints, cudnn, functional, packing, regularizers
 from rnnjax.constraints import keras_constraints
+from rnnjax.cudnn import CuDNNGRU, CuDNNLSTM
+from rnnjax.functional import activations, initializers
+from rnnjax.layers import (  # noqa: F401  (KERAS_LAYERS: their names)
+    GRU,
+    KERAS_LAYERS,
+    LSTM,
+    RNN,
+    STATE_COLLECTION,
+    Activation,
+    Add,
+    AdditiveAttention,
+    Attention,
+    Average,
+    AveragePooling1D,
+    AveragePooling2D,
+    BatchNormalization,
+    Bidirectional,
+    Concatenate,
+    Conv1D,
+    Conv2D,
+    Conv3D,
+    ConvLSTM1D,
+    ConvLSTM1DCell,
+    ConvLSTM2D,
+    ConvLSTM2DCell,
+    ConvLSTM3D,
+    ConvLSTM3DCell,
+    ConvLSTMCell,
+    Cropping1D,
+    Dense,
+    Dot,
+    Dropout,
+    Embedding,
+    Flatten,
+    GlobalAveragePooling1D,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling1D,
+    GlobalMaxPooling2D,
+    GRUCell,
+    LayerNormalization,
+    LeakyReLU,
+    LSTMCell,
+    Masking,
+    Maximum,
+    MaxPooling1D,
+    MaxPooling2D,
+    Minimum,
+    Multiply,
+    Permute,
+    ReLU,
+    RepeatVector,
+    Reshape,
+    Sequential,
+    SimpleRNN,
+    SimpleRNNCell,
+    Softmax,
+    StackedRNNCells,
+    Subtract,
+    TimeDistributed,
+    UpSampling1D,
+    ZeroPadding1D,
+    reset_states,
+)
+from rnnjax.regularizers import regularization_loss
 
 __version__ = "0.1.0"
 
@@ -55,6 +102,7 @@ def __getattr__(name):
     # Keras files are read and written by rnnjax.keras (h5py, an optional extra): imported on first use only.
     if name in _KERAS_FILES or name == "keras":
         import sys
+
         import rnnjax.keras  # noqa: F401  (`from rnnjax import keras` would come back here)
 
         keras = sys.modules["rnnjax.keras"]
@@ -63,12 +111,46 @@ def __getattr__(name):
 
 
 __all__ = [
-    "GRU", "LSTM", "RNN", "SimpleRNN", "GRUCell", "LSTMCell", "SimpleRNNCell", "StackedRNNCells",
-    "Activation", "Bidirectional", "Dense", "Dropout", "Embedding", "Masking", "Sequential", "TimeDistributed",
-    "reset_states", "regularization_loss", "keras_constraints", "STATE_COLLECTION",
-    "activations", "initializers", "constraints", "regularizers", "functional",
-    "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell",
-    "ConvLSTMCell", "cudnn", "CuDNNLSTM", "CuDNNGRU", "packing",
-    "load_keras", "load_keras_weights", "load_keras_optimizer", "inspect_keras", "save_keras",
+    "GRU",
+    "LSTM",
+    "RNN",
+    "SimpleRNN",
+    "GRUCell",
+    "LSTMCell",
+    "SimpleRNNCell",
+    "StackedRNNCells",
+    "Activation",
+    "Bidirectional",
+    "Dense",
+    "Dropout",
+    "Embedding",
+    "Masking",
+    "Sequential",
+    "TimeDistributed",
+    "reset_states",
+    "regularization_loss",
+    "keras_constraints",
+    "STATE_COLLECTION",
+    "activations",
+    "initializers",
+    "constraints",
+    "regularizers",
+    "functional",
+    "ConvLSTM1D",
+    "ConvLSTM2D",
+    "ConvLSTM3D",
+    "ConvLSTM1DCell",
+    "ConvLSTM2DCell",
+    "ConvLSTM3DCell",
+    "ConvLSTMCell",
+    "cudnn",
+    "CuDNNLSTM",
+    "CuDNNGRU",
+    "packing",
+    "load_keras",
+    "load_keras_weights",
+    "load_keras_optimizer",
+    "inspect_keras",
+    "save_keras",
     *KERAS_LAYERS,
 ]

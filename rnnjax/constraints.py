@@ -14,10 +14,12 @@ The projections (``eps = 1e-7``, norms over ``axis``, Keras 2 definitions)::
     UnitNorm(axis)            w / (eps + |w|)
     MinMaxNorm(lo, hi, r, a)  w * (r * clip(|w|, lo, hi) + (1 - r) * |w|) / (eps + |w|)
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Union
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -79,7 +81,7 @@ _BY_NAME: dict[str, Callable] = {
 }
 
 
-def get(identifier: Union[None, str, Callable, Mapping], argument: str = "constraint"):
+def get(identifier: None | str | Callable | Mapping, argument: str = "constraint"):
     """Resolves ``None``, a Keras name (``'max_norm'``, ``'non_neg'``, ``'unit_norm'``,
     ``'min_max_norm'``), a Keras config dict or a callable ``w -> w``."""
     if identifier is None:

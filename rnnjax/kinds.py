@@ -15,10 +15,11 @@ gate blocks its recurrent activation ``σ`` computes, and how Keras files hold i
 Adding a cell kind means: its core, its record (here), its tests (``docs/design.md``, "Adding a
 cell", walks through :data:`MINIMAL_RNN`).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -40,21 +41,43 @@ RANK_ONES = _RankOnes()
 # Every argument a built-in cell or layer takes: (annotation, default). The Keras 2 ones keep
 # Keras 2's defaults; the rest are rnnjax's (docs: rnnjax.RNN and the layers' docstrings).
 ARGUMENTS: dict[str, tuple] = {
-    "units": (int, REQUIRED), "filters": (int, REQUIRED), "kernel_size": (Any, REQUIRED),
-    "strides": (Any, RANK_ONES), "padding": (str, "valid"), "data_format": (Any, None),
+    "units": (int, REQUIRED),
+    "filters": (int, REQUIRED),
+    "kernel_size": (Any, REQUIRED),
+    "strides": (Any, RANK_ONES),
+    "padding": (str, "valid"),
+    "data_format": (Any, None),
     "dilation_rate": (Any, RANK_ONES),
-    "activation": (Any, "tanh"), "recurrent_activation": (Any, "hard_sigmoid"), "use_bias": (bool, True),
-    "kernel_initializer": (Any, "glorot_uniform"), "recurrent_initializer": (Any, "orthogonal"),
-    "bias_initializer": (Any, "zeros"), "unit_forget_bias": (bool, True),
-    "kernel_regularizer": (Any, None), "recurrent_regularizer": (Any, None), "bias_regularizer": (Any, None),
+    "activation": (Any, "tanh"),
+    "recurrent_activation": (Any, "hard_sigmoid"),
+    "use_bias": (bool, True),
+    "kernel_initializer": (Any, "glorot_uniform"),
+    "recurrent_initializer": (Any, "orthogonal"),
+    "bias_initializer": (Any, "zeros"),
+    "unit_forget_bias": (bool, True),
+    "kernel_regularizer": (Any, None),
+    "recurrent_regularizer": (Any, None),
+    "bias_regularizer": (Any, None),
     "activity_regularizer": (Any, None),
-    "kernel_constraint": (Any, None), "recurrent_constraint": (Any, None), "bias_constraint": (Any, None),
-    "dropout": (float, 0.0), "recurrent_dropout": (float, 0.0), "implementation": (int, 1),
+    "kernel_constraint": (Any, None),
+    "recurrent_constraint": (Any, None),
+    "bias_constraint": (Any, None),
+    "dropout": (float, 0.0),
+    "recurrent_dropout": (float, 0.0),
+    "implementation": (int, 1),
     "reset_after": (bool, False),
-    "return_sequences": (bool, False), "return_state": (bool, False), "go_backwards": (bool, False),
-    "stateful": (bool, False), "unroll": (bool, False),
-    "input_dim": (Optional[int], None), "input_length": (Optional[int], None), "zero_output_for_mask": (bool, False),
-    "param_dtype": (Any, jnp.float32), "scan_unroll": (int, 1), "remat": (bool, False), "custom_backward": (bool, True),
+    "return_sequences": (bool, False),
+    "return_state": (bool, False),
+    "go_backwards": (bool, False),
+    "stateful": (bool, False),
+    "unroll": (bool, False),
+    "input_dim": (int | None, None),
+    "input_length": (int | None, None),
+    "zero_output_for_mask": (bool, False),
+    "param_dtype": (Any, jnp.float32),
+    "scan_unroll": (int, 1),
+    "remat": (bool, False),
+    "custom_backward": (bool, True),
     "backend": (str, "auto"),
 }
 
@@ -66,10 +89,24 @@ DROPOUTS = ("dropout", "recurrent_dropout")
 SEQUENCE = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll")
 # rnnjax's arguments after Keras 2's (keyword-only in the NNX twins).
 CELL_EXTRAS = ("param_dtype",)
-LAYER_EXTRAS = ("input_dim", "input_length", "zero_output_for_mask", "param_dtype", "scan_unroll", "remat",
-                "custom_backward")
-SPATIAL_LAYER_EXTRAS = ("return_state", "unroll", "zero_output_for_mask", "param_dtype", "scan_unroll", "remat",
-                        "custom_backward")
+LAYER_EXTRAS = (
+    "input_dim",
+    "input_length",
+    "zero_output_for_mask",
+    "param_dtype",
+    "scan_unroll",
+    "remat",
+    "custom_backward",
+)
+SPATIAL_LAYER_EXTRAS = (
+    "return_state",
+    "unroll",
+    "zero_output_for_mask",
+    "param_dtype",
+    "scan_unroll",
+    "remat",
+    "custom_backward",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +142,7 @@ class CellKind:
     cell_doc: str
     rank: int = 0
     own_layer_arguments: tuple = ()
-    keras_cell: Optional[str] = None
+    keras_cell: str | None = None
     in_keras_files: bool = True
     linen_example: str = ""
     nnx_example: str = ""
@@ -173,29 +210,48 @@ _GATED = ("units", "activation", "recurrent_activation", "use_bias", *INITIALIZE
 _PENALTIES = (*REGULARIZERS, *CONSTRAINTS, *DROPOUTS, "implementation")
 
 SIMPLE_RNN = CellKind(
-    "SimpleRNN", SimpleRNNCore, _SIMPLE, layer_arguments(_SIMPLE), sigma_blocks=(), activation_linear=True,
+    "SimpleRNN",
+    SimpleRNNCore,
+    _SIMPLE,
+    layer_arguments(_SIMPLE),
+    sigma_blocks=(),
+    activation_linear=True,
     layer_doc="Fully-connected RNN where the output is fed back to the input (Keras 2).",
-    cell_doc="Cell class for SimpleRNN.", keras_cell="SimpleRNNCell")
+    cell_doc="Cell class for SimpleRNN.",
+    keras_cell="SimpleRNNCell",
+)
 GRU = CellKind(
-    "GRU", GRUCore, _GATED + _PENALTIES + ("reset_after",), layer_arguments(_GATED + _PENALTIES + ("reset_after",),
-                                                                           ("reset_after",)),
-    sigma_blocks=(0, 1), activation_linear=True, own_layer_arguments=("backend",),
+    "GRU",
+    GRUCore,
+    _GATED + _PENALTIES + ("reset_after",),
+    layer_arguments(_GATED + _PENALTIES + ("reset_after",), ("reset_after",)),
+    sigma_blocks=(0, 1),
+    activation_linear=True,
+    own_layer_arguments=("backend",),
     layer_doc="Gated Recurrent Unit - Cho et al. 2014 (Keras 2). Keras 2's defaults: "
-              "``recurrent_activation='hard_sigmoid'`` (``clip(0.2x + 0.5, 0, 1)``), ``implementation=1``, "
-              "``reset_after=False``; for Keras 3's GRU pass ``recurrent_activation='sigmoid', reset_after=True``.",
+    "``recurrent_activation='hard_sigmoid'`` (``clip(0.2x + 0.5, 0, 1)``), ``implementation=1``, "
+    "``reset_after=False``; for Keras 3's GRU pass ``recurrent_activation='sigmoid', reset_after=True``.",
     cell_doc="Cell class for the GRU layer (gate order z, r, h). ``reset_after=False`` (Keras 2's default) has a "
-             "bias ``(3U,)``, ``reset_after=True`` (Keras 3, cuDNN) a bias ``(2, 3U)``: input row, recurrent row. "
-             "``implementation=1`` draws one dropout mask per gate, ``2`` one shared mask; both compute the same "
-             "function.", keras_cell="GRUCell")
+    "bias ``(3U,)``, ``reset_after=True`` (Keras 3, cuDNN) a bias ``(2, 3U)``: input row, recurrent row. "
+    "``implementation=1`` draws one dropout mask per gate, ``2`` one shared mask; both compute the same "
+    "function.",
+    keras_cell="GRUCell",
+)
 _LSTM = _GATED + ("unit_forget_bias",) + _PENALTIES
 LSTM = CellKind(
-    "LSTM", LSTMCore, _LSTM, layer_arguments(_LSTM), sigma_blocks=(0, 1, 3), activation_linear=False,
+    "LSTM",
+    LSTMCore,
+    _LSTM,
+    layer_arguments(_LSTM),
+    sigma_blocks=(0, 1, 3),
+    activation_linear=False,
     own_layer_arguments=("backend",),
     layer_doc="Long Short-Term Memory layer - Hochreiter 1997 (Keras 2). Keras 2's defaults: "
-              "``recurrent_activation='hard_sigmoid'``, ``unit_forget_bias=True``, ``implementation=1``. "
-              "``return_state`` returns ``(output, h, c)``.",
+    "``recurrent_activation='hard_sigmoid'``, ``unit_forget_bias=True``, ``implementation=1``. "
+    "``return_state`` returns ``(output, h, c)``.",
     cell_doc="Cell class for the LSTM layer (gate order i, f, c, o; states ``[h, c]``). ``unit_forget_bias`` "
-             "initialises the forget block of the bias to 1.", keras_cell="LSTMCell",
+    "initialises the forget block of the bias to 1.",
+    keras_cell="LSTMCell",
     linen_example="""
         >>> import jax, jax.numpy as jnp, rnnjax
         >>> layer = rnnjax.LSTM(4, recurrent_dropout=0.2, return_sequences=True, return_state=True)
@@ -210,24 +266,41 @@ LSTM = CellKind(
         >>> import rnnjax.nnx as rnx
         >>> layer = rnx.LSTM(4, recurrent_dropout=0.2, input_dim=3, rngs=nnx.Rngs(0, dropout=1))
         >>> layer(jnp.ones((2, 5, 3))).shape           # dropout on: model.train() is the default
-        (2, 4)""")
+        (2, 4)""",
+)
 
-_CONV = ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate", "activation",
-         "recurrent_activation", "use_bias", *INITIALIZERS, "unit_forget_bias")
-_CONV_LAYER = layer_arguments(_CONV + REGULARIZERS + CONSTRAINTS)[:-len(SEQUENCE)]
+_CONV = (
+    "filters",
+    "kernel_size",
+    "strides",
+    "padding",
+    "data_format",
+    "dilation_rate",
+    "activation",
+    "recurrent_activation",
+    "use_bias",
+    *INITIALIZERS,
+    "unit_forget_bias",
+)
+_CONV_LAYER = layer_arguments(_CONV + REGULARIZERS + CONSTRAINTS)[: -len(SEQUENCE)]
 _SPATIAL = {1: "steps", 2: "rows, cols", 3: "conv_dim1, conv_dim2, conv_dim3"}
 
 
 def _conv_lstm(rank: int) -> CellKind:
     return CellKind(
-        f"ConvLSTM{rank}D", ConvLSTMCore, _CONV + REGULARIZERS + CONSTRAINTS + DROPOUTS,
-        _CONV_LAYER + ("return_sequences", "go_backwards", "stateful") + DROPOUTS, sigma_blocks=(0, 1, 3),
-        activation_linear=False, rank=rank,
+        f"ConvLSTM{rank}D",
+        ConvLSTMCore,
+        _CONV + REGULARIZERS + CONSTRAINTS + DROPOUTS,
+        _CONV_LAYER + ("return_sequences", "go_backwards", "stateful") + DROPOUTS,
+        sigma_blocks=(0, 1, 3),
+        activation_linear=False,
+        rank=rank,
         layer_doc=f"{rank}D Convolutional LSTM: an LSTM whose input and recurrent transformations are convolutions "
-                  f"(Keras 2). Inputs ``(*samples, time, {_SPATIAL[rank]}, channels)`` (channels_last, the default) "
-                  f"or ``(*samples, time, channels, {_SPATIAL[rank]})`` (channels_first).",
+        f"(Keras 2). Inputs ``(*samples, time, {_SPATIAL[rank]}, channels)`` (channels_last, the default) "
+        f"or ``(*samples, time, channels, {_SPATIAL[rank]})`` (channels_first).",
         cell_doc=f"Cell class for the ConvLSTM{rank}D layer. Per step: inputs ``(batch, {_SPATIAL[rank]}, channels)``, "
-                 f"states ``[h, c]`` each ``(batch, {_SPATIAL[rank]}', filters)`` (channels_last).")
+        f"states ``[h, c]`` each ``(batch, {_SPATIAL[rank]}', filters)`` (channels_last).",
+    )
 
 
 CONV_LSTM1D, CONV_LSTM2D, CONV_LSTM3D = _conv_lstm(1), _conv_lstm(2), _conv_lstm(3)
@@ -237,24 +310,43 @@ CONV_LSTM1D, CONV_LSTM2D, CONV_LSTM3D = _conv_lstm(1), _conv_lstm(2), _conv_lstm
 # and no Keras file holds it): reach it as MINIMAL_RNN.linen_layer / .nnx_layer.
 _MINIMAL = ("units", "kernel_initializer", "recurrent_initializer")
 MINIMAL_RNN = CellKind(
-    "MinimalRNN", MinimalRNNCore, _MINIMAL, layer_arguments(_MINIMAL), sigma_blocks=(), activation_linear=True,
+    "MinimalRNN",
+    MinimalRNNCore,
+    _MINIMAL,
+    layer_arguments(_MINIMAL),
+    sigma_blocks=(),
+    activation_linear=True,
     layer_doc="Keras 2's MinimalRNNCell example as a layer: ``h_t = x_t @ kernel + h_{t-1} @ recurrent_kernel``.",
-    cell_doc="Keras 2's MinimalRNNCell example.", in_keras_files=False)
+    cell_doc="Keras 2's MinimalRNNCell example.",
+    in_keras_files=False,
+)
 
 # The built-in kinds (public layers), in the order the documentation lists them.
 KINDS = (SIMPLE_RNN, GRU, LSTM, CONV_LSTM1D, CONV_LSTM2D, CONV_LSTM3D)
 
 
-def kind_of(obj) -> Optional[CellKind]:
+def kind_of(obj) -> CellKind | None:
     """The record of a built-in cell or layer (linen or NNX; its exact class, not a subclass,
     which may compute something else), else None."""
     return type(obj).__dict__.get("kind")
 
 
-def role_of(obj) -> Optional[str]:
+def role_of(obj) -> str | None:
     """``'cell'`` or ``'layer'`` for a built-in cell or layer (exact class), else None."""
     return type(obj).__dict__.get("kind_role")
 
 
-__all__ = ["CellKind", "KINDS", "SIMPLE_RNN", "GRU", "LSTM", "CONV_LSTM1D", "CONV_LSTM2D", "CONV_LSTM3D",
-           "MINIMAL_RNN", "ARGUMENTS", "kind_of", "layer_arguments"]
+__all__ = [
+    "CellKind",
+    "KINDS",
+    "SIMPLE_RNN",
+    "GRU",
+    "LSTM",
+    "CONV_LSTM1D",
+    "CONV_LSTM2D",
+    "CONV_LSTM3D",
+    "MINIMAL_RNN",
+    "ARGUMENTS",
+    "kind_of",
+    "layer_arguments",
+]

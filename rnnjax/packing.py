@@ -19,11 +19,13 @@ Three ways to say where sequences start, and the conversions between them (``(*r
 The conversions are ``jax.numpy`` (``jit``-able); :func:`pack_sequences` and :func:`unpack` run on
 the host (numpy), where the data is prepared.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -31,8 +33,16 @@ import numpy as np
 from rnnjax.functional.core import concrete
 
 __all__ = [
-    "Packed", "pack_sequences", "unpack", "last_steps", "first_steps",
-    "lengths_to_reset", "reset_to_lengths", "segment_ids_to_reset", "reset_to_segment_ids", "packing_efficiency",
+    "Packed",
+    "pack_sequences",
+    "unpack",
+    "last_steps",
+    "first_steps",
+    "lengths_to_reset",
+    "reset_to_lengths",
+    "segment_ids_to_reset",
+    "reset_to_segment_ids",
+    "packing_efficiency",
 ]
 
 
@@ -82,8 +92,9 @@ def lengths_to_reset(lengths, steps: int):
     if value is not None:
         totals = value.sum(axis=-1)
         if value.min(initial=0) < 0 or totals.max(initial=0) > steps:
-            raise ValueError(f"`lengths`: expected lengths >= 0 summing to at most steps={steps} per row, got "
-                             f"{value.tolist()}.")
+            raise ValueError(
+                f"`lengths`: expected lengths >= 0 summing to at most steps={steps} per row, got {value.tolist()}."
+            )
     ends = jnp.cumsum(lengths, axis=-1)  # (*rows, S)
     starts = ends - lengths
     t = jnp.arange(steps)
@@ -125,24 +136,30 @@ class Packed(NamedTuple):
 
 def _check_sequences(sequences) -> list:
     if isinstance(sequences, (str, bytes)) or not isinstance(sequences, Sequence) or not len(sequences):
-        raise TypeError(f"`sequences`: expected a non-empty list of arrays (steps, *features), got "
-                        f"{type(sequences).__name__}.")
+        raise TypeError(
+            f"`sequences`: expected a non-empty list of arrays (steps, *features), got {type(sequences).__name__}."
+        )
     arrays = [np.asarray(s) for s in sequences]
     first = arrays[0]
     for i, a in enumerate(arrays):
         if a.ndim < 1 or a.shape[0] < 1:
-            raise ValueError(f"`sequences[{i}]`: expected an array (steps, *features) with at least one step, "
-                             f"got shape {a.shape}.")
+            raise ValueError(
+                f"`sequences[{i}]`: expected an array (steps, *features) with at least one step, got shape {a.shape}."
+            )
         if a.shape[1:] != first.shape[1:]:
-            raise ValueError(f"`sequences[{i}]`: its steps have shape {a.shape[1:]}, `sequences[0]`'s "
-                             f"{first.shape[1:]}; every sequence needs the same feature shape.")
+            raise ValueError(
+                f"`sequences[{i}]`: its steps have shape {a.shape[1:]}, `sequences[0]`'s "
+                f"{first.shape[1:]}; every sequence needs the same feature shape."
+            )
         if a.dtype != first.dtype or a.dtype == object:
-            raise TypeError(f"`sequences[{i}]`: dtype {a.dtype}, `sequences[0]`'s {first.dtype}; expected one "
-                            "numeric dtype for all.")
+            raise TypeError(
+                f"`sequences[{i}]`: dtype {a.dtype}, `sequences[0]`'s {first.dtype}; expected one "
+                "numeric dtype for all."
+            )
     return arrays
 
 
-def pack_sequences(sequences, row_length: int, *, rows: Optional[int] = None) -> Packed:
+def pack_sequences(sequences, row_length: int, *, rows: int | None = None) -> Packed:
     """Packs ``sequences`` (a list of ``(length_i, *features)`` arrays) into rows of ``row_length``
     steps, first-fit: each sequence, in the order given, goes to the first row with room for it
     (a new row when none has). ``rows``: the number of rows to return (fully padded rows added, so
@@ -156,8 +173,10 @@ def pack_sequences(sequences, row_length: int, *, rows: Optional[int] = None) ->
     too_long = np.flatnonzero(lengths > row_length)
     if too_long.size:
         i = int(too_long[0])
-        raise ValueError(f"`sequences[{i}]`: {lengths[i]} steps do not fit a row of row_length={row_length} "
-                         f"({too_long.size} sequence(s) are longer); raise row_length or split them.")
+        raise ValueError(
+            f"`sequences[{i}]`: {lengths[i]} steps do not fit a row of row_length={row_length} "
+            f"({too_long.size} sequence(s) are longer); raise row_length or split them."
+        )
     free = np.zeros(0, np.int64)
     row, start = np.zeros(len(arrays), np.int32), np.zeros(len(arrays), np.int32)
     for i, n in enumerate(lengths):
@@ -178,9 +197,9 @@ def pack_sequences(sequences, row_length: int, *, rows: Optional[int] = None) ->
     mask = np.zeros((needed, row_length), bool)
     reset[:, 0] = True
     for a, r, s, n in zip(arrays, row, start, lengths):
-        inputs[r, s:s + n] = a
+        inputs[r, s : s + n] = a
         reset[r, s] = True
-        mask[r, s:s + n] = True
+        mask[r, s : s + n] = True
     return Packed(inputs, reset, mask, row, start, lengths)
 
 
@@ -189,8 +208,10 @@ def _check_outputs(outputs, packed: Packed):
         raise TypeError(f"`packed`: expected the Packed of pack_sequences, got {type(packed).__name__}.")
     shape = tuple(np.shape(outputs))
     if shape[:2] != tuple(packed.mask.shape):
-        raise ValueError(f"`outputs`: expected (rows, row_length, ...) = {tuple(packed.mask.shape)} + ..., got shape "
-                         f"{shape}; pass the outputs of every step (return_sequences=True), in input order.")
+        raise ValueError(
+            f"`outputs`: expected (rows, row_length, ...) = {tuple(packed.mask.shape)} + ..., got shape "
+            f"{shape}; pass the outputs of every step (return_sequences=True), in input order."
+        )
 
 
 def last_steps(outputs, packed: Packed):
@@ -212,7 +233,9 @@ def unpack(outputs, packed: Packed) -> list:
     """The list of per-sequence outputs ``(length_i, *features)`` from ``outputs (rows, row_length,
     *features)`` (input order), in the order the sequences were packed."""
     _check_outputs(outputs, packed)
-    return [outputs[r, s:s + n] for r, s, n in zip(packed.row.tolist(), packed.start.tolist(), packed.length.tolist())]
+    return [
+        outputs[r, s : s + n] for r, s, n in zip(packed.row.tolist(), packed.start.tolist(), packed.length.tolist())
+    ]
 
 
 def packing_efficiency(packed: Packed) -> float:

@@ -14,10 +14,12 @@ rnnjax layers report the penalties of their weights (``kernel_regularizer``,
     y, aux = model.apply(variables, x, mutable=['losses'])
     loss = task_loss(y) + rnnjax.regularization_loss(aux)
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Union
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +61,7 @@ def l1_l2(l1: float = 0.01, l2: float = 0.01) -> L1L2:
 _BY_NAME: dict[str, Callable[[], L1L2]] = {"l1": L1, "l2": L2, "l1_l2": l1_l2, "l1l2": l1_l2}
 
 
-def get(identifier: Union[None, str, Callable, Mapping], argument: str = "regularizer"):
+def get(identifier: None | str | Callable | Mapping, argument: str = "regularizer"):
     """Resolves ``None``, a Keras name (``'l1'``, ``'l2'``, ``'l1_l2'``), a Keras config dict
     (``{'class_name': 'L2', 'config': {'l2': 0.1}}``) or a callable ``w -> scalar``."""
     if identifier is None:
@@ -113,5 +115,6 @@ def activity_penalty(regularizer, outputs, batch_size=None):
     """``sum(regularizer(t) / batch)`` over the arrays of ``outputs`` (Keras divides an activity
     penalty by the batch size). ``batch_size``: the number of sequences in the batch (the product
     of a recurrent layer's batch axes, 1 for an unbatched sequence); None: each array's first axis."""
-    return sum(regularizer(t) / (t.shape[0] if batch_size is None else batch_size)
-               for t in jax.tree_util.tree_leaves(outputs))
+    return sum(
+        regularizer(t) / (t.shape[0] if batch_size is None else batch_size) for t in jax.tree_util.tree_leaves(outputs)
+    )

@@ -1,4 +1,5 @@
 """Loading a ``bench/`` script as a module in a test process."""
+
 import importlib.util
 import os
 import sys

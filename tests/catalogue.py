@@ -18,6 +18,7 @@ CuDNN layers, ``bidirectional_<variant>``, ``rnn_<variant>``: the kind's cell in
   the same shape and close.
 * :func:`x`: a random float32 input.
 """
+
 from __future__ import annotations
 
 import re
@@ -72,8 +73,11 @@ def _kind_layer(kind, fixed, units, front, kw, nnx_kw):
 def _stack(units, front, kw, nnx_kw):
     sizes = (units, units + 1, units)
     cell_kw = [_split(k, kw, "cell") for k in STACK]
-    layer_kw = {k: v for k, v in kw.items() if k in kinds.SEQUENCE + kinds.LAYER_EXTRAS + ("activity_regularizer",)
-                and k != "param_dtype"}
+    layer_kw = {
+        k: v
+        for k, v in kw.items()
+        if k in kinds.SEQUENCE + kinds.LAYER_EXTRAS + ("activity_regularizer",) and k != "param_dtype"
+    }
     _check_known(kw)
     if front == "linen":
         return rnnjax.RNN([k.linen_cell(s, **c) for k, s, c in zip(STACK, sizes, cell_kw)], **layer_kw)
@@ -95,11 +99,11 @@ def layer(name: str, units: int, front: str = "linen", **kw):
     mod = rnnjax if front == "linen" else rnnjax.nnx
     if name.startswith("bidirectional_"):  # bidirectional_<variant>, merge_mode= for the wrapper
         mode = kw.pop("merge_mode", "concat")
-        inner = layer(name[len("bidirectional_"):], units, front, **kw, **nnx_kw)
+        inner = layer(name[len("bidirectional_") :], units, front, **kw, **nnx_kw)
         extra = {} if front == "linen" else {"rngs": nnx_kw["rngs"]}
         return mod.Bidirectional(inner, merge_mode=mode, **extra)
     if name.startswith("rnn_"):  # rnn_<kind variant>: the kind's cell in an RNN
-        kind, fixed = VARIANTS[name[len("rnn_"):]]
+        kind, fixed = VARIANTS[name[len("rnn_") :]]
         args = {**kw, **fixed}
         _check_known(args)
         cell = kind.linen_cell if front == "linen" else kind.nnx_cell
@@ -127,15 +131,19 @@ def keras_layer(name: str, units: int, **kw):
 def feature_shape(name: str, features: int = 3) -> tuple:
     """A per-step input shape for variant ``name``: ``(features,)``, ConvLSTM ``(*spatial, features)``."""
     kind = VARIANTS.get(name, (None, {}))[0]
-    return (5, 4, 3)[:kind.rank] + (features,) if kind is not None and kind.rank else (features,)
+    return (5, 4, 3)[: kind.rank] + (features,) if kind is not None and kind.rank else (features,)
 
 
 def n_states(name: str) -> int:
     """How many state arrays a layer of variant ``name`` returns with ``return_state``."""
     if name == "stack":
         return sum(_n_states(k) for k in STACK)
-    composed = {"bidirectional_lstm": 2 * _n_states(kinds.LSTM), "cudnn_lstm": _n_states(kinds.LSTM),
-                "cudnn_gru": _n_states(kinds.GRU), "custom_cell": 1}
+    composed = {
+        "bidirectional_lstm": 2 * _n_states(kinds.LSTM),
+        "cudnn_lstm": _n_states(kinds.LSTM),
+        "cudnn_gru": _n_states(kinds.GRU),
+        "custom_cell": 1,
+    }
     return composed[name] if name in composed else _n_states(VARIANTS[name][0])
 
 
@@ -154,8 +162,9 @@ def x(shape, seed: int = 0, dtype=jnp.float32, scale: float = 1.0):
     return jnp.asarray(np.random.default_rng(seed).normal(scale=scale, size=shape), dtype)
 
 
-def assert_trees_close(got, want, *, atol: float = 1e-6, rtol: float | None = None, atol_scaled: bool = False,
-                       same_tree: bool = True):
+def assert_trees_close(
+    got, want, *, atol: float = 1e-6, rtol: float | None = None, atol_scaled: bool = False, same_tree: bool = True
+):
     """``got`` equals ``want`` to ``|g - w| <= atol + rtol |w|`` (``rtol`` defaults to ``atol``, so
     ``atol=0`` is bit equality): the same tree structure (``same_tree=False``: the same number of
     leaves in order, for Keras's lists against rnnjax's tuples), every leaf the same shape.
@@ -170,5 +179,6 @@ def assert_trees_close(got, want, *, atol: float = 1e-6, rtol: float | None = No
         g, w = np.asarray(g), np.asarray(w)
         assert g.shape == w.shape, f"leaf {i}: shape {g.shape}, expected {w.shape}"
         scale = max(1.0, float(np.abs(w.astype(np.float64)).max(initial=0.0))) if atol_scaled else 1.0
-        np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=rtol, atol=atol * scale,
-                                   err_msg=f"leaf {i}")
+        np.testing.assert_allclose(
+            g.astype(np.float64), w.astype(np.float64), rtol=rtol, atol=atol * scale, err_msg=f"leaf {i}"
+        )

@@ -1,4 +1,5 @@
 """Shared test setup: Keras 3 runs on the JAX backend (CPU) as the reference implementation."""
+
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -27,11 +28,16 @@ def _drop_compiled_programs():
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
-    "ci", max_examples=10, deadline=None, derandomize=True,
+    "ci",
+    max_examples=10,
+    deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.register_profile(
-    "dev", max_examples=200, deadline=None,
+    "dev",
+    max_examples=200,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

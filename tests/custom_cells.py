@@ -1,6 +1,7 @@
 """Keras-protocol cells written by a user, in linen and NNX, for the tests that run rnnjax's generic
 cell path (any Flax module with ``state_size`` and ``__call__(inputs, states)``): the seed's
 ``MinimalRNNCell`` and a cell whose output is narrower than its state."""
+
 import flax.linen as nn
 import jax.numpy as jnp
 from flax import nnx
@@ -62,7 +63,7 @@ class NarrowCell(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (inputs.shape[-1], self.units + 1))
         recurrent_kernel = self.param("recurrent_kernel", nn.initializers.orthogonal(), (self.units + 1,) * 2)
         s = jnp.tanh(inputs @ kernel + states[0] @ recurrent_kernel)
-        return s[..., :self.units], [s]
+        return s[..., : self.units], [s]
 
 
 class NNXNarrowCell(nnx.Module):
@@ -79,4 +80,4 @@ class NNXNarrowCell(nnx.Module):
 
     def __call__(self, inputs, states):
         s = jnp.tanh(inputs @ self.kernel[...] + states[0] @ self.recurrent_kernel[...])
-        return s[..., :self.units], [s]
+        return s[..., : self.units], [s]

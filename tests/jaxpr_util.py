@@ -1,4 +1,5 @@
 """Walking jaxprs and compiled programs in structural tests."""
+
 import re
 
 
@@ -16,5 +17,7 @@ def equations(jaxpr, found=None):
 
 def convolution_shapes(hlo_text):
     """The output shapes of every convolution in a compiled program's HLO text (fusions included)."""
-    return [tuple(int(d) for d in m.group(1).split(",") if d)
-            for m in re.finditer(r"= \w+\[([\d,]*)\]\S* convolution\(", hlo_text)]
+    return [
+        tuple(int(d) for d in m.group(1).split(",") if d)
+        for m in re.finditer(r"= \w+\[([\d,]*)\]\S* convolution\(", hlo_text)
+    ]

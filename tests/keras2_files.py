@@ -2,6 +2,7 @@
 (/work/shared/reference/keras-files.md section 1: root attributes, ``model_weights``,
 ``layer_names``/``weight_names`` in order, chunked ``layer_names0``... attributes), and float64
 numpy references of the Keras 2 recurrent steps."""
+
 import json
 
 import h5py
@@ -16,8 +17,10 @@ def _names(group, key, names, as_bytes, chunks):
     if not names:  # tf-keras writes np.asarray([]) (a float array) for an empty list
         group.attrs[key] = np.asarray([])
         return
-    arr = np.array([n.encode("utf8") if as_bytes else n for n in names],
-                   dtype=object if not as_bytes else f"S{max([len(n) for n in names] + [1])}")
+    arr = np.array(
+        [n.encode("utf8") if as_bytes else n for n in names],
+        dtype=object if not as_bytes else f"S{max([len(n) for n in names] + [1])}",
+    )
     if chunks <= 1:
         group.attrs[key] = arr
         return
@@ -87,9 +90,10 @@ def lstm_step(k, r, b, act=sigmoid):
     def step(state, x):
         h, c = state
         z = x @ k + h @ r + b
-        i, f, g, o = act(z[:u]), act(z[u:2 * u]), np.tanh(z[2 * u:3 * u]), act(z[3 * u:])
+        i, f, g, o = act(z[:u]), act(z[u : 2 * u]), np.tanh(z[2 * u : 3 * u]), act(z[3 * u :])
         c = f * c + i * g
         return o * np.tanh(c), c
+
     return step, (np.zeros(u), np.zeros(u))
 
 
@@ -99,9 +103,10 @@ def gru_step_reset_before(k, r, b, act=hard_sigmoid):
     def step(h, x):
         xk = x @ k + b
         z = act(xk[:u] + h @ r[:, :u])
-        rr = act(xk[u:2 * u] + h @ r[:, u:2 * u])
-        hh = np.tanh(xk[2 * u:] + (rr * h) @ r[:, 2 * u:])
+        rr = act(xk[u : 2 * u] + h @ r[:, u : 2 * u])
+        hh = np.tanh(xk[2 * u :] + (rr * h) @ r[:, 2 * u :])
         return z * h + (1 - z) * hh
+
     return step, np.zeros(u)
 
 
@@ -109,34 +114,36 @@ def cudnn_blocks(k, r, gates):
     """cuDNN's matrices from Keras 2's CuDNN layout: block g of ``kernel`` holds the bytes of
     ``W_g (U, I)``, block g of ``recurrent_kernel`` those of ``R_g (U, U)``."""
     u, i = r.shape[0], k.shape[0]
-    w = [k[:, g * u:(g + 1) * u].reshape(-1).reshape(u, i) for g in range(gates)]
-    rr = [r[:, g * u:(g + 1) * u].reshape(-1).reshape(u, u) for g in range(gates)]
+    w = [k[:, g * u : (g + 1) * u].reshape(-1).reshape(u, i) for g in range(gates)]
+    rr = [r[:, g * u : (g + 1) * u].reshape(-1).reshape(u, u) for g in range(gates)]
     return w, rr
 
 
 def cudnn_lstm_step(k, r, b):
     u = r.shape[0]
     w, rr = cudnn_blocks(k, r, 4)
-    bw, br = b[:4 * u].reshape(4, u), b[4 * u:].reshape(4, u)
+    bw, br = b[: 4 * u].reshape(4, u), b[4 * u :].reshape(4, u)
 
     def step(state, x):
         h, c = state
         z = [w[g] @ x + rr[g] @ h + bw[g] + br[g] for g in range(4)]
         c = sigmoid(z[1]) * c + sigmoid(z[0]) * np.tanh(z[2])
         return sigmoid(z[3]) * np.tanh(c), c
+
     return step, (np.zeros(u), np.zeros(u))
 
 
 def cudnn_gru_step(k, r, b):
     u = r.shape[0]
     w, rr = cudnn_blocks(k, r, 3)
-    bw, br = b[:3 * u].reshape(3, u), b[3 * u:].reshape(3, u)
+    bw, br = b[: 3 * u].reshape(3, u), b[3 * u :].reshape(3, u)
 
     def step(h, x):
         z = sigmoid(w[0] @ x + bw[0] + rr[0] @ h + br[0])
         rg = sigmoid(w[1] @ x + bw[1] + rr[1] @ h + br[1])
         n = np.tanh(w[2] @ x + bw[2] + rg * (rr[2] @ h + br[2]))
         return (1 - z) * n + z * h
+
     return step, np.zeros(u)
 
 
@@ -153,10 +160,15 @@ def inbound(*entries, **kwargs):
 
 def functional(layers, inputs, outputs, name="model"):
     """A tf-keras functional ``model_config``; ``layers``: ``[(layer dict, [inbound nodes])]``."""
-    return {"class_name": "Functional", "config": {
-        "name": name, "layers": [{**entry, "name": entry["config"]["name"], "inbound_nodes": nodes}
-                                 for entry, nodes in layers],
-        "input_layers": [[n, 0, 0] for n in inputs], "output_layers": [[n, node, t] for n, node, t in outputs]}}
+    return {
+        "class_name": "Functional",
+        "config": {
+            "name": name,
+            "layers": [{**entry, "name": entry["config"]["name"], "inbound_nodes": nodes} for entry, nodes in layers],
+            "input_layers": [[n, 0, 0] for n in inputs],
+            "output_layers": [[n, node, t] for n, node, t in outputs],
+        },
+    }
 
 
 def input_layer(name, shape, dtype="float32"):
@@ -181,8 +193,13 @@ def write_training(path, class_name, config, state, loss="mse", metrics=("accura
     attribute ``training_config`` (JSON: ``loss``, ``metrics``, ``optimizer_config``) and, when
     ``state`` is given, the group ``optimizer_weights`` (``weight_names`` in ``optimizer.weights``
     order; each name a dataset path, the step counter an int64 scalar)."""
-    training = {"loss": loss, "metrics": list(metrics), "weighted_metrics": None, "loss_weights": None,
-                "optimizer_config": {"class_name": class_name, "config": config}}
+    training = {
+        "loss": loss,
+        "metrics": list(metrics),
+        "weighted_metrics": None,
+        "loss_weights": None,
+        "optimizer_config": {"class_name": class_name, "config": config},
+    }
     with h5py.File(path, "a") as f:
         f.attrs["training_config"] = _attr(json.dumps(training), as_bytes)
         if state is None:

@@ -1,4 +1,5 @@
 """Helpers to run Keras 3 (JAX backend) on the same weights as an rnnjax layer."""
+
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")

@@ -1,11 +1,12 @@
 """Helpers of the NNX tests: an NNX layer and its linen twin on the same random variables."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from catalogue import assert_trees_close
 from flax import nnx
 
 import rnnjax.nnx as rnx
-from catalogue import assert_trees_close
 
 
 def random_like(tree, seed):
@@ -24,17 +25,21 @@ def twin(nnx_layer, linen_layer, x, seed=0, **call):
 
 def linen_grads(linen_layer, variables, x, **call):
     """Gradients of ``sum(outputs)`` with respect to the linen params."""
+
     def loss(params):
         out = linen_layer.apply({**variables, "params": params}, x, **call)
         return sum(jnp.sum(o) for o in jax.tree_util.tree_leaves(out))
+
     return jax.grad(loss)(variables["params"])
 
 
 def nnx_grads(layer, x, **call):
     """Gradients of ``sum(outputs)`` with respect to the NNX params, in linen layout."""
+
     def loss(model):
         out = model(x, **call)
         return sum(jnp.sum(o) for o in jax.tree_util.tree_leaves(out))
+
     grads = nnx.grad(loss)(layer)
     return rnx.to_linen(layer, grads)["params"]
 

@@ -12,6 +12,7 @@ last sequence of a packed row (the first one processed) takes ``initial_state``,
 state is that of the first sequence; forward, the first sequence takes ``initial_state`` unless
 ``reset[..., 0]`` restarts it, and the final state is the last sequence's.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -46,7 +47,7 @@ def layout(reset, go_backwards: bool) -> Layout:
         ends = starts[1:] + [t]
         first, last = (len(starts) - 1, 0) if go_backwards else (0, len(starts) - 1)
         for j, (s, e) in enumerate(zip(starts, ends)):
-            src_row[k], src_time[k, :e - s], valid[k, :e - s] = row, np.arange(s, e), True
+            src_row[k], src_time[k, : e - s], valid[k, : e - s] = row, np.arange(s, e), True
             seq[row, s:e], pos[row, s:e] = k, np.arange(e - s)
             takes_h0[k] = j == first and (go_backwards or not reset[row, 0])
             if j == last:
@@ -107,6 +108,7 @@ def packed_and_alone(run, go_backwards: bool, return_sequences: bool):
     def both(p, x, mask, reset, h0, lay):
         results = []
         for fn in (packed, alone):
+
             def loss(*a, fn=fn):
                 value = fn(*a, mask, reset, lay)
                 return weighted_loss(*value), value

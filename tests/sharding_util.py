@@ -4,12 +4,14 @@ collectives of a compiled program, read off its HLO text.
 The whole suite runs with ``--xla_force_host_platform_device_count=8`` (``conftest.py``), so
 ``jax.devices()`` has 8 CPU devices; everything else still runs on the first of them.
 """
+
 import re
 from collections import Counter
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 COLLECTIVES = ("all-gather", "all-to-all", "collective-permute", "all-reduce", "reduce-scatter")
 # an HLO instruction: `name = type op(...)`, async forms as `op-start(`
@@ -20,17 +22,21 @@ def batch_mesh(n: int = 8) -> Mesh:
     """A 1-D mesh ``('data',)`` over the first ``n`` devices."""
     devices = jax.devices()
     if len(devices) < n:
-        raise RuntimeError(f"need {n} devices, have {len(devices)}: run with "
-                           "XLA_FLAGS=--xla_force_host_platform_device_count=8 (tests/conftest.py sets it)")
+        raise RuntimeError(
+            f"need {n} devices, have {len(devices)}: run with "
+            "XLA_FLAGS=--xla_force_host_platform_device_count=8 (tests/conftest.py sets it)"
+        )
     return Mesh(np.array(devices[:n]), ("data",))
 
 
 def shard_batch(mesh: Mesh, tree, axis: int = 0):
     """Puts every array of ``tree`` on ``mesh``, its axis ``axis`` sharded over ``'data'``."""
+
     def put(a):
         spec = [None] * np.ndim(a)
         spec[axis] = "data"
         return jax.device_put(a, NamedSharding(mesh, P(*spec)))
+
     return jax.tree_util.tree_map(put, tree)
 
 

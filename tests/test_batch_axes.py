@@ -8,14 +8,15 @@ the batch shape, whose bits do not depend on how the batch is split), and the er
 argument. The batched calls are checked against Keras and PyTorch in test_keras_parity.py,
 test_cudnn.py and test_conv_lstm.py; these tests tie every other batch layout to them.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import rnnjax
 from catalogue import assert_trees_close
 from custom_cells import MinimalRNNCell
+
+import rnnjax
 
 KEY = jax.random.key(0)
 B1, B2, T, F, U = 2, 3, 5, 4, 3
@@ -78,8 +79,10 @@ def test_vmap_of_unbatched_calls_equals_the_batched_call(name, go_backwards):
     # and without mask or initial state: the zero state, every step
     _close(jax.vmap(lambda s: layer.apply(v, s))(x), layer.apply(v, x))
     # one unbatched call is the batched call's row
-    _close(layer.apply(v, x[1], mask=mask[1], initial_state=[s[1] for s in init]),
-           jax.tree_util.tree_map(lambda a: a[1], batched))
+    _close(
+        layer.apply(v, x[1], mask=mask[1], initial_state=[s[1] for s in init]),
+        jax.tree_util.tree_map(lambda a: a[1], batched),
+    )
 
 
 @pytest.mark.parametrize("name", RNN_LAYERS)
@@ -91,8 +94,12 @@ def test_two_batch_axes_equal_the_flattened_batch(name, return_sequences):
     init = _states(layer, (B1, B2))
     v = layer.init(KEY, x)
     out = layer.apply(v, x, mask=mask, initial_state=init)
-    flat = layer.apply(v, x.reshape((B1 * B2, T, F)), mask=mask.reshape(B1 * B2, T),
-                       initial_state=[s.reshape((B1 * B2,) + s.shape[2:]) for s in init])
+    flat = layer.apply(
+        v,
+        x.reshape((B1 * B2, T, F)),
+        mask=mask.reshape(B1 * B2, T),
+        initial_state=[s.reshape((B1 * B2,) + s.shape[2:]) for s in init],
+    )
     _close(out, jax.tree_util.tree_map(lambda a: a.reshape((B1, B2) + a.shape[1:]), flat))
     # the parameters do not depend on the batch layout
     _close(v, layer.init(KEY, x[0, 0]))
@@ -103,9 +110,14 @@ def test_dropout_over_batch_axes(name):
     """Dropout masks are drawn over the batch shape: two batch axes get the flattened batch's masks
     (same key), and vmap over (sequence, key) gives each sequence the masks of a batch of one."""
     kw = dict(dropout=0.3, recurrent_dropout=0.2) if name != "RNN-stack" else {}
-    layer = RNN_LAYERS[name](return_sequences=True, **kw) if kw else rnnjax.RNN(
-        [rnnjax.LSTMCell(U, dropout=0.3, recurrent_dropout=0.2), rnnjax.GRUCell(2, dropout=0.1)],
-        return_sequences=True)
+    layer = (
+        RNN_LAYERS[name](return_sequences=True, **kw)
+        if kw
+        else rnnjax.RNN(
+            [rnnjax.LSTMCell(U, dropout=0.3, recurrent_dropout=0.2), rnnjax.GRUCell(2, dropout=0.1)],
+            return_sequences=True,
+        )
+    )
     x = _x((B1, B2, T, F))
     v = layer.init(KEY, x)
     rng = {"dropout": jax.random.key(3)}
@@ -148,8 +160,11 @@ def test_conv_lstm_batch_axes(rank_key, fmt):
     # two batch axes (B1, 1) and the unbatched call
     two = layer.apply(v, x[:, None], mask=mask[:, None], initial_state=[s[:, None] for s in init])
     _close(two, jax.tree_util.tree_map(lambda a: a[:, None], batched), atol=1e-5)
-    _close(layer.apply(v, x[0], mask=mask[0], initial_state=[s[0] for s in init]),
-           jax.tree_util.tree_map(lambda a: a[0], batched), atol=1e-5)
+    _close(
+        layer.apply(v, x[0], mask=mask[0], initial_state=[s[0] for s in init]),
+        jax.tree_util.tree_map(lambda a: a[0], batched),
+        atol=1e-5,
+    )
 
 
 def test_bidirectional_and_sequential_batch_axes():
@@ -164,8 +179,9 @@ def test_bidirectional_and_sequential_batch_axes():
     _close(jax.vmap(lambda s: conv.apply(vc, s))(xc), conv.apply(vc, xc), atol=1e-5)
 
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 6, size=(B1, B2, T)))
-    model = rnnjax.Sequential([rnnjax.Embedding(6, F, mask_zero=True), rnnjax.LSTM(U, return_sequences=True),
-                               rnnjax.Dense(2)])
+    model = rnnjax.Sequential(
+        [rnnjax.Embedding(6, F, mask_zero=True), rnnjax.LSTM(U, return_sequences=True), rnnjax.Dense(2)]
+    )
     vm = model.init(KEY, ids)
     out = model.apply(vm, ids)
     _close(jax.vmap(jax.vmap(lambda s: model.apply(vm, s)))(ids), out)
@@ -181,8 +197,11 @@ def test_stateful_layers_keep_their_batch_shape():
     x = _x((B1, B2, T, F))
     v = layer.init(KEY, x)
     assert v[rnnjax.STATE_COLLECTION]["states"].h.shape == (B1, B2, U)
-    with pytest.raises(ValueError, match=r"`inputs`: this stateful layer keeps states for batch shape \(2, 3\), "
-                                         r"got a batch of 6"):
+    with pytest.raises(
+        ValueError,
+        match=r"`inputs`: this stateful layer keeps states for batch shape \(2, 3\), "
+        r"got a batch of 6",
+    ):
         layer.apply(v, x.reshape(B1 * B2, T, F), mutable=[rnnjax.STATE_COLLECTION])
     with pytest.raises(ValueError, match=r"keeps states for batch shape \(2, 3\), got a batch of shape \(\)"):
         jax.vmap(lambda s: layer.apply(v, s, mutable=[rnnjax.STATE_COLLECTION]))(x[:, 0])
@@ -193,8 +212,11 @@ def test_stateful_layers_keep_their_batch_shape():
         one.apply(vo, x[0], mutable=[rnnjax.STATE_COLLECTION])
 
 
-@pytest.mark.parametrize("make", [lambda: rnnjax.LSTM(U), lambda: rnnjax.CuDNNGRU(U),
-                                  lambda: rnnjax.ConvLSTM1D(2, 3)], ids=["LSTM", "CuDNNGRU", "ConvLSTM1D"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: rnnjax.LSTM(U), lambda: rnnjax.CuDNNGRU(U), lambda: rnnjax.ConvLSTM1D(2, 3)],
+    ids=["LSTM", "CuDNNGRU", "ConvLSTM1D"],
+)
 def test_batch_axes_errors(make):
     layer = make()
     conv = isinstance(layer, rnnjax.ConvLSTM1D)
@@ -223,10 +245,15 @@ def test_cudnn_seq_lengths_over_batch_axes():
         layer.apply(v, x, seq_lengths=lengths.reshape(-1))
 
 
-@pytest.mark.parametrize("make", [lambda: rnnjax.LSTM(U, return_sequences=True),
-                                  lambda: rnnjax.CuDNNLSTM(U, return_sequences=True),
-                                  lambda: rnnjax.ConvLSTM1D(2, 3, padding="same", return_sequences=True)],
-                         ids=["LSTM", "CuDNNLSTM", "ConvLSTM1D"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: rnnjax.LSTM(U, return_sequences=True),
+        lambda: rnnjax.CuDNNLSTM(U, return_sequences=True),
+        lambda: rnnjax.ConvLSTM1D(2, 3, padding="same", return_sequences=True),
+    ],
+    ids=["LSTM", "CuDNNLSTM", "ConvLSTM1D"],
+)
 def test_two_batch_axes_partition_cleanly(make):
     """With the first of two batch axes sharded over 8 devices, no activation crosses devices in
     the forward or the training program (the batch axes are never merged with time), and the
@@ -257,9 +284,15 @@ def test_two_batch_axes_partition_cleanly(make):
     _close(jax.jit(train)(ps, xs, ms), train(params, x, mask), atol=1e-4)
 
 
-@pytest.mark.parametrize("make", [lambda: rnnjax.LSTMCell(U), lambda: rnnjax.GRUCell(U),
-                                  lambda: rnnjax.StackedRNNCells([rnnjax.SimpleRNNCell(U), rnnjax.LSTMCell(2)])],
-                         ids=["LSTMCell", "GRUCell", "StackedRNNCells"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: rnnjax.LSTMCell(U),
+        lambda: rnnjax.GRUCell(U),
+        lambda: rnnjax.StackedRNNCells([rnnjax.SimpleRNNCell(U), rnnjax.LSTMCell(2)]),
+    ],
+    ids=["LSTMCell", "GRUCell", "StackedRNNCells"],
+)
 def test_cell_called_directly_over_batch_axes(make):
     """One Keras-style step ``cell(x_t, states)`` on ``(*batch, F)``: vmap of unbatched steps is
     the batched step."""

@@ -4,6 +4,7 @@ The smoke run uses tiny shapes and 2-3 repetitions: it checks the harness (every
 agrees with rnnjax on copied weights, is timed, and lands in the JSON / table / README / plot),
 not speed.
 """
+
 import json
 import os
 import subprocess
@@ -28,9 +29,23 @@ def test_smoke_run_writes_consistent_results(tmp_path):
     readme.write_text("head\n<!-- results:start -->\nold\n<!-- results:end -->\ntail\n")
     env = dict(os.environ, KERAS_BACKEND="jax")
     proc = subprocess.run(
-        [sys.executable, BENCH, "--smoke", "--strict", "--out", str(tmp_path), "--tag", "test",
-         "--write-readme", str(readme)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            BENCH,
+            "--smoke",
+            "--strict",
+            "--out",
+            str(tmp_path),
+            "--tag",
+            "test",
+            "--write-readme",
+            str(readme),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = sorted(p for p in os.listdir(tmp_path) if p.endswith(".json"))
@@ -87,8 +102,11 @@ def test_guard_catches_a_wrong_weight_mapping():
         z, r, h = np.split(a, 3, axis=-1)
         return np.concatenate([r, z, h], axis=-1)
 
-    wrong = {"kernel": swap_zr(w["kernel"]), "recurrent_kernel": swap_zr(w["recurrent_kernel"]),
-             "bias": swap_zr(w["bias"])}
+    wrong = {
+        "kernel": swap_zr(w["kernel"]),
+        "recurrent_kernel": swap_zr(w["recurrent_kernel"]),
+        "bias": swap_zr(w["bias"]),
+    }
     with pytest.raises(bench.GuardError, match="disagrees"):
         bench.guard(ref, bench.build_torch("GRU", shape, wrong, x))
 
@@ -100,9 +118,30 @@ def test_old_rev_times_the_old_build_beside_the_new(tmp_path):
         pytest.skip("not a git checkout: --old-rev needs the repository's history")
     env = dict(os.environ, KERAS_BACKEND="jax")
     proc = subprocess.run(
-        [sys.executable, BENCH, "--smoke", "--strict", "--layers", "LSTM", "--shapes", "2,5,3,4", "--peers", "",
-         "--old-rev", "HEAD", "--out", str(tmp_path), "--tag", "ab", "--no-plot"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            BENCH,
+            "--smoke",
+            "--strict",
+            "--layers",
+            "LSTM",
+            "--shapes",
+            "2,5,3,4",
+            "--peers",
+            "",
+            "--old-rev",
+            "HEAD",
+            "--out",
+            str(tmp_path),
+            "--tag",
+            "ab",
+            "--no-plot",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (path,) = tmp_path.glob("*-ab-smoke.json")

@@ -1,14 +1,15 @@
 """bench/sharding.py: its reading of compiled HLO (dot FLOPs, collective bytes, loop trip counts)
 checked on programs whose numbers are known, and a smoke run of the script."""
+
 import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
-
 from bench_util import load_bench_script
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from sharding_util import batch_mesh, collectives
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,6 +27,7 @@ def test_dot_flops_count_every_loop_iteration():
 
     def looped(x, w):  # 7 steps of (6, 5) @ (5, 5), the carry fed back so XLA keeps the loop
         return jax.lax.scan(lambda c, _: (jnp.tanh(c @ w), None), x, None, length=7)[0]
+
     w5 = jnp.ones((5, 5)) * 0.1
     compiled = jax.jit(looped).lower(x, w5).compile()
     assert " while(" in compiled.as_text()
@@ -59,6 +61,7 @@ def test_collective_inside_a_loop_counts_its_trip_count():
             c = jax.lax.with_sharding_constraint(jnp.sin(c), NamedSharding(mesh, P("data")))
             total = jax.lax.with_sharding_constraint(c.sum(0), NamedSharding(mesh, P()))  # all-reduce per step
             return c + total, None
+
         return jax.lax.scan(body, x, None, length=5)[0]
 
     x = jax.device_put(jnp.ones((16, 6)), NamedSharding(mesh, P("data")))
@@ -77,6 +80,6 @@ def test_smoke_run_writes_results(tmp_path):
     by = {(r["mode"], r["devices"]): r for r in payload["results"]}
     # the forward pass of LSTM(4) at (8, 5, 3): projection 2*40*3*16, recurrence 5 * 2*8*4*16
     assert by[("fwd", 1)]["dot_flops"] == 2 * 40 * 3 * 16 + 5 * 2 * 8 * 4 * 16
-    assert by[("fwd", 2)]["dot_flops"] == by[("fwd", 1)]["dot_flops"] / 2   # each device half the batch
+    assert by[("fwd", 2)]["dot_flops"] == by[("fwd", 1)]["dot_flops"] / 2  # each device half the batch
     assert by[("train", 2)]["collectives"].get("all-reduce", {}).get("ops", 0) >= 1
     assert np.isfinite([r["time_s"] for r in rows]).all()

@@ -1,5 +1,6 @@
 """The cells and their layers: Keras's reference values, float64 numpy references, gradients
 (check_grads), dropout masks, constraints, regularizers, stateful bookkeeping and Keras 2 defaults."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,6 @@ from jax.test_util import check_grads
 import rnnjax
 import rnnjax.functional as F
 from rnnjax.functional.initializers import Constant
-
 
 C = dict(kernel_initializer=Constant(0.01), recurrent_initializer=Constant(0.02), bias_initializer=Constant(0.03))
 K3 = dict(recurrent_activation="sigmoid")  # Keras 3's defaults, which the public values use
@@ -28,16 +28,25 @@ def test_public_reference_values_lstm():
     np.testing.assert_allclose(
         _apply(rnnjax.LSTM(3, **C, **K3), x), np.repeat([[0.6288687], [0.86899155], [0.9460773]], 3, 1), atol=1e-6
     )
-    np.testing.assert_allclose(_apply(rnnjax.LSTM(3, go_backwards=True, **C, **K3), x),
-                               np.repeat([[0.35622165], [0.74789524], [0.8872726]], 3, 1), atol=1e-6)
+    np.testing.assert_allclose(
+        _apply(rnnjax.LSTM(3, go_backwards=True, **C, **K3), x),
+        np.repeat([[0.35622165], [0.74789524], [0.8872726]], 3, 1),
+        atol=1e-6,
+    )
 
 
 def test_public_reference_values_gru():
     x = jnp.arange(72.0).reshape(3, 6, 4)
-    np.testing.assert_allclose(_apply(rnnjax.GRU(3, reset_after=True, **C, **K3), x),
-                               np.repeat([[0.5217289], [0.6371659], [0.39384964]], 3, 1), atol=1e-6)
-    np.testing.assert_allclose(_apply(rnnjax.GRU(3, reset_after=False, **C, **K3), x),
-                               np.repeat([[0.51447755], [0.6426879], [0.40208298]], 3, 1), atol=1e-6)
+    np.testing.assert_allclose(
+        _apply(rnnjax.GRU(3, reset_after=True, **C, **K3), x),
+        np.repeat([[0.5217289], [0.6371659], [0.39384964]], 3, 1),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        _apply(rnnjax.GRU(3, reset_after=False, **C, **K3), x),
+        np.repeat([[0.51447755], [0.6426879], [0.40208298]], 3, 1),
+        atol=1e-6,
+    )
 
 
 def test_public_reference_values_simple_rnn_and_masked_gru():
@@ -83,8 +92,10 @@ def test_hard_sigmoid_values_and_derivatives_equal_jnp_clip():
         grad, want = jax.vmap(jax.grad(hs))(x), jax.vmap(jax.grad(reference))(x)
         np.testing.assert_array_equal(np.asarray(grad, np.float32), np.asarray(want, np.float32))
         tangent = jnp.linspace(-1, 1, x.shape[0]).astype(dtype)
-        np.testing.assert_array_equal(np.asarray(jax.jvp(hs, (x,), (tangent,))[1], np.float32),
-                                      np.asarray(jax.jvp(reference, (x,), (tangent,))[1], np.float32))
+        np.testing.assert_array_equal(
+            np.asarray(jax.jvp(hs, (x,), (tangent,))[1], np.float32),
+            np.asarray(jax.jvp(reference, (x,), (tangent,))[1], np.float32),
+        )
     assert float(jax.grad(hs)(jnp.float32(2.5))) == np.float32(0.1)
 
 
@@ -95,10 +106,10 @@ def _np_lstm(x, k, r, b, mask, sigma, phi):
     h, c, out, outs = np.zeros((bsz, u)), np.zeros((bsz, u)), np.zeros((bsz, u)), []
     for s in range(t):
         z = x[:, s] @ k + h @ r + b
-        i, f, g, o = sigma(z[:, :u]), sigma(z[:, u:2 * u]), phi(z[:, 2 * u:3 * u]), sigma(z[:, 3 * u:])
+        i, f, g, o = sigma(z[:, :u]), sigma(z[:, u : 2 * u]), phi(z[:, 2 * u : 3 * u]), sigma(z[:, 3 * u :])
         c_new = f * c + i * g
         h_new = o * phi(c_new)
-        m = mask[:, s:s + 1]
+        m = mask[:, s : s + 1]
         h, c, out = np.where(m, h_new, h), np.where(m, c_new, c), np.where(m, h_new, out)
         outs.append(out)
     return np.stack(outs, 1), h, c
@@ -121,10 +132,16 @@ def test_float32_lstm_matches_float64_numpy_with_holes():
     np.testing.assert_allclose(state.c, c, atol=2e-5)
 
 
-@pytest.mark.parametrize("core", [F.SimpleRNNCore(3), F.LSTMCore(3, recurrent_activation="sigmoid"),
-                                  F.GRUCore(3, recurrent_activation="sigmoid"),
-                                  F.GRUCore(3, recurrent_activation="sigmoid", reset_after=True)],
-                         ids=["simple", "lstm", "gru", "gru_reset_after"])
+@pytest.mark.parametrize(
+    "core",
+    [
+        F.SimpleRNNCore(3),
+        F.LSTMCore(3, recurrent_activation="sigmoid"),
+        F.GRUCore(3, recurrent_activation="sigmoid"),
+        F.GRUCore(3, recurrent_activation="sigmoid", reset_after=True),
+    ],
+    ids=["simple", "lstm", "gru", "gru_reset_after"],
+)
 def test_gradients_check_grads(core):
     params = core.init(jax.random.key(1), 2)
     x = jax.random.normal(jax.random.key(2), (2, 4, 2))
@@ -138,15 +155,23 @@ def test_gradients_check_grads(core):
         p64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
         # Reverse mode (through the hand-written backward pass where the core has one), twice.
         check_grads(f, (p64, x.astype(jnp.float64)), order=2, modes=["rev"], atol=1e-5, rtol=1e-5)
-        check_grads(lambda p, x: f(p, x, False), (p64, x.astype(jnp.float64)), order=1, modes=["fwd"],
-                    atol=1e-5, rtol=1e-5)
+        check_grads(
+            lambda p, x: f(p, x, False), (p64, x.astype(jnp.float64)), order=1, modes=["fwd"], atol=1e-5, rtol=1e-5
+        )
 
 
 def test_dropout_masks_are_per_sequence_inverted_and_training_only():
     # Linear SimpleRNN with R = 0, b = 0 and an input constant over time: y_t = (x * m) @ K at
     # every step, so equal outputs across t prove the mask is drawn once per sequence.
-    layer = rnnjax.SimpleRNN(64, activation=None, use_bias=False, recurrent_initializer="zeros",
-                             kernel_initializer="identity", dropout=0.25, return_sequences=True)
+    layer = rnnjax.SimpleRNN(
+        64,
+        activation=None,
+        use_bias=False,
+        recurrent_initializer="zeros",
+        kernel_initializer="identity",
+        dropout=0.25,
+        return_sequences=True,
+    )
     x = jnp.ones((8, 5, 64))
     v = layer.init(jax.random.key(0), x)
     y = np.asarray(layer.apply(v, x, training=True, rngs={"dropout": jax.random.key(1)}))
@@ -165,8 +190,8 @@ def test_lstm_implementation1_uses_one_mask_per_gate():
     masks = F.dropout_masks(jax.random.key(2), 0.5, (2, 3), count=4)
     got = core.project(params, x, masks)
     for g in range(4):
-        expected = (x * masks[g]) @ params.kernel[:, 4 * g:4 * g + 4] + params.bias[4 * g:4 * g + 4]
-        np.testing.assert_allclose(got[:, 4 * g:4 * g + 4], expected, atol=1e-6)
+        expected = (x * masks[g]) @ params.kernel[:, 4 * g : 4 * g + 4] + params.bias[4 * g : 4 * g + 4]
+        np.testing.assert_allclose(got[:, 4 * g : 4 * g + 4], expected, atol=1e-6)
 
 
 def test_recurrent_dropout_changes_output_only_in_training():
@@ -181,8 +206,12 @@ def test_recurrent_dropout_changes_output_only_in_training():
 
 def test_keras_constraints_project_after_the_update():
     x = jax.random.normal(jax.random.key(0), (2, 4, 3))
-    model = rnnjax.LSTM(5, kernel_constraint=rnnjax.constraints.MaxNorm(0.3), recurrent_constraint="non_neg",
-                        bias_constraint=rnnjax.constraints.UnitNorm())
+    model = rnnjax.LSTM(
+        5,
+        kernel_constraint=rnnjax.constraints.MaxNorm(0.3),
+        recurrent_constraint="non_neg",
+        bias_constraint=rnnjax.constraints.UnitNorm(),
+    )
     params = model.init(jax.random.key(1), x)["params"]
     tx = optax.chain(optax.sgd(0.5), rnnjax.keras_constraints(model, x))
     state = tx.init(params)
@@ -265,20 +294,26 @@ def test_seed_defaults():
     np.testing.assert_array_equal(b, [0, 0, 1, 1, 0, 0, 0, 0])
 
 
-@pytest.mark.parametrize("make", [
-    lambda **kw: rnnjax.LSTM(4, return_sequences=True, **kw), lambda **kw: rnnjax.RNN(rnnjax.GRUCell(4, **kw))],
-    ids=["LSTM", "GRUCell"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda **kw: rnnjax.LSTM(4, return_sequences=True, **kw), lambda **kw: rnnjax.RNN(rnnjax.GRUCell(4, **kw))],
+    ids=["LSTM", "GRUCell"],
+)
 def test_keras2_implementation_0_warns_and_runs_implementation_1(make):
     """Keras 2's deprecated ``implementation=0`` (older Keras 2 files carry it): Keras 2.3's
     warning, then implementation 1's computation, its one dropout mask per gate included."""
     x = jax.random.normal(jax.random.key(0), (2, 5, 3))
-    with pytest.warns(UserWarning, match=r"`implementation=0` has been deprecated, and now defaults to "
-                                         r"`implementation=1`"):
+    with pytest.warns(
+        UserWarning,
+        match=r"`implementation=0` has been deprecated, and now defaults to "
+        r"`implementation=1`",
+    ):
         layer = make(implementation=0, dropout=0.3, recurrent_dropout=0.2)
     reference = make(implementation=1, dropout=0.3, recurrent_dropout=0.2)
     v = reference.init(jax.random.key(1), x)
     rngs = {"dropout": jax.random.key(2)}
-    np.testing.assert_array_equal(layer.apply(v, x, training=True, rngs=rngs),
-                                  reference.apply(v, x, training=True, rngs=rngs))
+    np.testing.assert_array_equal(
+        layer.apply(v, x, training=True, rngs=rngs), reference.apply(v, x, training=True, rngs=rngs)
+    )
     fused = make(implementation=2, dropout=0.3, recurrent_dropout=0.2)  # one mask: other numbers
     assert not np.allclose(fused.apply(v, x, training=True, rngs=rngs), reference.apply(v, x, training=True, rngs=rngs))

@@ -9,6 +9,7 @@
 * The design note (``docs/design.md``) cites only paths that exist and code names that the sources
   define or use.
 """
+
 import ast
 import functools
 import pathlib
@@ -60,8 +61,13 @@ def _module_aliases(tree, modules) -> dict:
     out = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rnnjax"):
-            out.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names
-                        if f"{node.module}.{a.name}" in modules})
+            out.update(
+                {
+                    a.asname or a.name: f"{node.module}.{a.name}"
+                    for a in node.names
+                    if f"{node.module}.{a.name}" in modules
+                }
+            )
         elif isinstance(node, ast.Import):
             out.update({a.asname: a.name for a in node.names if a.asname and a.name in modules})
     return out
@@ -110,17 +116,25 @@ def test_the_rule_catches_each_kind_of_reach_in():
     """The checker itself: each form of reaching into another package is reported, and what a
     package does with its own private names is not."""
     sources = {
-        "rnnjax.cudnn.layers": ("def _poison(x):\n    return x\nclass L:\n    def _run(self):\n"
-                                "        return self._run\n"),
+        "rnnjax.cudnn.layers": (
+            "def _poison(x):\n    return x\nclass L:\n    def _run(self):\n        return self._run\n"
+        ),
         "rnnjax.cudnn.fused": "from rnnjax.cudnn.layers import _poison\n",
-        "rnnjax.nnx.cudnn": ("from rnnjax.cudnn import layers as linen_cudnn\nfrom rnnjax.cudnn.layers import _poison\n"
-                             "import rnnjax.functional._planner\nfrom rnnjax.functional import _planner\n"
-                             "def f(spec, p):\n    return spec._run(), linen_cudnn._poison, p._replace()\n"),
+        "rnnjax.nnx.cudnn": (
+            "from rnnjax.cudnn import layers as linen_cudnn\nfrom rnnjax.cudnn.layers import _poison\n"
+            "import rnnjax.functional._planner\nfrom rnnjax.functional import _planner\n"
+            "def f(spec, p):\n    return spec._run(), linen_cudnn._poison, p._replace()\n"
+        ),
         "rnnjax.functional._planner": "_forced = {}\n",
     }
     found = sorted((m, line) for m, line, _ in violations(sources))
-    assert found == [("rnnjax.nnx.cudnn", 2), ("rnnjax.nnx.cudnn", 3), ("rnnjax.nnx.cudnn", 4),
-                     ("rnnjax.nnx.cudnn", 6), ("rnnjax.nnx.cudnn", 6)]
+    assert found == [
+        ("rnnjax.nnx.cudnn", 2),
+        ("rnnjax.nnx.cudnn", 3),
+        ("rnnjax.nnx.cudnn", 4),
+        ("rnnjax.nnx.cudnn", 6),
+        ("rnnjax.nnx.cudnn", 6),
+    ]
 
 
 # ----- the design note (docs/design.md) cites only what exists -------------------------------------
@@ -152,7 +166,9 @@ def _expand(path: str) -> list:
     found = re.search(r"\{([^}]*)\}", path)
     if not found:
         return [path]
-    return [p for part in found.group(1).split(",") for p in _expand(path[:found.start()] + part + path[found.end():])]
+    return [
+        p for part in found.group(1).split(",") for p in _expand(path[: found.start()] + part + path[found.end() :])
+    ]
 
 
 def _cited(text: str):
@@ -173,8 +189,10 @@ def _cited(text: str):
 
 def _exists(path: str) -> bool:
     """A path from the repository root or ``rnnjax/``; a bare file name anywhere under ``rnnjax/``."""
+
     def one(p):
         return (ROOT / p).exists() or (PACKAGE / p).exists() or ("/" not in p and any(PACKAGE.rglob(p)))
+
     return all(one(p) for p in _expand(path.rstrip("/")))
 
 
@@ -186,7 +204,9 @@ def test_design_note_cites_existing_paths_and_names():
 
 
 def test_design_note_check_catches_a_missing_path_and_name():
-    paths, names = _cited("The twin lives in `rnnjax/nnx/layers.py` and calls `path.run_layer_twice(x)`.\n"
-                          "```\nrnnjax/functional/{lstm,gru_x}.py\n```\n")
+    paths, names = _cited(
+        "The twin lives in `rnnjax/nnx/layers.py` and calls `path.run_layer_twice(x)`.\n"
+        "```\nrnnjax/functional/{lstm,gru_x}.py\n```\n"
+    )
     assert sorted(p for p in paths if not _exists(p)) == ["rnnjax/functional/{lstm,gru_x}.py", "rnnjax/nnx/layers.py"]
     assert names - _identifiers() == {"run_layer_twice"}

@@ -1,16 +1,17 @@
 """Whole Keras models as rnnjax ``Sequential`` against ``keras.Sequential`` of the same layers
 (Keras 3, JAX backend, random weights copied across, 1e-5 float32), and the companion layers
 (Embedding, Masking, Dense, Dropout, Activation, TimeDistributed) one by one."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import rnnjax
 from keras_ref import cell_weights, keras
 from sharding_util import batch_mesh, collectives, compiled_text, replicate, shard_batch
 from test_companions import H_SIG, HOLES, _x, assert_same, random_params
+
+import rnnjax
 
 B, T, U, V = 3, 7, 4, 11
 
@@ -30,29 +31,58 @@ def _keras_model(layers, input_shape, dtype="float32"):
 
 def test_embedding_bidirectional_lstm_dense_matches_keras():
     ids = _ids()
-    ours = rnnjax.Sequential([rnnjax.Embedding(V, 6, mask_zero=True), rnnjax.Bidirectional(rnnjax.LSTM(U)),
-                              rnnjax.Dense(3, activation="softmax")])
+    ours = rnnjax.Sequential(
+        [
+            rnnjax.Embedding(V, 6, mask_zero=True),
+            rnnjax.Bidirectional(rnnjax.LSTM(U)),
+            rnnjax.Dense(3, activation="softmax"),
+        ]
+    )
     params = random_params(ours.init(jax.random.key(0), ids))
     assert set(params) == {"embedding", "bidirectional", "dense"}
-    theirs = _keras_model([keras.layers.Embedding(V, 6, mask_zero=True),
-                           keras.layers.Bidirectional(keras.layers.LSTM(U, recurrent_activation=H_SIG)),
-                           keras.layers.Dense(3, activation="softmax")], (T,), "int32")
+    theirs = _keras_model(
+        [
+            keras.layers.Embedding(V, 6, mask_zero=True),
+            keras.layers.Bidirectional(keras.layers.LSTM(U, recurrent_activation=H_SIG)),
+            keras.layers.Dense(3, activation="softmax"),
+        ],
+        (T,),
+        "int32",
+    )
     bi = params["bidirectional"]
-    theirs.set_weights([params["embedding"]["embeddings"], *cell_weights(bi["forward_lstm"]["cell"]),
-                        *cell_weights(bi["backward_lstm"]["cell"]), params["dense"]["kernel"], params["dense"]["bias"]])
+    theirs.set_weights(
+        [
+            params["embedding"]["embeddings"],
+            *cell_weights(bi["forward_lstm"]["cell"]),
+            *cell_weights(bi["backward_lstm"]["cell"]),
+            params["dense"]["kernel"],
+            params["dense"]["bias"],
+        ]
+    )
     assert_same(ours.apply({"params": params}, ids), theirs(ids))
 
 
 def test_masking_gru_lstm_dense_matches_keras():
     x = _padded_x()
-    ours = rnnjax.Sequential([rnnjax.Masking(), rnnjax.GRU(U, return_sequences=True), rnnjax.LSTM(3),
-                              rnnjax.Dense(2)])
+    ours = rnnjax.Sequential([rnnjax.Masking(), rnnjax.GRU(U, return_sequences=True), rnnjax.LSTM(3), rnnjax.Dense(2)])
     params = random_params(ours.init(jax.random.key(0), x))
-    theirs = _keras_model([keras.layers.Masking(),
-                           keras.layers.GRU(U, return_sequences=True, recurrent_activation=H_SIG, reset_after=False),
-                           keras.layers.LSTM(3, recurrent_activation=H_SIG), keras.layers.Dense(2)], (T, 5))
-    theirs.set_weights([*cell_weights(params["gru"]["cell"]), *cell_weights(params["lstm"]["cell"]),
-                        params["dense"]["kernel"], params["dense"]["bias"]])
+    theirs = _keras_model(
+        [
+            keras.layers.Masking(),
+            keras.layers.GRU(U, return_sequences=True, recurrent_activation=H_SIG, reset_after=False),
+            keras.layers.LSTM(3, recurrent_activation=H_SIG),
+            keras.layers.Dense(2),
+        ],
+        (T, 5),
+    )
+    theirs.set_weights(
+        [
+            *cell_weights(params["gru"]["cell"]),
+            *cell_weights(params["lstm"]["cell"]),
+            params["dense"]["kernel"],
+            params["dense"]["bias"],
+        ]
+    )
     assert_same(ours.apply({"params": params}, x), theirs(x))
 
 
@@ -60,15 +90,31 @@ def test_time_distributed_dropout_activation_and_numbering_match_keras():
     """Masking -> LSTM(seq) -> TimeDistributed(Dense) -> Dropout -> Activation -> SimpleRNN -> Dense:
     the mask passes through the middle layers and the second Dense is `dense_1`, as in Keras."""
     x = _padded_x(1)
-    ours = rnnjax.Sequential([
-        rnnjax.Masking(), rnnjax.LSTM(U, return_sequences=True), rnnjax.TimeDistributed(rnnjax.Dense(3)),
-        rnnjax.Dropout(0.5), rnnjax.Activation("tanh"), rnnjax.SimpleRNN(U), rnnjax.Dense(2)])
+    ours = rnnjax.Sequential(
+        [
+            rnnjax.Masking(),
+            rnnjax.LSTM(U, return_sequences=True),
+            rnnjax.TimeDistributed(rnnjax.Dense(3)),
+            rnnjax.Dropout(0.5),
+            rnnjax.Activation("tanh"),
+            rnnjax.SimpleRNN(U),
+            rnnjax.Dense(2),
+        ]
+    )
     params = random_params(ours.init(jax.random.key(0), x))
     assert set(params) == {"lstm", "time_distributed", "simple_rnn", "dense"}
-    theirs = _keras_model([
-        keras.layers.Masking(), keras.layers.LSTM(U, return_sequences=True, recurrent_activation=H_SIG),
-        keras.layers.TimeDistributed(keras.layers.Dense(3)), keras.layers.Dropout(0.5), keras.layers.Activation("tanh"),
-        keras.layers.SimpleRNN(U), keras.layers.Dense(2)], (T, 5))
+    theirs = _keras_model(
+        [
+            keras.layers.Masking(),
+            keras.layers.LSTM(U, return_sequences=True, recurrent_activation=H_SIG),
+            keras.layers.TimeDistributed(keras.layers.Dense(3)),
+            keras.layers.Dropout(0.5),
+            keras.layers.Activation("tanh"),
+            keras.layers.SimpleRNN(U),
+            keras.layers.Dense(2),
+        ],
+        (T, 5),
+    )
     td = params["time_distributed"]["dense"]
     theirs.set_weights(
         [
@@ -90,8 +136,9 @@ def test_explicit_mask_at_call_matches_keras():
     x = _x(2)
     ours = rnnjax.Sequential([rnnjax.GRU(U, return_sequences=True, reset_after=True), rnnjax.Dense(2)])
     params = random_params(ours.init(jax.random.key(0), x))
-    theirs = _keras_model([keras.layers.GRU(U, return_sequences=True, recurrent_activation=H_SIG),
-                           keras.layers.Dense(2)], (T, 5))
+    theirs = _keras_model(
+        [keras.layers.GRU(U, return_sequences=True, recurrent_activation=H_SIG), keras.layers.Dense(2)], (T, 5)
+    )
     theirs.set_weights([*cell_weights(params["gru"]["cell"]), params["dense"]["kernel"], params["dense"]["bias"]])
     want = np.asarray(theirs(x, mask=HOLES))
     assert_same(ours.apply({"params": params}, x, mask=HOLES), want)
@@ -111,8 +158,13 @@ class ByHand(nn.Module):
 @pytest.mark.parametrize("training", [False, True])
 def test_training_and_rng_streams_reach_every_layer(training):
     x = jnp.asarray(_x(3))
-    ours = rnnjax.Sequential([rnnjax.LSTM(U, dropout=0.3, recurrent_dropout=0.3, return_sequences=True),
-                              rnnjax.Dropout(0.5), rnnjax.Dense(2)])
+    ours = rnnjax.Sequential(
+        [
+            rnnjax.LSTM(U, dropout=0.3, recurrent_dropout=0.3, return_sequences=True),
+            rnnjax.Dropout(0.5),
+            rnnjax.Dense(2),
+        ]
+    )
     params = random_params(ours.init(jax.random.key(0), x))
     rngs = {"dropout": jax.random.key(4)}
     got = ours.apply({"params": params}, x, training=training, rngs=rngs)
@@ -126,8 +178,13 @@ def test_training_and_rng_streams_reach_every_layer(training):
 
 def test_embedding_matches_keras_and_reports_penalties_and_constraints():
     ids = _ids(1)
-    layer = rnnjax.Embedding(V, 6, embeddings_regularizer=rnnjax.regularizers.L2(0.1),
-                             activity_regularizer=rnnjax.regularizers.L1(0.01), embeddings_constraint="non_neg")
+    layer = rnnjax.Embedding(
+        V,
+        6,
+        embeddings_regularizer=rnnjax.regularizers.L2(0.1),
+        activity_regularizer=rnnjax.regularizers.L1(0.01),
+        embeddings_constraint="non_neg",
+    )
     v = layer.init(jax.random.key(0), ids)
     w = np.asarray(v["params"]["embeddings"])
     assert w.shape == (V, 6) and -0.05 <= w.min() and w.max() <= 0.05 and w.std() > 0.02  # Keras 2's 'uniform'
@@ -140,8 +197,13 @@ def test_embedding_matches_keras_and_reports_penalties_and_constraints():
         aux["losses"]["embeddings_regularizer"], 0.1 * np.sum(w.astype(np.float64) ** 2), rtol=1e-5
     )
     np.testing.assert_allclose(aux["losses"]["activity_regularizer"], 0.01 * np.abs(np.asarray(y)).sum() / B, rtol=1e-5)
-    model = rnnjax.Sequential([layer, rnnjax.Bidirectional(rnnjax.LSTM(U, recurrent_constraint="unit_norm")),
-                               rnnjax.Dense(2, kernel_constraint="max_norm")])
+    model = rnnjax.Sequential(
+        [
+            layer,
+            rnnjax.Bidirectional(rnnjax.LSTM(U, recurrent_constraint="unit_norm")),
+            rnnjax.Dense(2, kernel_constraint="max_norm"),
+        ]
+    )
     found = rnnjax.constraints.collect_constraints(model, ids)
     assert set(found) == {
         ("embedding", "embeddings"),
@@ -180,8 +242,14 @@ def test_dropout_draws_inverted_bernoulli_masks():
     kept = y != 0
     np.testing.assert_allclose(y[kept], np.asarray(x)[kept] / 0.7, rtol=1e-6)
     assert abs(kept.mean() - 0.7) < 3 * np.sqrt(0.21 / kept.size)
-    shared = np.asarray(rnnjax.Dropout(0.3, noise_shape=(None, 1, None)).apply(
-        {}, x, training=True, rngs={"dropout": jax.random.key(1)})) != 0
+    shared = (
+        np.asarray(
+            rnnjax.Dropout(0.3, noise_shape=(None, 1, None)).apply(
+                {}, x, training=True, rngs={"dropout": jax.random.key(1)}
+            )
+        )
+        != 0
+    )
     assert (shared == shared[:, :1]).all() and 0.5 < shared.mean() < 0.9  # the same features at every step
     seeded = rnnjax.Dropout(0.3, seed=7).apply({}, x, training=True, rngs={"dropout": jax.random.key(1)})
     assert not np.array_equal(np.asarray(seeded) != 0, kept)
@@ -208,10 +276,16 @@ def test_a_training_step_partitions_on_the_batch():
     the parameters only the reductions over the batch (all-reduce)."""
     mesh = batch_mesh(8)
     ids = np.random.default_rng(0).integers(0, V, (8, T)).astype(np.int32)
-    model = rnnjax.Sequential([
-        rnnjax.Embedding(V, 6, mask_zero=True),
-        rnnjax.Bidirectional(rnnjax.LSTM(U, return_sequences=True)),
-        rnnjax.TimeDistributed(rnnjax.Dense(3)), rnnjax.Masking(), rnnjax.GRU(U), rnnjax.Dense(2)])
+    model = rnnjax.Sequential(
+        [
+            rnnjax.Embedding(V, 6, mask_zero=True),
+            rnnjax.Bidirectional(rnnjax.LSTM(U, return_sequences=True)),
+            rnnjax.TimeDistributed(rnnjax.Dense(3)),
+            rnnjax.Masking(),
+            rnnjax.GRU(U),
+            rnnjax.Dense(2),
+        ]
+    )
     params = replicate(mesh, model.init(jax.random.key(0), ids)["params"])
     ids = shard_batch(mesh, jnp.asarray(ids))
     forward = compiled_text(lambda p, i: model.apply({"params": p}, i), params, ids)

@@ -6,15 +6,16 @@ on; constants, which Keras 3's Bidirectional dropped; custom cells) the referenc
 forward layer and a hand-built backward copy, composed as Keras documents. The whole-model tests
 (Sequential, Embedding, Masking, TimeDistributed, Dense) are in ``test_companion_models.py``.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import rnnjax
 from catalogue import assert_trees_close
 from keras_ref import cell_weights, keras, keras_activation
+
+import rnnjax
 
 ATOL = 1e-5
 B, T, I, U = 3, 7, 5, 4
@@ -73,8 +74,9 @@ def _compare(kind, merge_mode="concat", x=None, call=None, **kw):
     params = random_params(variables)
     got = ours.apply({"params": params}, jnp.asarray(x), **jcall)
     theirs.build(x.shape)
-    theirs.set_weights(_keras_weights(params, "gru" if kind.startswith("gru") else
-                                      {"simple": "simple_rnn", "lstm": "lstm"}[kind]))
+    theirs.set_weights(
+        _keras_weights(params, "gru" if kind.startswith("gru") else {"simple": "simple_rnn", "lstm": "lstm"}[kind])
+    )
     assert_same(got, theirs(x, **call))
     return got
 
@@ -98,8 +100,9 @@ def test_initial_state_halves_match_keras(kind):
     n = 2 if kind == "lstm" else 1
     rng = np.random.default_rng(7)
     states = [rng.normal(size=(B, U)).astype(np.float32) for _ in range(2 * n)]
-    out = _compare(kind, "concat", call={"initial_state": states, "mask": HOLES}, return_sequences=True,
-                   return_state=True)
+    out = _compare(
+        kind, "concat", call={"initial_state": states, "mask": HOLES}, return_sequences=True, return_state=True
+    )
     assert len(out) == 1 + 2 * n
 
 
@@ -112,7 +115,8 @@ def test_layer_with_go_backwards_true_gets_a_forward_copy():
     params = random_params(variables)
     theirs = keras.layers.Bidirectional(
         keras.layers.LSTM(U, go_backwards=True, return_sequences=True, recurrent_activation=H_SIG),
-        backward_layer=keras.layers.LSTM(U, go_backwards=False, return_sequences=True, recurrent_activation=H_SIG))
+        backward_layer=keras.layers.LSTM(U, go_backwards=False, return_sequences=True, recurrent_activation=H_SIG),
+    )
     theirs.build(x.shape)
     theirs.set_weights(_keras_weights(params, "lstm"))
     assert_same(ours.apply({"params": params}, x, mask=HOLES), theirs(x, mask=HOLES))
@@ -128,8 +132,9 @@ def test_backward_layer_given_matches_keras():
     assert set(variables["params"]) == {"forward_gru", "backward_gru"}
     params = random_params(variables)
     kw = dict(recurrent_activation=H_SIG, reset_after=False, return_sequences=True)
-    theirs = keras.layers.Bidirectional(keras.layers.GRU(U, **kw),
-                                        backward_layer=keras.layers.GRU(U, activation="relu", go_backwards=True, **kw))
+    theirs = keras.layers.Bidirectional(
+        keras.layers.GRU(U, **kw), backward_layer=keras.layers.GRU(U, activation="relu", go_backwards=True, **kw)
+    )
     theirs.build(x.shape)
     theirs.set_weights(_keras_weights(params, "gru"))
     assert_same(ours.apply({"params": params}, x, mask=HOLES), theirs(x, mask=HOLES))
@@ -137,14 +142,18 @@ def test_backward_layer_given_matches_keras():
 
 def test_stacked_cells_match_keras():
     x = _x()
-    ours = rnnjax.Bidirectional(rnnjax.RNN([rnnjax.LSTMCell(U), rnnjax.GRUCell(3)], return_sequences=True,
-                                           return_state=True), merge_mode="sum")
+    ours = rnnjax.Bidirectional(
+        rnnjax.RNN([rnnjax.LSTMCell(U), rnnjax.GRUCell(3)], return_sequences=True, return_state=True), merge_mode="sum"
+    )
     variables = ours.init(jax.random.key(0), x)
     params = random_params(variables)
-    cells = lambda: [keras.layers.LSTMCell(U, recurrent_activation=H_SIG),  # noqa: E731
-                     keras.layers.GRUCell(3, recurrent_activation=H_SIG, reset_after=False)]
-    theirs = keras.layers.Bidirectional(keras.layers.RNN(cells(), return_sequences=True, return_state=True),
-                                        merge_mode="sum")
+    cells = lambda: [
+        keras.layers.LSTMCell(U, recurrent_activation=H_SIG),  # noqa: E731
+        keras.layers.GRUCell(3, recurrent_activation=H_SIG, reset_after=False),
+    ]
+    theirs = keras.layers.Bidirectional(
+        keras.layers.RNN(cells(), return_sequences=True, return_state=True), merge_mode="sum"
+    )
     theirs.build(x.shape)
     weights = [
         w for d in ("forward_rnn", "backward_rnn") for c in ("cell_0", "cell_1") for w in cell_weights(params[d][c])
@@ -201,20 +210,33 @@ def _against_hand_built(layer, backward, fname, bname, x, **call):
 def test_masked_conv_lstm_against_hand_built_pair():
     x = jnp.asarray(_x(shape=(3, 7, 5, 6, 2)))
     kw = dict(filters=2, kernel_size=(3, 3), return_sequences=True)
-    _against_hand_built(rnnjax.ConvLSTM2D(**kw, zero_output_for_mask=True),
-                        rnnjax.ConvLSTM2D(**kw, go_backwards=True, zero_output_for_mask=True),
-                        "forward_conv_lstm2d", "backward_conv_lstm2d", x, mask=jnp.asarray(HOLES))
+    _against_hand_built(
+        rnnjax.ConvLSTM2D(**kw, zero_output_for_mask=True),
+        rnnjax.ConvLSTM2D(**kw, go_backwards=True, zero_output_for_mask=True),
+        "forward_conv_lstm2d",
+        "backward_conv_lstm2d",
+        x,
+        mask=jnp.asarray(HOLES),
+    )
 
 
 def test_dropout_in_training_against_hand_built_pair():
     """training=True reaches both directions; each draws its own masks from the 'dropout' stream."""
     kw = dict(dropout=0.3, recurrent_dropout=0.4, return_sequences=True)
     x = jnp.asarray(_x())
-    ours, _, params = _against_hand_built(rnnjax.LSTM(U, **kw, zero_output_for_mask=True),
-                                          rnnjax.LSTM(U, **kw, go_backwards=True, zero_output_for_mask=True),
-                                          "forward_lstm", "backward_lstm", x, mask=jnp.asarray(HOLES), training=True)
-    assert not np.allclose(ours.apply({"params": params}, x, training=True, rngs={"dropout": jax.random.key(5)}),
-                           ours.apply({"params": params}, x, training=False))
+    ours, _, params = _against_hand_built(
+        rnnjax.LSTM(U, **kw, zero_output_for_mask=True),
+        rnnjax.LSTM(U, **kw, go_backwards=True, zero_output_for_mask=True),
+        "forward_lstm",
+        "backward_lstm",
+        x,
+        mask=jnp.asarray(HOLES),
+        training=True,
+    )
+    assert not np.allclose(
+        ours.apply({"params": params}, x, training=True, rngs={"dropout": jax.random.key(5)}),
+        ours.apply({"params": params}, x, training=False),
+    )
 
 
 class ConstantCell(nn.Module):
@@ -239,8 +261,15 @@ class ConstantCell(nn.Module):
 def test_custom_cell_with_constants_against_hand_built_pair():
     x = jnp.asarray(_x())
     c = jnp.asarray(_x(3, (B, 2)))
-    _against_hand_built(rnnjax.RNN(ConstantCell(U)), rnnjax.RNN(ConstantCell(U), go_backwards=True),
-                        "forward_rnn", "backward_rnn", x, mask=jnp.asarray(HOLES), constants=[c])
+    _against_hand_built(
+        rnnjax.RNN(ConstantCell(U)),
+        rnnjax.RNN(ConstantCell(U), go_backwards=True),
+        "forward_rnn",
+        "backward_rnn",
+        x,
+        mask=jnp.asarray(HOLES),
+        constants=[c],
+    )
 
 
 def test_gradient_equals_autodiff_of_the_hand_built_pair():
@@ -249,8 +278,21 @@ def test_gradient_equals_autodiff_of_the_hand_built_pair():
     x = jnp.asarray(_x())
     m = jnp.asarray(HOLES)
     ours = rnnjax.Bidirectional(rnnjax.GRU(U, return_sequences=True, reset_after=True))
-    hand = HandBuilt(*(rnnjax.GRU(U, return_sequences=True, reset_after=True, go_backwards=g, zero_output_for_mask=True,
-                                  custom_backward=False) for g in (False, True)), "forward_gru", "backward_gru")
+    hand = HandBuilt(
+        *(
+            rnnjax.GRU(
+                U,
+                return_sequences=True,
+                reset_after=True,
+                go_backwards=g,
+                zero_output_for_mask=True,
+                custom_backward=False,
+            )
+            for g in (False, True)
+        ),
+        "forward_gru",
+        "backward_gru",
+    )
     params = random_params(ours.init(jax.random.key(0), x))
     w = jnp.asarray(_x(9, (B, T, 2 * U)))
 
@@ -274,8 +316,10 @@ def test_cudnn_layers_match_keras_with_converted_weights(kind):
     ours = rnnjax.Bidirectional(ours_cls(U, return_sequences=True, return_state=True), merge_mode="mul")
     variables = ours.init(jax.random.key(0), x)
     params = random_params(variables)
-    theirs = keras.layers.Bidirectional(keras_cls(U, return_sequences=True, return_state=True,
-                                                  recurrent_activation="sigmoid", **extra), merge_mode="mul")
+    theirs = keras.layers.Bidirectional(
+        keras_cls(U, return_sequences=True, return_state=True, recurrent_activation="sigmoid", **extra),
+        merge_mode="mul",
+    )
     theirs.build(x.shape)
     name = "cu_dnnlstm" if kind == "lstm" else "cu_dnngru"
     weights = [np.asarray(w) for d in ("forward_", "backward_") for w in convert(params[d + name])]

@@ -1,6 +1,7 @@
 """ConvLSTM1D/2D/3D against Keras 3 (JAX backend) on random weights, a float64 numpy
 re-implementation (Keras 2's hard_sigmoid default, per-gate dropout masks), Keras's public
 reference value, gradients (check_grads) and argument errors."""
+
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -11,12 +12,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
+from jaxpr_util import equations  # noqa: E402
 
 import rnnjax  # noqa: E402
 from rnnjax import functional as F  # noqa: E402
 from rnnjax.functional.initializers import Constant  # noqa: E402
-
-from jaxpr_util import equations  # noqa: E402
 
 KERAS = {1: keras.layers.ConvLSTM1D, 2: keras.layers.ConvLSTM2D, 3: keras.layers.ConvLSTM3D}
 OURS = {1: rnnjax.ConvLSTM1D, 2: rnnjax.ConvLSTM2D, 3: rnnjax.ConvLSTM3D}
@@ -128,8 +128,13 @@ def test_matches_keras3(rank, kw, ours_kw, use_mask):
     mask = np.array([[True, False, True, True], [False, True, True, False]]) if use_mask else None
     ours = OURS[rank](3, recurrent_activation="sigmoid", **kw, **ours_kw)
     got = ours.apply({"params": {"cell": w}}, x, mask=mask)
-    want = run_keras(KERAS[rank](3, recurrent_activation="sigmoid", **kw), x, w, mask=mask,
-                     zero_output_for_mask=ours_kw.get("zero_output_for_mask", False))
+    want = run_keras(
+        KERAS[rank](3, recurrent_activation="sigmoid", **kw),
+        x,
+        w,
+        mask=mask,
+        zero_output_for_mask=ours_kw.get("zero_output_for_mask", False),
+    )
     got = list(got) if isinstance(got, tuple) else [got]
     want = want if isinstance(want, list) else [want]
     assert len(got) == len(want) == (3 if kw.get("return_state") else 1)
@@ -141,8 +146,14 @@ def test_matches_keras3(rank, kw, ours_kw, use_mask):
 def test_keras_reference_value():
     """Keras's own test vector: ConvLSTM2D(2, 3, C) with Keras 3 defaults (sigmoid)."""
     x = np.arange(480, dtype=np.float32).reshape(2, 3, 4, 4, 5) / 100
-    layer = rnnjax.ConvLSTM2D(2, 3, recurrent_activation="sigmoid", kernel_initializer=Constant(0.01),
-                              recurrent_initializer=Constant(0.02), bias_initializer=Constant(0.03))
+    layer = rnnjax.ConvLSTM2D(
+        2,
+        3,
+        recurrent_activation="sigmoid",
+        kernel_initializer=Constant(0.01),
+        recurrent_initializer=Constant(0.02),
+        bias_initializer=Constant(0.03),
+    )
     y = layer.apply(layer.init(jax.random.key(0), x), x)
     assert y.shape == (2, 2, 2, 2)
     want = np.array([[0.48694518, 0.50237733], [0.5461202, 0.5598283]], np.float32)
@@ -150,6 +161,7 @@ def test_keras_reference_value():
 
 
 # ---------------- float64 numpy re-implementation (Keras 2 equations) ----------------
+
 
 def np_conv2d(x, w, strides, padding, dilation):
     """NHWC x HWIO -> NHWC, TF/Keras 'same'/'valid' padding."""
@@ -166,7 +178,11 @@ def np_conv2d(x, w, strides, padding, dilation):
     for i in range(kh):
         for j in range(kw):
             a, b = i * dilation[0], j * dilation[1]
-            patch = x[:, a:a + (out[0] - 1) * strides[0] + 1:strides[0], b:b + (out[1] - 1) * strides[1] + 1:strides[1]]
+            patch = x[
+                :,
+                a : a + (out[0] - 1) * strides[0] + 1 : strides[0],
+                b : b + (out[1] - 1) * strides[1] + 1 : strides[1],
+            ]
             y += patch @ w[i, j]
     return y
 
@@ -185,13 +201,13 @@ def np_conv_lstm2d(x, w, strides, padding, dilation, in_masks=None, rec_masks=No
         zs = []
         for g in range(4):
             xg = xt * (in_masks[g] if in_masks is not None else 1.0)
-            zs.append(np_conv2d(xg, k[..., g * f:(g + 1) * f], strides, padding, dilation) + b[g * f:(g + 1) * f])
+            zs.append(np_conv2d(xg, k[..., g * f : (g + 1) * f], strides, padding, dilation) + b[g * f : (g + 1) * f])
         if h is None:
             h = np.zeros(zs[0].shape)
             c = np.zeros(zs[0].shape)
         for g in range(4):
             hg = h * (rec_masks[g] if rec_masks is not None else 1.0)
-            zs[g] = zs[g] + np_conv2d(hg, r[..., g * f:(g + 1) * f], (1, 1), "same", (1, 1))
+            zs[g] = zs[g] + np_conv2d(hg, r[..., g * f : (g + 1) * f], (1, 1), "same", (1, 1))
         i, fg, o = hs(zs[0]), hs(zs[1]), hs(zs[3])
         c = fg * c + i * np.tanh(zs[2])
         h = o * np.tanh(c)
@@ -220,8 +236,9 @@ def test_functional_per_gate_dropout_masks_match_numpy():
     in_m = F.dropout_masks(jax.random.key(1), 0.4, (2,) + SPATIAL[2] + (2,), 4)
     rec_m = F.dropout_masks(jax.random.key(2), 0.3, (2,) + SPATIAL[2] + (3,), 4)
     assert not np.array_equal(in_m[0], in_m[1])
-    y, state = F.conv_lstm(core, params, jnp.asarray(x), return_sequences=True, dropout_mask=in_m,
-                           recurrent_dropout_mask=rec_m)
+    y, state = F.conv_lstm(
+        core, params, jnp.asarray(x), return_sequences=True, dropout_mask=in_m, recurrent_dropout_mask=rec_m
+    )
     want = np_conv_lstm2d(x, w, (1, 1), "same", (1, 1), np.asarray(in_m, np.float64), np.asarray(rec_m, np.float64))
     np.testing.assert_allclose(np.asarray(y), want, atol=1e-5)
     np.testing.assert_allclose(np.asarray(state.h), want[:, -1], atol=1e-5)
@@ -241,12 +258,21 @@ def test_layer_dropout_only_in_training():
 
 # ---------------- stateful, initial_state, cells in RNN, vmap ----------------
 
+
 def test_stateful_two_batches_equal_one_call(fmt="channels_first"):
     rng = np.random.default_rng(11)
     x = make_input(rng, 2, fmt, steps=4)
     w = random_weights(rng, 2, 2, 2, 3)
-    layer = rnnjax.ConvLSTM2D(3, 2, padding="same", data_format=fmt, recurrent_activation="sigmoid", stateful=True,
-                              kernel_initializer="zeros", recurrent_initializer="zeros")
+    layer = rnnjax.ConvLSTM2D(
+        3,
+        2,
+        padding="same",
+        data_format=fmt,
+        recurrent_activation="sigmoid",
+        stateful=True,
+        kernel_initializer="zeros",
+        recurrent_initializer="zeros",
+    )
     v = layer.init(jax.random.key(0), x[:, :2])
     v = {"params": {"cell": w}, "rnn_state": v["rnn_state"]}
     _, upd = layer.apply(v, x[:, :2], mutable=["rnn_state"])
@@ -260,8 +286,12 @@ def test_stateful_two_batches_equal_one_call(fmt="channels_first"):
     c0 = rng.normal(0, 1, want.shape).astype(np.float32)
     _, upd = layer.apply(v, [h0, c0], method="reset_states", mutable=["rnn_state"])
     y, _ = layer.apply({**v, **upd}, x, mutable=["rnn_state"])
-    want = run_keras(keras.layers.ConvLSTM2D(3, 2, padding="same", data_format=fmt, recurrent_activation="sigmoid"),
-                     x, w, initial_state=[h0, c0])
+    want = run_keras(
+        keras.layers.ConvLSTM2D(3, 2, padding="same", data_format=fmt, recurrent_activation="sigmoid"),
+        x,
+        w,
+        initial_state=[h0, c0],
+    )
     np.testing.assert_allclose(np.asarray(y), want, atol=1e-5)
 
 
@@ -336,8 +366,9 @@ def test_functional_vmap_and_single_convolution():
 
 
 def test_check_grads():
-    core = F.ConvLSTMCore(2, 2, rank=1, padding="same", recurrent_activation="sigmoid",
-                         recurrent_initializer="glorot_uniform")
+    core = F.ConvLSTMCore(
+        2, 2, rank=1, padding="same", recurrent_activation="sigmoid", recurrent_initializer="glorot_uniform"
+    )
     with jax.enable_x64(True):
         params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), core.init(jax.random.key(0), 2))
         x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 3, 4, 2)))
@@ -358,6 +389,7 @@ def test_same_conv_and_recurrent_patches(kernel_size):
         kernel = jnp.asarray(rng.normal(size=kernel_size + (3, 8)))
         want = jax.lax.conv_general_dilated(h, kernel, (1,) * rank, "SAME", dimension_numbers=dn)
         from rnnjax.functional.conv import same_conv
+
         np.testing.assert_allclose(same_conv(h, kernel), want, rtol=1e-12, atol=1e-12)
         check_grads(same_conv, (h, kernel), order=2, modes=("rev",))
         core = F.ConvLSTMCore(2, kernel_size, rank=rank, padding="same")
@@ -372,21 +404,25 @@ def test_regularizers_and_constraints():
     v = layer.init(jax.random.key(0), x)
     _, aux = layer.apply(v, x, mutable=["losses"])
     k = np.asarray(v["params"]["cell"]["kernel"], np.float64)
-    np.testing.assert_allclose(float(rnnjax.regularization_loss(aux)), 0.1 * (k ** 2).sum(), rtol=1e-5)
+    np.testing.assert_allclose(float(rnnjax.regularization_loss(aux)), 0.1 * (k**2).sum(), rtol=1e-5)
     cell = rnnjax.ConvLSTM1DCell(2, 2, bias_constraint="non_neg")
     assert set(cell.declared_constraints()) == {"bias"}
 
 
 # ---------------- errors ----------------
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(filters=2, kernel_size=3, strides=2, dilation_rate=2), "strides"),
-    (dict(filters=2, kernel_size=3, padding="full"), "padding"),
-    (dict(filters=2, kernel_size=3, data_format="NHWC"), "data_format"),
-    (dict(filters=0, kernel_size=3), "filters"),
-    (dict(filters=2, kernel_size=(3, 3, 3)), "kernel_size"),
-    (dict(filters=2, kernel_size=3, dropout=1.5), "dropout"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(filters=2, kernel_size=3, strides=2, dilation_rate=2), "strides"),
+        (dict(filters=2, kernel_size=3, padding="full"), "padding"),
+        (dict(filters=2, kernel_size=3, data_format="NHWC"), "data_format"),
+        (dict(filters=0, kernel_size=3), "filters"),
+        (dict(filters=2, kernel_size=(3, 3, 3)), "kernel_size"),
+        (dict(filters=2, kernel_size=3, dropout=1.5), "dropout"),
+    ],
+)
 def test_constructor_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         rnnjax.ConvLSTM2D(**kwargs)

@@ -5,6 +5,7 @@ conversion formula (``saving.py``: ``k.T.reshape(k.shape, order='F')`` per gate)
 ``jax.experimental.rnn`` (its weight unpacking and its pure-JAX ``lstm_ref``). No GPU here: the
 cuDNN kernel itself is not run; the GPU branch around it is run with ``lstm_ref`` in its place.
 """
+
 from pathlib import Path
 
 import flax
@@ -13,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental import rnn as jrnn
+from torch_ref import torch_or_skip
 
 import rnnjax
 from rnnjax.cudnn import convert, fused
 from rnnjax.functional.lstm import LSTMState
-from torch_ref import torch_or_skip
 
 B, T, I, U = 3, 6, 5, 4
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -32,8 +33,11 @@ def rand(key, shape, scale=0.5):
 
 def cudnn_params(kind, key=0, i=I, u=U):
     g = 4 if kind == "lstm" else 3
-    return {"kernel": rand(key, (i, g * u)), "recurrent_kernel": rand(key + 1, (u, g * u)),
-            "bias": rand(key + 2, (2 * g * u,))}
+    return {
+        "kernel": rand(key, (i, g * u)),
+        "recurrent_kernel": rand(key + 1, (u, g * u)),
+        "bias": rand(key + 2, (2 * g * u,)),
+    }
 
 
 def torch_module(kind, state_dict):
@@ -63,8 +67,15 @@ def torch_run(kind, params, x, h0=None, c0=None):
     grads = {n: p.grad.numpy() for n, p in m.named_parameters()}
     from_torch = convert.torch_to_cudnn_lstm if kind == "lstm" else convert.torch_to_cudnn_gru
     g = from_torch(grads)
-    out = dict(y=y.detach().numpy(), h=h_n.detach().numpy(), dx=xt.grad.numpy(),
-               dkernel=g.kernel, drecurrent=g.recurrent_kernel, dbias=g.bias, proj=proj.numpy())
+    out = dict(
+        y=y.detach().numpy(),
+        h=h_n.detach().numpy(),
+        dx=xt.grad.numpy(),
+        dkernel=g.kernel,
+        drecurrent=g.recurrent_kernel,
+        dbias=g.bias,
+        proj=proj.numpy(),
+    )
     if c_n is not None:
         out["c"] = c_n.detach().numpy()
     return out
@@ -81,6 +92,7 @@ def layer_for(kind, **kw):
 
 # ----------------------------------------------------------------------------------------------
 # parity with PyTorch and with the canonical layers
+
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_layer_matches_torch_values_and_gradients(kind):
@@ -131,7 +143,7 @@ def test_canonical_layer_with_converted_weights_matches(kind):
     np.testing.assert_allclose(g["kernel"], g_ref.kernel, **TOL)
     np.testing.assert_allclose(g["recurrent_kernel"], g_ref.recurrent_kernel, **TOL)
     # canonical LSTM bias = b_ih + b_hh, so its gradient equals either half's
-    bias_ref = ref["dbias"][:4 * U] if kind == "lstm" else g_ref.bias
+    bias_ref = ref["dbias"][: 4 * U] if kind == "lstm" else g_ref.bias
     np.testing.assert_allclose(g["bias"], bias_ref, **TOL)
 
 
@@ -142,8 +154,12 @@ def test_initial_state_and_go_backwards_match_torch(kind):
     h0, c0 = rand(13, (B, U)), rand(14, (B, U))
     init = [h0, c0] if kind == "lstm" else [h0]
     ref = torch_run(kind, params, x[:, ::-1], h0, c0)
-    out = japply(layer_for(kind, return_sequences=True, return_state=True, go_backwards=True),
-                 {"params": params}, x, initial_state=init)
+    out = japply(
+        layer_for(kind, return_sequences=True, return_state=True, go_backwards=True),
+        {"params": params},
+        x,
+        initial_state=init,
+    )
     np.testing.assert_allclose(out[0], ref["y"], **TOL)  # processing order = torch on reversed time
     np.testing.assert_allclose(out[1], ref["h"], **TOL)
     last = japply(layer_for(kind, go_backwards=True), {"params": params}, x, initial_state=init)
@@ -168,21 +184,22 @@ def test_right_padded_mask_equals_truncated_sequences(kind, go_backwards):
     for a, b in zip(out, out_len):
         np.testing.assert_array_equal(a, b)
     for row, n in enumerate(LENGTHS):
-        xs = x[row:row + 1, :n]
+        xs = x[row : row + 1, :n]
         ref = torch_run(kind, params, xs[:, ::-1] if go_backwards else xs)
         np.testing.assert_allclose(out[1][row], ref["h"][0], **TOL)
         if kind == "lstm":
             np.testing.assert_allclose(out[2][row], ref["c"][0], **TOL)
         if go_backwards:  # padded steps come first in processing order, as zeros
-            np.testing.assert_array_equal(out[0][row, :T - n], 0.0)
-            np.testing.assert_allclose(out[0][row, T - n:], ref["y"][0], **TOL)
+            np.testing.assert_array_equal(out[0][row, : T - n], 0.0)
+            np.testing.assert_allclose(out[0][row, T - n :], ref["y"][0], **TOL)
         else:  # padded steps repeat the last output (Keras masking)
             np.testing.assert_allclose(out[0][row, :n], ref["y"][0], **TOL)
             np.testing.assert_allclose(out[0][row, n:], np.broadcast_to(ref["y"][0, -1], (T - n, U)), **TOL)
 
 
-@pytest.mark.parametrize("bad", [[True, False, True, True, True, True], [False, False, True, True, True, True]],
-                         ids=["hole", "left-padded"])
+@pytest.mark.parametrize(
+    "bad", [[True, False, True, True, True, True], [False, False, True, True, True, True]], ids=["hole", "left-padded"]
+)
 def test_non_right_padded_mask_is_an_error(bad):
     x = rand(21, (B, T, I))
     mask = np.ones((B, T), bool)
@@ -227,6 +244,7 @@ def test_mask_argument_errors():
 # ----------------------------------------------------------------------------------------------
 # the GPU branch, run on the CPU with jax.experimental.rnn.lstm_ref in place of cuDNN
 
+
 def test_packing_matches_jax_experimental_rnn_layout():
     params = convert.CuDNNLSTMParams(**cudnn_params("lstm", key=30))
     flat = fused.pack_lstm_weights(params)
@@ -240,24 +258,42 @@ def test_packing_matches_jax_experimental_rnn_layout():
 
 
 FUSED_CASES = [  # (lengths given, go_backwards, zero_output_for_mask, return_sequences): every branch
-    (False, False, False, True), (False, True, False, False),
-    (True, False, False, True), (True, False, True, True), (True, False, True, False),
-    (True, True, False, True), (True, True, True, False),
+    (False, False, False, True),
+    (False, True, False, False),
+    (True, False, False, True),
+    (True, False, True, True),
+    (True, False, True, False),
+    (True, True, False, True),
+    (True, True, True, False),
 ]
 
 
 @pytest.mark.parametrize("with_lengths,go_backwards,zero_output_for_mask,return_sequences", FUSED_CASES)
-def test_fused_branch_with_lstm_ref_equals_scan_path(with_lengths, go_backwards, zero_output_for_mask,
-                                                     return_sequences):
+def test_fused_branch_with_lstm_ref_equals_scan_path(
+    with_lengths, go_backwards, zero_output_for_mask, return_sequences
+):
     x = rand(31, (4, T, I), 1.0)
     params = cudnn_params("lstm", key=32)
     h0, c0 = rand(33, (4, U)), rand(34, (4, U))
     lens = jnp.array([6, 2, 0, 5]) if with_lengths else None  # includes an empty and a full row
     y, s = fused.fused_lstm(
-        convert.CuDNNLSTMParams(**params), x, LSTMState(h0, c0), lens, go_backwards=go_backwards,
-        return_sequences=return_sequences, zero_output_for_mask=zero_output_for_mask, kernel=fused.reference_kernel)
-    layer = layer_for("lstm", backend="scan", return_sequences=return_sequences, return_state=True,
-                      go_backwards=go_backwards, zero_output_for_mask=zero_output_for_mask)
+        convert.CuDNNLSTMParams(**params),
+        x,
+        LSTMState(h0, c0),
+        lens,
+        go_backwards=go_backwards,
+        return_sequences=return_sequences,
+        zero_output_for_mask=zero_output_for_mask,
+        kernel=fused.reference_kernel,
+    )
+    layer = layer_for(
+        "lstm",
+        backend="scan",
+        return_sequences=return_sequences,
+        return_state=True,
+        go_backwards=go_backwards,
+        zero_output_for_mask=zero_output_for_mask,
+    )
     ref = japply(layer, {"params": params}, x, initial_state=[h0, c0], seq_lengths=lens)
     np.testing.assert_allclose(y, ref[0], **TOL)
     np.testing.assert_allclose(s.h, ref[1], **TOL)
@@ -271,8 +307,9 @@ def test_fused_branch_gradients_match_torch():
     zeros = LSTMState(jnp.zeros((B, U)), jnp.zeros((B, U)))
 
     def loss(p, x):
-        y, _ = fused.fused_lstm(convert.CuDNNLSTMParams(**p), x, zeros, return_sequences=True,
-                                kernel=fused.reference_kernel)
+        y, _ = fused.fused_lstm(
+            convert.CuDNNLSTMParams(**p), x, zeros, return_sequences=True, kernel=fused.reference_kernel
+        )
         return jnp.sum(y * ref["proj"])
 
     gp, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
@@ -299,6 +336,7 @@ def test_layer_dispatches_to_fused_branch_when_cudnn_is_available(monkeypatch):
     outs = {}
     for backend in ("cudnn", "scan"):
         layer = layer_for("lstm", backend=backend, return_sequences=True, return_state=True)
+
         def loss(v, layer=layer):
             out = layer.apply(v, x, seq_lengths=lens)
             return jnp.sum(out[0] ** 2) + jnp.sum(out[2]), out
@@ -322,8 +360,9 @@ def test_real_cudnn_call_traces_under_jit_grad_and_init(monkeypatch):
     trace through ``jax.experimental.rnn.lstm``'s custom VJP (primitives rnn_fwd and rnn_bwd)."""
     import types
 
-    monkeypatch.setattr(jrnn, "gpu_rnn", types.SimpleNamespace(
-        compute_rnn_workspace_reserve_space_sizes=lambda *a: (0, 16)))
+    monkeypatch.setattr(
+        jrnn, "gpu_rnn", types.SimpleNamespace(compute_rnn_workspace_reserve_space_sizes=lambda *a: (0, 16))
+    )
     monkeypatch.setattr(fused, "cudnn_lstm_unavailable_reason", lambda x=None: None)
     layer = layer_for("lstm", backend="cudnn", return_sequences=True, return_state=True)
     x = jnp.ones((B, T, I))
@@ -355,12 +394,16 @@ def test_backend_cudnn_on_cpu_is_a_clear_error():
     # jax.experimental.rnn.lstm itself has no CPU fallback in this JAX (the error's type differs between
     # jaxlib versions: AttributeError in 0.10.2):
     with jax.default_device(jax.devices("cpu")[0]), pytest.raises(Exception):  # noqa: B017
-        fused.fused_lstm(convert.CuDNNLSTMParams(**cudnn_params("lstm")), jnp.asarray(x),
-                         LSTMState(jnp.zeros((B, U)), jnp.zeros((B, U))))
+        fused.fused_lstm(
+            convert.CuDNNLSTMParams(**cudnn_params("lstm")),
+            jnp.asarray(x),
+            LSTMState(jnp.zeros((B, U)), jnp.zeros((B, U))),
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # conversions
+
 
 def keras2_from_cudnn(k, gates):
     """Keras 2 saving.py: ``transform_kernels(k, transpose_input(from_cudnn=True), n_gates)``."""
@@ -425,8 +468,11 @@ def test_canonical_to_torch_matches_torch_module(kind):
         layer = rnnjax.GRU(U, recurrent_activation="sigmoid", reset_after=True, return_sequences=True)
         to_torch = convert.gru_to_torch
     g = 4 if kind == "lstm" else 3
-    cell = {"kernel": rand(52, (I, g * U)), "recurrent_kernel": rand(53, (U, g * U)),
-            "bias": rand(54, (4 * U,) if kind == "lstm" else (2, 3 * U))}
+    cell = {
+        "kernel": rand(52, (I, g * U)),
+        "recurrent_kernel": rand(53, (U, g * U)),
+        "bias": rand(54, (4 * U,) if kind == "lstm" else (2, 3 * U)),
+    }
     y = japply(layer, {"params": {"cell": cell}}, x)
     m = torch_module(kind, to_torch(cell))
     yt, _ = m(torch_or_skip().tensor(x))
@@ -455,13 +501,14 @@ def test_conversion_errors():
 # ----------------------------------------------------------------------------------------------
 # layer features
 
+
 def test_parameters_and_unit_forget_bias_follow_keras2():
     x = jnp.zeros((2, 3, I))
     v = jax.jit(rnnjax.CuDNNLSTM(U).init)(jax.random.key(0), x)
     shapes = jax.tree_util.tree_map(jnp.shape, v["params"])
     assert shapes == {"kernel": (I, 4 * U), "recurrent_kernel": (U, 4 * U), "bias": (8 * U,)}
     expected = np.zeros(8 * U, np.float32)
-    expected[5 * U:6 * U] = 1.0  # Keras 2: bias_initializer(5U), ones(U), bias_initializer(2U)
+    expected[5 * U : 6 * U] = 1.0  # Keras 2: bias_initializer(5U), ones(U), bias_initializer(2U)
     np.testing.assert_array_equal(v["params"]["bias"], expected)
     v = jax.jit(rnnjax.CuDNNLSTM(U, unit_forget_bias=False, bias_initializer="ones").init)(jax.random.key(0), x)
     np.testing.assert_array_equal(v["params"]["bias"], np.ones(8 * U))
@@ -495,12 +542,20 @@ def test_stateful_two_batches_equal_one_sequence(kind):
 
 def test_regularizers_constraints_and_bfloat16():
     x = rand(70, (B, T, I))
-    layer = rnnjax.CuDNNLSTM(U, kernel_regularizer=rnnjax.regularizers.L2(0.1), bias_regularizer="l1",
-                             activity_regularizer=rnnjax.regularizers.L1(0.01), recurrent_constraint="non_neg")
+    layer = rnnjax.CuDNNLSTM(
+        U,
+        kernel_regularizer=rnnjax.regularizers.L2(0.1),
+        bias_regularizer="l1",
+        activity_regularizer=rnnjax.regularizers.L1(0.01),
+        recurrent_constraint="non_neg",
+    )
     params = cudnn_params("lstm", key=71)
     y, aux = japply(layer, {"params": params}, x, mutable=["losses"])
-    expected = (0.1 * np.sum(params["kernel"] ** 2) + 0.01 * np.sum(np.abs(params["bias"]))
-                + 0.01 * np.sum(np.abs(np.asarray(y))) / B)
+    expected = (
+        0.1 * np.sum(params["kernel"] ** 2)
+        + 0.01 * np.sum(np.abs(params["bias"]))
+        + 0.01 * np.sum(np.abs(np.asarray(y))) / B
+    )
     np.testing.assert_allclose(rnnjax.regularization_loss(aux), expected, rtol=1e-5)
     found = rnnjax.constraints.collect_constraints(layer, x)
     assert list(found) == [("recurrent_kernel",)]
@@ -546,7 +601,12 @@ def test_gpu_bench_script_runs(tmp_path):
     else:
         assert "no cuDNN RNN kernels" in rows["jax.experimental.rnn lstm"]["error"]
     assert {impl for impl, _, _ in bench.implementations()} >= {
-        "rnnjax CuDNNLSTM", "rnnjax LSTM", "torch LSTM fp16", "flax OptimizedLSTMCell", "flax GRUCell"}
+        "rnnjax CuDNNLSTM",
+        "rnnjax LSTM",
+        "torch LSTM fp16",
+        "flax OptimizedLSTMCell",
+        "flax GRUCell",
+    }
 
 
 def test_gpu_check_script_logic_on_cpu(monkeypatch, capsys):

@@ -13,6 +13,7 @@
   the base install only. (Docstrings' literal ``::`` blocks are rendered on the site as sketches,
   labelled "not run"; see ``docs/_ext/rnnjax_griffe.py``.)
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,18 @@ EXTRA_MODULES = {
     "deploy": {"flatbuffers"},
     "examples": {"tqdm", "matplotlib", "sklearn", "statsmodels", "flatbuffers"},
     "torch": {"torch"},
-    "test": {"keras", "h5py", "flatbuffers", "tqdm", "matplotlib", "sklearn", "statsmodels", "hypothesis",
-             "pytest", "orbax"},
+    "test": {
+        "keras",
+        "h5py",
+        "flatbuffers",
+        "tqdm",
+        "matplotlib",
+        "sklearn",
+        "statsmodels",
+        "hypothesis",
+        "pytest",
+        "orbax",
+    },
 }
 OPTIONAL = set().union(*EXTRA_MODULES.values())
 
@@ -95,8 +106,14 @@ def run_group(group, hidden, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "XLA_FLAGS", "PYTHONPATH")}
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     script = f"BLOCKS = {group!r}\n" + PRELUDE
-    done = subprocess.run([sys.executable, "-c", script, "-", ",".join(sorted(hidden))], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", script, "-", ",".join(sorted(hidden))],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, f"{group[0][1]} failed in a fresh process:\n{done.stderr[-4000:]}"
     return done
 
@@ -111,8 +128,9 @@ def check_page(page, tmp_path):
     extras = page_extras(page)
     text = page.read_text()
     for name in extras:  # the reader is told what to install
-        assert f"[{name}]" in text or f",{name}]" in text or f"[{name}," in text, \
+        assert f"[{name}]" in text or f",{name}]" in text or f"[{name}," in text, (
             f"{page.name} runs with the extra {name!r} but never tells the reader to install it"
+        )
     hidden = OPTIONAL - set().union(*(EXTRA_MODULES[n] for n in extras)) if extras else set(OPTIONAL)
     for group in groups(page):
         run_group(group, hidden, tmp_path)
@@ -130,7 +148,7 @@ def test_blocks_not_run_say_so(page):
     for lang, _, line, _ in blocks(page):
         if lang == "py":
             start = sum(len(x) + 1 for x in text.splitlines()[: max(0, line - 6)])
-            before = text[start: sum(len(x) + 1 for x in text.splitlines()[: line - 1])]
+            before = text[start : sum(len(x) + 1 for x in text.splitlines()[: line - 1])]
             assert "not run" in before.lower(), f"{page.name}:{line}: a `py` block (not run) must say so above it"
 
 

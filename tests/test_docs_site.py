@@ -1,6 +1,7 @@
 """The documentation site builds strictly and renders: served on 127.0.0.1 (an ephemeral port, no
 network), every page answers 200 and every internal link (``href``/``src``, anchors included)
 resolves; the API reference has what a Keras user looks up first."""
+
 from __future__ import annotations
 
 import functools
@@ -16,8 +17,10 @@ import urllib.request
 
 import pytest
 
-pytest.importorskip("mkdocs", reason="the `docs` extra is not installed (pip install -e \".[docs]\"): "
-                                     "the documentation site cannot be built")
+pytest.importorskip(
+    "mkdocs",
+    reason='the `docs` extra is not installed (pip install -e ".[docs]"): the documentation site cannot be built',
+)
 pytest.importorskip("mkdocstrings_handlers.python", reason="the `docs` extra is not installed (mkdocstrings-python)")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -39,8 +42,13 @@ class _Links(html.parser.HTMLParser):
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     out = tmp_path_factory.mktemp("site")
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return out
 
@@ -93,24 +101,34 @@ def test_every_page_and_internal_link_resolves(served, site):
     for url, links in pages.items():
         for link in links:
             target, fragment = urllib.parse.urldefrag(urllib.parse.urljoin(url, link))
-            if fragment and target.startswith(served) and target in ids and \
-                    urllib.parse.unquote(fragment) not in ids[target]:
+            if (
+                fragment
+                and target.startswith(served)
+                and target in ids
+                and urllib.parse.unquote(fragment) not in ids[target]
+            ):
                 missing_anchors.append((url, link))
     assert not broken, broken
     assert not missing_anchors, missing_anchors[:20]
     built = {p.relative_to(site).as_posix() for p in site.rglob("*.html") if p.name != "404.html"}
-    crawled = {u[len(served):] for u in pages}
+    crawled = {u[len(served) :] for u in pages}
     assert built <= crawled, f"pages no link reaches: {sorted(built - crawled)}"
-    docs = {p.relative_to(ROOT / "docs").with_suffix(".html").as_posix()
-            for p in (ROOT / "docs").rglob("*.md") if "_ext" not in p.parts}
+    docs = {
+        p.relative_to(ROOT / "docs").with_suffix(".html").as_posix()
+        for p in (ROOT / "docs").rglob("*.md")
+        if "_ext" not in p.parts
+    }
     assert docs <= crawled
 
 
-@pytest.mark.parametrize("page, anchor, argument", [
-    ("api/rnnjax.html", "rnnjax.LSTM", "recurrent_dropout"),
-    ("api/keras.html", "rnnjax.keras.load_keras", "cudnn"),
-    ("api/nnx.html", "rnnjax.nnx.LSTM", "rngs"),
-])
+@pytest.mark.parametrize(
+    "page, anchor, argument",
+    [
+        ("api/rnnjax.html", "rnnjax.LSTM", "recurrent_dropout"),
+        ("api/keras.html", "rnnjax.keras.load_keras", "cudnn"),
+        ("api/nnx.html", "rnnjax.nnx.LSTM", "rngs"),
+    ],
+)
 def test_reference_has_what_keras_users_look_up(served, page, anchor, argument):
     """LSTM's recurrent_dropout, load_keras's cudnn= and rnnjax.nnx.LSTM's rngs, each in its own
     entry's parameter table (with a description), linked from the home page."""

@@ -1,16 +1,16 @@
 """The driver's sequence semantics through the functional core and the layers: vmap of unbatched
 sequences, the generic (Keras-protocol Flax cell) path, stacked cells and constants. Masking is
 tests/test_masked_steps.py; bad arguments are tests/test_errors.py."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from custom_cells import MinimalRNNCell
 
 import rnnjax
 import rnnjax.functional as F
-
-from custom_cells import MinimalRNNCell
 
 
 def test_vmap_of_unbatched_equals_batched():
@@ -88,9 +88,17 @@ def test_constants_reach_every_step():
         rnnjax.RNN(rnnjax.LSTMCell(3)).init(jax.random.key(0), x, constants=[ctx])
 
 
-@pytest.mark.parametrize("core", [F.SimpleRNNCore(4), F.LSTMCore(4), F.GRUCore(4), F.GRUCore(4, reset_after=True),
-                                  F.ConvLSTMCore(4, 3, rank=2, padding="same")],
-                         ids=["simple", "lstm", "gru", "gru_reset_after", "conv_lstm2d"])
+@pytest.mark.parametrize(
+    "core",
+    [
+        F.SimpleRNNCore(4),
+        F.LSTMCore(4),
+        F.GRUCore(4),
+        F.GRUCore(4, reset_after=True),
+        F.ConvLSTMCore(4, 3, rank=2, padding="same"),
+    ],
+    ids=["simple", "lstm", "gru", "gru_reset_after", "conv_lstm2d"],
+)
 def test_every_core_declares_the_protocol(core):
     """Every core is a ``RecurrentCore`` (the declared protocol, not discovered attributes) with
     its number of feature axes."""
@@ -103,8 +111,11 @@ def test_rnn_names_what_a_core_lacks():
         def step(self, params, state, xp_t):
             return state, xp_t
 
-    with pytest.raises(TypeError, match=r"`core`: expected a rnnjax.functional.RecurrentCore, got Partial without "
-                                        r"init, initial_state, project, state_size"):
+    with pytest.raises(
+        TypeError,
+        match=r"`core`: expected a rnnjax.functional.RecurrentCore, got Partial without "
+        r"init, initial_state, project, state_size",
+    ):
         F.rnn(Partial(), None, jnp.ones((2, 3, 4)))
 
 

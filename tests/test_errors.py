@@ -15,6 +15,7 @@ Config fields of Flax modules are dataclass fields, checked when the module firs
 or the first ``apply``), not at construction; the functional cores (frozen dataclasses) check
 theirs at construction.
 """
+
 import re
 
 import flax.linen as nn
@@ -47,6 +48,7 @@ def built(request):
 
 
 # ----- shapes (driver / run_recurrent) --------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [(3,), ()])
 def test_wrong_input_rank(built, shape):
@@ -142,8 +144,9 @@ def test_initial_state_stacked_count():
         stack.apply(v, X, initial_state=[jnp.zeros((2, 4)), jnp.zeros((2, 4))])
 
 
-@pytest.mark.parametrize("cell", [rnnjax.LSTMCell(4), [rnnjax.GRUCell(4), rnnjax.SimpleRNNCell(2)]],
-                         ids=["cell", "stack"])
+@pytest.mark.parametrize(
+    "cell", [rnnjax.LSTMCell(4), [rnnjax.GRUCell(4), rnnjax.SimpleRNNCell(2)]], ids=["cell", "stack"]
+)
 def test_constants_to_cell_without_constants(cell):
     layer = rnnjax.RNN(cell)
     with pytest.raises(ValueError, match=_msg("`constants`", "does not take constants")):
@@ -183,6 +186,7 @@ def test_zero_features():
 
 # ----- config (core __post_init__ / cell _check_config, checked at first run) ----------------
 
+
 @pytest.mark.parametrize("units", [0, -1, 2.5, True, "4", None])
 @pytest.mark.parametrize("cls", LAYERS, ids=lambda c: c.__name__)
 def test_units_not_positive_int_layer(cls, units):
@@ -219,11 +223,18 @@ def test_dropout_valid_edges_accepted():
 
 
 _NAMED = {
-    "activation": "activation", "recurrent_activation": "activation",
-    "kernel_initializer": "initializer", "recurrent_initializer": "initializer", "bias_initializer": "initializer",
-    "kernel_regularizer": "regularizer", "recurrent_regularizer": "regularizer", "bias_regularizer": "regularizer",
+    "activation": "activation",
+    "recurrent_activation": "activation",
+    "kernel_initializer": "initializer",
+    "recurrent_initializer": "initializer",
+    "bias_initializer": "initializer",
+    "kernel_regularizer": "regularizer",
+    "recurrent_regularizer": "regularizer",
+    "bias_regularizer": "regularizer",
     "activity_regularizer": "regularizer",
-    "kernel_constraint": "constraint", "recurrent_constraint": "constraint", "bias_constraint": "constraint",
+    "kernel_constraint": "constraint",
+    "recurrent_constraint": "constraint",
+    "bias_constraint": "constraint",
 }
 
 
@@ -271,6 +282,7 @@ def test_empty_cell_list():
 
 
 # ----- functional API -------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module", params=CORES, ids=lambda c: c.__name__)
 def core_params(request):
@@ -322,18 +334,22 @@ def test_functional_initial_state(core_params):
 
 def test_scan_rnn_time_major_mask():
     with pytest.raises(ValueError, match=_msg("`mask`", "expected shape (5, 2)", "got (2, 5)")):
-        F.scan_rnn(lambda s, x: (s, x), jnp.ones((5, 2, 3)), jnp.zeros((2, 3)),
-                   mask=jnp.ones((2, 5), bool), time_major=True)
+        F.scan_rnn(
+            lambda s, x: (s, x), jnp.ones((5, 2, 3)), jnp.zeros((2, 3)), mask=jnp.ones((2, 5), bool), time_major=True
+        )
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: rnnjax.LSTM(0), "`units`"),
-    (lambda: rnnjax.GRU(3, recurrent_dropout=-0.1), "`recurrent_dropout`"),
-    (lambda: rnnjax.SimpleRNN(3, activation="tanhh"), "`activation`"),
-    (lambda: rnnjax.LSTMCell(3, bias_constraint="max_nrm"), "`bias_constraint`"),
-    (lambda: rnnjax.GRUCell(3, implementation=3), "`implementation`"),
-    (lambda: rnnjax.SimpleRNNCell(3, recurrent_initializer="orthogonall"), "`recurrent_initializer`"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: rnnjax.LSTM(0), "`units`"),
+        (lambda: rnnjax.GRU(3, recurrent_dropout=-0.1), "`recurrent_dropout`"),
+        (lambda: rnnjax.SimpleRNN(3, activation="tanhh"), "`activation`"),
+        (lambda: rnnjax.LSTMCell(3, bias_constraint="max_nrm"), "`bias_constraint`"),
+        (lambda: rnnjax.GRUCell(3, implementation=3), "`implementation`"),
+        (lambda: rnnjax.SimpleRNNCell(3, recurrent_initializer="orthogonall"), "`recurrent_initializer`"),
+    ],
+)
 def test_bad_arguments_fail_at_construction(make, match):
     """As in Keras, a bad constructor argument fails when the layer is built, before any call."""
     with pytest.raises(ValueError, match=match):
@@ -341,6 +357,7 @@ def test_bad_arguments_fail_at_construction(make, match):
 
 
 # ----- the companions: Bidirectional, Embedding, Masking, TimeDistributed, Sequential ---------
+
 
 @pytest.mark.parametrize(
     "make,match",
@@ -387,11 +404,14 @@ def test_companion_arguments_fail_at_construction(make, match):
         make()
 
 
-@pytest.mark.parametrize("fwd,bwd", [
-    (rnnjax.LSTM(4, return_state=True), rnnjax.GRU(4, go_backwards=True, return_state=True)),
-    (rnnjax.LSTM(4, stateful=True), rnnjax.GRU(4, go_backwards=True, stateful=True)),
-    (rnnjax.GRU(4, return_state=True), rnnjax.GRU(3, go_backwards=True, return_state=True)),
-])
+@pytest.mark.parametrize(
+    "fwd,bwd",
+    [
+        (rnnjax.LSTM(4, return_state=True), rnnjax.GRU(4, go_backwards=True, return_state=True)),
+        (rnnjax.LSTM(4, stateful=True), rnnjax.GRU(4, go_backwards=True, stateful=True)),
+        (rnnjax.GRU(4, return_state=True), rnnjax.GRU(3, go_backwards=True, return_state=True)),
+    ],
+)
 def test_backward_layer_with_another_kind_of_state(fwd, bwd):
     layer = rnnjax.Bidirectional(fwd, backward_layer=bwd)
     with pytest.raises(ValueError, match=_msg("`backward_layer`", "its states have shapes", "the forward layer's")):

@@ -4,6 +4,7 @@ Each example's ``main(argv)`` is imported and run in its smoke mode with the out
 ``tmp_path``; the test checks that it wrote a PNG, returned a finite metric, and passed the
 example's own correctness check where it has one (masked padding ignored, checkpoint round trip).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -64,8 +65,12 @@ def test_classify_sequences(tmp_path):
         inputs[f"x{k}"] = rng.random((b, t, 8), dtype=np.float32)
         inputs[f"m{k}"] = np.arange(t)[None, :] < rng.integers(1, t + 1, size=b)[:, None]
     np.savez(tmp_path / "inputs.npz", **inputs)
-    subprocess.run([sys.executable, "-c", SERVE, str(path), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
-                   check=True, cwd=tmp_path, timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", SERVE, str(path), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
+        check=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     served = np.load(tmp_path / "out.npz")
     for k in ("0", "1"):
         expected = np.asarray(result["logits"](inputs["x" + k], inputs["m" + k]))
@@ -81,8 +86,8 @@ def test_classify_sequences_lengths_and_mask():
     for i in range(0, 1797, 97):  # each sequence is exactly the inked columns of its image, in order
         image = mod.load_digits().images[i] / 16.0
         cols = np.flatnonzero(image.max(axis=0) > 0)
-        np.testing.assert_array_equal(x[i, :lengths[i]], image[:, cols[0]:cols[-1] + 1].T)
-        assert not x[i, lengths[i]:].any()
+        np.testing.assert_array_equal(x[i, : lengths[i]], image[:, cols[0] : cols[-1] + 1].T)
+        assert not x[i, lengths[i] :].any()
     np.testing.assert_array_equal(mod.length_mask([1, 3], 4), [[1, 0, 0, 0], [1, 1, 1, 0]])
 
 
@@ -109,10 +114,10 @@ def test_char_lm(tmp_path):
 def test_char_lm_stream_batches_continue():
     mod = load("char_lm")
     ids = np.arange(103)
-    x, y = mod.stream_batches(ids, batch_size=4, seq_len=5)   # streams of 25: 5 windows each
+    x, y = mod.stream_batches(ids, batch_size=4, seq_len=5)  # streams of 25: 5 windows each
     assert x.shape == y.shape == (5, 4, 5)
-    np.testing.assert_array_equal(y, x + 1)                   # targets: the next character
-    for k in range(4):                                        # row i of window k+1 follows row i of window k
+    np.testing.assert_array_equal(y, x + 1)  # targets: the next character
+    for k in range(4):  # row i of window k+1 follows row i of window k
         np.testing.assert_array_equal(x[k + 1, :, 0], x[k, :, -1] + 1)
     np.testing.assert_array_equal(x[0, :, 0], [0, 25, 50, 75])
     assert mod.decode(mod.encode("def f():\n\tpass é")) == "def f():\n\tpass ?"
@@ -166,8 +171,13 @@ def test_data_parallel_forces_host_devices_before_jax_starts(tmp_path):
     """``python examples/data_parallel.py --devices 4`` in a fresh process runs on 4 CPU devices."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(EXAMPLES.parent))
-    done = subprocess.run([sys.executable, str(EXAMPLES / "data_parallel.py"), "--smoke", "--devices", "4",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "data_parallel.py"), "--smoke", "--devices", "4", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "4 cpu devices, global batch 64: per-device batch 16 rows" in done.stdout, done.stdout
     assert "equal to float rounding: True" in done.stdout, done.stdout
@@ -177,18 +187,19 @@ def test_data_parallel_forces_host_devices_before_jax_starts(tmp_path):
 def test_moving_digits_bounce():
     mod = load("next_frame")
     image = np.zeros((8, 8), np.float32)
-    image[0, 0] = 1.0                                        # one lit pixel marks the digit's corner
+    image[0, 0] = 1.0  # one lit pixel marks the digit's corner
     video = mod.moving_digits(image[None], 20, 12, 12, np.random.default_rng(0))
     assert video.shape == (20, 12, 12, 12, 1)
     for seq in video:
         pos = np.array([np.argwhere(frame[..., 0])[0] for frame in seq])
-        assert (pos >= 0).all() and (pos <= 4).all()         # corner stays within 12 - 8
-        assert (np.abs(np.diff(pos, axis=0)) <= 1).all()      # one pixel per frame at most
-        assert np.abs(np.diff(pos, axis=0)).sum() > 0         # and it moves
+        assert (pos >= 0).all() and (pos <= 4).all()  # corner stays within 12 - 8
+        assert (np.abs(np.diff(pos, axis=0)) <= 1).all()  # one pixel per frame at most
+        assert np.abs(np.diff(pos, axis=0)).sum() > 0  # and it moves
 
 
-@pytest.mark.parametrize("name", ["classify_sequences", "packed_sequences", "char_lm", "forecast", "next_frame",
-                                  "data_parallel"])
+@pytest.mark.parametrize(
+    "name", ["classify_sequences", "packed_sequences", "char_lm", "forecast", "next_frame", "data_parallel"]
+)
 def test_help(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load(name).main(["--help"])
@@ -203,7 +214,8 @@ def test_help(name, capsys):
 
 def test_runs_as_a_script():
     """``python examples/<name>.py`` finds its helper module (the way users run the examples)."""
-    done = subprocess.run([sys.executable, str(EXAMPLES / "forecast.py"), "--help"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "forecast.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "--cell" in done.stdout

@@ -7,18 +7,19 @@ the gradients of a weighted sum of the outputs (through the serialised VJP) must
 layer's. The driver plans programs from sizes (spans, bias folding); with symbolic sizes it takes
 the all-steps-at-once path, so equality here is to float rounding.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from catalogue import assert_trees_close, right_padded_only
+from catalogue import layer as make_layer
 from jax import export
 
 import rnnjax
-from catalogue import assert_trees_close, layer as make_layer, right_padded_only
 from rnnjax.functional import PlanOverrides, _planner
-
 
 RTOL, ATOL = 2e-5, 2e-6
 
@@ -59,8 +60,7 @@ def _build(name):
 def _spec(lead, feat, dtype=jnp.float32, constraints=()):
     if all(isinstance(d, int) for d in lead + feat):
         return jax.ShapeDtypeStruct(lead + feat, dtype)
-    return jax.ShapeDtypeStruct(export.symbolic_shape(", ".join(map(str, lead + feat)), constraints=constraints),
-                                dtype)
+    return jax.ShapeDtypeStruct(export.symbolic_shape(", ".join(map(str, lead + feat)), constraints=constraints), dtype)
 
 
 def _inputs(lead, feat, mask_kind, seed):
@@ -108,6 +108,7 @@ def _check(fn, restored, args, diff_argnums):
 
             out, vjp = jax.vjp(of_diff, *diff)
             return out, vjp(cts)
+
         return jax.jit(run)
 
     _close(forward_and_vjp(restored.call)(*args), forward_and_vjp(fn)(*args))
@@ -120,8 +121,7 @@ NOMASK = ("SimpleRNN", "GRU", "GRU_reset_after", "LSTM", "RNN_cell", "ConvLSTM2D
 CASES = [(name, spec, True) for name in LAYERS for spec in SPECS] + [(name, "b, t", False) for name in NOMASK]
 
 
-@pytest.mark.parametrize("name, spec, masked", CASES,
-                         ids=[f"{n}-{s}-{'mask' if m else 'nomask'}" for n, s, m in CASES])
+@pytest.mark.parametrize("name, spec, masked", CASES, ids=[f"{n}-{s}-{'mask' if m else 'nomask'}" for n, s, m in CASES])
 def test_export_matches_jit(name, spec, masked):
     layer, variables, feat, mask_kind = _build(name)
     lead, concrete = SPECS[spec]
@@ -129,12 +129,16 @@ def test_export_matches_jit(name, spec, masked):
         concrete = concrete + [(64, 50)]  # spans and the folded bias when jitted (the driver's plan)
     x_spec = _spec(lead, feat)
     if masked:
+
         def fn(v, x, m):
             return layer.apply(v, x, mask=m)
+
         specs = (x_spec, jax.ShapeDtypeStruct(x_spec.shape[:2], jnp.bool_))  # one symbolic scope
     else:
+
         def fn(v, x):
             return layer.apply(v, x)
+
         specs = (x_spec,)
     restored = _roundtrip(fn, variables, *specs)
     assert [str(d) for d in restored.in_avals[-len(specs)].shape[:2]] == [str(d) for d in lead]
@@ -178,11 +182,14 @@ def test_conv_lstm_symbolic_spatial(name, masked):
     x_spec = jax.ShapeDtypeStruct(export.symbolic_shape(spec), jnp.float32)
     m_spec = jax.ShapeDtypeStruct(x_spec.shape[:2], jnp.bool_)
     if masked:
+
         def fn(v, x, m):
             return layer.apply(v, x, mask=m)
     else:
+
         def fn(v, x):
             return layer.apply(v, x)
+
     restored = _roundtrip(fn, variables, x_spec, *([m_spec] if masked else []))
     for k, shape in enumerate(shapes):
         x, m = _inputs(shape[:2], shape[2:], "holes", seed=k)
@@ -219,9 +226,11 @@ def test_conv_lstm_same_strided_symbolic_spatial_is_a_clear_error():
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "GRU_reset_after"])
 def test_export_training_with_dropout(name):
     """Dropout masks of a symbolic batch, drawn from a key passed in: equal to the jitted call."""
-    make = {"LSTM": lambda: rnnjax.LSTM(4, dropout=0.3, recurrent_dropout=0.2, implementation=1),
-            "GRU": lambda: rnnjax.GRU(4, dropout=0.3, recurrent_dropout=0.2),
-            "GRU_reset_after": lambda: rnnjax.GRU(4, dropout=0.3, recurrent_dropout=0.2, reset_after=True)}[name]
+    make = {
+        "LSTM": lambda: rnnjax.LSTM(4, dropout=0.3, recurrent_dropout=0.2, implementation=1),
+        "GRU": lambda: rnnjax.GRU(4, dropout=0.3, recurrent_dropout=0.2),
+        "GRU_reset_after": lambda: rnnjax.GRU(4, dropout=0.3, recurrent_dropout=0.2, reset_after=True),
+    }[name]
     layer = make()
     variables = layer.init(jax.random.key(0), jnp.ones(FIXED + (3,)))
 
@@ -249,9 +258,11 @@ def test_eval_shape_symbolic(name):
         return tuple({0: {3: b}, 1: {6: t}}.get(i, {}).get(d, d) for i, d in enumerate(leaf.shape))
 
     assert [tuple(o.shape) for o in jax.tree_util.tree_leaves(out)] == [
-        expected(c) for c in jax.tree_util.tree_leaves(concrete)]
+        expected(c) for c in jax.tree_util.tree_leaves(concrete)
+    ]
+
     def loss(v, x):
-        return sum(jnp.sum(o ** 2) for o in jax.tree_util.tree_leaves(layer.apply(v, x)))
+        return sum(jnp.sum(o**2) for o in jax.tree_util.tree_leaves(layer.apply(v, x)))
 
     grads = jax.eval_shape(jax.grad(loss, argnums=(0, 1)), variables, x)
     assert tuple(grads[1].shape) == tuple(x.shape)
@@ -270,8 +281,9 @@ def test_unroll_with_symbolic_time_is_a_clear_error():
         _check(layer.apply, restored, (variables, x), (0, 1))
 
 
-@pytest.mark.parametrize("make", [lambda: rnnjax.LSTM(4, stateful=True), lambda: rnnjax.CuDNNGRU(4, stateful=True)],
-                         ids=["LSTM", "CuDNNGRU"])
+@pytest.mark.parametrize(
+    "make", [lambda: rnnjax.LSTM(4, stateful=True), lambda: rnnjax.CuDNNGRU(4, stateful=True)], ids=["LSTM", "CuDNNGRU"]
+)
 def test_stateful_with_symbolic_batch_is_a_clear_error(make):
     layer = make()
     variables = layer.init(jax.random.key(0), jnp.ones(FIXED + (3,)))

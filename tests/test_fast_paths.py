@@ -3,20 +3,20 @@ generic loop, ``custom_backward=False``, or ``unroll=True``): one test per path 
 recurrent-matmul loop, the input-additive loop, ConvLSTM's forms) and one per plan switch, each
 switch forced through ``rnnjax.functional.force_plan`` (docs/design.md has the table). bfloat16 inputs
 with float32 states included."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from catalogue import assert_trees_close
+from jaxpr_util import convolution_shapes, equations
 
 import rnnjax
 import rnnjax.functional as F
-from rnnjax.functional._matmul_backward import plan_matmul_backward
 from rnnjax.functional import LoopOptions, force_plan
+from rnnjax.functional._matmul_backward import plan_matmul_backward
 from rnnjax.functional.driver import run_program
 from rnnjax.functional.protocol import CoreProgram, InputAdditiveStep
-
-from catalogue import assert_trees_close
-from jaxpr_util import convolution_shapes, equations
 
 
 def assert_same_function(got, want, tol=2e-5):
@@ -34,8 +34,10 @@ def assert_same_function(got, want, tol=2e-5):
     ],
     ids=["simple", "lstm_hard", "lstm_sigmoid", "gru_reset_after"],
 )
-@pytest.mark.parametrize("options", [{}, {"go_backwards": True, "return_sequences": True},
-                                     {"zero_output_for_mask": True, "return_sequences": True}])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"go_backwards": True, "return_sequences": True}, {"zero_output_for_mask": True, "return_sequences": True}],
+)
 def test_custom_backward_equals_autodiff(core, options):
     """The hand-written backward pass gives autodiff's gradients (masks, dropout, go_backwards)."""
     params = core.init(jax.random.key(0), 3)
@@ -46,8 +48,9 @@ def test_custom_backward_equals_autodiff(core, options):
     h0 = jax.tree_util.tree_map(lambda a: a + 0.3, core.initial_state((4,)))
 
     def loss(p, x, h0, custom):
-        out, state = F.rnn(core, p, x, mask=mask, initial_state=h0, recurrent_dropout_mask=rmask,
-                           custom_backward=custom, **options)
+        out, state = F.rnn(
+            core, p, x, mask=mask, initial_state=h0, recurrent_dropout_mask=rmask, custom_backward=custom, **options
+        )
         w = jnp.arange(out.size, dtype=out.dtype).reshape(out.shape) / out.size
         return jnp.sum(out * w) + sum(jnp.sum(jnp.sin(s)) for s in state)
 
@@ -82,13 +85,29 @@ def test_per_gate_lstm_uses_the_hand_written_pointwise_backward(monkeypatch, rec
     assert not calls
 
 
-@pytest.mark.parametrize("core, count", [(F.GRUCore(7), None), (F.GRUCore(7), 1), (F.GRUCore(7), 3), (F.LSTMCore(7), 4),
-                                         (F.LSTMCore(7, recurrent_activation="sigmoid"), 4),
-                                         (F.GRUCore(7, reset_after=True, recurrent_activation="sigmoid"), 3)],
-                         ids=["gru", "gru_shared_mask", "gru_per_gate_masks", "lstm_per_gate_masks",
-                              "lstm_sigmoid_per_gate_masks", "gru_reset_after_per_gate_masks"])
-@pytest.mark.parametrize("options", [{}, {"go_backwards": True, "return_sequences": True},
-                                     {"zero_output_for_mask": True, "return_sequences": True}])
+@pytest.mark.parametrize(
+    "core, count",
+    [
+        (F.GRUCore(7), None),
+        (F.GRUCore(7), 1),
+        (F.GRUCore(7), 3),
+        (F.LSTMCore(7), 4),
+        (F.LSTMCore(7, recurrent_activation="sigmoid"), 4),
+        (F.GRUCore(7, reset_after=True, recurrent_activation="sigmoid"), 3),
+    ],
+    ids=[
+        "gru",
+        "gru_shared_mask",
+        "gru_per_gate_masks",
+        "lstm_per_gate_masks",
+        "lstm_sigmoid_per_gate_masks",
+        "gru_reset_after_per_gate_masks",
+    ],
+)
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"go_backwards": True, "return_sequences": True}, {"zero_output_for_mask": True, "return_sequences": True}],
+)
 def test_input_additive_kernel_gradients_after_the_loop(core, count, options):
     """Steps without a RecurrentMatmulStep form but with an InputAdditiveStep form — Keras 2's default GRU
     (reset_after=False, hard sigmoid), the LSTM and the reset-after GRU (through a ghost part)
@@ -104,8 +123,9 @@ def test_input_additive_kernel_gradients_after_the_loop(core, count, options):
     h0 = jax.tree_util.tree_map(lambda a: a + 0.3, core.initial_state((4,)))
 
     def loss(p, x, h0, custom, mask=mask, rmask=rmask):
-        out, state = F.rnn(core, p, x, mask=mask, initial_state=h0, recurrent_dropout_mask=rmask,
-                           custom_backward=custom, **options)
+        out, state = F.rnn(
+            core, p, x, mask=mask, initial_state=h0, recurrent_dropout_mask=rmask, custom_backward=custom, **options
+        )
         w = jnp.arange(out.size, dtype=out.dtype).reshape(out.shape) / out.size
         return jnp.sum(out * w) + sum(jnp.sum(jnp.sin(s)) for s in state)
 
@@ -115,10 +135,11 @@ def test_input_additive_kernel_gradients_after_the_loop(core, count, options):
     slow = jax.jit(lambda p, x, h: grad(p, x, h, False))(params, x, h0)
     for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(slow)):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+
     # per example (vmap over the batch, the parameter gradients summed) equals the batched gradient
     def plain_loss(p, x, h0, mask, rmask):
         out, state = F.rnn(core, p, x, mask=mask, initial_state=h0, recurrent_dropout_mask=rmask, **options)
-        return jnp.sum(jnp.sin(out)) + sum(jnp.sum(s ** 2) for s in state)
+        return jnp.sum(jnp.sin(out)) + sum(jnp.sum(s**2) for s in state)
 
     def per_example(xx, hh, mm, rr):
         one = jax.tree_util.tree_map(lambda a: a[None], hh)
@@ -133,8 +154,7 @@ def test_input_additive_kernel_gradients_after_the_loop(core, count, options):
     loops = [e.params["jaxpr"].jaxpr for e in equations(jaxpr) if e.primitive.name == "scan"]
     assert loops
     for body in loops:
-        assert not any(e.primitive.name == "dot_general" and e.outvars[0].aval.shape == (7, 7)
-                       for e in equations(body))
+        assert not any(e.primitive.name == "dot_general" and e.outvars[0].aval.shape == (7, 7) for e in equations(body))
 
 
 @pytest.mark.parametrize(
@@ -146,12 +166,19 @@ def test_input_additive_kernel_gradients_after_the_loop(core, count, options):
 def test_projection_in_chunks_equals_all_at_once(core, go_backwards):
     """``project_chunk`` (inputs projected a span at a time inside an outer loop, with a remainder
     span) changes no number: outputs, states and gradients equal the one-projection loop."""
+
     def run(p, chunk):
-        program = CoreProgram(lambda z: core.project(p, z), lambda s, xt: core.step(p, s, xt),
-                              matmul_step=core.matmul_step(p))
+        program = CoreProgram(
+            lambda z: core.project(p, z), lambda s, xt: core.step(p, s, xt), matmul_step=core.matmul_step(p)
+        )
         with force_plan(project_chunk=chunk):
-            out, state = run_program(program, x, core.initial_state((2,)),
-                                     LoopOptions(go_backwards=go_backwards, return_sequences=True), mask=mask)
+            out, state = run_program(
+                program,
+                x,
+                core.initial_state((2,)),
+                LoopOptions(go_backwards=go_backwards, return_sequences=True),
+                mask=mask,
+            )
         return jnp.sum(out * jnp.cos(out)) + sum(jnp.sum(s) for s in state), (out, state)
 
     params = jax.tree_util.tree_map(lambda a: a + 0.05, core.init(jax.random.key(0), 3))
@@ -164,11 +191,19 @@ def test_projection_in_chunks_equals_all_at_once(core, go_backwards):
         np.testing.assert_allclose(u, v, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("core", [F.LSTMCore(8), F.GRUCore(8, reset_after=True), F.SimpleRNNCore(8)],
-                         ids=["lstm", "gru_reset_after", "simple"])
-@pytest.mark.parametrize("options", [{"return_sequences": True}, {"go_backwards": True},
-                                     {"go_backwards": True, "return_sequences": True, "zero_output_for_mask": True,
-                                      "reset": True}])
+@pytest.mark.parametrize(
+    "core",
+    [F.LSTMCore(8), F.GRUCore(8, reset_after=True), F.SimpleRNNCore(8)],
+    ids=["lstm", "gru_reset_after", "simple"],
+)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"return_sequences": True},
+        {"go_backwards": True},
+        {"go_backwards": True, "return_sequences": True, "zero_output_for_mask": True, "reset": True},
+    ],
+)
 def test_inference_spans_change_no_number(core, options):
     """Not differentiated, the inputs are projected in spans of at most ``INFER_SPAN_BYTES``
     (at these sizes all steps fit one span); differentiated, all steps at once. With spans of a
@@ -216,16 +251,23 @@ def test_inference_spans_change_no_number(core, options):
 
 def _folded_bias(jaxpr, input_dim) -> bool:
     """Whether a matmul takes the inputs with a column of ones, ``[x, 1]`` (``input_dim + 1`` wide)."""
-    return any(e.primitive.name == "dot_general" and any(getattr(v.aval, "shape", ())[-1:] == (input_dim + 1,)
-                                                         for v in e.invars)
-               for e in equations(jaxpr))
+    return any(
+        e.primitive.name == "dot_general"
+        and any(getattr(v.aval, "shape", ())[-1:] == (input_dim + 1,) for v in e.invars)
+        for e in equations(jaxpr)
+    )
 
 
-@pytest.mark.parametrize("core", [F.SimpleRNNCore(8), F.LSTMCore(8, recurrent_activation="sigmoid"), F.LSTMCore(8)],
-                         ids=["simple", "lstm", "lstm_hard_sigmoid"])
+@pytest.mark.parametrize(
+    "core",
+    [F.SimpleRNNCore(8), F.LSTMCore(8, recurrent_activation="sigmoid"), F.LSTMCore(8)],
+    ids=["simple", "lstm", "lstm_hard_sigmoid"],
+)
 @pytest.mark.parametrize("shape", [(8, 40), (2, 11)], ids=["folded", "plain"])
-@pytest.mark.parametrize("options", [{"return_sequences": True},
-                                     {"go_backwards": True, "return_sequences": True, "zero_output_for_mask": True}])
+@pytest.mark.parametrize(
+    "options",
+    [{"return_sequences": True}, {"go_backwards": True, "return_sequences": True, "zero_output_for_mask": True}],
+)
 def test_inference_bias_in_loop_changes_no_number(monkeypatch, core, shape, options):
     """A call that is not differentiated adds the input bias inside the loop
     (``core.loop_bias``) instead of in the projection: its outputs and states equal
@@ -258,9 +300,16 @@ def test_inference_bias_in_loop_changes_no_number(monkeypatch, core, shape, opti
     assert _folded_bias(train_jaxpr, 5) == (shape[0] * shape[1] >= core_module.FOLD_BIAS_MIN_ROWS)
 
 
-@pytest.mark.parametrize("core", [F.SimpleRNNCore(6), F.LSTMCore(6, recurrent_activation="sigmoid"),
-                                  F.GRUCore(6, reset_after=True), F.GRUCore(6, use_bias=False)],
-                         ids=["simple", "lstm", "gru_reset_after", "gru_no_bias"])
+@pytest.mark.parametrize(
+    "core",
+    [
+        F.SimpleRNNCore(6),
+        F.LSTMCore(6, recurrent_activation="sigmoid"),
+        F.GRUCore(6, reset_after=True),
+        F.GRUCore(6, use_bias=False),
+    ],
+    ids=["simple", "lstm", "gru_reset_after", "gru_no_bias"],
+)
 def test_folded_projection_equals_plain_matmul(core, monkeypatch):
     """From FOLD_BIAS_MIN_ROWS rows on, the projection is ``[x, 1] @ [[K], [b]]`` on 2-D rows (per
     gate for the GRU): outputs and gradients equal the plain ``x @ K + b`` path."""
@@ -275,7 +324,7 @@ def test_folded_projection_equals_plain_matmul(core, monkeypatch):
         return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape)))
 
     folded = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
-    monkeypatch.setattr(core_module, "FOLD_BIAS_MIN_ROWS", 10 ** 9)
+    monkeypatch.setattr(core_module, "FOLD_BIAS_MIN_ROWS", 10**9)
     plain = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
     for a, b in zip(jax.tree_util.tree_leaves(folded), jax.tree_util.tree_leaves(plain)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
@@ -319,12 +368,16 @@ def test_gru_loop_params_give_the_same_step(masks):
     np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("make", [lambda **kw: rnnjax.GRU(6, **kw),
-                                  lambda **kw: rnnjax.LSTM(6, recurrent_dropout=0.3, dropout=0.2, **kw),
-                                  lambda **kw: rnnjax.GRU(6, recurrent_dropout=0.3, **kw),
-                                  lambda **kw: rnnjax.GRU(6, recurrent_dropout=0.3, reset_after=True, **kw)],
-                         ids=["gru_default", "lstm_per_gate_dropout", "gru_per_gate_dropout",
-                              "gru_reset_after_per_gate_dropout"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: rnnjax.GRU(6, **kw),
+        lambda **kw: rnnjax.LSTM(6, recurrent_dropout=0.3, dropout=0.2, **kw),
+        lambda **kw: rnnjax.GRU(6, recurrent_dropout=0.3, **kw),
+        lambda **kw: rnnjax.GRU(6, recurrent_dropout=0.3, reset_after=True, **kw),
+    ],
+    ids=["gru_default", "lstm_per_gate_dropout", "gru_per_gate_dropout", "gru_reset_after_per_gate_dropout"],
+)
 def test_layer_gradients_equal_the_unrolled_loop(make):
     """Layers whose training step runs an InputAdditiveStep (kernel gradients after the loop):
     in training mode (dropout masks from the same 'dropout' key), the parameter and input
@@ -339,6 +392,7 @@ def test_layer_gradients_equal_the_unrolled_loop(make):
         def loss(p, x):
             out = lay.apply({"params": p}, x, mask=mask, training=True, rngs={"dropout": jax.random.key(2)})
             return jnp.sum(jnp.sin(out) * jnp.arange(7)[None, :, None])
+
         return jax.jit(jax.grad(loss, argnums=(0, 1)))(v["params"], x)
 
     for a, b in zip(jax.tree_util.tree_leaves(grads(layer)), jax.tree_util.tree_leaves(grads(unrolled))):
@@ -348,8 +402,11 @@ def test_layer_gradients_equal_the_unrolled_loop(make):
         jax.grad(lambda p: jnp.sum(layer.apply({"params": p}, x, training=True, rngs={"dropout": jax.random.key(2)})))
     )(v["params"]).jaxpr
     loops = [e.params["jaxpr"].jaxpr for e in equations(jaxpr) if e.primitive.name == "scan"]
-    assert loops and not any(e.primitive.name == "dot_general" and e.outvars[0].aval.shape == (6, 6)
-                             for body in loops for e in equations(body))
+    assert loops and not any(
+        e.primitive.name == "dot_general" and e.outvars[0].aval.shape == (6, 6)
+        for body in loops
+        for e in equations(body)
+    )
 
 
 def test_input_additive_step_ghost_parts_are_checked():
@@ -362,9 +419,11 @@ def test_input_additive_step_ghost_parts_are_checked():
         return (h, h), (state, state)
 
     x = jnp.ones((2, 4, 3))
+
     def run(form):
-        program = CoreProgram(lambda z: (z, z), lambda s, xt: step((k, k), s, xt + (0 * xt[0],))[0],
-                              input_additive_step=form)
+        program = CoreProgram(
+            lambda z: (z, z), lambda s, xt: step((k, k), s, xt + (0 * xt[0],))[0], input_additive_step=form
+        )
         return jax.grad(lambda x: jnp.sum(run_program(program, x, jnp.zeros((2, 3)))[0]))(x)
 
     with pytest.raises(ValueError, match=r"adds_to \(0, 5\).*numbered from 2"):
@@ -378,8 +437,15 @@ def test_conv_lstm_inference_spans_change_no_number(fmt):
     """ConvLSTM2D's forward projects its inputs in spans when not differentiated (forced here to
     one step): smaller temporaries, the same outputs and states, and the same gradients (those
     run the one-projection program)."""
-    layer = rnnjax.ConvLSTM2D(3, (3, 3), padding="same", data_format=fmt, return_sequences=True,
-                              return_state=True, recurrent_activation="sigmoid")
+    layer = rnnjax.ConvLSTM2D(
+        3,
+        (3, 3),
+        padding="same",
+        data_format=fmt,
+        return_sequences=True,
+        return_state=True,
+        recurrent_activation="sigmoid",
+    )
     shape = (2, 9, 5, 6, 2) if fmt == "channels_last" else (2, 9, 2, 5, 6)
     x = jax.random.normal(jax.random.key(0), shape)
     v = layer.init(jax.random.key(1), x)
@@ -387,8 +453,9 @@ def test_conv_lstm_inference_spans_change_no_number(fmt):
     def measure():
         fwd = jax.jit(lambda v, x: layer.apply(v, x))
         temp = fwd.lower(v, x).compile().memory_analysis().temp_size_in_bytes
-        grads = jax.jit(jax.grad(lambda v, x: sum(jnp.sum(jnp.sin(t)) for t in layer.apply(v, x)),
-                                 argnums=(0, 1)))(v, x)
+        grads = jax.jit(jax.grad(lambda v, x: sum(jnp.sum(jnp.sin(t)) for t in layer.apply(v, x)), argnums=(0, 1)))(
+            v, x
+        )
         return temp, fwd(v, x), grads
 
     temp_all, *want = measure()
@@ -408,13 +475,21 @@ def test_conv_lstm_hand_written_pointwise_backward_equals_autodiff(recurrent_act
     mask = jnp.array([[1, 0, 1, 1, 0], [1, 1, 1, 0, 1]], bool)
 
     def make(**kw):
-        return rnnjax.ConvLSTM2D(4, 3, padding="same", go_backwards=True, return_sequences=True,
-                                 recurrent_activation=recurrent_activation, **kw)
+        return rnnjax.ConvLSTM2D(
+            4,
+            3,
+            padding="same",
+            go_backwards=True,
+            return_sequences=True,
+            recurrent_activation=recurrent_activation,
+            **kw,
+        )
 
     layer, unrolled = make(), make(unroll=True)
     v = jax.tree_util.tree_map(lambda a: a + 0.05, layer.init(jax.random.key(1), x))
     step = F.ConvLSTMCore(4, 3, rank=2, padding="same", recurrent_activation=recurrent_activation).matmul_step(
-        F.ConvLSTMParams(**v["params"]["cell"]))
+        F.ConvLSTMParams(**v["params"]["cell"])
+    )
     assert step.pointwise_vjp is not None
 
     def loss(lay, p, x):
@@ -439,8 +514,15 @@ def test_conv_lstm_per_gate_recurrent_dropout_gradients_after_the_loop(rank, rec
     mask = jnp.array([[1, 1, 1, 0, 0], [1, 0, 1, 1, 1]], bool)
 
     def make(**kw):
-        return cls(4, 3, padding="same", recurrent_dropout=0.3, recurrent_activation=recurrent_activation,
-                   return_sequences=True, **kw)
+        return cls(
+            4,
+            3,
+            padding="same",
+            recurrent_dropout=0.3,
+            recurrent_activation=recurrent_activation,
+            return_sequences=True,
+            **kw,
+        )
 
     layer, unrolled = make(), make(unroll=True)
     v = jax.tree_util.tree_map(lambda a: a + 0.05, layer.init(jax.random.key(1), x))
@@ -485,8 +567,14 @@ SWITCHES = [
     ("simple_infer_span", F.SimpleRNNCore(5), None, True, {"infer_span": 2}),
     ("gru_reset_after_infer_span", F.GRUCore(5, reset_after=True), None, True, {"infer_span": 3}),
     ("lstm_no_loop_bias", F.LSTMCore(5, recurrent_activation="sigmoid"), None, True, {"loop_bias": False}),
-    ("lstm_train_in_one_loop", F.LSTMCore(5), None, True, {"project_chunk": 4, "train_in_one_loop": True},
-     {"project_chunk": 4}),
+    (
+        "lstm_train_in_one_loop",
+        F.LSTMCore(5),
+        None,
+        True,
+        {"project_chunk": 4, "train_in_one_loop": True},
+        {"project_chunk": 4},
+    ),
 ]
 INFERENCE_ONLY = ("infer_span", "loop_bias")
 
@@ -503,9 +591,19 @@ def _case(core, count, with_mask, dtype=jnp.float32):
 def _programs(core, params, x, mask, rmask, h0, custom, **options):
     """The inference output and the training value and gradients (parameters, inputs, initial
     state), and the jaxprs of both, traced now (inside any force_plan block)."""
+
     def run(p, x, h0):
-        return F.rnn(core, p, x, mask=mask, initial_state=h0, recurrent_dropout_mask=rmask,
-                     custom_backward=custom, return_sequences=True, **options)
+        return F.rnn(
+            core,
+            p,
+            x,
+            mask=mask,
+            initial_state=h0,
+            recurrent_dropout_mask=rmask,
+            custom_backward=custom,
+            return_sequences=True,
+            **options,
+        )
 
     def loss(p, x, h0):
         out, state = run(p, x, h0)
@@ -535,9 +633,17 @@ def test_each_plan_switch_equals_the_reference(case, go_backwards):
     assert forced[which] != automatic[which], f"forcing {switches} did not change the program"
 
 
-@pytest.mark.parametrize("core", [F.SimpleRNNCore(5), F.LSTMCore(5, recurrent_activation="sigmoid"), F.LSTMCore(5),
-                                  F.GRUCore(5, reset_after=True), F.GRUCore(5)],
-                         ids=["simple", "lstm_sigmoid", "lstm_hard_sigmoid", "gru_reset_after", "gru"])
+@pytest.mark.parametrize(
+    "core",
+    [
+        F.SimpleRNNCore(5),
+        F.LSTMCore(5, recurrent_activation="sigmoid"),
+        F.LSTMCore(5),
+        F.GRUCore(5, reset_after=True),
+        F.GRUCore(5),
+    ],
+    ids=["simple", "lstm_sigmoid", "lstm_hard_sigmoid", "gru_reset_after", "gru"],
+)
 def test_bfloat16_inputs_with_float32_states(core):
     """bfloat16 inputs and parameters with float32 states (what ``rnn`` and the layers keep): the
     recurrent-matmul loop stores ``a_t`` beside the inputs instead of ``z_t`` over them (a bfloat16

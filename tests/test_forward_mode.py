@@ -6,29 +6,35 @@ tests check that, with it, ``jax.jvp``/``jax.jacfwd`` work on every layer and ag
 default layer's reverse pass (``<u, J t>`` from the jvp equals ``<Jᵀ u, t>`` from the hand-written
 vjp), with ``check_grads`` in float64 for the numbers themselves.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from catalogue import DENSE, assert_trees_close, feature_shape, right_padded_only
+from catalogue import layer as make_layer
 from jax.test_util import check_grads
 
 import rnnjax
-from catalogue import DENSE, assert_trees_close, feature_shape, layer as make_layer, right_padded_only
 
 K3 = dict(recurrent_activation="sigmoid")
 # test id -> (catalogue variant, options): every dense kind with Keras 2's defaults, then variations
 LAYERS = {name: (name, {}) for name in DENSE}
-LAYERS.update({
-    "lstm_sigmoid": ("lstm", K3),
-    "gru_reset_after": ("gru_reset_after", K3),
-    "rnn_lstm_cell": ("rnn_lstm", {}),
-    "conv_lstm2d": ("conv_lstm2d", {}),
-    "cudnn_lstm": ("cudnn_lstm", {}),
-    "cudnn_gru": ("cudnn_gru", {}),
-})
+LAYERS.update(
+    {
+        "lstm_sigmoid": ("lstm", K3),
+        "gru_reset_after": ("gru_reset_after", K3),
+        "rnn_lstm_cell": ("rnn_lstm", {}),
+        "conv_lstm2d": ("conv_lstm2d", {}),
+        "cudnn_lstm": ("cudnn_lstm", {}),
+        "cudnn_gru": ("cudnn_gru", {}),
+    }
+)
 # right-padded, as the CuDNN layers require; holes for the others
-MASKS = {"right_padded": [[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4],
-         "holes": [[1, 0, 1, 1, 0, 1], [0, 1, 1, 0, 1, 1], [1, 1, 0, 0, 0, 1]]}
+MASKS = {
+    "right_padded": [[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4],
+    "holes": [[1, 0, 1, 1, 0, 1], [0, 1, 1, 0, 1, 1], [1, 1, 0, 0, 0, 1]],
+}
 
 
 def _setup(name, **kw):
@@ -41,7 +47,7 @@ def _setup(name, **kw):
 
     x = jax.random.normal(jax.random.key(1), shape)
     which = "right_padded" if right_padded_only(variant) else "holes"
-    mask = jnp.asarray(MASKS[which], bool)[:shape[0], :shape[1]]
+    mask = jnp.asarray(MASKS[which], bool)[: shape[0], : shape[1]]
     layer = make(**kw)
     v = layer.init(jax.random.key(0), x, mask=mask)
     v = jax.tree_util.tree_map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(2), a.shape, a.dtype), v)
@@ -49,8 +55,11 @@ def _setup(name, **kw):
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
-@pytest.mark.parametrize("options", [{"return_sequences": True}, {"go_backwards": True, "return_state": True}],
-                         ids=["sequences", "backwards_state"])
+@pytest.mark.parametrize(
+    "options",
+    [{"return_sequences": True}, {"go_backwards": True, "return_state": True}],
+    ids=["sequences", "backwards_state"],
+)
 def test_jvp_with_custom_backward_false_matches_the_default_vjp(name, options):
     make, x, mask, v = _setup(name, **options)
     fast, generic = make(**options), make(custom_backward=False, **options)
@@ -77,8 +86,14 @@ def test_check_grads_forward_mode_float64(name):
         make, x, mask, v = _setup(name, return_sequences=True, param_dtype=jnp.float64)
         layer = make(return_sequences=True, param_dtype=jnp.float64, custom_backward=False)
         v64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), v)
-        check_grads(lambda v, x: layer.apply(v, x, mask=mask), (v64, x.astype(jnp.float64)), order=1,
-                    modes=("fwd",), atol=1e-6, rtol=1e-6)
+        check_grads(
+            lambda v, x: layer.apply(v, x, mask=mask),
+            (v64, x.astype(jnp.float64)),
+            order=1,
+            modes=("fwd",),
+            atol=1e-6,
+            rtol=1e-6,
+        )
 
 
 def test_jacfwd_equals_jacrev_of_the_default_layer():

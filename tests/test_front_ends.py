@@ -5,19 +5,20 @@ share one contract (``rnnjax.layers.contract``); a cell whose output is narrower
 stacked before ``LSTMCell(5)``, is also checked against a float64 numpy step loop. Every model's
 call takes the agreed options (``mask=``, ``initial_state=``, ``training=``, ``reset=``) by
 keyword only, in both front ends."""
+
 import inspect
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from catalogue import COMPOSED, KINDS, assert_trees_close, feature_shape, layer, n_states, right_padded_only, x
+from custom_cells import NarrowCell, NNXNarrowCell
 from flax import nnx
+from nnx_util import random_like
 
 import rnnjax
 import rnnjax.nnx as rnx
-from catalogue import COMPOSED, KINDS, assert_trees_close, feature_shape, layer, n_states, right_padded_only, x
-from custom_cells import NarrowCell, NNXNarrowCell
-from nnx_util import random_like
 
 B, T, I, U = 2, 5, 3, 4
 MASK = np.array([[1, 1, 0, 1, 1], [1, 1, 1, 0, 0]], bool)  # a hole in row 0; row 1 right-padded
@@ -27,8 +28,10 @@ RIGHT = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
 def _narrow(front):
     if front == "linen":
         return rnnjax.RNN([NarrowCell(3), rnnjax.LSTMCell(5)], return_state=True)
-    return rnx.RNN([NNXNarrowCell(3, input_dim=I, rngs=nnx.Rngs(0)), rnx.LSTMCell(5, input_dim=3, rngs=nnx.Rngs(1))],
-                   return_state=True)
+    return rnx.RNN(
+        [NNXNarrowCell(3, input_dim=I, rngs=nnx.Rngs(0)), rnx.LSTMCell(5, input_dim=3, rngs=nnx.Rngs(1))],
+        return_state=True,
+    )
 
 
 def _model(name, front):

@@ -3,6 +3,7 @@ input, nested and shared layers) and custom layers: Keras 3 (JAX backend) builds
 models, ``load_keras`` predicts what Keras 3 does, and ``save_keras`` writes the graphs back for
 Keras 3 to load in safe mode; Keras 2 graph configs written with h5py to the documented layout
 against float64 numpy references."""
+
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -48,8 +49,11 @@ def _seq2seq():
     h_in, c_in = keras.Input((4,), name="h_in"), keras.Input((4,), name="c_in")
     y2, h2, c2 = decoder(dec_in, initial_state=[h_in, c_in])
     xe, xd = _f32(2, 5, 3), _f32(2, 4, 2)
-    return {"seq2seq": (training, [xe, xd]), "encoder": (keras.Model(enc_in, [h, c]), [xe]),
-            "decoder": (keras.Model([dec_in, h_in, c_in], [dense(y2), h2, c2]), [xd, _f32(2, 4), _f32(2, 4)])}
+    return {
+        "seq2seq": (training, [xe, xd]),
+        "encoder": (keras.Model(enc_in, [h, c]), [xe]),
+        "decoder": (keras.Model([dec_in, h_in, c_in], [dense(y2), h2, c2]), [xd, _f32(2, 4), _f32(2, 4)]),
+    }
 
 
 def _mask_input():
@@ -111,23 +115,38 @@ def _crnn():
     f = L.MaxPooling2D((2, 1))(L.Conv2D(2, 3, padding="same", activation="relu")(image))
     seq = L.Reshape((6, 8))(L.Permute((2, 1, 3))(f))
     y = L.Bidirectional(L.LSTM(3, return_sequences=True))(seq)
-    return keras.Model(image, [L.Dense(4, activation="softmax")(y), L.GlobalAveragePooling1D()(y)]), \
-        [_f32(2, 8, 6, 1)]
+    return keras.Model(image, [L.Dense(4, activation="softmax")(y), L.GlobalAveragePooling1D()(y)]), [_f32(2, 8, 6, 1)]
 
 
 def _build():
     models = _seq2seq()
-    for name, make in (("mask_input", _mask_input), ("two_embeddings", _two_embeddings), ("nested", _nested),
-                       ("nested_batch_norm", _nested_batch_norm), ("shared", _shared),
-                       ("repeat_seq2seq", _repeat_seq2seq), ("crnn", _crnn)):
+    for name, make in (
+        ("mask_input", _mask_input),
+        ("two_embeddings", _two_embeddings),
+        ("nested", _nested),
+        ("nested_batch_norm", _nested_batch_norm),
+        ("shared", _shared),
+        ("repeat_seq2seq", _repeat_seq2seq),
+        ("crnn", _crnn),
+    ):
         model, xs = make()
         _randomize(model)
         models[name] = (model, xs)
     return models
 
 
-NAMES = ["seq2seq", "encoder", "decoder", "mask_input", "two_embeddings", "nested", "nested_batch_norm", "shared",
-         "repeat_seq2seq", "crnn"]
+NAMES = [
+    "seq2seq",
+    "encoder",
+    "decoder",
+    "mask_input",
+    "two_embeddings",
+    "nested",
+    "nested_batch_norm",
+    "shared",
+    "repeat_seq2seq",
+    "crnn",
+]
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +159,12 @@ def saved(tmp_path_factory):
         model.save(root / f"{name}.keras")
         model.save(root / f"{name}.h5")
         expected = model.predict(xs, verbose=0)
-        out[name] = (root / name, xs, [np.asarray(e) for e in (expected if isinstance(expected, list) else [expected])],
-                     model)
+        out[name] = (
+            root / name,
+            xs,
+            [np.asarray(e) for e in (expected if isinstance(expected, list) else [expected])],
+            model,
+        )
     return out
 
 
@@ -172,7 +195,8 @@ def test_loads_from_both_formats_and_saves_back(saved, name, tmp_path):
 def test_optimizer_slots_follow_keras_order_in_nested_models(saved):
     """``load_keras_optimizer`` matches slots to parameters in ``model.trainable_weights``'s order:
     a nested model's layers in its own order, a frozen layer left out."""
-    from rnnjax.keras import config as kconfig, formats, optimizer_import
+    from rnnjax.keras import config as kconfig
+    from rnnjax.keras import formats, optimizer_import
 
     stem, _, _, km = saved["nested"]
     archive = formats.read_zip(f"{stem}.keras")
@@ -239,8 +263,9 @@ class FlaxScale(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return x @ self.param("w", nn.initializers.zeros, (x.shape[-1], self.units)) + \
-            self.param("b", nn.initializers.zeros, (self.units,))
+        return x @ self.param("w", nn.initializers.zeros, (x.shape[-1], self.units)) + self.param(
+            "b", nn.initializers.zeros, (self.units,)
+        )
 
 
 def _is_json(value):
@@ -271,6 +296,7 @@ def test_custom_layer_from_a_factory(custom_model, ext):
     def factory(config):
         received.append(config)
         return FlaxScale(config["units"])
+
     model, variables = rnnjax.load_keras(root / f"c.{ext}", custom_objects={"Scale": factory})
     _close(model.apply(variables, xs), [expected])
     assert len(received) == 1 and _is_json(received[0]) and received[0]["units"] == 3
@@ -298,6 +324,7 @@ def test_lambda_only_by_its_layer_name(tmp_path):
     class Double(nn.Module):
         def __call__(self, x):
             return x * 2.0
+
     with pytest.raises(KerasImportError, match="custom_objects key 'Lambda' matches no layer"):
         rnnjax.load_keras(tmp_path / "l.keras", custom_objects={"Lambda": lambda c: Double()})
     model, variables = rnnjax.load_keras(tmp_path / "l.keras", custom_objects={"double": lambda c: Double()})
@@ -310,6 +337,7 @@ def test_one_refusal_lists_every_problem_the_same_in_both_formats(tmp_path):
     @keras.saving.register_keras_serializable(package="mine")
     class Registered(Scale):
         pass
+
     x = keras.Input((4, 3))
     y = L.Lambda(lambda t: t + 1.0, name="plus_one")(x)
     y = Registered(3, name="registered")(Scale(3, name="scale")(y))
@@ -325,8 +353,13 @@ def test_one_refusal_lists_every_problem_the_same_in_both_formats(tmp_path):
         assert set(rnnjax.inspect_keras(tmp_path / f"m.{ext}")["problems"]) == found[-1]
     assert found[0] == found[1] and len(found[0]) == 5, found
     text = "\n".join(found[0])
-    for part in ("'plus_one' (Lambda)", "class 'Scale'", "custom class 'mine>Registered'", "class 'UnitNormalization'",
-                 "'gru' (GRU): `activation` 'gelu'"):
+    for part in (
+        "'plus_one' (Lambda)",
+        "class 'Scale'",
+        "custom class 'mine>Registered'",
+        "class 'UnitNormalization'",
+        "'gru' (GRU): `activation` 'gelu'",
+    ):
         assert part in text
 
 
@@ -338,6 +371,7 @@ def test_subclassed_model_says_how_to_load_its_weights(tmp_path):
 
         def call(self, x):
             return self.head(self.rnn(x))
+
     sub, xs = Sub(), _f32(2, 4, 3)
     sub(xs)
     _randomize(sub)
@@ -352,7 +386,8 @@ def test_subclassed_model_says_how_to_load_its_weights(tmp_path):
 def test_keras3_drops_a_mask_a_module_cannot_take_and_keras2_refuses(tmp_path):
     ids = keras.Input((None,), dtype="int32")
     keras.Model(ids, L.GlobalMaxPooling1D()(Scale(2, name="scale")(L.Embedding(5, 3, mask_zero=True)(ids)))).save(
-        tmp_path / "m.keras")
+        tmp_path / "m.keras"
+    )
     model, variables = rnnjax.load_keras(tmp_path / "m.keras", custom_objects={"Scale": lambda c: FlaxScale(2)})
     with pytest.warns(UserWarning, match="does not support masking; the mask it was passed is dropped"):
         model.apply(variables, jnp.array([[1, 2, 0]]))
@@ -366,8 +401,15 @@ def test_keras3_drops_a_mask_a_module_cannot_take_and_keras2_refuses(tmp_path):
         ["ids"],
         [("scale", 0, 0)],
     )
-    k2.write_model(tmp_path / "k2.h5", config, [("ids", []), ("embedding", [("embedding/embeddings:0", _f32(5, 3))]),
-                                                 ("scale", [("scale/w:0", _f32(3, 2)), ("scale/b:0", _f32(2))])])
+    k2.write_model(
+        tmp_path / "k2.h5",
+        config,
+        [
+            ("ids", []),
+            ("embedding", [("embedding/embeddings:0", _f32(5, 3))]),
+            ("scale", [("scale/w:0", _f32(3, 2)), ("scale/b:0", _f32(2))]),
+        ],
+    )
     with pytest.raises(KerasImportError, match="'scale' .Scale. call 0: FlaxScale does not support masking"):
         rnnjax.load_keras(tmp_path / "k2.h5", custom_objects={"Scale": lambda c: FlaxScale(2)})
 
@@ -389,12 +431,19 @@ def _f64(weights):
 def test_keras2_seq2seq_states_written_after_the_sequence(tmp_path):
     """tf-keras writes ``decoder(x, initial_state=[h, c])`` as the inbound entries [x, h, c]."""
     enc_w, dec_w = _lstm_weights("encoder", 3, 4), _lstm_weights("decoder", 2, 4)
-    config = k2.functional([
-        (input_layer("enc_in", [None, 3]), []), (input_layer("dec_in", [None, 2]), []),
-        (_lstm("encoder", 4, return_state=True), [inbound("enc_in")]),
-        (_lstm("decoder", 4, return_sequences=True, return_state=True),
-         [inbound("dec_in", ("encoder", 0, 1), ("encoder", 0, 2))])],
-        ["enc_in", "dec_in"], [("decoder", 0, 0), ("decoder", 0, 2)])
+    config = k2.functional(
+        [
+            (input_layer("enc_in", [None, 3]), []),
+            (input_layer("dec_in", [None, 2]), []),
+            (_lstm("encoder", 4, return_state=True), [inbound("enc_in")]),
+            (
+                _lstm("decoder", 4, return_sequences=True, return_state=True),
+                [inbound("dec_in", ("encoder", 0, 1), ("encoder", 0, 2))],
+            ),
+        ],
+        ["enc_in", "dec_in"],
+        [("decoder", 0, 0), ("decoder", 0, 2)],
+    )
     k2.write_model(tmp_path / "s.h5", config, [("enc_in", []), ("dec_in", []), enc_w, dec_w])
     xe, xd = _f32(2, 5, 3), _f32(2, 3, 2)
     model, variables = rnnjax.load_keras(tmp_path / "s.h5")
@@ -411,11 +460,17 @@ def test_keras2_seq2seq_states_written_after_the_sequence(tmp_path):
 def test_keras2_mask_from_another_input_and_a_shared_layer(tmp_path):
     """``lstm(x, mask=m)`` and ``lstm(x2)`` (one LSTM, two calls: kwargs as [layer, node, tensor])."""
     w = _lstm_weights("lstm", 3, 2)
-    config = k2.functional([
-        (input_layer("x", [5, 3]), []), (input_layer("m", [5], "bool"), []), (input_layer("x2", [5, 3]), []),
-        (_lstm("lstm", 2), [inbound("x", mask=["m", 0, 0]), inbound("x2")]),
-        (layer("Add", name="add"), [inbound(("lstm", 0, 0), ("lstm", 1, 0))])],
-        ["x", "m", "x2"], [("add", 0, 0)])
+    config = k2.functional(
+        [
+            (input_layer("x", [5, 3]), []),
+            (input_layer("m", [5], "bool"), []),
+            (input_layer("x2", [5, 3]), []),
+            (_lstm("lstm", 2), [inbound("x", mask=["m", 0, 0]), inbound("x2")]),
+            (layer("Add", name="add"), [inbound(("lstm", 0, 0), ("lstm", 1, 0))]),
+        ],
+        ["x", "m", "x2"],
+        [("add", 0, 0)],
+    )
     k2.write_model(tmp_path / "m.h5", config, [("x", []), ("m", []), ("x2", []), w, ("add", [])])
     x, x2 = _f32(2, 5, 3), _f32(2, 5, 3)
     m = np.array([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1]], bool)
@@ -423,8 +478,10 @@ def test_keras2_mask_from_another_input_and_a_shared_layer(tmp_path):
     got = np.asarray(model.apply(variables, {"x": x, "m": m, "x2": x2}))
     step, s0 = k2.lstm_step(*_f64(w))
     for row in range(2):
-        expected = k2.run(step, s0, x[row].astype(np.float64), m[row])[0] + \
-            k2.run(step, s0, x2[row].astype(np.float64), None)[0]
+        expected = (
+            k2.run(step, s0, x[row].astype(np.float64), m[row])[0]
+            + k2.run(step, s0, x2[row].astype(np.float64), None)[0]
+        )
         np.testing.assert_allclose(got[row], expected, atol=TOL)
 
 
@@ -433,12 +490,21 @@ def test_keras2_nested_sequential_weights_trainable_first(tmp_path):
     a frozen Dense before the LSTM moves to the end)."""
     dk, db = _f32(3, 3), _f32(3)
     lw = _lstm_weights("lstm_1", 3, 2)
-    inner = {"class_name": "Sequential", "config": {"name": "inner", "layers": [
-        input_layer("inner_in", [4, 3]), layer("Dense", name="frozen", units=3, trainable=False),
-        _lstm("lstm_1", 2)]}}
+    inner = {
+        "class_name": "Sequential",
+        "config": {
+            "name": "inner",
+            "layers": [
+                input_layer("inner_in", [4, 3]),
+                layer("Dense", name="frozen", units=3, trainable=False),
+                _lstm("lstm_1", 2),
+            ],
+        },
+    }
     config = k2.functional([(input_layer("x", [4, 3]), []), (inner, [inbound("x")])], ["x"], [("inner", 0, 0)])
-    k2.write_model(tmp_path / "n.h5", config, [("x", []), ("inner", lw[1] + [("frozen/kernel:0", dk),
-                                                                          ("frozen/bias:0", db)])])
+    k2.write_model(
+        tmp_path / "n.h5", config, [("x", []), ("inner", lw[1] + [("frozen/kernel:0", dk), ("frozen/bias:0", db)])]
+    )
     x = _f32(2, 4, 3)
     model, variables = rnnjax.load_keras(tmp_path / "n.h5")
     got = np.asarray(model.apply(variables, x))

@@ -5,18 +5,19 @@ legacy .h5, loaded with
 rnnjax.load_keras and compared with Keras 3's predictions; the Sequential ones saved back with
 rnnjax.save_keras and predicted by Keras 3 (load_model in safe mode). Keras 2 files written with
 h5py (tests/keras2_files.py) against float64 numpy references of Keras 2's semantics."""
+
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
+import keras2_files as k2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-import keras2_files as k2  # noqa: E402
-import rnnjax  # noqa: E402
 from keras2_files import layer  # noqa: E402
+
+import rnnjax  # noqa: E402
 
 L = keras.layers
 TOL = 1e-5
@@ -25,19 +26,34 @@ IDS = np.array([[3, 1, 0, 4, 2, 0], [5, 6, 7, 1, 2, 3]], np.int32)  # 0: padding
 
 
 def _crnn():
-    return keras.Sequential([L.Input((6, 8, 1)), L.Conv2D(4, 3, padding="same", activation="relu"),
-                             L.MaxPooling2D((2, 2)), L.Permute((2, 1, 3)), L.Reshape((4, 12)),
-                             L.Bidirectional(L.LSTM(3, return_sequences=True)), L.Dense(5, activation="softmax")])
+    return keras.Sequential(
+        [
+            L.Input((6, 8, 1)),
+            L.Conv2D(4, 3, padding="same", activation="relu"),
+            L.MaxPooling2D((2, 2)),
+            L.Permute((2, 1, 3)),
+            L.Reshape((4, 12)),
+            L.Bidirectional(L.LSTM(3, return_sequences=True)),
+            L.Dense(5, activation="softmax"),
+        ]
+    )
 
 
 def _next_frame():
-    return keras.Sequential([L.Input((3, 5, 5, 1)), L.ConvLSTM2D(3, 3, padding="same", return_sequences=True),
-                             L.BatchNormalization(), L.Conv3D(1, 3, padding="same", activation="sigmoid")])
+    return keras.Sequential(
+        [
+            L.Input((3, 5, 5, 1)),
+            L.ConvLSTM2D(3, 3, padding="same", return_sequences=True),
+            L.BatchNormalization(),
+            L.Conv3D(1, 3, padding="same", activation="sigmoid"),
+        ]
+    )
 
 
 def _encoder_decoder():
-    return keras.Sequential([L.Input((5, 3)), L.LSTM(4), L.RepeatVector(3), L.LSTM(4, return_sequences=True),
-                             L.TimeDistributed(L.Dense(2))])
+    return keras.Sequential(
+        [L.Input((5, 3)), L.LSTM(4), L.RepeatVector(3), L.LSTM(4, return_sequences=True), L.TimeDistributed(L.Dense(2))]
+    )
 
 
 def _attention():
@@ -62,8 +78,10 @@ def _sequence_ops():
 
 
 MODELS = {
-    "crnn": (_crnn, (2, 6, 8, 1)), "next_frame": (_next_frame, (2, 3, 5, 5, 1)),
-    "encoder_decoder": (_encoder_decoder, (2, 5, 3)), "attention": (_attention, IDS),
+    "crnn": (_crnn, (2, 6, 8, 1)),
+    "next_frame": (_next_frame, (2, 3, 5, 5, 1)),
+    "encoder_decoder": (_encoder_decoder, (2, 5, 3)),
+    "attention": (_attention, IDS),
     "sequence_ops": (_sequence_ops, (2, 6, 3)),
 }
 SEQUENTIAL = ("crnn", "next_frame", "encoder_decoder")
@@ -119,22 +137,46 @@ def _node(*names):
 
 
 def _functional(input_shape, layers, output):
-    entries = [{**layer("InputLayer", name="input_1", batch_input_shape=[None, *input_shape], dtype="float32"),
-                "name": "input_1", "inbound_nodes": []}]
+    entries = [
+        {
+            **layer("InputLayer", name="input_1", batch_input_shape=[None, *input_shape], dtype="float32"),
+            "name": "input_1",
+            "inbound_nodes": [],
+        }
+    ]
     entries += [{**cfg, "name": cfg["config"]["name"], "inbound_nodes": _node(*inputs)} for cfg, inputs in layers]
-    return {"class_name": "Functional", "config": {"name": "model", "layers": entries,
-                                                   "input_layers": [["input_1", 0, 0]],
-                                                   "output_layers": [[output, 0, 0]]}}
+    return {
+        "class_name": "Functional",
+        "config": {
+            "name": "model",
+            "layers": entries,
+            "input_layers": [["input_1", 0, 0]],
+            "output_layers": [[output, 0, 0]],
+        },
+    }
 
 
 def _lstm(name, units, **extra):
-    return layer("LSTM", name=name, units=units, activation="tanh", recurrent_activation="sigmoid",
-                 time_major=False, **{"return_sequences": False, **extra})
+    return layer(
+        "LSTM",
+        name=name,
+        units=units,
+        activation="tanh",
+        recurrent_activation="sigmoid",
+        time_major=False,
+        **{"return_sequences": False, **extra},
+    )
 
 
 def _lstm_weights(name, k, r, b):
-    return (name, [(f"{name}/lstm_cell/kernel:0", k), (f"{name}/lstm_cell/recurrent_kernel:0", r),
-                   (f"{name}/lstm_cell/bias:0", b)])
+    return (
+        name,
+        [
+            (f"{name}/lstm_cell/kernel:0", k),
+            (f"{name}/lstm_cell/recurrent_kernel:0", r),
+            (f"{name}/lstm_cell/bias:0", b),
+        ],
+    )
 
 
 def _lstm_sequence(k, r, b, xs):
@@ -150,15 +192,31 @@ def test_keras2_merges_mask_and_leaky_relu_alpha(tmp_path):
     """tf-keras merges: values ignore masks, the output mask ANDs them (Multiply/Maximum of two
     Masking branches -> LSTM); LeakyReLU's Keras 2 key ``alpha``."""
     k, r, b = _w(2, 12), _w(3, 12), _w(12)
-    config = _functional((6, 2), [
-        (layer("Masking", name="zeros", mask_value=0.0), ["input_1"]),
-        (layer("Masking", name="ones", mask_value=1.0), ["input_1"]),
-        (layer("Multiply", name="mul"), ["zeros", "ones"]),
-        (layer("Maximum", name="max"), ["mul", "zeros"]),
-        (layer("LeakyReLU", name="lrelu", alpha=0.2), ["max"]),
-        (_lstm("lstm", 3), ["lrelu"])], "lstm")
-    k2.write_model(tmp_path / "m.h5", config, [("input_1", []), ("zeros", []), ("ones", []), ("mul", []),
-                                               ("max", []), ("lrelu", []), _lstm_weights("lstm", k, r, b)])
+    config = _functional(
+        (6, 2),
+        [
+            (layer("Masking", name="zeros", mask_value=0.0), ["input_1"]),
+            (layer("Masking", name="ones", mask_value=1.0), ["input_1"]),
+            (layer("Multiply", name="mul"), ["zeros", "ones"]),
+            (layer("Maximum", name="max"), ["mul", "zeros"]),
+            (layer("LeakyReLU", name="lrelu", alpha=0.2), ["max"]),
+            (_lstm("lstm", 3), ["lrelu"]),
+        ],
+        "lstm",
+    )
+    k2.write_model(
+        tmp_path / "m.h5",
+        config,
+        [
+            ("input_1", []),
+            ("zeros", []),
+            ("ones", []),
+            ("mul", []),
+            ("max", []),
+            ("lrelu", []),
+            _lstm_weights("lstm", k, r, b),
+        ],
+    )
     x = RNG.normal(size=(2, 6, 2)).astype(np.float32)
     x[0, 1], x[0, 4], x[1, 2] = 0.0, 1.0, 1.0
     model, variables = rnnjax.load_keras(tmp_path / "m.h5")
@@ -175,8 +233,12 @@ def test_keras2_merges_mask_and_leaky_relu_alpha(tmp_path):
 def _conv2d_valid(x, kernel, bias):
     kh, kw = kernel.shape[:2]
     rows, cols = x.shape[0] - kh + 1, x.shape[1] - kw + 1
-    return np.stack([[np.einsum("hwc,hwcf->f", x[i:i + kh, j:j + kw], kernel) for j in range(cols)]
-                     for i in range(rows)]) + bias
+    return (
+        np.stack(
+            [[np.einsum("hwc,hwcf->f", x[i : i + kh, j : j + kw], kernel) for j in range(cols)] for i in range(rows)]
+        )
+        + bias
+    )
 
 
 def test_keras2_crnn_encoder_decoder(tmp_path):
@@ -186,19 +248,48 @@ def test_keras2_crnn_encoder_decoder(tmp_path):
     e, d = (_w(9, 8), _w(2, 8), _w(8)), (_w(2, 8), _w(2, 8), _w(8))
     dk, db = _w(2, 2), _w(2)
     config = k2.sequential(
-        layer("Conv2D", name="conv2d", batch_input_shape=[None, 5, 7, 1], filters=3, kernel_size=[2, 2],
-              strides=[1, 1], padding="valid", data_format="channels_last", dilation_rate=[1, 1], groups=1,
-              activation="relu", use_bias=True),
-        layer("MaxPooling2D", name="max_pooling2d", pool_size=[2, 2], strides=[2, 2], padding="valid",
-              data_format="channels_last"),
+        layer(
+            "Conv2D",
+            name="conv2d",
+            batch_input_shape=[None, 5, 7, 1],
+            filters=3,
+            kernel_size=[2, 2],
+            strides=[1, 1],
+            padding="valid",
+            data_format="channels_last",
+            dilation_rate=[1, 1],
+            groups=1,
+            activation="relu",
+            use_bias=True,
+        ),
+        layer(
+            "MaxPooling2D",
+            name="max_pooling2d",
+            pool_size=[2, 2],
+            strides=[2, 2],
+            padding="valid",
+            data_format="channels_last",
+        ),
         layer("Reshape", name="reshape", target_shape=[2, 9]),
-        _lstm("enc", 2), layer("RepeatVector", name="repeat_vector", n=3),
+        _lstm("enc", 2),
+        layer("RepeatVector", name="repeat_vector", n=3),
         _lstm("dec", 2, return_sequences=True),
-        layer("TimeDistributed", name="td", layer=layer("Dense", name="dense", units=2, activation="linear")))
-    k2.write_model(tmp_path / "s.h5", config, [
-        ("conv2d", [("conv2d/kernel:0", ck), ("conv2d/bias:0", cb)]), ("max_pooling2d", []), ("reshape", []),
-        _lstm_weights("enc", *e), ("repeat_vector", []), _lstm_weights("dec", *d),
-        ("td", [("td/kernel:0", dk), ("td/bias:0", db)])], version="2.9.0")
+        layer("TimeDistributed", name="td", layer=layer("Dense", name="dense", units=2, activation="linear")),
+    )
+    k2.write_model(
+        tmp_path / "s.h5",
+        config,
+        [
+            ("conv2d", [("conv2d/kernel:0", ck), ("conv2d/bias:0", cb)]),
+            ("max_pooling2d", []),
+            ("reshape", []),
+            _lstm_weights("enc", *e),
+            ("repeat_vector", []),
+            _lstm_weights("dec", *d),
+            ("td", [("td/kernel:0", dk), ("td/bias:0", db)]),
+        ],
+        version="2.9.0",
+    )
     x = RNG.normal(size=(2, 5, 7, 1)).astype(np.float32)
     model, variables = rnnjax.load_keras(tmp_path / "s.h5")
     got = np.asarray(model.apply(variables, jnp.asarray(x)))
@@ -215,16 +306,32 @@ def test_keras2_causal_attention_dot_softmax(tmp_path):
     GlobalAveragePooling1D, against float64 numpy."""
     k, r, b = _w(3, 16), _w(4, 16), _w(16)
     scale, dk, db = np.float32(0.7), _w(5, 2), _w(2)
-    config = _functional((5, 3), [
-        (_lstm("lstm", 4, return_sequences=True), ["input_1"]),
-        (layer("Attention", name="att", use_scale=True, causal=True, dropout=0.0), ["lstm", "lstm"]),
-        (layer("Dot", name="dot", axes=2, normalize=True), ["att", "lstm"]),
-        (layer("Softmax", name="softmax", axis=-1), ["dot"]),
-        (layer("GlobalAveragePooling1D", name="gap", data_format="channels_last"), ["softmax"]),
-        (layer("Dense", name="dense", units=2), ["gap"])], "dense")
-    k2.write_model(tmp_path / "a.h5", config, [
-        ("input_1", []), _lstm_weights("lstm", k, r, b), ("att", [("att/scale:0", np.asarray(scale))]), ("dot", []),
-        ("softmax", []), ("gap", []), ("dense", [("dense/kernel:0", dk), ("dense/bias:0", db)])], version="2.6.0")
+    config = _functional(
+        (5, 3),
+        [
+            (_lstm("lstm", 4, return_sequences=True), ["input_1"]),
+            (layer("Attention", name="att", use_scale=True, causal=True, dropout=0.0), ["lstm", "lstm"]),
+            (layer("Dot", name="dot", axes=2, normalize=True), ["att", "lstm"]),
+            (layer("Softmax", name="softmax", axis=-1), ["dot"]),
+            (layer("GlobalAveragePooling1D", name="gap", data_format="channels_last"), ["softmax"]),
+            (layer("Dense", name="dense", units=2), ["gap"]),
+        ],
+        "dense",
+    )
+    k2.write_model(
+        tmp_path / "a.h5",
+        config,
+        [
+            ("input_1", []),
+            _lstm_weights("lstm", k, r, b),
+            ("att", [("att/scale:0", np.asarray(scale))]),
+            ("dot", []),
+            ("softmax", []),
+            ("gap", []),
+            ("dense", [("dense/kernel:0", dk), ("dense/bias:0", db)]),
+        ],
+        version="2.6.0",
+    )
     x = RNG.normal(size=(2, 5, 3)).astype(np.float32)
     model, variables = rnnjax.load_keras(tmp_path / "a.h5")
     got = np.asarray(model.apply(variables, jnp.asarray(x)))
@@ -251,17 +358,25 @@ def test_nnx_twins_of_a_loaded_model_predict_as_keras(saved):
     path, _, x, expected = saved["crnn"]
     model, variables = rnnjax.load_keras(path)
     r = nnx.Rngs(0)
-    twin = rnx.Sequential([
-        rnx.Conv2D(4, 3, padding="same", activation="relu", input_dim=1, rngs=r), rnx.MaxPooling2D((2, 2)),
-        rnx.Permute((2, 1, 3)), rnx.Reshape((4, 12)),
-        rnx.Bidirectional(rnx.LSTM(3, recurrent_activation="sigmoid", return_sequences=True, input_dim=12, rngs=r),
-                          rngs=r),
-        rnx.Dense(5, activation="softmax", input_dim=6, rngs=r)])
+    twin = rnx.Sequential(
+        [
+            rnx.Conv2D(4, 3, padding="same", activation="relu", input_dim=1, rngs=r),
+            rnx.MaxPooling2D((2, 2)),
+            rnx.Permute((2, 1, 3)),
+            rnx.Reshape((4, 12)),
+            rnx.Bidirectional(
+                rnx.LSTM(3, recurrent_activation="sigmoid", return_sequences=True, input_dim=12, rngs=r), rngs=r
+            ),
+            rnx.Dense(5, activation="softmax", input_dim=6, rngs=r),
+        ]
+    )
     by_position = dict(zip(twin.names, (layer.name for layer in model.layers)))
-    params = {ours: variables["params"][theirs] for ours, theirs in by_position.items()
-              if theirs in variables["params"]}
+    params = {
+        ours: variables["params"][theirs] for ours, theirs in by_position.items() if theirs in variables["params"]
+    }
     bi = params["bidirectional"]
-    params["bidirectional"] = {f"{side}_lstm": next(v for k, v in bi.items() if k.startswith(side))
-                               for side in ("forward", "backward")}
+    params["bidirectional"] = {
+        f"{side}_lstm": next(v for k, v in bi.items() if k.startswith(side)) for side in ("forward", "backward")
+    }
     rnx.from_linen(twin, {"params": params})
     np.testing.assert_allclose(np.asarray(twin(jnp.asarray(x))), expected, atol=TOL, rtol=TOL)

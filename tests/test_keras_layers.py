@@ -4,6 +4,7 @@ layer by layer: outputs and output masks (masks attached to the inputs as Keras 
 with Keras's weights; the NNX twins against the linen layers with converted variables;
 ``check_grads`` where a layer has weights; Keras 2's semantics where they differ (float64 numpy
 references); errors that name the argument."""
+
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -16,12 +17,12 @@ import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 from keras.src.backend import get_keras_mask, set_keras_mask  # noqa: E402
+from nnx_util import linen_grads, nnx_grads  # noqa: E402
 
 import rnnjax  # noqa: E402
 import rnnjax.nnx as rnx  # noqa: E402
 from rnnjax.layers.attention import attention  # noqa: E402
 from rnnjax.layers.protocol import accepts  # noqa: E402
-from nnx_util import linen_grads, nnx_grads  # noqa: E402
 
 TOL = 1e-5
 B = 2
@@ -40,8 +41,14 @@ CASES = {
     "permute_3": ("Permute", {"dims": (3, 1, 2)}, [(B, 4, 3, 2)], None, None, {}),
     "flatten_first": ("Flatten", {"data_format": "channels_first"}, [(B, 3, 2, 2)], None, None, {}),
     "zero_padding": ("ZeroPadding1D", {"padding": (1, 2)}, [(B, 4, 3)], [M1], None, {}),
-    "zero_padding_first": ("ZeroPadding1D", {"padding": 2, "data_format": "channels_first"}, [(B, 3, 4)], None,
-                           None, {}),
+    "zero_padding_first": (
+        "ZeroPadding1D",
+        {"padding": 2, "data_format": "channels_first"},
+        [(B, 3, 4)],
+        None,
+        None,
+        {},
+    ),
     "cropping": ("Cropping1D", {"cropping": (1, 2)}, [(B, 4, 3)], [M1], None, {}),
     "up_sampling": ("UpSampling1D", {"size": 3}, [(B, 4, 3)], [M1], None, {}),
     "relu": ("ReLU", {}, [(B, 4, 3)], [M1], None, {}),
@@ -67,41 +74,105 @@ CASES = {
     "dot_cross": ("Dot", {"axes": (1, 2)}, [(B, 3, 4), (B, 5, 3)], None, None, {}),
     "dot_normalize": ("Dot", {"axes": 1, "normalize": True}, [(B, 4), (B, 4)], None, None, {}),
     "dot_rank_2_3": ("Dot", {"axes": -1}, [(B, 4), (B, 3, 4)], None, None, {}),
-    "conv1d_causal": ("Conv1D", {"filters": 3, "kernel_size": 2, "padding": "causal", "dilation_rate": 2},
-                      [(B, 7, 2)], [np.ones((B, 7), bool)], 2, {}),
-    "conv1d_groups": ("Conv1D", {"filters": 4, "kernel_size": 3, "strides": 2, "padding": "same", "groups": 2,
-                                 "activation": "relu"}, [(B, 7, 4)], None, 4, {}),
-    "conv1d_first": ("Conv1D", {"filters": 2, "kernel_size": 3, "data_format": "channels_first"}, [(B, 3, 6)],
-                     None, 3, {}),
-    "conv2d": ("Conv2D", {"filters": 3, "kernel_size": (2, 3), "strides": (2, 1), "padding": "same",
-                          "activation": "tanh"}, [(B, 5, 6, 2)], None, 2, {}),
-    "conv2d_first": ("Conv2D", {"filters": 2, "kernel_size": 2, "dilation_rate": (2, 1), "use_bias": False,
-                                "data_format": "channels_first"}, [(B, 2, 5, 4)], None, 2, {}),
+    "conv1d_causal": (
+        "Conv1D",
+        {"filters": 3, "kernel_size": 2, "padding": "causal", "dilation_rate": 2},
+        [(B, 7, 2)],
+        [np.ones((B, 7), bool)],
+        2,
+        {},
+    ),
+    "conv1d_groups": (
+        "Conv1D",
+        {"filters": 4, "kernel_size": 3, "strides": 2, "padding": "same", "groups": 2, "activation": "relu"},
+        [(B, 7, 4)],
+        None,
+        4,
+        {},
+    ),
+    "conv1d_first": (
+        "Conv1D",
+        {"filters": 2, "kernel_size": 3, "data_format": "channels_first"},
+        [(B, 3, 6)],
+        None,
+        3,
+        {},
+    ),
+    "conv2d": (
+        "Conv2D",
+        {"filters": 3, "kernel_size": (2, 3), "strides": (2, 1), "padding": "same", "activation": "tanh"},
+        [(B, 5, 6, 2)],
+        None,
+        2,
+        {},
+    ),
+    "conv2d_first": (
+        "Conv2D",
+        {"filters": 2, "kernel_size": 2, "dilation_rate": (2, 1), "use_bias": False, "data_format": "channels_first"},
+        [(B, 2, 5, 4)],
+        None,
+        2,
+        {},
+    ),
     "conv3d": ("Conv3D", {"filters": 2, "kernel_size": 2, "padding": "same"}, [(B, 3, 4, 4, 1)], None, 1, {}),
     "max_pool1d": ("MaxPooling1D", {"pool_size": 2}, [(B, 7, 3)], [np.ones((B, 7), bool)], None, {}),
-    "avg_pool1d_same": ("AveragePooling1D", {"pool_size": 3, "strides": 2, "padding": "same"}, [(B, 7, 3)], None,
-                        None, {}),
+    "avg_pool1d_same": (
+        "AveragePooling1D",
+        {"pool_size": 3, "strides": 2, "padding": "same"},
+        [(B, 7, 3)],
+        None,
+        None,
+        {},
+    ),
     "max_pool2d": ("MaxPooling2D", {"pool_size": (2, 2)}, [(B, 5, 5, 2)], None, None, {}),
-    "avg_pool2d_first": ("AveragePooling2D", {"pool_size": 2, "strides": 1, "padding": "same",
-                                              "data_format": "channels_first"}, [(B, 2, 4, 3)], None, None, {}),
+    "avg_pool2d_first": (
+        "AveragePooling2D",
+        {"pool_size": 2, "strides": 1, "padding": "same", "data_format": "channels_first"},
+        [(B, 2, 4, 3)],
+        None,
+        None,
+        {},
+    ),
     "global_max1d": ("GlobalMaxPooling1D", {}, [(B, 4, 3)], [M1], None, {}),
     "global_avg1d_mask": ("GlobalAveragePooling1D", {"keepdims": True}, [(B, 4, 3)], [M1], None, {}),
     "global_max2d": ("GlobalMaxPooling2D", {"keepdims": True}, [(B, 3, 4, 2)], None, None, {}),
-    "global_avg2d_first": ("GlobalAveragePooling2D", {"data_format": "channels_first"}, [(B, 2, 3, 4)], None,
-                           None, {}),
+    "global_avg2d_first": ("GlobalAveragePooling2D", {"data_format": "channels_first"}, [(B, 2, 3, 4)], None, None, {}),
     "batch_norm": ("BatchNormalization", {"axis": 1}, [(B, 4, 3)], [M1], 4, {}),
     "layer_norm": ("LayerNormalization", {"axis": (1, 2)}, [(B, 4, 3)], None, (4, 3), {}),
     "layer_norm_rms": ("LayerNormalization", {"rms_scaling": True}, [(B, 4, 3)], [M1], 3, {}),
     "attention": ("Attention", {}, [(B, 3, 4), (B, 4, 4)], [M2[:, :3], M1], None, {}),
-    "attention_scaled_concat_key": ("Attention", {"use_scale": True, "score_mode": "concat"},
-                                    [(B, 3, 4), (B, 4, 2), (B, 4, 4)], [None, M1], None,
-                                    {"return_attention_scores": True}),
-    "attention_causal": ("Attention", {"use_scale": True}, [(B, 4, 3), (B, 4, 3)], [M1, M1], None,
-                         {"use_causal_mask": True}),
-    "additive_attention": ("AdditiveAttention", {}, [(B, 3, 4), (B, 4, 4)], [None, M1], 4,
-                           {"return_attention_scores": True}),
-    "additive_attention_unscaled": ("AdditiveAttention", {"use_scale": False}, [(B, 4, 2), (B, 4, 2)], [M1, M1],
-                                    None, {"use_causal_mask": True}),
+    "attention_scaled_concat_key": (
+        "Attention",
+        {"use_scale": True, "score_mode": "concat"},
+        [(B, 3, 4), (B, 4, 2), (B, 4, 4)],
+        [None, M1],
+        None,
+        {"return_attention_scores": True},
+    ),
+    "attention_causal": (
+        "Attention",
+        {"use_scale": True},
+        [(B, 4, 3), (B, 4, 3)],
+        [M1, M1],
+        None,
+        {"use_causal_mask": True},
+    ),
+    "additive_attention": (
+        "AdditiveAttention",
+        {},
+        [(B, 3, 4), (B, 4, 4)],
+        [None, M1],
+        4,
+        {"return_attention_scores": True},
+    ),
+    "additive_attention_unscaled": (
+        "AdditiveAttention",
+        {"use_scale": False},
+        [(B, 4, 2), (B, 4, 2)],
+        [M1, M1],
+        None,
+        {"use_causal_mask": True},
+    ),
 }
 
 
@@ -176,19 +247,20 @@ def test_layer_matches_keras3_and_nnx_twin(case):
     assert (twin_mask is None) == (mask is None)
 
 
-@pytest.mark.parametrize("case", ["conv2d", "batch_norm", "layer_norm", "attention_scaled_concat_key",
-                                  "additive_attention"])
+@pytest.mark.parametrize(
+    "case", ["conv2d", "batch_norm", "layer_norm", "attention_scaled_concat_key", "additive_attention"]
+)
 def test_weighted_layer_gradients_and_nnx_twin_gradients(case):
     cls, kw, shapes, masks, _, call = CASES[case]
     layer = getattr(rnnjax, cls)(**kw)
     with jax.enable_x64(True):
         xs = [jnp.asarray(x, jnp.float64) for x in _inputs(shapes, 3)]
         args = [xs] if len(xs) > 1 else xs
-        mask_kw = {"mask": masks if len(xs) > 1 else masks[0]} if masks is not None and accepts(layer, "mask") \
-            else {}
+        mask_kw = {"mask": masks if len(xs) > 1 else masks[0]} if masks is not None and accepts(layer, "mask") else {}
         variables = layer.init(jax.random.key(0), *args, **mask_kw, **call)
-        params = jax.tree_util.tree_map(lambda a: jnp.asarray(np.random.default_rng(2).normal(size=a.shape)),
-                                        variables["params"])
+        params = jax.tree_util.tree_map(
+            lambda a: jnp.asarray(np.random.default_rng(2).normal(size=a.shape)), variables["params"]
+        )
 
         def loss(params, xs):
             out = layer.apply({**variables, "params": params}, *([xs] if len(xs) > 1 else xs), **mask_kw, **call)
@@ -227,9 +299,13 @@ def test_keras2_merges_and_their_masks():
     is left out; base_merge.py::compute_mask); Keras 2's Dot normalizes with eps 1e-12."""
     a, b = (x.astype(np.float64) for x in _inputs([(B, 4, 3)] * 2, 8))
     with jax.enable_x64(True):
-        for layer, want in ((rnnjax.Multiply(), a * b), (rnnjax.Maximum(), np.maximum(a, b)),
-                            (rnnjax.Minimum(), np.minimum(a, b)), (rnnjax.Subtract(), a - b),
-                            (rnnjax.Average(), (a + b) / 2)):
+        for layer, want in (
+            (rnnjax.Multiply(), a * b),
+            (rnnjax.Maximum(), np.maximum(a, b)),
+            (rnnjax.Minimum(), np.minimum(a, b)),
+            (rnnjax.Subtract(), a - b),
+            (rnnjax.Average(), (a + b) / 2),
+        ):
             np.testing.assert_allclose(np.asarray(layer.apply({}, [a, b], mask=[M1, M2])), want, atol=1e-12)
             np.testing.assert_array_equal(layer.compute_mask([a, b], [M1, M2]), M1 & M2)
             np.testing.assert_array_equal(layer.compute_mask([a, b], [None, M2]), M2)
@@ -251,9 +327,9 @@ def test_keras2_leaky_relu_alpha_and_attention_causal():
         got = rnnjax.Attention(causal=True).apply({}, [q, v], mask=[None, M1])
     scores = np.einsum("bid,bjd->bij", q, v)
     keep = M1[:, None, :] & np.tril(np.ones((4, 4), bool))[None]
-    np.testing.assert_allclose(np.asarray(got), np.einsum("bij,bjd->bid", _np_softmax(np.where(keep, scores,
-                                                                                              scores - 1e9)), v),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(got), np.einsum("bij,bjd->bid", _np_softmax(np.where(keep, scores, scores - 1e9)), v), atol=1e-12
+    )
 
 
 def test_attention_dropout_drops_weights_only_in_training():
@@ -322,8 +398,11 @@ CALL_ERRORS = [
     (rnnjax.Add(), [np.zeros((B, 3))], "`inputs`: Add takes a list of arrays, got ndarray"),
     (rnnjax.Concatenate(), [[np.zeros((B, 4, 3)), np.zeros((B, 5, 3))]], "`inputs`: Concatenate.*axis=-1"),
     (rnnjax.Dot((1, 1)), [[np.zeros((B, 3, 4)), np.zeros((B, 4, 4))]], "`inputs`: Dot.*axis 1.*axis 1"),
-    (rnnjax.Attention(), [[np.zeros((B, 3, 4)), np.zeros((B, 5, 2)), np.zeros((B, 5, 3))]],
-     "`inputs`: Attention takes \\[query"),
+    (
+        rnnjax.Attention(),
+        [[np.zeros((B, 3, 4)), np.zeros((B, 5, 2)), np.zeros((B, 5, 3))]],
+        "`inputs`: Attention takes \\[query",
+    ),
     (rnnjax.Softmax(), [np.zeros((B, 3, 4))], "`mask`: Softmax.*\\(2, 3\\).*\\(2, 3, 4\\)"),
 ]
 
@@ -366,7 +445,8 @@ def test_saved_config_and_weights_rebuild_the_layer_in_keras3(case):
     mask_kw = {"mask": given} if given is not None and accepts(ours, "mask") else {}
     variables = ours.init(jax.random.key(0), *args, **mask_kw, **call)
     variables = jax.tree_util.tree_map(
-        lambda a: np.abs(np.random.default_rng(3).normal(size=a.shape)).astype(np.float32) + 0.5, variables)
+        lambda a: np.abs(np.random.default_rng(3).normal(size=a.shape)).astype(np.float32) + 0.5, variables
+    )
     merged = {**variables.get("params", {}), **variables.get("batch_stats", {})}
     saved = sl.convert(ours, merged, "layer", "layer 0", sl.Context("scale", print, np.float32))
     klayer = keras.layers.deserialize(saved.config)

@@ -1,5 +1,6 @@
 """rnnjax.load_keras / load_keras_weights on files Keras 3 (JAX backend) writes itself, compared
 with Keras 3's own predictions."""
+
 import os
 import shutil
 
@@ -62,31 +63,74 @@ def _functional_merges():
 
 
 MODELS = {
-    "embedding_lstm_gru": (lambda: _sequential(
-        L.Embedding(10, 4, mask_zero=True), L.LSTM(5, return_sequences=True),
-        L.GRU(4, return_sequences=True, recurrent_activation="hard_sigmoid"), L.LSTM(3, go_backwards=True),
-        L.Dense(2, activation="tanh"), shape=(None,), dtype="int32"), IDS),
-    "masking_simple_rnn_time_distributed": (lambda: _sequential(
-        L.Masking(0.0), L.SimpleRNN(4, return_sequences=True, activation="relu"),
-        L.TimeDistributed(L.Dense(3)), L.Dropout(0.3), L.Activation("sigmoid"),
-        L.RNN(L.LSTMCell(3), return_sequences=True), L.GRU(3, reset_after=False), shape=(8, 3)), FLOATS),
-    "conv_pool_norm": (lambda: _sequential(
-        L.Conv1D(4, 3, padding="same"), L.MaxPooling1D(2), L.Conv1D(3, 2, padding="causal", dilation_rate=2),
-        L.AveragePooling1D(3, strides=1, padding="same"), L.SpatialDropout1D(0.2),
-        L.LSTM(4, return_sequences=True, recurrent_activation="hard_sigmoid"), L.BatchNormalization(),
-        L.LayerNormalization(), L.Flatten(), L.Dense(2), shape=(8, 3)), FLOATS),
-    "rnn_cells_global_average": (lambda: _sequential(
-        L.RNN(L.StackedRNNCells([L.SimpleRNNCell(3), L.GRUCell(3), L.LSTMCell(2)]), return_sequences=True),
-        L.GlobalAveragePooling1D(), shape=(8, 3)), FLOATS),
-    "conv_lstm": (lambda: _sequential(
-        L.ConvLSTM1D(2, 3, padding="same", return_sequences=True), L.TimeDistributed(L.Flatten()),
-        L.LSTM(2), shape=(4, 5, 2)), RNG.normal(size=(2, 4, 5, 2)).astype(np.float32)),
-    "conv_lstm2d_3d": (lambda: _sequential(
-        L.ConvLSTM2D(2, (2, 2), strides=(1, 1), return_sequences=False), L.Flatten(), L.Dense(2),
-        shape=(3, 4, 4, 2)), RNG.normal(size=(2, 3, 4, 4, 2)).astype(np.float32)),
-    "conv_lstm3d": (lambda: _sequential(
-        L.ConvLSTM3D(2, 2, padding="same"), L.Flatten(), shape=(2, 3, 3, 3, 1)),
-        RNG.normal(size=(2, 2, 3, 3, 3, 1)).astype(np.float32)),
+    "embedding_lstm_gru": (
+        lambda: _sequential(
+            L.Embedding(10, 4, mask_zero=True),
+            L.LSTM(5, return_sequences=True),
+            L.GRU(4, return_sequences=True, recurrent_activation="hard_sigmoid"),
+            L.LSTM(3, go_backwards=True),
+            L.Dense(2, activation="tanh"),
+            shape=(None,),
+            dtype="int32",
+        ),
+        IDS,
+    ),
+    "masking_simple_rnn_time_distributed": (
+        lambda: _sequential(
+            L.Masking(0.0),
+            L.SimpleRNN(4, return_sequences=True, activation="relu"),
+            L.TimeDistributed(L.Dense(3)),
+            L.Dropout(0.3),
+            L.Activation("sigmoid"),
+            L.RNN(L.LSTMCell(3), return_sequences=True),
+            L.GRU(3, reset_after=False),
+            shape=(8, 3),
+        ),
+        FLOATS,
+    ),
+    "conv_pool_norm": (
+        lambda: _sequential(
+            L.Conv1D(4, 3, padding="same"),
+            L.MaxPooling1D(2),
+            L.Conv1D(3, 2, padding="causal", dilation_rate=2),
+            L.AveragePooling1D(3, strides=1, padding="same"),
+            L.SpatialDropout1D(0.2),
+            L.LSTM(4, return_sequences=True, recurrent_activation="hard_sigmoid"),
+            L.BatchNormalization(),
+            L.LayerNormalization(),
+            L.Flatten(),
+            L.Dense(2),
+            shape=(8, 3),
+        ),
+        FLOATS,
+    ),
+    "rnn_cells_global_average": (
+        lambda: _sequential(
+            L.RNN(L.StackedRNNCells([L.SimpleRNNCell(3), L.GRUCell(3), L.LSTMCell(2)]), return_sequences=True),
+            L.GlobalAveragePooling1D(),
+            shape=(8, 3),
+        ),
+        FLOATS,
+    ),
+    "conv_lstm": (
+        lambda: _sequential(
+            L.ConvLSTM1D(2, 3, padding="same", return_sequences=True),
+            L.TimeDistributed(L.Flatten()),
+            L.LSTM(2),
+            shape=(4, 5, 2),
+        ),
+        RNG.normal(size=(2, 4, 5, 2)).astype(np.float32),
+    ),
+    "conv_lstm2d_3d": (
+        lambda: _sequential(
+            L.ConvLSTM2D(2, (2, 2), strides=(1, 1), return_sequences=False), L.Flatten(), L.Dense(2), shape=(3, 4, 4, 2)
+        ),
+        RNG.normal(size=(2, 3, 4, 4, 2)).astype(np.float32),
+    ),
+    "conv_lstm3d": (
+        lambda: _sequential(L.ConvLSTM3D(2, 2, padding="same"), L.Flatten(), shape=(2, 3, 3, 3, 1)),
+        RNG.normal(size=(2, 2, 3, 3, 3, 1)).astype(np.float32),
+    ),
     "functional_mixed": (_functional_mixed, IDS),
     "functional_merges": (_functional_merges, FLOATS),
 }
@@ -160,10 +204,15 @@ def test_keras3_weights_into_a_user_built_sequential(saved, tmp_path):
     """A Keras 3 .weights.h5 into an rnnjax.Sequential built by hand with Keras 3's settings."""
     _, x, expected, kmodel = saved["embedding_lstm_gru"]
     kmodel.save_weights(tmp_path / "w.weights.h5")
-    mine = rnnjax.Sequential([
-        rnnjax.Embedding(10, 4, mask_zero=True), rnnjax.LSTM(5, recurrent_activation="sigmoid", return_sequences=True),
-        rnnjax.GRU(4, recurrent_activation="hard_sigmoid_keras3", reset_after=True, return_sequences=True),
-        rnnjax.LSTM(3, recurrent_activation="sigmoid", go_backwards=True), rnnjax.Dense(2, activation="tanh")])
+    mine = rnnjax.Sequential(
+        [
+            rnnjax.Embedding(10, 4, mask_zero=True),
+            rnnjax.LSTM(5, recurrent_activation="sigmoid", return_sequences=True),
+            rnnjax.GRU(4, recurrent_activation="hard_sigmoid_keras3", reset_after=True, return_sequences=True),
+            rnnjax.LSTM(3, recurrent_activation="sigmoid", go_backwards=True),
+            rnnjax.Dense(2, activation="tanh"),
+        ]
+    )
     shapes = jax.eval_shape(mine.init, jax.random.key(0), jnp.asarray(x))
     loaded = rnnjax.load_keras_weights(tmp_path / "w.weights.h5", mine, shapes)
     np.testing.assert_allclose(np.asarray(mine.apply(loaded, jnp.asarray(x))), expected, atol=TOL, rtol=TOL)
@@ -194,7 +243,7 @@ def test_inspect_text_is_readable(saved, tmp_path, capsys):
     main(["inspect", str(path)])
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) < 120, max(out.splitlines(), key=len)
-    assert "        layer: LSTM\n" in out and "            units: 3\n" in out    # the nested LSTM, key by key
+    assert "        layer: LSTM\n" in out and "            units: 3\n" in out  # the nested LSTM, key by key
     kmodel.save_weights(tmp_path / "w.weights.h5")
     assert main(["inspect", str(tmp_path / "w.weights.h5")]) == 1
     out = capsys.readouterr().out
@@ -206,8 +255,9 @@ def test_stateful_model_starts_from_zero_states(tmp_path):
     """Keras does not save states: a loaded stateful model starts from zeros, as Keras's does
     after reset_states(), and carries them from batch to batch."""
     keras.utils.set_random_seed(3)
-    kmodel = keras.Sequential([L.Input(batch_shape=(3, 8, 3)), L.LSTM(4, stateful=True, return_sequences=True),
-                               L.GRU(2, stateful=True)])
+    kmodel = keras.Sequential(
+        [L.Input(batch_shape=(3, 8, 3)), L.LSTM(4, stateful=True, return_sequences=True), L.GRU(2, stateful=True)]
+    )
     _randomize(kmodel)
     kmodel.save(tmp_path / "s.keras")
     model, variables = rnnjax.load_keras(tmp_path / "s.keras")

@@ -6,6 +6,7 @@ References: Keras 3 on the JAX backend (``fit``, then ``train_on_batch`` steps, 
 ``apply``), and float64 numpy replays of tf.keras's OptimizerV2 and multi-backend Keras's update
 rules, written here from their sources (tf_keras/optimizers/legacy/*.py with
 tensorflow/core/kernels/training_ops.cc; keras/optimizers.py of Keras 2.3)."""
+
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -19,8 +20,10 @@ import optax  # noqa: E402
 import pytest  # noqa: E402
 
 import rnnjax  # noqa: E402
-from rnnjax.keras import KerasImportError  # noqa: E402
-from rnnjax.keras import training  # noqa: E402
+from rnnjax.keras import (
+    KerasImportError,  # noqa: E402
+    training,  # noqa: E402
+)
 from rnnjax.keras.optimizer_rules import KerasOptimizerState, keras_transform  # noqa: E402
 from tests import keras2_files as k2  # noqa: E402
 from tests.keras2_files import layer, sequential  # noqa: E402
@@ -34,9 +37,9 @@ RNG = np.random.default_rng(24)
 # 1. Keras 3 end to end: fit, save (.keras and .h5), then N more steps in Keras and in rnnjax
 # ---------------------------------------------------------------------------------------------
 
+
 def _embedding_bigru():
-    return keras.Sequential([L.Input((5,), dtype="int32"), L.Embedding(10, 4), L.Bidirectional(L.GRU(3)),
-                             L.Dense(2)])
+    return keras.Sequential([L.Input((5,), dtype="int32"), L.Embedding(10, 4), L.Bidirectional(L.GRU(3)), L.Dense(2)])
 
 
 def _stacked_lstm(freeze_first=False):
@@ -51,20 +54,33 @@ def _data(kind, n):
 
 
 E2E = {  # one Keras fit per optimizer family; the options each family adds
-    "adamw_schedule_amsgrad_clipnorm": (_embedding_bigru, "ids", lambda: keras.optimizers.AdamW(
-        keras.optimizers.schedules.ExponentialDecay(0.02, 2, 0.7), weight_decay=0.05, amsgrad=True, clipnorm=0.5)),
-    "sgd_nesterov_global_clipnorm_frozen": (lambda: _stacked_lstm(True), "floats", lambda: keras.optimizers.SGD(
-        0.05, momentum=0.9, nesterov=True, global_clipnorm=0.5)),
-    "rmsprop_centered_momentum_clipvalue": (_embedding_bigru, "ids", lambda: keras.optimizers.RMSprop(
-        0.01, momentum=0.5, centered=True, clipvalue=0.05, epsilon=1e-3)),
-    "adagrad_clipnorm": (_stacked_lstm, "floats", lambda: keras.optimizers.Adagrad(
-        0.05, initial_accumulator_value=0.2, epsilon=1e-3, clipnorm=1.0)),
+    "adamw_schedule_amsgrad_clipnorm": (
+        _embedding_bigru,
+        "ids",
+        lambda: keras.optimizers.AdamW(
+            keras.optimizers.schedules.ExponentialDecay(0.02, 2, 0.7), weight_decay=0.05, amsgrad=True, clipnorm=0.5
+        ),
+    ),
+    "sgd_nesterov_global_clipnorm_frozen": (
+        lambda: _stacked_lstm(True),
+        "floats",
+        lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True, global_clipnorm=0.5),
+    ),
+    "rmsprop_centered_momentum_clipvalue": (
+        _embedding_bigru,
+        "ids",
+        lambda: keras.optimizers.RMSprop(0.01, momentum=0.5, centered=True, clipvalue=0.05, epsilon=1e-3),
+    ),
+    "adagrad_clipnorm": (
+        _stacked_lstm,
+        "floats",
+        lambda: keras.optimizers.Adagrad(0.05, initial_accumulator_value=0.2, epsilon=1e-3, clipnorm=1.0),
+    ),
 }
 
 
 def _tree_close(got, want, atol=TOL):
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol), got,
-                           want)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol), got, want)
 
 
 @pytest.mark.parametrize("case", list(E2E))
@@ -119,14 +135,22 @@ def test_resume_keras3_training(tmp_path, case):
 # ---------------------------------------------------------------------------------------------
 
 # Keras 3 names a slot variable "<optimizer>/<weight path>_<slot>" (add_variable_from_reference).
-K3_NAMES = {"m": "momentum", "v": "velocity", "vhat": "velocity_hat", "momentum": "momentum",
-            "velocity": "velocity", "average_gradient": "average_gradient", "accumulator": "accumulator"}
+K3_NAMES = {
+    "m": "momentum",
+    "v": "velocity",
+    "vhat": "velocity_hat",
+    "momentum": "momentum",
+    "velocity": "velocity",
+    "average_gradient": "average_gradient",
+    "accumulator": "accumulator",
+}
 O = keras.optimizers
 K3_RULES = {
     "adam": lambda: O.Adam(0.01, epsilon=0.05),
     "adam_amsgrad_weight_decay_clipvalue": lambda: O.Adam(0.01, amsgrad=True, weight_decay=0.1, clipvalue=0.05),
-    "adam_staircase_global_clipnorm": lambda: O.Adam(O.schedules.ExponentialDecay(0.02, 2, 0.5, staircase=True),
-                                                     global_clipnorm=0.1),
+    "adam_staircase_global_clipnorm": lambda: O.Adam(
+        O.schedules.ExponentialDecay(0.02, 2, 0.5, staircase=True), global_clipnorm=0.1
+    ),
     "sgd": lambda: O.SGD(0.1),
     "sgd_momentum_clipnorm": lambda: O.SGD(0.1, momentum=0.8, clipnorm=0.1),
     "rmsprop": lambda: O.RMSprop(0.01, epsilon=0.1),
@@ -166,6 +190,7 @@ def test_keras3_rules_match_keras3_apply(case):
 # ---------------------------------------------------------------------------------------------
 # 3. Keras 2's rules against float64 replays written from the sources
 # ---------------------------------------------------------------------------------------------
+
 
 def _np_clip(gen, cfg, grads):
     """OptimizerV2._transform_gradients / multi-backend Optimizer.get_gradients."""
@@ -232,16 +257,32 @@ def _np_keras2_step(kind, gen, cfg, params, grads, slots, t):
 
 
 K2_RULES = [
-    ("Adam", "tf_keras_legacy", dict(learning_rate=0.01, beta_1=0.8, beta_2=0.9, epsilon=0.05, amsgrad=True,
-                                     decay=0.1, clipvalue=0.3, clipnorm=0.4, global_clipnorm=0.5)),
+    (
+        "Adam",
+        "tf_keras_legacy",
+        dict(
+            learning_rate=0.01,
+            beta_1=0.8,
+            beta_2=0.9,
+            epsilon=0.05,
+            amsgrad=True,
+            decay=0.1,
+            clipvalue=0.3,
+            clipnorm=0.4,
+            global_clipnorm=0.5,
+        ),
+    ),
     ("SGD", "tf_keras_legacy", dict(learning_rate=0.1, momentum=0.7, nesterov=True, decay=0.05)),
     ("RMSprop", "tf_keras_legacy", dict(learning_rate=0.01, rho=0.8, epsilon=0.1)),
     ("RMSprop", "tf_keras_legacy", dict(learning_rate=0.01, rho=0.8, epsilon=0.1, centered=True)),
     ("RMSprop", "tf_keras_legacy", dict(learning_rate=0.01, rho=0.8, epsilon=0.1, momentum=0.5)),
     ("RMSprop", "tf_keras_legacy", dict(learning_rate=0.01, rho=0.8, epsilon=0.1, momentum=0.5, centered=True)),
     ("Adagrad", "tf_keras_legacy", dict(learning_rate=0.1, epsilon=0.1, initial_accumulator_value=0.1)),
-    ("Adam", "multi_backend", dict(learning_rate=0.01, beta_1=0.8, beta_2=0.9, epsilon=0.05, decay=0.1,
-                                   clipnorm=0.5, clipvalue=0.2)),
+    (
+        "Adam",
+        "multi_backend",
+        dict(learning_rate=0.01, beta_1=0.8, beta_2=0.9, epsilon=0.05, decay=0.1, clipnorm=0.5, clipvalue=0.2),
+    ),
     ("SGD", "multi_backend", dict(learning_rate=0.1, momentum=0.0, clipnorm=0.5)),
     ("RMSprop", "multi_backend", dict(learning_rate=0.01, rho=0.8, epsilon=0.1)),
     ("Adagrad", "multi_backend", dict(learning_rate=0.1, epsilon=0.1, decay=0.2)),
@@ -261,9 +302,14 @@ def _positive_state(rule, shapes):
     return slots
 
 
-@pytest.mark.parametrize("kind,gen,cfg", K2_RULES, ids=[
-    f"{k}-{g}-{'-'.join(o for o in ('momentum', 'centered', 'amsgrad', 'decay', 'clipnorm') if c.get(o))}"
-    for k, g, c in K2_RULES])
+@pytest.mark.parametrize(
+    "kind,gen,cfg",
+    K2_RULES,
+    ids=[
+        f"{k}-{g}-{'-'.join(o for o in ('momentum', 'centered', 'amsgrad', 'decay', 'clipnorm') if c.get(o))}"
+        for k, g, c in K2_RULES
+    ],
+)
 def test_keras2_rules_match_float64_replays(kind, gen, cfg):
     rule = training.rule_from_config({"class_name": kind, "config": cfg}, gen)
     shapes = {"w0": (3, 2), "w1": (4,)}
@@ -289,18 +335,28 @@ def test_keras2_rules_match_float64_replays(kind, gen, cfg):
 # 4. Keras 2 .h5 files with optimizer_weights, as tf-keras and multi-backend Keras write them
 # ---------------------------------------------------------------------------------------------
 
+
 def _w(*shape):
     return RNG.normal(scale=0.5, size=shape).astype(np.float32)
 
 
-WEIGHTS = [("embedding", "embedding/embeddings:0", (10, 4)), ("lstm", "lstm/lstm_cell/kernel:0", (4, 12)),
-           ("lstm", "lstm/lstm_cell/recurrent_kernel:0", (3, 12)), ("lstm", "lstm/lstm_cell/bias:0", (12,)),
-           ("dense", "dense/kernel:0", (3, 2)), ("dense", "dense/bias:0", (2,))]
+WEIGHTS = [
+    ("embedding", "embedding/embeddings:0", (10, 4)),
+    ("lstm", "lstm/lstm_cell/kernel:0", (4, 12)),
+    ("lstm", "lstm/lstm_cell/recurrent_kernel:0", (3, 12)),
+    ("lstm", "lstm/lstm_cell/bias:0", (12,)),
+    ("dense", "dense/kernel:0", (3, 2)),
+    ("dense", "dense/bias:0", (2,)),
+]
 # where each file weight lives in rnnjax's variables (the test's own table)
-PATHS = {"embedding/embeddings:0": ("embedding", "embeddings"), "lstm/lstm_cell/kernel:0": ("lstm", "cell", "kernel"),
-         "lstm/lstm_cell/recurrent_kernel:0": ("lstm", "cell", "recurrent_kernel"),
-         "lstm/lstm_cell/bias:0": ("lstm", "cell", "bias"), "dense/kernel:0": ("dense", "kernel"),
-         "dense/bias:0": ("dense", "bias")}
+PATHS = {
+    "embedding/embeddings:0": ("embedding", "embeddings"),
+    "lstm/lstm_cell/kernel:0": ("lstm", "cell", "kernel"),
+    "lstm/lstm_cell/recurrent_kernel:0": ("lstm", "cell", "recurrent_kernel"),
+    "lstm/lstm_cell/bias:0": ("lstm", "cell", "bias"),
+    "dense/kernel:0": ("dense", "kernel"),
+    "dense/bias:0": ("dense", "bias"),
+}
 IDS = np.array([[3, 1, 4, 2], [5, 6, 7, 1]], np.int32)
 
 
@@ -309,7 +365,8 @@ def _keras2_model(path, version="2.9.0", lstm_extra=None):
         layer("InputLayer", batch_input_shape=[None, 4], dtype="int32", name="input_1"),
         layer("Embedding", name="embedding", input_dim=10, output_dim=4),
         layer("LSTM", name="lstm", units=3, **(lstm_extra or {})),
-        layer("Dense", name="dense", units=2))
+        layer("Dense", name="dense", units=2),
+    )
     values = {name: _w(*shape) for _, name, shape in WEIGHTS}
     groups = {}
     for group, name, _ in WEIGHTS:
@@ -325,14 +382,30 @@ def _get(tree, path):
 
 
 K2_FILES = {  # class, config, the OptimizerV2 slot names in creation order, rnnjax's slot names
-    "adam": ("Adam", dict(name="Adam", learning_rate=0.01, decay=0.0, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-                          amsgrad=False), ["m", "v"], ["m", "v"]),
-    "rmsprop": ("RMSprop", dict(name="RMSprop", learning_rate=0.01, decay=0.0, rho=0.9, momentum=0.0,
-                                epsilon=1e-7, centered=False), ["rms"], ["velocity"]),
-    "sgd": ("SGD", dict(name="SGD", learning_rate=0.1, decay=0.0, momentum=0.9, nesterov=False), ["momentum"],
-            ["momentum"]),
-    "adagrad": ("Adagrad", dict(name="Adagrad", learning_rate=0.01, decay=0.0, initial_accumulator_value=0.1,
-                                epsilon=1e-7), ["accumulator"], ["accumulator"]),
+    "adam": (
+        "Adam",
+        dict(name="Adam", learning_rate=0.01, decay=0.0, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False),
+        ["m", "v"],
+        ["m", "v"],
+    ),
+    "rmsprop": (
+        "RMSprop",
+        dict(name="RMSprop", learning_rate=0.01, decay=0.0, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False),
+        ["rms"],
+        ["velocity"],
+    ),
+    "sgd": (
+        "SGD",
+        dict(name="SGD", learning_rate=0.1, decay=0.0, momentum=0.9, nesterov=False),
+        ["momentum"],
+        ["momentum"],
+    ),
+    "adagrad": (
+        "Adagrad",
+        dict(name="Adagrad", learning_rate=0.01, decay=0.0, initial_accumulator_value=0.1, epsilon=1e-7),
+        ["accumulator"],
+        ["accumulator"],
+    ),
 }
 
 
@@ -345,8 +418,9 @@ def test_tf_keras_file_with_optimizer_weights(tmp_path, case):
     _keras2_model(path)
     model, plain = rnnjax.load_keras(path)
     arrays = {slot: [(name, np.abs(_w(*shape)) + 0.1) for _, name, shape in WEIGHTS] for slot in v2_slots}
-    k2.write_training(path, cls, cfg, k2.optimizer_v2_state(cls, 12, [(s, arrays[s]) for s in v2_slots]),
-                      loss="mse", metrics=["mae"])
+    k2.write_training(
+        path, cls, cfg, k2.optimizer_v2_state(cls, 12, [(s, arrays[s]) for s in v2_slots]), loss="mse", metrics=["mae"]
+    )
     _, variables = rnnjax.load_keras(path)
     _tree_close(variables, plain, atol=0)
     tx, state = rnnjax.load_keras_optimizer(path, variables)
@@ -358,11 +432,18 @@ def test_tf_keras_file_with_optimizer_weights(tmp_path, case):
     updates, new_state = tx.update(grads, state, variables["params"])
     new = optax.apply_updates(variables["params"], updates)
     names = [name for _, name, _ in WEIGHTS]
-    ref_slots = {ours: [arrays[v2][i][1].astype(np.float64) for i in range(len(names))]
-                 for v2, ours in zip(v2_slots, slots)}
-    ref = _np_keras2_step(cls, "tf_keras_legacy", cfg, [_get(variables["params"], PATHS[n]).astype(np.float64)
-                                                        for n in names],
-                          [_get(grads, PATHS[n]).astype(np.float64) for n in names], ref_slots, 12)
+    ref_slots = {
+        ours: [arrays[v2][i][1].astype(np.float64) for i in range(len(names))] for v2, ours in zip(v2_slots, slots)
+    }
+    ref = _np_keras2_step(
+        cls,
+        "tf_keras_legacy",
+        cfg,
+        [_get(variables["params"], PATHS[n]).astype(np.float64) for n in names],
+        [_get(grads, PATHS[n]).astype(np.float64) for n in names],
+        ref_slots,
+        12,
+    )
     for n, want in zip(names, ref):
         np.testing.assert_allclose(_get(new, PATHS[n]), want, rtol=1e-5, atol=1e-6)
     assert int(new_state.step) == 13
@@ -404,9 +485,12 @@ def test_multi_backend_adam_file(tmp_path):
     _keras2_model(path, version="2.3.1")
     m = [_w(*shape) for *_, shape in WEIGHTS]
     v = [np.abs(_w(*shape)) + 0.05 for *_, shape in WEIGHTS]
-    state = ([("Adam/iterations:0", np.int64(4))] + [(f"training/Adam/m_{i}:0", a) for i, a in enumerate(m)]
-             + [(f"training/Adam/v_{i}:0", a) for i, a in enumerate(v)]
-             + [(f"training/Adam/vhat_{i}:0", np.zeros(1, np.float32)) for i in range(len(m))])
+    state = (
+        [("Adam/iterations:0", np.int64(4))]
+        + [(f"training/Adam/m_{i}:0", a) for i, a in enumerate(m)]
+        + [(f"training/Adam/v_{i}:0", a) for i, a in enumerate(v)]
+        + [(f"training/Adam/vhat_{i}:0", np.zeros(1, np.float32)) for i in range(len(m))]
+    )
     cfg = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, decay=0.0, epsilon=1e-7, amsgrad=False, clipnorm=0.1)
     k2.write_training(path, "Adam", cfg, state)
     _, variables = rnnjax.load_keras(path)
@@ -417,10 +501,15 @@ def test_multi_backend_adam_file(tmp_path):
         np.testing.assert_array_equal(_get(opt_state.slots["v"], PATHS[n]), v[i])
     grads = jax.tree_util.tree_map(lambda p: jnp.asarray(_w(*p.shape)), variables["params"])
     new = optax.apply_updates(variables["params"], tx.update(grads, opt_state, variables["params"])[0])
-    ref = _np_keras2_step("Adam", "multi_backend", cfg,
-                          [_get(variables["params"], PATHS[n]).astype(np.float64) for n in names],
-                          [_get(grads, PATHS[n]).astype(np.float64) for n in names],
-                          {"m": [a.astype(np.float64) for a in m], "v": [a.astype(np.float64) for a in v]}, 4)
+    ref = _np_keras2_step(
+        "Adam",
+        "multi_backend",
+        cfg,
+        [_get(variables["params"], PATHS[n]).astype(np.float64) for n in names],
+        [_get(grads, PATHS[n]).astype(np.float64) for n in names],
+        {"m": [a.astype(np.float64) for a in m], "v": [a.astype(np.float64) for a in v]},
+        4,
+    )
     for n, want in zip(names, ref):
         np.testing.assert_allclose(_get(new, PATHS[n]), want, rtol=1e-5, atol=1e-6)
 
@@ -428,6 +517,7 @@ def test_multi_backend_adam_file(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 5. Errors, hostile files, inspect, implementation=0
 # ---------------------------------------------------------------------------------------------
+
 
 def _adam_file(tmp_path, cls="Adam", cfg=None, drop=0, bad_shape=False, swap=False):
     path = tmp_path / "m.h5"
@@ -437,21 +527,29 @@ def _adam_file(tmp_path, cls="Adam", cfg=None, drop=0, bad_shape=False, swap=Fal
     if bad_shape:
         v[1] = (v[1][0], _w(4, 11))
     state = k2.optimizer_v2_state(cls, 2, [("v", v), ("m", m)] if swap else [("m", m), ("v", v)])
-    k2.write_training(path, cls, cfg or K2_FILES["adam"][1], state[:len(state) - drop])
+    k2.write_training(path, cls, cfg or K2_FILES["adam"][1], state[: len(state) - drop])
     _, variables = rnnjax.load_keras(path)
     return path, variables
 
 
-@pytest.mark.parametrize("kwargs,patterns", [
-    (dict(cls="Nadam"), ["'Nadam'", "not supported", "Adam, AdamW", "SGD, RMSprop and Adagrad"]),
-    (dict(cfg=dict(K2_FILES["adam"][1], learning_rate={"class_name": "CosineDecay", "config": {}})),
-     ["CosineDecay", "only a float or an ExponentialDecay"]),
-    (dict(cfg=dict(K2_FILES["adam"][1], foo=1)), ["config key 'foo'=1 is not understood"]),
-    (dict(drop=1), ["holds 11 slot arrays", "6 trainable weights", "need 12", "m + v"]),
-    (dict(bad_shape=True), ["lstm/lstm_cell/kernel/v:0", "shape (4, 11)", "expected shape (4, 12)"]),
-    (dict(swap=True), ["'Adam/embedding/embeddings/v:0' (slot 'm' of embedding/embeddings)",
-                       "the name says another slot"]),
-], ids=["optimizer", "schedule", "key", "count", "shape", "names"])
+@pytest.mark.parametrize(
+    "kwargs,patterns",
+    [
+        (dict(cls="Nadam"), ["'Nadam'", "not supported", "Adam, AdamW", "SGD, RMSprop and Adagrad"]),
+        (
+            dict(cfg=dict(K2_FILES["adam"][1], learning_rate={"class_name": "CosineDecay", "config": {}})),
+            ["CosineDecay", "only a float or an ExponentialDecay"],
+        ),
+        (dict(cfg=dict(K2_FILES["adam"][1], foo=1)), ["config key 'foo'=1 is not understood"]),
+        (dict(drop=1), ["holds 11 slot arrays", "6 trainable weights", "need 12", "m + v"]),
+        (dict(bad_shape=True), ["lstm/lstm_cell/kernel/v:0", "shape (4, 11)", "expected shape (4, 12)"]),
+        (
+            dict(swap=True),
+            ["'Adam/embedding/embeddings/v:0' (slot 'm' of embedding/embeddings)", "the name says another slot"],
+        ),
+    ],
+    ids=["optimizer", "schedule", "key", "count", "shape", "names"],
+)
 def test_optimizer_errors_name_what_they_got(tmp_path, kwargs, patterns):
     path, variables = _adam_file(tmp_path, **kwargs)
     with pytest.raises(KerasImportError) as err:
@@ -500,8 +598,9 @@ def test_hostile_optimizer_groups_refused(tmp_path):
     path, _ = _adam_file(tmp_path / "second")
     with h5py.File(path, "a") as f:
         f["optimizer_weights"].create_dataset("Adam/counts:0", data=np.arange(3, dtype=np.int64))
-        f["optimizer_weights"].create_dataset("Adam/raw:0", shape=(4,), dtype="f4",
-                                              external=[(str(tmp_path / "raw.bin"), 0, 16)])
+        f["optimizer_weights"].create_dataset(
+            "Adam/raw:0", shape=(4,), dtype="f4", external=[(str(tmp_path / "raw.bin"), 0, 16)]
+        )
     with pytest.raises(KerasImportError) as err:
         rnnjax.load_keras(path)
     assert "Adam/counts:0: weights must be float16/32/64 or bfloat16, got dtype int64" in str(err.value)
@@ -533,11 +632,24 @@ def test_tf_keras_2_11_optimizer_file(tmp_path):
     path = tmp_path / "m.h5"
     _keras2_model(path, version="2.15.0")
     m = [(name, _w(*shape)) for _, name, shape in WEIGHTS]
-    cfg = dict(name="SGD", weight_decay=0.01, clipnorm=None, global_clipnorm=None, clipvalue=None, use_ema=False,
-               ema_momentum=0.99, ema_overwrite_frequency=None, jit_compile=False, is_legacy_optimizer=False,
-               learning_rate=0.1, momentum=0.0, nesterov=False)
-    k2.write_training(path, "Custom>SGD", cfg,
-                      [("iteration:0", np.int64(9))] + [(f"SGD/m/{n.split(':')[0]}:0", a) for n, a in m])
+    cfg = dict(
+        name="SGD",
+        weight_decay=0.01,
+        clipnorm=None,
+        global_clipnorm=None,
+        clipvalue=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        jit_compile=False,
+        is_legacy_optimizer=False,
+        learning_rate=0.1,
+        momentum=0.0,
+        nesterov=False,
+    )
+    k2.write_training(
+        path, "Custom>SGD", cfg, [("iteration:0", np.int64(9))] + [(f"SGD/m/{n.split(':')[0]}:0", a) for n, a in m]
+    )
     _, variables = rnnjax.load_keras(path)
     tx, state = rnnjax.load_keras_optimizer(path, variables)
     assert int(state.step) == 9

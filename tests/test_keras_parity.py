@@ -3,14 +3,16 @@
 Keras 3 is the reference for every option it shares with the seed; where Keras 3 changed a
 default (hard_sigmoid's definition) the Keras 2 function is passed to Keras explicitly.
 """
-import numpy as np
-import pytest
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
+from catalogue import DENSE, VARIANTS, assert_trees_close, keras_layer, n_states
+from catalogue import layer as make_layer
+from keras_ref import cell_weights, keras, keras_activation, run_keras
 
 import rnnjax
-from catalogue import DENSE, VARIANTS, assert_trees_close, keras_layer, layer as make_layer, n_states
-from keras_ref import cell_weights, keras, keras_activation, run_keras
 
 ATOL = 1e-5
 B, T, I, U = 3, 7, 5, 4
@@ -22,6 +24,7 @@ def _x(seed=0, shape=(B, T, I)):
 
 HOLES = np.array([[1, 1, 0, 1, 0, 1, 1], [0, 1, 1, 0, 1, 1, 0], [1, 0, 0, 0, 0, 0, 1]], bool)
 RIGHT_PADDED = np.array([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5], bool)
+
 
 def _takes(kind, argument):
     return argument in VARIANTS[kind][0].arguments("layer")
@@ -85,8 +88,9 @@ OPTIONS = [
 CASES = [(k, o) for k in DENSE for o in OPTIONS if all(_takes(k, a) for a in o)]
 
 
-@pytest.mark.parametrize("kind,options", CASES,
-                         ids=[f"{k}-" + ("-".join(f"{a}={b}" for a, b in o.items()) or "default") for k, o in CASES])
+@pytest.mark.parametrize(
+    "kind,options", CASES, ids=[f"{k}-" + ("-".join(f"{a}={b}" for a, b in o.items()) or "default") for k, o in CASES]
+)
 def test_matches_keras(kind, options):
     _compare(kind, options)
 
@@ -133,7 +137,8 @@ def test_leading_masked_step_with_initial_state_follows_keras2():
     v = layer.init(jax.random.key(0), jnp.asarray(_x()))
     scan = layer.apply(v, jnp.asarray(_x()), mask=jnp.asarray(mask), initial_state=[jnp.asarray(init[0])])
     unrolled = rnnjax.SimpleRNN(U, return_sequences=True, unroll=True).apply(
-        v, jnp.asarray(_x()), mask=jnp.asarray(mask), initial_state=[jnp.asarray(init[0])])
+        v, jnp.asarray(_x()), mask=jnp.asarray(mask), initial_state=[jnp.asarray(init[0])]
+    )
     np.testing.assert_allclose(scan, unrolled, atol=1e-6)
 
 
@@ -171,9 +176,11 @@ def test_stacked_cells_match_keras():
     cells = [rnnjax.LSTMCell(4), rnnjax.GRUCell(3, reset_after=True), rnnjax.SimpleRNNCell(5)]
     layer = rnnjax.RNN(cells, return_sequences=True, return_state=True)
     v = layer.init(jax.random.key(0), jnp.asarray(x))
-    kcells = [keras.layers.LSTMCell(4, recurrent_activation=keras_activation("hard_sigmoid")),
-              keras.layers.GRUCell(3, reset_after=True, recurrent_activation=keras_activation("hard_sigmoid")),
-              keras.layers.SimpleRNNCell(5)]
+    kcells = [
+        keras.layers.LSTMCell(4, recurrent_activation=keras_activation("hard_sigmoid")),
+        keras.layers.GRUCell(3, reset_after=True, recurrent_activation=keras_activation("hard_sigmoid")),
+        keras.layers.SimpleRNNCell(5),
+    ]
     klayer = keras.layers.RNN(kcells, return_sequences=True, return_state=True)
     weights = sum((cell_weights(v["params"][f"cell_{k}"]) for k in range(3)), [])
     theirs = run_keras(klayer, x, weights)
@@ -200,14 +207,22 @@ def test_single_cell_step_matches_keras():
 @pytest.mark.parametrize("kind", ["simple_rnn", "lstm", "gru"])
 def test_regularizer_penalties_match_keras(kind):
     x = _x(6)
-    regs = dict(kernel_regularizer=rnnjax.regularizers.L1L2(0.01, 0.02), recurrent_regularizer="l2",
-                bias_regularizer="l1", activity_regularizer=rnnjax.regularizers.L2(0.05))
+    regs = dict(
+        kernel_regularizer=rnnjax.regularizers.L1L2(0.01, 0.02),
+        recurrent_regularizer="l2",
+        bias_regularizer="l1",
+        activity_regularizer=rnnjax.regularizers.L2(0.05),
+    )
     layer = make_layer(kind, U, **regs)
     v = layer.init(jax.random.key(0), jnp.asarray(x))
     params = jax.tree_util.tree_map(lambda p: p + 0.1, v["params"])  # non-zero bias
     _, aux = layer.apply({"params": params}, jnp.asarray(x), mutable=["losses"])
-    kregs = dict(kernel_regularizer=keras.regularizers.L1L2(0.01, 0.02), recurrent_regularizer="l2",
-                 bias_regularizer="l1", activity_regularizer=keras.regularizers.L2(0.05))
+    kregs = dict(
+        kernel_regularizer=keras.regularizers.L1L2(0.01, 0.02),
+        recurrent_regularizer="l2",
+        bias_regularizer="l1",
+        activity_regularizer=keras.regularizers.L2(0.05),
+    )
     klayer = keras_layer(kind, U, **_keras_kwargs(kind, kregs))
     y = run_keras(klayer, x, cell_weights(params["cell"]))
     weight_penalty = sum(float(l) for l in klayer._get_regularization_losses())

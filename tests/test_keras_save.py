@@ -1,5 +1,6 @@
 """rnnjax.save_keras: rnnjax model -> Keras 3 .keras archive -> keras.saving.load_model (safe
 mode) -> Keras 3's predictions equal rnnjax's apply (to 1e-5), masks included; and the refusals."""
+
 import os
 import subprocess
 import sys
@@ -11,10 +12,10 @@ import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from custom_cells import MinimalRNNCell  # noqa: E402
 
 import rnnjax  # noqa: E402
 from rnnjax.keras.save_objects import _ACTIVATION_NAMES, KerasSaveError  # noqa: E402
-from custom_cells import MinimalRNNCell  # noqa: E402
 
 ATOL = 1e-5
 RNG = np.random.default_rng(0)
@@ -88,19 +89,22 @@ def test_single_recurrent_layer(name, tmp_path):
 @pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave"])
 def test_bidirectional_merge_modes_with_mask(merge_mode, tmp_path):
     ids = np.array([[3, 1, 4, 1, 5, 0, 0], [0, 0, 2, 6, 5, 3, 5]], np.int32)  # right and left padding
-    model = L.Sequential([
-        L.Embedding(7, 3, mask_zero=True),
-        L.Bidirectional(L.LSTM(4, return_sequences=True), merge_mode=merge_mode),
-        L.Bidirectional(L.GRU(3, reset_after=True), merge_mode=merge_mode),
-    ])
+    model = L.Sequential(
+        [
+            L.Embedding(7, 3, mask_zero=True),
+            L.Bidirectional(L.LSTM(4, return_sequences=True), merge_mode=merge_mode),
+            L.Bidirectional(L.GRU(3, reset_after=True), merge_mode=merge_mode),
+        ]
+    )
     _check(model, ids, tmp_path)
 
 
 def test_bidirectional_backwards_layer_and_explicit_backward_layer(tmp_path):
     x = _seq()
     _check(L.Bidirectional(L.SimpleRNN(3, go_backwards=True, return_sequences=True)), x, tmp_path)
-    explicit = L.Bidirectional(L.LSTM(3, return_sequences=True),
-                               backward_layer=L.GRU(3, go_backwards=True, return_sequences=True))
+    explicit = L.Bidirectional(
+        L.LSTM(3, return_sequences=True), backward_layer=L.GRU(3, go_backwards=True, return_sequences=True)
+    )
     _check(explicit, x, tmp_path)
 
 
@@ -111,11 +115,18 @@ def test_bidirectional_of_every_kind(case, tmp_path):
         model = L.Sequential([L.Bidirectional(L.ConvLSTM1D(2, 3, return_sequences=True), merge_mode="ave")])
         _check(model, x, tmp_path, input_shape=(3, 6, 2))
         return
-    inner = {"stacked_cells": L.RNN([L.GRUCell(3), L.LSTMCell(2)], return_sequences=True),
-             "cudnn_gru": L.CuDNNGRU(3, return_sequences=True),
-             "named": L.LSTM(3, name="encoder", return_sequences=True)}[case]
-    model = L.Sequential([L.Bidirectional(inner, merge_mode="mul", name="bi"), L.TimeDistributed(L.Dropout(0.5)),
-                          L.Dense(2, name="head")])
+    inner = {
+        "stacked_cells": L.RNN([L.GRUCell(3), L.LSTMCell(2)], return_sequences=True),
+        "cudnn_gru": L.CuDNNGRU(3, return_sequences=True),
+        "named": L.LSTM(3, name="encoder", return_sequences=True),
+    }[case]
+    model = L.Sequential(
+        [
+            L.Bidirectional(inner, merge_mode="mul", name="bi"),
+            L.TimeDistributed(L.Dropout(0.5)),
+            L.Dense(2, name="head"),
+        ]
+    )
     _check(model, _seq(), tmp_path)
 
 
@@ -123,27 +134,44 @@ def test_masking_with_holes_through_stack(tmp_path):
     x = _seq(steps=6, features=4)
     x[0, 2] = 0.0  # a hole
     x[1, :2] = 0.0  # leading masked steps
-    model = L.Sequential([
-        L.Masking(0.0), L.GRU(4, return_sequences=True), L.Dropout(0.3), L.Activation("tanh"),
-        L.TimeDistributed(L.Dense(3, activation="relu")), L.LSTM(3, return_sequences=True, zero_output_for_mask=True),
-        L.SimpleRNN(2, return_sequences=True), L.Dense(2),
-    ])
+    model = L.Sequential(
+        [
+            L.Masking(0.0),
+            L.GRU(4, return_sequences=True),
+            L.Dropout(0.3),
+            L.Activation("tanh"),
+            L.TimeDistributed(L.Dense(3, activation="relu")),
+            L.LSTM(3, return_sequences=True, zero_output_for_mask=True),
+            L.SimpleRNN(2, return_sequences=True),
+            L.Dense(2),
+        ]
+    )
     _check(model, x, tmp_path)
 
 
 def test_embedding_cudnn_and_dense_head(tmp_path):
     ids = np.array([[3, 1, 4, 1, 0], [2, 6, 5, 0, 0]], np.int32)  # CuDNN layers take right padding only
-    model = L.Sequential([
-        L.Embedding(7, 4, mask_zero=True), L.CuDNNLSTM(5, return_sequences=True), L.CuDNNGRU(3),
-        L.Dense(4, activation="hard_sigmoid"), L.Dense(2, activation="softmax"),
-    ])
+    model = L.Sequential(
+        [
+            L.Embedding(7, 4, mask_zero=True),
+            L.CuDNNLSTM(5, return_sequences=True),
+            L.CuDNNGRU(3),
+            L.Dense(4, activation="hard_sigmoid"),
+            L.Dense(2, activation="softmax"),
+        ]
+    )
     _check(model, ids, tmp_path)
 
 
-@pytest.mark.parametrize("rank, data_format, padding", [
-    (1, "channels_last", "valid"), (2, "channels_last", "same"), (2, "channels_first", "valid"),
-    (3, "channels_last", "valid"),
-])
+@pytest.mark.parametrize(
+    "rank, data_format, padding",
+    [
+        (1, "channels_last", "valid"),
+        (2, "channels_last", "same"),
+        (2, "channels_first", "valid"),
+        (3, "channels_last", "valid"),
+    ],
+)
 def test_conv_lstm(rank, data_format, padding, tmp_path):
     layer_class = {1: L.ConvLSTM1D, 2: L.ConvLSTM2D, 3: L.ConvLSTM3D}[rank]
     spatial = {1: (7,), 2: (5, 5), 3: (4, 4, 4)}[rank]
@@ -159,8 +187,13 @@ def test_rnn_of_a_conv_lstm_cell_saves_as_conv_lstm(tmp_path):
     loaded = _check(model, x, tmp_path, input_shape=(3, 2, 6))
     assert type(loaded.layers[0]).__name__ == "ConvLSTM1D"
     stacked = L.RNN([L.ConvLSTM1DCell(2, 3), L.ConvLSTM1DCell(2, 3)])
-    _refused(stacked, RNG.standard_normal((2, 3, 6, 2)).astype(np.float32), r"cell 0.*ConvLSTM1DCell is a custom cell",
-             tmp_path, input_shape=(3, 6, 2))
+    _refused(
+        stacked,
+        RNG.standard_normal((2, 3, 6, 2)).astype(np.float32),
+        r"cell 0.*ConvLSTM1DCell is a custom cell",
+        tmp_path,
+        input_shape=(3, 6, 2),
+    )
 
 
 def test_stateful_layer_gets_fixed_batch(tmp_path):
@@ -180,13 +213,25 @@ def test_stateful_layer_gets_fixed_batch(tmp_path):
 
 def test_initializers_regularizers_constraints_serialized(tmp_path):
     x = _seq(features=4)
-    model = L.Sequential([
-        L.LSTM(3, recurrent_activation="sigmoid", kernel_initializer="he_normal", bias_initializer="ones",
-               recurrent_initializer=rnnjax.initializers.Orthogonal(gain=2.0), kernel_regularizer="l2",
-               recurrent_regularizer={"class_name": "L1L2", "config": {"l1": 0.01, "l2": 0.02}},
-               kernel_constraint="max_norm", bias_constraint="non_neg", return_sequences=True),
-        L.Dense(2, kernel_regularizer="l1", bias_constraint={"class_name": "MinMaxNorm", "config": {"max_value": 2.0}}),
-    ])
+    model = L.Sequential(
+        [
+            L.LSTM(
+                3,
+                recurrent_activation="sigmoid",
+                kernel_initializer="he_normal",
+                bias_initializer="ones",
+                recurrent_initializer=rnnjax.initializers.Orthogonal(gain=2.0),
+                kernel_regularizer="l2",
+                recurrent_regularizer={"class_name": "L1L2", "config": {"l1": 0.01, "l2": 0.02}},
+                kernel_constraint="max_norm",
+                bias_constraint="non_neg",
+                return_sequences=True,
+            ),
+            L.Dense(
+                2, kernel_regularizer="l1", bias_constraint={"class_name": "MinMaxNorm", "config": {"max_value": 2.0}}
+            ),
+        ]
+    )
     variables = _perturbed(model.init(jax.random.PRNGKey(0), x))
     rnnjax.save_keras(model, variables, tmp_path / "r.keras")
     loaded = keras.saving.load_model(tmp_path / "r.keras")
@@ -223,6 +268,7 @@ def _refused(model, x, match, tmp_path, **kwargs):
 def test_refusals(tmp_path):
     x = _seq()
     import flax.linen as nn
+
     cases = [
         (L.Sequential([L.LSTM(3, return_sequences=True), nn.Dense(2)]), r"layer 1 \(dense, Dense\).*cannot be saved"),
         (L.RNN(MinimalRNNCell(3)), r"MinimalRNNCell is a custom cell"),
@@ -256,6 +302,7 @@ def test_argument_errors(tmp_path):
     with pytest.raises(KerasSaveError, match=r"`input_shape`: the model does not run"):
         rnnjax.save_keras(model, variables, tmp_path / "m.keras", input_shape=(None, 7))
     from flax.core import freeze
+
     rnnjax.save_keras(model, freeze(variables), tmp_path / "frozen.keras")  # a FrozenDict is fine too
     assert keras.saving.load_model(tmp_path / "frozen.keras").layers[0].cell.units == 3
     with pytest.raises(KerasSaveError, match=r"do not have 4 x 4 columns"):
@@ -283,8 +330,10 @@ def test_archive_layout(tmp_path):
     with zipfile.ZipFile(tmp_path / "a.keras") as zf:
         assert zf.namelist() == ["metadata.json", "config.json", "model.weights.h5"]
         assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
-        import h5py
         import io
+
+        import h5py
+
         with h5py.File(io.BytesIO(zf.read("model.weights.h5")), "r") as h5:
             assert h5["layers/lstm/cell/vars/0"].shape == (2, 12)
             assert h5["layers/dense_1/vars"].attrs["name"] == "dense_1"
@@ -292,10 +341,12 @@ def test_archive_layout(tmp_path):
 
 
 def test_h5py_is_imported_only_when_saving(tmp_path):
-    code = ("import sys, rnnjax; assert 'h5py' not in sys.modules; rnnjax.save_keras; "
-            "assert 'h5py' not in sys.modules; sys.modules['h5py'] = None\n"
-            "try:\n    rnnjax.save_keras(None, None, 'x.keras')\nexcept ImportError as e:\n"
-            "    assert 'pip install rnnjax[keras]' in str(e); print('ok')")
+    code = (
+        "import sys, rnnjax; assert 'h5py' not in sys.modules; rnnjax.save_keras; "
+        "assert 'h5py' not in sys.modules; sys.modules['h5py'] = None\n"
+        "try:\n    rnnjax.save_keras(None, None, 'x.keras')\nexcept ImportError as e:\n"
+        "    assert 'pip install rnnjax[keras]' in str(e); print('ok')"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

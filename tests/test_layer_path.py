@@ -1,15 +1,17 @@
 """The layer-side path (rnnjax/layers/path.py) against Keras 3 (JAX backend): stateful states over
 batch axes, the forms ``initial_state`` takes, and activity penalties divided by the number of
 sequences; and the path's own functions, which a second front end calls, on their contracts."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from catalogue import keras_layer, n_states
+from catalogue import layer as make_layer
+from keras_ref import cell_weights, keras, keras_activation, run_keras
 
 import rnnjax
-from catalogue import keras_layer, layer as make_layer, n_states
 from rnnjax import kinds
-from keras_ref import cell_weights, keras, keras_activation, run_keras
 from rnnjax.functional.lstm import LSTMState
 from rnnjax.layers import path
 
@@ -24,8 +26,7 @@ def _x(shape, seed=0):
 
 def _random_params(variables, seed=1):
     rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map(lambda p: rng.normal(scale=0.5, size=p.shape).astype(np.float32),
-                                  variables["params"])
+    return jax.tree_util.tree_map(lambda p: rng.normal(scale=0.5, size=p.shape).astype(np.float32), variables["params"])
 
 
 def _keras(kind, **kwargs):
@@ -68,13 +69,17 @@ def test_initial_state_forms_match_keras(form):
     params = _random_params(variables)
     given = {"list": [h, c], "tuple": (h, c), "pytree": LSTMState(jnp.asarray(h), jnp.asarray(c))}[form]
     ours = layer.apply({"params": params}, jnp.asarray(x), initial_state=given)
-    theirs = run_keras(_keras("lstm", return_sequences=True, return_state=True), x, cell_weights(params["cell"]),
-                       initial_state=[h, c])
+    theirs = run_keras(
+        _keras("lstm", return_sequences=True, return_state=True), x, cell_weights(params["cell"]), initial_state=[h, c]
+    )
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, atol=ATOL)
     # over two batch axes: the same numbers
-    two = layer.apply({"params": params}, jnp.asarray(x.reshape(B1, B2, T, I)),
-                      initial_state=[h.reshape(B1, B2, U), c.reshape(B1, B2, U)])
+    two = layer.apply(
+        {"params": params},
+        jnp.asarray(x.reshape(B1, B2, T, I)),
+        initial_state=[h.reshape(B1, B2, U), c.reshape(B1, B2, U)],
+    )
     for a, b in zip(two, theirs):
         np.testing.assert_allclose(a, b.reshape(a.shape), atol=ATOL)
     # one array for a one-state layer
@@ -83,7 +88,9 @@ def test_initial_state_forms_match_keras(form):
     gp = _random_params(gv, 2)
     np.testing.assert_allclose(
         gru.apply({"params": gp}, jnp.asarray(x), initial_state=jnp.asarray(h)),
-        run_keras(_keras("gru_reset_after"), x, cell_weights(gp["cell"]), initial_state=[h]), atol=ATOL)
+        run_keras(_keras("gru_reset_after"), x, cell_weights(gp["cell"]), initial_state=[h]),
+        atol=ATOL,
+    )
 
 
 def test_activity_penalty_over_batch_axes_matches_keras():
@@ -101,8 +108,9 @@ def test_activity_penalty_over_batch_axes_matches_keras():
         _, aux = layer.apply({"params": params}, jnp.asarray(x.reshape(shape)), mutable=["losses"])
         np.testing.assert_allclose(float(aux["losses"]["activity_regularizer"]), keras_penalty, rtol=1e-5)
     _, aux = layer.apply({"params": params}, jnp.asarray(x[0]), mutable=["losses"])
-    np.testing.assert_allclose(float(aux["losses"]["activity_regularizer"]),
-                               0.05 * np.sum(np.square(y[0].astype(np.float64))), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(aux["losses"]["activity_regularizer"]), 0.05 * np.sum(np.square(y[0].astype(np.float64))), rtol=1e-5
+    )
 
 
 def test_start_state_precedence_and_checks():

@@ -6,13 +6,14 @@
 * Extreme inputs: magnitudes 1e4 give finite outputs and gradients; all-masked rows output
   zeros and keep their initial states; a single time step; a batch of 1.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from catalogue import assert_trees_close, keras_layer, layer
 
 import rnnjax
-from catalogue import assert_trees_close, keras_layer, layer
 
 KINDS = ["simple_rnn", "gru", "gru_reset_after", "lstm", "stack"]
 
@@ -25,7 +26,8 @@ def make(kind, ra="sigmoid", **kw):
 def _grad_fn(layer, x, mask=None):
     def loss(params):
         y = layer.apply({"params": params}, x, mask=mask)
-        return jnp.mean(y ** 2)
+        return jnp.mean(y**2)
+
     return jax.jit(jax.value_and_grad(loss))
 
 
@@ -89,8 +91,18 @@ def test_remat_reduces_compiled_temp_memory(return_sequences):
 
 # ----- extreme inputs ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind,ra", [("simple_rnn", None), ("gru", "hard_sigmoid"), ("gru_reset_after", "sigmoid"),
-                                     ("lstm", "hard_sigmoid"), ("lstm", "sigmoid"), ("stack", "sigmoid")])
+
+@pytest.mark.parametrize(
+    "kind,ra",
+    [
+        ("simple_rnn", None),
+        ("gru", "hard_sigmoid"),
+        ("gru_reset_after", "sigmoid"),
+        ("lstm", "hard_sigmoid"),
+        ("lstm", "sigmoid"),
+        ("stack", "sigmoid"),
+    ],
+)
 def test_large_magnitude_inputs_are_finite(kind, ra):
     layer = make(kind, ra, return_sequences=True, return_state=True)
     rng = np.random.default_rng(3)
@@ -147,6 +159,7 @@ def _keras_layer(kind, **kw):
 def test_single_step_and_batch_of_one_match_keras(kind, batch, steps):
     """T=1 and B=1 against Keras 3 (JAX backend) on the same random weights."""
     from keras_ref import cell_weights, run_keras
+
     layer = make(kind, return_sequences=True, return_state=True)
     rng = np.random.default_rng(5)
     x = np.asarray(rng.normal(size=(batch, steps, 2)), np.float32)

@@ -1,6 +1,7 @@
 """The driver's options as one value (``LoopOptions``), plan overrides that are part of the jit
 cache key (``force_plan``), and the declared core protocol the front ends read (the parameter
 layout, ``CellCore``, ``SpatialCore``, ``with_pointwise_vjp``, the cell's named scope)."""
+
 import re
 import threading
 
@@ -8,12 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jaxpr_util import equations
 
 import rnnjax.functional as F
 from rnnjax.functional import LoopOptions, PlanOverrides, force_plan
 from rnnjax.functional.driver import run_program
-
-from jaxpr_util import equations
 
 CORE = F.LSTMCore(3)
 PARAMS = jax.tree_util.tree_map(lambda a: a + 0.1, CORE.init(jax.random.key(0), 2))
@@ -65,21 +65,26 @@ def test_force_plan_nests_is_per_thread_and_an_explicit_plan_wins():
     assert spans > whole
 
 
-@pytest.mark.parametrize("options, match", [
-    (LoopOptions(scan_unroll=0), "`scan_unroll`"),
-    (LoopOptions(feature_axes=0), "`feature_axes`"),
-    (LoopOptions(feature_axes=3, time_major=True), "`time_major`"),
-    (LoopOptions(custom_backward=1), "`custom_backward`"),
-    (LoopOptions(plan={"project_chunk": 4}), "`plan`"),
-])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (LoopOptions(scan_unroll=0), "`scan_unroll`"),
+        (LoopOptions(feature_axes=0), "`feature_axes`"),
+        (LoopOptions(feature_axes=3, time_major=True), "`time_major`"),
+        (LoopOptions(custom_backward=1), "`custom_backward`"),
+        (LoopOptions(plan={"project_chunk": 4}), "`plan`"),
+    ],
+)
 def test_loop_options_name_the_bad_argument(options, match):
     with pytest.raises((ValueError, TypeError), match=match):
         options.checked()
 
 
-@pytest.mark.parametrize("core", [F.SimpleRNNCore(4), F.LSTMCore(4), F.LSTMCore(4, implementation=2),
-                                  F.GRUCore(4), F.ConvLSTMCore(4, 3, rank=1)],
-                         ids=["simple", "lstm", "lstm_impl2", "gru", "conv_lstm1d"])
+@pytest.mark.parametrize(
+    "core",
+    [F.SimpleRNNCore(4), F.LSTMCore(4), F.LSTMCore(4, implementation=2), F.GRUCore(4), F.ConvLSTMCore(4, 3, rank=1)],
+    ids=["simple", "lstm", "lstm_impl2", "gru", "conv_lstm1d"],
+)
 def test_built_in_cores_declare_what_the_front_ends_read(core):
     """Keras's dropout-mask counts (SimpleRNN 1; implementation=1 one per gate; ConvLSTM one per
     gate), the parameter layout, and the spatial protocol exactly for cores with spatial axes."""
@@ -134,7 +139,10 @@ def test_the_step_runs_in_a_scope_named_after_the_cell(core, custom_backward):
     """Operations of the step carry ``<Core>/`` in their names (the locations of the source lines,
     ``LSTMCore.pointwise``, do not count)."""
     params = core.init(jax.random.key(0), 2)
-    text = jax.jit(jax.grad(lambda p: jnp.sum(F.rnn(core, p, X, custom_backward=custom_backward)[0]))).lower(
-        params).as_text(debug_info=True)
+    text = (
+        jax.jit(jax.grad(lambda p: jnp.sum(F.rnn(core, p, X, custom_backward=custom_backward)[0])))
+        .lower(params)
+        .as_text(debug_info=True)
+    )
     name = type(core).__name__
     assert re.search(rf"\b{name}/", text)

@@ -2,15 +2,18 @@
 give the same outputs and gradients (parameters and inputs) as zeros there, for every layer, in
 both ``custom_backward`` modes, masks with holes included (hypothesis over masks and fill values).
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from catalogue import DENSE, assert_trees_close, right_padded_only
+from catalogue import feature_shape as catalogue_features
+from catalogue import layer as make_layer
+from hypothesis import given
+from hypothesis import strategies as st
 
 import rnnjax
-from catalogue import DENSE, assert_trees_close, feature_shape as catalogue_features, layer as make_layer
-from catalogue import right_padded_only
 
 B, T, I, U = 3, 6, 4, 3
 
@@ -19,20 +22,25 @@ SEQ = {"return_sequences": True}
 # test id -> (catalogue variant, options, training): every dense kind returning sequences, then
 # variations, compositions and the other front-end paths
 LAYERS = {name: (name, SEQ, False) for name in DENSE}
-LAYERS.update({
-    "lstm_sigmoid_backwards": ("lstm", dict(recurrent_activation="sigmoid", implementation=2, go_backwards=True),
-                               False),
-    "lstm_dropout": ("lstm", dict(dropout=0.3, recurrent_dropout=0.3, **SEQ), True),
-    "gru": ("gru", dict(zero_output_for_mask=True, **SEQ), False),
-    "rnn_stacked_cells": ("stack", SEQ, False),
-    "rnn_custom_cell": ("custom_cell", SEQ, False),
-    "minimal_rnn": ("minimal_rnn", SEQ, False),
-    "conv_lstm1d": ("conv_lstm1d", SEQ, False),
-    "cudnn_lstm": ("cudnn_lstm", SEQ, False),
-    "cudnn_gru": ("cudnn_gru", {}, False),
-    "bidirectional_lstm": ("bidirectional_lstm", SEQ, False),
-    "bidirectional_gru_sum": ("bidirectional_gru", {"merge_mode": "sum"}, False),
-})
+LAYERS.update(
+    {
+        "lstm_sigmoid_backwards": (
+            "lstm",
+            dict(recurrent_activation="sigmoid", implementation=2, go_backwards=True),
+            False,
+        ),
+        "lstm_dropout": ("lstm", dict(dropout=0.3, recurrent_dropout=0.3, **SEQ), True),
+        "gru": ("gru", dict(zero_output_for_mask=True, **SEQ), False),
+        "rnn_stacked_cells": ("stack", SEQ, False),
+        "rnn_custom_cell": ("custom_cell", SEQ, False),
+        "minimal_rnn": ("minimal_rnn", SEQ, False),
+        "conv_lstm1d": ("conv_lstm1d", SEQ, False),
+        "cudnn_lstm": ("cudnn_lstm", SEQ, False),
+        "cudnn_gru": ("cudnn_gru", {}, False),
+        "bidirectional_lstm": ("bidirectional_lstm", SEQ, False),
+        "bidirectional_gru_sum": ("bidirectional_gru", {"merge_mode": "sum"}, False),
+    }
+)
 _PROGRAMS = {}
 
 
@@ -69,7 +77,7 @@ def masked_inputs(draw, right_padded):
     else:
         mask = np.asarray(draw(st.lists(st.booleans(), min_size=B * T, max_size=B * T))).reshape(B, T)
     fill = draw(st.sampled_from([np.nan, np.inf, -np.inf, 1e30]))
-    seed = draw(st.integers(0, 2 ** 16))
+    seed = draw(st.integers(0, 2**16))
     return mask, fill, seed
 
 

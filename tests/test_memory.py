@@ -5,6 +5,7 @@ outputs; arguments excluded): deterministic, compile only, no timing. Bounds are
 model's own sizes: ``B`` batch rows, ``T`` steps, ``I`` inputs, ``U`` units, ``G`` gate blocks,
 float32 (4 bytes). The reference for training is Flax linen's ``nn.RNN`` over the same cell.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -46,10 +47,18 @@ def _span_bytes(gates, steps):
 BACKWARDS_MASKED = {"go_backwards": True, "mask": True}
 
 
-@pytest.mark.parametrize("name, options", [("lstm", {}), ("lstm", BACKWARDS_MASKED), ("gru_reset_after", {}),
-                                           ("gru_reset_after", BACKWARDS_MASKED), ("gru", {}), ("simple_rnn", {})],
-                         ids=["lstm", "lstm_backwards_masked", "gru_reset_after", "gru_reset_after_backwards_masked",
-                              "gru", "simple_rnn"])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("lstm", {}),
+        ("lstm", BACKWARDS_MASKED),
+        ("gru_reset_after", {}),
+        ("gru_reset_after", BACKWARDS_MASKED),
+        ("gru", {}),
+        ("simple_rnn", {}),
+    ],
+    ids=["lstm", "lstm_backwards_masked", "gru_reset_after", "gru_reset_after_backwards_masked", "gru", "simple_rnn"],
+)
 def test_inference_keeps_the_outputs_and_one_span(name, options):
     """Not differentiated, a layer returning its whole sequence keeps the outputs and about one
     span of steps (at most twice :func:`_span_bytes`), whatever the sequence length: doubling

@@ -3,6 +3,7 @@ built-in kind (``rnnjax.kinds.MINIMAL_RNN``: a core and a record, nothing else).
 its NNX twin and its cell called directly against a float64 numpy loop (a mask with holes,
 ``go_backwards``), its gradients by ``jax.test_util.check_grads`` (reverse mode through the
 driver's hand-written backward pass), and the Keras semantics it gets for free (stateful)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,8 +43,9 @@ def test_linen_layer_matches_numpy(go_backwards):
     layer = kinds.MINIMAL_RNN.linen_layer(U, return_sequences=True, return_state=True, go_backwards=go_backwards)
     x = jnp.asarray(X, jnp.float32)
     variables = layer.init(jax.random.key(0), x)
-    assert jax.tree_util.tree_map(jnp.shape, variables["params"]) == {"cell": {"kernel": (I, U),
-                                                                                "recurrent_kernel": (U, U)}}
+    assert jax.tree_util.tree_map(jnp.shape, variables["params"]) == {
+        "cell": {"kernel": (I, U), "recurrent_kernel": (U, U)}
+    }
     out, h = layer.apply({"params": _params()}, x, mask=jnp.asarray(MASK))
     want_out, want_h = _reference(go_backwards)
     np.testing.assert_allclose(out, want_out, rtol=1e-5, atol=1e-5)

@@ -10,6 +10,7 @@ steps of an rnnjax LSTM classifier then give the losses and parameters of the sa
 here on one device. The workers are bounded in time (``TIMEOUT``) and killed if they hang or
 as soon as the other one fails; their output is shown when the test fails.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,6 +67,7 @@ def train(put_batch, put_replicated):
         def loss_fn(p):
             logits = model.apply({"params": p}, x, mask)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -82,13 +84,18 @@ def worker(process_id: int, port: int, out: str):
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.config.update("jax_num_cpu_devices", LOCAL_DEVICES)
-    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=PROCESSES,
-                               process_id=process_id, coordinator_bind_address=f"127.0.0.1:{port}",
-                               initialization_timeout=TIMEOUT // 2)
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    jax.distributed.initialize(
+        coordinator_address=f"127.0.0.1:{port}",
+        num_processes=PROCESSES,
+        process_id=process_id,
+        coordinator_bind_address=f"127.0.0.1:{port}",
+        initialization_timeout=TIMEOUT // 2,
+    )
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     assert jax.process_count() == PROCESSES and jax.local_device_count() == LOCAL_DEVICES
-    mesh = Mesh(np.array(jax.devices()), ("data",))           # all 4 devices, both processes'
+    mesh = Mesh(np.array(jax.devices()), ("data",))  # all 4 devices, both processes'
     batch, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     rows = slice(process_id * BATCH // PROCESSES, (process_id + 1) * BATCH // PROCESSES)
 
@@ -97,7 +104,8 @@ def worker(process_id: int, port: int, out: str):
 
     def put_replicated(tree):
         return jax.tree_util.tree_map(
-            lambda a: jax.make_array_from_callback(a.shape, replicated, lambda i: np.asarray(a)[i]), tree)
+            lambda a: jax.make_array_from_callback(a.shape, replicated, lambda i: np.asarray(a)[i]), tree
+        )
 
     losses, params = train(put_batch, put_replicated)
     np.savez(os.path.join(out, f"worker{process_id}.npz"), *params, losses=losses)
@@ -122,23 +130,33 @@ def _run_workers(out: pathlib.Path, retries: int = 1):
 
 
 def _run_workers_on(out: pathlib.Path, port: int):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}   # no forced host devices there
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # no forced host devices there
     env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     logs = [out / f"worker{k}.log" for k in range(PROCESSES)]
     procs = []
     try:
         for k in range(PROCESSES):
             with open(logs[k], "w") as log:
-                procs.append(subprocess.Popen(
-                    [sys.executable, __file__, "worker", str(k), str(port), str(out)],
-                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, __file__, "worker", str(k), str(port), str(out)],
+                        cwd=ROOT,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline and any(p.poll() is None for p in procs):
             if any(p.poll() not in (None, 0) for p in procs):
                 break  # one failed: the other would wait for it until its own timeout
             time.sleep(0.2)
-        codes = [p.poll() if p.poll() is not None else f"killed: still running after "
-                 f"{time.monotonic() - deadline + TIMEOUT:.0f} s" for p in procs]
+        codes = [
+            p.poll()
+            if p.poll() is not None
+            else f"killed: still running after {time.monotonic() - deadline + TIMEOUT:.0f} s"
+            for p in procs
+        ]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -155,9 +173,10 @@ def test_two_processes_train_like_one(tmp_path):
     assert codes == [0] * PROCESSES, f"a worker failed (coordinator on 127.0.0.1):\n{report}"
 
     one = jax.devices()[0]
-    ref_losses, ref_params = train(lambda arrays: [jax.device_put(a, one) for a in arrays],
-                                   lambda tree: jax.device_put(tree, one))
-    assert ref_losses[-1] < ref_losses[0]                                # it trains
+    ref_losses, ref_params = train(
+        lambda arrays: [jax.device_put(a, one) for a in arrays], lambda tree: jax.device_put(tree, one)
+    )
+    assert ref_losses[-1] < ref_losses[0]  # it trains
     for k in range(PROCESSES):
         got = np.load(tmp_path / f"worker{k}.npz")
         np.testing.assert_allclose(got["losses"], ref_losses, rtol=1e-5, err_msg=report)

@@ -1,5 +1,6 @@
 """rnnjax.nnx behaviour: dropout and its modes, NNX and JAX transforms, penalties and constraints,
 and a model of rnnjax layers and nnx.Linear trained with nnx.Optimizer against its linen twin."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,11 +8,11 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from nnx_util import assert_trees_close, random_like, twin
 
 import rnnjax
 import rnnjax.functional as F
 import rnnjax.nnx as rnx
-from nnx_util import assert_trees_close, random_like, twin
 
 B, T, I, U = 3, 7, 5, 4
 
@@ -27,15 +28,21 @@ def _dropped(layer, x, keys, rate=0.3, recurrent_rate=0.2):
     # Keras draws one mask per gate only for implementation=1; SimpleRNN (no implementation) draws one
     count = core.gates if getattr(core, "implementation", 2) == 1 else 1
     assert core.dropout_mask_count == count
-    return F.rnn(core, cell.params(), x, return_sequences=True,
-                 dropout_mask=F.dropout_masks(keys[0], rate, (B, I), count),
-                 recurrent_dropout_mask=F.dropout_masks(keys[1], recurrent_rate, (B, U), count))[0]
+    return F.rnn(
+        core,
+        cell.params(),
+        x,
+        return_sequences=True,
+        dropout_mask=F.dropout_masks(keys[0], rate, (B, I), count),
+        recurrent_dropout_mask=F.dropout_masks(keys[1], recurrent_rate, (B, U), count),
+    )[0]
 
 
 @pytest.mark.parametrize("cls,kwargs", [(rnx.LSTM, {}), (rnx.GRU, {"implementation": 2}), (rnx.SimpleRNN, {})])
 def test_dropout_follows_train_eval_and_training(cls, kwargs):
-    layer = cls(U, dropout=0.3, recurrent_dropout=0.2, return_sequences=True, **kwargs, input_dim=I,
-                rngs=nnx.Rngs(0, dropout=1))
+    layer = cls(
+        U, dropout=0.3, recurrent_dropout=0.2, return_sequences=True, **kwargs, input_dim=I, rngs=nnx.Rngs(0, dropout=1)
+    )
     linen = getattr(rnnjax, cls.__name__)(U, dropout=0.3, recurrent_dropout=0.2, return_sequences=True, **kwargs)
     x = _x()
     variables = twin(layer, linen, x)
@@ -65,8 +72,11 @@ def test_dropout_follows_train_eval_and_training(cls, kwargs):
 def test_no_dropout_keeps_no_rng_state():
     layer = rnx.LSTM(U, input_dim=I, rngs=nnx.Rngs(0))
     assert not nnx.state(layer, nnx.RngState)
-    assert {p for p, _ in nnx.to_flat_state(nnx.state(layer))} == {("cell", "kernel"), ("cell", "recurrent_kernel"),
-                                                           ("cell", "bias")}
+    assert {p for p, _ in nnx.to_flat_state(nnx.state(layer))} == {
+        ("cell", "kernel"),
+        ("cell", "recurrent_kernel"),
+        ("cell", "bias"),
+    }
 
 
 def test_transforms_give_the_eager_numbers():
@@ -80,7 +90,7 @@ def test_transforms_give_the_eager_numbers():
 
     value, grads = nnx.value_and_grad(loss)(layer, x)
     assert_trees_close(grads, nnx.grad(loss)(layer, x))
-    np.testing.assert_allclose(value, jnp.sum(eager ** 2), rtol=1e-6)
+    np.testing.assert_allclose(value, jnp.sum(eager**2), rtol=1e-6)
     # plain jax.jit / jax.grad over nnx.split / nnx.merge
     graphdef, params = nnx.split(layer)
     jgrads = jax.jit(jax.grad(lambda p, x: loss(nnx.merge(graphdef, p), x)))(params, x)
@@ -92,8 +102,12 @@ def test_transforms_give_the_eager_numbers():
 
 
 def test_regularization_loss_matches_linen():
-    regs = dict(kernel_regularizer=rnnjax.regularizers.L1L2(0.01, 0.02), recurrent_regularizer="l2",
-                bias_regularizer="l1", activity_regularizer=rnnjax.regularizers.L2(0.05))
+    regs = dict(
+        kernel_regularizer=rnnjax.regularizers.L1L2(0.01, 0.02),
+        recurrent_regularizer="l2",
+        bias_regularizer="l1",
+        activity_regularizer=rnnjax.regularizers.L2(0.05),
+    )
     layer = rnx.LSTM(U, **regs, input_dim=I, rngs=nnx.Rngs(0))
     linen = rnnjax.LSTM(U, **regs)
     x = _x(6)
@@ -110,13 +124,15 @@ def test_regularization_loss_matches_linen():
         y, aux = linen.apply({"params": params}, x, mutable=["losses"])
         return jnp.sum(y) + rnnjax.regularization_loss(aux)
 
-    assert_trees_close(rnx.to_linen(layer, nnx.grad(total)(layer))["params"],
-                       jax.grad(linen_total)(variables["params"]), atol=1e-5)
+    assert_trees_close(
+        rnx.to_linen(layer, nnx.grad(total)(layer))["params"], jax.grad(linen_total)(variables["params"]), atol=1e-5
+    )
 
 
 def test_constraints_after_optimizer_update_match_linen():
-    cons = dict(kernel_constraint=rnnjax.constraints.MaxNorm(0.5), recurrent_constraint="unit_norm",
-                bias_constraint="non_neg")
+    cons = dict(
+        kernel_constraint=rnnjax.constraints.MaxNorm(0.5), recurrent_constraint="unit_norm", bias_constraint="non_neg"
+    )
     layer = rnx.SimpleRNN(U, **cons, input_dim=I, rngs=nnx.Rngs(0))
     linen = rnnjax.SimpleRNN(U, **cons)
     x = _x(3)
@@ -185,9 +201,17 @@ def test_nnx_model_trains_like_its_linen_twin():
 @pytest.mark.parametrize("cls", [rnx.LSTM, rnx.GRU])
 def test_keras2_implementation_0_warns_and_is_implementation_1(cls):
     """As the linen layers: Keras 2.3's warning, then implementation 1 (one dropout mask per gate)."""
+
     def make(implementation):
-        return cls(U, implementation=implementation, dropout=0.3, return_sequences=True, input_dim=I,
-                   rngs=nnx.Rngs(0, dropout=1))
+        return cls(
+            U,
+            implementation=implementation,
+            dropout=0.3,
+            return_sequences=True,
+            input_dim=I,
+            rngs=nnx.Rngs(0, dropout=1),
+        )
+
     with pytest.warns(UserWarning, match="`implementation=0` has been deprecated"):
         layer = make(0)
     x = _x()

@@ -1,15 +1,16 @@
 """rnnjax.nnx layers take (*batch, T, features) through the layer-side path: zero batch axes (so
 nnx.vmap / jax.vmap over unbatched sequences equal the batched call) and several, against the
 linen layers on the same variables; stateful layers keep the batch shape they were built with."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from catalogue import feature_shape, layer
 from flax import nnx
+from nnx_util import assert_trees_close, twin
 
 import rnnjax.nnx as rnx
-from catalogue import feature_shape, layer
-from nnx_util import assert_trees_close, twin
 
 B, T, I, U = 3, 6, 5, 4
 

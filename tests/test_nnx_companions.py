@@ -2,16 +2,17 @@
 Sequential against their linen twins (tested against Keras 3 in test_companions.py and
 test_companion_models.py) on the same random variables: outputs, masks and gradients to 1e-6,
 whole models with masks (holes included), dropout via train()/eval(), stateful models, errors."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from nnx_util import assert_trees_close, linen_grads, nnx_grads, stateful_steps, twin
+from test_keras_parity import HOLES
 
 import rnnjax
 import rnnjax.nnx as rnx
-from nnx_util import assert_trees_close, linen_grads, nnx_grads, stateful_steps, twin
-from test_keras_parity import HOLES
 
 B, T, I, U, V = 3, 7, 5, 4, 11
 
@@ -68,22 +69,28 @@ def test_time_distributed_dense_and_lstm_match_linen():
     np.testing.assert_array_equal(ours.compute_mask(_x(), mask), HOLES)
     x4 = _x(2, (B, T, 6, I))  # an LSTM per step over a nested time axis, with a nested mask
     nested = jnp.asarray(np.random.default_rng(3).random((B, T, 6)) > 0.3)
-    _check(rnx.TimeDistributed(rnx.LSTM(U, return_sequences=True, input_dim=I, rngs=nnx.Rngs(0))),
-           rnnjax.TimeDistributed(rnnjax.LSTM(U, return_sequences=True)), x4, mask=nested)
+    _check(
+        rnx.TimeDistributed(rnx.LSTM(U, return_sequences=True, input_dim=I, rngs=nnx.Rngs(0))),
+        rnnjax.TimeDistributed(rnnjax.LSTM(U, return_sequences=True)),
+        x4,
+        mask=nested,
+    )
 
 
 def _tagger(nnx_dropout=0.0):
     """Embedding(mask_zero) -> Bidirectional(LSTM) -> TimeDistributed(Dense) -> Dropout -> GRU -> Dense."""
     r = nnx.Rngs(0)
-    ours = rnx.Sequential([
-        rnx.Embedding(V, 6, mask_zero=True, rngs=r),
-        rnx.Bidirectional(rnx.LSTM(U, return_sequences=True, input_dim=6, rngs=r), rngs=r),
-        rnx.TimeDistributed(rnx.Dense(5, activation="tanh", input_dim=2 * U, rngs=r)),
-        rnx.Dropout(nnx_dropout, noise_shape=(None, 1, None), rngs=r),
-        rnx.GRU(3, return_sequences=True, input_dim=5, rngs=r),
-        rnx.Dense(2, input_dim=3, rngs=r),
-        rnx.Dense(2, activation="softmax", input_dim=2, rngs=r),
-    ])
+    ours = rnx.Sequential(
+        [
+            rnx.Embedding(V, 6, mask_zero=True, rngs=r),
+            rnx.Bidirectional(rnx.LSTM(U, return_sequences=True, input_dim=6, rngs=r), rngs=r),
+            rnx.TimeDistributed(rnx.Dense(5, activation="tanh", input_dim=2 * U, rngs=r)),
+            rnx.Dropout(nnx_dropout, noise_shape=(None, 1, None), rngs=r),
+            rnx.GRU(3, return_sequences=True, input_dim=5, rngs=r),
+            rnx.Dense(2, input_dim=3, rngs=r),
+            rnx.Dense(2, activation="softmax", input_dim=2, rngs=r),
+        ]
+    )
     linen = rnnjax.Sequential(
         [
             rnnjax.Embedding(V, 6, mask_zero=True),
@@ -108,10 +115,24 @@ def test_sequential_tagger_matches_linen_with_holes():
 def test_sequential_masking_stack_matches_linen():
     x = jnp.where(jnp.asarray(HOLES)[..., None], _x(4), 0.0)
     r = nnx.Rngs(1)
-    ours = rnx.Sequential([rnx.Masking(), rnx.SimpleRNN(U, return_sequences=True, input_dim=I, rngs=r),
-                           rnx.Activation("relu"), rnx.LSTM(3, input_dim=U, rngs=r), rnx.Dense(2, input_dim=3, rngs=r)])
-    linen = rnnjax.Sequential([rnnjax.Masking(), rnnjax.SimpleRNN(U, return_sequences=True), rnnjax.Activation("relu"),
-                               rnnjax.LSTM(3), rnnjax.Dense(2)])
+    ours = rnx.Sequential(
+        [
+            rnx.Masking(),
+            rnx.SimpleRNN(U, return_sequences=True, input_dim=I, rngs=r),
+            rnx.Activation("relu"),
+            rnx.LSTM(3, input_dim=U, rngs=r),
+            rnx.Dense(2, input_dim=3, rngs=r),
+        ]
+    )
+    linen = rnnjax.Sequential(
+        [
+            rnnjax.Masking(),
+            rnnjax.SimpleRNN(U, return_sequences=True),
+            rnnjax.Activation("relu"),
+            rnnjax.LSTM(3),
+            rnnjax.Dense(2),
+        ]
+    )
     _check(ours, linen, x)
     given = jnp.asarray(HOLES)  # a mask given at the call, without Masking
     _check(rnx.Sequential([rnx.GRU(U, input_dim=I, rngs=r)]), rnnjax.Sequential([rnnjax.GRU(U)]), _x(5), mask=given)
@@ -152,11 +173,20 @@ def test_sequential_dropout_in_eval_matches_linen_and_train_drops():
 
 def test_sequential_stateful_layers_and_reset_states_match_linen():
     r = nnx.Rngs(2)
-    ours = rnx.Sequential([rnx.LSTM(U, return_sequences=True, stateful=True, batch_size=B, input_dim=I, rngs=r),
-                           rnx.TimeDistributed(rnx.Dense(3, input_dim=U, rngs=r)),
-                           rnx.GRU(2, stateful=True, batch_size=B, input_dim=3, rngs=r)])
-    linen = rnnjax.Sequential([rnnjax.LSTM(U, return_sequences=True, stateful=True),
-                               rnnjax.TimeDistributed(rnnjax.Dense(3)), rnnjax.GRU(2, stateful=True)])
+    ours = rnx.Sequential(
+        [
+            rnx.LSTM(U, return_sequences=True, stateful=True, batch_size=B, input_dim=I, rngs=r),
+            rnx.TimeDistributed(rnx.Dense(3, input_dim=U, rngs=r)),
+            rnx.GRU(2, stateful=True, batch_size=B, input_dim=3, rngs=r),
+        ]
+    )
+    linen = rnnjax.Sequential(
+        [
+            rnnjax.LSTM(U, return_sequences=True, stateful=True),
+            rnnjax.TimeDistributed(rnnjax.Dense(3)),
+            rnnjax.GRU(2, stateful=True),
+        ]
+    )
     variables = twin(ours, linen, _x())
     variables = stateful_steps(ours, linen, variables, [_x(1), _x(2)])
     rnx.reset_states(ours)
@@ -188,8 +218,9 @@ def test_penalties_and_constraints_match_linen():
     rnx.apply_constraints(ours)
     np.testing.assert_array_equal(ours.kernel[...], np.maximum(variables["params"]["kernel"], 0))
     emb = rnx.Embedding(V, 3, embeddings_regularizer=rnnjax.regularizers.L1(0.5), rngs=nnx.Rngs(0))
-    np.testing.assert_allclose(rnx.regularization_loss(emb), 0.5 * np.abs(np.asarray(emb.embeddings[...])).sum(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        rnx.regularization_loss(emb), 0.5 * np.abs(np.asarray(emb.embeddings[...])).sum(), rtol=1e-6
+    )
 
 
 class _NoMask(nnx.Module):
@@ -259,5 +290,6 @@ def test_bad_calls_are_named():
     with pytest.raises(ValueError, match=r"`layers`\[0\] \(lstm, LSTM\) returned 3 outputs"):
         states(_x())
     with pytest.raises(ValueError, match=r"from_linen: `variables` do not match the model.*dense/kernel"):
-        rnx.from_linen(rnx.Sequential([dense]), {"params": {"dense": {"kernel": jnp.zeros((3, U)),
-                                                                         "bias": jnp.zeros(U)}}})
+        rnx.from_linen(
+            rnx.Sequential([dense]), {"params": {"dense": {"kernel": jnp.zeros((3, U)), "bias": jnp.zeros(U)}}}
+        )

@@ -1,15 +1,16 @@
 """rnnjax.nnx ConvLSTM1D/2D/3D against the linen layers (tested against Keras 3 and float64 numpy in
 test_conv_lstm.py) on the same random variables: the options of those tests, outputs, states and
 gradients to 1e-6; stateful channels_first; dropout modes."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from nnx_util import assert_trees_close, linen_grads, nnx_grads, twin
+from test_conv_lstm import CASES
 
 import rnnjax
 import rnnjax.nnx as rnx
-from nnx_util import assert_trees_close, linen_grads, nnx_grads, twin
-from test_conv_lstm import CASES
 
 SPATIAL = {1: (7,), 2: (6, 5), 3: (4, 3, 5)}
 
@@ -37,10 +38,16 @@ def test_conv_lstm_matches_linen(rank, kw, ours_kw, use_mask):
 
 def test_conv_lstm_cell_in_rnn_and_stacked_matches_linen():
     x = _input(2, "channels_last", seed=3)
-    ours = rnx.RNN([rnx.ConvLSTM2DCell(3, 3, padding="same", input_dim=2, rngs=nnx.Rngs(0)),
-                    rnx.ConvLSTM2DCell(2, (2, 2), input_dim=3, rngs=nnx.Rngs(1))], return_state=True)
-    linen = rnnjax.RNN([rnnjax.ConvLSTM2DCell(3, 3, padding="same"), rnnjax.ConvLSTM2DCell(2, (2, 2))],
-                       return_state=True)
+    ours = rnx.RNN(
+        [
+            rnx.ConvLSTM2DCell(3, 3, padding="same", input_dim=2, rngs=nnx.Rngs(0)),
+            rnx.ConvLSTM2DCell(2, (2, 2), input_dim=3, rngs=nnx.Rngs(1)),
+        ],
+        return_state=True,
+    )
+    linen = rnnjax.RNN(
+        [rnnjax.ConvLSTM2DCell(3, 3, padding="same"), rnnjax.ConvLSTM2DCell(2, (2, 2))], return_state=True
+    )
     variables = twin(ours, linen, x)
     assert_trees_close(ours(x), linen.apply(variables, x))
     assert_trees_close(nnx_grads(ours, x), linen_grads(linen, variables, x))

@@ -1,14 +1,15 @@
 """rnnjax.nnx CuDNNLSTM / CuDNNGRU against the linen layers (tested against PyTorch in test_cudnn.py)
 on the same random variables: options, right-padded masks and seq_lengths, initial and stateful
 states, penalties; outputs, states and gradients to 1e-6."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from nnx_util import assert_trees_close, linen_grads, nnx_grads, stateful_steps, twin
 
 import rnnjax
 import rnnjax.nnx as rnx
-from nnx_util import assert_trees_close, linen_grads, nnx_grads, stateful_steps, twin
 
 B, T, I, U = 3, 6, 5, 4
 LENGTHS = jnp.asarray([6, 3, 1], jnp.int32)
@@ -26,8 +27,10 @@ def _pair(kind, **kw):
 OPTIONS = [
     ({}, {}),
     ({"return_sequences": True, "go_backwards": True}, {}),
-    ({"return_state": True, "zero_output_for_mask": True, "return_sequences": True},
-     {"mask": jnp.arange(T)[None, :] < LENGTHS[:, None]}),
+    (
+        {"return_state": True, "zero_output_for_mask": True, "return_sequences": True},
+        {"mask": jnp.arange(T)[None, :] < LENGTHS[:, None]},
+    ),
     ({"return_state": True, "go_backwards": True}, {"seq_lengths": LENGTHS}),
     ({"return_sequences": True, "custom_backward": False, "unit_forget_bias": False}, {}),
 ]

@@ -1,4 +1,5 @@
 """rnnjax.nnx: each bad argument gets an error naming it, what was received and what was expected."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,33 +12,67 @@ X = jnp.zeros((3, 7, 5))
 
 
 def test_nnx_argument_order_mistake_is_explained():
-    with pytest.raises(TypeError, match=r"second argument is `activation`, got the int 64.*"
-                                        r"LSTM\(64, input_dim=8, rngs=\.\.\.\) for 8 input features and 64 units"):
+    with pytest.raises(
+        TypeError,
+        match=r"second argument is `activation`, got the int 64.*"
+        r"LSTM\(64, input_dim=8, rngs=\.\.\.\) for 8 input features and 64 units",
+    ):
         rnx.LSTM(8, 64, rngs=nnx.Rngs(0))
     with pytest.raises(TypeError, match=r"LSTMCell\(64, input_dim=8"):
         rnx.LSTMCell(8, 64, rngs=nnx.Rngs(0))
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: rnx.LSTM(4, rngs=nnx.Rngs(0)), "`input_dim` is required"),
-    (lambda: rnx.GRU(4, input_dim=0, rngs=nnx.Rngs(0)), r"`input_dim`: expected a positive integer.*got 0"),
-    (lambda: rnx.LSTM(4, input_dim=5), r"`rngs` must be an nnx.Rngs.*got NoneType"),
-    (lambda: rnx.LSTM(4, input_dim=5, rngs=0), r"`rngs` must be an nnx.Rngs.*got int"),
-    (lambda: rnx.SimpleRNN(4, "relu", True, "glorot_uniform", "orthogonal", "zeros", None, None, None, None, None,
-                           None, None, 0.0, 0.0, False, False, False, False, False, True, input_dim=5,
-                           rngs=nnx.Rngs(0)), r"at most 20 positional arguments"),
-    (lambda: rnx.LSTM(4, bogus=1, input_dim=5, rngs=nnx.Rngs(0)), r"unexpected argument `bogus`"),
-    (lambda: rnx.LSTM(4, "tanh", activation="relu", input_dim=5, rngs=nnx.Rngs(0)), r"`activation` both"),
-    (lambda: rnx.LSTM(units=4, dropout=1.5, input_dim=5, rngs=nnx.Rngs(0)), r"`dropout`: expected a float in \[0, 1\)"),
-    (lambda: rnx.GRU(4, activation="nope", input_dim=5, rngs=nnx.Rngs(0)), r"`activation`"),
-    (lambda: rnx.LSTM(-1, input_dim=5, rngs=nnx.Rngs(0)), r"`units`: expected a positive integer, got -1"),
-    (lambda: rnx.LSTM(4, kernel_regularizer="l3", input_dim=5, rngs=nnx.Rngs(0)), r"`kernel_regularizer`"),
-    (lambda: rnx.LSTM(4, stateful=True, input_dim=5, rngs=nnx.Rngs(0)), r"`batch_size`: a stateful layer"),
-    (lambda: rnx.LSTM(4, custom_backward=1, input_dim=5, rngs=nnx.Rngs(0)), r"`custom_backward`"),
-    (lambda: rnx.RNN(rnnjax.LSTMCell(4)), r"`cell`: expected an NNX cell.*got LSTMCell"),
-    (lambda: rnx.RNN([]), r"`cells`: expected a non-empty list"),
-    (lambda: rnx.LSTM(4, input_dim=5, rngs=nnx.Rngs(0)).reset_states(), r"reset_states: this LSTM is not stateful"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: rnx.LSTM(4, rngs=nnx.Rngs(0)), "`input_dim` is required"),
+        (lambda: rnx.GRU(4, input_dim=0, rngs=nnx.Rngs(0)), r"`input_dim`: expected a positive integer.*got 0"),
+        (lambda: rnx.LSTM(4, input_dim=5), r"`rngs` must be an nnx.Rngs.*got NoneType"),
+        (lambda: rnx.LSTM(4, input_dim=5, rngs=0), r"`rngs` must be an nnx.Rngs.*got int"),
+        (
+            lambda: rnx.SimpleRNN(
+                4,
+                "relu",
+                True,
+                "glorot_uniform",
+                "orthogonal",
+                "zeros",
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                0.0,
+                0.0,
+                False,
+                False,
+                False,
+                False,
+                False,
+                True,
+                input_dim=5,
+                rngs=nnx.Rngs(0),
+            ),
+            r"at most 20 positional arguments",
+        ),
+        (lambda: rnx.LSTM(4, bogus=1, input_dim=5, rngs=nnx.Rngs(0)), r"unexpected argument `bogus`"),
+        (lambda: rnx.LSTM(4, "tanh", activation="relu", input_dim=5, rngs=nnx.Rngs(0)), r"`activation` both"),
+        (
+            lambda: rnx.LSTM(units=4, dropout=1.5, input_dim=5, rngs=nnx.Rngs(0)),
+            r"`dropout`: expected a float in \[0, 1\)",
+        ),
+        (lambda: rnx.GRU(4, activation="nope", input_dim=5, rngs=nnx.Rngs(0)), r"`activation`"),
+        (lambda: rnx.LSTM(-1, input_dim=5, rngs=nnx.Rngs(0)), r"`units`: expected a positive integer, got -1"),
+        (lambda: rnx.LSTM(4, kernel_regularizer="l3", input_dim=5, rngs=nnx.Rngs(0)), r"`kernel_regularizer`"),
+        (lambda: rnx.LSTM(4, stateful=True, input_dim=5, rngs=nnx.Rngs(0)), r"`batch_size`: a stateful layer"),
+        (lambda: rnx.LSTM(4, custom_backward=1, input_dim=5, rngs=nnx.Rngs(0)), r"`custom_backward`"),
+        (lambda: rnx.RNN(rnnjax.LSTMCell(4)), r"`cell`: expected an NNX cell.*got LSTMCell"),
+        (lambda: rnx.RNN([]), r"`cells`: expected a non-empty list"),
+        (lambda: rnx.LSTM(4, input_dim=5, rngs=nnx.Rngs(0)).reset_states(), r"reset_states: this LSTM is not stateful"),
+    ],
+)
 def test_construction_errors(make, match):
     with pytest.raises((TypeError, ValueError), match=match):
         make()

@@ -1,18 +1,19 @@
 """rnnjax.nnx against the linen layers (themselves tested against Keras 3 and PyTorch) on the same
 random variables, converted with rnnjax.nnx.from_linen: outputs, final states and gradients agree
 to 1e-6, for every layer and option of the Keras parity tests (tests/test_keras_parity.py)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from catalogue import DENSE, layer, n_states
+from custom_cells import MinimalRNNCell, NNXMinimalRNNCell
 from flax import nnx
+from nnx_util import assert_trees_close, linen_grads, nnx_grads, twin
+from test_keras_parity import CASES, HOLES, RIGHT_PADDED, _takes
 
 import rnnjax
 import rnnjax.nnx as rnx
-from catalogue import DENSE, layer, n_states
-from custom_cells import MinimalRNNCell, NNXMinimalRNNCell
-from nnx_util import assert_trees_close, linen_grads, nnx_grads, twin
-from test_keras_parity import CASES, HOLES, RIGHT_PADDED, _takes
 
 B, T, I, U = 3, 7, 5, 4
 
@@ -34,20 +35,23 @@ def compare(nnx_layer, linen_layer, x, seed=0, grads=True, **call):
 
 def compare_kind(kind, kwargs=None, **call):
     kwargs = kwargs or {}
-    return compare(layer(kind, U, "nnx", **kwargs, input_dim=I, rngs=nnx.Rngs(0)), layer(kind, U, **kwargs), _x(),
-                   **call)
+    return compare(
+        layer(kind, U, "nnx", **kwargs, input_dim=I, rngs=nnx.Rngs(0)), layer(kind, U, **kwargs), _x(), **call
+    )
 
 
-@pytest.mark.parametrize("kind,options", CASES,
-                         ids=[f"{k}-" + ("-".join(f"{a}={b}" for a, b in o.items()) or "default") for k, o in CASES])
+@pytest.mark.parametrize(
+    "kind,options", CASES, ids=[f"{k}-" + ("-".join(f"{a}={b}" for a, b in o.items()) or "default") for k, o in CASES]
+)
 def test_matches_linen(kind, options):
     compare_kind(kind, options)
 
 
 @pytest.mark.parametrize("kind", DENSE)
 def test_sigmoid_gates_match_linen(kind):
-    compare_kind(kind, {"recurrent_activation": "sigmoid"} if _takes(kind, "recurrent_activation")
-                 else {"activation": "sigmoid"})
+    compare_kind(
+        kind, {"recurrent_activation": "sigmoid"} if _takes(kind, "recurrent_activation") else {"activation": "sigmoid"}
+    )
 
 
 @pytest.mark.parametrize("kind", DENSE)
@@ -55,8 +59,9 @@ def test_sigmoid_gates_match_linen(kind):
 @pytest.mark.parametrize("mask", [HOLES, RIGHT_PADDED], ids=["holes", "right_padded"])
 def test_masks_match_linen(kind, go_backwards, mask):
     compare_kind(kind, {"return_sequences": True, "go_backwards": go_backwards}, mask=jnp.asarray(mask))
-    compare_kind(kind, {"return_state": True, "go_backwards": go_backwards, "zero_output_for_mask": True},
-                 mask=jnp.asarray(mask))
+    compare_kind(
+        kind, {"return_state": True, "go_backwards": go_backwards, "zero_output_for_mask": True}, mask=jnp.asarray(mask)
+    )
 
 
 @pytest.mark.parametrize("kind", DENSE)
@@ -75,29 +80,38 @@ def test_performance_options_match_linen(kind):
 
 def test_stacked_cells_match_linen():
     x = _x(4)
-    cells = [rnx.LSTMCell(4, input_dim=I, rngs=nnx.Rngs(0)), rnx.GRUCell(3, reset_after=True, input_dim=4,
-             rngs=nnx.Rngs(1)), rnx.SimpleRNNCell(5, input_dim=3, rngs=nnx.Rngs(2))]
+    cells = [
+        rnx.LSTMCell(4, input_dim=I, rngs=nnx.Rngs(0)),
+        rnx.GRUCell(3, reset_after=True, input_dim=4, rngs=nnx.Rngs(1)),
+        rnx.SimpleRNNCell(5, input_dim=3, rngs=nnx.Rngs(2)),
+    ]
     linen_cells = [rnnjax.LSTMCell(4), rnnjax.GRUCell(3, reset_after=True), rnnjax.SimpleRNNCell(5)]
     ours = rnx.RNN(cells, return_sequences=True, return_state=True)
     out = compare(ours, rnnjax.RNN(linen_cells, return_sequences=True, return_state=True), x)
     assert len(out) == 5  # output, (h, c), h, h
     assert set(rnx.to_linen(ours)["params"]) == {"cell_0", "cell_1", "cell_2"}
-    stack = rnx.StackedRNNCells([rnx.LSTMCell(4, input_dim=I, rngs=nnx.Rngs(0)),
-                                 rnx.SimpleRNNCell(5, input_dim=4, rngs=nnx.Rngs(1))])
-    compare(rnx.RNN(stack, return_state=True),
-            rnnjax.RNN(rnnjax.StackedRNNCells([rnnjax.LSTMCell(4), rnnjax.SimpleRNNCell(5)]), return_state=True), x)
+    stack = rnx.StackedRNNCells(
+        [rnx.LSTMCell(4, input_dim=I, rngs=nnx.Rngs(0)), rnx.SimpleRNNCell(5, input_dim=4, rngs=nnx.Rngs(1))]
+    )
+    compare(
+        rnx.RNN(stack, return_state=True),
+        rnnjax.RNN(rnnjax.StackedRNNCells([rnnjax.LSTMCell(4), rnnjax.SimpleRNNCell(5)]), return_state=True),
+        x,
+    )
 
 
 def test_custom_nnx_cell_alone_and_stacked():
     x = _x(5)
-    compare(rnx.RNN(NNXMinimalRNNCell(U, input_dim=I, rngs=nnx.Rngs(0)), return_sequences=True),
-            rnnjax.RNN(MinimalRNNCell(U), return_sequences=True), x)
+    compare(
+        rnx.RNN(NNXMinimalRNNCell(U, input_dim=I, rngs=nnx.Rngs(0)), return_sequences=True),
+        rnnjax.RNN(MinimalRNNCell(U), return_sequences=True),
+        x,
+    )
     ours = rnx.RNN(
         [NNXMinimalRNNCell(3, input_dim=I, rngs=nnx.Rngs(0)), rnx.LSTMCell(U, input_dim=3, rngs=nnx.Rngs(1))],
         return_state=True,
     )
-    compare(ours, rnnjax.RNN([MinimalRNNCell(3), rnnjax.LSTMCell(U)], return_state=True), x,
-            mask=jnp.asarray(HOLES))
+    compare(ours, rnnjax.RNN([MinimalRNNCell(3), rnnjax.LSTMCell(U)], return_state=True), x, mask=jnp.asarray(HOLES))
 
 
 def test_single_cell_step_matches_linen():

@@ -1,14 +1,15 @@
 """rnnjax.nnx stateful layers (against the linen twins, and a chunked run against a whole one, eager,
 under nnx.jit and under plain jax.jit over split/merge) and Orbax checkpoints of nnx.state."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from nnx_util import assert_trees_close, twin
 
 import rnnjax
 import rnnjax.nnx as rnx
-from nnx_util import assert_trees_close, twin
 
 B, T, I, U = 3, 7, 5, 4
 
@@ -37,8 +38,10 @@ def test_stateful_matches_linen_over_batches_and_resets(kind):
     variables = {**variables, **upd}
     y, upd = linen.apply(variables, x3, mutable=["rnn_state"])
     assert_trees_close(layer(x3), y)
-    states = [jnp.asarray(np.random.default_rng(9 + i).normal(size=(B, U)), jnp.float32)
-              for i in range(2 if kind == "lstm" else 1)]
+    states = [
+        jnp.asarray(np.random.default_rng(9 + i).normal(size=(B, U)), jnp.float32)
+        for i in range(2 if kind == "lstm" else 1)
+    ]
     rnx.reset_states(layer, states)  # the model-wide function, one stateful layer: Keras's flat list
     assert_trees_close(jax.tree_util.tree_leaves(layer.states.get_value()), states, atol=0)
     assert_trees_close(layer(x1), linen.apply(variables, x1, initial_state=states, mutable=["rnn_state"])[0])
@@ -63,7 +66,7 @@ def _whole(model, x):
 
 def test_stateful_chunks_equal_one_run_eager_and_under_nnx_jit():
     x = _x(4, (B, 3 * T, I))
-    chunks = [x[:, k * T:(k + 1) * T] for k in range(3)]
+    chunks = [x[:, k * T : (k + 1) * T] for k in range(3)]
     expected = _whole(Model(nnx.Rngs(0)), x)
     for run in (lambda m, c: m(c), nnx.jit(lambda m, c: m(c))):
         model = Model(nnx.Rngs(0))
@@ -123,7 +126,8 @@ def test_checkpoint_round_trip_bit_for_bit_and_continues(tmp_path):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert nnx.state(restored, rnx.RNNState) and any(
-        np.any(s) for s in jax.tree_util.tree_leaves(nnx.state(restored, rnx.RNNState)))
+        np.any(s) for s in jax.tree_util.tree_leaves(nnx.state(restored, rnx.RNNState))
+    )
     x = _x(8)
     np.testing.assert_array_equal(np.asarray(restored(x)), np.asarray(model(x)))  # continues exactly
 
@@ -131,8 +135,9 @@ def test_checkpoint_round_trip_bit_for_bit_and_continues(tmp_path):
 def test_stateful_dropout_layer_draws_no_key_at_construction_and_runs_in_tree_mode():
     """Building the states draws no dropout mask; nnx.jit in tree mode (graph=False) carries the
     state and stream updates like graph mode."""
-    make = lambda: rnx.LSTM(U, dropout=0.2, stateful=True, batch_size=B, return_sequences=True, input_dim=I,
-                            rngs=nnx.Rngs(0))
+    make = lambda: rnx.LSTM(
+        U, dropout=0.2, stateful=True, batch_size=B, return_sequences=True, input_dim=I, rngs=nnx.Rngs(0)
+    )
     graph, tree = make(), make()
     assert int(tree.cell.rngs.count[...]) == 0
     for k in range(2):

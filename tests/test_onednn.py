@@ -9,6 +9,7 @@ extra is not installed (CI installs it); where it is installed they build the ke
 into the per-user cache) and fail with the build's message if that fails. The build's error
 messages and the fallback are tested everywhere.
 """
+
 import os
 import warnings
 
@@ -17,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import rnnjax
 import rnnjax.functional as F
@@ -25,8 +27,9 @@ import rnnjax.nnx as rnx
 from rnnjax.layers import path
 from rnnjax.onednn import _build, dispatch
 
-needs_onednn = pytest.mark.skipif(not _build.installed(),
-                                  reason="the oneDNN extra is not installed (pip install 'rnnjax[onednn]')")
+needs_onednn = pytest.mark.skipif(
+    not _build.installed(), reason="the oneDNN extra is not installed (pip install 'rnnjax[onednn]')"
+)
 TOL = dict(rtol=1e-5, atol=1e-5)
 UNITS = 4
 ROWS = dispatch.AUTO_INFER_MIN_WORK // UNITS  # the fewest rows 'auto' runs on oneDNN (units 4)
@@ -55,8 +58,9 @@ def setup(core, batch_shape=(2, 3), steps=5, features=3):
     """Random parameters, inputs, an initial state."""
     params = init_params(core, features)
     x = rand(2, batch_shape + (steps, features), 1.0)
-    init = core.initial_state(batch_shape)._make(rand(3 + k, batch_shape + (core.units,)) for k in range(len(
-        core.state_size)))
+    init = core.initial_state(batch_shape)._make(
+        rand(3 + k, batch_shape + (core.units,)) for k in range(len(core.state_size))
+    )
     return params, x, init
 
 
@@ -85,8 +89,15 @@ def test_matches_the_scan_values_and_gradients(name, go_backwards, return_sequen
     params, x, init = setup(core)
 
     def run(backend, params, x, init):
-        return F.rnn(core, params, x, initial_state=init, go_backwards=go_backwards,
-                     return_sequences=return_sequences, backend=backend)
+        return F.rnn(
+            core,
+            params,
+            x,
+            initial_state=init,
+            go_backwards=go_backwards,
+            return_sequences=return_sequences,
+            backend=backend,
+        )
 
     @jax.jit
     def both(params, x, init):
@@ -111,14 +122,16 @@ def test_vmap_folds_into_the_batch_and_per_example_gradients():
 
     def loss(backend, p, xx):
         y, s = F.rnn(core, p, xx, return_sequences=True, backend=backend)
-        return jnp.sum(jnp.sin(y)) + jnp.sum(s.h ** 2)
+        return jnp.sum(jnp.sin(y)) + jnp.sum(s.h**2)
 
     @jax.jit  # one compiled program (eager op-by-op dispatch would compile every op)
     def both(params, x):
         batched = F.rnn(core, params, x, return_sequences=True, backend="scan")
         mapped = jax.vmap(lambda xx: F.rnn(core, params, xx, return_sequences=True, backend="onednn"))(x)
-        per_example = {b: jax.vmap(jax.grad(lambda p, xx, b=b: loss(b, p, xx)), in_axes=(None, 0))(params, x)
-                       for b in ("onednn", "scan")}
+        per_example = {
+            b: jax.vmap(jax.grad(lambda p, xx, b=b: loss(b, p, xx)), in_axes=(None, 0))(params, x)
+            for b in ("onednn", "scan")
+        }
         return batched, mapped, per_example
 
     batched, mapped, per_example = both(params, x)
@@ -131,8 +144,7 @@ def test_layers_linen_nnx_and_shared_input_dropout():
     """The linen LSTM with ``implementation=2`` input dropout in training (one shared mask,
     applied before the kernel) and the NNX GRU: ``backend='onednn'`` equals ``'scan'``."""
     x = rand(5, (2, 6, 3), 1.0)
-    kw = dict(recurrent_activation="sigmoid", implementation=2, dropout=0.3, return_sequences=True,
-              return_state=True)
+    kw = dict(recurrent_activation="sigmoid", implementation=2, dropout=0.3, return_sequences=True, return_state=True)
     variables = jax.jit(rnnjax.LSTM(4, **kw).init)(jax.random.key(0), x)
     rngs = {"dropout": jax.random.key(7)}
 
@@ -140,12 +152,20 @@ def test_layers_linen_nnx_and_shared_input_dropout():
         out = rnnjax.LSTM(4, backend=backend, **kw).apply(v, x, training=True, rngs=rngs)
         return sum(jnp.sum(jnp.tanh(o)) for o in out), out
 
-    results = jax.jit(lambda v: {b: jax.value_and_grad(lambda v, b=b: loss(b, v), has_aux=True)(v)
-                                 for b in ("onednn", "scan")})(variables)
+    results = jax.jit(
+        lambda v: {b: jax.value_and_grad(lambda v, b=b: loss(b, v), has_aux=True)(v) for b in ("onednn", "scan")}
+    )(variables)
     assert_trees_close(results["onednn"], results["scan"])
 
-    layer = rnx.GRU(4, recurrent_activation="sigmoid", reset_after=True, return_sequences=True, backend="onednn",
-                    input_dim=3, rngs=nnx.Rngs(0))
+    layer = rnx.GRU(
+        4,
+        recurrent_activation="sigmoid",
+        reset_after=True,
+        return_sequences=True,
+        backend="onednn",
+        input_dim=3,
+        rngs=nnx.Rngs(0),
+    )
     call = nnx.jit(lambda m, xx: m(xx))
     assert takes_onednn(lambda xx: layer(xx), x)
     fused = call(layer, x)
@@ -210,8 +230,16 @@ def test_auto_trains_on_onednn_from_its_own_size(rows, expected):
 
     assert takes_onednn(jax.grad(loss), *args, primitive="rnnjax_onednn_rnn_bwd") is expected
     assert takes_onednn(fn, *args)
-    scan_loss = lambda p, xx: jnp.sum(F.rnn(F.LSTMCore(UNITS, recurrent_activation="sigmoid"), p, xx,  # noqa: E731
-                                            backend="scan")[0][:2])
+    scan_loss = (
+        lambda p, xx: jnp.sum(
+            F.rnn(
+                F.LSTMCore(UNITS, recurrent_activation="sigmoid"),
+                p,
+                xx,  # noqa: E731
+                backend="scan",
+            )[0][:2]
+        )
+    )
     assert_trees_close(*jax.jit(lambda *a: [jax.value_and_grad(f)(*a) for f in (loss, scan_loss)])(*args))
 
 
@@ -231,10 +259,14 @@ def test_auto_keeps_the_scan_on_a_mesh_and_under_export():
     exported = jax.export.export(jax.jit(jax.value_and_grad(lambda p, xx: jnp.sum(fn(p, xx)[0]))))(params, x)
     assert "rnnjax_onednn" not in exported.mlir_module()
     assert "rnnjax_onednn" in jax.jit(fn).lower(params, x).as_text()  # the same call, not exported
-    assert_trees_close(exported.call(params, x),
-                       jax.value_and_grad(lambda p, xx: jnp.sum(F.rnn(F.LSTMCore(4, recurrent_activation="sigmoid"), p,
-                                                                      xx, return_sequences=True, backend="scan")[0]))(
-                           params, x))
+    assert_trees_close(
+        exported.call(params, x),
+        jax.value_and_grad(
+            lambda p, xx: jnp.sum(
+                F.rnn(F.LSTMCore(4, recurrent_activation="sigmoid"), p, xx, return_sequences=True, backend="scan")[0]
+            )
+        )(params, x),
+    )
 
 
 @needs_onednn
@@ -244,17 +276,21 @@ def test_cudnn_layers_auto_uses_onednn_on_the_cpu():
     variables = layer.init(jax.random.key(0), x)
     assert takes_onednn(lambda v: layer.apply(v, x), variables)
     assert not takes_onednn(lambda v: rnnjax.CuDNNGRU(4, backend="scan").apply(v, x), variables)
-    np.testing.assert_allclose(np.asarray(layer.apply(variables, x)),
-                               np.asarray(rnnjax.CuDNNGRU(4, backend="scan").apply(variables, x)), **TOL)
+    np.testing.assert_allclose(
+        np.asarray(layer.apply(variables, x)), np.asarray(rnnjax.CuDNNGRU(4, backend="scan").apply(variables, x)), **TOL
+    )
 
 
-@pytest.mark.parametrize("options,message", [
-    ({"recurrent_activation": "hard_sigmoid"}, "recurrent_activation='hard_sigmoid'"),
-    ({"mask": jnp.ones((ROWS, 5), bool)}, "a mask"),
-    ({"reset": jnp.zeros((ROWS, 5), bool)}, "a reset"),
-    ({"recurrent_dropout_mask": _masks("recurrent")}, "recurrent dropout"),
-    ({"custom_backward": False}, "custom_backward=False"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"recurrent_activation": "hard_sigmoid"}, "recurrent_activation='hard_sigmoid'"),
+        ({"mask": jnp.ones((ROWS, 5), bool)}, "a mask"),
+        ({"reset": jnp.zeros((ROWS, 5), bool)}, "a reset"),
+        ({"recurrent_dropout_mask": _masks("recurrent")}, "recurrent dropout"),
+        ({"custom_backward": False}, "custom_backward=False"),
+    ],
+)
 def test_onednn_backend_says_why_not(options, message):
     fn, args = _lstm_call(backend="onednn", **options)
     with pytest.raises(ValueError, match=f"backend='onednn'.*{message}"):
@@ -297,8 +333,9 @@ def test_unavailable_kernels_fall_back_or_say_what_is_missing(monkeypatch):
 
 def test_build_errors_name_what_is_missing_and_how_to_get_it(monkeypatch):
     monkeypatch.setattr(_build, "RUNTIME", "no-such-onednn-wheel")
-    with pytest.raises(_build.OneDNNUnavailable,
-                       match=r"no no-such-onednn-wheel wheel found.*pip install 'rnnjax\[onednn\]'"):
+    with pytest.raises(
+        _build.OneDNNUnavailable, match=r"no no-such-onednn-wheel wheel found.*pip install 'rnnjax\[onednn\]'"
+    ):
         _build._Plan()
     monkeypatch.undo()
     monkeypatch.setattr(_build, "_wheel_file", lambda dist, suffix: _build.Path("/x/include/oneapi/dnnl/dnnl.hpp"))
@@ -307,8 +344,11 @@ def test_build_errors_name_what_is_missing_and_how_to_get_it(monkeypatch):
         _build._Plan()
     monkeypatch.delenv("CXX")
     monkeypatch.setenv("PATH", "/no/such/folder")
-    with pytest.raises(_build.OneDNNUnavailable, match=r"no C\+\+ compiler found.*g\+\+, c\+\+, clang\+\+ on "
-                                                       r"PATH.*apt-get install g\+\+"):
+    with pytest.raises(
+        _build.OneDNNUnavailable,
+        match=r"no C\+\+ compiler found.*g\+\+, c\+\+, clang\+\+ on "
+        r"PATH.*apt-get install g\+\+",
+    ):
         _build._Plan()
 
 

@@ -1,5 +1,6 @@
 """``rnnjax.packing``: sequences packed first-fit into rows, the conversions between ``reset``,
 segment ids and lengths, and a packed layer call against each sequence run alone."""
+
 from __future__ import annotations
 
 import jax
@@ -26,7 +27,7 @@ def test_first_fit_layout():
     np.testing.assert_array_equal(p.reset, [[1, 0, 0, 0, 1, 0], [1, 0, 0, 1, 0, 0], [1, 0, 0, 0, 0, 0]])
     np.testing.assert_array_equal(p.mask, [[1] * 6, [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]])
     for s, r, st, n in zip(seqs, p.row, p.start, p.length):
-        np.testing.assert_array_equal(p.inputs[r, st:st + n], s)
+        np.testing.assert_array_equal(p.inputs[r, st : st + n], s)
     assert not p.inputs[~p.mask].any()
     assert packing.packing_efficiency(p) == pytest.approx(15 / 18)
     # unpack is the inverse on the inputs themselves, last/first steps pick the ends
@@ -52,8 +53,9 @@ def test_conversions_round_trip():
     np.testing.assert_array_equal(back[:, :4], lengths)
     assert not back[:, 4:].any()
     # steps before a row's first restart are sequence 0; jit works
-    np.testing.assert_array_equal(jax.jit(packing.reset_to_segment_ids)(jnp.array([[0, 0, 1, 0, 1]], bool)),
-                                  [[0, 0, 1, 1, 2]])
+    np.testing.assert_array_equal(
+        jax.jit(packing.reset_to_segment_ids)(jnp.array([[0, 0, 1, 0, 1]], bool)), [[0, 0, 1, 1, 2]]
+    )
     np.testing.assert_array_equal(jax.jit(packing.lengths_to_reset, static_argnums=1)(lengths, 6)[0], reset)
 
 
@@ -72,8 +74,8 @@ def test_packed_layer_call_equals_each_sequence_alone():
     alone_f, alone_b = run(alone, np.arange(8)[None, :] < lengths[:, None], None)
     final_f, final_b = packing.last_steps(forward, p), packing.first_steps(backward, p)
     for k, (f, b) in enumerate(zip(packing.unpack(forward, p), packing.unpack(backward, p))):
-        np.testing.assert_allclose(f, alone_f[k, :lengths[k]], atol=1e-6)
-        np.testing.assert_allclose(b, alone_b[k, :lengths[k]], atol=1e-6)
+        np.testing.assert_allclose(f, alone_f[k, : lengths[k]], atol=1e-6)
+        np.testing.assert_allclose(b, alone_b[k, : lengths[k]], atol=1e-6)
         np.testing.assert_allclose(final_f[k], alone_f[k, lengths[k] - 1], atol=1e-6)
         np.testing.assert_allclose(final_b[k], alone_b[k, 0], atol=1e-6)
 

@@ -16,14 +16,16 @@ Invariants checked (every cell kind: SimpleRNN, GRU both variants, LSTM, a stack
 Profiles are in ``conftest.py``: ``ci`` (default, few examples), ``dev`` (``HYPOTHESIS_PROFILE=dev``).
 Shapes are tiny so that compilation dominates little.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from catalogue import assert_trees_close, layer
+from hypothesis import given
+from hypothesis import strategies as st
 
 import rnnjax.functional as F
-from catalogue import assert_trees_close, layer
 
 KINDS = ["simple_rnn", "gru", "gru_reset_after", "lstm", "stack"]
 FUNCTIONAL_KINDS = ["simple_rnn", "gru", "gru_reset_after", "lstm"]
@@ -104,6 +106,7 @@ def close(a, b, **tol):
 
 # ----- float64 numpy reference ---------------------------------------------------------------
 
+
 def _np_act(name):
     return {
         "tanh": np.tanh,
@@ -123,7 +126,7 @@ def np_step(kind, p, state, x, ra):
         h, c = state
         u = h.shape[-1]
         z = x @ K + b + h @ R
-        i, f, g, o = (z[:, k * u:(k + 1) * u] for k in range(4))
+        i, f, g, o = (z[:, k * u : (k + 1) * u] for k in range(4))
         c = s(f) * c + s(i) * np.tanh(g)
         h = s(o) * np.tanh(c)
         return (h, c), h
@@ -132,14 +135,14 @@ def np_step(kind, p, state, x, ra):
     if kind == "gru":
         xp = x @ K + b
         z = s(xp[:, :u] + h @ R[:, :u])
-        r = s(xp[:, u:2 * u] + h @ R[:, u:2 * u])
-        hh = np.tanh(xp[:, 2 * u:] + (r * h) @ R[:, 2 * u:])
+        r = s(xp[:, u : 2 * u] + h @ R[:, u : 2 * u])
+        hh = np.tanh(xp[:, 2 * u :] + (r * h) @ R[:, 2 * u :])
     else:  # reset_after
         xp = x @ K + b[0]
         rec = h @ R + b[1]
         z = s(xp[:, :u] + rec[:, :u])
-        r = s(xp[:, u:2 * u] + rec[:, u:2 * u])
-        hh = np.tanh(xp[:, 2 * u:] + r * rec[:, 2 * u:])
+        r = s(xp[:, u : 2 * u] + rec[:, u : 2 * u])
+        hh = np.tanh(xp[:, 2 * u :] + r * rec[:, 2 * u :])
     h = z * h + (1 - z) * hh
     return (h,), h
 
@@ -155,7 +158,7 @@ def np_rnn(kind, p, x, mask, go_backwards, ra):
     order = range(steps - 1, -1, -1) if go_backwards else range(steps)
     for t in order:
         new, y = np_step(kind, p, state, x[:, t], ra)
-        m = np.ones((batch, 1), bool) if mask is None else np.asarray(mask)[:, t:t + 1]
+        m = np.ones((batch, 1), bool) if mask is None else np.asarray(mask)[:, t : t + 1]
         state = tuple(np.where(m, n, o) for n, o in zip(new, state))
         last = np.where(m, y, last)
         outs.append(last)
@@ -167,18 +170,22 @@ def np_rnn(kind, p, x, mask, go_backwards, ra):
 # not under test (per-sequence references, parameter creation) runs the unrolled twin eagerly
 # (cheap op-by-op dispatch); ``scan == unroll`` is itself a property below.
 
+
 def twin(case, **kw):
     """The same layer with ``unroll=True`` (and ``kw`` options)."""
     return make_layer(case["kind"], case["units"], case["recurrent_activation"], unroll=True, **kw)
 
 
-@given(cases(), st.booleans(), st.booleans(), st.sampled_from([None, "holes", "padded"]), st.booleans(),
-       st.booleans())
+@given(cases(), st.booleans(), st.booleans(), st.sampled_from([None, "holes", "padded"]), st.booleans(), st.booleans())
 def test_scan_equals_unroll(case, go_backwards, return_sequences, masking, zero_output, remat):
     """Also with ``remat`` (chunked checkpointing when T has a divisor, per-step otherwise): the
     forward values and the gradients equal the unrolled loop's."""
-    opts = dict(go_backwards=go_backwards, return_sequences=return_sequences, return_state=True,
-                zero_output_for_mask=zero_output)
+    opts = dict(
+        go_backwards=go_backwards,
+        return_sequences=return_sequences,
+        return_state=True,
+        zero_output_for_mask=zero_output,
+    )
     rng, x, layer, v = build(case, remat=remat, **opts)
     mask = None if masking is None else random_mask(rng, case["batch"], case["steps"], masking == "holes")
     unrolled = twin(case, **opts)
@@ -208,7 +215,7 @@ def test_right_padded_batch_equals_each_sequence_alone(case):
 
     @jax.jit
     def both(v):
-        return layer.apply(v, x, mask=mask), [alone_layer.apply(v, x[b:b + 1, :n]) for b, n in enumerate(lengths)]
+        return layer.apply(v, x, mask=mask), [alone_layer.apply(v, x[b : b + 1, :n]) for b, n in enumerate(lengths)]
 
     (out, *states), alone_runs = both(v)
     for b, (n, (alone, *alone_states)) in enumerate(zip(lengths, alone_runs)):
@@ -226,7 +233,7 @@ def test_mask_with_holes_equals_dropping_steps(case):
 
     @jax.jit
     def both(v):
-        return layer.apply(v, x, mask=mask), [alone_layer.apply(v, x[b:b + 1][:, keep[b]]) for b in range(len(keep))]
+        return layer.apply(v, x, mask=mask), [alone_layer.apply(v, x[b : b + 1][:, keep[b]]) for b in range(len(keep))]
 
     (out, *states), alone_runs = both(v)
     for b, (alone, *alone_states) in enumerate(alone_runs):
@@ -288,8 +295,9 @@ def test_vmap_of_unbatched_equals_batched(case, go_backwards, return_sequences, 
     @jax.jit
     def both(x, mask):
         batched = F.rnn(core, params, x, mask=mask, **opts)
-        mapped = jax.vmap(lambda xb, mb: F.rnn(core, params, xb, mask=mb, **opts),
-                          in_axes=(0, None if mask is None else 0))(x, mask)
+        mapped = jax.vmap(
+            lambda xb, mb: F.rnn(core, params, xb, mask=mb, **opts), in_axes=(0, None if mask is None else 0)
+        )(x, mask)
         return batched, mapped
 
     batched, mapped = both(x, mask)
@@ -342,10 +350,13 @@ def test_reference_matches_keras_public_values(kind):
     x = np.arange(72, dtype=np.float64).reshape(3, 6, 4) if kind != "simple_rnn" else np.arange(24.0).reshape(2, 3, 4)
     i = x.shape[-1]
     g = {"simple_rnn": 1, "gru": 3, "gru_reset_after": 3, "lstm": 4}[kind]
-    p = {"kernel": np.full((i, g * u), 0.01), "recurrent_kernel": np.full((u, g * u), 0.02),
-         "bias": np.full((2, g * u) if kind == "gru_reset_after" else (g * u,), 0.03)}
+    p = {
+        "kernel": np.full((i, g * u), 0.01),
+        "recurrent_kernel": np.full((u, g * u), 0.02),
+        "bias": np.full((2, g * u) if kind == "gru_reset_after" else (g * u,), 0.03),
+    }
     if kind == "lstm":
-        p["bias"][u:2 * u] = 1.0  # unit_forget_bias: the forget block starts at exactly 1
+        p["bias"][u : 2 * u] = 1.0  # unit_forget_bias: the forget block starts at exactly 1
     y, _ = np_rnn(kind, p, x, None, False, "sigmoid")
     expected = {
         "simple_rnn": [0.405432, 0.73605347],
@@ -362,8 +373,10 @@ def test_training_dropout_runs_for_every_implementation(kind, implementation):
     """Layer-level dropout (per-gate masks with implementation=1): finite, different from
     inference, deterministic for a given 'dropout' rng, and the identity at rate 0."""
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 3)), jnp.float32)
+
     def mk(rate):
         return make_layer(kind, 3, "sigmoid", implementation, dropout=rate, recurrent_dropout=rate)
+
     v = mk(0.0).init(jax.random.key(0), x)
     rngs = {"dropout": jax.random.key(5)}
     infer = mk(0.5).apply(v, x)

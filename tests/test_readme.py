@@ -1,6 +1,7 @@
 """The README (the documentation site's landing page): its Python examples run as written, in a
 fresh process with no extra installed (tests/test_docs_examples.py's rules), and its test command
 is the one CI runs."""
+
 import pathlib
 
 from test_docs_examples import check_page, groups

@@ -1,5 +1,6 @@
 """A release's wheel installs in a fresh virtual environment and imports there without the test
 extras (docs/development.md, "Releasing"); the version is written once (rnnjax.__version__)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -37,28 +38,43 @@ def test_version_is_written_once():
 
 def test_wheel_installs_and_imports_without_test_extras(tmp_path):
     for module in ("build", "twine"):
-        pytest.importorskip(module, reason=f"{module} is not installed (the `release` extra: pip install -e "
-                                           "\".[release]\"): cannot build and check the wheel")
+        pytest.importorskip(
+            module,
+            reason=f"{module} is not installed (the `release` extra: pip install -e "
+            '".[release]"): cannot build and check the wheel',
+        )
     dist = tmp_path / "dist"
-    done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    wheel, = dist.glob("rnnjax-*.whl")
+    (wheel,) = dist.glob("rnnjax-*.whl")
     import rnnjax
 
     assert wheel.name.startswith(f"rnnjax-{rnnjax.__version__}-")
     names = zipfile.ZipFile(wheel).namelist()
     assert "rnnjax/py.typed" in names and not any(n.startswith(("tests/", "docs/", "bench/")) for n in names)
-    check = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", str(wheel)],
-                           capture_output=True, text=True, timeout=300)
+    check = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", str(wheel)], capture_output=True, text=True, timeout=300
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], capture_output=True, text=True,
-                             timeout=900)
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", str(wheel)], capture_output=True, text=True, timeout=900
+    )
     assert install.returncode == 0, install.stderr[-3000:]
-    run = subprocess.run([str(python), "-c", CHECK], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                         env={"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu", "HOME": str(tmp_path)})
+    run = subprocess.run(
+        [str(python), "-c", CHECK],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu", "HOME": str(tmp_path)},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip() == rnnjax.__version__

@@ -1,13 +1,13 @@
 """Nothing lost: parameters and stateful states survive a save/restore bit for bit (Orbax and
 ``flax.serialization``), a restored stateful model continues its sequence exactly where it
 stopped, and mixed precision (bfloat16 inputs and/or parameters, float32 states) works."""
+
 import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
 from catalogue import layer
 
 KINDS = ["simple_rnn", "gru", "lstm", "stack"]
@@ -70,8 +70,9 @@ def test_stateful_roundtrip_continues_exactly(tmp_path, kind, method, param_dtyp
     # ... and the continuation is the whole sequence's tail (up to float rounding of the split)
     whole = make(kind, return_sequences=True, param_dtype=param_dtype)
     y_whole = whole.apply({"params": v["params"]}, x)
-    np.testing.assert_allclose(np.asarray(y_rest, np.float32), np.asarray(y_whole[:, 5:], np.float32),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(y_rest, np.float32), np.asarray(y_whole[:, 5:], np.float32), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
@@ -90,8 +91,11 @@ BF16_TOL = dict(rtol=5e-2, atol=3e-2)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("x_dtype,param_dtype", [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.bfloat16),
-                                                 (jnp.bfloat16, jnp.bfloat16)], ids=["x_bf16", "p_bf16", "both_bf16"])
+@pytest.mark.parametrize(
+    "x_dtype,param_dtype",
+    [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.bfloat16), (jnp.bfloat16, jnp.bfloat16)],
+    ids=["x_bf16", "p_bf16", "both_bf16"],
+)
 def test_mixed_precision_states_stay_float32(kind, x_dtype, param_dtype):
     x32 = _data(2)
     ref_layer = make(kind, return_sequences=True, return_state=True)

@@ -6,20 +6,21 @@ devices: no all-gather, all-to-all or collective-permute. The training step redu
 parameter's gradient once (all-reduce or reduce-scatter, outside every loop, of at most the
 parameters' size), and the values equal the single-device run.
 """
+
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import rnnjax
-from rnnjax.functional import LoopOptions, force_plan
-from rnnjax.functional.driver import run_program
-import rnnjax.functional as F
 from catalogue import assert_trees_close, layer
 from custom_cells import MinimalRNNCell
 from sharding_util import batch_mesh, collectives, compiled_text, replicate, shard_batch
+
+import rnnjax
+import rnnjax.functional as F
+from rnnjax.functional import LoopOptions, force_plan
+from rnnjax.functional.driver import run_program
 
 B, T, I, U = 8, 6, 3, 4
 RTOL, ATOL = 2e-5, 2e-6
@@ -45,45 +46,71 @@ CASES = {
     # from 64 rows and 50 steps on, inference projects spans of steps; training runs one loop
     "lstm_projection_spans": (lambda: layer("lstm", U, **SEQ), (64, 50, I), {}),
     "gru_projection_spans": (lambda: layer("gru", U), (64, 50, I), {"mask": np.tile(HOLES, (8, 9))[:, :50]}),
-    "lstm_sigmoid_zero_output": (lambda: layer("lstm", U, recurrent_activation="sigmoid", zero_output_for_mask=True,
-                                               **SEQ), (B, T, I), {"mask": HOLES}),
-    "lstm_dropout_impl1": (lambda: layer("lstm", U, dropout=0.3, recurrent_dropout=0.3, **SEQ), (B, T, I),
-                           {"mask": HOLES, "dropout": True}),
-    "lstm_dropout_impl2": (lambda: layer("lstm", U, dropout=0.3, recurrent_dropout=0.3, implementation=2),
-                           (B, T, I), {"dropout": True}),
-    "lstm_remat": (lambda: layer("lstm", U, remat=True, **SEQ), (B, 17, I),
-                   {"mask": np.tile(HOLES, (1, 3))[:, :17]}),
+    "lstm_sigmoid_zero_output": (
+        lambda: layer("lstm", U, recurrent_activation="sigmoid", zero_output_for_mask=True, **SEQ),
+        (B, T, I),
+        {"mask": HOLES},
+    ),
+    "lstm_dropout_impl1": (
+        lambda: layer("lstm", U, dropout=0.3, recurrent_dropout=0.3, **SEQ),
+        (B, T, I),
+        {"mask": HOLES, "dropout": True},
+    ),
+    "lstm_dropout_impl2": (
+        lambda: layer("lstm", U, dropout=0.3, recurrent_dropout=0.3, implementation=2),
+        (B, T, I),
+        {"dropout": True},
+    ),
+    "lstm_remat": (lambda: layer("lstm", U, remat=True, **SEQ), (B, 17, I), {"mask": np.tile(HOLES, (1, 3))[:, :17]}),
     "lstm_unroll": (lambda: layer("lstm", U, unroll=True), (B, T, I), {"mask": HOLES}),
     "lstm_generic_loop": (lambda: layer("lstm", U, custom_backward=False), (B, T, I), {"mask": HOLES}),
     "gru": (lambda: layer("gru", U), (B, T, I), {}),
-    "gru_holes_state": (lambda: layer("gru", U, return_state=True, **SEQ), (B, T, I),
-                        {"mask": HOLES, "initial_state": 1}),
-    "gru_dropout": (lambda: layer("gru", U, dropout=0.2, recurrent_dropout=0.2), (B, T, I),
-                    {"mask": HOLES, "dropout": True}),
-    "gru_reset_after": (lambda: layer("gru_reset_after", U, go_backwards=True, **SEQ), (B, T, I),
-                        {"mask": HOLES}),
-    "gru_reset_after_dropout": (lambda: layer("gru_reset_after", U, recurrent_dropout=0.3), (B, T, I),
-                                {"dropout": True}),
+    "gru_holes_state": (
+        lambda: layer("gru", U, return_state=True, **SEQ),
+        (B, T, I),
+        {"mask": HOLES, "initial_state": 1},
+    ),
+    "gru_dropout": (
+        lambda: layer("gru", U, dropout=0.2, recurrent_dropout=0.2),
+        (B, T, I),
+        {"mask": HOLES, "dropout": True},
+    ),
+    "gru_reset_after": (lambda: layer("gru_reset_after", U, go_backwards=True, **SEQ), (B, T, I), {"mask": HOLES}),
+    "gru_reset_after_dropout": (
+        lambda: layer("gru_reset_after", U, recurrent_dropout=0.3),
+        (B, T, I),
+        {"dropout": True},
+    ),
     "rnn_lstm_cell": (lambda: layer("rnn_lstm", U, **SEQ), (B, T, I), {"mask": HOLES}),
     "rnn_stacked_cells": (lambda: layer("stack", U, return_state=True), (B, T, I), {"mask": HOLES}),
     "rnn_custom_cell": (lambda: layer("custom_cell", U, **SEQ), (B, T, I), {"mask": HOLES}),
     "rnn_custom_cell_stacked": (lambda: rnnjax.RNN([MinimalRNNCell(U), rnnjax.LSTMCell(U)]), (B, T, I), {}),
     "conv_lstm1d": (lambda: layer("conv_lstm1d", 2, **SEQ), (B, T, 5, 2), {"mask": HOLES}),
     "conv_lstm2d": (lambda: layer("conv_lstm2d", 2), (B, 4, 5, 5, 2), {}),
-    "conv_lstm2d_valid_dropout": (lambda: layer("conv_lstm2d", 2, kernel_size=2, padding="valid", dropout=0.2,
-                                                recurrent_dropout=0.2, go_backwards=True), (B, 4, 5, 5, 2),
-                                  {"mask": HOLES[:, :4], "dropout": True}),
+    "conv_lstm2d_valid_dropout": (
+        lambda: layer(
+            "conv_lstm2d", 2, kernel_size=2, padding="valid", dropout=0.2, recurrent_dropout=0.2, go_backwards=True
+        ),
+        (B, 4, 5, 5, 2),
+        {"mask": HOLES[:, :4], "dropout": True},
+    ),
     "conv_lstm3d": (lambda: layer("conv_lstm3d", 2, kernel_size=2, return_state=True), (B, 3, 3, 3, 3, 1), {}),
     "cudnn_lstm": (lambda: layer("cudnn_lstm", U, return_sequences=True), (B, T, I), {"mask": RIGHT_PADDED}),
     "cudnn_gru": (lambda: layer("cudnn_gru", U, return_state=True), (B, T, I), {"mask": RIGHT_PADDED}),
     # reset: the recurrent-matmul and input-additive loops, the generic one, ConvLSTM, the CuDNN scan path
-    "lstm_reset_holes_state": (lambda: layer("lstm", U, return_state=True, **SEQ), (B, T, I),
-                               {"mask": HOLES, "reset": RESETS, "initial_state": 2}),
+    "lstm_reset_holes_state": (
+        lambda: layer("lstm", U, return_state=True, **SEQ),
+        (B, T, I),
+        {"mask": HOLES, "reset": RESETS, "initial_state": 2},
+    ),
     "gru_reset_backwards": (lambda: layer("gru", U, go_backwards=True, **SEQ), (B, T, I), {"reset": RESETS}),
     "rnn_custom_cell_reset": (lambda: layer("custom_cell", U, **SEQ), (B, T, I), {"mask": HOLES, "reset": RESETS}),
     "conv_lstm1d_reset": (lambda: layer("conv_lstm1d", 2, **SEQ), (B, T, 5, 2), {"reset": RESETS}),
-    "cudnn_lstm_reset": (lambda: layer("cudnn_lstm", U, return_sequences=True), (B, T, I),
-                         {"mask": RIGHT_PADDED, "reset": RESETS}),
+    "cudnn_lstm_reset": (
+        lambda: layer("cudnn_lstm", U, return_sequences=True),
+        (B, T, I),
+        {"mask": RIGHT_PADDED, "reset": RESETS},
+    ),
 }
 
 
@@ -110,8 +137,9 @@ def _inputs(shape, options, layer):
         if name in options:
             call[name] = jnp.asarray(options[name])
     if "initial_state" in options:
-        call["initial_state"] = [jnp.asarray(rng.normal(size=(shape[0], U)), jnp.float32)
-                                 for _ in range(options["initial_state"])]
+        call["initial_state"] = [
+            jnp.asarray(rng.normal(size=(shape[0], U)), jnp.float32) for _ in range(options["initial_state"])
+        ]
     return x, call
 
 
@@ -198,8 +226,12 @@ def _check(layer, shape, options, mesh, reduced_in_the_loop=False):
     xs, calls, ps = shard_batch(mesh, x), shard_batch(mesh, call), replicate(mesh, params)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
     assert_partitions_cleanly(compiled_text(forward, ps, xs, calls), training=False, n_params=n_params)
-    assert_partitions_cleanly(compiled_text(train, ps, xs, calls), training=True, n_params=n_params,
-                              steps=shape[1] if reduced_in_the_loop else None)
+    assert_partitions_cleanly(
+        compiled_text(train, ps, xs, calls),
+        training=True,
+        n_params=n_params,
+        steps=shape[1] if reduced_in_the_loop else None,
+    )
     got_fwd, got_train = jax.jit(forward)(ps, xs, calls), jax.jit(train)(ps, xs, calls)
     _close(got_fwd, want_fwd)
     _close(got_train, want_train)
@@ -224,8 +256,12 @@ def test_projection_spans_and_inference_program_partition_cleanly():
     each), each sliced from the sharded inputs, with the input bias added in the loop and its
     outputs written into the sharded sequence."""
     with force_plan(infer_span=1):
-        _check(rnnjax.LSTM(U, return_sequences=True), (B, 11, I), {"mask": HOLES[:, [0, 1, 2, 3, 4, 5] * 2][:, :11]},
-               batch_mesh(8))
+        _check(
+            rnnjax.LSTM(U, return_sequences=True),
+            (B, 11, I),
+            {"mask": HOLES[:, [0, 1, 2, 3, 4, 5] * 2][:, :11]},
+            batch_mesh(8),
+        )
 
 
 @pytest.mark.parametrize("cell", ["lstm", "conv_lstm1d"])
@@ -236,22 +272,29 @@ def test_inference_spans_on_a_mesh_with_explicit_axes(cell):
     outputs stay sharded over the batch."""
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,), devices=jax.devices()[:8])
     spatial = cell == "conv_lstm1d"
-    layer = (rnnjax.ConvLSTM1D(U, 3, padding="same", return_sequences=True, return_state=True, go_backwards=True)
-             if spatial else rnnjax.LSTM(U, return_sequences=True, return_state=True, go_backwards=True))
+    layer = (
+        rnnjax.ConvLSTM1D(U, 3, padding="same", return_sequences=True, return_state=True, go_backwards=True)
+        if spatial
+        else rnnjax.LSTM(U, return_sequences=True, return_state=True, go_backwards=True)
+    )
     x = jnp.asarray(np.random.default_rng(3).normal(size=(B, 11, 5, I) if spatial else (B, 11, I)), jnp.float32)
     mask = jnp.asarray(HOLES[:, [0, 1, 2, 3, 4, 5] * 2][:, :11])
     variables = layer.init(jax.random.key(1), x)
     with force_plan(infer_span=2):
         want = jax.jit(lambda v, x, m: layer.apply(v, x, mask=m))(variables, x, mask)
         rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-        got = jax.jit(lambda v, x, m: layer.apply(v, x, mask=m))(variables, jax.device_put(x, rows),
-                                                                 jax.device_put(mask, rows))
+        got = jax.jit(lambda v, x, m: layer.apply(v, x, mask=m))(
+            variables, jax.device_put(x, rows), jax.device_put(mask, rows)
+        )
     _close(got, want)
     assert got[0].addressable_shards[0].data.shape[0] == B // 8, got[0].sharding
 
 
-@pytest.mark.parametrize("core", [F.LSTMCore(U), F.GRUCore(U), F.GRUCore(U, reset_after=True), F.SimpleRNNCore(U)],
-                         ids=["lstm", "gru", "gru_reset_after", "simple_rnn"])
+@pytest.mark.parametrize(
+    "core",
+    [F.LSTMCore(U), F.GRUCore(U), F.GRUCore(U, reset_after=True), F.SimpleRNNCore(U)],
+    ids=["lstm", "gru", "gru_reset_after", "simple_rnn"],
+)
 @pytest.mark.parametrize("project_chunk", [None, 4])
 def test_functional_scan_rnn_partitions_cleanly(core, project_chunk):
     """``rnn`` and the driver (with projection spans forced) over two batch axes, the first sharded."""
@@ -277,8 +320,12 @@ def test_functional_scan_rnn_partitions_cleanly(core, project_chunk):
     xs, ms, ps = shard_batch(mesh, x), shard_batch(mesh, mask), replicate(mesh, params)
     assert_partitions_cleanly(compiled_text(forward, ps, xs, ms), training=False, n_params=n_params)
     # a given project_chunk spans training too: one gradient reduction per span
-    assert_partitions_cleanly(compiled_text(train, ps, xs, ms), training=True, n_params=n_params,
-                              steps=None if project_chunk is None else -(-9 // project_chunk))
+    assert_partitions_cleanly(
+        compiled_text(train, ps, xs, ms),
+        training=True,
+        n_params=n_params,
+        steps=None if project_chunk is None else -(-9 // project_chunk),
+    )
     _close(jax.jit(train)(ps, xs, ms), jax.jit(train)(params, x, mask))
     _close(jax.jit(forward)(ps, xs, ms), jax.jit(forward)(params, x, mask))
 
@@ -301,7 +348,8 @@ def test_the_check_sees_a_gather():
 def test_a_mesh_set_with_jax_set_mesh_is_seen_through_in_shardings():
     """``jax.jit(..., in_shardings=...)`` called with uncommitted host arrays hides the mesh from
     the trace (rnnjax then plans for one device, which gathers); ``jax.set_mesh`` makes it seen."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from rnnjax.functional.mesh import partitioned
 

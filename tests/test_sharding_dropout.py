@@ -11,15 +11,18 @@ mask; off, the counter-based generator is not partitionable and the compiled ste
 changes the numbers themselves (another bit stream), so a run is reproducible only under one
 setting of the flag.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
-
-from catalogue import assert_trees_close, layer as make_layer
-from rnnjax.functional.core import dropout_masks
+from catalogue import assert_trees_close
+from catalogue import layer as make_layer
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from sharding_util import batch_mesh, collective_sources, collectives, compiled_text, replicate, shard_batch
+
+from rnnjax.functional.core import dropout_masks
 
 GATHERS = ("all-gather", "all-to-all", "collective-permute")
 SHAPE = (8, 5, 3)  # one row per device
@@ -30,7 +33,8 @@ CASES = [("lstm", 1), ("lstm", 2), ("gru", 1), ("gru", 2), ("simple_rnn", None)]
 def _train_step(layer):
     def loss(params, x, mask, key):
         y = layer.apply({"params": params}, x, mask=mask, training=True, rngs={"dropout": key})
-        return jnp.mean(y ** 2), y
+        return jnp.mean(y**2), y
+
     return jax.value_and_grad(loss, has_aux=True)
 
 
@@ -71,7 +75,7 @@ def test_masks_are_the_unsharded_numbers(partitionable):
     mesh = batch_mesh(8)
     key = jax.random.key(3)
     shape = (16, 6)
-    draw = lambda k: dropout_masks(k, 0.5, shape, count=4)   # noqa: E731
+    draw = lambda k: dropout_masks(k, 0.5, shape, count=4)  # noqa: E731
     with jax.threefry_partitionable(partitionable):
         whole = jax.jit(draw)(key)
         sharded = jax.jit(draw, out_shardings=NamedSharding(mesh, P(None, "data")))(key)
@@ -98,8 +102,9 @@ def test_partitionable_is_the_default():
 def _compiled_step(name, implementation):
     layer, params, x, mask = _problem(name, implementation)
     mesh = batch_mesh(8)
-    return compiled_text(_train_step(layer), replicate(mesh, params), *shard_batch(mesh, (x, mask)),
-                         replicate(mesh, jax.random.key(42)))
+    return compiled_text(
+        _train_step(layer), replicate(mesh, params), *shard_batch(mesh, (x, mask)), replicate(mesh, jax.random.key(42))
+    )
 
 
 @pytest.mark.parametrize("name,implementation", CASES)

@@ -6,15 +6,18 @@ like the batch, threading them through a second jitted call keeps that sharding,
 ``rnnjax.reset_states`` / ``layer.reset_states(states)`` keep it too. The values equal the
 run on one device, and the compiled calls move no activation between devices.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from catalogue import assert_trees_close
+from catalogue import layer as make_layer
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from sharding_util import batch_mesh, collectives, replicate, shard_batch
 
 import rnnjax
-from catalogue import assert_trees_close, layer as make_layer
-from sharding_util import batch_mesh, collectives, replicate, shard_batch
 
 GATHERS = ("all-gather", "all-to-all", "collective-permute")
 
@@ -33,9 +36,11 @@ def _setup(name):
 
 def _call(layer):
     """One jitted stateful call: ``(variables, x) -> (y, variables with the new states)``."""
+
     def call(variables, x):
         y, updates = layer.apply(variables, x, mutable=["rnn_state"])
         return y, {**variables, **updates}
+
     return jax.jit(call)
 
 
@@ -61,12 +66,12 @@ def test_state_sharded_like_the_batch_across_calls(name):
     mesh = batch_mesh(8)
 
     ref_v, ref_y = variables, []
-    for x in chunks:                                   # one device
+    for x in chunks:  # one device
         y, ref_v = call(ref_v, x)
         ref_y.append(y)
 
     v = _on_mesh(mesh, variables)
-    for k, x in enumerate(chunks):                     # 8 devices, the state threaded
+    for k, x in enumerate(chunks):  # 8 devices, the state threaded
         y, v = call(v, shard_batch(mesh, x))
         _assert_batch_sharded(mesh, (y, v["rnn_state"]))
         _assert_close(y, ref_y[k])
@@ -83,15 +88,16 @@ def test_reset_states_keeps_the_sharding(name):
     _, v = _call(layer)(_on_mesh(mesh, variables), shard_batch(mesh, chunks[0]))
     assert all(float(jnp.max(jnp.abs(a))) > 0 for a in jax.tree_util.tree_leaves(v["rnn_state"]))
 
-    zeroed = rnnjax.reset_states(v)                                     # the whole model, to zeros
+    zeroed = rnnjax.reset_states(v)  # the whole model, to zeros
     _assert_batch_sharded(mesh, zeroed["rnn_state"])
     assert all(not np.asarray(a).any() for a in jax.tree_util.tree_leaves(zeroed["rnn_state"]))
 
     given = [np.full(a.shape, 0.5, np.float32) for a in jax.tree_util.tree_leaves(v["rnn_state"])]
-    to_given = rnnjax.reset_states(v, jax.tree_util.tree_unflatten(
-        jax.tree_util.tree_structure(v["rnn_state"]), given))          # the whole model, to given arrays
+    to_given = rnnjax.reset_states(
+        v, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(v["rnn_state"]), given)
+    )  # the whole model, to given arrays
     _assert_batch_sharded(mesh, to_given["rnn_state"])
-    _, updates = layer.apply(v, given, method="reset_states", mutable=["rnn_state"])   # one layer
+    _, updates = layer.apply(v, given, method="reset_states", mutable=["rnn_state"])  # one layer
     _assert_batch_sharded(mesh, updates["rnn_state"])
     for tree in (to_given["rnn_state"], updates["rnn_state"]):
         for a, g in zip(jax.tree_util.tree_leaves(tree), given, strict=True):
@@ -99,8 +105,7 @@ def test_reset_states_keeps_the_sharding(name):
 
     # inside jit the placement is jit's: out_shardings (README, "Scaling out")
     batch = NamedSharding(mesh, P("data"))
-    jitted = jax.jit(rnnjax.reset_states,
-                     out_shardings={"params": NamedSharding(mesh, P()), "rnn_state": batch})(v)
+    jitted = jax.jit(rnnjax.reset_states, out_shardings={"params": NamedSharding(mesh, P()), "rnn_state": batch})(v)
     _assert_batch_sharded(mesh, jitted["rnn_state"])
 
     # and the next call after a reset runs from zeros, as a fresh layer does
@@ -118,7 +123,7 @@ def test_stateful_programs_move_no_activation(name):
 
     def loss(params, state, x):
         y, updates = layer.apply({"params": params, "rnn_state": state}, x, mutable=["rnn_state"])
-        return jnp.mean(y ** 2), updates
+        return jnp.mean(y**2), updates
 
     forward = _call(layer).lower(v, x).compile().as_text()
     train = jax.jit(jax.grad(loss, has_aux=True)).lower(v["params"], v["rnn_state"], x).compile().as_text()

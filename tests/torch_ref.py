@@ -1,4 +1,5 @@
 """PyTorch, the reference of the cuDNN-layout and benchmark tests, where it is installed."""
+
 import pytest
 
 
@@ -6,6 +7,8 @@ def torch_or_skip():
     """The ``torch`` module; the calling test skips where PyTorch is not installed (it is the
     ``torch`` extra, not the test extra: on Linux pip's default wheel is the multi-gigabyte CUDA build)."""
     return pytest.importorskip(
-        "torch", reason="PyTorch is not installed (the `torch` extra; install its CPU wheel with `pip install "
+        "torch",
+        reason="PyTorch is not installed (the `torch` extra; install its CPU wheel with `pip install "
         "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu`): the PyTorch reference comparison "
-        "cannot run")
+        "cannot run",
+    )

@@ -5,6 +5,7 @@ is CHANGELOG.md, each rendered from the file itself.
 repository files, whose links point into ``docs/`` from the repository root, rewritten to point
 from the site's root. One text, two places.
 """
+
 from __future__ import annotations
 
 import pathlib

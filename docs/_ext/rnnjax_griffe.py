@@ -17,6 +17,7 @@ What it does, once the package is loaded:
    fenced block labelled as a sketch that is not run (the examples that run are ``Examples:``
    sections, executed by ``tests/test_docs_examples.py``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -135,8 +136,13 @@ class RnnjaxDocs(griffe.Extension):
             if path in self.rendered:
                 return f"[`{shown}`][{self.rendered[path]}]"
             parent = obj.parent
-            if (owner in self.rendered and parent is not None and parent.is_class and member in parent.members
-                    and (not member.startswith("_") or member == "__call__")):
+            if (
+                owner in self.rendered
+                and parent is not None
+                and parent.is_class
+                and member in parent.members
+                and (not member.startswith("_") or member == "__call__")
+            ):
                 return f"[`{shown}`][{self.rendered[owner]}.{member}]"
         return f"`{target}`"
 
@@ -145,8 +151,9 @@ class RnnjaxDocs(griffe.Extension):
         text = ROLE.sub(lambda m: self._link(m.group(1), obj), text)
 
         def literal(match):
-            body = inspect.cleandoc("\n".join(line[4:] if line.startswith("    ") else line
-                                              for line in match.group("body").splitlines()))
+            body = inspect.cleandoc(
+                "\n".join(line[4:] if line.startswith("    ") else line for line in match.group("body").splitlines())
+            )
             lead = match.group("lead")
             lead = (lead + ":") if lead.strip() else ""
             return f"{lead}\n\n*A sketch (not run):*\n\n```python\n{body}\n```\n\n"
@@ -167,8 +174,10 @@ class RnnjaxDocs(griffe.Extension):
             member = cls.members.get(parameter.name)
             if member is not None and not member.is_alias and member.is_attribute:
                 cls.del_member(parameter.name)
-        init.parameters = griffe.Parameters(griffe.Parameter("self", kind=griffe.ParameterKind.positional_or_keyword),
-                                            *(_griffe_parameter(p) for p in signature.parameters.values()))
+        init.parameters = griffe.Parameters(
+            griffe.Parameter("self", kind=griffe.ParameterKind.positional_or_keyword),
+            *(_griffe_parameter(p) for p in signature.parameters.values()),
+        )
         sections = list(cls.docstring.parsed) if cls.docstring else []
         if init.docstring is not None:
             sections += init.docstring.parsed
@@ -187,12 +196,21 @@ class RnnjaxDocs(griffe.Extension):
             if description is None:
                 description = ARGUMENTS.get(parameter.name)
             if description is None:
-                logger.warning("%s: argument `%s` has no description (an Args: section of its docstring, or "
-                               "docs/_ext/arguments.py)", public, parameter.name)
+                logger.warning(
+                    "%s: argument `%s` has no description (an Args: section of its docstring, or "
+                    "docs/_ext/arguments.py)",
+                    public,
+                    parameter.name,
+                )
                 description = ""
-            items.append(griffe.DocstringParameter(parameter.name, description=description,
-                                                   annotation=_annotation(parameter),
-                                                   value=_default(parameter)))
+            items.append(
+                griffe.DocstringParameter(
+                    parameter.name,
+                    description=description,
+                    annotation=_annotation(parameter),
+                    value=_default(parameter),
+                )
+            )
         sections = [s for s in sections if s.kind is not griffe.DocstringSectionKind.parameters]
         at = 1 if sections and sections[0].kind is griffe.DocstringSectionKind.text else 0
         sections.insert(at, griffe.DocstringSectionParameters(items))
@@ -225,8 +243,7 @@ def _signature(runtime):
         names = [f.name for f in fields]
         last = getattr(runtime, "last_positional", names[-1])
         positional = names[: names.index(last) + 1] if last in names else names
-        own = [p for p in inspect.signature(runtime.__init__).parameters.values()
-               if p.kind is p.KEYWORD_ONLY]
+        own = [p for p in inspect.signature(runtime.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY]
         own_names = {p.name for p in own}
         parameters = []
         for f in fields:
@@ -268,5 +285,6 @@ def _griffe_parameter(parameter):
         parameter.KEYWORD_ONLY: griffe.ParameterKind.keyword_only,
         parameter.VAR_KEYWORD: griffe.ParameterKind.var_keyword,
     }
-    return griffe.Parameter(parameter.name, kind=kinds[parameter.kind], annotation=_annotation(parameter),
-                            default=_default(parameter))
+    return griffe.Parameter(
+        parameter.name, kind=kinds[parameter.kind], annotation=_annotation(parameter), default=_default(parameter)
+    )

@@ -6,19 +6,44 @@
   weights <-> PyTorch ``nn.LSTM``/``nn.GRU`` ``state_dict`` tensors;
 * :mod:`rnnjax.cudnn.fused`: the fused GPU path (``jax.experimental.rnn.lstm``) and its packing.
 """
+
 from rnnjax.cudnn.convert import (
-    CuDNNGRUParams, CuDNNLSTMParams, cudnn_gru_to_gru, cudnn_gru_to_torch, cudnn_lstm_to_lstm,
-    cudnn_lstm_to_torch, gru_to_cudnn_gru, gru_to_torch, lstm_to_cudnn_lstm, lstm_to_torch,
-    torch_to_cudnn_gru, torch_to_cudnn_lstm, torch_to_gru, torch_to_lstm,
+    CuDNNGRUParams,
+    CuDNNLSTMParams,
+    cudnn_gru_to_gru,
+    cudnn_gru_to_torch,
+    cudnn_lstm_to_lstm,
+    cudnn_lstm_to_torch,
+    gru_to_cudnn_gru,
+    gru_to_torch,
+    lstm_to_cudnn_lstm,
+    lstm_to_torch,
+    torch_to_cudnn_gru,
+    torch_to_cudnn_lstm,
+    torch_to_gru,
+    torch_to_lstm,
 )
 from rnnjax.cudnn.fused import cudnn_lstm_unavailable_reason, fused_lstm, pack_lstm_weights
 from rnnjax.cudnn.layers import CuDNNGRU, CuDNNLSTM
 
 __all__ = [
-    "CuDNNLSTM", "CuDNNGRU", "CuDNNLSTMParams", "CuDNNGRUParams",
-    "cudnn_lstm_to_lstm", "lstm_to_cudnn_lstm", "lstm_to_torch", "torch_to_lstm",
-    "cudnn_lstm_to_torch", "torch_to_cudnn_lstm",
-    "cudnn_gru_to_gru", "gru_to_cudnn_gru", "gru_to_torch", "torch_to_gru",
-    "cudnn_gru_to_torch", "torch_to_cudnn_gru",
-    "cudnn_lstm_unavailable_reason", "fused_lstm", "pack_lstm_weights",
+    "CuDNNLSTM",
+    "CuDNNGRU",
+    "CuDNNLSTMParams",
+    "CuDNNGRUParams",
+    "cudnn_lstm_to_lstm",
+    "lstm_to_cudnn_lstm",
+    "lstm_to_torch",
+    "torch_to_lstm",
+    "cudnn_lstm_to_torch",
+    "torch_to_cudnn_lstm",
+    "cudnn_gru_to_gru",
+    "gru_to_cudnn_gru",
+    "gru_to_torch",
+    "torch_to_gru",
+    "cudnn_gru_to_torch",
+    "torch_to_cudnn_gru",
+    "cudnn_lstm_unavailable_reason",
+    "fused_lstm",
+    "pack_lstm_weights",
 ]

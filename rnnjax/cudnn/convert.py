@@ -30,9 +30,11 @@ exactly, except CuDNN -> canonical -> CuDNN for the LSTM bias: canonical keeps o
 two biases, so the split comes back as ``(b_ih + b_hh) / 2`` twice (same function, other split).
 Canonical -> PyTorch puts the whole LSTM bias in ``bias_ih`` and zeros in ``bias_hh``.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +70,7 @@ _GRU_TO_TORCH = (1, 0, 2)  # Keras blocks z, r, h -> torch rows r, z, n (the per
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
 
 def _array(a):
     """numpy for numpy/torch/lists, unchanged for JAX arrays (tracers included)."""
@@ -109,9 +112,7 @@ def _triplet(params, what: str):
 
 def _check_shapes(k, r, gates: int, what: str) -> tuple[int, int]:
     if getattr(r, "ndim", None) != 2 or r.shape[1] != gates * r.shape[0]:
-        raise ValueError(
-            f"`{what}`: recurrent_kernel must have shape (U, {gates}U), got {getattr(r, 'shape', None)}."
-        )
+        raise ValueError(f"`{what}`: recurrent_kernel must have shape (U, {gates}U), got {getattr(r, 'shape', None)}.")
     units = r.shape[0]
     if getattr(k, "ndim", None) != 2 or k.shape[1] != gates * units:
         raise ValueError(
@@ -130,8 +131,8 @@ def gate_blocks(a: Any, gates: int, axis: int) -> list:
     """``a`` split into ``gates`` equal blocks along ``axis`` (0 or 1)."""
     width = a.shape[axis] // gates
     if axis == 0:
-        return [a[g * width:(g + 1) * width] for g in range(gates)]
-    return [a[:, g * width:(g + 1) * width] for g in range(gates)]
+        return [a[g * width : (g + 1) * width] for g in range(gates)]
+    return [a[:, g * width : (g + 1) * width] for g in range(gates)]
 
 
 def _kernel_from_cudnn(k, gates, xp):
@@ -198,12 +199,17 @@ def _reorder_cols(a, xp):
 
 
 def _torch_dict(w_ih, w_hh, b_ih, b_hh, prefix):
-    return {prefix + "weight_ih_l0": w_ih, prefix + "weight_hh_l0": w_hh,
-            prefix + "bias_ih_l0": b_ih, prefix + "bias_hh_l0": b_hh}
+    return {
+        prefix + "weight_ih_l0": w_ih,
+        prefix + "weight_hh_l0": w_hh,
+        prefix + "bias_ih_l0": b_ih,
+        prefix + "bias_hh_l0": b_hh,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # LSTM
+
 
 def cudnn_lstm_to_lstm(params: Any) -> LSTMParams:
     """Keras 2 ``CuDNNLSTM`` weights -> canonical ``LSTMParams`` (for ``rnnjax.LSTM`` with
@@ -212,7 +218,7 @@ def cudnn_lstm_to_lstm(params: Any) -> LSTMParams:
     _, u = _check_shapes(k, r, 4, "params")
     _check_bias(b, ((8 * u,),), "params")
     xp = _xp(k, r, b)
-    bias = None if b is None else b[:4 * u] + b[4 * u:]
+    bias = None if b is None else b[: 4 * u] + b[4 * u :]
     return LSTMParams(_kernel_from_cudnn(k, 4, xp), _transpose_blocks(r, 4, xp), bias)
 
 
@@ -256,7 +262,7 @@ def cudnn_lstm_to_torch(params, prefix: str = "") -> dict:
     b = xp.zeros((8 * u,), k.dtype) if b is None else b
     w_ih = xp.concatenate([blk.reshape(u, i) for blk in gate_blocks(k, 4, 1)], axis=0)
     w_hh = xp.concatenate([blk.reshape(u, u) for blk in gate_blocks(r, 4, 1)], axis=0)
-    return _torch_dict(w_ih, w_hh, b[:4 * u], b[4 * u:], prefix)
+    return _torch_dict(w_ih, w_hh, b[: 4 * u], b[4 * u :], prefix)
 
 
 def torch_to_cudnn_lstm(state_dict: Mapping, prefix: str = "") -> CuDNNLSTMParams:
@@ -270,6 +276,7 @@ def torch_to_cudnn_lstm(state_dict: Mapping, prefix: str = "") -> CuDNNLSTMParam
 
 # ----------------------------------------------------------------------------------------------
 # GRU
+
 
 def cudnn_gru_to_gru(params: Any) -> GRUParams:
     """Keras 2 ``CuDNNGRU`` weights -> canonical ``GRUParams`` for ``rnnjax.GRU(reset_after=True,
@@ -316,8 +323,9 @@ def gru_to_torch(params, prefix: str = "") -> dict:
     _, u = _check_shapes(k, r, 3, "params")
     xp = _xp(k, r, b)
     b = _gru_bias(b, u, "params", xp, k.dtype)
-    return _torch_dict(_reorder_cols(k, xp).T, _reorder_cols(r, xp).T,
-                       _reorder_rows(b[0], xp), _reorder_rows(b[1], xp), prefix)
+    return _torch_dict(
+        _reorder_cols(k, xp).T, _reorder_cols(r, xp).T, _reorder_rows(b[0], xp), _reorder_rows(b[1], xp), prefix
+    )
 
 
 def torch_to_gru(state_dict: Mapping, prefix: str = "") -> GRUParams:
@@ -337,7 +345,7 @@ def cudnn_gru_to_torch(params, prefix: str = "") -> dict:
     kb, rb = gate_blocks(k, 3, 1), gate_blocks(r, 3, 1)
     w_ih = xp.concatenate([kb[j].reshape(u, i) for j in _GRU_TO_TORCH], axis=0)
     w_hh = xp.concatenate([rb[j].reshape(u, u) for j in _GRU_TO_TORCH], axis=0)
-    return _torch_dict(w_ih, w_hh, _reorder_rows(b[:3 * u], xp), _reorder_rows(b[3 * u:], xp), prefix)
+    return _torch_dict(w_ih, w_hh, _reorder_rows(b[: 3 * u], xp), _reorder_rows(b[3 * u :], xp), prefix)
 
 
 def torch_to_cudnn_gru(state_dict: Mapping, prefix: str = "") -> CuDNNGRUParams:
@@ -351,9 +359,18 @@ def torch_to_cudnn_gru(state_dict: Mapping, prefix: str = "") -> CuDNNGRUParams:
 
 
 __all__ = [
-    "CuDNNLSTMParams", "CuDNNGRUParams",
-    "cudnn_lstm_to_lstm", "lstm_to_cudnn_lstm", "lstm_to_torch", "torch_to_lstm",
-    "cudnn_lstm_to_torch", "torch_to_cudnn_lstm",
-    "cudnn_gru_to_gru", "gru_to_cudnn_gru", "gru_to_torch", "torch_to_gru",
-    "cudnn_gru_to_torch", "torch_to_cudnn_gru",
+    "CuDNNLSTMParams",
+    "CuDNNGRUParams",
+    "cudnn_lstm_to_lstm",
+    "lstm_to_cudnn_lstm",
+    "lstm_to_torch",
+    "torch_to_lstm",
+    "cudnn_lstm_to_torch",
+    "torch_to_cudnn_lstm",
+    "cudnn_gru_to_gru",
+    "gru_to_cudnn_gru",
+    "gru_to_torch",
+    "torch_to_gru",
+    "cudnn_gru_to_torch",
+    "torch_to_cudnn_gru",
 ]

@@ -23,9 +23,10 @@ layer are traced through the real ``rnn_fwd``/``rnn_bwd`` primitives. The cuDNN 
 runs only on a GPU: ``bench/gpu_check.py`` checks it against the scan path there (the record is in
 ``bench/README.md#gpu-the-cudnn-layers-on-an-nvidia-h200-2026-11-26``).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,7 @@ def _gpu_rnn_module():
     return gpu_rnn
 
 
-def cudnn_lstm_unavailable_reason(x: Optional[jax.Array] = None) -> Optional[str]:
+def cudnn_lstm_unavailable_reason(x: jax.Array | None = None) -> str | None:
     """``None`` when ``jax.experimental.rnn.lstm`` can run ``x`` on cuDNN, else why not.
 
     ``x`` concrete: the platform of its devices; traced (under ``jit``) or None: JAX's default
@@ -72,16 +73,30 @@ def pack_lstm_weights(params: CuDNNLSTMParams) -> jax.Array:
     return jnp.concatenate(parts + [b.reshape(-1)])
 
 
-def cudnn_kernel(x: jax.Array, h0: jax.Array, c0: jax.Array, weights: jax.Array, seq_lengths: Optional[jax.Array],
-                 input_size: int, hidden_size: int):
+def cudnn_kernel(
+    x: jax.Array,
+    h0: jax.Array,
+    c0: jax.Array,
+    weights: jax.Array,
+    seq_lengths: jax.Array | None,
+    input_size: int,
+    hidden_size: int,
+):
     """``jax.experimental.rnn.lstm`` for one layer, one direction (``h0``/``c0``: ``(1, B, U)``)."""
     from jax.experimental import rnn
 
     return rnn.lstm(x, h0, c0, weights, seq_lengths, input_size, hidden_size, 1, 0.0, False)
 
 
-def reference_kernel(x: jax.Array, h0: jax.Array, c0: jax.Array, weights: jax.Array, seq_lengths: Optional[jax.Array],
-                     input_size: int, hidden_size: int):
+def reference_kernel(
+    x: jax.Array,
+    h0: jax.Array,
+    c0: jax.Array,
+    weights: jax.Array,
+    seq_lengths: jax.Array | None,
+    input_size: int,
+    hidden_size: int,
+):
     """The same contract as :func:`cudnn_kernel` through ``jax.experimental.rnn.lstm_ref`` (pure
     JAX, any platform): the stand-in that tests the GPU branch on the CPU."""
     from jax.experimental import rnn
@@ -99,12 +114,12 @@ def fused_lstm(
     params: CuDNNLSTMParams,
     inputs: jax.Array,
     initial_state: LSTMState,
-    seq_lengths: Optional[jax.Array] = None,
+    seq_lengths: jax.Array | None = None,
     *,
     go_backwards: bool = False,
     return_sequences: bool = False,
     zero_output_for_mask: bool = False,
-    kernel: Optional[Callable] = None,
+    kernel: Callable | None = None,
 ):
     """cuDNN's LSTM (``σ = sigmoid``, ``φ = tanh``, two biases) over ``inputs (B, T, I)``.
 

@@ -45,17 +45,25 @@ with ``zero_output_for_mask``). A mask with holes or left padding raises a ``Val
 is concrete; under ``jax.jit`` it cannot be inspected, so such rows come out as NaN (outputs and
 states) instead. Use ``rnnjax.LSTM``/``rnnjax.GRU`` for arbitrary masks.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 
 from rnnjax import constraints, kinds, regularizers
 from rnnjax.cudnn.path import (  # noqa: F401 (BACKENDS, resolve_lengths: re-exported)
-    BACKENDS, CUDNN_GRU, CUDNN_LSTM, WEIGHTS, CuDNNKind, initial_weight, resolve_lengths, run_cudnn_layer,
+    BACKENDS,
+    CUDNN_GRU,
+    CUDNN_LSTM,
+    WEIGHTS,
+    CuDNNKind,
+    initial_weight,
+    resolve_lengths,
+    run_cudnn_layer,
 )
 from rnnjax.functional.core import check_units
 from rnnjax.functional.protocol import make_params
@@ -82,9 +90,10 @@ class CuDNNRecurrent(RecurrentLayer):
                     f"`inputs`: {input_dim} features per step, but {type(self).__name__}({u}) was built for "
                     f"kernel shape {(built[0], kind.gates * u)}, got kernel shape {tuple(built)}."
                 )
-        values = {name: self.param(name, lambda k, n=name: initial_weight(kind, self, n, k, input_dim,
-                                                                              self.param_dtype))
-                  for name, _ in WEIGHTS}
+        values = {
+            name: self.param(name, lambda k, n=name: initial_weight(kind, self, n, k, input_dim, self.param_dtype))
+            for name, _ in WEIGHTS
+        }
         for name, arg in WEIGHTS:
             reg = regularizers.get(getattr(self, f"{arg}_regularizer"), f"{arg}_regularizer")
             if reg is not None:
@@ -92,8 +101,16 @@ class CuDNNRecurrent(RecurrentLayer):
         return make_params(kind.params_class, values)
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
-                 seq_lengths: Optional[jax.Array] = None, training: bool = False, reset: Optional[jax.Array] = None):
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        initial_state: Any = None,
+        seq_lengths: jax.Array | None = None,
+        training: bool = False,
+        reset: jax.Array | None = None,
+    ):
         """``inputs (*batch, timesteps, features)`` -> output ``(*batch, units)`` (``(*batch,
         timesteps, units)`` with ``return_sequences``), then the final states with
         ``return_state`` (``h, c`` for the LSTM, ``h`` for the GRU). ``mask``: right-padded boolean
@@ -103,9 +120,19 @@ class CuDNNRecurrent(RecurrentLayer):
         del training
         check_units(self.units)
         options = CallOptions.of(self)
-        call = run_cudnn_layer(self.cudnn_kind, self.units, self.backend, options, self._weights, inputs, mask=mask,
-                               seq_lengths=seq_lengths, reset=reset, initial_state=initial_state,
-                               read_state=read_state(self))
+        call = run_cudnn_layer(
+            self.cudnn_kind,
+            self.units,
+            self.backend,
+            options,
+            self._weights,
+            inputs,
+            mask=mask,
+            seq_lengths=seq_lengths,
+            reset=reset,
+            initial_state=initial_state,
+            read_state=read_state(self),
+        )
         return store_and_report(self, call, options)
 
     def reset_states(self, states: Any = None):
@@ -142,8 +169,13 @@ _FIELDS_DOC = """
 def cudnn_class(kind: CuDNNKind) -> type:
     """The linen layer of ``kind``: fields its arguments (Keras 2's order and defaults, then rnnjax's)."""
     table = {**kinds.ARGUMENTS, "backend": (str, "auto")}
-    namespace = {"__annotations__": {n: table[n][0] for n in kind.arguments}, "__module__": __name__,
-                 "__qualname__": kind.name, "__doc__": _DOCS[kind.name] + _FIELDS_DOC, "cudnn_kind": kind}
+    namespace = {
+        "__annotations__": {n: table[n][0] for n in kind.arguments},
+        "__module__": __name__,
+        "__qualname__": kind.name,
+        "__doc__": _DOCS[kind.name] + _FIELDS_DOC,
+        "cudnn_kind": kind,
+    }
     namespace.update({n: table[n][1] for n in kind.arguments if table[n][1] is not kinds.REQUIRED})
     return type(kind.name, (CuDNNRecurrent,), namespace)
 

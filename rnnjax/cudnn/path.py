@@ -14,10 +14,12 @@ rows unfolded (:func:`from_rows`), and the Keras results (:func:`~rnnjax.layers.
 A :class:`CuDNNKind` is what the two layers differ in: gate count, weight layout, conversion to the
 canonical layout, the canonical core computing cuDNN's function, whether JAX has a cuDNN kernel.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +30,14 @@ from rnnjax.functional.core import check_custom_backward, concrete, init_weight
 from rnnjax.functional.gru import GRUCore
 from rnnjax.functional.lstm import LSTMCore
 from rnnjax.layers.path import (
-    CallOptions, LayerCall, check_mask, check_sequence, core_cell_program, drive, finish, start_state,
+    CallOptions,
+    LayerCall,
+    check_mask,
+    check_sequence,
+    core_cell_program,
+    drive,
+    finish,
+    start_state,
 )
 
 BACKENDS = ("auto", "cudnn", "scan")
@@ -38,10 +47,23 @@ _NOT_RIGHT_PADDED = (
     "rnnjax.GRU(reset_after=True, recurrent_activation='sigmoid') with weights from "
     "rnnjax.cudnn.cudnn_lstm_to_lstm / rnnjax.cudnn.cudnn_gru_to_gru for masks with holes or left padding."
 )
-_CUDNN_ARGUMENTS = ("units", "kernel_initializer", "recurrent_initializer", "bias_initializer", "unit_forget_bias",
-                    "kernel_regularizer", "recurrent_regularizer", "bias_regularizer", "activity_regularizer",
-                    "kernel_constraint", "recurrent_constraint", "bias_constraint", "return_sequences",
-                    "return_state", "stateful")
+_CUDNN_ARGUMENTS = (
+    "units",
+    "kernel_initializer",
+    "recurrent_initializer",
+    "bias_initializer",
+    "unit_forget_bias",
+    "kernel_regularizer",
+    "recurrent_regularizer",
+    "bias_regularizer",
+    "activity_regularizer",
+    "kernel_constraint",
+    "recurrent_constraint",
+    "bias_constraint",
+    "return_sequences",
+    "return_state",
+    "stateful",
+)
 _CUDNN_EXTRAS = ("go_backwards", "backend", "zero_output_for_mask", "param_dtype", "scan_unroll", "custom_backward")
 
 
@@ -60,12 +82,24 @@ class CuDNNKind(NamedTuple):
     arguments: tuple
 
 
-CUDNN_LSTM = CuDNNKind("CuDNNLSTM", 4, convert.CuDNNLSTMParams, convert.cudnn_lstm_to_lstm,
-                       lambda units: LSTMCore(units, recurrent_activation="sigmoid", implementation=2), True,
-                       _CUDNN_ARGUMENTS + _CUDNN_EXTRAS)
-CUDNN_GRU = CuDNNKind("CuDNNGRU", 3, convert.CuDNNGRUParams, convert.cudnn_gru_to_gru,
-                      lambda units: GRUCore(units, recurrent_activation="sigmoid", reset_after=True, implementation=2),
-                      False, tuple(a for a in _CUDNN_ARGUMENTS if a != "unit_forget_bias") + _CUDNN_EXTRAS)
+CUDNN_LSTM = CuDNNKind(
+    "CuDNNLSTM",
+    4,
+    convert.CuDNNLSTMParams,
+    convert.cudnn_lstm_to_lstm,
+    lambda units: LSTMCore(units, recurrent_activation="sigmoid", implementation=2),
+    True,
+    _CUDNN_ARGUMENTS + _CUDNN_EXTRAS,
+)
+CUDNN_GRU = CuDNNKind(
+    "CuDNNGRU",
+    3,
+    convert.CuDNNGRUParams,
+    convert.cudnn_gru_to_gru,
+    lambda units: GRUCore(units, recurrent_activation="sigmoid", reset_after=True, implementation=2),
+    False,
+    tuple(a for a in _CUDNN_ARGUMENTS if a != "unit_forget_bias") + _CUDNN_EXTRAS,
+)
 WEIGHTS = (("kernel", "kernel"), ("recurrent_kernel", "recurrent"), ("bias", "bias"))
 
 
@@ -82,11 +116,13 @@ def initial_weight(kind: CuDNNKind, config: Any, name: str, key: jax.Array, inpu
     if not getattr(config, "unit_forget_bias", False):
         return init_weight(config.bias_initializer, key, (2 * g * u,), dtype, "bias_initializer")
     k1, k2 = jax.random.split(key)
-    return jnp.concatenate([
-        init_weight(config.bias_initializer, k1, (5 * u,), dtype, "bias_initializer"),
-        jnp.ones((u,), dtype),
-        init_weight(config.bias_initializer, k2, (2 * u,), dtype, "bias_initializer"),
-    ])
+    return jnp.concatenate(
+        [
+            init_weight(config.bias_initializer, k1, (5 * u,), dtype, "bias_initializer"),
+            jnp.ones((u,), dtype),
+            init_weight(config.bias_initializer, k2, (2 * u,), dtype, "bias_initializer"),
+        ]
+    )
 
 
 def check_backend(backend: str) -> str:
@@ -95,7 +131,7 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def resolve_lengths(mask: Optional[jax.Array], seq_lengths: Optional[jax.Array], batch_shape: tuple, steps: int):
+def resolve_lengths(mask: jax.Array | None, seq_lengths: jax.Array | None, batch_shape: tuple, steps: int):
     """``(lengths (B,) int32 or None, ok (B,) bool or None)`` from a right-padded ``mask
     (*batch, T)`` or ``seq_lengths (*batch,)``, ``B`` the product of the batch axes. Concrete bad
     input raises; traced input gives ``ok`` (rows to poison)."""
@@ -129,8 +165,10 @@ def resolve_lengths(mask: Optional[jax.Array], seq_lengths: Optional[jax.Array],
 
 def poison(tree: Any, ok: Any):
     """NaN in the rows where ``ok`` is False (an invalid traced mask)."""
+
     def one(a):
         return jnp.where(ok.reshape(ok.shape + (1,) * (a.ndim - 1)), a, jnp.nan).astype(a.dtype)
+
     return jax.tree_util.tree_map(one, tree)
 
 
@@ -139,7 +177,7 @@ def to_rows(tree: Any, batch_shape: tuple):
     if len(batch_shape) == 1:
         return tree
     rows = math.prod(batch_shape)
-    return jax.tree_util.tree_map(lambda a: a.reshape((rows,) + a.shape[len(batch_shape):]), tree)
+    return jax.tree_util.tree_map(lambda a: a.reshape((rows,) + a.shape[len(batch_shape) :]), tree)
 
 
 def from_rows(tree: Any, batch_shape: tuple):
@@ -149,15 +187,18 @@ def from_rows(tree: Any, batch_shape: tuple):
     return jax.tree_util.tree_map(lambda a: a.reshape(tuple(batch_shape) + a.shape[1:]), tree)
 
 
-def choose_backend(kind: CuDNNKind, backend: str, custom_backward: bool, inputs: jax.Array, params: Any,
-                   reset: Optional[jax.Array] = None) -> str:
+def choose_backend(
+    kind: CuDNNKind, backend: str, custom_backward: bool, inputs: jax.Array, params: Any, reset: jax.Array | None = None
+) -> str:
     """``'cudnn'`` or ``'scan'`` for this call (the rules: :mod:`rnnjax.cudnn.layers`)."""
     check_backend(backend)
     check_custom_backward(custom_backward)
     if reset is not None:  # cuDNN runs whole rows: no restart mid-sequence
         if backend == "cudnn":
-            raise ValueError("`reset`: the cuDNN kernel cannot restart a sequence mid-row; use backend='auto' or "
-                             "'scan' (the same function, which takes `reset`).")
+            raise ValueError(
+                "`reset`: the cuDNN kernel cannot restart a sequence mid-row; use backend='auto' or "
+                "'scan' (the same function, which takes `reset`)."
+            )
         return "scan"
     if backend == "cudnn" and not custom_backward:
         raise ValueError(
@@ -178,31 +219,59 @@ def choose_backend(kind: CuDNNKind, backend: str, custom_backward: bool, inputs:
     if why is None and dtypes != {jnp.dtype(jnp.float32)}:
         why = f"jax.experimental.rnn.lstm takes float32 only, got {sorted(str(d) for d in dtypes)}"
     if backend == "cudnn" and why is not None:
-        raise RuntimeError(f"`backend='cudnn'`: cannot run {kind.name} on cuDNN: {why}. "
-                           "Use backend='scan' (or 'auto'), which computes the same function anywhere.")
+        raise RuntimeError(
+            f"`backend='cudnn'`: cannot run {kind.name} on cuDNN: {why}. "
+            "Use backend='scan' (or 'auto'), which computes the same function anywhere."
+        )
     return "cudnn" if why is None else "scan"
 
 
-def run_rows(kind: CuDNNKind, units: int, backend: str, params: Any, x: jax.Array, init: Any,
-             lengths: Optional[jax.Array], options: CallOptions, reset: Optional[jax.Array] = None):
+def run_rows(
+    kind: CuDNNKind,
+    units: int,
+    backend: str,
+    params: Any,
+    x: jax.Array,
+    init: Any,
+    lengths: jax.Array | None,
+    options: CallOptions,
+    reset: jax.Array | None = None,
+):
     """``(output, final state)`` for rows ``x (B, T, I)`` (``reset (B, T)`` or None): the cuDNN
     kernel, or the canonical weights through the layer-side path's driver call
     (:func:`~rnnjax.layers.path.drive`)."""
     if choose_backend(kind, backend, options.custom_backward, x, params, reset) == "cudnn":
-        return fused.fused_lstm(params, x, init, lengths, go_backwards=options.go_backwards,
-                                return_sequences=options.return_sequences,
-                                zero_output_for_mask=options.zero_output_for_mask)
+        return fused.fused_lstm(
+            params,
+            x,
+            init,
+            lengths,
+            go_backwards=options.go_backwards,
+            return_sequences=options.return_sequences,
+            zero_output_for_mask=options.zero_output_for_mask,
+        )
     mask = None if lengths is None else jnp.arange(x.shape[1])[None, :] < lengths[:, None]
     program = core_cell_program(kind.scan_core(units), kind.to_canonical(params), (units,))
     # 'auto' lets the driver run oneDNN's CPU kernel where it applies (rnnjax.onednn.dispatch)
-    return drive(program, x, init, options._replace(backend="auto" if backend == "auto" else "scan"), mask=mask,
-                 reset=reset)
+    return drive(
+        program, x, init, options._replace(backend="auto" if backend == "auto" else "scan"), mask=mask, reset=reset
+    )
 
 
-def run_cudnn_layer(kind: CuDNNKind, units: int, backend: str, options: CallOptions, params_of: Callable,
-                    inputs: jax.Array, *, mask: Optional[jax.Array] = None, seq_lengths: Optional[jax.Array] = None,
-                    reset: Optional[jax.Array] = None, initial_state: Any = None,
-                    read_state: Optional[Callable] = None) -> LayerCall:
+def run_cudnn_layer(
+    kind: CuDNNKind,
+    units: int,
+    backend: str,
+    options: CallOptions,
+    params_of: Callable,
+    inputs: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    seq_lengths: jax.Array | None = None,
+    reset: jax.Array | None = None,
+    initial_state: Any = None,
+    read_state: Callable | None = None,
+) -> LayerCall:
     """One CuDNN layer call (the sequence in the module docstring). ``params_of(input_dim)`` returns
     the weights in ``kind.params_class``'s layout; ``reset (*batch, T)``: True where a new sequence
     starts (the scan backend); ``read_state`` as in :func:`~rnnjax.layers.path.start_state` (used
@@ -211,14 +280,19 @@ def run_cudnn_layer(kind: CuDNNKind, units: int, backend: str, options: CallOpti
     params = params_of(int(seq.feature_shape[0]))
     lengths, ok = resolve_lengths(mask, seq_lengths, seq.batch_shape, seq.steps)
     reset = check_mask(reset, tuple(seq.batch_shape) + (seq.steps,), argument="reset")
-    init = start_state(kind.scan_core(units).initial_state, seq, inputs.dtype, initial_state=initial_state,
-                       read_state=read_state if options.stateful else None)
+    init = start_state(
+        kind.scan_core(units).initial_state,
+        seq,
+        inputs.dtype,
+        initial_state=initial_state,
+        read_state=read_state if options.stateful else None,
+    )
     x = to_rows(inputs, seq.batch_shape)
     rows_reset = None if reset is None else to_rows(reset, seq.batch_shape)
-    output, final = run_rows(kind, units, backend, params, x, to_rows(init, seq.batch_shape), lengths, options,
-                             rows_reset)
+    output, final = run_rows(
+        kind, units, backend, params, x, to_rows(init, seq.batch_shape), lengths, options, rows_reset
+    )
     if ok is not None:
         output, final = poison((output, final), ok)
     output, final = from_rows((output, final), seq.batch_shape)
     return finish(output, final, options, seq)
-

@@ -12,30 +12,66 @@ docstrings), :mod:`~rnnjax.functional.driver` (the sequence semantics),
 :mod:`~rnnjax.functional.options` (the driver's options as one value, ``force_plan``),
 ``_planner``, ``_matmul_backward`` and ``_input_additive`` (private: how the driver runs fast).
 """
+
 from __future__ import annotations
 
 from rnnjax.functional import activations, initializers
+from rnnjax.functional.conv_lstm import ConvLSTMCore, ConvLSTMParams, ConvLSTMState, conv_lstm
 from rnnjax.functional.core import dropout_masks, gate_matmul, register_for_export
 from rnnjax.functional.driver import scan_rnn
 from rnnjax.functional.gru import GRUCore, GRUParams, GRUState
 from rnnjax.functional.lstm import LSTMCore, LSTMParams, LSTMState
 from rnnjax.functional.options import LoopOptions, PlanOverrides, force_plan
 from rnnjax.functional.protocol import (
-    PARAM_NAMES, CellCore, CoreParams, CoreProgram, RecurrentCore, SpatialCore, make_params, per_gate_masks,
-    shared_mask, with_pointwise_vjp,
+    PARAM_NAMES,
+    CellCore,
+    CoreParams,
+    CoreProgram,
+    RecurrentCore,
+    SpatialCore,
+    make_params,
+    per_gate_masks,
+    shared_mask,
+    with_pointwise_vjp,
 )
 from rnnjax.functional.sequence import rnn
 from rnnjax.functional.simple_rnn import SimpleRNNCore, SimpleRNNParams, SimpleRNNState
-from rnnjax.functional.conv_lstm import ConvLSTMCore, ConvLSTMParams, ConvLSTMState, conv_lstm
 
-register_for_export(GRUParams, GRUState, LSTMParams, LSTMState, SimpleRNNParams, SimpleRNNState, ConvLSTMParams,
-                    ConvLSTMState)
+register_for_export(
+    GRUParams, GRUState, LSTMParams, LSTMState, SimpleRNNParams, SimpleRNNState, ConvLSTMParams, ConvLSTMState
+)
 
 __all__ = [
-    "activations", "initializers", "dropout_masks", "gate_matmul", "scan_rnn", "rnn", "RecurrentCore", "CoreProgram",
-    "CellCore", "SpatialCore", "CoreParams", "PARAM_NAMES", "make_params", "per_gate_masks", "shared_mask",
-    "with_pointwise_vjp", "LoopOptions", "PlanOverrides", "force_plan",
-    "GRUCore", "GRUParams", "GRUState", "LSTMCore", "LSTMParams", "LSTMState",
-    "SimpleRNNCore", "SimpleRNNParams", "SimpleRNNState",
-    "ConvLSTMCore", "ConvLSTMParams", "ConvLSTMState", "conv_lstm",
+    "activations",
+    "initializers",
+    "dropout_masks",
+    "gate_matmul",
+    "scan_rnn",
+    "rnn",
+    "RecurrentCore",
+    "CoreProgram",
+    "CellCore",
+    "SpatialCore",
+    "CoreParams",
+    "PARAM_NAMES",
+    "make_params",
+    "per_gate_masks",
+    "shared_mask",
+    "with_pointwise_vjp",
+    "LoopOptions",
+    "PlanOverrides",
+    "force_plan",
+    "GRUCore",
+    "GRUParams",
+    "GRUState",
+    "LSTMCore",
+    "LSTMParams",
+    "LSTMState",
+    "SimpleRNNCore",
+    "SimpleRNNParams",
+    "SimpleRNNState",
+    "ConvLSTMCore",
+    "ConvLSTMParams",
+    "ConvLSTMState",
+    "conv_lstm",
 ]

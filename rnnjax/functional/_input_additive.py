@@ -1,6 +1,7 @@
 """The loop of an :class:`~rnnjax.functional.protocol.InputAdditiveStep`: autodiff's backward
 pass, except for the kernels, whose gradients are formed after the loop as
 ``dk = Σ_t lhs_tᵀ d xp_t`` (``docs/design.md``, "The input-additive path")."""
+
 from __future__ import annotations
 
 import jax
@@ -21,8 +22,10 @@ def _with_ghost_parts(step: InputAdditiveStep, kernels, xs):
     ghost_ids = sorted({p for p in adds_to if p >= n_real})
     if ghost_ids:
         if not isinstance(xs, tuple) or ghost_ids != list(range(n_real, n_real + len(ghost_ids))):
-            raise ValueError(f"InputAdditiveStep.adds_to {adds_to}: ghost parts need projected parts as a tuple, "
-                             f"numbered from {n_real} on")
+            raise ValueError(
+                f"InputAdditiveStep.adds_to {adds_to}: ghost parts need projected parts as a tuple, "
+                f"numbered from {n_real} on"
+            )
         lead = xs[0].shape[:-1]
         xs = xs + tuple(jnp.zeros(lead + (kernels[adds_to.index(j)].shape[-1],), xs[0].dtype) for j in ghost_ids)
     return adds_to, xs
@@ -59,8 +62,7 @@ def scan_input_additive(step: InputAdditiveStep, carry, xs, m, r, options: LoopO
     def run_fwd(kernels, xs, carry, m, r, *consts):
         # The kernels are constants of the differentiated scan: autodiff then forms no per-step
         # kernel gradient (d lhs still flows, d h = d a @ kernelᵀ).
-        out, vjp, lhs = jax.vjp(lambda x, c, *k: scan_conv(kernels, x, c, m, r, *k), xs, carry, *consts,
-                                has_aux=True)
+        out, vjp, lhs = jax.vjp(lambda x, c, *k: scan_conv(kernels, x, c, m, r, *k), xs, carry, *consts, has_aux=True)
         return out, (vjp, lhs, kernels)
 
     def run_bwd(res, ct):

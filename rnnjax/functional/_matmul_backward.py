@@ -13,9 +13,10 @@ instead of one small accumulation per step. Four switches (:class:`MatmulPlan`) 
 forward loop stores and how the backward loop writes; each changes memory traffic, never a
 number beyond float rounding.
 """
+
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, cast
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -52,12 +53,15 @@ class MatmulPlan(NamedTuple):
     bias_grad_after_loop: bool
 
 
-def plan_matmul_backward(step: RecurrentMatmulStep, xs, init_state, has_mask: bool,
-                         forced: PlanOverrides = PlanOverrides()) -> MatmulPlan:
+def plan_matmul_backward(
+    step: RecurrentMatmulStep, xs, init_state, has_mask: bool, forced: PlanOverrides = PlanOverrides()
+) -> MatmulPlan:
     """The automatic :class:`MatmulPlan`, then any switch ``forced``."""
     in_place_ok = any(sum_parts(step))
-    keeps_precision = in_place_ok and all(jnp.result_type(
-        x.dtype, step.recurrent_kernel.dtype, _first_leaf(init_state).dtype) == x.dtype for x in _parts(xs))
+    keeps_precision = in_place_ok and all(
+        jnp.result_type(x.dtype, step.recurrent_kernel.dtype, _first_leaf(init_state).dtype) == x.dtype
+        for x in _parts(xs)
+    )
     in_place = forced.choose("in_place_z", keeps_precision, allowed=(False, keeps_precision))
     # read at the step itself where every read of z_t feeds dz_t (the sigmoid LSTM's hand-written backward)
     prefetch = in_place and (step.pointwise_vjp is None or step.vjp_rereads_z)
@@ -95,7 +99,7 @@ class StepResiduals(NamedTuple):
 
     recurrent_product: Any  # a_t (not in place; in place: the parts not read only through the sum, None for the others)
     state: Any  # state_{t-1}
-    prev_output: Optional[jax.Array]  # o_{t-1} (carry_prev_output)
+    prev_output: jax.Array | None  # o_{t-1} (carry_prev_output)
 
 
 class MatmulResiduals(NamedTuple):
@@ -104,13 +108,13 @@ class MatmulResiduals(NamedTuple):
     recurrent_kernel: jax.Array
     pointwise_params: Any
     inputs: Any  # xp of every step (None in place: the buffer holds z)
-    mask: Optional[jax.Array]
-    restarts: Optional[jax.Array]  # r_t of every step (the call's reset flags, in processing order)
-    recurrent_dropout_mask: Optional[jax.Array]
+    mask: jax.Array | None
+    restarts: jax.Array | None  # r_t of every step (the call's reset flags, in processing order)
+    recurrent_dropout_mask: jax.Array | None
     recurrent_products: Any  # a_t of every step (not in place; in place: as in StepResiduals)
     z: Any  # in place: per part, z_t (read only through the sum) or xp_t, in the inputs' buffer
     states: Any  # state_{t-1} of every step (after the restart rule)
-    prev_outputs: Optional[jax.Array]  # o_{t-1} of every step (carry_prev_output)
+    prev_outputs: jax.Array | None  # o_{t-1} of every step (carry_prev_output)
 
 
 class LoopArgs(NamedTuple):
@@ -173,7 +177,7 @@ class MatmulLoop:
         self.pointwise_for_backward = with_pointwise_vjp(step.pointwise, step.pointwise_vjp)
         self.recurrent_lhs = step.recurrent_lhs or (lambda v: v)
         sizes = step.part_sizes
-        self.part_ends = None if sizes is None else [sum(sizes[:k + 1]) for k in range(len(sizes) - 1)]
+        self.part_ends = None if sizes is None else [sum(sizes[: k + 1]) for k in range(len(sizes) - 1)]
         self.sum_parts = sum_parts(step)
 
     def cell(self, params, xp_t, a_t, s_prev, last_prev, m_t, pointwise=None):
@@ -221,12 +225,22 @@ class MatmulLoop:
         carry = (s0, last0, xs if in_place else None)
         # the step index, made here (a closed-over array would leak a tracer)
         seq = (None if in_place else xs, m, r, jnp.arange(self.steps, dtype=jnp.int32))
-        (s, last, zbuf), (ys, res) = lax.scan(body, carry, seq, reverse=self.options.go_backwards,
-                                                 unroll=self.options.scan_unroll)
+        (s, last, zbuf), (ys, res) = lax.scan(
+            body, carry, seq, reverse=self.options.go_backwards, unroll=self.options.scan_unroll
+        )
         if res is not None:
-            res = MatmulResiduals(R, params, None if self.plan.in_place_z else xs, m, r, rec_mask,
-                                  res.recurrent_product,
-                                  zbuf if in_place else None, res.state, res.prev_output)
+            res = MatmulResiduals(
+                R,
+                params,
+                None if self.plan.in_place_z else xs,
+                m,
+                r,
+                rec_mask,
+                res.recurrent_product,
+                zbuf if in_place else None,
+                res.state,
+                res.prev_output,
+            )
         return (ys, s, last), res
 
     def sum_in_place(self, zbuf, a, t):
@@ -278,6 +292,7 @@ class MatmulLoop:
     def _cell_vjp(self, params, xp_t, a_t, s_prev, last_prev, m_t, cotangent, dparams):
         """``(d params, d xp_t, d a_t, d state_{t-1}, d o_{t-1})`` of one step; with
         ``bias_grad_after_loop`` the parameters are held constant (``dparams`` passed through)."""
+
         def cell_at(p, xp, a, s, last):
             return self.cell(p, xp, a, s, last, m_t, self.pointwise_for_backward)
 
@@ -319,7 +334,8 @@ class MatmulLoop:
             if not plan.carry_prev_output:
                 last_prev = d_last  # not read by the cell (no mask): any array of its shape
             dparams_t, dxp, da, ds_prev, dlast_prev = self._cell_vjp(
-                res.pointwise_params, xp_t, a_t, s_prev, last_prev, m_t, (ds, dout), dparams)
+                res.pointwise_params, xp_t, a_t, s_prev, last_prev, m_t, (ds, dout), dparams
+            )
             if not plan.carry_prev_output:
                 dlast_prev = None
             written = self.written_in_place(dxp, da) if plan.in_place_z else None
@@ -335,14 +351,22 @@ class MatmulLoop:
         zero_params = jax.tree_util.tree_map(jnp.zeros_like, res.pointwise_params)
         t_index = jnp.arange(self.steps, dtype=jnp.int32)
         xp_a = None if plan.in_place_z else (res.inputs, res.recurrent_products)
-        seq = (xp_a, res.states, res.prev_outputs, res.mask, res.restarts,
-               d_ys if self.options.return_sequences else None, t_index)
+        seq = (
+            xp_a,
+            res.states,
+            res.prev_outputs,
+            res.mask,
+            res.restarts,
+            d_ys if self.options.return_sequences else None,
+            t_index,
+        )
         zbuf0: Any = res.z if all(self.sum_parts) or not plan.in_place_z else (res.z, res.recurrent_products)
         if plan.prefetch_z:
             zbuf0 = (zbuf0, _tree_take(zbuf0, t_first))
         init = (d_s, d_last if plan.carry_prev_output else None, zero_params, zbuf0)
-        (ds0, dlast0, dparams, zbuf), outs = lax.scan(body, init, seq, reverse=not go_backwards,
-                                                      unroll=self.options.scan_unroll)
+        (ds0, dlast0, dparams, zbuf), outs = lax.scan(
+            body, init, seq, reverse=not go_backwards, unroll=self.options.scan_unroll
+        )
         if not plan.carry_prev_output:  # the initial previous output is never read without a mask
             dlast0 = jnp.zeros_like(d_last)
         if plan.in_place_z:  # d xp_t (= d a_t = d z_t where read only through the sum)
@@ -359,9 +383,19 @@ class MatmulLoop:
         v_seq = self.recurrent_lhs(v_seq if rec_mask is None else v_seq * rec_mask)
         # one matmul per stored part of the (T, *batch, G*U) cotangents (not joined: no copy)
         dR = _joined([contract_leading(v_seq, d) for d in da_parts])
-        return tuple(LoopArgs(recurrent_kernel=dR.astype(R.dtype), pointwise_params=dparams, inputs=dxs,
-                              initial_state=ds0, initial_output=dlast0, mask=None, restarts=None,
-                              recurrent_dropout_mask=None, xp_bias=None))
+        return tuple(
+            LoopArgs(
+                recurrent_kernel=dR.astype(R.dtype),
+                pointwise_params=dparams,
+                inputs=dxs,
+                initial_state=ds0,
+                initial_output=dlast0,
+                mask=None,
+                restarts=None,
+                recurrent_dropout_mask=None,
+                xp_bias=None,
+            )
+        )
 
 
 def scan_matmul_step(step: RecurrentMatmulStep, xs, init_state, last0, m, r, options: LoopOptions, xp_bias=None):
@@ -373,8 +407,9 @@ def scan_matmul_step(step: RecurrentMatmulStep, xs, init_state, last0, m, r, opt
     :class:`~rnnjax.functional.protocol.LoopBias`); not differentiable (the planner passes it only
     to calls that are not differentiated)."""
     steps = jax.tree_util.tree_leaves(xs)[0].shape[0]
-    plan = plan_matmul_backward(step, xs, init_state, m is not None,
-                                cast(PlanOverrides, options.plan))  # checked options: never None
+    plan = plan_matmul_backward(
+        step, xs, init_state, m is not None, cast(PlanOverrides, options.plan)
+    )  # checked options: never None
     loop = MatmulLoop(step, plan, steps, options)
 
     @jax.custom_vjp
@@ -393,5 +428,6 @@ def scan_matmul_step(step: RecurrentMatmulStep, xs, init_state, last0, m, r, opt
         xs = loop.split(xs)
         params = None if params is None else loop.split(params)
         xp_bias = None if xp_bias is None else loop.split(xp_bias)
-    return run(*LoopArgs(step.recurrent_kernel, params, xs, init_state, last0, m, r, step.recurrent_dropout_mask,
-                         xp_bias))
+    return run(
+        *LoopArgs(step.recurrent_kernel, params, xs, init_state, last0, m, r, step.recurrent_dropout_mask, xp_bias)
+    )

@@ -26,10 +26,12 @@ right for all sizes (all steps at once, no remat spans, no folded bias).
 ``with rnnjax.functional.force_plan(in_place_z=False): ...`` blocks, whose value is part of every
 jit cache key (a traced function never keeps a stale plan). Nothing here is global state.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Optional, cast
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
 
 import jax
 
@@ -48,6 +50,7 @@ CHUNK_MIN_STEPS = 50
 # INFER_SPAN_BYTES (at least one), so its memory is the outputs and one span (bench/README.md,
 # "Inference memory").
 INFER_SPAN_BYTES = 256 * 2**10
+
 
 def projection_chunk(steps, project_chunk, batch_rows) -> int:
     """Steps projected at once (``steps``: all); with a symbolic size, all."""
@@ -81,11 +84,12 @@ class SequencePlan(NamedTuple):
 
     train_chunk: Any
     infer_chunk: Any
-    loop_bias: Optional[LoopBias]
+    loop_bias: LoopBias | None
 
 
-def plan_sequence(program: CoreProgram, path: str, x, steps, options: LoopOptions,
-                  project_span: Callable) -> SequencePlan:
+def plan_sequence(
+    program: CoreProgram, path: str, x, steps, options: LoopOptions, project_span: Callable
+) -> SequencePlan:
     """The :class:`SequencePlan` of a scanned call on time-major inputs ``x (T, *batch, F)``
     (``options.plan`` complete: :meth:`LoopOptions.checked`)."""
     remat, forced = options.remat, cast(PlanOverrides, options.plan)  # checked options: never None
@@ -122,7 +126,7 @@ def inference_span(steps, step_bytes, chunk, forced: PlanOverrides) -> Any:
     return chunk if span == 0 else min(span, steps)
 
 
-def _usable_loop_bias(loop_bias: Optional[LoopBias], xp_struct, one_step) -> Optional[LoopBias]:
+def _usable_loop_bias(loop_bias: LoopBias | None, xp_struct, one_step) -> LoopBias | None:
     """``loop_bias`` where ``project_without_bias`` and the bias give the projection's structure."""
     if loop_bias is None:
         return None
@@ -173,7 +177,8 @@ def _same_struct(a, b) -> bool:
     la, ta = jax.tree_util.tree_flatten(a)
     lb, tb = jax.tree_util.tree_flatten(b)
     return ta == tb and all(  # type: ignore[operator]  # PyTreeDef: jaxlib's _jax has no stub
-        u.shape == v.shape and u.dtype == v.dtype for u, v in zip(la, lb))
+        u.shape == v.shape and u.dtype == v.dtype for u, v in zip(la, lb)
+    )
 
 
 def add_last(xp, bias):

@@ -7,14 +7,15 @@ Keras 2 fixes the meaning of ``'hard_sigmoid'``::
 
 Both are reachable by name. ``None`` and ``'linear'`` are the identity.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-Activation = Union[str, Callable, None]
+Activation = str | Callable | None
 
 
 def linear(x):

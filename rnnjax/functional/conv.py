@@ -1,6 +1,7 @@
 """Convolution helpers of the ConvLSTM core: the recurrent 'same' convolution with a fast
 input cotangent, and the checks and output sizes of Keras's convolution arguments. Channels last.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -64,8 +65,11 @@ def normalize_tuple(value, rank: int, argument: str) -> tuple:
         out = tuple(value)
     except TypeError:
         out = None
-    if (out is None or len(out) != rank
-            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0 for v in out)):
+    if (
+        out is None
+        or len(out) != rank
+        or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0 for v in out)
+    ):
         raise ValueError(
             f"`{argument}`: expected a positive integer or a tuple of {rank} positive integers, got {value!r}."
         )
@@ -88,9 +92,7 @@ def check_data_format(data_format) -> str:
     if data_format is None:
         return "channels_last"
     if not isinstance(data_format, str) or data_format.lower() not in ("channels_last", "channels_first"):
-        raise ValueError(
-            f"`data_format`: expected 'channels_last', 'channels_first' or None, got {data_format!r}."
-        )
+        raise ValueError(f"`data_format`: expected 'channels_last', 'channels_first' or None, got {data_format!r}.")
     return data_format.lower()
 
 

@@ -19,26 +19,37 @@ core's strides, padding and dilation) and ``⊛`` the recurrent convolution (str
 convolution's batch axis. :func:`rnnjax.functional.rnn` runs a core over a sequence
 ``(*batch, T, *spatial, C)``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, NamedTuple, Optional, cast
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.export
 import jax.numpy as jnp
-from jax.typing import DTypeLike
 from jax import lax
+from jax.typing import DTypeLike
 
 from rnnjax.functional.conv import (
-    _DIMENSION_NUMBERS, _same_pads, check_padding, conv_output_length, normalize_tuple, same_conv, shape_ints,
+    _DIMENSION_NUMBERS,
+    _same_pads,
+    check_padding,
+    conv_output_length,
+    normalize_tuple,
+    same_conv,
+    shape_ints,
 )
 from rnnjax.functional.core import check_core_config, check_units, init_weight, lstm_bias
 from rnnjax.functional.lstm import LSTMCore, LSTMState
 from rnnjax.functional.mesh import partitioned
 from rnnjax.functional.protocol import (
-    InputAdditiveStep, RecurrentMatmulStep, per_gate_masks, shared_mask, with_pointwise_vjp,
+    InputAdditiveStep,
+    RecurrentMatmulStep,
+    per_gate_masks,
+    shared_mask,
+    with_pointwise_vjp,
 )
 
 
@@ -49,7 +60,7 @@ class ConvLSTMParams(NamedTuple):
 
     kernel: jax.Array
     recurrent_kernel: jax.Array
-    bias: Optional[jax.Array]
+    bias: jax.Array | None
 
 
 class ConvLSTMState(NamedTuple):
@@ -119,15 +130,16 @@ class ConvLSTMCore:
     def output_spatial_shape(self, spatial_shape: tuple) -> tuple:
         """Spatial shape of the outputs and states for inputs of spatial shape ``spatial_shape``."""
         spatial_shape = shape_ints(spatial_shape)
-        if self.padding == "same" and any(jax.export.is_symbolic_dim(n) and st > 1
-                                          for n, st in zip(spatial_shape, self.strides)):
+        if self.padding == "same" and any(
+            jax.export.is_symbolic_dim(n) and st > 1 for n, st in zip(spatial_shape, self.strides)
+        ):
             # 'same' padding of a strided convolution depends on each size's remainder
-            raise ValueError(f"`strides`: padding='same' with strides {self.strides} needs static spatial sizes "
-                             f"(its padding depends on each size), got the symbolic spatial shape {spatial_shape}.")
-        if len(spatial_shape) != self.rank:
             raise ValueError(
-                f"`inputs`: expected {self.rank} spatial dimension(s), got spatial shape {spatial_shape}."
+                f"`strides`: padding='same' with strides {self.strides} needs static spatial sizes "
+                f"(its padding depends on each size), got the symbolic spatial shape {spatial_shape}."
             )
+        if len(spatial_shape) != self.rank:
+            raise ValueError(f"`inputs`: expected {self.rank} spatial dimension(s), got spatial shape {spatial_shape}.")
         out = tuple(
             conv_output_length(n, k, self.padding, s, d)
             for n, k, s, d in zip(spatial_shape, self.kernel_size, self.strides, self.dilation_rate)
@@ -139,7 +151,8 @@ class ConvLSTMCore:
                 f"`inputs`: with padding='valid', a kernel of size {self.kernel_size} (dilation_rate "
                 f"{self.dilation_rate}) may not fit the symbolic spatial shape {spatial_shape} (output shape "
                 f"{out}); state the smallest size in the symbolic shape, e.g. jax.export.symbolic_shape(..., "
-                f"constraints=['h >= {self.kernel_size[0]}']), or use padding='same'.") from None
+                f"constraints=['h >= {self.kernel_size[0]}']), or use padding='same'."
+            ) from None
         if not fits:
             raise ValueError(
                 f"`kernel_size`: a kernel of size {self.kernel_size} with dilation_rate {self.dilation_rate} does not "
@@ -152,15 +165,18 @@ class ConvLSTMCore:
         check_units(input_dim, "input_dim")
         f = self.filters
         k1, k2, k3 = jax.random.split(key, 3)
-        kernel = init_weight(self.kernel_initializer, k1, self.kernel_size + (input_dim, 4 * f), dtype,
-                             "kernel_initializer")
-        recurrent = init_weight(self.recurrent_initializer, k2, self.kernel_size + (f, 4 * f), dtype,
-                                "recurrent_initializer")
+        kernel = init_weight(
+            self.kernel_initializer, k1, self.kernel_size + (input_dim, 4 * f), dtype, "kernel_initializer"
+        )
+        recurrent = init_weight(
+            self.recurrent_initializer, k2, self.kernel_size + (f, 4 * f), dtype, "recurrent_initializer"
+        )
         bias = lstm_bias(self.bias_initializer, k3, f, dtype, self.unit_forget_bias) if self.use_bias else None
         return ConvLSTMParams(kernel, recurrent, bias)
 
-    def initial_state(self, batch_shape: tuple = (), dtype: DTypeLike = jnp.float32,
-                      input_spatial_shape: Optional[tuple] = None) -> ConvLSTMState:
+    def initial_state(
+        self, batch_shape: tuple = (), dtype: DTypeLike = jnp.float32, input_spatial_shape: tuple | None = None
+    ) -> ConvLSTMState:
         """Zero states ``(*batch_shape, *output_spatial_shape(input_spatial_shape), F)``."""
         if input_spatial_shape is None:
             raise ValueError(
@@ -186,8 +202,11 @@ class ConvLSTMCore:
         lead = x.shape[:n_lead]
         flat = x.reshape((-1,) + x.shape[n_lead:])
         y = lax.conv_general_dilated(
-            flat, kernel.astype(flat.dtype) if kernel.dtype != flat.dtype else kernel,
-            window_strides=strides, padding=padding.upper(), rhs_dilation=dilation,
+            flat,
+            kernel.astype(flat.dtype) if kernel.dtype != flat.dtype else kernel,
+            window_strides=strides,
+            padding=padding.upper(),
+            rhs_dilation=dilation,
             dimension_numbers=_DIMENSION_NUMBERS[r],
         )
         y = y.reshape(lead + y.shape[1:])
@@ -207,8 +226,9 @@ class ConvLSTMCore:
         if masks.shape[0] != self.gates:
             raise ValueError(f"dropout masks: expected 1 or {self.gates} masks, got {masks.shape[0]}.")
         blocks = jnp.split(kernel, self.gates, axis=-1)
-        return jnp.concatenate([self._conv(x * masks[g], k, strides, padding, dilation, time_first)
-                                for g, k in enumerate(blocks)], axis=-1)
+        return jnp.concatenate(
+            [self._conv(x * masks[g], k, strides, padding, dilation, time_first) for g, k in enumerate(blocks)], axis=-1
+        )
 
     def check_inputs(self, params: ConvLSTMParams, inputs: jax.Array) -> None:
         """Checks a sequence ``(*batch, T, *spatial, C)`` against the parameters (for ``rnn``)."""
@@ -231,29 +251,32 @@ class ConvLSTMCore:
                 f"`{what}`: {x.shape[-1]} channels but the parameters were built for {params.kernel.shape[-2]} "
                 f"(kernel shape {tuple(params.kernel.shape)})."
             )
-        self.output_spatial_shape(x.shape[-(r + 1):-1])
+        self.output_spatial_shape(x.shape[-(r + 1) : -1])
 
-    def project(self, params: ConvLSTMParams, x: jax.Array, dropout_mask: Optional[jax.Array] = None) -> jax.Array:
+    def project(self, params: ConvLSTMParams, x: jax.Array, dropout_mask: jax.Array | None = None) -> jax.Array:
         """``x ∗ kernel + bias`` for ``x`` of shape ``(..., *spatial, C)`` (any leading axes, e.g.
         the driver's ``(T, *batch)``: folded into one convolution, the first axis innermost) ->
         ``(..., *spatial', 4F)``."""
         self._check_x(params, x, "inputs")
-        z = self._gate_conv(x, params.kernel, dropout_mask, self.strides, self.padding, self.dilation_rate,
-                            time_first=True)
+        z = self._gate_conv(
+            x, params.kernel, dropout_mask, self.strides, self.padding, self.dilation_rate, time_first=True
+        )
         if params.bias is not None:
             z = z + params.bias
         return z
 
-    def pointwise(self, pointwise_params: Any, xp_t: jax.Array, a_t: jax.Array,
-                  state: ConvLSTMState) -> tuple[ConvLSTMState, jax.Array]:
+    def pointwise(
+        self, pointwise_params: Any, xp_t: jax.Array, a_t: jax.Array, state: ConvLSTMState
+    ) -> tuple[ConvLSTMState, jax.Array]:
         """The LSTM gate math after the recurrent convolution ``a_t = h_{t-1} ⊛ R`` (the same
         element-wise function as :meth:`LSTMCore.pointwise`, per pixel)."""
         # ConvLSTMState has LSTMState's fields (h, c): the same element-wise function reads it
         (h, c), y = self._pixel_lstm().pointwise(pointwise_params, xp_t, a_t, cast(LSTMState, state))
         return ConvLSTMState(h, c), y
 
-    def step(self, params: ConvLSTMParams, state: ConvLSTMState, xp_t: Any,
-             recurrent_dropout_mask: Optional[jax.Array] = None) -> tuple[ConvLSTMState, jax.Array]:
+    def step(
+        self, params: ConvLSTMParams, state: ConvLSTMState, xp_t: Any, recurrent_dropout_mask: jax.Array | None = None
+    ) -> tuple[ConvLSTMState, jax.Array]:
         ones = (1,) * self.rank
         a = self._gate_conv(state.h, params.recurrent_kernel, recurrent_dropout_mask, ones, "same", ones)
         return self.pointwise(None, xp_t, a, state)
@@ -268,15 +291,18 @@ class ConvLSTMCore:
         (``lax.conv_general_dilated_patches`` computes the same as a slower convolution with an
         identity kernel: ``bench/README.md``, "ConvLSTM")."""
         r = self.rank
-        spatial = h.shape[-(r + 1):-1]
+        spatial = h.shape[-(r + 1) : -1]
         pads = _same_pads(self.kernel_size)
         hp = jnp.pad(h, [(0, 0)] * (h.ndim - r - 1) + pads + [(0, 0)])
-        windows = [hp[(Ellipsis,) + tuple(slice(o, o + n) for o, n in zip(offset, spatial)) + (slice(None),)]
-                   for offset in itertools.product(*(range(k) for k in self.kernel_size))]
+        windows = [
+            hp[(Ellipsis,) + tuple(slice(o, o + n) for o, n in zip(offset, spatial)) + (slice(None),)]
+            for offset in itertools.product(*(range(k) for k in self.kernel_size))
+        ]
         return jnp.concatenate(windows, axis=-1)
 
-    def matmul_step(self, params: ConvLSTMParams,
-                    recurrent_dropout_mask: Optional[jax.Array] = None) -> Optional[RecurrentMatmulStep]:
+    def matmul_step(
+        self, params: ConvLSTMParams, recurrent_dropout_mask: jax.Array | None = None
+    ) -> RecurrentMatmulStep | None:
         """The step as a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep`: the recurrent
         convolution as ``patches(h) @ R`` (its weight gradient then is one matmul after the loop;
         XLA's kernel-gradient convolution inside a loop is slow on the CPU, jax-ml/jax#12868).
@@ -285,9 +311,16 @@ class ConvLSTMCore:
             return None
         flat, recurrent_conv = self._flat_recurrent(params)
         # the element-wise backward pass by hand: the LSTM's, per pixel
-        return RecurrentMatmulStep(flat, self.pointwise, None, shared_mask(recurrent_dropout_mask),
-                                   self.recurrent_patches, reads_only_sum=True, apply_recurrent_kernel=recurrent_conv,
-                                   **self._pixel_lstm().backward_fields())
+        return RecurrentMatmulStep(
+            flat,
+            self.pointwise,
+            None,
+            shared_mask(recurrent_dropout_mask),
+            self.recurrent_patches,
+            reads_only_sum=True,
+            apply_recurrent_kernel=recurrent_conv,
+            **self._pixel_lstm().backward_fields(),
+        )
 
     def _pixel_lstm(self) -> LSTMCore:
         """The LSTM of each pixel: :meth:`pointwise` is its gate math."""
@@ -304,14 +337,15 @@ class ConvLSTMCore:
         def recurrent_conv(h, flat_kernel):
             kernel = flat_kernel.reshape(rk.shape[:-1] + flat_kernel.shape[-1:])
             r = self.rank
-            lead = h.shape[:-(r + 1)]
-            y = same_conv(h.reshape((-1,) + h.shape[-(r + 1):]), kernel.astype(h.dtype))
+            lead = h.shape[: -(r + 1)]
+            y = same_conv(h.reshape((-1,) + h.shape[-(r + 1) :]), kernel.astype(h.dtype))
             return y.reshape(lead + y.shape[1:])
 
         return flat, recurrent_conv
 
-    def input_additive_step(self, params: ConvLSTMParams,
-                            recurrent_dropout_mask: Optional[jax.Array] = None) -> Optional[InputAdditiveStep]:
+    def input_additive_step(
+        self, params: ConvLSTMParams, recurrent_dropout_mask: jax.Array | None = None
+    ) -> InputAdditiveStep | None:
         """With one recurrent dropout mask per gate (what the ConvLSTM layers draw): the step as an
         :class:`~rnnjax.functional.protocol.InputAdditiveStep` (four recurrent convolutions, each
         adding to one gate's part of the projected input), so that the kernel gradients are
@@ -335,8 +369,9 @@ class ConvLSTMCore:
         return self.step(params, state, self.project(params, x_t))
 
 
-def conv_lstm(core: ConvLSTMCore, params: ConvLSTMParams, inputs: jax.Array,
-              **options) -> tuple[jax.Array, ConvLSTMState]:
+def conv_lstm(
+    core: ConvLSTMCore, params: ConvLSTMParams, inputs: jax.Array, **options
+) -> tuple[jax.Array, ConvLSTMState]:
     """:func:`rnnjax.functional.rnn` for a :class:`ConvLSTMCore` (a thin alias, kept for the
     ConvLSTM shapes it documents): ``inputs (*batch, T, *spatial, C)`` (channels_last) ->
     ``(output, ConvLSTMState)``, output ``(*batch, *spatial', F)`` or, with ``return_sequences``,

@@ -2,10 +2,12 @@
 the gate matmul, and :func:`core_program` (a core and its parameters -> the program the driver
 runs). The core protocol itself is :mod:`rnnjax.functional.protocol`.
 """
+
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Optional, Sequence, overload
+from collections.abc import Callable, Sequence
+from typing import overload
 
 import jax
 import jax.export
@@ -60,14 +62,20 @@ def check_implementation(implementation) -> int:
     """``implementation`` as 1 or 2. Keras 2's deprecated 0 (older Keras 2 files carry it) is
     accepted with Keras 2.3's warning and runs implementation 1 (what its ``from_config`` made
     of it); rnnjax treats every value but 2 as 1."""
-    if isinstance(implementation, bool) or not isinstance(implementation, numbers.Integral) or \
-            implementation not in (0, 1, 2):
+    if (
+        isinstance(implementation, bool)
+        or not isinstance(implementation, numbers.Integral)
+        or implementation not in (0, 1, 2)
+    ):
         raise ValueError(f"`implementation`: expected 1 or 2 (or Keras 2's deprecated 0), got {implementation!r}.")
     if implementation == 0:
         import warnings
 
-        warnings.warn("`implementation=0` has been deprecated, and now defaults to `implementation=1`.Please update "
-                      "your layer call.", stacklevel=2)
+        warnings.warn(
+            "`implementation=0` has been deprecated, and now defaults to `implementation=1`.Please update "
+            "your layer call.",
+            stacklevel=2,
+        )
         return 1
     return int(implementation)
 
@@ -136,8 +144,9 @@ def dropout_masks(key: jax.Array, rate: float, shape: Sequence[int], count: int 
 FOLD_BIAS_MIN_ROWS = 256
 
 
-def gate_matmul(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array], gates: int,
-                bias: Optional[jax.Array] = None) -> jax.Array:
+def gate_matmul(
+    x: jax.Array, kernel: jax.Array, masks: jax.Array | None, gates: int, bias: jax.Array | None = None
+) -> jax.Array:
     """``x @ kernel (+ bias)`` with optional dropout masks on ``x``.
 
     ``masks`` is ``None``, ``(1, *batch, I)`` (one mask shared by every gate) or
@@ -158,6 +167,7 @@ def gate_matmul(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array], gat
 def _projection(core, params, dropout_mask):
     """The input projection of many steps in the form the step takes: ``core.project``, or the
     parts of ``core.project_parts`` where the core has it (the GRU)."""
+
     def project(x):
         if isinstance(core, HasProjectParts):
             return core.project_parts(params, x, dropout_mask)
@@ -166,8 +176,12 @@ def _projection(core, params, dropout_mask):
     return project
 
 
-def core_program(core: RecurrentCore, params: CoreParams, dropout_mask: Optional[jax.Array] = None,
-                 recurrent_dropout_mask: Optional[jax.Array] = None) -> CoreProgram:
+def core_program(
+    core: RecurrentCore,
+    params: CoreParams,
+    dropout_mask: jax.Array | None = None,
+    recurrent_dropout_mask: jax.Array | None = None,
+) -> CoreProgram:
     """The :class:`~rnnjax.functional.protocol.CoreProgram` of a core for one call.
 
     ``project``: see :func:`_projection`. ``step(state, xp_t)``: ``core.step`` on the parameters
@@ -189,23 +203,29 @@ def core_program(core: RecurrentCore, params: CoreParams, dropout_mask: Optional
     if isinstance(core, HasMatmulStep):
         matmul = core.matmul_step(params, recurrent_dropout_mask)
     if matmul is not None:
-        matmul = matmul._replace(pointwise=named_step(scope, matmul.pointwise),
-                                 pointwise_vjp=named_step(scope, matmul.pointwise_vjp))
+        matmul = matmul._replace(
+            pointwise=named_step(scope, matmul.pointwise), pointwise_vjp=named_step(scope, matmul.pointwise_vjp)
+        )
     if isinstance(core, HasInputAdditiveStep):
         additive = core.input_additive_step(params, recurrent_dropout_mask)
     if additive is not None:
         additive = additive._replace(step=named_step(scope, additive.step))
-    return CoreProgram(_projection(core, params, dropout_mask), named_step(scope, step), core.initial_state,
-                       matmul_step=matmul, input_additive_step=additive,
-                       loop_bias=loop_bias(core, params, dropout_mask),
-                       fused=FusedForm(core, params, dropout_mask, recurrent_dropout_mask))
+    return CoreProgram(
+        _projection(core, params, dropout_mask),
+        named_step(scope, step),
+        core.initial_state,
+        matmul_step=matmul,
+        input_additive_step=additive,
+        loop_bias=loop_bias(core, params, dropout_mask),
+        fused=FusedForm(core, params, dropout_mask, recurrent_dropout_mask),
+    )
 
 
 @overload
 def named_step(name: str, fn: Callable) -> Callable: ...
 @overload
 def named_step(name: str, fn: None) -> None: ...
-def named_step(name: str, fn: Optional[Callable]) -> Optional[Callable]:
+def named_step(name: str, fn: Callable | None) -> Callable | None:
     """``fn`` run inside ``jax.named_scope(name)`` (None for None): the operations of a cell's
     step carry the cell's name in profiles and compiled programs' metadata, nothing else."""
     if fn is None:
@@ -218,8 +238,7 @@ def named_step(name: str, fn: Optional[Callable]) -> Optional[Callable]:
     return scoped
 
 
-def loop_bias(core: RecurrentCore, params: CoreParams,
-              dropout_mask: Optional[jax.Array] = None) -> Optional[LoopBias]:
+def loop_bias(core: RecurrentCore, params: CoreParams, dropout_mask: jax.Array | None = None) -> LoopBias | None:
     """The :class:`~rnnjax.functional.protocol.LoopBias` of the projection of
     :func:`core_program`, or None (no bias, or a core with ``bias_in_loop = False``).
 
@@ -231,16 +250,19 @@ def loop_bias(core: RecurrentCore, params: CoreParams,
     return LoopBias(_projection(core, params._replace(bias=None), dropout_mask), params.bias)
 
 
-def gate_matmul_parts(x: jax.Array, kernel: jax.Array, masks: Optional[jax.Array], parts: int,
-                      bias: Optional[jax.Array] = None) -> tuple:
+def gate_matmul_parts(
+    x: jax.Array, kernel: jax.Array, masks: jax.Array | None, parts: int, bias: jax.Array | None = None
+) -> tuple:
     """:func:`gate_matmul` returned as ``parts`` equal blocks of the last axis, each its own
     matmul (the GRU's per-gate inputs: no slicing of a large ``(rows, 3U)`` array, which XLA
     copies). ``masks`` as in :func:`gate_matmul` with ``gates = parts``."""
     width = kernel.shape[-1] // parts
     blocks = [slice(g * width, (g + 1) * width) for g in range(parts)]
     if per_gate_masks(masks):
-        return tuple(gate_matmul(x * masks[g], kernel[:, b], None, 1, None if bias is None else bias[b])
-                     for g, b in enumerate(blocks))
+        return tuple(
+            gate_matmul(x * masks[g], kernel[:, b], None, 1, None if bias is None else bias[b])
+            for g, b in enumerate(blocks)
+        )
     if masks is not None:
         x = x * masks[0]
     n_rows = x.size // max(x.shape[-1], 1)
@@ -275,8 +297,10 @@ def lstm_bias(initializer, key, units: int, dtype, unit_forget_bias: bool) -> ja
     if not unit_forget_bias:
         return init_weight(initializer, key, (4 * units,), dtype, "bias_initializer")
     ka, kb = jax.random.split(key)
-    return jnp.concatenate([
-        init_weight(initializer, ka, (units,), dtype, "bias_initializer"),
-        jnp.ones((units,), dtype),
-        init_weight(initializer, kb, (2 * units,), dtype, "bias_initializer"),
-    ])
+    return jnp.concatenate(
+        [
+            init_weight(initializer, ka, (units,), dtype, "bias_initializer"),
+            jnp.ones((units,), dtype),
+            init_weight(initializer, kb, (2 * units,), dtype, "bias_initializer"),
+        ]
+    )

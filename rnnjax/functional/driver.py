@@ -42,11 +42,13 @@ single unbatched sequence works and ``jax.vmap`` over it equals the batched call
 ``(T, *batch, F)`` with ``time_major=True``; ``mask`` is ``(*batch, T)`` (``(T, *batch)`` when
 time-major) and boolean; ``reset`` likewise.
 """
+
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Optional, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -68,9 +70,9 @@ def scan_rnn(
     inputs: jax.Array,
     initial_state: Any,
     *,
-    project: Optional[Callable[[jax.Array], Any]] = None,
-    mask: Optional[jax.Array] = None,
-    reset: Optional[jax.Array] = None,
+    project: Callable[[jax.Array], Any] | None = None,
+    mask: jax.Array | None = None,
+    reset: jax.Array | None = None,
     constants: Any = None,
     go_backwards: bool = False,
     return_sequences: bool = False,
@@ -120,16 +122,30 @@ def scan_rnn(
       ``(output, final_state)``: output ``(*batch, U)``, or ``(*batch, T, U)`` with
       ``return_sequences`` (``(T, *batch, U)`` when time-major).
     """
-    options = LoopOptions(go_backwards=go_backwards, return_sequences=return_sequences,
-                          zero_output_for_mask=zero_output_for_mask, unroll=unroll, scan_unroll=scan_unroll,
-                          remat=remat, time_major=time_major)
-    return run_program(CoreProgram(project, step), inputs, initial_state, options, mask=mask, reset=reset,
-                       constants=constants)
+    options = LoopOptions(
+        go_backwards=go_backwards,
+        return_sequences=return_sequences,
+        zero_output_for_mask=zero_output_for_mask,
+        unroll=unroll,
+        scan_unroll=scan_unroll,
+        remat=remat,
+        time_major=time_major,
+    )
+    return run_program(
+        CoreProgram(project, step), inputs, initial_state, options, mask=mask, reset=reset, constants=constants
+    )
 
 
-def run_program(program: CoreProgram, inputs: jax.Array, initial_state: Any, options: LoopOptions = LoopOptions(),
-                *, mask: Optional[jax.Array] = None, reset: Optional[jax.Array] = None,
-                constants: Any = None) -> tuple[jax.Array, Any]:
+def run_program(
+    program: CoreProgram,
+    inputs: jax.Array,
+    initial_state: Any,
+    options: LoopOptions = LoopOptions(),
+    *,
+    mask: jax.Array | None = None,
+    reset: jax.Array | None = None,
+    constants: Any = None,
+) -> tuple[jax.Array, Any]:
     """Runs a :class:`~rnnjax.functional.protocol.CoreProgram` (with its backward forms) over
     ``inputs``: the one entry of the front ends (:func:`rnnjax.functional.rnn`, the layers).
 
@@ -144,15 +160,19 @@ def run_program(program: CoreProgram, inputs: jax.Array, initial_state: Any, opt
     if options.backend != "scan" and program.fused is not None:
         from rnnjax.onednn import dispatch  # oneDNN's fused kernels where the backend picks them
 
-        scan = functools.partial(run_program, program, options=options._replace(backend="scan"), mask=mask,
-                                 reset=reset, constants=constants)
-        done = dispatch.run(program, inputs, initial_state, options, scan=scan, mask=mask, reset=reset,
-                            constants=constants)
+        scan = functools.partial(
+            run_program, program, options=options._replace(backend="scan"), mask=mask, reset=reset, constants=constants
+        )
+        done = dispatch.run(
+            program, inputs, initial_state, options, scan=scan, mask=mask, reset=reset, constants=constants
+        )
         if done is not None:
             return done
     elif options.backend == "onednn":
-        raise ValueError("`backend='onednn'`: this cell has no oneDNN kernel (oneDNN runs LSTMCore and GRUCore "
-                         "only, not stacked cells, ConvLSTM, SimpleRNN or custom cells); use backend='auto' or 'scan'.")
+        raise ValueError(
+            "`backend='onednn'`: this cell has no oneDNN kernel (oneDNN runs LSTMCore and GRUCore "
+            "only, not stacked cells, ConvLSTM, SimpleRNN or custom cells); use backend='auto' or 'scan'."
+        )
     if not options.custom_backward:
         program = program.without_backward_forms()
     if options.feature_axes != 1:
@@ -169,8 +189,8 @@ def _run_spatial(program: CoreProgram, inputs, initial_state, options: LoopOptio
     nb = inputs.ndim - feature_axes - 1
     if nb < 0:
         raise ValueError(f"`inputs`: expected (*batch, time, {feature_axes} feature axes), got shape {inputs.shape}.")
-    feature_shape = inputs.shape[nb + 1:]
-    check_flags(inputs.shape[:nb + 1], mask, reset)
+    feature_shape = inputs.shape[nb + 1 :]
+    check_flags(inputs.shape[: nb + 1], mask, reset)
 
     def unflat(x, project=program.project):
         x = x.reshape(x.shape[:-1] + tuple(feature_shape))
@@ -191,8 +211,9 @@ class _TimeMajorRun:
     inputs (masked steps not yet zeroed; the feature axes of a spatial step flattened). Returned
     sequences get their time axis at ``time_axis``, where the caller's inputs have it."""
 
-    def __init__(self, program: CoreProgram, raw, initial_state, options: LoopOptions, constants=None, *,
-                 time_axis: int):
+    def __init__(
+        self, program: CoreProgram, raw, initial_state, options: LoopOptions, constants=None, *, time_axis: int
+    ):
         """``raw``: ``(inputs, mask or None, reset or None)`` in the caller's layout."""
         self.time_axis, self.feature_axes = time_axis, options.feature_axes
         inputs, mask, reset = raw
@@ -214,7 +235,7 @@ class _TimeMajorRun:
         inputs, *flags = raw
         x = jnp.moveaxis(inputs, self.time_axis, 0)
         if self.feature_axes != 1:
-            x = x.reshape(x.shape[:x.ndim - self.feature_axes] + (math.prod(x.shape[x.ndim - self.feature_axes:]),))
+            x = x.reshape(x.shape[: x.ndim - self.feature_axes] + (math.prod(x.shape[x.ndim - self.feature_axes :]),))
         return (x, *(None if f is None else jnp.moveaxis(f, self.time_axis, 0) for f in flags))
 
     def call(self, state, x_t):
@@ -260,8 +281,10 @@ class _TimeMajorRun:
 
     def run_unrolled(self):
         if not static(self.steps):
-            raise ValueError(f"`unroll=True`: a Python loop needs a known number of time steps, got the "
-                             f"symbolic {self.steps}; use unroll=False (lax.scan) for a symbolic time axis.")
+            raise ValueError(
+                f"`unroll=True`: a Python loop needs a known number of time steps, got the "
+                f"symbolic {self.steps}; use unroll=False (lax.scan) for a symbolic time axis."
+            )
         seq = (self.project_span(self.x, self.m), self.m, self.r)
         carry, outputs = self.carry, []
         order = range(self.steps - 1, -1, -1) if self.options.go_backwards else range(self.steps)
@@ -282,10 +305,15 @@ class _TimeMajorRun:
             return train(raw, self.carry)
         # the inference program when not differentiated (on the inputs in the caller's layout), the
         # training one when differentiated (on the time-major inputs)
-        return _planner.infer_or_train(lambda r, o, c: self.run_inference(plan.infer_chunk, o, c, plan.loop_bias),
-                                       lambda r, o, c: train(r, c), raw, self.raw, self.carry)
+        return _planner.infer_or_train(
+            lambda r, o, c: self.run_inference(plan.infer_chunk, o, c, plan.loop_bias),
+            lambda r, o, c: train(r, c),
+            raw,
+            self.raw,
+            self.carry,
+        )
 
-    def run_span(self, carry, raw, loop_bias: Optional[LoopBias] = None):
+    def run_span(self, carry, raw, loop_bias: LoopBias | None = None):
         """Projects a span of steps (time-major raw inputs) and runs the planned loop over it:
         ``(carry, time-major outputs in time order)``."""
         x_span, m_span, r_span = raw
@@ -293,8 +321,16 @@ class _TimeMajorRun:
         opts = self.options
         if self.path == "matmul":
             matmul_step = cast(RecurrentMatmulStep, self.program.matmul_step)  # the "matmul" path: there is one
-            ys_span, state, last = scan_matmul_step(matmul_step, xs_span, carry[0], carry[1], m_span,
-                                                    r_span, opts, None if loop_bias is None else loop_bias.bias)
+            ys_span, state, last = scan_matmul_step(
+                matmul_step,
+                xs_span,
+                carry[0],
+                carry[1],
+                m_span,
+                r_span,
+                opts,
+                None if loop_bias is None else loop_bias.bias,
+            )
             return (state, last), ys_span
         if self.path == "input_additive":
             additive = cast(InputAdditiveStep, self.program.input_additive_step)  # the path's: there is one
@@ -304,8 +340,8 @@ class _TimeMajorRun:
     def split_spans(self, raw, chunk):
         """``(head, tail)``: the first ``n·chunk`` steps as ``(n, chunk, ...)`` and the last ``steps mod chunk``."""
         n_chunks = self.steps // chunk
-        head = jax.tree_util.tree_map(lambda a: a[:n_chunks * chunk].reshape((n_chunks, chunk) + a.shape[1:]), raw)
-        return head, jax.tree_util.tree_map(lambda a: a[n_chunks * chunk:], raw)
+        head = jax.tree_util.tree_map(lambda a: a[: n_chunks * chunk].reshape((n_chunks, chunk) + a.shape[1:]), raw)
+        return head, jax.tree_util.tree_map(lambda a: a[n_chunks * chunk :], raw)
 
     def run_chunked(self, chunk, raw, carry):
         """The loop over spans of ``chunk`` steps, each projected inside the outer loop (and with
@@ -315,8 +351,9 @@ class _TimeMajorRun:
         if not static(chunk) or chunk <= 1 or chunk >= steps:
             if opts.remat and self.path != "matmul":  # too short to chunk: checkpoint every step
                 seq = (self.project_span(self.x, self.m), self.m, self.r)
-                return lax.scan(jax.checkpoint(self.body), carry, seq, reverse=opts.go_backwards,
-                                unroll=opts.scan_unroll)
+                return lax.scan(
+                    jax.checkpoint(self.body), carry, seq, reverse=opts.go_backwards, unroll=opts.scan_unroll
+                )
             return self.run_span(carry, raw)
         span = jax.checkpoint(self.run_span) if opts.remat else self.run_span
         n_chunks, rest = divmod(steps, chunk)
@@ -333,7 +370,7 @@ class _TimeMajorRun:
                 ys = jnp.concatenate([ys, ys_tail], 0)
         return carry, ys
 
-    def run_inference(self, chunk, raw, carry, loop_bias: Optional[LoopBias]):
+    def run_inference(self, chunk, raw, carry, loop_bias: LoopBias | None):
         """The program of a call that is not differentiated, on ``raw`` inputs in the caller's
         layout: spans of ``chunk`` steps, each sliced, projected and run inside an outer loop, its
         outputs written at once into the returned sequence (processing order, time at
@@ -347,7 +384,7 @@ class _TimeMajorRun:
         out = None
         if self.options.return_sequences:  # zeros made from the inputs, so that they share their sharding
             lead = raw[0][(Ellipsis,) + (0,) * self.feature_axes]  # (*batch, T) or (T, *batch)
-            y_features = carry[1].shape[lead.ndim - 1:]
+            y_features = carry[1].shape[lead.ndim - 1 :]
             zeros = jnp.zeros_like(lead, carry[1].dtype).reshape(lead.shape + (1,) * len(y_features))
             out = jnp.broadcast_to(zeros, lead.shape + y_features)
 

@@ -18,10 +18,11 @@ input bias ``b``, row 1 the recurrent bias ``b_rec``), or ``None``. State ``GRUS
 
     h_t = z ⊙ h_{t-1} + (1 - z) ⊙ ĥ              # = output y_t
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Optional, cast
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +40,7 @@ class GRUParams(NamedTuple):
 
     kernel: jax.Array
     recurrent_kernel: jax.Array
-    bias: Optional[jax.Array]
+    bias: jax.Array | None
 
 
 class GRUState(NamedTuple):
@@ -110,19 +111,19 @@ class GRUCore:
         """Dropout masks per call: one per gate with ``implementation=1`` (Keras), else one."""
         return 1 if self.implementation == 2 else self.gates
 
-    def input_bias(self, params: GRUParams) -> Optional[jax.Array]:
+    def input_bias(self, params: GRUParams) -> jax.Array | None:
         """``b``, added to ``x @ W``: the bias, or row 0 of the reset-after ``(2, 3U)`` bias (None
         without a bias)."""
         if params.bias is not None and self.reset_after:
             return params.bias[0]
         return params.bias
 
-    def recurrent_bias(self, params: GRUParams) -> Optional[jax.Array]:
+    def recurrent_bias(self, params: GRUParams) -> jax.Array | None:
         """``b_rec``, added to ``h @ R``: row 1 of the reset-after bias (None without one, and for
         ``reset_after=False``)."""
         return params.bias[1] if params.bias is not None and self.reset_after else None
 
-    def project(self, params: GRUParams, x: jax.Array, dropout_mask: Optional[jax.Array] = None) -> jax.Array:
+    def project(self, params: GRUParams, x: jax.Array, dropout_mask: jax.Array | None = None) -> jax.Array:
         return gate_matmul(x, params.kernel, dropout_mask, 3, self.input_bias(params))
 
     def loop_params(self, params: GRUParams) -> GRUParams:
@@ -135,8 +136,9 @@ class GRUCore:
         # the loop form holds the gate blocks where the field's type says one array (step() takes either)
         return params._replace(recurrent_kernel=cast(Any, _gate_blocks(params.recurrent_kernel)))
 
-    def step(self, params: GRUParams, state: GRUState, xp_t: Any,
-             recurrent_dropout_mask: Optional[jax.Array] = None) -> tuple[GRUState, jax.Array]:
+    def step(
+        self, params: GRUParams, state: GRUState, xp_t: Any, recurrent_dropout_mask: jax.Array | None = None
+    ) -> tuple[GRUState, jax.Array]:
         """One step; ``xp_t`` is the projected input ``(..., 3U)`` or its parts ``(xz, xr, xh)``
         (see :meth:`split_inputs`); ``params`` as given or from :meth:`loop_params`."""
         h = state.h
@@ -165,8 +167,9 @@ class GRUCore:
         h = z * h + (1.0 - z) * hh
         return (GRUState(h), h), (h_z, h_r, rh)
 
-    def input_additive_step(self, params: GRUParams,
-                            recurrent_dropout_mask: Optional[jax.Array] = None) -> Optional[InputAdditiveStep]:
+    def input_additive_step(
+        self, params: GRUParams, recurrent_dropout_mask: jax.Array | None = None
+    ) -> InputAdditiveStep | None:
         """The step as a :class:`~rnnjax.functional.protocol.InputAdditiveStep` where it has no
         RecurrentMatmulStep form: the reset-before step (its three matmuls each add to one gate's
         projected input), and the reset-after step with one recurrent dropout mask per gate (the
@@ -174,8 +177,10 @@ class GRUCore:
         formed after the loop (``bench/README.md``, "Kernel gradients after the loop")."""
         masks = recurrent_dropout_mask
         if not self.reset_after:
-            return InputAdditiveStep(_gate_blocks(params.recurrent_kernel),
-                                     lambda kernels, state, xp_t: self._reset_before_step(kernels, state, xp_t, masks))
+            return InputAdditiveStep(
+                _gate_blocks(params.recurrent_kernel),
+                lambda kernels, state, xp_t: self._reset_before_step(kernels, state, xp_t, masks),
+            )
         if not per_gate_masks(masks):
             return None  # the RecurrentMatmulStep covers it
         # reset_after with one recurrent mask per gate: three matmuls; the candidate's, multiplied
@@ -200,7 +205,7 @@ class GRUCore:
 
         return InputAdditiveStep(kernels, step, adds_to=(0, 1, 3) * (1 + n_bias // 3))
 
-    def project_parts(self, params: GRUParams, x: jax.Array, dropout_mask: Optional[jax.Array] = None) -> tuple:
+    def project_parts(self, params: GRUParams, x: jax.Array, dropout_mask: jax.Array | None = None) -> tuple:
         """:meth:`project` as its three gate blocks ``(xz, xr, xh)``, each from its own matmul (for
         a whole sequence this is faster than splitting ``(..., 3U)`` afterwards: no copies)."""
         return gate_matmul_parts(x, params.kernel, dropout_mask, 3, self.input_bias(params))
@@ -210,8 +215,7 @@ class GRUCore:
         the loop, is faster on the CPU than slicing each step's input inside it."""
         return xp if isinstance(xp, tuple) else tuple(jnp.split(xp, 3, axis=-1))
 
-    def pointwise(self, rec_bias: Optional[jax.Array], xp_t: Any, a_t: Any,
-                  state: GRUState) -> tuple[GRUState, jax.Array]:
+    def pointwise(self, rec_bias: jax.Array | None, xp_t: Any, a_t: Any, state: GRUState) -> tuple[GRUState, jax.Array]:
         """The reset-after GRU (``reset_after=True``) after its recurrent matmul ``a_t = h_{t-1} @ R``;
         ``rec_bias``: ``b_rec``, added to ``a_t``."""
         sigma, phi = activations.get(self.recurrent_activation), activations.get(self.activation)
@@ -225,16 +229,23 @@ class GRUCore:
         h = z * state.h + (1.0 - z) * hh
         return GRUState(h), h
 
-    def matmul_step(self, params: GRUParams,
-                    recurrent_dropout_mask: Optional[jax.Array] = None) -> Optional[RecurrentMatmulStep]:
+    def matmul_step(
+        self, params: GRUParams, recurrent_dropout_mask: jax.Array | None = None
+    ) -> RecurrentMatmulStep | None:
         """The reset-after step as a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep`; None
         for ``reset_after=False`` (its candidate needs a second matmul, on ``r ⊙ h``) and for
         per-gate recurrent dropout masks."""
         if not self.reset_after or per_gate_masks(recurrent_dropout_mask):
             return None
-        return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, self.recurrent_bias(params),
-                                   shared_mask(recurrent_dropout_mask), part_sizes=(self.units,) * 3,
-                                   pointwise_params_is_recurrent_bias=True, reads_only_sum=(True, True, False))
+        return RecurrentMatmulStep(
+            params.recurrent_kernel,
+            self.pointwise,
+            self.recurrent_bias(params),
+            shared_mask(recurrent_dropout_mask),
+            part_sizes=(self.units,) * 3,
+            pointwise_params_is_recurrent_bias=True,
+            reads_only_sum=(True, True, False),
+        )
 
     def __call__(self, params: GRUParams, state: GRUState, x_t):
         return self.step(params, state, self.project(params, x_t))

@@ -5,11 +5,13 @@ Defaults follow Keras 2 (``RandomUniform(-0.05, 0.05)``, ``RandomNormal(0, 0.05)
 ``(fan_in, fan_out)``; for a convolution kernel ``kernel_size + (in, out)`` both are
 multiplied by the receptive field size.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -183,7 +185,7 @@ def _snake(name: str) -> str:
     return "".join(out)
 
 
-def get(identifier: Union[str, Initializer, dict, Any], argument: str = "initializer") -> Initializer:
+def get(identifier: str | Initializer | dict | Any, argument: str = "initializer") -> Initializer:
     """Resolves an initializer by Keras name (``'glorot_uniform'``, ``'Orthogonal'``...), a
     Keras-style config dict (``{'class_name': 'Constant', 'config': {'value': 0.1}}``) or a
     callable ``init(key, shape, dtype)``.

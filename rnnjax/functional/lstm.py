@@ -11,10 +11,11 @@ or ``None``. State ``LSTMState(h, c)``, each ``(*batch, U)``::
 
 The backward pass of ``pointwise`` by hand is :meth:`LSTMCore.pointwise_vjp`.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,11 @@ from jax.typing import DTypeLike
 from rnnjax.functional import activations
 from rnnjax.functional.core import check_core_config, check_units, gate_matmul, init_weight, lstm_bias
 from rnnjax.functional.protocol import (
-    InputAdditiveStep, RecurrentMatmulStep, per_gate_masks, shared_mask, with_pointwise_vjp,
+    InputAdditiveStep,
+    RecurrentMatmulStep,
+    per_gate_masks,
+    shared_mask,
+    with_pointwise_vjp,
 )
 
 
@@ -33,7 +38,7 @@ class LSTMParams(NamedTuple):
 
     kernel: jax.Array
     recurrent_kernel: jax.Array
-    bias: Optional[jax.Array]
+    bias: jax.Array | None
 
 
 class LSTMState(NamedTuple):
@@ -91,7 +96,7 @@ class LSTMCore:
         z = jnp.zeros(tuple(batch_shape) + (self.units,), dtype)
         return LSTMState(z, z)
 
-    def project(self, params: LSTMParams, x: jax.Array, dropout_mask: Optional[jax.Array] = None) -> jax.Array:
+    def project(self, params: LSTMParams, x: jax.Array, dropout_mask: jax.Array | None = None) -> jax.Array:
         """``x @ kernel + bias`` for ``x`` of shape ``(..., I)``; ``dropout_mask`` as in
         :func:`rnnjax.functional.core.gate_matmul`."""
         return gate_matmul(x, params.kernel, dropout_mask, 4, params.bias)
@@ -121,18 +126,19 @@ class LSTMCore:
         if act == "tanh" and rec == "sigmoid":
             s = self._tanh_scale(z.dtype)
             g = jnp.tanh(z * s) * s + (1 - s)
-            return g[..., :u], g[..., u:2 * u], g[..., 2 * u:3 * u], g[..., 3 * u:]
+            return g[..., :u], g[..., u : 2 * u], g[..., 2 * u : 3 * u], g[..., 3 * u :]
         if act == "tanh" and rec == "hard_sigmoid":
             g = jnp.where(self._candidate_columns(), jnp.tanh(z), activations.hard_sigmoid(z))
-            return g[..., :u], g[..., u:2 * u], g[..., 2 * u:3 * u], g[..., 3 * u:]
+            return g[..., :u], g[..., u : 2 * u], g[..., 2 * u : 3 * u], g[..., 3 * u :]
         sigma, phi = activations.get(rec), activations.get(act)
         if rec == "hard_sigmoid":
             g = sigma(z)
-            return g[..., :u], g[..., u:2 * u], phi(z[..., 2 * u:3 * u]), g[..., 3 * u:]
-        return sigma(z[..., :u]), sigma(z[..., u:2 * u]), phi(z[..., 2 * u:3 * u]), sigma(z[..., 3 * u:])
+            return g[..., :u], g[..., u : 2 * u], phi(z[..., 2 * u : 3 * u]), g[..., 3 * u :]
+        return sigma(z[..., :u]), sigma(z[..., u : 2 * u]), phi(z[..., 2 * u : 3 * u]), sigma(z[..., 3 * u :])
 
-    def pointwise(self, pointwise_params: Any, xp_t: jax.Array, a_t: jax.Array,
-                  state: LSTMState) -> tuple[LSTMState, jax.Array]:
+    def pointwise(
+        self, pointwise_params: Any, xp_t: jax.Array, a_t: jax.Array, state: LSTMState
+    ) -> tuple[LSTMState, jax.Array]:
         """Everything after the recurrent matmul ``a_t = h_{t-1} @ R``, with ``z_t = xp_t + a_t``."""
         del pointwise_params  # the bias is in the input projection
         i, f, g, o = self.gate_values(xp_t + a_t)
@@ -177,8 +183,9 @@ class LSTMCore:
         Keras 2's hard sigmoid)."""
         return self.activation == "tanh" and self.recurrent_activation in ("sigmoid", "hard_sigmoid")
 
-    def pointwise_vjp(self, pointwise_params: Any, xp_t: jax.Array, a_t: jax.Array, state: LSTMState,
-                      ct: tuple) -> tuple:
+    def pointwise_vjp(
+        self, pointwise_params: Any, xp_t: jax.Array, a_t: jax.Array, state: LSTMState, ct: tuple
+    ) -> tuple:
         """The backward pass of :meth:`pointwise` by hand, with ``g = (i, f, c̃, o)`` and
         ``g' = dg/dz`` from :meth:`gate_slopes`::
 
@@ -199,29 +206,40 @@ class LSTMCore:
         dz = jnp.concatenate([dc * g * si, dc * state.c * sf, dc * i * sg, dh * tc * so], axis=-1)
         return None, dz, dz, type(state)(jnp.zeros_like(state.h), dc * f)
 
-    def step(self, params: LSTMParams, state: LSTMState, xp_t: Any,
-             recurrent_dropout_mask: Optional[jax.Array] = None) -> tuple[LSTMState, jax.Array]:
+    def step(
+        self, params: LSTMParams, state: LSTMState, xp_t: Any, recurrent_dropout_mask: jax.Array | None = None
+    ) -> tuple[LSTMState, jax.Array]:
         a = gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 4)
         return self.pointwise(None, xp_t, a, state)
 
-    def matmul_step(self, params: LSTMParams,
-                    recurrent_dropout_mask: Optional[jax.Array] = None) -> Optional[RecurrentMatmulStep]:
+    def matmul_step(
+        self, params: LSTMParams, recurrent_dropout_mask: jax.Array | None = None
+    ) -> RecurrentMatmulStep | None:
         """The step as a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep` (None with
         per-gate masks)."""
         if per_gate_masks(recurrent_dropout_mask):
             return None
-        return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, None, shared_mask(recurrent_dropout_mask),
-                                   reads_only_sum=True, **self.backward_fields())
+        return RecurrentMatmulStep(
+            params.recurrent_kernel,
+            self.pointwise,
+            None,
+            shared_mask(recurrent_dropout_mask),
+            reads_only_sum=True,
+            **self.backward_fields(),
+        )
 
     def backward_fields(self) -> dict:
         """The :class:`~rnnjax.functional.protocol.RecurrentMatmulStep` fields of the hand-written
         element-wise backward pass (also the ConvLSTM's, per pixel): ``pointwise_vjp`` where
         :meth:`has_fast_vjp`; the hard sigmoid's re-reads ``z_t``."""
-        return dict(pointwise_vjp=self.pointwise_vjp if self.has_fast_vjp else None,
-                    vjp_rereads_z=self.recurrent_activation != "sigmoid")
+        return dict(
+            pointwise_vjp=self.pointwise_vjp if self.has_fast_vjp else None,
+            vjp_rereads_z=self.recurrent_activation != "sigmoid",
+        )
 
-    def input_additive_step(self, params: LSTMParams,
-                            recurrent_dropout_mask: Optional[jax.Array] = None) -> Optional[InputAdditiveStep]:
+    def input_additive_step(
+        self, params: LSTMParams, recurrent_dropout_mask: jax.Array | None = None
+    ) -> InputAdditiveStep | None:
         """With one recurrent dropout mask per gate (``implementation=1``, Keras 2's default) the
         step has no :class:`~rnnjax.functional.protocol.RecurrentMatmulStep` form: as an
         :class:`~rnnjax.functional.protocol.InputAdditiveStep` (four matmuls, each adding to one

@@ -16,6 +16,7 @@ A restart at a masked step still restarts (the next unmasked step starts fresh; 
 outputs 0, the previous output having restarted). The ``where`` also cuts every gradient across a
 restart: ``d s_{t-1} = where(r_t, 0, d s_in)``.
 """
+
 from __future__ import annotations
 
 import jax
@@ -77,8 +78,11 @@ def check_flags(expected, mask=None, reset=None) -> None:
         if flags is None:
             continue
         if tuple(jnp.shape(flags)) != tuple(expected):
-            raise ValueError(f"`{name}`: expected shape {tuple(expected)} (the input's shape without the feature "
-                             f"axis), got {tuple(jnp.shape(flags))}.")
+            raise ValueError(
+                f"`{name}`: expected shape {tuple(expected)} (the input's shape without the feature "
+                f"axis), got {tuple(jnp.shape(flags))}."
+            )
         if jnp.result_type(flags) != jnp.bool_:
-            raise TypeError(f"`{name}`: expected a boolean array, got dtype {jnp.result_type(flags)}; "
-                            f"use `{name}.astype(bool)`.")
+            raise TypeError(
+                f"`{name}`: expected a boolean array, got dtype {jnp.result_type(flags)}; use `{name}.astype(bool)`."
+            )

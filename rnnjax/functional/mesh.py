@@ -18,6 +18,7 @@ The mesh is visible to a trace through ``jax.set_mesh(mesh)`` or through the sha
 a ``jax.jit(..., in_shardings=...)`` called with uncommitted host arrays hides it, and then rnnjax
 plans for one device (which gathers): commit the inputs first or set the mesh.
 """
+
 from __future__ import annotations
 
 import jax

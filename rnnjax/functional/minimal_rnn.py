@@ -7,10 +7,11 @@ Parameters ``MinimalRNNParams``: ``kernel W (I, U)``, ``recurrent_kernel R (U, U
     xp_t = x_t @ W                               # MinimalRNNCore.project (all steps at once)
     h_t  = xp_t + h_{t-1} @ R                    # MinimalRNNCore.step -> pointwise; = output y_t
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ from rnnjax.functional.protocol import RecurrentMatmulStep, shared_mask
 class MinimalRNNParams(NamedTuple):
     kernel: jax.Array
     recurrent_kernel: jax.Array
-    bias: Optional[jax.Array]
+    bias: jax.Array | None
 
 
 class MinimalRNNState(NamedTuple):
@@ -58,12 +59,13 @@ class MinimalRNNCore:
         return MinimalRNNParams(
             init_weight(self.kernel_initializer, k1, (input_dim, self.units), dtype, "kernel_initializer"),
             init_weight(self.recurrent_initializer, k2, (self.units, self.units), dtype, "recurrent_initializer"),
-            None)
+            None,
+        )
 
     def initial_state(self, batch_shape: tuple = (), dtype: Any = jnp.float32) -> MinimalRNNState:
         return MinimalRNNState(jnp.zeros(tuple(batch_shape) + (self.units,), dtype))
 
-    def project(self, params: MinimalRNNParams, x: jax.Array, dropout_mask: Optional[jax.Array] = None) -> jax.Array:
+    def project(self, params: MinimalRNNParams, x: jax.Array, dropout_mask: jax.Array | None = None) -> jax.Array:
         return gate_matmul(x, params.kernel, dropout_mask, 1)
 
     def pointwise(self, pointwise_params, xp_t: jax.Array, a_t: jax.Array, state: MinimalRNNState):
@@ -71,17 +73,23 @@ class MinimalRNNCore:
         del pointwise_params, state
         return MinimalRNNState(xp_t + a_t), xp_t + a_t
 
-    def step(self, params: MinimalRNNParams, state: MinimalRNNState, xp_t: jax.Array,
-             recurrent_dropout_mask: Optional[jax.Array] = None):
+    def step(
+        self,
+        params: MinimalRNNParams,
+        state: MinimalRNNState,
+        xp_t: jax.Array,
+        recurrent_dropout_mask: jax.Array | None = None,
+    ):
         return self.pointwise(
             None, xp_t, gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 1), state
         )
 
-    def matmul_step(self, params: MinimalRNNParams, recurrent_dropout_mask: Optional[jax.Array] = None):
+    def matmul_step(self, params: MinimalRNNParams, recurrent_dropout_mask: jax.Array | None = None):
         """The step as a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep` (the driver's
         fast path: ``dR`` as one matmul after the backward loop)."""
-        return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, None, shared_mask(recurrent_dropout_mask),
-                                   reads_only_sum=True)
+        return RecurrentMatmulStep(
+            params.recurrent_kernel, self.pointwise, None, shared_mask(recurrent_dropout_mask), reads_only_sum=True
+        )
 
 
 register_for_export(MinimalRNNParams, MinimalRNNState)

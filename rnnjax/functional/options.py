@@ -7,15 +7,17 @@ driver (:func:`rnnjax.functional.rnn`, :func:`~rnnjax.functional.scan_rnn`, the 
 down unchanged to the loops and the planner. Data (inputs, mask, constants, states) never goes in
 an options value; it travels as arguments.
 """
+
 from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 
 from rnnjax.functional.core import check_custom_backward
+
 
 class PlanOverrides(NamedTuple):
     """Planner switches forced (``docs/design.md`` has the table); None leaves a switch to the
@@ -23,16 +25,16 @@ class PlanOverrides(NamedTuple):
     the others True or False. A switch forced to a value that would change the numbers (e.g.
     ``carry_prev_output=False`` with a mask) raises when the call is traced."""
 
-    project_chunk: Optional[int] = None
-    infer_span: Optional[int] = None
-    loop_bias: Optional[bool] = None
-    train_in_one_loop: Optional[bool] = None
-    in_place_z: Optional[bool] = None
-    prefetch_z: Optional[bool] = None
-    carry_prev_output: Optional[bool] = None
-    bias_grad_after_loop: Optional[bool] = None
+    project_chunk: int | None = None
+    infer_span: int | None = None
+    loop_bias: bool | None = None
+    train_in_one_loop: bool | None = None
+    in_place_z: bool | None = None
+    prefetch_z: bool | None = None
+    carry_prev_output: bool | None = None
+    bias_grad_after_loop: bool | None = None
 
-    def choose(self, name: str, default: Any, allowed: Optional[tuple[Any, bool]] = None) -> Any:
+    def choose(self, name: str, default: Any, allowed: tuple[Any, bool] | None = None) -> Any:
         """The value of switch ``name``: forced here, else ``default``. ``allowed``: ``(value,
         ok)``: forcing ``value`` is always allowed, the other value only where ``ok``."""
         value = getattr(self, name)
@@ -50,7 +52,7 @@ SWITCHES = PlanOverrides._fields
 _FORCED = jax.make_user_context(default_value=PlanOverrides())
 
 
-def force_plan(**switches: Optional[int | bool]) -> contextlib.AbstractContextManager:
+def force_plan(**switches: int | bool | None) -> contextlib.AbstractContextManager:
     """``with force_plan(in_place_z=False): ...``: forces planner switches (:class:`PlanOverrides`'
     fields) for the calls made inside the block, a test hook. The value is read once per call,
     when the call's :class:`LoopOptions` is completed (:meth:`LoopOptions.checked`), and is part
@@ -88,10 +90,10 @@ class LoopOptions(NamedTuple):
     time_major: bool = False
     feature_axes: int = 1
     custom_backward: bool = True
-    plan: Optional[PlanOverrides] = None
+    plan: PlanOverrides | None = None
     backend: str = "auto"
 
-    def checked(self) -> "LoopOptions":
+    def checked(self) -> LoopOptions:
         """These options checked (each error names its argument), with ``plan`` read from the
         :func:`force_plan` block where it is None."""
         if isinstance(self.scan_unroll, bool) or not isinstance(self.scan_unroll, int) or self.scan_unroll < 1:

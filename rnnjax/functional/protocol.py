@@ -18,9 +18,11 @@ layout (:data:`PARAM_NAMES`, :func:`make_params`), :class:`CellCore` (the dropou
 :class:`SpatialCore` (input checks and spatial shapes), :class:`HasBiasInLoop`, the dropout-mask
 rule (:func:`per_gate_masks`, :func:`shared_mask`) and :func:`with_pointwise_vjp`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, TypeGuard, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Protocol, TypeGuard, runtime_checkable
 
 import jax
 
@@ -69,13 +71,22 @@ class RecurrentCore(Protocol):
 
     def initial_state(self, batch_shape: tuple = ..., dtype: Any = ...) -> Any: ...
 
-    def project(self, params: Any, x: jax.Array, dropout_mask: Optional[jax.Array] = None) -> Any: ...
+    def project(self, params: Any, x: jax.Array, dropout_mask: jax.Array | None = None) -> Any: ...
 
-    def step(self, params: Any, state: Any, xp_t: Any, recurrent_dropout_mask: Optional[jax.Array] = None): ...
+    def step(self, params: Any, state: Any, xp_t: Any, recurrent_dropout_mask: jax.Array | None = None): ...
 
 
-CORE_MEMBERS = ("init", "initial_state", "project", "step", "state_size", "output_size", "gates", "num_feature_axes",
-                "params_class")
+CORE_MEMBERS = (
+    "init",
+    "initial_state",
+    "project",
+    "step",
+    "state_size",
+    "output_size",
+    "gates",
+    "num_feature_axes",
+    "params_class",
+)
 
 
 class CoreParams(Protocol):
@@ -92,7 +103,7 @@ class CoreParams(Protocol):
     def recurrent_kernel(self) -> jax.Array: ...
 
     @property
-    def bias(self) -> Optional[jax.Array]: ...
+    def bias(self) -> jax.Array | None: ...
 
     @property
     def _replace(self) -> Callable[..., Any]: ...
@@ -104,8 +115,10 @@ def make_params(params_class: type, values: Mapping[str, Any]) -> CoreParams:
     layout of :class:`CoreParams`."""
     fields = getattr(params_class, "_fields", None)
     if tuple(fields or ()) != PARAM_NAMES:
-        raise TypeError(f"`params_class`: expected a NamedTuple with the fields {PARAM_NAMES}, got "
-                        f"{getattr(params_class, '__name__', params_class)!r} with fields {fields}.")
+        raise TypeError(
+            f"`params_class`: expected a NamedTuple with the fields {PARAM_NAMES}, got "
+            f"{getattr(params_class, '__name__', params_class)!r} with fields {fields}."
+        )
     unknown = sorted(set(values) - set(PARAM_NAMES))
     if unknown:
         raise ValueError(f"parameters: expected some of {PARAM_NAMES}, got also {unknown}.")
@@ -150,20 +163,20 @@ class HasBiasInLoop(Protocol):
     bias_in_loop: bool
 
 
-def per_gate_masks(masks: Optional[jax.Array]) -> TypeGuard[jax.Array]:
+def per_gate_masks(masks: jax.Array | None) -> TypeGuard[jax.Array]:
     """The dropout-mask rule: ``masks`` is None, ``(1, *shape)`` (one mask shared by every gate) or
     ``(gates, *shape)`` (gate ``g``'s matmul sees its input times ``masks[g]``). True for the
     last."""
     return masks is not None and masks.shape[0] > 1
 
 
-def shared_mask(masks: Optional[jax.Array]) -> Optional[jax.Array]:
+def shared_mask(masks: jax.Array | None) -> jax.Array | None:
     """The one mask of ``(1, *shape)`` masks as ``shape`` (None for None): what a
     :class:`RecurrentMatmulStep` takes; per-gate masks have no such form (:func:`per_gate_masks`)."""
     return None if masks is None else masks[0]
 
 
-def with_pointwise_vjp(pointwise: Callable, pointwise_vjp: Optional[Callable]) -> Callable:
+def with_pointwise_vjp(pointwise: Callable, pointwise_vjp: Callable | None) -> Callable:
     """``pointwise(pointwise_params, xp_t, a_t, state)`` whose reverse-mode derivative is the
     hand-written ``pointwise_vjp(pointwise_params, xp_t, a_t, state, (d_state, d_y)) -> (d_params,
     d_xp, d_a, d_state_prev)`` (see :class:`RecurrentMatmulStep`); ``pointwise`` itself if that is
@@ -182,7 +195,7 @@ class HasMatmulStep(Protocol):
     step in :class:`RecurrentMatmulStep` form where it has one (LSTM, SimpleRNN, reset-after GRU,
     ConvLSTM, each with one recurrent dropout mask shared by the gates)."""
 
-    def matmul_step(self, params: Any, recurrent_dropout_mask: Optional[jax.Array] = None): ...
+    def matmul_step(self, params: Any, recurrent_dropout_mask: jax.Array | None = None): ...
 
 
 @runtime_checkable
@@ -191,7 +204,7 @@ class HasInputAdditiveStep(Protocol):
     None``, where the step has no :class:`RecurrentMatmulStep` form (reset-before GRU; LSTM,
     reset-after GRU and ConvLSTM with one recurrent dropout mask per gate)."""
 
-    def input_additive_step(self, params: Any, recurrent_dropout_mask: Optional[jax.Array] = None): ...
+    def input_additive_step(self, params: Any, recurrent_dropout_mask: jax.Array | None = None): ...
 
 
 @runtime_checkable
@@ -199,7 +212,7 @@ class HasProjectParts(Protocol):
     """Optional: ``project_parts(params, x, dropout_mask)``: :meth:`RecurrentCore.project` as a
     tuple of its parts, each its own matmul; ``step`` then takes ``xp_t`` as that tuple (the GRU)."""
 
-    def project_parts(self, params: Any, x: jax.Array, dropout_mask: Optional[jax.Array] = None) -> tuple: ...
+    def project_parts(self, params: Any, x: jax.Array, dropout_mask: jax.Array | None = None) -> tuple: ...
 
 
 @runtime_checkable
@@ -224,23 +237,23 @@ class RecurrentMatmulStep(NamedTuple):
     recurrent_kernel: jax.Array
     pointwise: Callable
     pointwise_params: Any = None
-    recurrent_dropout_mask: Optional[jax.Array] = None  # (*batch, U)
+    recurrent_dropout_mask: jax.Array | None = None  # (*batch, U)
     # a linear map from h to the matmul's left operand (ConvLSTM: the recurrent convolution's
     # patches, so that the convolution is a matmul); identity if None
-    recurrent_lhs: Optional[Callable] = None
+    recurrent_lhs: Callable | None = None
     # pointwise reads xp_t and a_t only through xp_t + a_t (then d xp_t = d a_t = d z_t, and the
     # backward pass may store z_t alone, over xp_t); with part_sizes, a bool per part (the
     # reset-after GRU: (True, True, False), its candidate reads r ⊙ a_h)
     reads_only_sum: Any = False
     # sizes of the parts along the last axis: xp_t, a_t and pointwise_params reach `pointwise` as
     # tuples of parts, split once outside the loop (slicing inside it makes XLA copy each step)
-    part_sizes: Optional[tuple] = None
+    part_sizes: tuple | None = None
     # apply_recurrent_kernel(v, R) == recurrent_lhs(v) @ R computed another way, for the forward
     # loop (ConvLSTM: a direct convolution)
-    apply_recurrent_kernel: Optional[Callable] = None
+    apply_recurrent_kernel: Callable | None = None
     # pointwise_vjp(pointwise_params, xp_t, a_t, state, (d_state, d_y)) -> (d_params, d_xp, d_a,
     # d_state_prev): pointwise's backward pass by hand, used instead of autodiff's
-    pointwise_vjp: Optional[Callable] = None
+    pointwise_vjp: Callable | None = None
     # pointwise_params is a bias added to a_t (the reset-after GRU's recurrent bias): its gradient
     # is Σ d a_t, formed once after the backward loop
     pointwise_params_is_recurrent_bias: bool = False
@@ -271,8 +284,8 @@ class InputAdditiveStep(NamedTuple):
 
     kernels: tuple
     step: Callable
-    adds_to: Optional[tuple] = None
-    kernel_lhs: Optional[Callable] = None
+    adds_to: tuple | None = None
+    kernel_lhs: Callable | None = None
 
 
 class LoopBias(NamedTuple):
@@ -290,8 +303,8 @@ class FusedForm(NamedTuple):
 
     core: Any
     params: Any
-    dropout_mask: Optional[jax.Array] = None
-    recurrent_dropout_mask: Optional[jax.Array] = None
+    dropout_mask: jax.Array | None = None
+    recurrent_dropout_mask: jax.Array | None = None
 
 
 class CoreProgram(NamedTuple):
@@ -306,17 +319,17 @@ class CoreProgram(NamedTuple):
     to a fused kernel where ``LoopOptions.backend`` picks one.
     """
 
-    project: Optional[Callable]  # None: the inputs are already projected (scan_rnn without project=)
+    project: Callable | None  # None: the inputs are already projected (scan_rnn without project=)
     step: Callable
-    initial_state: Optional[Callable] = None
-    output_shape: Optional[tuple] = None
+    initial_state: Callable | None = None
+    output_shape: tuple | None = None
     takes_constants: bool = False
-    matmul_step: Optional[RecurrentMatmulStep] = None
-    input_additive_step: Optional[InputAdditiveStep] = None
-    loop_bias: Optional[LoopBias] = None
-    fused: Optional[FusedForm] = None
+    matmul_step: RecurrentMatmulStep | None = None
+    input_additive_step: InputAdditiveStep | None = None
+    loop_bias: LoopBias | None = None
+    fused: FusedForm | None = None
 
-    def without_backward_forms(self) -> "CoreProgram":
+    def without_backward_forms(self) -> CoreProgram:
         """The same program on the generic loop (autodiff's backward pass, which forward mode can
         differentiate too)."""
         return self._replace(matmul_step=None, input_additive_step=None, loop_bias=None)

@@ -1,7 +1,8 @@
 """``rnn``: runs any :class:`~rnnjax.functional.protocol.RecurrentCore` over a sequence."""
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 
@@ -17,16 +18,16 @@ def rnn(
     inputs: jax.Array,
     *,
     initial_state: Any = None,
-    mask: Optional[jax.Array] = None,
-    reset: Optional[jax.Array] = None,
+    mask: jax.Array | None = None,
+    reset: jax.Array | None = None,
     go_backwards: bool = False,
     return_sequences: bool = False,
     zero_output_for_mask: bool = False,
     unroll: bool = False,
     scan_unroll: int = 1,
     remat: bool = False,
-    dropout_mask: Optional[jax.Array] = None,
-    recurrent_dropout_mask: Optional[jax.Array] = None,
+    dropout_mask: jax.Array | None = None,
+    recurrent_dropout_mask: jax.Array | None = None,
     custom_backward: bool = True,
     backend: str = "auto",
 ) -> tuple[jax.Array, Any]:
@@ -59,22 +60,33 @@ def rnn(
     """
     if not isinstance(core, RecurrentCore):
         missing = [m for m in CORE_MEMBERS if not hasattr(core, m)]
-        raise TypeError(f"`core`: expected a rnnjax.functional.RecurrentCore, got {type(core).__name__} "
-                        f"without {', '.join(missing)}.")
+        raise TypeError(
+            f"`core`: expected a rnnjax.functional.RecurrentCore, got {type(core).__name__} "
+            f"without {', '.join(missing)}."
+        )
     n = core.num_feature_axes
-    options = LoopOptions(go_backwards=go_backwards, return_sequences=return_sequences,
-                          zero_output_for_mask=zero_output_for_mask, unroll=unroll, scan_unroll=scan_unroll,
-                          remat=remat, feature_axes=n, custom_backward=custom_backward, backend=backend).checked()
+    options = LoopOptions(
+        go_backwards=go_backwards,
+        return_sequences=return_sequences,
+        zero_output_for_mask=zero_output_for_mask,
+        unroll=unroll,
+        scan_unroll=scan_unroll,
+        remat=remat,
+        feature_axes=n,
+        custom_backward=custom_backward,
+        backend=backend,
+    ).checked()
     if n == 1:
         check_input_dim(params.kernel, inputs)
         template = core.initial_state(inputs.shape[:-2], state_dtype(inputs.dtype))
     else:
         if not isinstance(core, SpatialCore):
-            raise TypeError(f"`core`: a core with {n} feature axes must be a rnnjax.functional.SpatialCore, "
-                            f"got {type(core).__name__} without check_inputs or output_spatial_shape.")
+            raise TypeError(
+                f"`core`: a core with {n} feature axes must be a rnnjax.functional.SpatialCore, "
+                f"got {type(core).__name__} without check_inputs or output_spatial_shape."
+            )
         core.check_inputs(params, inputs)
-        template = core.initial_state(inputs.shape[:-(n + 1)], state_dtype(inputs.dtype),
-                                      inputs.shape[-n:-1])
+        template = core.initial_state(inputs.shape[: -(n + 1)], state_dtype(inputs.dtype), inputs.shape[-n:-1])
     initial_state = template if initial_state is None else check_state(template, initial_state)
     program = core_program(core, params, dropout_mask, recurrent_dropout_mask)
     return run_program(program, inputs, initial_state, options, mask=mask, reset=reset)

@@ -6,10 +6,11 @@ or ``None``. State ``SimpleRNNState(h)``, ``(*batch, U)``::
     xp_t = x_t @ W + b                           # SimpleRNNCore.project (all steps at once)
     h_t  = φ(xp_t + h_{t-1} @ R)                 # SimpleRNNCore.step -> pointwise; = output y_t
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ class SimpleRNNParams(NamedTuple):
 
     kernel: jax.Array
     recurrent_kernel: jax.Array
-    bias: Optional[jax.Array]
+    bias: jax.Array | None
 
 
 class SimpleRNNState(NamedTuple):
@@ -76,26 +77,30 @@ class SimpleRNNCore:
     def initial_state(self, batch_shape: tuple = (), dtype: DTypeLike = jnp.float32) -> SimpleRNNState:
         return SimpleRNNState(jnp.zeros(tuple(batch_shape) + (self.units,), dtype))
 
-    def project(self, params: SimpleRNNParams, x: jax.Array, dropout_mask: Optional[jax.Array] = None) -> jax.Array:
+    def project(self, params: SimpleRNNParams, x: jax.Array, dropout_mask: jax.Array | None = None) -> jax.Array:
         return gate_matmul(x, params.kernel, dropout_mask, 1, params.bias)
 
-    def pointwise(self, pointwise_params: Any, xp_t: jax.Array, a_t: jax.Array,
-                  state: SimpleRNNState) -> tuple[SimpleRNNState, jax.Array]:
+    def pointwise(
+        self, pointwise_params: Any, xp_t: jax.Array, a_t: jax.Array, state: SimpleRNNState
+    ) -> tuple[SimpleRNNState, jax.Array]:
         """``h_t = φ(xp_t + a_t)`` with ``a_t = h_{t-1} @ R``."""
         del pointwise_params, state
         h = activations.get(self.activation)(xp_t + a_t)
         return SimpleRNNState(h), h
 
-    def step(self, params: SimpleRNNParams, state: SimpleRNNState, xp_t: Any,
-             recurrent_dropout_mask: Optional[jax.Array] = None) -> tuple[SimpleRNNState, jax.Array]:
+    def step(
+        self, params: SimpleRNNParams, state: SimpleRNNState, xp_t: Any, recurrent_dropout_mask: jax.Array | None = None
+    ) -> tuple[SimpleRNNState, jax.Array]:
         a = gate_matmul(state.h, params.recurrent_kernel, recurrent_dropout_mask, 1)
         return self.pointwise(None, xp_t, a, state)
 
-    def matmul_step(self, params: SimpleRNNParams,
-                    recurrent_dropout_mask: Optional[jax.Array] = None) -> Optional[RecurrentMatmulStep]:
+    def matmul_step(
+        self, params: SimpleRNNParams, recurrent_dropout_mask: jax.Array | None = None
+    ) -> RecurrentMatmulStep | None:
         """The step as a :class:`~rnnjax.functional.protocol.RecurrentMatmulStep`."""
-        return RecurrentMatmulStep(params.recurrent_kernel, self.pointwise, None, shared_mask(recurrent_dropout_mask),
-                                   reads_only_sum=True)
+        return RecurrentMatmulStep(
+            params.recurrent_kernel, self.pointwise, None, shared_mask(recurrent_dropout_mask), reads_only_sum=True
+        )
 
     def __call__(self, params: SimpleRNNParams, state: SimpleRNNState, x_t):
         return self.step(params, state, self.project(params, x_t))

@@ -11,6 +11,7 @@
 
 Reading and writing files needs h5py (``pip install rnnjax[keras]``), imported only when a file is read.
 """
+
 from rnnjax.keras.formats import KerasImportError
 from rnnjax.keras.graph import KerasGraph
 from rnnjax.keras.inspect import inspect_keras
@@ -20,6 +21,13 @@ from rnnjax.keras.optimizer_rules import KerasOptimizerState
 from rnnjax.keras.save import KerasSaveError, save_keras
 
 __all__ = [
-    "load_keras", "load_keras_weights", "load_keras_optimizer", "inspect_keras", "save_keras", "KerasImportError",
-    "KerasSaveError", "KerasGraph", "KerasOptimizerState",
+    "load_keras",
+    "load_keras_weights",
+    "load_keras_optimizer",
+    "inspect_keras",
+    "save_keras",
+    "KerasImportError",
+    "KerasSaveError",
+    "KerasGraph",
+    "KerasOptimizerState",
 ]

@@ -1,4 +1,5 @@
 """``python -m rnnjax.keras inspect FILE [--json]``: describe a Keras file without loading it."""
+
 from __future__ import annotations
 
 import argparse

@@ -5,9 +5,11 @@ value rnnjax supports, or on a list of keys that do not change the forward pass 
 regularizers, constraints, performance hints); any other key is an error, so nothing in a file is
 silently ignored. Missing keys take the defaults of the Keras version that wrote the file.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import rnnjax
 from rnnjax import kinds
@@ -16,18 +18,66 @@ from rnnjax.keras.build_layers import LAYER_BUILDERS
 from rnnjax.keras.config import CODE_CLASSES
 
 # Keys without effect on the outputs of a loaded model (regularizers only add training losses).
-_IGNORED = {"name", "trainable", "dtype", "batch_input_shape", "batch_shape", "input_shape", "input_dim",
-            "input_length", "seed", "implementation", "unroll", "use_cudnn", "sparse", "ragged", "autocast",
-            "lora_alpha", "unit_forget_bias", "activity_regularizer", "momentum", "moving_mean_initializer",
-            "moving_variance_initializer", "synchronized", "renorm", "renorm_clipping", "renorm_momentum",
-            "fused", "virtual_batch_size", "adjustment", "weights", "supports_masking", "cell_type"}
+_IGNORED = {
+    "name",
+    "trainable",
+    "dtype",
+    "batch_input_shape",
+    "batch_shape",
+    "input_shape",
+    "input_dim",
+    "input_length",
+    "seed",
+    "implementation",
+    "unroll",
+    "use_cudnn",
+    "sparse",
+    "ragged",
+    "autocast",
+    "lora_alpha",
+    "unit_forget_bias",
+    "activity_regularizer",
+    "momentum",
+    "moving_mean_initializer",
+    "moving_variance_initializer",
+    "synchronized",
+    "renorm",
+    "renorm_clipping",
+    "renorm_momentum",
+    "fused",
+    "virtual_batch_size",
+    "adjustment",
+    "weights",
+    "supports_masking",
+    "cell_type",
+}
 _IGNORED_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
-_NULL = {"lora_rank": None, "quantization_config": None, "time_major": False, "renorm": False,
-         "virtual_batch_size": None, "adjustment": None}
+_NULL = {
+    "lora_rank": None,
+    "quantization_config": None,
+    "time_major": False,
+    "renorm": False,
+    "virtual_batch_size": None,
+    "adjustment": None,
+}
 # The activation names whose meaning rnnjax's table reproduces for both Keras 2 and 3 (others:
 # e.g. Keras's exact 'gelu' and 'leaky_relu' slope differ from jax.nn's defaults).
-_ACTIVATIONS = {"linear", "tanh", "sigmoid", "hard_sigmoid", "relu", "relu6", "softmax", "elu", "selu",
-                "softplus", "softsign", "exponential", "swish", "silu"}
+_ACTIVATIONS = {
+    "linear",
+    "tanh",
+    "sigmoid",
+    "hard_sigmoid",
+    "relu",
+    "relu6",
+    "softmax",
+    "elu",
+    "selu",
+    "softplus",
+    "softsign",
+    "exponential",
+    "swish",
+    "silu",
+}
 _FLOAT_POLICIES = {"float32", "float16", "bfloat16", "float64", "mixed_float16", "mixed_bfloat16"}
 
 
@@ -62,8 +112,12 @@ class Cfg:
         for key, value in self.d.items():
             if key in _NULL and value != _NULL[key]:
                 self.fail(f"`{key}`={value!r} is not supported (expected {_NULL[key]!r})")
-            elif key not in self.used and key not in _IGNORED and not key.endswith(_IGNORED_SUFFIXES) \
-                    and key not in _NULL:
+            elif (
+                key not in self.used
+                and key not in _IGNORED
+                and not key.endswith(_IGNORED_SUFFIXES)
+                and key not in _NULL
+            ):
                 self.fail(f"config key `{key}`={value!r} is not supported")
         dtype = self.d.get("dtype")
         name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
@@ -87,8 +141,12 @@ def _minor(version: str) -> int:
 
 
 def _seq_flags(c: Cfg, state: bool = True):
-    flags = dict(return_sequences=bool(c("return_sequences", False)), go_backwards=bool(c("go_backwards", False)),
-                 stateful=bool(c("stateful", False)), return_state=bool(c("return_state", False)))
+    flags = dict(
+        return_sequences=bool(c("return_sequences", False)),
+        go_backwards=bool(c("go_backwards", False)),
+        stateful=bool(c("stateful", False)),
+        return_state=bool(c("return_state", False)),
+    )
     if "zero_output_for_mask" in c.d:
         flags["zero_output_for_mask"] = bool(c("zero_output_for_mask"))
     return flags
@@ -119,16 +177,22 @@ _READ = {
 }
 # When an argument is read (else it keeps rnnjax's default): the convolution's only when the config
 # has them; `implementation` from Keras 2 files only (in a Keras 3 file it is an ignored key).
-_WHEN = {**dict.fromkeys(("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate"),
-                         lambda c, a: a in c.d),
-         "implementation": lambda c, a: c.major < 3 and a in c.d}
+_WHEN = {
+    **dict.fromkeys(
+        ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate"), lambda c, a: a in c.d
+    ),
+    "implementation": lambda c, a: c.major < 3 and a in c.d,
+}
 
 
 def _cell_args(c: Cfg, kind: kinds.CellKind) -> dict:
     """The arguments of a ``kind`` cell (or layer) from its Keras config."""
     rec_act, reset_after = _recurrent_defaults(c)
-    return {a: _READ[a](c, rec_act, reset_after) for a in kind.cell_arguments
-            if a in _READ and _WHEN.get(a, lambda c, a: True)(c, a)}
+    return {
+        a: _READ[a](c, rec_act, reset_after)
+        for a in kind.cell_arguments
+        if a in _READ and _WHEN.get(a, lambda c, a: True)(c, a)
+    }
 
 
 def _recurrent(kind: kinds.CellKind):
@@ -171,6 +235,7 @@ def _cudnn(kind):
         extra = {"reset_after": True} if kind == "GRU" else {}
         canonical = rnnjax.GRU if kind == "GRU" else rnnjax.LSTM
         return canonical(int(c("units")), recurrent_activation="sigmoid", **extra, **_seq_flags(c), name=c.name)
+
     return make
 
 
@@ -179,8 +244,12 @@ def _wrapped(c: Cfg, key):
     if not isinstance(entry, dict):
         c.fail(f"`{key}` must be a layer config")
         return None
-    return c.ctx.build(entry.get("config", {}).get("name", entry.get("class_name")), entry.get("class_name"),
-                       entry.get("config", {}), entry)
+    return c.ctx.build(
+        entry.get("config", {}).get("name", entry.get("class_name")),
+        entry.get("class_name"),
+        entry.get("config", {}),
+        entry,
+    )
 
 
 def _bidirectional(c: Cfg):
@@ -195,20 +264,27 @@ def _bidirectional(c: Cfg):
 
 
 BUILDERS: dict[str, Callable] = {
-    "Dense": lambda c: rnnjax.Dense(int(c("units")), activation=c.act("activation", None),
-                                    use_bias=bool(c("use_bias", True)), name=c.name),
-    "Embedding": lambda c: rnnjax.Embedding(int(c("input_dim")), int(c("output_dim")),
-                                            mask_zero=bool(c("mask_zero", False)), name=c.name),
+    "Dense": lambda c: rnnjax.Dense(
+        int(c("units")), activation=c.act("activation", None), use_bias=bool(c("use_bias", True)), name=c.name
+    ),
+    "Embedding": lambda c: rnnjax.Embedding(
+        int(c("input_dim")), int(c("output_dim")), mask_zero=bool(c("mask_zero", False)), name=c.name
+    ),
     "Masking": lambda c: rnnjax.Masking(float(c("mask_value", 0.0)), name=c.name),
     "Dropout": lambda c: rnnjax.Dropout(float(c("rate")), noise_shape=c("noise_shape"), name=c.name),
-    "SpatialDropout1D": lambda c: (c("noise_shape"), rnnjax.Dropout(float(c("rate")), noise_shape=(None, 1, None),
-                                                                    name=c.name))[1],
+    "SpatialDropout1D": lambda c: (
+        c("noise_shape"),
+        rnnjax.Dropout(float(c("rate")), noise_shape=(None, 1, None), name=c.name),
+    )[1],
     "Activation": lambda c: rnnjax.Activation(c.act("activation", None), name=c.name),
     **{kind.name: _recurrent(kind) for kind in kinds.KINDS if kind.in_keras_files},
-    "RNN": _rnn, "CuDNNLSTM": _cudnn("LSTM"), "CuDNNGRU": _cudnn("GRU"),
+    "RNN": _rnn,
+    "CuDNNLSTM": _cudnn("LSTM"),
+    "CuDNNGRU": _cudnn("GRU"),
     "Bidirectional": _bidirectional,
-    "TimeDistributed": lambda c: (lambda inner: None if inner is None else
-                                  rnnjax.TimeDistributed(inner, name=c.name))(_wrapped(c, "layer")),
+    "TimeDistributed": lambda c: (lambda inner: None if inner is None else rnnjax.TimeDistributed(inner, name=c.name))(
+        _wrapped(c, "layer")
+    ),
 }
 BUILDERS.update(LAYER_BUILDERS)  # the layers around the recurrent ones: rnnjax/keras/build_layers.py
 

@@ -8,11 +8,12 @@ judged when it is built, :mod:`rnnjax.keras.custom`). The loader only ever compa
 it finds with its own tables; it never looks a name up in Python. Layers the user supplies
 (``custom_objects``) are not scanned: their configs are only data handed to the user's code.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Optional
+from typing import Any
 
 from rnnjax.keras import topology
 from rnnjax.keras.formats import KerasImportError
@@ -38,24 +39,24 @@ class LayerSpec:
     class_name: str
     config: dict
     entry: dict = dataclasses.field(default_factory=dict)  # the whole entry (module, registered_name)
-    graph: Optional[GraphSpec] = None  # a nested model's graph
+    graph: GraphSpec | None = None  # a nested model's graph
     trainable: bool = True
-    custom: Optional[str] = None  # the custom_objects key that supplies this layer
+    custom: str | None = None  # the custom_objects key that supplies this layer
 
 
 @dataclasses.dataclass
 class ModelSpec:
     kind: str  # 'sequential' or 'functional'
     layers: list  # LayerSpec, without InputLayer and mask op nodes
-    input_shape: Optional[tuple]  # a Sequential's (batch, ...) with None for unknown sizes
+    input_shape: tuple | None  # a Sequential's (batch, ...) with None for unknown sizes
     input_dtype: str
     keras_major: int
     version: str
-    graph: Optional[GraphSpec] = None  # a functional model's graph
+    graph: GraphSpec | None = None  # a functional model's graph
     problems: list = dataclasses.field(default_factory=list)  # everything refused, all at once
 
 
-def keras_major(version: Optional[str]) -> int:
+def keras_major(version: str | None) -> int:
     """The major version from ``'2.21.0'``, ``'2.2.4-tf'``, ``'3.15.1'``; a missing one is Keras 1."""
     if version is None:
         return 1
@@ -79,8 +80,10 @@ def scan(obj, where: str, problems: list) -> None:
             here = f"layer {config['name']!r} ({cls})"
         module, registered = obj.get("module"), obj.get("registered_name")
         if cls in CODE_CLASSES:
-            problems.append(f"{here}: {cls} refused: {CODE_CLASSES[cls]}; rnnjax never runs code from a file "
-                            "(rebuild this part in JAX and use rnnjax.load_keras_weights)")
+            problems.append(
+                f"{here}: {cls} refused: {CODE_CLASSES[cls]}; rnnjax never runs code from a file "
+                "(rebuild this part in JAX and use rnnjax.load_keras_weights)"
+            )
             return
         if module is not None and not (isinstance(module, str) and (module == "keras" or module.startswith("keras."))):
             problems.append(f"{here}: class {cls!r} from module {module!r} refused: only Keras's own classes load")
@@ -110,13 +113,15 @@ def _strip_tuples(obj):
 
 
 def _subclassed(cls) -> str:
-    return (f"the model is of class {cls!r}, not Sequential or Functional: a subclassed model, whose architecture "
-            "is Python code (its call method); the file has no graph of layers to read. Build the same model from "
-            "rnnjax layers (or any Flax module) and load the weights into it with rnnjax.load_keras_weights(path, "
-            "model, variables) (Keras's order; shapes checked)")
+    return (
+        f"the model is of class {cls!r}, not Sequential or Functional: a subclassed model, whose architecture "
+        "is Python code (its call method); the file has no graph of layers to read. Build the same model from "
+        "rnnjax layers (or any Flax module) and load the weights into it with rnnjax.load_keras_weights(path, "
+        "model, variables) (Keras's order; shapes checked)"
+    )
 
 
-def parse_model(config: Any, version: Optional[str], custom=None) -> ModelSpec:
+def parse_model(config: Any, version: str | None, custom=None) -> ModelSpec:
     """The layers and connections of a model config. Problems that leave the rest readable
     (code-bearing objects, custom classes, malformed layers or connections) are collected in
     ``ModelSpec.problems``, all of them; ``custom`` (:class:`rnnjax.keras.custom.CustomObjects`)
@@ -136,11 +141,13 @@ def parse_model(config: Any, version: Optional[str], custom=None) -> ModelSpec:
     # built here: a loss named by a function reference is not code to scan for.
     scan({k: v for k, v in config.items() if k not in ("config", "compile_config")}, "the model", problems)
     if cls not in MODEL_CLASSES or not isinstance(body, (dict, list)):
-        raise KerasImportError(problems or [f"the top-level object is {cls!r}, not a Keras model (Sequential or "
-                                            "Functional)"])
+        raise KerasImportError(
+            problems or [f"the top-level object is {cls!r}, not a Keras model (Sequential or Functional)"]
+        )
     if major < 2:
-        raise KerasImportError(f"a Keras 1 (or older) model (keras_version={version!r}) is not supported; "
-                               "re-save it with Keras 2")
+        raise KerasImportError(
+            f"a Keras 1 (or older) model (keras_version={version!r}) is not supported; re-save it with Keras 2"
+        )
     body = {"layers": body} if isinstance(body, list) else body
     reader = _Layers(major, problems, custom)
     try:
@@ -156,8 +163,11 @@ def _entries(layers, where):
     if not isinstance(layers, list) or not layers:
         raise KerasImportError(f"{where}the model config has no layers")
     for i, entry in enumerate(layers):
-        if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str) or \
-                not isinstance(entry.get("config"), dict):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("class_name"), str)
+            or not isinstance(entry.get("config"), dict)
+        ):
             raise KerasImportError(f"{where}layer {i} of the model config is not a {{class_name, config}} object")
         yield entry
 
@@ -173,8 +183,13 @@ class _Layers:
         scan({k: v for k, v in body.items() if k != "layers"}, f"{where}the model", self.problems)
         if cls == "Sequential":
             return self._sequential(body, where)
-        graph = topology.read_graph({**body, "layers": list(_entries(body.get("layers"), where))}, self.major,
-                                    self.problems, lambda n, c, e: self.layer(n, c, e, where), where)
+        graph = topology.read_graph(
+            {**body, "layers": list(_entries(body.get("layers"), where))},
+            self.major,
+            self.problems,
+            lambda n, c, e: self.layer(n, c, e, where),
+            where,
+        )
         return "functional", graph.layers, None, "float32", graph
 
     def _sequential(self, body, where):
@@ -194,7 +209,7 @@ class _Layers:
             shape = tuple(body["build_input_shape"])
         return "sequential", specs, shape, dtype, None
 
-    def layer(self, name, cls, entry, where) -> Optional[LayerSpec]:
+    def layer(self, name, cls, entry, where) -> LayerSpec | None:
         """The spec of one layer entry, or ``None`` with its problem recorded."""
         cfg = entry["config"]
         trainable = cfg.get("trainable", True) is not False
@@ -203,9 +218,11 @@ class _Layers:
             return LayerSpec(name, cls, cfg, entry, None, trainable, key)
         here = f"{where}layer {name!r} ({cls})"
         if cls in CODE_CLASSES:
-            self.problems.append(f"{here}: {cls} refused: {CODE_CLASSES[cls]}; rnnjax never runs code from a file "
-                                 f"(supply your own module for it: custom_objects={{{name!r}: factory}}, or rebuild "
-                                 "this part in JAX and use rnnjax.load_keras_weights)")
+            self.problems.append(
+                f"{here}: {cls} refused: {CODE_CLASSES[cls]}; rnnjax never runs code from a file "
+                f"(supply your own module for it: custom_objects={{{name!r}: factory}}, or rebuild "
+                "this part in JAX and use rnnjax.load_keras_weights)"
+            )
             return None
         scan(entry.get("inbound_nodes"), here, self.problems)
         if cls not in MODEL_CLASSES:

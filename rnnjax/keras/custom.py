@@ -10,6 +10,7 @@ reads) and returns a Flax linen module; its variables are matched with the file'
 any layer's are (Keras's order, shapes checked; see :func:`rnnjax.keras.weights.slots`).
 Nothing in such a layer's config is looked up or run by rnnjax.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -52,10 +53,12 @@ def unknown_class(name: str, cls: str, entry: dict, config: dict) -> str:
     ident = identity(cls, entry)
     kind = "custom class" if ">" in ident else "class"
     keys = sorted(config) if isinstance(config, dict) else []
-    return (f"layer {name!r}: {kind} {ident!r} refused: rnnjax does not build it and runs no code from a file; "
-            f"its config keys: {keys}. Supply your own Flax module for it: load_keras(path, custom_objects="
-            f"{{{ident!r}: factory}}), where factory(config) gets the layer's config as JSON data and returns the "
-            "module")
+    return (
+        f"layer {name!r}: {kind} {ident!r} refused: rnnjax does not build it and runs no code from a file; "
+        f"its config keys: {keys}. Supply your own Flax module for it: load_keras(path, custom_objects="
+        f"{{{ident!r}: factory}}), where factory(config) gets the layer's config as JSON data and returns the "
+        "module"
+    )
 
 
 def json_data(value, where: str):
@@ -92,16 +95,20 @@ class CustomObjects:
         if mapping is None:
             mapping = {}
         if not isinstance(mapping, Mapping):
-            raise TypeError("`custom_objects`: expected a dict {class name, registered name or layer name: "
-                            f"factory(config) -> Flax module}}, got {type(mapping).__name__}.")
+            raise TypeError(
+                "`custom_objects`: expected a dict {class name, registered name or layer name: "
+                f"factory(config) -> Flax module}}, got {type(mapping).__name__}."
+            )
         for key, factory in mapping.items():
             if not isinstance(key, str) or not key:
                 raise TypeError(
                     f"`custom_objects`: keys must be non-empty strings (class or layer names), got {key!r}."
                 )
             if not callable(factory):
-                raise TypeError(f"`custom_objects[{key!r}]`: expected a callable factory(config) -> Flax module, got "
-                                f"{type(factory).__name__}.")
+                raise TypeError(
+                    f"`custom_objects[{key!r}]`: expected a callable factory(config) -> Flax module, got "
+                    f"{type(factory).__name__}."
+                )
         self.mapping, self.used = dict(mapping), set()
 
     def find(self, name: str, cls: str, entry: dict):
@@ -120,9 +127,13 @@ class CustomObjects:
 
     def unused(self) -> list:
         """A problem for each key that matched no layer."""
-        return [f"custom_objects key {key!r} matches no layer of the model (keys are layer class names, registered "
-                "names 'package>Name', or layer names; a Lambda layer or a nested model is matched by its layer name "
-                "only)" for key in self.mapping if key not in self.used]
+        return [
+            f"custom_objects key {key!r} matches no layer of the model (keys are layer class names, registered "
+            "names 'package>Name', or layer names; a Lambda layer or a nested model is matched by its layer name "
+            "only)"
+            for key in self.mapping
+            if key not in self.used
+        ]
 
     def build(self, key: str, name: str, config: dict):
         """``(module, problem)``: the user's module for layer ``name`` (named ``name``), or ``None``

@@ -6,6 +6,7 @@ plain float arrays read by h5py. The readers refuse what Keras's own hardening r
 soft/external links, external and virtual datasets, shape bombs, zip bombs) before reading any
 bytes of the offending object, so a hostile file fails fast and never exhausts memory.
 """
+
 from __future__ import annotations
 
 import io
@@ -59,8 +60,8 @@ def sniff(path) -> str:
             head = f.read(8)
     except IsADirectoryError:
         raise KerasImportError(
-            "a directory (a TensorFlow SavedModel?) is not a Keras model file; re-save the model as .h5 or "
-            ".keras", path) from None
+            "a directory (a TensorFlow SavedModel?) is not a Keras model file; re-save the model as .h5 or .keras", path
+        ) from None
     except OSError as err:
         raise KerasImportError(f"cannot open the file: {err}", path) from None
     if head.startswith(ZIP_SIGNATURE):
@@ -70,7 +71,9 @@ def sniff(path) -> str:
     raise KerasImportError(
         f"not a Keras model file: expected an HDF5 file (.h5) or a Keras 3 zip archive (.keras), got a file "
         f"starting with {head!r} (TensorFlow checkpoints and SavedModels are not supported: re-save the model "
-        "as .h5 or .keras)", path)
+        "as .h5 or .keras)",
+        path,
+    )
 
 
 def parse_json(data, what: str) -> Any:
@@ -96,15 +99,18 @@ def read_zip(path) -> dict:
         members = {info.filename: info for info in archive.infolist()}
         if "config.json" not in members:
             raise KerasImportError(
-                f"a zip archive without config.json is not a Keras 3 .keras file (members: "
-                f"{sorted(members)[:10]})", path)
+                f"a zip archive without config.json is not a Keras 3 .keras file (members: {sorted(members)[:10]})",
+                path,
+            )
         if "model.weights.h5" not in members:
             extra = " (model.weights.npz is not supported)" if "model.weights.npz" in members else ""
             raise KerasImportError(f"the archive has no model.weights.h5{extra}", path)
         out = {}
-        for key, name, cap in (("metadata", "metadata.json", MAX_JSON_BYTES),
-                               ("config", "config.json", MAX_JSON_BYTES),
-                               ("weights", "model.weights.h5", MAX_WEIGHT_BYTES)):
+        for key, name, cap in (
+            ("metadata", "metadata.json", MAX_JSON_BYTES),
+            ("config", "config.json", MAX_JSON_BYTES),
+            ("weights", "model.weights.h5", MAX_WEIGHT_BYTES),
+        ):
             if name in members:
                 out[key] = _read_member(archive, members[name], cap, path)
     out["metadata"] = parse_json(out["metadata"], "metadata.json") if "metadata" in out else {}
@@ -116,12 +122,15 @@ def _read_member(archive, info, cap: int, path) -> bytes:
     """One member's bytes, refusing a declared size over ``cap`` or a zip bomb's ratio, and
     stopping at ``cap`` whatever the header claims."""
     if info.file_size > cap:
-        raise KerasImportError(f"archive member {info.filename} declares {info.file_size} bytes, over the cap of {cap}",
-                               path)
+        raise KerasImportError(
+            f"archive member {info.filename} declares {info.file_size} bytes, over the cap of {cap}", path
+        )
     if info.file_size > _SMALL and info.file_size > MAX_INFLATE_RATIO * max(info.compress_size, 1):
         raise KerasImportError(
             f"archive member {info.filename} inflates {info.compress_size} bytes to {info.file_size} (more than "
-            f"{MAX_INFLATE_RATIO}x: a zip bomb?)", path)
+            f"{MAX_INFLATE_RATIO}x: a zip bomb?)",
+            path,
+        )
     try:
         with archive.open(info) as f:
             data = f.read(cap + 1)
@@ -243,8 +252,9 @@ def _check_dataset(ds, name, problems, total, counters=False):
     stored = ds.id.get_storage_size()
     total[0] += declared
     if declared > _SMALL and declared > MAX_COMPRESSION_RATIO * max(stored, 1):
-        problems.append(f"{name}: declares shape {ds.shape} ({declared} bytes) over {stored} stored bytes (a shape "
-                        "bomb?); refused")
+        problems.append(
+            f"{name}: declares shape {ds.shape} ({declared} bytes) over {stored} stored bytes (a shape bomb?); refused"
+        )
     elif total[0] > MAX_WEIGHT_BYTES:
         problems.append(f"{name}: the weights pass the cap of {MAX_WEIGHT_BYTES} bytes in all; refused")
 

@@ -1,10 +1,11 @@
 """``KerasGraph``: a functional Keras model as a Flax module: any number of inputs and outputs,
 shared layers, nested models, ``initial_state`` and ``mask`` given as call arguments."""
+
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
-from typing import Sequence, cast
+from collections.abc import Mapping, Sequence
+from typing import cast
 
 import flax.linen as nn
 
@@ -100,8 +101,10 @@ class KerasGraph(nn.Module):
         """``(outputs, their masks)`` for the inputs ``xs`` with masks ``masks`` (lists).
         ``record``: a dict that gets ``(shape, dtype, has a mask)`` of every tensor, keyed ``prefix + (nested
         model names...) + (Ref,)`` (what ``save_keras`` writes for the tensors of the graph)."""
-        bound = [layer.clone(parent=self, name=name, _deep_clone=True, _reset_names=True)
-                 for layer, name in zip(self.layers, self.names)]
+        bound = [
+            layer.clone(parent=self, name=name, _deep_clone=True, _reset_names=True)
+            for layer, name in zip(self.layers, self.names)
+        ]
         values = {Ref(-1 - k, 0): (x, m) for k, (x, m) in enumerate(zip(xs, masks))}
         for i, call in enumerate(self.calls):
             if call.layer < 0:
@@ -121,8 +124,10 @@ class KerasGraph(nn.Module):
     def _get(values, ref, call):
         if ref not in values:
             who = "the model's outputs" if call is None else call.label
-            raise ValueError(f"{who}: reads output {ref.index} of a call that has only "
-                             f"{sum(1 for r in values if r.node == ref.node)} output(s)")
+            raise ValueError(
+                f"{who}: reads output {ref.index} of a call that has only "
+                f"{sum(1 for r in values if r.node == ref.node)} output(s)"
+            )
         return values[ref]
 
     def _invoke(self, module, layer, call, values, training, sub=None):
@@ -140,10 +145,15 @@ class KerasGraph(nn.Module):
             return module.run(xs, _listify(mask, len(xs)), training, *(sub or ()))
         if _has_mask(mask) and not hasattr(layer, "compute_mask"):
             if self.keras < 3:
-                raise TypeError(f"{call.label}: {type(layer).__name__} does not support masking, but was passed a "
-                                "mask (Keras 2 refused this model): give the module a compute_mask(inputs, mask)")
-            warnings.warn(f"{call.label}: {type(layer).__name__} does not support masking; the mask it was passed "
-                          "is dropped (as Keras 3 does).", stacklevel=2)
+                raise TypeError(
+                    f"{call.label}: {type(layer).__name__} does not support masking, but was passed a "
+                    "mask (Keras 2 refused this model): give the module a compute_mask(inputs, mask)"
+                )
+            warnings.warn(
+                f"{call.label}: {type(layer).__name__} does not support masking; the mask it was passed "
+                "is dropped (as Keras 3 does).",
+                stacklevel=2,
+            )
             mask = None
         if call.state:
             kwargs["initial_state"] = [self._get(values, r, call)[0] for r in call.state]

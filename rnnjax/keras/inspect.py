@@ -1,10 +1,12 @@
 """``inspect_keras``: what a Keras file holds (format, version, layers, configs, weight shapes)
 and what rnnjax cannot load, without building a model or reading a weight's values."""
+
 from __future__ import annotations
 
 import json
 
-from rnnjax.keras import config as kconfig, formats, models, training
+from rnnjax.keras import config as kconfig
+from rnnjax.keras import formats, models, training
 from rnnjax.keras.formats import KerasImportError
 from rnnjax.keras.weights import snake_case
 
@@ -21,18 +23,20 @@ def _shapes_k2(group, names) -> dict:
         g = group.get(name)
         if g is None:
             continue
-        out[name] = [(w, tuple(g[w].shape), str(g[w].dtype)) for w in formats.attr_list(g, "weight_names") or []
-                     if w in g]
+        out[name] = [
+            (w, tuple(g[w].shape), str(g[w].dtype)) for w in formats.attr_list(g, "weight_names") or [] if w in g
+        ]
     return out
 
 
 def _shapes_k3(root) -> dict:
     top = "layers" if "layers" in root else "_layer_checkpoint_dependencies"
     out = {}
-    for group in (root[top] if top in root else {}):
+    for group in root[top] if top in root else {}:
         found: list = []
         root[f"{top}/{group}"].visititems(
-            lambda n, o, found=found: found.append((n, tuple(o.shape), str(o.dtype))) if hasattr(o, "shape") else None)
+            lambda n, o, found=found: found.append((n, tuple(o.shape), str(o.dtype))) if hasattr(o, "shape") else None
+        )
         out[group] = found
     return out
 
@@ -58,8 +62,11 @@ def _read_hdf5(f, info):
         group = f["model_weights"] if "model_weights" in f else f
         info.setdefault("keras_version", formats.attr_text(group, "keras_version"))
         names = formats.attr_list(group, "layer_names") or []
-        return formats.parse_json(formats.attr_text(f, "model_config"), "model_config"), info["keras_version"], \
-            _shapes_k2(group, names)
+        return (
+            formats.parse_json(formats.attr_text(f, "model_config"), "model_config"),
+            info["keras_version"],
+            _shapes_k2(group, names),
+        )
     if formats.has_list(f, "layer_names"):
         info["format"] = "Keras 2 / tf-keras save_weights HDF5 (weights only)"
         return None, info["keras_version"], _shapes_k2(f, formats.attr_list(f, "layer_names"))
@@ -86,8 +93,15 @@ def inspect_keras(path) -> dict:
     ``writer``, ``state_arrays``; ``None`` without) and ``problems``: everything
     :func:`load_keras` would refuse, all at once (empty when the file loads). Never raises for a
     bad file."""
-    info = {"path": str(path), "format": None, "keras_version": None, "backend": None, "layers": [],
-            "training": _training(str(path)), "problems": []}
+    info = {
+        "path": str(path),
+        "format": None,
+        "keras_version": None,
+        "backend": None,
+        "layers": [],
+        "training": _training(str(path)),
+        "problems": [],
+    }
     try:
         cfg, version, shapes = _read(str(path), info)
     except KerasImportError as err:
@@ -110,8 +124,9 @@ def inspect_keras(path) -> dict:
             n = k3_names.get(base, 0)
             k3_names[base] = n + 1
             key = base if n == 0 else f"{base}_{n}"
-        info["layers"].append({"name": s.name, "class_name": s.class_name, "config": _summary(s.config),
-                               "weights": shapes.get(key, [])})
+        info["layers"].append(
+            {"name": s.name, "class_name": s.class_name, "config": _summary(s.config), "weights": shapes.get(key, [])}
+        )
     info["problems"] = models.build_model(spec)[1]
     return info
 
@@ -147,8 +162,9 @@ def _config_lines(config: dict, indent: str) -> list:
 def _training_lines(t: dict) -> list:
     """What a compiled, trained model saved: the optimizer (its config a line per key), the loss
     and the metrics."""
-    lines = [f"  training: optimizer {t['optimizer']} ({t['writer']}), step {t['step']}, {t['state_arrays']} state "
-             "arrays"]
+    lines = [
+        f"  training: optimizer {t['optimizer']} ({t['writer']}), step {t['step']}, {t['state_arrays']} state arrays"
+    ]
     if t["config"]:
         lines += ["      optimizer config:"] + _config_lines(t["config"], "        ")
     for key in ("loss", "metrics", "weighted_metrics"):
@@ -161,11 +177,16 @@ def format_report(info: dict) -> str:
     """``inspect_keras``'s result as text: a block per layer with its config (a line per key) and
     its weights. A weights-only file records no classes; a Keras 3 one not the model's layer order
     either (its groups are listed alphabetically), and the report says so."""
-    lines = [f"{info['path']}: {info['format'] or 'unreadable'}",
-             f"  keras_version: {info['keras_version']}   backend: {info['backend']}"]
+    lines = [
+        f"{info['path']}: {info['format'] or 'unreadable'}",
+        f"  keras_version: {info['keras_version']}   backend: {info['backend']}",
+    ]
     if info["layers"] and all(layer["class_name"] is None for layer in info["layers"]):
-        order = "alphabetical order (the file does not record the model's)" if "Keras 3" in (info["format"] or "") \
+        order = (
+            "alphabetical order (the file does not record the model's)"
+            if "Keras 3" in (info["format"] or "")
             else "the model's order"
+        )
         lines.append(f"  weights only: no layer classes recorded; layers in {order}")
     for layer in info["layers"]:
         lines.append(f"  {layer['name']}" + (f" ({layer['class_name']})" if layer["class_name"] else ""))

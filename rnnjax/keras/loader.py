@@ -1,11 +1,13 @@
 """``load_keras`` and ``load_keras_weights``: Keras model files -> rnnjax modules and variables."""
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
 import rnnjax
-from rnnjax.keras import config as kconfig, formats, models, weights
+from rnnjax.keras import config as kconfig
+from rnnjax.keras import formats, models, weights
 from rnnjax.keras.custom import CustomObjects
 from rnnjax.keras.formats import KerasImportError
 from rnnjax.keras.graph import KerasGraph
@@ -29,16 +31,19 @@ def _abstract_variables(model, spec):
         return jax.eval_shape(model.init, jax.random.key(0), *structs)
     except (TypeError, ValueError, IndexError) as err:
         shapes = [shape for shape, _ in specs]
-        raise KerasImportError(f"the layers do not fit together for inputs of shape "
-                               f"{shapes[0] if len(shapes) == 1 else shapes}: {err}") from None
+        raise KerasImportError(
+            f"the layers do not fit together for inputs of shape {shapes[0] if len(shapes) == 1 else shapes}: {err}"
+        ) from None
 
 
 def _materialize(tree):
     """Arrays as jax arrays; variables the file does not hold (stateful states) as zeros."""
+
     def leaf(a):
         if isinstance(a, jax.ShapeDtypeStruct):
             return jnp.zeros(a.shape, a.dtype)
         return jnp.asarray(a)
+
     return jax.tree_util.tree_map(leaf, tree)
 
 
@@ -56,14 +61,21 @@ def read_model(path, custom=None):
         version = str(archive["metadata"].get("keras_version", "3"))
         spec = kconfig.parse_model(archive["config"], version, custom)
         h5 = formats.open_hdf5(archive["weights"], path)
-        return spec, h5, lambda mods: (weights.read_k3(
-            h5, [(s.class_name, s.name, m) for s, m in zip(spec.layers, mods)], path), False)
+        return (
+            spec,
+            h5,
+            lambda mods: (
+                weights.read_k3(h5, [(s.class_name, s.name, m) for s, m in zip(spec.layers, mods)], path),
+                False,
+            ),
+        )
     f = formats.open_hdf5(path, path)
     try:
         _refuse_non_model(f, path)
         text = formats.attr_text(f, "model_config")
-        spec = kconfig.parse_model(formats.parse_json(text, "model_config"), formats.attr_text(f, "keras_version"),
-                                   custom)
+        spec = kconfig.parse_model(
+            formats.parse_json(text, "model_config"), formats.attr_text(f, "keras_version"), custom
+        )
         if "model_weights" not in f:
             raise KerasImportError("the file has a model_config but no model_weights group", path)
     except BaseException:
@@ -79,8 +91,11 @@ def _refuse_non_model(f, path):
     if "nb_layers" in attrs:
         raise KerasImportError("a Keras 0.x weights file (nb_layers) is not supported", path)
     if formats.has_list(f, "layer_names") or "layers" in keys or "_layer_checkpoint_dependencies" in keys:
-        raise KerasImportError("a weights-only file (no model_config): build the model and use "
-                               "rnnjax.load_keras_weights(path, model, variables)", path)
+        raise KerasImportError(
+            "a weights-only file (no model_config): build the model and use "
+            "rnnjax.load_keras_weights(path, model, variables)",
+            path,
+        )
     raise KerasImportError("an HDF5 file that is not a Keras model (no model_config attribute, no weights)", path)
 
 
@@ -126,8 +141,11 @@ def load_keras(path, cudnn: str = "keep", custom_objects=None):
             raise KerasImportError(problems + found, path)
         abstract = _to_dict(_abstract_variables(model, spec))
         names = [s.name for s in spec.layers]
-        if spec.kind == "sequential" and isinstance(model, rnnjax.Sequential) and \
-                any(set(tree) - set(names) for tree in abstract.values()):
+        if (
+            spec.kind == "sequential"
+            and isinstance(model, rnnjax.Sequential)
+            and any(set(tree) - set(names) for tree in abstract.values())
+        ):
             model = models.as_graph(spec, list(model.layers))
             abstract = _to_dict(_abstract_variables(model, spec))
         modules = list(model.layers)
@@ -193,4 +211,3 @@ def load_keras_weights(path, model, variables):
     out = weights.assign(file_layers, weights.model_slots(names, modules, variables, grouped), variables, path)
     out = {col: jax.tree_util.tree_map(jnp.asarray, tree) for col, tree in out.items()}
     return {col: tree["__layer__"] for col, tree in out.items()} if wrapped else out
-

@@ -3,6 +3,7 @@ as :class:`rnnjax.Sequential`, a functional model (and each nested model) as a
 :class:`rnnjax.keras.KerasGraph`, every call checked against the module it calls. All problems
 of a file (the config's, the layers', the calls', unused ``custom_objects`` keys) come back
 together."""
+
 from __future__ import annotations
 
 import rnnjax
@@ -23,13 +24,20 @@ def build_model(spec, cudnn: str = "keep", custom=None):
         modules = [_module(ctx, s, spec.keras_major, calls, "") for s in spec.layers]
         for s, m in zip(spec.layers, modules):
             if m is not None and (getattr(m, "return_state", False) or getattr(m, "merge_mode", "") is None):
-                calls.append(f"layer {s.name!r} ({s.class_name}): return_state=True or merge_mode=None (several "
-                             "outputs) is not supported in a Sequential model")
+                calls.append(
+                    f"layer {s.name!r} ({s.class_name}): return_state=True or merge_mode=None (several "
+                    "outputs) is not supported in a Sequential model"
+                )
         model = None
         if all(m is not None for m in modules) and not (spec.problems or ctx.problems or calls):
             plain = all(s.graph is None and s.custom is None for s in spec.layers)
-            model = rnnjax.Sequential(modules) if plain else _graph(
-                ctx, chain(spec.layers, spec.input_shape, spec.input_dtype), spec.keras_major, calls, None, modules)
+            model = (
+                rnnjax.Sequential(modules)
+                if plain
+                else _graph(
+                    ctx, chain(spec.layers, spec.input_shape, spec.input_dtype), spec.keras_major, calls, None, modules
+                )
+            )
     problems = spec.problems + ctx.problems + calls + ([] if custom is None else custom.unused())
     return (None if problems else model), _unique(problems)
 
@@ -53,9 +61,18 @@ def _graph(ctx, g, major, problems, name, modules=None, where=""):
     calls = [_fit(call, modules, major, problems) for call in g.calls]
     if any(r is None for r in g.outputs) or not g.outputs:
         return None
-    return KerasGraph(tuple(modules), tuple(s.name for s in g.layers), tuple(calls), tuple(g.inputs),
-                      tuple(g.outputs), g.single, major, tuple(s.trainable for s in g.layers),
-                      tuple(s.class_name for s in g.layers), name=name)
+    return KerasGraph(
+        tuple(modules),
+        tuple(s.name for s in g.layers),
+        tuple(calls),
+        tuple(g.inputs),
+        tuple(g.outputs),
+        g.single,
+        major,
+        tuple(s.trainable for s in g.layers),
+        tuple(s.class_name for s in g.layers),
+        name=name,
+    )
 
 
 def _fit(call, modules, major, problems):
@@ -84,8 +101,9 @@ def as_graph(spec, modules):
     """A Sequential's built layers as a ``KerasGraph`` chain (for layer names ``rnnjax.Sequential``
     would rename: a Keras name such as 'LSTM_1' looks like one Flax made up)."""
     problems: list[str] = []
-    return _graph(None, chain(spec.layers, spec.input_shape, spec.input_dtype), spec.keras_major, problems, None,
-                  modules)
+    return _graph(
+        None, chain(spec.layers, spec.input_shape, spec.input_dtype), spec.keras_major, problems, None, modules
+    )
 
 
 def input_specs(model, spec) -> list:
@@ -93,4 +111,3 @@ def input_specs(model, spec) -> list:
     if isinstance(model, KerasGraph):
         return [(shape, dtype) for _, shape, dtype in model.inputs]
     return [(spec.input_shape, spec.input_dtype)]
-

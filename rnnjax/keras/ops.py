@@ -6,9 +6,10 @@ Keras 3 records how each mask is computed (``Embedding(mask_zero=True)``: ``NotE
 ops are read, each with the meaning of ``keras.ops`` of the same name; their outputs may only reach
 a ``mask=`` (or another op), never a layer's data.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 
@@ -36,8 +37,10 @@ _OPS: dict[str, tuple[tuple, Callable]] = {
     "BroadcastTo": (("shape",), lambda a, shape: jnp.broadcast_to(a[0], tuple(shape))),
     "Cast": (("dtype",), lambda a, dtype: jnp.asarray(a[0]).astype(_dtype(dtype))),
     # Attention.compute_mask: a dense array (sparse/ragged refused by check)
-    "ConvertToTensor": (("dtype", "sparse", "ragged"), lambda a, dtype=None, sparse=None, ragged=None:
-                        jnp.asarray(a[0], _dtype(dtype))),
+    "ConvertToTensor": (
+        ("dtype", "sparse", "ragged"),
+        lambda a, dtype=None, sparse=None, ragged=None: jnp.asarray(a[0], _dtype(dtype)),
+    ),
 }
 MASK_OPS = frozenset(_OPS)
 # the number of positional tensors/scalars each op takes (Concatenate: one list)

@@ -8,6 +8,7 @@ weights in Keras's order, frozen layers left out), laid out by the writer
 writer's variable names (``Adam/lstm/lstm_cell/kernel/m:0``, ``adam/..._momentum``) against the
 slot kind where the file has them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,17 +18,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax.keras import config as kconfig, training, weights
+from rnnjax.keras import config as kconfig
+from rnnjax.keras import training, weights
 from rnnjax.keras.formats import KerasImportError
 from rnnjax.keras.optimizer_rules import ExponentialDecay, KerasOptimizerState, keras_transform
 
 _V1 = ("tf_keras_v1", "multi_backend")
 # The slot kinds in the writers' variable names: Keras 3 ``<path>_<token>``, OptimizerV2
 # ``<optimizer>/<weight>/<token>:0``.
-_K3_TOKENS = {"m": "momentum", "v": "velocity", "vhat": "velocity_hat", "momentum": "momentum",
-              "velocity": "velocity", "average_gradient": "average_gradient", "accumulator": "accumulator"}
-_V2_TOKENS = {"m": "m", "v": "v", "vhat": "vhat", "momentum": "momentum", "velocity": "rms",
-              "average_gradient": "mg", "accumulator": "accumulator"}
+_K3_TOKENS = {
+    "m": "momentum",
+    "v": "velocity",
+    "vhat": "velocity_hat",
+    "momentum": "momentum",
+    "velocity": "velocity",
+    "average_gradient": "average_gradient",
+    "accumulator": "accumulator",
+}
+_V2_TOKENS = {
+    "m": "m",
+    "v": "v",
+    "vhat": "vhat",
+    "momentum": "momentum",
+    "velocity": "rms",
+    "average_gradient": "mg",
+    "accumulator": "accumulator",
+}
 
 
 def _dict(tree):
@@ -48,8 +64,10 @@ def _order(spec, params):
     _collect(spec.layers, params, (), True, order, frozen)
     unknown = sorted(set(params) - {s.name for s in spec.layers})
     if unknown:
-        raise KerasImportError(f"`variables` has parameters {unknown} that are no layer of the file's model: pass "
-                               "the variables load_keras returned for this file")
+        raise KerasImportError(
+            f"`variables` has parameters {unknown} that are no layer of the file's model: pass "
+            "the variables load_keras returned for this file"
+        )
     return order, frozen
 
 
@@ -77,16 +95,19 @@ def _counters(data, rule, gen, problems):
     if state and isinstance(state[0][1], int):
         step = state.pop(0)[1]
     elif state and gen not in _V1:
-        problems.append(f"the state starts with {state[0][0]!r} ({_describe(state[0][1])}), expected the step "
-                        "counter (an integer scalar)")
-    if not 0 <= step < 2 ** 31:
+        problems.append(
+            f"the state starts with {state[0][0]!r} ({_describe(state[0][1])}), expected the step "
+            "counter (an integer scalar)"
+        )
+    if not 0 <= step < 2**31:
         problems.append(f"the step counter {step} is outside [0, 2**31)")
     lr = None
     if gen == "keras3" and not isinstance(rule.learning_rate, ExponentialDecay) and state:
         name, value = state.pop(0)
         if isinstance(value, int) or np.shape(value) != ():
-            problems.append(f"expected the learning rate (a float scalar) after the step counter, got {name!r} "
-                            f"({_describe(value)})")
+            problems.append(
+                f"expected the learning rate (a float scalar) after the step counter, got {name!r} ({_describe(value)})"
+            )
         else:
             lr = float(value)
     return step, lr, state
@@ -95,10 +116,10 @@ def _counters(data, rule, gen, problems):
 def _placeholders(rule, gen, state, n, problems):
     """Multi-backend / tf.keras 1.x Adam without AMSGrad still writes a ``(1,)`` ``vhat`` per weight."""
     if gen in _V1 and rule.kind == "adam" and not rule.amsgrad and len(state) == 3 * n:
-        bad = [name for name, v in state[2 * n:] if isinstance(v, int) or np.shape(v) != (1,)]
+        bad = [name for name, v in state[2 * n :] if isinstance(v, int) or np.shape(v) != (1,)]
         if bad:
             problems.append(f"expected {n} unused vhat placeholders of shape (1,) at the end, got {bad[:3]}")
-        return state[:2 * n]
+        return state[: 2 * n]
     return state
 
 
@@ -110,7 +131,8 @@ def _match(data, rule, gen, order, frozen, state, problems):
         problems.append(
             f"the file holds {len(state)} slot arrays; the model's {len(order)} trainable weights "
             f"{['/'.join(p) for p, _ in order][:8]} need {len(layout)} ({kinds} per weight, in the order "
-            f"{training.GENERATIONS[gen]} writes them){f'; frozen layers left out: {frozen}' if frozen else ''}")
+            f"{training.GENERATIONS[gen]} writes them){f'; frozen layers left out: {frozen}' if frozen else ''}"
+        )
         return []
     out = []
     for k, ((name, value), (slot, i)) in enumerate(zip(state, layout)):
@@ -120,11 +142,15 @@ def _match(data, rule, gen, order, frozen, state, problems):
             problems.append(f"{label}: {_describe(value)}, expected shape {tuple(shape)}")
             continue
         token = (_K3_TOKENS if gen == "keras3" else _V2_TOKENS)[slot]
-        fits = {"keras3": name.endswith("_" + token),
-                "tf_keras_legacy": name.rsplit("/", 1)[-1].split(":")[0] == token}.get(gen, True)
+        fits = {
+            "keras3": name.endswith("_" + token),
+            "tf_keras_legacy": name.rsplit("/", 1)[-1].split(":")[0] == token,
+        }.get(gen, True)
         if data.named and not fits:
-            problems.append(f"{label}: the name says another slot (the writer's order is "
-                            f"{' + '.join('/'.join(g) for g in rule.slot_groups())})")
+            problems.append(
+                f"{label}: the name says another slot (the writer's order is "
+                f"{' + '.join('/'.join(g) for g in rule.slot_groups())})"
+            )
             continue
         out.append((slot, i, value))
     return out
@@ -140,6 +166,7 @@ def _untracked_terms(spec):
                 found.append(f"{name}.{key}")
             elif isinstance(value, dict) and isinstance(value.get("config"), dict):
                 walk(value["config"], name)
+
     for s in spec.layers:
         walk(s.config, s.name)
     return found
@@ -168,10 +195,15 @@ def load_keras_optimizer(path, variables):
         raise KerasImportError(
             f"the file holds optimizer state ({len(data.state)} arrays) but its compile config names no optimizer "
             "(Keras 3 leaves it out of a .keras file saved after a legacy .h5 save of the same model): save the "
-            ".keras file first, or use the .h5 file", path)
+            ".keras file first, or use the .h5 file",
+            path,
+        )
     if not isinstance(entry, dict):
-        raise KerasImportError("the file holds no optimizer (the model was saved without compile(), or with "
-                               "include_optimizer=False): expected a compiled model's file", path)
+        raise KerasImportError(
+            "the file holds no optimizer (the model was saved without compile(), or with "
+            "include_optimizer=False): expected a compiled model's file",
+            path,
+        )
     raw_config = entry.get("config")
     gen = training.generation(data, raw_config if isinstance(raw_config, dict) else {})
     try:
@@ -190,14 +222,19 @@ def load_keras_optimizer(path, variables):
     if problems:
         raise KerasImportError([f"optimizer {entry.get('class_name')}: {p}" for p in problems], path)
     if terms := _untracked_terms(spec):
-        warnings.warn(f"{path}: Keras trained with {terms}; the model load_keras builds has no regularizers or "
-                      "constraints, so add them to your loss / updates to continue the same training.", stacklevel=2)
+        warnings.warn(
+            f"{path}: Keras trained with {terms}; the model load_keras builds has no regularizers or "
+            "constraints, so add them to your loss / updates to continue the same training.",
+            stacklevel=2,
+        )
     trainable = jax.tree_util.tree_map(lambda _: False, params)
     for p, _ in order:
         _set(trainable, p, True)
     tx = keras_transform(rule, trainable)
-    slots = {n: jax.tree_util.tree_map(lambda a, n=n: np.full(np.shape(a), rule.initial(n), np.dtype(a.dtype)),
-                                       params) for n in rule.slot_names()}
+    slots = {
+        n: jax.tree_util.tree_map(lambda a, n=n: np.full(np.shape(a), rule.initial(n), np.dtype(a.dtype)), params)
+        for n in rule.slot_names()
+    }
     for slot, i, value in matched:
         _set(slots[slot], order[i][0], np.asarray(value, np.dtype(_leaf(params, order[i][0]).dtype)))
     return tx, KerasOptimizerState(jnp.asarray(step, jnp.int32), jax.tree_util.tree_map(jnp.asarray, slots))

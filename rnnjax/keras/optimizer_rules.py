@@ -47,10 +47,11 @@ AMSGrad on ``max(vhat, v)``) and SGD (``m = momentum m - lr g``, ``p += m`` or, 
 (``IndexedSlices``) updates of an Embedding table, which leave the slots of rows not looked up
 untouched for SGD with momentum and RMSprop, are not reproduced (Keras 3 on JAX is dense too).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Optional, Union, cast
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -107,7 +108,7 @@ class KerasRule:
 
     kind: str
     generation: str
-    learning_rate: Union[float, ExponentialDecay] = 0.001
+    learning_rate: float | ExponentialDecay = 0.001
     beta_1: float = 0.9
     beta_2: float = 0.999
     epsilon: float = 1e-7
@@ -118,10 +119,10 @@ class KerasRule:
     centered: bool = False
     initial_accumulator_value: float = 0.1
     decay: float = 0.0
-    weight_decay: Optional[float] = None
-    clipnorm: Optional[float] = None
-    clipvalue: Optional[float] = None
-    global_clipnorm: Optional[float] = None
+    weight_decay: float | None = None
+    clipnorm: float | None = None
+    clipvalue: float | None = None
+    global_clipnorm: float | None = None
 
     def slot_groups(self) -> tuple:
         """The slots in the order the writer creates them: groups, each interleaved over the
@@ -134,8 +135,11 @@ class KerasRule:
             always = self.generation not in ("keras3", "tf_keras_legacy")  # the others create it at momentum 0 too
             return (("momentum",),) if always or self.momentum != 0 else ()
         if self.kind == "rmsprop":
-            return ((("velocity",),) + ((("momentum",),) if self.momentum > 0 else ())
-                    + ((("average_gradient",),) if self.centered else ()))
+            return (
+                (("velocity",),)
+                + ((("momentum",),) if self.momentum > 0 else ())
+                + ((("average_gradient",),) if self.centered else ())
+            )
         return (("accumulator",),)
 
     def slot_names(self) -> tuple:
@@ -171,7 +175,7 @@ def _clip(rule: KerasRule, grads: list) -> list:
     """The writer's gradient clipping (see the module docstring's table)."""
     if not grads:
         return grads
-    value = (lambda gs, c: [jnp.clip(g, -c, c) for g in gs])
+    value = lambda gs, c: [jnp.clip(g, -c, c) for g in gs]
     if rule.generation in _NEW:
         if rule.clipnorm and rule.clipnorm > 0:
             return [_clip_norm(g, rule.clipnorm) for g in grads]
@@ -236,7 +240,7 @@ def _leaf(rule: KerasRule, g, s: dict, lr, t):
         rho = jnp.asarray(rule.rho, g.dtype)
         v = rho * s["velocity"] + (1 - rho) * jnp.square(g)
         new = {"velocity": v}
-        a2: Union[float, jax.Array] = 0.0
+        a2: float | jax.Array = 0.0
         if rule.centered:
             a = new["average_gradient"] = rho * s["average_gradient"] + (1 - rho) * g
             a2 = jnp.square(a)
@@ -266,14 +270,19 @@ def keras_transform(rule: KerasRule, trainable=None):
     names = rule.slot_names()
 
     def init(params):
-        slots = {n: jax.tree_util.tree_map(lambda p, n=n: jnp.full(jnp.shape(p), rule.initial(n), jnp.result_type(p)),
-                                           params) for n in names}
+        slots = {
+            n: jax.tree_util.tree_map(
+                lambda p, n=n: jnp.full(jnp.shape(p), rule.initial(n), jnp.result_type(p)), params
+            )
+            for n in names
+        }
         return KerasOptimizerState(jnp.zeros((), jnp.int32), slots)
 
     def update(grads, state, params=None):
         if rule.weight_decay is not None and params is None:
-            raise ValueError("This Keras optimizer has weight_decay: call `tx.update(grads, state, params)` with the "
-                             "parameters.")
+            raise ValueError(
+                "This Keras optimizer has weight_decay: call `tx.update(grads, state, params)` with the parameters."
+            )
         treedef: Any  # PyTreeDef: jaxlib's _jax has no stub, mypy cannot resolve it
         leaves, treedef = jax.tree_util.tree_flatten(grads)
         try:
@@ -281,8 +290,10 @@ def keras_transform(rule: KerasRule, trainable=None):
             mask = [True] * len(leaves) if trainable is None else treedef.flatten_up_to(trainable)
             plist = treedef.flatten_up_to(params) if params is not None else None
         except (ValueError, TypeError, KeyError) as err:
-            raise ValueError(f"The gradients, the optimizer state and the parameters must have the same tree "
-                             f"structure (that of variables['params']): {err}") from None
+            raise ValueError(
+                f"The gradients, the optimizer state and the parameters must have the same tree "
+                f"structure (that of variables['params']): {err}"
+            ) from None
         live = [i for i, keep in enumerate(mask) if keep]
         clipped = _clip(rule, [leaves[i] for i in live])
         lr, t = learning_rate(rule, state.step), (state.step + 1).astype(jnp.float32)

@@ -6,6 +6,7 @@ entry is an ``InputLayer``) and ``model.weights.h5`` (written with h5py: each Ke
 the path of its attribute, ``layers/<class in snake case>[_n]/.../vars/0, 1, ...``). Only data
 goes in: no code, no custom objects, so ``keras.saving.load_model(path)`` loads it in safe mode.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -16,7 +17,6 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -24,13 +24,14 @@ import numpy as np
 from flax import linen as nn
 
 from rnnjax import kinds
-from rnnjax.keras import save_graph, save_layers as sl
-from rnnjax.keras.graph import KerasGraph
+from rnnjax.keras import save_graph
+from rnnjax.keras import save_layers as sl
 from rnnjax.keras.formats import import_h5py
+from rnnjax.keras.graph import KerasGraph
 from rnnjax.keras.save_objects import KerasSaveError
 from rnnjax.layers import STATE_COLLECTION, Bidirectional, Embedding, Sequential, TimeDistributed
-from rnnjax.regularizers import LOSSES
 from rnnjax.layers.protocol import keras_name, snake_case
+from rnnjax.regularizers import LOSSES
 
 __all__ = ["save_keras", "KerasSaveError"]
 
@@ -60,9 +61,11 @@ def _param_tree(model, variables, layers, names) -> list:
     _params(variables)
     unknown = sorted(set(variables) - {"params", STATE_COLLECTION, LOSSES, BATCH_STATS})
     if unknown:
-        raise KerasSaveError(f"`variables`: collections {unknown} have no place in a Keras 3 file (expected 'params'"
-                             f" and optionally '{STATE_COLLECTION}', '{BATCH_STATS}' (BatchNormalization) and "
-                             f"'{LOSSES}', the penalties init reported).")
+        raise KerasSaveError(
+            f"`variables`: collections {unknown} have no place in a Keras 3 file (expected 'params'"
+            f" and optionally '{STATE_COLLECTION}', '{BATCH_STATS}' (BatchNormalization) and "
+            f"'{LOSSES}', the penalties init reported)."
+        )
     params = _with_batch_stats(variables["params"], variables.get(BATCH_STATS, {}))
     if not isinstance(model, Sequential):
         return [params]
@@ -87,7 +90,7 @@ def _count_arrays(variables) -> int:
     return len(jax.tree_util.tree_leaves([variables["params"], variables.get(BATCH_STATS, {})]))
 
 
-def _infer_input(layer, params, where) -> Optional[tuple]:
+def _infer_input(layer, params, where) -> tuple | None:
     """(per-sample shape, dtype) of the inputs a model starting with ``layer`` takes, or None
     when ``layer`` keeps the shape (look at the next one)."""
     if isinstance(layer, Embedding):
@@ -97,8 +100,11 @@ def _infer_input(layer, params, where) -> Optional[tuple]:
         return _infer_input(layer.layer, sub, where)
     kind = kinds.kind_of(layer)
     if isinstance(layer, sl.RECURRENT) and not (kind is not None and kind.rank):
-        kernels = [a for path, a in jax.tree_util.tree_leaves_with_path(params or {})
-                   if jax.tree_util.keystr(path).endswith("['kernel']")]
+        kernels = [
+            a
+            for path, a in jax.tree_util.tree_leaves_with_path(params or {})
+            if jax.tree_util.keystr(path).endswith("['kernel']")
+        ]
         if kernels and kernels[0].ndim == 2:  # a ConvLSTM cell's kernel has spatial axes too
             return (getattr(layer, "input_length", None), int(kernels[0].shape[0])), "float32"
     if isinstance(layer, TimeDistributed) and type(layer.layer).__name__ == "Dense":
@@ -132,8 +138,10 @@ def _input_spec(model, variables, layers, params, input_shape, input_dtype, batc
         kept = {k: v for k, v in variables.items() if k != LOSSES}
         jax.eval_shape(lambda x: model.apply(kept, x, mutable=True), probe)
     except Exception as e:  # noqa: BLE001 - any failure means the shape is wrong for this model
-        raise KerasSaveError(f"`input_shape`: the model does not run on inputs of shape (batch, *{input_shape}) "
-                             f"and dtype {input_dtype}: {e}") from e
+        raise KerasSaveError(
+            f"`input_shape`: the model does not run on inputs of shape (batch, *{input_shape}) "
+            f"and dtype {input_dtype}: {e}"
+        ) from e
     return input_shape, input_dtype
 
 
@@ -153,15 +161,19 @@ def _batch_size(layers, variables, batch_size):
         if len(found) != 1:
             raise KerasSaveError(
                 "`batch_size`: the model is stateful, and Keras 3 needs its batch size fixed; pass batch_size= (the "
-                f"states in variables['{STATE_COLLECTION}'] give {found or 'none'}).")
+                f"states in variables['{STATE_COLLECTION}'] give {found or 'none'})."
+            )
         batch_size = found[0]
     elif found and found != [batch_size]:
         raise KerasSaveError(
             f"`batch_size`: {batch_size}, but the states in variables['{STATE_COLLECTION}'] have batch {found}."
         )
     if any(np.any(np.asarray(a) != 0) for a in leaves):
-        warnings.warn("save_keras: the stateful layers' current states are not saved (a Keras 3 file has no place for "
-                      "them); the Keras model starts from zero states.", stacklevel=3)
+        warnings.warn(
+            "save_keras: the stateful layers' current states are not saved (a Keras 3 file has no place for "
+            "them); the Keras model starts from zero states.",
+            stacklevel=3,
+        )
     return batch_size
 
 
@@ -194,13 +206,24 @@ def _weights_file(h5py, nodes) -> bytes:
 
 
 def _model_config(saved, name, batch_shape, input_dtype, dtype) -> dict:
-    input_layer = {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None, "config": {
-        "batch_shape": list(batch_shape), "dtype": input_dtype, "sparse": False, "name": "input_layer"}}
+    input_layer = {
+        "module": "keras.layers",
+        "class_name": "InputLayer",
+        "registered_name": None,
+        "config": {"batch_shape": list(batch_shape), "dtype": input_dtype, "sparse": False, "name": "input_layer"},
+    }
     return {
-        "module": "keras", "class_name": "Sequential", "registered_name": None,
-        "config": {"name": name, "trainable": True, "dtype": dtype.name,
-                   "layers": [input_layer] + [s.config for s in saved]},
-        "build_config": {"input_shape": list(batch_shape)}, "compile_config": None,
+        "module": "keras",
+        "class_name": "Sequential",
+        "registered_name": None,
+        "config": {
+            "name": name,
+            "trainable": True,
+            "dtype": dtype.name,
+            "layers": [input_layer] + [s.config for s in saved],
+        },
+        "build_config": {"input_shape": list(batch_shape)},
+        "compile_config": None,
     }
 
 
@@ -219,8 +242,9 @@ def _write_archive(path: str, members: dict) -> None:
         raise
 
 
-def save_keras(model, variables, path, *, input_shape=None, input_dtype=None, batch_size=None,
-               hard_sigmoid: str = "scale") -> None:
+def save_keras(
+    model, variables, path, *, input_shape=None, input_dtype=None, batch_size=None, hard_sigmoid: str = "scale"
+) -> None:
     """Writes ``model`` with ``variables`` as a Keras 3 ``.keras`` archive at ``path``, which
     ``keras.saving.load_model(path)`` loads (safe mode) into a ``keras.Sequential`` (or, for a
     :class:`rnnjax.keras.KerasGraph`, a functional ``keras.Model``) predicting what
@@ -261,12 +285,15 @@ def save_keras(model, variables, path, *, input_shape=None, input_dtype=None, ba
     if not path.endswith(".keras"):
         raise ValueError(f"`path`: Keras 3 loads .keras archives only by that suffix; got {path!r}.")
     h5py = import_h5py("rnnjax.save_keras (writing the weights file)")
-    ctx = sl.Context(hard_sigmoid, lambda m: warnings.warn(f"save_keras: {m}", stacklevel=4),
-                     _dtype(_params(variables)))
+    ctx = sl.Context(
+        hard_sigmoid, lambda m: warnings.warn(f"save_keras: {m}", stacklevel=4), _dtype(_params(variables))
+    )
     if isinstance(model, KerasGraph):
         if (input_shape, input_dtype, batch_size) != (None, None, None):
-            raise ValueError("`input_shape`/`input_dtype`/`batch_size`: a KerasGraph's inputs are its own "
-                             f"(model.inputs = {list(model.inputs)}); leave them unset.")
+            raise ValueError(
+                "`input_shape`/`input_dtype`/`batch_size`: a KerasGraph's inputs are its own "
+                f"(model.inputs = {list(model.inputs)}); leave them unset."
+            )
         name = model.name or "functional"
         params = _param_tree(model, variables, [], [])[0]
         config, node = save_graph.graph_members(model, variables, params, ctx, name)
@@ -279,10 +306,14 @@ def save_keras(model, variables, path, *, input_shape=None, input_dtype=None, ba
         "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
         "writer": "rnnjax.save_keras",
     }
-    _write_archive(path, {
-        "metadata.json": json.dumps(metadata), "config.json": json.dumps(config),
-        "model.weights.h5": _weights_file(h5py, nodes),
-    })
+    _write_archive(
+        path,
+        {
+            "metadata.json": json.dumps(metadata),
+            "config.json": json.dumps(config),
+            "model.weights.h5": _weights_file(h5py, nodes),
+        },
+    )
 
 
 def _params(variables):

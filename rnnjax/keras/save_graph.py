@@ -9,6 +9,7 @@ from the outputs (deepest first), then the order a depth-first walk from the out
 each layer. :func:`keras_order` reproduces that walk on the graph written, so the reloaded model
 finds each layer's weights (checked against Keras 3 in ``tests/test_keras_graphs.py``).
 """
+
 from __future__ import annotations
 
 import jax
@@ -32,6 +33,7 @@ def _tensor_refs(call) -> list:
 def keras_order(graph) -> list:
     """Keras 3's order of the graph's operations (``('in', k)`` for input ``k``, ``('layer', i)``
     for layer ``i``, ``('op', c)`` for the mask op of call ``c``), as ``map_graph`` gives it."""
+
     def op_of(node):
         if node < 0:
             return ("in", -1 - node)
@@ -84,11 +86,16 @@ def tensor_shapes(model, variables) -> dict:
     change between two probes (free lengths, the batch) as ``None``."""
     probes = []
     for size in (2, 3):
-        structs = [jax.ShapeDtypeStruct(tuple(size if d is None else int(d) for d in (shape or (None,))),
-                                        jnp.dtype(dtype)) for _, shape, dtype in model.inputs]
+        structs = [
+            jax.ShapeDtypeStruct(tuple(size if d is None else int(d) for d in (shape or (None,))), jnp.dtype(dtype))
+            for _, shape, dtype in model.inputs
+        ]
         record: dict = {}
-        jax.eval_shape(lambda v, *xs, rec=record: model.apply(v, list(xs), [None] * len(xs), False, rec,
-                                                             method="run"), variables, *structs)
+        jax.eval_shape(
+            lambda v, *xs, rec=record: model.apply(v, list(xs), [None] * len(xs), False, rec, method="run"),
+            variables,
+            *structs,
+        )
         probes.append(record)
     return {k: (_merge_shapes(v[0], probes[1][k][0]), v[1], v[2]) for k, v in probes[0].items()}
 
@@ -103,8 +110,9 @@ class _Writer:
         """``(config of the Functional, its weights Node)``."""
         extra = sorted(set(params or {}) - set(graph.names))
         if extra:
-            raise KerasSaveError(f"{where}`variables`: parameters {extra} belong to no layer (its layers: "
-                                 f"{list(graph.names)}).")
+            raise KerasSaveError(
+                f"{where}`variables`: parameters {extra} belong to no layer (its layers: {list(graph.names)})."
+            )
         order = keras_order(graph)
         producers, op_names = self._names(graph, order)
         entries: list = []
@@ -118,9 +126,13 @@ class _Writer:
         ref = lambda r: self._history(graph, r, producers, op_names)  # noqa: E731
         inputs = [[n, 0, 0] for n in graph.input_names]
         outputs = [ref(r) for r in graph.outputs]
-        config = {"name": name, "trainable": True, "layers": entries,
-                  "input_layers": inputs[0] if len(inputs) == 1 else inputs,
-                  "output_layers": outputs[0] if graph.single else outputs}
+        config = {
+            "name": name,
+            "trainable": True,
+            "layers": entries,
+            "input_layers": inputs[0] if len(inputs) == 1 else inputs,
+            "output_layers": outputs[0] if graph.single else outputs,
+        }
         return config, sl.Node(name, [], children)
 
     @staticmethod
@@ -153,8 +165,14 @@ class _Writer:
 
     def _tensor(self, graph, r, producers, op_names, prefix):
         shape, dtype, _ = self.shapes[prefix + (r,)]
-        return {"class_name": "__keras_tensor__", "config": {
-            "shape": list(shape), "dtype": dtype, "keras_history": self._history(graph, r, producers, op_names)}}
+        return {
+            "class_name": "__keras_tensor__",
+            "config": {
+                "shape": list(shape),
+                "dtype": dtype,
+                "keras_history": self._history(graph, r, producers, op_names),
+            },
+        }
 
     def _node(self, graph, call, producers, op_names, prefix):
         t = lambda r: r.value if isinstance(r, Const) else self._tensor(graph, r, producers, op_names, prefix)  # noqa
@@ -196,10 +214,13 @@ class _Writer:
             entry = {**_FUNCTIONAL, "config": config}
         else:
             if getattr(layer, "keras_version", 3) == 2 and any(
-                    self.shapes[prefix + (r,)][2] for c in calls for r in c.args if isinstance(r, Ref)):
-                raise KerasSaveError(f"{here}: a mask reaches this keras_version=2 layer, whose mask rule is Keras 2's "
-                                     "(a Concatenate keeps a step where every input does; Keras 3's where any does), "
-                                     "so Keras 3 would compute other numbers.")
+                self.shapes[prefix + (r,)][2] for c in calls for r in c.args if isinstance(r, Ref)
+            ):
+                raise KerasSaveError(
+                    f"{here}: a mask reaches this keras_version=2 layer, whose mask rule is Keras 2's "
+                    "(a Concatenate keeps a step where every input does; Keras 3's where any does), "
+                    "so Keras 3 would compute other numbers."
+                )
             saved = sl.convert(layer, sub, name, here, self.ctx)
             entry, node = dict(saved.config), saved.node
         nodes = [self._node(graph, c, producers, op_names, prefix) for c in calls]
@@ -213,10 +234,15 @@ def graph_members(model, variables, params, ctx, name):
     try:
         shapes = tensor_shapes(model, kept)
     except Exception as err:  # noqa: BLE001 - any failure means the variables do not fit the model
-        raise KerasSaveError(f"`variables`: the model does not run with them on inputs {list(model.inputs)}: "
-                             f"{err}") from err
+        raise KerasSaveError(
+            f"`variables`: the model does not run with them on inputs {list(model.inputs)}: {err}"
+        ) from err
     config, node = _Writer(ctx, shapes).graph(model, params, name, "", ())
     batch = [list(shape) for _, shape, _ in model.inputs]
-    top = {**_FUNCTIONAL, "config": config, "build_config": {"input_shape": batch[0] if len(batch) == 1 else batch},
-           "compile_config": None}
+    top = {
+        **_FUNCTIONAL,
+        "config": config,
+        "build_config": {"input_shape": batch[0] if len(batch) == 1 else batch},
+        "compile_config": None,
+    }
     return top, node

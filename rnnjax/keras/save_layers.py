@@ -7,19 +7,30 @@ and its sub-objects under the attribute names Keras 3's weights file uses (``cel
 ``forward_layer``/``backward_layer``, ``layer``, ``cells/<class>``). Models are read only through
 the layers' public fields and the public variables layout.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, cast
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
 from rnnjax import kinds
 from rnnjax.cudnn import CuDNNGRU, CuDNNLSTM, cudnn_gru_to_gru, cudnn_lstm_to_lstm
 from rnnjax.functional.protocol import PARAM_NAMES
-from rnnjax.keras import save_companions, save_objects as so
+from rnnjax.keras import save_companions
+from rnnjax.keras import save_objects as so
 from rnnjax.keras.save_objects import KerasSaveError
 from rnnjax.layers import (
-    RNN, Activation, Bidirectional, Dense, Dropout, Embedding, Masking, StackedRNNCells, TimeDistributed,
+    RNN,
+    Activation,
+    Bidirectional,
+    Dense,
+    Dropout,
+    Embedding,
+    Masking,
+    StackedRNNCells,
+    TimeDistributed,
 )
 from rnnjax.layers.protocol import keras_name, snake_case
 
@@ -79,7 +90,8 @@ def _cell_config(obj, kind: kinds.CellKind, ctx: Context, where: str) -> tuple[d
     cfg: dict[str, Any] = {"activation": act}
     if "recurrent_activation" in kind.cell_arguments:
         cfg["recurrent_activation"], rec = so.activation(
-            obj.recurrent_activation, f"{where} `recurrent_activation`", ctx.hard_sigmoid, True)
+            obj.recurrent_activation, f"{where} `recurrent_activation`", ctx.hard_sigmoid, True
+        )
         for g in kind.sigma_blocks:
             factors[g] = rec
     cfg["use_bias"] = bool(obj.use_bias)
@@ -159,16 +171,20 @@ def _cell(cell, params, name, where, ctx) -> Saved:
         )
     cfg, factors = _cell_config(cell, kind, ctx, where)
     arrays = _cell_weights(cell, params, kind, factors, cell.units, where, ctx)
-    return Saved(keras_object(kind.keras_cell, {**_base(name, ctx), "units": int(cell.units), **cfg}),
-                 Node(name, arrays, {}))
+    return Saved(
+        keras_object(kind.keras_cell, {**_base(name, ctx), "units": int(cell.units), **cfg}), Node(name, arrays, {})
+    )
 
 
 def _sequence_fields(layer, ctx, where) -> dict:
     return {
-        "return_sequences": bool(layer.return_sequences), "return_state": bool(layer.return_state),
-        "go_backwards": bool(layer.go_backwards), "stateful": bool(layer.stateful),
+        "return_sequences": bool(layer.return_sequences),
+        "return_state": bool(layer.return_state),
+        "go_backwards": bool(layer.go_backwards),
+        "stateful": bool(layer.stateful),
         # unroll only changes speed, and Keras 3 refuses it for inputs of free length: not written.
-        "unroll": False, "zero_output_for_mask": bool(layer.zero_output_for_mask),
+        "unroll": False,
+        "zero_output_for_mask": bool(layer.zero_output_for_mask),
         "activity_regularizer": so.regularizer(layer.activity_regularizer, f"{where} `activity_regularizer`"),
     }
 
@@ -271,15 +287,21 @@ def _bidirectional(layer, params, name, where, ctx) -> Saved:
     go_back = backward.go_backwards if layer.backward_layer is not None else not layer.layer.go_backwards
     zero = bool(layer.layer.return_sequences)  # Keras forces zero_output_for_mask = return_sequences
     parts = {}
-    for side, sub, overrides in (("forward", layer.layer, {"zero_output_for_mask": zero}),
-                                 ("backward", backward, {"zero_output_for_mask": zero, "go_backwards": go_back})):
+    for side, sub, overrides in (
+        ("forward", layer.layer, {"zero_output_for_mask": zero}),
+        ("backward", backward, {"zero_output_for_mask": zero, "go_backwards": go_back}),
+    ):
         keys = [k for k in params if k.startswith(side + "_")]
         if len(keys) > 1:
             raise KerasSaveError(f"{where}: several {side} parameter groups {keys} in `variables`.")
         key = keys[0] if keys else f"{side}_{keras_name(sub)}"
         parts[side] = convert(sub, params.get(key), key, f"{where} {side} layer", ctx, overrides)
-    config = {**_base(name, ctx), "merge_mode": layer.merge_mode,
-              "layer": parts["forward"].config, "backward_layer": parts["backward"].config}
+    config = {
+        **_base(name, ctx),
+        "merge_mode": layer.merge_mode,
+        "layer": parts["forward"].config,
+        "backward_layer": parts["backward"].config,
+    }
     children = {"forward_layer": parts["forward"].node, "backward_layer": parts["backward"].node}
     return Saved(keras_object("Bidirectional", config), Node(name, [], children))
 
@@ -298,7 +320,8 @@ def _embedding(layer, params, name, where, ctx) -> Saved:
     if arrays[0].shape != (layer.input_dim, layer.output_dim):
         raise KerasSaveError(
             f"{where}: embeddings of shape {arrays[0].shape}, expected (input_dim, output_dim) = "
-            f"{(layer.input_dim, layer.output_dim)}.")
+            f"{(layer.input_dim, layer.output_dim)}."
+        )
     config = {
         **_base(name, ctx),
         "input_dim": int(layer.input_dim),
@@ -347,9 +370,17 @@ def _weightless(layer, params, name, where, ctx) -> Saved:
 
 _SAVED_KINDS = tuple(k.linen_layer for k in kinds.KINDS if k.in_keras_files)
 _CONVERTERS = {
-    **{layer: _keras_rnn for layer in _SAVED_KINDS}, CuDNNLSTM: _cudnn, CuDNNGRU: _cudnn, RNN: _rnn,
-    Bidirectional: _bidirectional, TimeDistributed: _time_distributed, Embedding: _embedding, Dense: _dense,
-    Masking: _weightless, Dropout: _weightless, Activation: _weightless,
+    **{layer: _keras_rnn for layer in _SAVED_KINDS},
+    CuDNNLSTM: _cudnn,
+    CuDNNGRU: _cudnn,
+    RNN: _rnn,
+    Bidirectional: _bidirectional,
+    TimeDistributed: _time_distributed,
+    Embedding: _embedding,
+    Dense: _dense,
+    Masking: _weightless,
+    Dropout: _weightless,
+    Activation: _weightless,
 }
 
 

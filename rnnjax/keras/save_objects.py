@@ -12,6 +12,7 @@ Activation names are where Keras 2 and Keras 3 disagree:
 * ``'gelu'`` (rnnjax: ``jax.nn.gelu``, tanh approximation; Keras 3: exact) and
   ``'leaky_relu'`` (slope 0.01 vs 0.2) mean different functions, so they are refused.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,10 +25,23 @@ KERAS2_HARD_SIGMOID_SCALE = 1.2
 
 # rnnjax activation name -> the Keras 3 name of the same function (checked in the tests).
 _ACTIVATION_NAMES = {
-    "linear": "linear", "tanh": "tanh", "sigmoid": "sigmoid", "hard_sigmoid_keras3": "hard_sigmoid",
-    "relu": "relu", "relu6": "relu6", "elu": "elu", "selu": "selu", "softplus": "softplus",
-    "softsign": "softsign", "softmax": "softmax", "exponential": "exponential", "swish": "silu",
-    "silu": "silu", "hard_silu": "hard_silu", "hard_swish": "hard_silu", "mish": "mish",
+    "linear": "linear",
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+    "hard_sigmoid_keras3": "hard_sigmoid",
+    "relu": "relu",
+    "relu6": "relu6",
+    "elu": "elu",
+    "selu": "selu",
+    "softplus": "softplus",
+    "softsign": "softsign",
+    "softmax": "softmax",
+    "exponential": "exponential",
+    "swish": "silu",
+    "silu": "silu",
+    "hard_silu": "hard_silu",
+    "hard_swish": "hard_silu",
+    "mish": "mish",
     "log_softmax": "log_softmax",
 }
 _DIFFERENT = {
@@ -84,10 +98,15 @@ def _object(module: str, class_name: str, config: dict) -> dict:
 
 
 _INITIALIZERS = {
-    initializers.Zeros: "Zeros", initializers.Ones: "Ones", initializers.Constant: "Constant",
-    initializers.RandomUniform: "RandomUniform", initializers.RandomNormal: "RandomNormal",
-    initializers.TruncatedNormal: "TruncatedNormal", initializers.VarianceScaling: "VarianceScaling",
-    initializers.Orthogonal: "Orthogonal", initializers.Identity: "Identity",
+    initializers.Zeros: "Zeros",
+    initializers.Ones: "Ones",
+    initializers.Constant: "Constant",
+    initializers.RandomUniform: "RandomUniform",
+    initializers.RandomNormal: "RandomNormal",
+    initializers.TruncatedNormal: "TruncatedNormal",
+    initializers.VarianceScaling: "VarianceScaling",
+    initializers.Orthogonal: "Orthogonal",
+    initializers.Identity: "Identity",
 }
 
 
@@ -98,8 +117,10 @@ def initializer(identifier, where: str, warn) -> dict:
     init = initializers.get(identifier, where)
     class_name = _INITIALIZERS.get(type(init))
     if class_name is None:
-        warn(f"{where}: custom initializer {identifier!r} has no Keras 3 config; written as GlorotUniform "
-             "(it does not affect the saved weights).")
+        warn(
+            f"{where}: custom initializer {identifier!r} has no Keras 3 config; written as GlorotUniform "
+            "(it does not affect the saved weights)."
+        )
         return _object("keras.initializers", "GlorotUniform", {"seed": None})
     config = dataclasses.asdict(cast(Any, init))  # a dataclass: its class is in _INITIALIZERS
     if class_name == "VarianceScaling" and config["distribution"] == "normal":
@@ -123,7 +144,9 @@ def regularizer(identifier, where: str):
 
 
 _CONSTRAINTS = {
-    constraints.MaxNorm: "MaxNorm", constraints.NonNeg: "NonNeg", constraints.UnitNorm: "UnitNorm",
+    constraints.MaxNorm: "MaxNorm",
+    constraints.NonNeg: "NonNeg",
+    constraints.UnitNorm: "UnitNorm",
     constraints.MinMaxNorm: "MinMaxNorm",
 }
 

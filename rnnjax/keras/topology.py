@@ -20,11 +20,12 @@ config (a Kahn topological sort; no recursion over the graph), so a hostile grap
 costs time in proportion to its size; cycles, references to missing layers, nodes or inputs are
 listed as problems.
 """
+
 from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 from rnnjax.keras import ops as kops
 
@@ -61,10 +62,10 @@ class Call(NamedTuple):
     args: tuple
     listed: bool = False
     state: tuple = ()
-    mask: Optional[tuple] = None
+    mask: tuple | None = None
     mask_listed: bool = False
     kwargs: tuple = ()
-    op: Optional[str] = None
+    op: str | None = None
     op_config: tuple = ()
     label: str = ""
 
@@ -102,12 +103,16 @@ def is_op(entry, ops) -> bool:
     return bool(names) and all(n in ops for n in names)
 
 
-def _triple(value) -> Optional[tuple]:
+def _triple(value) -> tuple | None:
     """``(layer, node, tensor)`` of one serialised tensor (either format), else ``None``."""
     if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
         value = (value.get("config") or {}).get("keras_history")
-    if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str) and \
-            all(isinstance(v, int) and not isinstance(v, bool) for v in value[1:]):
+    if (
+        isinstance(value, list)
+        and len(value) == 3
+        and isinstance(value[0], str)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value[1:])
+    ):
         return (value[0], value[1], value[2])
     return None
 
@@ -170,8 +175,11 @@ def _k2_node(node, what, problems):
             kwargs = item[3]
     converted = {}
     for key, value in kwargs.items():
-        converted[key] = ({"class_name": "__keras_tensor__", "config": {"keras_history": value}}
-                          if key in _TENSOR_KWARGS and _triple(value) is not None else value)
+        converted[key] = (
+            {"class_name": "__keras_tensor__", "config": {"keras_history": value}}
+            if key in _TENSOR_KWARGS and _triple(value) is not None
+            else value
+        )
     return tuple(triples), len(triples) > 1, _kwargs(converted, what, problems, keras3=False)
 
 
@@ -211,8 +219,10 @@ def _endpoints(value, what, problems) -> tuple:
         return [one], True
     if isinstance(value, list) and value and all(_triple(v) is not None for v in value):
         return [_triple(v) for v in value], len(value) == 1
-    problems.append(f"`{what}`: expected a list of [layer, node, tensor] triples, got {str(value)[:120]} (dicts "
-                    "of inputs or outputs are not supported)")
+    problems.append(
+        f"`{what}`: expected a list of [layer, node, tensor] triples, got {str(value)[:120]} (dicts "
+        "of inputs or outputs are not supported)"
+    )
     return [], True
 
 
@@ -243,8 +253,10 @@ class _Reader:
         if op:
             self.ops.add(name)
             if cls not in kops.MASK_OPS:
-                self.problems.append(f"{self.where}op node {name!r} ({cls}): only the mask ops Keras 3 writes "
-                                     f"({sorted(kops.MASK_OPS)}) are supported")
+                self.problems.append(
+                    f"{self.where}op node {name!r} ({cls}): only the mask ops Keras 3 writes "
+                    f"({sorted(kops.MASK_OPS)}) are supported"
+                )
                 op, refused = False, True
         else:
             spec = self.make_layer(name, cls, entry)
@@ -265,13 +277,22 @@ class _Reader:
             args, listed, kwargs = _k2_node(node, what, self.problems)
         config = {key: (tuple(v) if isinstance(v, list) else v) for key, v in (op_cfg or {}).items() if key != "name"}
         if op:
-            note = kops.check(cls, config, args, listed) if all(isinstance(v, _SCALARS + (tuple,))
-                                                                 for v in config.values()) else "a nested config"
+            note = (
+                kops.check(cls, config, args, listed)
+                if all(isinstance(v, _SCALARS + (tuple,)) for v in config.values())
+                else "a nested config"
+            )
             if note is not None:
                 self.problems.append(f"{what}: {note}")
-        return dict(layer=-1 if op else REFUSED if refused else len(self.layers) - 1, args=args, listed=listed,
-                    kwargs=kwargs,
-                    op=cls if op else None, op_config=tuple(sorted(config.items())), label=what)
+        return dict(
+            layer=-1 if op else REFUSED if refused else len(self.layers) - 1,
+            args=args,
+            listed=listed,
+            kwargs=kwargs,
+            op=cls if op else None,
+            op_config=tuple(sorted(config.items())),
+            label=what,
+        )
 
     def ref(self, triple, what, input_names):
         if isinstance(triple, Const) or triple is None:
@@ -282,8 +303,10 @@ class _Reader:
                 self.problems.append(f"{what}: input {name!r} has one tensor, got [{name!r}, {node}, {tensor}]")
             return Ref(-1 - input_names[name], 0)
         if name in self.inputs:
-            self.problems.append(f"{what}: reads InputLayer {name!r}, which is not an input of the model "
-                                 "(input_layers): the graph is disconnected")
+            self.problems.append(
+                f"{what}: reads InputLayer {name!r}, which is not an input of the model "
+                "(input_layers): the graph is disconnected"
+            )
             return None
         calls = self.producers.get(name)
         if calls is None:
@@ -309,11 +332,24 @@ def _resolve(reader, input_names):
         mask = kwargs.pop("mask", None)
         mask_refs, mask_listed = (None, False) if mask is None else (refs(mask[0]), mask[1])
         args = refs(raw["args"])
-        if raw["op"] is None and any(isinstance(a, Ref) and a.node >= 0 and reader.raw[a.node]["op"] is not None
-                                     for a in args + state):
+        if raw["op"] is None and any(
+            isinstance(a, Ref) and a.node >= 0 and reader.raw[a.node]["op"] is not None for a in args + state
+        ):
             reader.problems.append(f"{what}: takes an op node's output as data; only masks may come from op nodes")
-        calls.append(Call(raw["layer"], args, raw["listed"], state, mask_refs, mask_listed,
-                          tuple(sorted(kwargs.items())), raw["op"], raw["op_config"], what))
+        calls.append(
+            Call(
+                raw["layer"],
+                args,
+                raw["listed"],
+                state,
+                mask_refs,
+                mask_listed,
+                tuple(sorted(kwargs.items())),
+                raw["op"],
+                raw["op_config"],
+                what,
+            )
+        )
     return calls
 
 
@@ -350,11 +386,17 @@ def toposort(calls, problems, where=""):
 
     def renumber(r):
         return Ref(position[r.node], r.index) if isinstance(r, Ref) and r.node >= 0 else r
+
     out = []
     for i in order:
         c = calls[i]
-        out.append(c._replace(args=tuple(renumber(r) for r in c.args), state=tuple(renumber(r) for r in c.state),
-                              mask=None if c.mask is None else tuple(renumber(r) for r in c.mask)))
+        out.append(
+            c._replace(
+                args=tuple(renumber(r) for r in c.args),
+                state=tuple(renumber(r) for r in c.state),
+                mask=None if c.mask is None else tuple(renumber(r) for r in c.mask),
+            )
+        )
     return out, position
 
 
@@ -387,6 +429,8 @@ def read_graph(body, major, problems, make_layer, where="") -> GraphSpec:
 
 def chain(layers, input_shape, input_dtype, name="input") -> GraphSpec:
     """A Sequential as a graph: each layer reads the one before (masks by the layers' rules)."""
-    calls = [Call(k, (Ref(k - 1 if k else -1, 0),), label=f"{_where(s.name, s.class_name)} call 0")
-             for k, s in enumerate(layers)]
+    calls = [
+        Call(k, (Ref(k - 1 if k else -1, 0),), label=f"{_where(s.name, s.class_name)} call 0")
+        for k, s in enumerate(layers)
+    ]
     return GraphSpec([(name, input_shape, input_dtype)], list(layers), calls, [Ref(len(calls) - 1, 0)], True)

@@ -8,20 +8,25 @@ a full-model ``.h5`` (Keras 2, tf-keras, or Keras 3's legacy writer) has the roo
 ``weight_names`` attribute in ``optimizer.weights`` order). Nothing is deserialised into objects;
 names are compared with rnnjax's tables only (:mod:`rnnjax.keras.optimizer_rules`).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, Optional
+from typing import Any
 
-from rnnjax.keras import config as kconfig, formats
+from rnnjax.keras import config as kconfig
+from rnnjax.keras import formats
 from rnnjax.keras.formats import KerasImportError
 from rnnjax.keras.optimizer_rules import GENERATIONS, ExponentialDecay, KerasRule
 
 CLASSES = {"Adam": "adam", "AdamW": "adam", "SGD": "sgd", "RMSprop": "rmsprop", "Adagrad": "adagrad"}
-_CLASS_KEYS = {"adam": {"beta_1", "beta_2", "epsilon", "amsgrad"}, "sgd": {"momentum", "nesterov"},
-               "rmsprop": {"rho", "momentum", "epsilon", "centered"},
-               "adagrad": {"initial_accumulator_value", "epsilon"}}
+_CLASS_KEYS = {
+    "adam": {"beta_1", "beta_2", "epsilon", "amsgrad"},
+    "sgd": {"momentum", "nesterov"},
+    "rmsprop": {"rho", "momentum", "epsilon", "centered"},
+    "adagrad": {"initial_accumulator_value", "epsilon"},
+}
 _CLIPS = {"clipnorm", "clipvalue", "global_clipnorm"}
 _EMA = {"use_ema", "ema_momentum", "ema_overwrite_frequency"}
 _GENERATION_KEYS = {
@@ -43,10 +48,10 @@ class Training:
     the writer's order (the step counter an ``int``), ``None`` when the file has none;
     ``named``: whether the names are the writer's variable names (``.h5``), not indices."""
 
-    version: Optional[str]
+    version: str | None
     model_config: object
-    compile: Optional[dict]
-    state: Optional[list]
+    compile: dict | None
+    state: list | None
     named: bool
 
 
@@ -118,12 +123,12 @@ def generation(data: Training, opt_config: dict) -> str:
     return "tf_keras_v1" if "-tf" in str(data.version) else "multi_backend"
 
 
-def optimizer_class(entry, gen: str) -> Optional[str]:
+def optimizer_class(entry, gen: str) -> str | None:
     """The Keras class name of a serialized optimizer (tf-keras >= 2.11 registers its own
     optimizers as ``Custom>Adam``...)."""
     name = entry.get("class_name") if isinstance(entry, dict) else None
     if gen == "tf_keras" and isinstance(name, str) and name.startswith("Custom>"):
-        name = name[len("Custom>"):]
+        name = name[len("Custom>") :]
     return name
 
 
@@ -133,17 +138,25 @@ def _schedule(value, problems):
         return float(value)
     cls = value.get("class_name") if isinstance(value, dict) else None
     if cls != "ExponentialDecay":
-        problems.append(f"learning rate {cls or value!r}: only a float or an ExponentialDecay schedule is supported"
-                        + (" (a learning-rate schedule)" if cls else ""))
+        problems.append(
+            f"learning rate {cls or value!r}: only a float or an ExponentialDecay schedule is supported"
+            + (" (a learning-rate schedule)" if cls else "")
+        )
         return 0.0
     cfg = value.get("config") or {}
     extra = set(cfg) - _SCHEDULE_KEYS
     if extra or not isinstance(cfg.get("decay_steps"), numbers.Real) or cfg["decay_steps"] <= 0:
-        problems.append(f"ExponentialDecay config {cfg!r}: expected numbers initial_learning_rate, decay_steps > 0, "
-                        f"decay_rate and a bool staircase{f' (unknown keys {sorted(extra)})' if extra else ''}")
+        problems.append(
+            f"ExponentialDecay config {cfg!r}: expected numbers initial_learning_rate, decay_steps > 0, "
+            f"decay_rate and a bool staircase{f' (unknown keys {sorted(extra)})' if extra else ''}"
+        )
         return 0.0
-    return ExponentialDecay(float(cfg.get("initial_learning_rate", 0.0)), float(cfg["decay_steps"]),
-                            float(cfg.get("decay_rate", 1.0)), bool(cfg.get("staircase", False)))
+    return ExponentialDecay(
+        float(cfg.get("initial_learning_rate", 0.0)),
+        float(cfg["decay_steps"]),
+        float(cfg.get("decay_rate", 1.0)),
+        bool(cfg.get("staircase", False)),
+    )
 
 
 def rule_from_config(entry, gen: str) -> KerasRule:
@@ -152,12 +165,17 @@ def rule_from_config(entry, gen: str) -> KerasRule:
     cls = optimizer_class(entry, gen)
     config = entry.get("config") if isinstance(entry, dict) else None
     if cls not in CLASSES or not isinstance(config, dict) or (cls == "AdamW" and gen not in ("keras3", "tf_keras")):
-        raise KerasImportError(f"optimizer {cls!r} ({GENERATIONS[gen]}): not supported; rnnjax imports Adam, "
-                               f"AdamW (Keras 3, tf-keras >= 2.11), SGD, RMSprop and Adagrad")
+        raise KerasImportError(
+            f"optimizer {cls!r} ({GENERATIONS[gen]}): not supported; rnnjax imports Adam, "
+            f"AdamW (Keras 3, tf-keras >= 2.11), SGD, RMSprop and Adagrad"
+        )
     kind, problems = CLASSES[cls], []
     # the class's default learning rate, should a config leave it out (Keras always writes it)
-    args: dict[str, Any] = {"learning_rate": 0.01 if kind == "sgd" or (kind == "adagrad" and gen in ("multi_backend",
-                                                                                     "tf_keras_v1")) else 0.001}
+    args: dict[str, Any] = {
+        "learning_rate": 0.01
+        if kind == "sgd" or (kind == "adagrad" and gen in ("multi_backend", "tf_keras_v1"))
+        else 0.001
+    }
     allowed = _CLASS_KEYS[kind] | _GENERATION_KEYS[gen] | {"name", "learning_rate", "lr"}
     for key, value in config.items():
         if key not in allowed:
@@ -167,8 +185,10 @@ def rule_from_config(entry, gen: str) -> KerasRule:
             problems.append(f"{key}={value!r} ({what}) is not supported (expected {_INERT[key][0]!r})")
         elif key in ("learning_rate", "lr"):
             args["learning_rate"] = _schedule(value, problems)
-        elif key in ("name", "jit_compile", "is_legacy_optimizer", "ema_momentum", "ema_overwrite_frequency") \
-                or key in _INERT:
+        elif (
+            key in ("name", "jit_compile", "is_legacy_optimizer", "ema_momentum", "ema_overwrite_frequency")
+            or key in _INERT
+        ):
             continue
         elif key in ("amsgrad", "nesterov", "centered"):
             args[key] = bool(value)
@@ -200,7 +220,7 @@ def _name_of(obj):
     return repr(obj)
 
 
-def describe(data: Training) -> Optional[dict]:
+def describe(data: Training) -> dict | None:
     """``{'optimizer', 'writer', 'step', 'config', 'state_arrays', 'loss', 'metrics'}`` of a
     file's training data (``None`` when it has none); for ``inspect_keras``."""
     if data.compile is None and not data.state:
@@ -212,8 +232,13 @@ def describe(data: Training) -> Optional[dict]:
     config: dict = raw_config if isinstance(raw_config, dict) else {}
     gen = generation(data, config)
     step = next((v for _, v in data.state or [] if isinstance(v, int)), None)
-    return {"optimizer": optimizer_class(opt, gen) if opt else None, "writer": GENERATIONS[gen], "step": step,
-            "config": {k: v for k, v in config.items() if k != "name"},
-            "state_arrays": len(data.state or []), "loss": _name_of(compile_cfg.get("loss")),
-            "metrics": _name_of(compile_cfg.get("metrics")),
-            "weighted_metrics": _name_of(compile_cfg.get("weighted_metrics"))}
+    return {
+        "optimizer": optimizer_class(opt, gen) if opt else None,
+        "writer": GENERATIONS[gen],
+        "step": step,
+        "config": {k: v for k, v in config.items() if k != "name"},
+        "state_arrays": len(data.state or []),
+        "loss": _name_of(compile_cfg.get("loss")),
+        "metrics": _name_of(compile_cfg.get("metrics")),
+        "weighted_metrics": _name_of(compile_cfg.get("weighted_metrics")),
+    }

@@ -8,10 +8,10 @@ the object graph (``layers/<snake class>[_n]/<attribute>/vars/<i>``), which :fun
 rebuilds from the module. On the rnnjax side the list is the layer's variables sorted by
 :func:`slots`.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 import numpy as np
 
@@ -21,8 +21,18 @@ from rnnjax.keras import formats
 from rnnjax.keras.formats import KerasImportError
 from rnnjax.keras.graph import KerasGraph
 
-_CANON = ("embeddings", "kernel", "recurrent_kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance",
-          "scale", "concat_score_weight")
+_CANON = (
+    "embeddings",
+    "kernel",
+    "recurrent_kernel",
+    "bias",
+    "gamma",
+    "beta",
+    "moving_mean",
+    "moving_variance",
+    "scale",
+    "concat_score_weight",
+)
 _RECURRENT = tuple(kind.linen_layer for kind in kinds.KINDS)
 
 
@@ -71,8 +81,7 @@ def slots(variables: dict, name, module=None) -> list:
     order = getattr(module, "keras_weight_order", None)
     if order is not None:
         rank = {str(p): i for i, p in enumerate(order)}
-        return sorted(out, key=lambda s: (rank.get("/".join(s[1][len(path):]), len(rank)),
-                                          [_rank(p) for p in s[1]]))
+        return sorted(out, key=lambda s: (rank.get("/".join(s[1][len(path) :]), len(rank)), [_rank(p) for p in s[1]]))
     return sorted(out, key=lambda s: [_rank(p) for p in s[1]])
 
 
@@ -106,8 +115,10 @@ def model_slots(names, modules, variables, nested_grouped: bool) -> list:
             t, f = _split(variables, (name,), module, False)
             out.append((name, t + f))
         else:
-            out += [(f"{name}/{label}", [(c, (name,) + p, sh) for c, p, sh in ss])
-                    for label, ss in model_slots(module.names, module.layers, _at(variables, name), False)]
+            out += [
+                (f"{name}/{label}", [(c, (name,) + p, sh) for c, p, sh in ss])
+                for label, ss in model_slots(module.names, module.layers, _at(variables, name), False)
+            ]
     return out
 
 
@@ -115,7 +126,7 @@ def _at(variables, name):
     return {col: tree[name] for col, tree in variables.items() if isinstance(tree, dict) and name in tree}
 
 
-def _cells(module) -> Optional[list]:
+def _cells(module) -> list | None:
     cell = getattr(module, "cell", None)
     if isinstance(cell, rnnjax.StackedRNNCells):
         return list(cell.cells)
@@ -126,8 +137,9 @@ def k3_paths(module) -> list:
     """The ``vars`` groups of one layer in a Keras 3 weights file, in Keras's weight order."""
     if isinstance(module, rnnjax.Bidirectional):
         backward = module.backward_layer if module.backward_layer is not None else module.layer
-        return ([f"forward_layer/{p}" for p in k3_paths(module.layer)]
-                + [f"backward_layer/{p}" for p in k3_paths(backward)])
+        return [f"forward_layer/{p}" for p in k3_paths(module.layer)] + [
+            f"backward_layer/{p}" for p in k3_paths(backward)
+        ]
     if isinstance(module, rnnjax.TimeDistributed):
         return [f"layer/{p}" for p in k3_paths(module.layer)]
     cells = _cells(module)
@@ -195,6 +207,7 @@ def _named_groups(root) -> dict:
         if name.endswith("vars") and "name" in obj.attrs:
             key = formats.text(obj.attrs["name"])
             found[key] = None if key in found else name[: -len("vars")].rstrip("/")
+
     root.visititems(visit)
     return {k: v for k, v in found.items() if v is not None}
 
@@ -210,8 +223,15 @@ def _read_container(root, top, layers, prefix, out, problems, named):
         where = f"{top}/{base if n == 0 else f'{base}_{n}'}"
         if isinstance(module, KerasGraph):
             classes = module.classes or [type(m).__name__ for m in module.layers]
-            _read_container(root, f"{where}/layers", list(zip(classes, module.names, module.layers)),
-                            f"{prefix}{name}/", out, problems, named)
+            _read_container(
+                root,
+                f"{where}/layers",
+                list(zip(classes, module.names, module.layers)),
+                f"{prefix}{name}/",
+                out,
+                problems,
+                named,
+            )
             continue
         if root.get(where) is None:
             if not named:
@@ -238,15 +258,19 @@ def _convert(arrays, shapes, name):
     units = arrays[1].shape[0]
     gates = arrays[1].shape[1] // max(units, 1)
     fb, tb = tuple(arrays[2].shape), shapes[2]
-    rules = {(4, (8 * units,), (4 * units,)): rnnjax.cudnn.cudnn_lstm_to_lstm,
-             (4, (4 * units,), (8 * units,)): rnnjax.cudnn.lstm_to_cudnn_lstm,
-             (3, (6 * units,), (2, 3 * units)): rnnjax.cudnn.cudnn_gru_to_gru,
-             (3, (2, 3 * units), (6 * units,)): rnnjax.cudnn.gru_to_cudnn_gru}
+    rules = {
+        (4, (8 * units,), (4 * units,)): rnnjax.cudnn.cudnn_lstm_to_lstm,
+        (4, (4 * units,), (8 * units,)): rnnjax.cudnn.lstm_to_cudnn_lstm,
+        (3, (6 * units,), (2, 3 * units)): rnnjax.cudnn.cudnn_gru_to_gru,
+        (3, (2, 3 * units), (6 * units,)): rnnjax.cudnn.gru_to_cudnn_gru,
+    }
     rule = rules.get((gates, fb, tb))
     if rule is None:
         if gates == 3 and (3 * units,) in (fb, tb):
-            raise KerasImportError(f"layer {name!r}: a GRU bias of shape {fb} cannot load into one of shape {tb}: "
-                                   "GRU(reset_after=False) is not compatible with CuDNNGRU/reset_after=True")
+            raise KerasImportError(
+                f"layer {name!r}: a GRU bias of shape {fb} cannot load into one of shape {tb}: "
+                "GRU(reset_after=False) is not compatible with CuDNNGRU/reset_after=True"
+            )
         return None
     return [np.asarray(a) for a in rule([np.asarray(a, np.float32) for a in arrays])]
 
@@ -262,7 +286,9 @@ def assign(file_layers, model_layers, variables, path=None) -> dict:
     if len(file_w) != len(model_w):
         raise KerasImportError(
             f"the file has {len(file_w)} layers with weights {[n for n, _ in file_w]}, the model "
-            f"{len(model_w)} {[n for n, _ in model_w]}", path)
+            f"{len(model_w)} {[n for n, _ in model_w]}",
+            path,
+        )
     out = _copy(variables)
     problems = []
     for (fname, arrays), (mname, ss) in zip(file_w, model_w):
@@ -276,8 +302,10 @@ def assign(file_layers, model_layers, variables, path=None) -> dict:
             continue
         for (wname, _), value, (col, p, shape) in zip(arrays, values, ss):
             if tuple(value.shape) != shape:
-                problems.append(f"{label}: weight {wname!r} has shape {tuple(value.shape)}, the model expects "
-                                f"{shape} ({'/'.join(p)})")
+                problems.append(
+                    f"{label}: weight {wname!r} has shape {tuple(value.shape)}, the model expects "
+                    f"{shape} ({'/'.join(p)})"
+                )
                 continue
             _set(out[col], p, np.asarray(value, np.float32))
     if problems:

@@ -7,10 +7,11 @@ Sources: ``keras/src/layers/activations/{relu,leaky_relu,softmax}.py`` and
 ``tf_keras/layers/activation/{relu,leaky_relu,softmax}.py`` and ``tf_keras/backend.py::relu``
 for Keras 2.
 """
+
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -28,7 +29,7 @@ def _non_negative(value, argument: str, allow_none: bool = False):
         )
 
 
-def relu(x, negative_slope: float = 0.0, max_value: Optional[float] = None, threshold: float = 0.0):
+def relu(x, negative_slope: float = 0.0, max_value: float | None = None, threshold: float = 0.0):
     """Keras's ``relu`` (the same in Keras 2 and 3)::
 
         y = clip(x * [x > threshold], 0, max_value) - negative_slope * relu(threshold - x)
@@ -50,7 +51,7 @@ class ReLU(PassMask, nn.Module):
     ``y = clip(x * [x > threshold], 0, max_value) - negative_slope * relu(threshold - x)``
     (see :func:`relu`); all three arguments non-negative (``max_value`` may be None: no cap)."""
 
-    max_value: Optional[float] = None
+    max_value: float | None = None
     negative_slope: float = 0.0
     threshold: float = 0.0
 
@@ -69,7 +70,7 @@ class LeakyReLU(PassMask, nn.Module):
     slope ``alpha``, accepted as an alias). Default slope 0.3 in both."""
 
     negative_slope: float = 0.3
-    alpha: Optional[float] = None
+    alpha: float | None = None
 
     def __post_init__(self):
         _non_negative(self.negative_slope, "negative_slope")
@@ -98,8 +99,11 @@ def _large_negative(dtype, keras_version: int) -> float:
 def check_broadcast_mask(mask, inputs, layer: str):
     """A mask that broadcasts against ``inputs`` with its axes aligned on the right (Keras 3's check)."""
     shape, ishape = tuple(getattr(mask, "shape", ())), tuple(inputs.shape)
-    if not hasattr(mask, "shape") or len(shape) > len(ishape) or any(
-            m not in (1, i) for m, i in zip(shape[::-1], ishape[::-1])):
+    if (
+        not hasattr(mask, "shape")
+        or len(shape) > len(ishape)
+        or any(m not in (1, i) for m, i in zip(shape[::-1], ishape[::-1]))
+    ):
         raise ValueError(
             f"`mask`: {layer} needs a mask that broadcasts against the inputs (aligned on the last axis, each size "
             f"1 or the input's); got shape {shape or type(mask).__name__} for inputs of shape {ishape}."
@@ -131,7 +135,7 @@ class Softmax(PassMask, nn.Module):
     leaves entries out, by the rule of ``keras_version`` (see :func:`masked_softmax`);
     ``robust_masking`` is tf-keras's option (Keras 2 only)."""
 
-    axis: Union[int, Sequence[int]] = -1
+    axis: int | Sequence[int] = -1
     robust_masking: bool = False
     keras_version: int = 2
 
@@ -141,8 +145,10 @@ class Softmax(PassMask, nn.Module):
         if not axes or any(isinstance(a, bool) or not isinstance(a, numbers.Integral) for a in axes):
             raise ValueError(f"`axis`: expected an integer or a tuple of integers, got {self.axis!r}.")
         if self.robust_masking and self.keras_version == 3:
-            raise ValueError("`robust_masking`: a tf-keras (Keras 2) option; Keras 3 always masks that way. "
-                             "Leave it False with keras_version=3.")
+            raise ValueError(
+                "`robust_masking`: a tf-keras (Keras 2) option; Keras 3 always masks that way. "
+                "Leave it False with keras_version=3."
+            )
         super().__post_init__()
 
     def __call__(self, inputs, *, mask=None):

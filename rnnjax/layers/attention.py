@@ -13,9 +13,10 @@ The two compute the same numbers; they differ in where causal masking is asked f
 (tf-keras up to 2.10) had a ``causal`` constructor argument, tf-keras 2.11+ and Keras 3 a
 ``use_causal_mask`` call argument; both are accepted here.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -34,8 +35,13 @@ def attention_inputs(layer: str, inputs, mask) -> tuple:
     xs, masks = merge_inputs(layer, inputs, mask, (2, 3))
     q, v = xs[0], xs[1]
     k = xs[2] if len(xs) > 2 else v
-    if q.ndim < 3 or v.ndim != q.ndim or k.shape[:-1] != v.shape[:-1] or k.shape[-1] != q.shape[-1] \
-            or q.shape[:-2] != v.shape[:-2]:
+    if (
+        q.ndim < 3
+        or v.ndim != q.ndim
+        or k.shape[:-1] != v.shape[:-1]
+        or k.shape[-1] != q.shape[-1]
+        or q.shape[:-2] != v.shape[:-2]
+    ):
         raise ValueError(
             f"`inputs`: {layer} takes [query (batch, Tq, dim), value (batch, Tv, dim_v), key (batch, Tv, dim)]; "
             f"got shapes {[tuple(x.shape) for x in xs]}."
@@ -43,8 +49,9 @@ def attention_inputs(layer: str, inputs, mask) -> tuple:
     qm, vm = masks[0], masks[1]
     for name, m, x in (("query", qm, q), ("value", vm, v)):
         if m is not None and tuple(jnp.shape(m)) != tuple(x.shape[:-1]):
-            raise ValueError(f"`mask`: the {name} mask must have shape {tuple(x.shape[:-1])}, got "
-                             f"{tuple(jnp.shape(m))}.")
+            raise ValueError(
+                f"`mask`: the {name} mask must have shape {tuple(x.shape[:-1])}, got {tuple(jnp.shape(m))}."
+            )
     return q, v, k, qm, vm
 
 
@@ -67,8 +74,9 @@ def scores_additive(query, key, scale=None):
     return jnp.sum(t if scale is None else scale * t, axis=-1)
 
 
-def attention(scores, value, query_mask=None, value_mask=None, causal: bool = False, dropout: float = 0.0,
-              key=None, seed=None):
+def attention(
+    scores, value, query_mask=None, value_mask=None, causal: bool = False, dropout: float = 0.0, key=None, seed=None
+):
     """``out = softmax(s') @ value``, ``s' = s - 1e9`` where the value mask is False or, with
     ``causal``, where ``j > i`` (position ``i`` sees no later ``j``); rows of a False query mask
     are zeroed. ``dropout`` (with a ``key``; ``seed`` folded into it) drops attention weights,
@@ -103,8 +111,15 @@ class _Attention(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, inputs, *, mask=None, training: bool = False, return_attention_scores: bool = False,
-                 use_causal_mask: bool = False):
+    def __call__(
+        self,
+        inputs,
+        *,
+        mask=None,
+        training: bool = False,
+        return_attention_scores: bool = False,
+        use_causal_mask: bool = False,
+    ):
         q, v, k, qm, vm = attention_inputs(type(self).__name__, inputs, mask)
         key = self.make_rng("dropout") if training and self.dropout > 0.0 else None
         out = attention(
@@ -149,15 +164,18 @@ class Attention(_Attention):
     use_scale: bool = False
     score_mode: str = "dot"
     dropout: float = 0.0
-    seed: Optional[int] = None
+    seed: int | None = None
     causal: bool = False
     param_dtype: Any = jnp.float32
 
     def scores(self, query, key):
         """``(batch, Tq, Tv)`` scores (:func:`scores_dot` / :func:`scores_concat`), creating the weights."""
         scale = self.param("scale", lambda k: jnp.ones((), self.param_dtype)) if self.use_scale else None
-        weight = self.param("concat_score_weight", lambda k: jnp.ones((), self.param_dtype)) \
-            if self.score_mode == "concat" else None
+        weight = (
+            self.param("concat_score_weight", lambda k: jnp.ones((), self.param_dtype))
+            if self.score_mode == "concat"
+            else None
+        )
         return dot_attention_scores(self, query, key, scale, weight)
 
 
@@ -172,12 +190,17 @@ class AdditiveAttention(_Attention):
 
     use_scale: bool = True
     dropout: float = 0.0
-    seed: Optional[int] = None
+    seed: int | None = None
     causal: bool = False
     param_dtype: Any = jnp.float32
 
     def scores(self, query, key):
         """``(batch, Tq, Tv)`` scores (:func:`scores_additive`), creating ``scale``."""
-        scale = self.param("scale", lambda k: init_weight("glorot_uniform", k, (query.shape[-1],),
-                                                          self.param_dtype, "scale")) if self.use_scale else None
+        scale = (
+            self.param(
+                "scale", lambda k: init_weight("glorot_uniform", k, (query.shape[-1],), self.param_dtype, "scale")
+            )
+            if self.use_scale
+            else None
+        )
         return scores_additive(query, key, scale)

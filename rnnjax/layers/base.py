@@ -8,9 +8,11 @@ any other Flax module with ``state_size`` and ``__call__(inputs, states[, consta
 ``(output, new_states)`` (the Keras cell protocol, e.g. Keras 2's ``MinimalRNNCell`` example) is
 wrapped generically. Everything else a layer call does is in :mod:`rnnjax.layers.path`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -20,15 +22,22 @@ from rnnjax import regularizers
 from rnnjax.functional.protocol import CoreProgram
 from rnnjax.layers.contract import keras_cell_program, num_feature_axes, one_step
 from rnnjax.layers.path import (
-    CallOptions, LayerCall, check_sequence, reset_value, run_layer, stack_programs, zero_states,
+    CallOptions,
+    LayerCall,
+    check_sequence,
+    reset_value,
+    run_layer,
+    stack_programs,
+    zero_states,
 )
 
 STATE_COLLECTION = "rnn_state"
 """The Flax variable collection that holds stateful layers' states (``variables['rnn_state']``)."""
 
 
-def generic_program(cell: nn.Module, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any,
-                    constants: Any = None) -> CoreProgram:
+def generic_program(
+    cell: nn.Module, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any, constants: Any = None
+) -> CoreProgram:
     """The program of a Keras-protocol linen cell (``state_size``, ``__call__(inputs, states[,
     constants])``): the cell's variables are created by one call at init, and every step applies
     the unbound cell to them (:func:`rnnjax.layers.contract.keras_cell_program`)."""
@@ -44,8 +53,15 @@ def generic_program(cell: nn.Module, feature_shape: Sequence[int], batch_shape: 
     return keras_cell_program(cell, call, feature_shape, batch_shape, dtype, constants)
 
 
-def cell_program(cell: Any, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any, *,
-                 training: bool = False, constants: Any = None) -> CoreProgram:
+def cell_program(
+    cell: Any,
+    feature_shape: Sequence[int],
+    batch_shape: Sequence[int],
+    dtype: Any,
+    *,
+    training: bool = False,
+    constants: Any = None,
+) -> CoreProgram:
     """The program of ``cell`` (an rnnjax cell or stack: its ``program``; any other Keras-protocol
     cell: :func:`generic_program`) for inputs of per-step feature shape ``feature_shape``."""
     if hasattr(cell, "program"):
@@ -77,8 +93,15 @@ class StackedRNNCells(nn.Module):
         return num_feature_axes(self.cells)
 
     @nn.compact
-    def program(self, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any, *, training: bool = False,
-                constants: Any = None) -> CoreProgram:
+    def program(
+        self,
+        feature_shape: Sequence[int],
+        batch_shape: Sequence[int],
+        dtype: Any,
+        *,
+        training: bool = False,
+        constants: Any = None,
+    ) -> CoreProgram:
         """The cells' programs in a stack (:func:`rnnjax.layers.path.stack_programs`), each built for
         the output shape of the one below."""
         programs: list[CoreProgram] = []
@@ -90,8 +113,13 @@ class StackedRNNCells(nn.Module):
 
     def __call__(self, inputs: jax.Array, states: Any, *, constants: Any = None, training: bool = False):
         """One step of the stack (Keras cell protocol): ``states`` flat as in Keras."""
-        return one_step(self, inputs, states,
-                        lambda f, b, d: self.program(f, b, d, training=training, constants=constants), constants)
+        return one_step(
+            self,
+            inputs,
+            states,
+            lambda f, b, d: self.program(f, b, d, training=training, constants=constants),
+            constants,
+        )
 
 
 def read_state(module: nn.Module):
@@ -116,21 +144,46 @@ def store_and_report(module: nn.Module, call: LayerCall, options: CallOptions):
     return call.results
 
 
-def run_recurrent(module: nn.Module, cell: Any, inputs: jax.Array, *, mask: Optional[jax.Array] = None,
-                  reset: Optional[jax.Array] = None, initial_state: Any = None, constants: Any = None,
-                  training: bool = False, options: Optional[CallOptions] = None, layout: Optional[str] = None):
+def run_recurrent(
+    module: nn.Module,
+    cell: Any,
+    inputs: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    reset: jax.Array | None = None,
+    initial_state: Any = None,
+    constants: Any = None,
+    training: bool = False,
+    options: CallOptions | None = None,
+    layout: str | None = None,
+):
     """A linen recurrent layer's call: ``cell`` run over ``inputs`` with the layer's Keras options
     (``options``, by default read from ``module``'s fields). ``custom_backward=False`` drops the
     cell program's hand-written backward forms (the generic loop, which forward-mode autodiff can
     differentiate)."""
     options = CallOptions.of(module) if options is None else options
-    seq = check_sequence(inputs, feature_ndim=num_feature_axes(cell), input_dim=options.input_dim,
-                         input_length=options.input_length,
-                         layout=cast(str, layout or getattr(cell, "sequence_layout", "(*batch, timesteps, features)")))
-    program = cell_program(cell, seq.feature_shape, seq.batch_shape, inputs.dtype, training=training,
-                           constants=constants)
-    call = run_layer(program, inputs, seq, options, cell=cell, mask=mask, reset=reset, initial_state=initial_state,
-                     read_state=read_state(module), constants=constants)
+    seq = check_sequence(
+        inputs,
+        feature_ndim=num_feature_axes(cell),
+        input_dim=options.input_dim,
+        input_length=options.input_length,
+        layout=cast(str, layout or getattr(cell, "sequence_layout", "(*batch, timesteps, features)")),
+    )
+    program = cell_program(
+        cell, seq.feature_shape, seq.batch_shape, inputs.dtype, training=training, constants=constants
+    )
+    call = run_layer(
+        program,
+        inputs,
+        seq,
+        options,
+        cell=cell,
+        mask=mask,
+        reset=reset,
+        initial_state=initial_state,
+        read_state=read_state(module),
+        constants=constants,
+    )
     return store_and_report(module, call, options)
 
 
@@ -146,7 +199,7 @@ class RecurrentLayer(nn.Module):
         """1: one feature axis after time (ConvLSTM's layers: ``rank + 1``)."""
         return 1
 
-    def compute_mask(self, inputs: jax.Array, mask: Optional[jax.Array] = None):
+    def compute_mask(self, inputs: jax.Array, mask: jax.Array | None = None):
         """The mask of the layer's output (Keras's ``RNN.compute_mask``): the input ``mask``
         ``(batch, timesteps)`` with ``return_sequences``, else ``None`` (the time axis is gone)."""
         del inputs
@@ -185,8 +238,8 @@ class RNN(RecurrentLayer):
     go_backwards: bool = False
     stateful: bool = False
     unroll: bool = False
-    input_dim: Optional[int] = None
-    input_length: Optional[int] = None
+    input_dim: int | None = None
+    input_length: int | None = None
     zero_output_for_mask: bool = False
     activity_regularizer: Any = None
     scan_unroll: int = 1
@@ -203,10 +256,26 @@ class RNN(RecurrentLayer):
         return num_feature_axes(self.cell)
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
-                 constants: Any = None, training: bool = False, reset: Optional[jax.Array] = None):
-        return run_recurrent(self, self._cell(), inputs, mask=mask, reset=reset, initial_state=initial_state,
-                             constants=constants, training=training)
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        initial_state: Any = None,
+        constants: Any = None,
+        training: bool = False,
+        reset: jax.Array | None = None,
+    ):
+        return run_recurrent(
+            self,
+            self._cell(),
+            inputs,
+            mask=mask,
+            reset=reset,
+            initial_state=initial_state,
+            constants=constants,
+            training=training,
+        )
 
     def reset_states(self, states: Any = None):
         """Sets the stateful states to zeros, or to ``states`` (a list of arrays, Keras order).

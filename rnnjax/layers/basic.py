@@ -7,11 +7,11 @@ carry a mask from layer to layer: ``Embedding(mask_zero=True)`` and ``Masking`` 
 ``'losses'`` collection and constraints are found by :func:`rnnjax.keras_constraints`, as for the
 recurrent layers.
 """
+
 from __future__ import annotations
 
-from typing import Optional
-
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -52,8 +52,12 @@ class _Weighted:
         regularizers.get(self.activity_regularizer, "activity_regularizer")
 
     def _weight(self: _WeightedModule, name, arg, shape):
-        value = self.param(name, lambda key: init_weight(getattr(self, f"{arg}_initializer"), key, shape,
-                                                          self.param_dtype, f"{arg}_initializer"))
+        value = self.param(
+            name,
+            lambda key: init_weight(
+                getattr(self, f"{arg}_initializer"), key, shape, self.param_dtype, f"{arg}_initializer"
+            ),
+        )
         reg = regularizers.get(getattr(self, f"{arg}_regularizer"))
         if reg is not None:
             regularizers.report(self, f"{arg}_regularizer", reg(value))
@@ -87,7 +91,7 @@ class Embedding(_Weighted, nn.Module):
     activity_regularizer: Any = None
     embeddings_constraint: Any = None
     mask_zero: bool = False
-    input_length: Optional[int] = None
+    input_length: int | None = None
     param_dtype: Any = jnp.float32
 
     weight_args = (("embeddings", "embeddings"),)
@@ -234,8 +238,8 @@ class Dropout(_PassMask, nn.Module):
     """
 
     rate: float
-    noise_shape: Optional[Sequence[Optional[int]]] = None
-    seed: Optional[int] = None
+    noise_shape: Sequence[int | None] | None = None
+    seed: int | None = None
 
     def __post_init__(self):
         check_rate(self.rate, "rate")
@@ -247,9 +251,7 @@ class Dropout(_PassMask, nn.Module):
         if self.noise_shape is None:
             return inputs.shape
         shape = tuple(self.noise_shape)
-        if len(shape) != inputs.ndim or any(
-            s is not None and s != 1 and s != d for s, d in zip(shape, inputs.shape)
-        ):
+        if len(shape) != inputs.ndim or any(s is not None and s != 1 and s != d for s, d in zip(shape, inputs.shape)):
             raise ValueError(
                 f"`noise_shape`: expected {inputs.ndim} entries, each None, 1 or the input's size, for inputs of "
                 f"shape {tuple(inputs.shape)}; got {self.noise_shape!r}."

@@ -10,9 +10,11 @@ equations). Called directly, a cell runs one step the Keras way::
 
     output, new_states = cell(x_t, states)       # states: list of (batch, units) arrays
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -34,7 +36,7 @@ class KerasCell(contract.CellFacts, nn.Module):
     call's dropout masks drawn, the core's program returned.
     """
 
-    kind: ClassVar[Optional[CellKind]] = None  # the cell kind's record, set per kind
+    kind: ClassVar[CellKind | None] = None  # the cell kind's record, set per kind
 
     def __post_init__(self):
         if self.kind is not None:
@@ -76,8 +78,15 @@ class KerasCell(contract.CellFacts, nn.Module):
         return False
 
     @nn.compact
-    def program(self, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any, *, training: bool = False,
-                constants: Any = None) -> CoreProgram:
+    def program(
+        self,
+        feature_shape: Sequence[int],
+        batch_shape: Sequence[int],
+        dtype: Any,
+        *,
+        training: bool = False,
+        constants: Any = None,
+    ) -> CoreProgram:
         """Creates/fetches the weights, draws this call's dropout masks, returns the program.
         ``constants`` are not taken (a built-in cell's step takes none)."""
         del constants
@@ -86,12 +95,20 @@ class KerasCell(contract.CellFacts, nn.Module):
         values = self.weights(shapes.input_dim)
         params = make_params(core.params_class, values)
         keys = (lambda: self.make_rng("dropout")) if training else None
-        masks = contract.draw_masks(core, keys, getattr(self, "dropout", 0.0), getattr(self, "recurrent_dropout", 0.0),
-                                    shapes, batch_shape, dtype)
+        masks = contract.draw_masks(
+            core,
+            keys,
+            getattr(self, "dropout", 0.0),
+            getattr(self, "recurrent_dropout", 0.0),
+            shapes,
+            batch_shape,
+            dtype,
+        )
         return contract.built_cell_program(core, params, shapes, batch_shape, dtype, masks, channels_first=cf)
 
-    def get_initial_state(self, batch_size: int, dtype: Any = jnp.float32, *,
-                          input_spatial_shape: Optional[tuple] = None) -> list:
+    def get_initial_state(
+        self, batch_size: int, dtype: Any = jnp.float32, *, input_spatial_shape: tuple | None = None
+    ) -> list:
         """Zero states, a flat list in Keras order, for a batch of ``batch_size`` (a ConvLSTM cell's
         spatial shape follows its inputs': pass ``input_spatial_shape``; the dense cells take none)."""
         core, owner = self.core, type(self).__name__
@@ -107,5 +124,4 @@ class KerasCell(contract.CellFacts, nn.Module):
 
     def __call__(self, inputs: jax.Array, states: Any, *, training: bool = False):
         """One step on ``inputs (*batch, features)``: ``(output (*batch, units), new_states list)``."""
-        return contract.one_step(self, inputs, states,
-                                 lambda f, b, d: self.program(f, b, d, training=training))
+        return contract.one_step(self, inputs, states, lambda f, b, d: self.program(f, b, d, training=training))

@@ -20,12 +20,13 @@ A front end differs only in where parameters, RNG streams and states live; every
 * :class:`ChannelsFirst`: ConvLSTM's ``channels_first`` boundary: the layers compute channels_last
   and transpose once before and after the loop.
 """
+
 from __future__ import annotations
 
-import numbers
-from typing import Any, Callable, NamedTuple, Optional, Protocol, Sequence
-
 import dataclasses
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +37,18 @@ from rnnjax.functional.protocol import CoreProgram
 from rnnjax.layers.path import check_sequence, check_state, core_cell_program, step_once, zero_states
 
 __all__ = [
-    "CellFacts", "core_of", "check_config", "cell_weights", "StepShapes", "step_shapes", "draw_masks",
-    "built_cell_program", "keras_cell_program", "one_step", "num_feature_axes", "ChannelsFirst",
+    "CellFacts",
+    "core_of",
+    "check_config",
+    "cell_weights",
+    "StepShapes",
+    "step_shapes",
+    "draw_masks",
+    "built_cell_program",
+    "keras_cell_program",
+    "one_step",
+    "num_feature_axes",
+    "ChannelsFirst",
     "channels_first_program",
 ]
 
@@ -112,9 +123,14 @@ def step_shapes(core: Any, feature_shape: Sequence[int], owner: str, channels_fi
     feature_shape = tuple(int(n) if isinstance(n, numbers.Integral) else n for n in feature_shape)
     axes = int(core.num_feature_axes)
     if len(feature_shape) != axes:
-        layout = "(*batch, features) per step" if axes == 1 else (
-            f"{axes - 1} spatial dimensions and channels per step "
-            + ("(channels, *spatial)" if channels_first else "(*spatial, channels)"))
+        layout = (
+            "(*batch, features) per step"
+            if axes == 1
+            else (
+                f"{axes - 1} spatial dimensions and channels per step "
+                + ("(channels, *spatial)" if channels_first else "(*spatial, channels)")
+            )
+        )
         raise ValueError(f"`inputs`: {owner} takes {layout}, got per-step shape {feature_shape}.")
     units = int(core.output_size)
     if axes == 1:
@@ -128,8 +144,15 @@ def step_shapes(core: Any, feature_shape: Sequence[int], owner: str, channels_fi
     return StepShapes(channels, tuple(spatial) + (channels,), out, out, tuple(spatial))
 
 
-def draw_masks(core: Any, keys: Optional[Callable], dropout: float, recurrent_dropout: float, shapes: StepShapes,
-               batch_shape: Sequence[int], dtype: Any) -> tuple[Optional[jax.Array], Optional[jax.Array]]:
+def draw_masks(
+    core: Any,
+    keys: Callable | None,
+    dropout: float,
+    recurrent_dropout: float,
+    shapes: StepShapes,
+    batch_shape: Sequence[int],
+    dtype: Any,
+) -> tuple[jax.Array | None, jax.Array | None]:
     """This call's ``(input mask, recurrent mask)``: ``(count, *batch_shape, *shape)`` each
     (``count``: the core's ``dropout_mask_count``, one per gate or one shared by every gate), or
     None at rate 0 or when ``keys`` is None (not training). ``keys()`` returns a fresh key; it is
@@ -149,7 +172,7 @@ def built_cell_program(
     shapes: StepShapes,
     batch_shape: Sequence[int],
     dtype: Any,
-    masks: tuple[Optional[jax.Array], Optional[jax.Array]] = (None, None),
+    masks: tuple[jax.Array | None, jax.Array | None] = (None, None),
     channels_first: bool = False,
 ) -> CoreProgram:
     """The program of a built-in cell: ``core`` on ``params`` with this call's ``masks``, its
@@ -167,8 +190,14 @@ def built_cell_program(
     return core_cell_program(core, params, shapes.output_shape, *masks, initial_state=initial_state)
 
 
-def keras_cell_program(cell: Any, call: Callable, feature_shape: Sequence[int], batch_shape: Sequence[int],
-                       dtype: Any, constants: Any = None) -> CoreProgram:
+def keras_cell_program(
+    cell: Any,
+    call: Callable,
+    feature_shape: Sequence[int],
+    batch_shape: Sequence[int],
+    dtype: Any,
+    constants: Any = None,
+) -> CoreProgram:
     """The program of a ``cell`` with the Keras cell protocol: ``state_size`` (an int, a shape, or
     a list of them) and a step ``call(x_t, states, constants)`` (the front end's way of calling
     the cell on a flat list of states; ``constants`` None or the layer's) returning ``(output,
@@ -180,8 +209,10 @@ def keras_cell_program(cell: Any, call: Callable, feature_shape: Sequence[int], 
     the next cell of a stack its true width)."""
     owner = type(cell).__name__
     if not hasattr(cell, "state_size"):
-        raise TypeError(f"`cell`: {owner} has no `state_size`; a cell needs `state_size` (an int or a tuple of ints) "
-                        "and `__call__(inputs, states)` returning `(output, new_states)`.")
+        raise TypeError(
+            f"`cell`: {owner} has no `state_size`; a cell needs `state_size` (an int or a tuple of ints) "
+            "and `__call__(inputs, states)` returning `(output, new_states)`."
+        )
     state_size = cell.state_size
     batch_shape, feature_shape = tuple(batch_shape), tuple(feature_shape)
     count = len(zero_states(state_size, (), dtype))
@@ -199,7 +230,7 @@ def keras_cell_program(cell: Any, call: Callable, feature_shape: Sequence[int], 
     size = getattr(cell, "output_size", None)
     if size is None:
         x0 = jax.ShapeDtypeStruct(batch_shape + feature_shape, dtype)
-        size = jax.eval_shape(lambda x, c: step(initial_state(), x, c)[1], x0, constants).shape[len(batch_shape):]
+        size = jax.eval_shape(lambda x, c: step(initial_state(), x, c)[1], x0, constants).shape[len(batch_shape) :]
     output_shape = tuple(size) if isinstance(size, (tuple, list)) else (int(size),)
     return CoreProgram(lambda x: x, step, initial_state, output_shape, takes_constants=True)
 
@@ -209,7 +240,7 @@ def one_step(cell: Any, inputs: jax.Array, states: Any, program_of: Callable, co
     ``states`` (a flat list of arrays); returns ``(output, new states as a flat list)``.
     ``program_of(feature_shape, batch_shape, dtype)`` is the front end's program of ``cell``."""
     nf = num_feature_axes(cell)
-    prog = program_of(tuple(inputs.shape[inputs.ndim - nf:]), tuple(inputs.shape[:inputs.ndim - nf]), inputs.dtype)
+    prog = program_of(tuple(inputs.shape[inputs.ndim - nf :]), tuple(inputs.shape[: inputs.ndim - nf]), inputs.dtype)
     return step_once(prog, cell, inputs, states, constants, nf)
 
 
@@ -266,7 +297,7 @@ class ChannelsFirst(NamedTuple):
         """The channel axis of a channels_first input, output or state (counted from the end)."""
         return -(self.rank + 1)
 
-    def layout(self, first: Optional[bool] = None) -> str:
+    def layout(self, first: bool | None = None) -> str:
         """The input layout the error messages name."""
         sp = _SPATIAL[self.rank]
         first = self.first if first is None else first
@@ -296,7 +327,7 @@ class ChannelsFirst(NamedTuple):
         seq = check_sequence(inputs, feature_ndim=self.rank + 1, layout=self.layout())
         x = self.to_last(inputs)
         if initial_state is not None and self.first:
-            last = seq.batch_shape + tuple(state_shape(tuple(x.shape[x.ndim - self.rank - 1:-1])))
+            last = seq.batch_shape + tuple(state_shape(tuple(x.shape[x.ndim - self.rank - 1 : -1])))
             initial_state = self.states_to_last(initial_state, [last, last], "initial_state")
         return self.to_first(run(x, initial_state, self.layout(False)))
 
@@ -306,4 +337,3 @@ def _first_shape(shape, axis: int) -> tuple:
     shape = list(shape)
     shape.insert(axis % len(shape), shape.pop())
     return tuple(shape)
-

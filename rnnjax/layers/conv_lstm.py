@@ -16,9 +16,10 @@ puts channels/filters right after the time (or batch) axis. The layers compute c
 internally: a channels_first input is transposed once before the loop and the outputs/states once after (states in the
 ``'rnn_state'`` collection of a stateful layer are kept channels_last).
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -91,16 +92,25 @@ class ConvLSTM(RecurrentLayer):
         return ChannelsFirst(self.rank, check_data_format(self.data_format) == "channels_first")
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
-                 training: bool = False, reset: Optional[jax.Array] = None):
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        initial_state: Any = None,
+        training: bool = False,
+        reset: jax.Array | None = None,
+    ):
         cell = self._make_cell(name="cell")
 
         def run(x, init, layout):
-            return run_recurrent(self, cell, x, mask=mask, reset=reset, initial_state=init, training=training,
-                                 layout=layout)
+            return run_recurrent(
+                self, cell, x, mask=mask, reset=reset, initial_state=init, training=training, layout=layout
+            )
 
-        return self.boundary.call(run, inputs, initial_state,
-                                  lambda spatial: cell.core.output_spatial_shape(spatial) + (self.filters,))
+        return self.boundary.call(
+            run, inputs, initial_state, lambda spatial: cell.core.output_spatial_shape(spatial) + (self.filters,)
+        )
 
     def reset_states(self, states: Any = None):
         """Zeroes the stateful states, or sets them to ``states`` ``[h, c]`` (layer's data_format).

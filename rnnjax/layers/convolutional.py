@@ -5,9 +5,11 @@ Sources: ``keras/src/layers/convolutional/{base_conv,conv1d}.py`` (Keras 3) and
 ``tf_keras/layers/convolutional/base_conv.py`` (Keras 2), which compute the same. The output
 has no mask (Keras 3 drops it; Keras 2 refused masked inputs).
 """
+
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -37,8 +39,10 @@ def check_conv_args(spec) -> None:
     if spec.filters % spec.groups:
         raise ValueError(f"`filters`: {spec.filters} is not divisible by groups={spec.groups}.")
     if max(strides) > 1 and max(dilation) > 1:
-        raise ValueError(f"`dilation_rate`: {dilation} with strides {strides}: Keras does not allow strides > 1 "
-                         "together with dilation_rate > 1.")
+        raise ValueError(
+            f"`dilation_rate`: {dilation} with strides {strides}: Keras does not allow strides > 1 "
+            "together with dilation_rate > 1."
+        )
     activations.get(spec.activation, "activation")
 
 
@@ -46,10 +50,15 @@ def input_channels(spec, inputs) -> int:
     """The channel count of ``inputs`` (``(batch, *spatial, channels)`` or channels first), checked."""
     rank = spec.rank
     if getattr(inputs, "ndim", None) != rank + 2:
-        what = "(batch, channels, *spatial)" if check_data_format(spec.data_format) == "channels_first" \
+        what = (
+            "(batch, channels, *spatial)"
+            if check_data_format(spec.data_format) == "channels_first"
             else "(batch, *spatial, channels)"
-        raise ValueError(f"`inputs`: Conv{rank}D expects an array {what} ({rank + 2} axes), got shape "
-                         f"{getattr(inputs, 'shape', type(inputs).__name__)}.")
+        )
+        raise ValueError(
+            f"`inputs`: Conv{rank}D expects an array {what} ({rank + 2} axes), got shape "
+            f"{getattr(inputs, 'shape', type(inputs).__name__)}."
+        )
     channels = inputs.shape[1 if check_data_format(spec.data_format) == "channels_first" else -1]
     if channels % spec.groups:
         raise ValueError(f"`inputs`: {channels} channels are not divisible by groups={spec.groups}.")
@@ -70,8 +79,9 @@ def conv(spec, inputs, kernel, bias):
     channels = input_channels(spec, inputs)
     want = kernel_shape(spec, channels)
     if tuple(kernel.shape) != want:
-        raise ValueError(f"`inputs`: {channels} channels need a kernel of shape {want}; the layer has "
-                         f"{tuple(kernel.shape)}.")
+        raise ValueError(
+            f"`inputs`: {channels} channels need a kernel of shape {want}; the layer has {tuple(kernel.shape)}."
+        )
     rank, first = spec.rank, check_data_format(spec.data_format) == "channels_first"
     sizes = normalize_tuple(spec.kernel_size, rank, "kernel_size")
     dilation = normalize_tuple(spec.dilation_rate, rank, "dilation_rate")
@@ -80,8 +90,14 @@ def conv(spec, inputs, kernel, bias):
     s = _SPATIAL[rank]
     layout = f"NC{s}" if first else f"N{s}C"
     y = jax.lax.conv_general_dilated(
-        inputs, kernel.astype(inputs.dtype), normalize_tuple(spec.strides, rank, "strides"), pads,
-        rhs_dilation=dilation, dimension_numbers=(layout, f"{s}IO", layout), feature_group_count=spec.groups)
+        inputs,
+        kernel.astype(inputs.dtype),
+        normalize_tuple(spec.strides, rank, "strides"),
+        pads,
+        rhs_dilation=dilation,
+        dimension_numbers=(layout, f"{s}IO", layout),
+        feature_group_count=spec.groups,
+    )
     if bias is not None:
         y = y + jnp.reshape(bias, (-1,) + (1,) * rank if first else (-1,)).astype(y.dtype)
     return activations.get(spec.activation)(y)
@@ -93,11 +109,11 @@ class _Conv(DropMask, _Weighted, nn.Module):
 
     rank: ClassVar[int]  # set by each subclass: the spatial axes
     filters: int
-    kernel_size: Union[int, Sequence[int]]
-    strides: Union[int, Sequence[int]] = 1
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] = 1
     padding: str = "valid"
     data_format: str = "channels_last"
-    dilation_rate: Union[int, Sequence[int]] = 1
+    dilation_rate: int | Sequence[int] = 1
     groups: int = 1
     activation: Any = None
     use_bias: bool = True

@@ -18,11 +18,13 @@ says which rule to follow (default 2, rnnjax's Keras 2 defaults):
   masked entries' result (``keras/src/layers/merging/{multiply,base_merge}.py``); Keras 2 ignores
   masks in the values.
 """
+
 from __future__ import annotations
 
 import functools
 import numbers
-from typing import Any, Callable, ClassVar, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -45,8 +47,11 @@ def merge_inputs(layer: str, inputs, mask, count=None) -> tuple:
     if not isinstance(mask, (list, tuple)) or len(mask) > len(inputs):
         raise ValueError(
             f"`mask`: {layer} takes a list of masks, one per input (None entries allowed), got "
-            + (f"{len(mask)} masks for {len(inputs)} inputs." if isinstance(mask, (list, tuple))
-               else f"{type(mask).__name__}.")
+            + (
+                f"{len(mask)} masks for {len(inputs)} inputs."
+                if isinstance(mask, (list, tuple))
+                else f"{type(mask).__name__}."
+            )
         )
     return list(inputs), list(mask) + [None] * (len(inputs) - len(mask))
 
@@ -117,7 +122,7 @@ class _Merge(nn.Module):
     """An element-wise merge of a list of inputs (see the module docstring)."""
 
     # how many inputs: None (at least 1), an int, or (low, high)
-    count: ClassVar[Union[None, int, tuple[int, int]]] = None
+    count: ClassVar[None | int | tuple[int, int]] = None
 
     def __post_init__(self):
         check_keras_version(self.keras_version)
@@ -226,10 +231,13 @@ class Concatenate(nn.Module):
         xs, _ = merge_inputs("Concatenate", inputs, None)
         ranks = {x.ndim for x in xs}
         axis = self.axis % max(ranks) if ranks else self.axis
-        if len(ranks) != 1 or any(x.shape[:axis] + x.shape[axis + 1:] != xs[0].shape[:axis] + xs[0].shape[axis + 1:]
-                                  for x in xs):
-            raise ValueError(f"`inputs`: Concatenate needs arrays of one shape but along axis={self.axis}; got "
-                             f"shapes {[tuple(x.shape) for x in xs]}.")
+        if len(ranks) != 1 or any(
+            x.shape[:axis] + x.shape[axis + 1 :] != xs[0].shape[:axis] + xs[0].shape[axis + 1 :] for x in xs
+        ):
+            raise ValueError(
+                f"`inputs`: Concatenate needs arrays of one shape but along axis={self.axis}; got "
+                f"shapes {[tuple(x.shape) for x in xs]}."
+            )
         return jnp.concatenate(xs, axis=self.axis)
 
     def compute_mask(self, inputs, mask=None):
@@ -239,9 +247,12 @@ class Concatenate(nn.Module):
         xs, masks = merge_inputs("Concatenate", inputs, mask)
         if all(m is None for m in masks):
             return None
-        full = [jnp.ones(x.shape, bool) if m is None else
-                jnp.broadcast_to(jnp.reshape(jnp.asarray(m, bool), m.shape + (1,) * (x.ndim - m.ndim)), x.shape)
-                for x, m in zip(xs, masks)]
+        full = [
+            jnp.ones(x.shape, bool)
+            if m is None
+            else jnp.broadcast_to(jnp.reshape(jnp.asarray(m, bool), m.shape + (1,) * (x.ndim - m.ndim)), x.shape)
+            for x, m in zip(xs, masks)
+        ]
         joined = jnp.concatenate(full, axis=self.axis)
         return jnp.all(joined, axis=-1) if self.keras_version == 2 else jnp.any(joined, axis=-1)
 
@@ -260,8 +271,7 @@ def batch_dot(x, y, axes):
     a, b = axes
     xk = jnp.moveaxis(x, a, -1)
     yk = jnp.moveaxis(y, b, 1)
-    out = jnp.einsum("bmk,bkn->bmn", xk.reshape(xk.shape[0], -1, xk.shape[-1]),
-                     yk.reshape(yk.shape[:2] + (-1,)))
+    out = jnp.einsum("bmk,bkn->bmn", xk.reshape(xk.shape[0], -1, xk.shape[-1]), yk.reshape(yk.shape[:2] + (-1,)))
     out = out.reshape(xk.shape[:-1] + yk.shape[2:])
     return out[:, None] if out.ndim == 1 else out
 
@@ -272,15 +282,18 @@ class Dot(nn.Module):
     :func:`batch_dot`). ``normalize``: both L2-normalized along their axis first (the cosine
     similarity; ``keras_version`` picks Keras's epsilon). No output mask."""
 
-    axes: Union[int, Sequence[int]]
+    axes: int | Sequence[int]
     normalize: bool = False
     keras_version: int = 2
 
     def __post_init__(self):
         check_keras_version(self.keras_version)
         axes = self.axes if isinstance(self.axes, (tuple, list)) else None
-        ok = axes is not None and len(axes) == 2 and all(isinstance(a, numbers.Integral) and not isinstance(a, bool)
-                                                         for a in axes)
+        ok = (
+            axes is not None
+            and len(axes) == 2
+            and all(isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axes)
+        )
         if not ok and (isinstance(self.axes, bool) or not isinstance(self.axes, numbers.Integral)):
             raise ValueError(f"`axes`: expected an integer or a pair of integers, got {self.axes!r}.")
         super().__post_init__()
@@ -288,8 +301,12 @@ class Dot(nn.Module):
     def _axes(self, xs) -> tuple:
         axes = self.axes if isinstance(self.axes, (tuple, list)) else (self.axes, self.axes)
         out = tuple(int(a) % x.ndim for a, x in zip(axes, xs))
-        if any(x.ndim < 2 for x in xs) or 0 in out or xs[0].shape[out[0]] != xs[1].shape[out[1]] \
-                or xs[0].shape[0] != xs[1].shape[0]:
+        if (
+            any(x.ndim < 2 for x in xs)
+            or 0 in out
+            or xs[0].shape[out[0]] != xs[1].shape[out[1]]
+            or xs[0].shape[0] != xs[1].shape[0]
+        ):
             raise ValueError(
                 f"`inputs`: Dot with axes={self.axes!r} contracts axis {out[0]} of the first input with axis {out[1]} "
                 f"of the second (not the batch axis; of equal sizes); got shapes {[tuple(x.shape) for x in xs]}."

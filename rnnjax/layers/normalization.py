@@ -5,10 +5,11 @@ their computations :func:`batch_norm` and :func:`layer_norm` are shared with the
 Sources: ``keras/src/layers/normalization/{batch,layer}_normalization.py`` (Keras 3),
 ``tf_keras/layers/normalization/{batch,layer}_normalization.py`` (Keras 2).
 """
+
 from __future__ import annotations
 
 import numbers
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -28,10 +29,13 @@ def check_axis(axis, inputs, layer: str) -> tuple:
     """``axis`` (an int or a sequence of ints) as sorted non-negative axes of ``inputs``."""
     axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
     ndim = getattr(inputs, "ndim", 0)
-    if not axes or any(isinstance(a, bool) or not isinstance(a, numbers.Integral) or not -ndim <= int(a) < ndim
-                       for a in axes):
-        raise ValueError(f"`axis`: {layer} got axis={axis!r}, not an axis of inputs of shape "
-                         f"{getattr(inputs, 'shape', type(inputs).__name__)}.")
+    if not axes or any(
+        isinstance(a, bool) or not isinstance(a, numbers.Integral) or not -ndim <= int(a) < ndim for a in axes
+    ):
+        raise ValueError(
+            f"`axis`: {layer} got axis={axis!r}, not an axis of inputs of shape "
+            f"{getattr(inputs, 'shape', type(inputs).__name__)}."
+        )
     return tuple(sorted(int(a) % ndim for a in axes))
 
 
@@ -40,8 +44,9 @@ def batch_norm(inputs, axis: int, epsilon: float, mean, variance, gamma=None, be
     each of shape ``(inputs.shape[axis],)`` broadcast along ``axis`` (``gamma``/``beta`` None:
     1 / 0)."""
     axes = check_axis(axis, inputs, "BatchNormalization")
-    y = (inputs - _broadcast(mean, inputs.ndim, axes)) * jax.lax.rsqrt(_broadcast(variance, inputs.ndim, axes)
-                                                                      + epsilon)
+    y = (inputs - _broadcast(mean, inputs.ndim, axes)) * jax.lax.rsqrt(
+        _broadcast(variance, inputs.ndim, axes) + epsilon
+    )
     if gamma is not None:
         y = y * _broadcast(gamma, inputs.ndim, axes)
     if beta is not None:
@@ -103,7 +108,7 @@ class LayerNormalization(PassMask, nn.Module):
     or a tuple of axes), ``gamma``/``beta`` of the shape of those axes. ``rms_scaling`` (Keras 3)
     divides the uncentred inputs by their standard deviation and keeps ``gamma`` only."""
 
-    axis: Union[int, Sequence[int]] = -1
+    axis: int | Sequence[int] = -1
     epsilon: float = 1e-3
     center: bool = True
     scale: bool = True

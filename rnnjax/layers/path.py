@@ -21,12 +21,14 @@ call is :mod:`rnnjax.layers.contract`'s, the CuDNN layers' call :mod:`rnnjax.cud
 States are pytrees (``LSTMState(h, c)``, a tuple per stacked cell); users pass and receive them
 as Keras's flat list of arrays (``[h, c]``), which :func:`check_state` turns back into the tree.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
 import typing
-from typing import Any, Callable, NamedTuple, Optional, cast
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +40,24 @@ from rnnjax.functional.options import LoopOptions
 from rnnjax.functional.protocol import CoreProgram
 
 __all__ = [
-    "CallOptions", "Sequence", "LayerCall", "check_sequence", "check_mask", "check_state",
-    "check_constants", "state_dtype", "start_state", "run_layer", "finish", "drive", "reset_value",
-    "like_state", "core_cell_program", "stack_programs", "step_once", "zero_states",
+    "CallOptions",
+    "Sequence",
+    "LayerCall",
+    "check_sequence",
+    "check_mask",
+    "check_state",
+    "check_constants",
+    "state_dtype",
+    "start_state",
+    "run_layer",
+    "finish",
+    "drive",
+    "reset_value",
+    "like_state",
+    "core_cell_program",
+    "stack_programs",
+    "step_once",
+    "zero_states",
 ]
 
 
@@ -54,15 +71,15 @@ class CallOptions(NamedTuple):
     unroll: bool = False
     zero_output_for_mask: bool = False
     activity_regularizer: Any = None
-    input_dim: Optional[int] = None
-    input_length: Optional[int] = None
+    input_dim: int | None = None
+    input_length: int | None = None
     scan_unroll: int = 1
     remat: bool = False
     custom_backward: bool = True
     backend: str = "auto"
 
     @classmethod
-    def of(cls, layer: Any, **overrides) -> "CallOptions":
+    def of(cls, layer: Any, **overrides) -> CallOptions:
         """The options from ``layer``'s attributes of the same names (defaults for missing ones)."""
         values: dict[str, Any] = {name: getattr(layer, name, default) for name, default in cls._field_defaults.items()}
         values.update(overrides)
@@ -91,8 +108,14 @@ def _describe(a) -> str:
     return str(tuple(a.shape)) if hasattr(a, "shape") else type(a).__name__
 
 
-def check_sequence(inputs: jax.Array, *, feature_ndim: int = 1, input_dim: Optional[int] = None,
-                   input_length: Optional[int] = None, layout: str = "(*batch, timesteps, features)") -> Sequence:
+def check_sequence(
+    inputs: jax.Array,
+    *,
+    feature_ndim: int = 1,
+    input_dim: int | None = None,
+    input_length: int | None = None,
+    layout: str = "(*batch, timesteps, features)",
+) -> Sequence:
     """Checks that ``inputs`` is ``(*batch, T, *features)`` with ``feature_ndim`` feature axes,
     ``T >= 1``, and (when given) ``input_dim`` features and ``input_length`` steps; returns its
     :class:`Sequence`. Errors name ``inputs`` and the expected ``layout``."""
@@ -102,7 +125,7 @@ def check_sequence(inputs: jax.Array, *, feature_ndim: int = 1, input_dim: Optio
             f"{_describe(inputs)}."
         )
     shape = tuple(inputs.shape)
-    batch_shape, steps, features = shape[:-feature_ndim - 1], shape[-feature_ndim - 1], shape[-feature_ndim:]
+    batch_shape, steps, features = shape[: -feature_ndim - 1], shape[-feature_ndim - 1], shape[-feature_ndim:]
     if steps == 0:
         raise ValueError(f"`inputs`: the time axis is empty (shape {shape}); a sequence needs at least one step.")
     if input_dim is not None and features[-1] != input_dim:
@@ -112,7 +135,7 @@ def check_sequence(inputs: jax.Array, *, feature_ndim: int = 1, input_dim: Optio
     return Sequence(batch_shape, steps, features)
 
 
-def check_mask(mask: Optional[jax.Array], expected_shape: tuple, where: str = "", argument: str = "mask"):
+def check_mask(mask: jax.Array | None, expected_shape: tuple, where: str = "", argument: str = "mask"):
     """``mask`` as a boolean array of exactly ``expected_shape`` (``(*batch, T)``), or None.
     Nothing broadcasts: ``(1, T)`` for a batch of 2 is an error. ``where`` names the caller,
     ``argument`` the argument (``reset`` has the same form)."""
@@ -146,7 +169,7 @@ def _check_stored(stored, template, batch_shape) -> None:
     s_leaves, t_leaves = jax.tree_util.tree_leaves(stored), jax.tree_util.tree_leaves(template)
     if [tuple(a.shape) for a in s_leaves] == [tuple(a.shape) for a in t_leaves]:
         return
-    kept = s_leaves[0].shape[:s_leaves[0].ndim - (t_leaves[0].ndim - len(batch_shape))] if s_leaves else ()
+    kept = s_leaves[0].shape[: s_leaves[0].ndim - (t_leaves[0].ndim - len(batch_shape))] if s_leaves else ()
     got = f"a batch of {batch_shape[0]}" if len(batch_shape) == 1 else f"a batch of shape {tuple(batch_shape)}"
     raise ValueError(
         f"`inputs`: this stateful layer keeps states for {_batch_words(kept)}, got {got}. A stateful layer "
@@ -154,8 +177,14 @@ def _check_stored(stored, template, batch_shape) -> None:
     )
 
 
-def start_state(make_state: Callable, sequence: Sequence, dtype: Any, *, initial_state: Any = None,
-                read_state: Optional[Callable] = None):
+def start_state(
+    make_state: Callable,
+    sequence: Sequence,
+    dtype: Any,
+    *,
+    initial_state: Any = None,
+    read_state: Callable | None = None,
+):
     """The state before the first step: ``initial_state`` (Keras's flat list ``[h, c]``, one
     array, or a pytree like the state) > the stored state > zeros, in the states' dtype.
 
@@ -190,9 +219,19 @@ def finish(output: Any, final: Any, options: CallOptions, sequence: Sequence) ->
     return LayerCall(results, final, penalty)
 
 
-def run_layer(program: CoreProgram, inputs: jax.Array, sequence: Sequence, options: CallOptions, *, cell: Any = None,
-              mask: Optional[jax.Array] = None, reset: Optional[jax.Array] = None, initial_state: Any = None,
-              read_state: Optional[Callable] = None, constants: Any = None) -> LayerCall:
+def run_layer(
+    program: CoreProgram,
+    inputs: jax.Array,
+    sequence: Sequence,
+    options: CallOptions,
+    *,
+    cell: Any = None,
+    mask: jax.Array | None = None,
+    reset: jax.Array | None = None,
+    initial_state: Any = None,
+    read_state: Callable | None = None,
+    constants: Any = None,
+) -> LayerCall:
     """One recurrent layer call: ``program`` (from the front end's cell, for ``sequence``, the
     result of :func:`check_sequence` on ``inputs``) run over ``inputs`` with Keras's semantics.
 
@@ -205,25 +244,53 @@ def run_layer(program: CoreProgram, inputs: jax.Array, sequence: Sequence, optio
     check_constants(program, constants, cell)
     mask = check_mask(mask, sequence.batch_shape + (sequence.steps,))
     reset = check_mask(reset, sequence.batch_shape + (sequence.steps,), argument="reset")
-    init = start_state(cast(Callable, program.initial_state), sequence,  # a layer's program states its zeros
-                       inputs.dtype, initial_state=initial_state,
-                       read_state=read_state if options.stateful else None)
-    output, final = drive(program, inputs, init, options, feature_ndim=len(sequence.feature_shape), mask=mask,
-                          reset=reset, constants=constants)
+    init = start_state(
+        cast(Callable, program.initial_state),
+        sequence,  # a layer's program states its zeros
+        inputs.dtype,
+        initial_state=initial_state,
+        read_state=read_state if options.stateful else None,
+    )
+    output, final = drive(
+        program,
+        inputs,
+        init,
+        options,
+        feature_ndim=len(sequence.feature_shape),
+        mask=mask,
+        reset=reset,
+        constants=constants,
+    )
     return finish(output, final, options, sequence)
 
 
-def drive(program: CoreProgram, inputs: jax.Array, initial_state: Any, options: CallOptions, *, feature_ndim: int = 1,
-          mask: Optional[jax.Array] = None, reset: Optional[jax.Array] = None, constants: Any = None):
+def drive(
+    program: CoreProgram,
+    inputs: jax.Array,
+    initial_state: Any,
+    options: CallOptions,
+    *,
+    feature_ndim: int = 1,
+    mask: jax.Array | None = None,
+    reset: jax.Array | None = None,
+    constants: Any = None,
+):
     """The one call from the layers into the driver: ``(output, final state)`` of ``program``
     over ``inputs (*batch, T, *features)`` (several feature axes: ConvLSTM). Without
     ``options.custom_backward`` the program's hand-written backward forms are dropped (the
     generic loop, which forward-mode autodiff can differentiate); ``options.backend`` picks the
     scan or oneDNN's fused kernel (:mod:`rnnjax.onednn.dispatch`)."""
-    loop = LoopOptions(go_backwards=options.go_backwards, return_sequences=options.return_sequences,
-                       zero_output_for_mask=options.zero_output_for_mask, unroll=options.unroll,
-                       scan_unroll=options.scan_unroll, remat=options.remat, feature_axes=feature_ndim,
-                       custom_backward=options.custom_backward, backend=options.backend)
+    loop = LoopOptions(
+        go_backwards=options.go_backwards,
+        return_sequences=options.return_sequences,
+        zero_output_for_mask=options.zero_output_for_mask,
+        unroll=options.unroll,
+        scan_unroll=options.scan_unroll,
+        remat=options.remat,
+        feature_axes=feature_ndim,
+        custom_backward=options.custom_backward,
+        backend=options.backend,
+    )
     return run_program(program, inputs, initial_state, loop, mask=mask, reset=reset, constants=constants)
 
 
@@ -244,9 +311,14 @@ def reset_value(current: Any, states: Any = None, argument: str = "states"):
     return jax.tree_util.tree_map(like_state, check_state(current, states, argument), current)
 
 
-def core_cell_program(core: Any, params: Any, output_shape: tuple, dropout_mask: Optional[jax.Array] = None,
-                      recurrent_dropout_mask: Optional[jax.Array] = None,
-                      initial_state: Optional[Callable] = None) -> CoreProgram:
+def core_cell_program(
+    core: Any,
+    params: Any,
+    output_shape: tuple,
+    dropout_mask: jax.Array | None = None,
+    recurrent_dropout_mask: jax.Array | None = None,
+    initial_state: Callable | None = None,
+) -> CoreProgram:
     """The :class:`CoreProgram` of a functional core on ``params`` with this call's dropout masks
     (the built-in cells, CuDNN's scan backend): its projection, step and hand-written backward
     forms. ``initial_state`` defaults to ``core.initial_state``."""
@@ -271,8 +343,13 @@ def stack_programs(programs: typing.Sequence[CoreProgram], batch_shape: tuple, d
     def initial_state(batch_shape=batch_shape, dtype=dtype):
         return tuple(cast(Callable, p.initial_state)(batch_shape, dtype) for p in programs)  # cells' programs: set
 
-    return CoreProgram(programs[0].project, step, initial_state, programs[-1].output_shape,
-                       takes_constants=any(p.takes_constants for p in programs))
+    return CoreProgram(
+        programs[0].project,
+        step,
+        initial_state,
+        programs[-1].output_shape,
+        takes_constants=any(p.takes_constants for p in programs),
+    )
 
 
 def _step(program, state, x_t, constants):
@@ -281,11 +358,12 @@ def _step(program, state, x_t, constants):
     return program.step(state, x_t)
 
 
-def step_once(program: CoreProgram, cell: Any, inputs: jax.Array, states: Any, constants: Any = None,
-              feature_ndim: int = 1):
+def step_once(
+    program: CoreProgram, cell: Any, inputs: jax.Array, states: Any, constants: Any = None, feature_ndim: int = 1
+):
     """A cell called directly, the Keras way: one step on ``inputs (*batch, *features)`` from
     ``states`` (Keras's flat list); returns ``(output, new states as a flat list)``."""
-    batch_shape = tuple(inputs.shape[:inputs.ndim - feature_ndim])
+    batch_shape = tuple(inputs.shape[: inputs.ndim - feature_ndim])
     # a cell's program states its zeros and projects:
     zeros, project = cast(Callable, program.initial_state), cast(Callable, program.project)
     state = check_state(zeros(batch_shape, state_dtype(inputs.dtype)), states, "states")
@@ -298,5 +376,7 @@ def step_once(program: CoreProgram, cell: Any, inputs: jax.Array, states: Any, c
 def zero_states(state_size: Any, batch_shape: typing.Sequence[int], dtype: Any) -> tuple:
     """Zero states for a Keras ``state_size`` (an int, a shape, or a list of them)."""
     sizes = (state_size,) if isinstance(state_size, numbers.Integral) else tuple(state_size)
-    return tuple(jnp.zeros(tuple(batch_shape) + ((int(s),) if isinstance(s, numbers.Integral) else tuple(s)), dtype)
-                 for s in sizes)
+    return tuple(
+        jnp.zeros(tuple(batch_shape) + ((int(s),) if isinstance(s, numbers.Integral) else tuple(s)), dtype)
+        for s in sizes
+    )

@@ -7,9 +7,11 @@ layer's output has a mask. Sources: ``keras/src/layers/pooling/*.py`` and
 ``keras/src/backend/jax/nn.py::average_pool`` (Keras 3), ``tf_keras/layers/pooling/*.py``
 (Keras 2); both average a ``'same'`` window over its real (not padded) entries.
 """
+
 from __future__ import annotations
 
-from typing import ClassVar, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -40,8 +42,10 @@ def pool(inputs, mode: str, rank: int, pool_size, strides, padding: str, data_fo
         window[a], stride[a] = k, s
     pad = check_padding(padding).upper()
     if any(inputs.shape[a] < k for a, k in zip(axes, size)) and pad == "VALID":
-        raise ValueError(f"`pool_size`: {size} is larger than the inputs' spatial sizes "
-                         f"{tuple(inputs.shape[a] for a in axes)} with padding='valid'.")
+        raise ValueError(
+            f"`pool_size`: {size} is larger than the inputs' spatial sizes "
+            f"{tuple(inputs.shape[a] for a in axes)} with padding='valid'."
+        )
     if mode == "max":
         return jax.lax.reduce_window(inputs, -jnp.inf, jax.lax.max, window, stride, pad)
     total = jax.lax.reduce_window(inputs, 0.0, jax.lax.add, window, stride, pad)
@@ -52,8 +56,8 @@ def pool(inputs, mode: str, rank: int, pool_size, strides, padding: str, data_fo
 class _Pooling(DropMask, nn.Module):
     rank: ClassVar[int]  # set by each subclass: the spatial axes, "max" or "average"
     mode: ClassVar[str]
-    pool_size: Union[int, Sequence[int]] = 2
-    strides: Optional[Union[int, Sequence[int]]] = None
+    pool_size: int | Sequence[int] = 2
+    strides: int | Sequence[int] | None = None
     padding: str = "valid"
     data_format: str = "channels_last"
 
@@ -66,8 +70,16 @@ class _Pooling(DropMask, nn.Module):
         super().__post_init__()
 
     def __call__(self, inputs):
-        return pool(inputs, self.mode, self.rank, self.pool_size, self.strides, self.padding, self.data_format,
-                    type(self).__name__)
+        return pool(
+            inputs,
+            self.mode,
+            self.rank,
+            self.pool_size,
+            self.strides,
+            self.padding,
+            self.data_format,
+            type(self).__name__,
+        )
 
 
 class MaxPooling1D(_Pooling):

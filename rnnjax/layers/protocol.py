@@ -10,12 +10,13 @@ and read its mask rule: the Keras conventions, for any Flax module.
   rule). A module without one cannot take a mask: Keras 2 raised "does not support masking",
   and so does rnnjax (wrap it in ``TimeDistributed`` to apply it per step and keep the mask).
 """
+
 from __future__ import annotations
 
 import functools
 import inspect
 import re
-from typing import Any, Optional
+from typing import Any
 
 import jax
 
@@ -36,8 +37,7 @@ def accepts(layer: Any, argument: str) -> bool:
     return argument in _parameters(cls)
 
 
-def call_layer(layer: Any, inputs: Any, mask: Any = None, training: Optional[bool] = False,
-               **extra):
+def call_layer(layer: Any, inputs: Any, mask: Any = None, training: bool | None = False, **extra):
     """``layer(inputs, ...)`` with ``mask``/``training`` passed the way ``layer`` takes them (a layer
     without a ``mask`` parameter gets none; :func:`output_mask` says whether it may ignore it)."""
     kwargs = dict(extra)
@@ -52,7 +52,7 @@ def call_layer(layer: Any, inputs: Any, mask: Any = None, training: Optional[boo
     return layer(inputs, **kwargs)
 
 
-def output_mask(layer: Any, inputs: jax.Array, mask: Optional[jax.Array]):
+def output_mask(layer: Any, inputs: jax.Array, mask: jax.Array | None):
     """The mask of ``layer``'s output for ``inputs`` with input ``mask`` (Keras's rule)."""
     rule = getattr(layer, "compute_mask", None)
     if rule is None:
@@ -96,7 +96,7 @@ def raise_no_masking(layer: Any):
     )
 
 
-def check_mask(mask: Optional[jax.Array], inputs: jax.Array, where: str, nested: bool = False):
+def check_mask(mask: jax.Array | None, inputs: jax.Array, where: str, nested: bool = False):
     """A container's mask: boolean, the leading axes ``(*batch, timesteps)`` of ``inputs`` (the
     container cannot know how many of its inputs' axes are features; the layers inside check the
     exact shape). With ``nested`` (a ``TimeDistributed`` mask) at least two axes."""
@@ -113,8 +113,11 @@ def keras_name(layer: Any) -> str:
     the user gave it (not one Flax made up: ``LSTM_0``, or a container's field name)."""
     cls = type(layer).__name__
     name = layer.name
-    if name is None or name in ("layer", "backward_layer") or name.startswith("layers_") or (
-        name.startswith(cls + "_") and name[len(cls) + 1:].isdigit()
+    if (
+        name is None
+        or name in ("layer", "backward_layer")
+        or name.startswith("layers_")
+        or (name.startswith(cls + "_") and name[len(cls) + 1 :].isdigit())
     ):
         return snake_case(cls)
     return name

@@ -22,10 +22,11 @@ no mask or reset, no recurrent dropout, float32, one CPU device, a large enough 
 :mod:`rnnjax.onednn.dispatch`), else the scan; ``'scan'`` always the scan; ``'onednn'`` oneDNN or a
 ``ValueError`` saying why not.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Any, ClassVar, Optional, cast
+from typing import Any, ClassVar, cast
 
 import flax.linen as nn
 import jax
@@ -40,7 +41,7 @@ from rnnjax.layers.conv_lstm import ConvLSTM, ConvLSTMCell
 class KerasRecurrent(RecurrentLayer):
     """Shared call of the dense built-in layers (no fields of its own; ``kind``: the record)."""
 
-    kind: ClassVar[Optional[kinds.CellKind]] = None  # set per kind by linen_class
+    kind: ClassVar[kinds.CellKind | None] = None  # set per kind by linen_class
 
     def __post_init__(self):
         if self.kind is not None:
@@ -52,10 +53,18 @@ class KerasRecurrent(RecurrentLayer):
         return kind.linen_cell(**{n: getattr(self, n) for n in kind.arguments("cell")}, name="cell")
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
-                 training: bool = False, reset: Optional[jax.Array] = None):
-        return run_recurrent(self, self._make_cell(), inputs, mask=mask, reset=reset, initial_state=initial_state,
-                             training=training)
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        initial_state: Any = None,
+        training: bool = False,
+        reset: jax.Array | None = None,
+    ):
+        return run_recurrent(
+            self, self._make_cell(), inputs, mask=mask, reset=reset, initial_state=initial_state, training=training
+        )
 
     def reset_states(self, states: Any = None):
         """Zeroes the stateful states, or sets them to ``states`` (``[h]`` or ``[h, c]``).
@@ -65,15 +74,19 @@ class KerasRecurrent(RecurrentLayer):
         return reset_layer_states(self, states)
 
 
-_BASES = {("cell", False): KerasCell, ("cell", True): ConvLSTMCell, ("layer", False): KerasRecurrent,
-          ("layer", True): ConvLSTM}
+_BASES = {
+    ("cell", False): KerasCell,
+    ("cell", True): ConvLSTMCell,
+    ("layer", False): KerasRecurrent,
+    ("layer", True): ConvLSTM,
+}
 _CALLS = {
     "cell": "Call: ``output, new_states = cell(x_t, states, *, training=False)`` (one step, Keras's flat "
-            "states); in a layer, ``rnnjax.RNN(cell)``.",
+    "states); in a layer, ``rnnjax.RNN(cell)``.",
     "layer": "Call: ``layer(inputs, *, mask=None, initial_state=None, training=False)``: inputs ``(*batch, "
-             "timesteps, *features)`` (any number of batch axes), a boolean ``mask (*batch, timesteps)``; returns "
-             "the output (the whole sequence with ``return_sequences``), then the final states (flat, Keras order) "
-             "with ``return_state``. Stateful layers: see :class:`rnnjax.RNN`.",
+    "timesteps, *features)`` (any number of batch axes), a boolean ``mask (*batch, timesteps)``; returns "
+    "the output (the whole sequence with ``return_sequences``), then the final states (flat, Keras order) "
+    "with ``return_state``. Stateful layers: see :class:`rnnjax.RNN`.",
 }
 
 
@@ -83,9 +96,11 @@ def class_doc(kind: kinds.CellKind, role: str, name: str) -> str:
     summary = kind.cell_doc if role == "cell" else kind.layer_doc
     core = kind.core.__name__
     example = f"\n\n    Examples:{kind.linen_example}" if role == "layer" and kind.linen_example else ""
-    return (f"{summary}\n\n    Equations, parameters (Keras layout) and states: "
-            f":class:`{kind.core.__module__}.{core}` (its module's docstring). ``param_dtype`` (not in Keras) sets "
-            f"the parameters' dtype. {_CALLS[role]}{example}\n    ")
+    return (
+        f"{summary}\n\n    Equations, parameters (Keras layout) and states: "
+        f":class:`{kind.core.__module__}.{core}` (its module's docstring). ``param_dtype`` (not in Keras) sets "
+        f"the parameters' dtype. {_CALLS[role]}{example}\n    "
+    )
 
 
 @functools.cache
@@ -95,8 +110,14 @@ def linen_class(kind: kinds.CellKind, role: str) -> type:
     defaults (:meth:`rnnjax.kinds.CellKind.default`)."""
     name = kind.cell_name if role == "cell" else kind.name
     names = kind.arguments(role)
-    namespace = {"__annotations__": {n: kinds.ARGUMENTS[n][0] for n in names}, "__module__": __name__,
-                 "__qualname__": name, "__doc__": class_doc(kind, role, name), "kind": kind, "kind_role": role}
+    namespace = {
+        "__annotations__": {n: kinds.ARGUMENTS[n][0] for n in names},
+        "__module__": __name__,
+        "__qualname__": name,
+        "__doc__": class_doc(kind, role, name),
+        "kind": kind,
+        "kind_role": role,
+    }
     namespace.update({n: kind.default(n) for n in names if kind.default(n) is not kinds.REQUIRED})
     if kind.rank:
         namespace["rank"] = kind.rank
@@ -106,4 +127,5 @@ def linen_class(kind: kinds.CellKind, role: str) -> type:
 # The public classes, one per kind of rnnjax.kinds.KINDS (in its order).
 SimpleRNN, GRU, LSTM, ConvLSTM1D, ConvLSTM2D, ConvLSTM3D = (linen_class(k, "layer") for k in kinds.KINDS)
 SimpleRNNCell, GRUCell, LSTMCell, ConvLSTM1DCell, ConvLSTM2DCell, ConvLSTM3DCell = (
-    linen_class(k, "cell") for k in kinds.KINDS)
+    linen_class(k, "cell") for k in kinds.KINDS
+)

@@ -7,11 +7,12 @@ warning (Keras 2 refused such a model). The NNX twins (:mod:`rnnjax.nnx.keras_la
 modules. Sources: ``keras/src/layers/reshaping/*.py`` (Keras 3) and
 ``tf_keras/layers/reshaping/*.py`` (Keras 2), which compute the same.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -68,10 +69,12 @@ class Reshape(DropMask, nn.Module):
     def __post_init__(self):
         shape = self.target_shape
         ok = isinstance(shape, (tuple, list)) and all(
-            isinstance(d, numbers.Integral) and not isinstance(d, bool) and (int(d) > 0 or d == -1) for d in shape)
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) and (int(d) > 0 or d == -1) for d in shape
+        )
         if not ok or sum(d == -1 for d in shape) > 1:
             raise ValueError(
-                f"`target_shape`: expected a tuple of positive integers with at most one -1, got {shape!r}.")
+                f"`target_shape`: expected a tuple of positive integers with at most one -1, got {shape!r}."
+            )
         super().__post_init__()
 
     def __call__(self, inputs):
@@ -130,7 +133,7 @@ class ZeroPadding1D(DropMask, nn.Module):
       padding: an integer (both sides) or a tuple ``(before, after)``: how many zero steps to add.
     """
 
-    padding: Union[int, Sequence[int]] = 1
+    padding: int | Sequence[int] = 1
     data_format: str = "channels_last"
 
     def __post_init__(self):
@@ -149,7 +152,7 @@ class Cropping1D(DropMask, nn.Module):
     """Drops steps at the start and end: ``(batch, T, features) -> (batch, T - left - right,
     features)``; ``cropping`` an int (both sides) or ``(left, right)``, less than ``T`` in all."""
 
-    cropping: Union[int, Sequence[int]] = (1, 1)
+    cropping: int | Sequence[int] = (1, 1)
 
     def __post_init__(self):
         pair(self.cropping, "cropping")
@@ -163,7 +166,7 @@ class Cropping1D(DropMask, nn.Module):
                 f"`cropping`: {(left, right)} removes {left + right} steps, but the inputs have {inputs.shape[1]} "
                 f"(shape {tuple(inputs.shape)}); at least one step must remain."
             )
-        return inputs[:, left:inputs.shape[1] - right, :]
+        return inputs[:, left : inputs.shape[1] - right, :]
 
 
 class UpSampling1D(DropMask, nn.Module):

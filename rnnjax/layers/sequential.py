@@ -1,7 +1,8 @@
 """``Sequential``: a plain stack of layers that carries a mask from layer to layer, as Keras does."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 

@@ -3,6 +3,7 @@
 A stateful rnnjax layer keeps its final states under ``variables['rnn_state'][<layer path>]
 ['states']``; this module resets or sets them without knowing the model's code.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -38,7 +39,7 @@ def _bidirectional_pair(paths) -> bool:
     if len(paths) != 2 or paths[0][:-1] != paths[1][:-1]:
         return False
     names = sorted(p[-1] for p in paths)
-    return names[0].startswith("backward_") and names[1] == "forward_" + names[0][len("backward_"):]
+    return names[0].startswith("backward_") and names[1] == "forward_" + names[0][len("backward_") :]
 
 
 def _from_flat_list(current, states):
@@ -62,7 +63,7 @@ def _from_flat_list(current, states):
     new = _as_dict(current)  # a copy of the dicts; the arrays are replaced below
     start = 0
     for path, template, count in zip(paths, templates, counts):
-        _get(new, path)["states"] = reset_value(template, given[start:start + count])
+        _get(new, path)["states"] = reset_value(template, given[start : start + count])
         start += count
     return new
 
@@ -93,7 +94,8 @@ def reset_states(variables: Any, states: Any = None):
         cur_leaves, cur_def = jax.tree_util.tree_flatten(current)
         new_leaves, new_def = jax.tree_util.tree_flatten(states)
         if cur_def != new_def or any(  # type: ignore[operator]  # PyTreeDef: jaxlib's _jax has no stub
-                a.shape != jnp.shape(b) for a, b in zip(cur_leaves, new_leaves)):
+            a.shape != jnp.shape(b) for a, b in zip(cur_leaves, new_leaves)
+        ):
             raise ValueError(
                 f"reset_states: `states` must match the structure and shapes of variables['{STATE_COLLECTION}'] "
                 f"({jax.tree_util.tree_map(jnp.shape, current)}), or be a flat list for a model with one "

@@ -1,7 +1,6 @@
 """Keras 2's layer wrappers as Flax modules: ``Bidirectional`` and ``TimeDistributed``."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import dataclasses
 from typing import Any
@@ -81,8 +80,8 @@ class Bidirectional(nn.Module):
     """
 
     layer: nn.Module
-    merge_mode: Optional[str] = "concat"
-    backward_layer: Optional[nn.Module] = None
+    merge_mode: str | None = "concat"
+    backward_layer: nn.Module | None = None
 
     def __post_init__(self):
         if self.merge_mode not in MERGE_MODES:
@@ -126,10 +125,9 @@ class Bidirectional(nn.Module):
                 f"`{argument}`: expected an even number of state arrays (the forward layer's, then the backward "
                 f"layer's), got {len(given)}."
             )
-        return given[: len(given) // 2], given[len(given) // 2:]
+        return given[: len(given) // 2], given[len(given) // 2 :]
 
-    def __call__(self, inputs, *, mask=None, initial_state=None, constants=None, training: bool = False,
-                 reset=None):
+    def __call__(self, inputs, *, mask=None, initial_state=None, constants=None, training: bool = False, reset=None):
         forward, backward = self._directions()
         halves = (None, None) if initial_state is None else self._split_states(initial_state, "initial_state")
         outs = []

@@ -5,11 +5,11 @@ defaults: one declaration, in :mod:`rnnjax.layers`), the Keras 2 ones positional
 keyword-only, plus the NNX ones (``input_dim``, ``rngs``, ...). Building the linen twin validates
 the values, so a bad argument fails at construction with the linen layer's message.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Optional
 
 _NOT_ARGUMENTS = ("parent", "name")
 # Second positional Keras 2 arguments that can never be an int: an int there is NNX's
@@ -21,8 +21,7 @@ def keras_fields(linen_class) -> list:
     return [f for f in dataclasses.fields(linen_class) if f.name not in _NOT_ARGUMENTS]
 
 
-def bind(owner: str, linen_class, args: tuple, kwargs: dict, last_positional: Optional[str],
-         first: Optional[str]) -> dict:
+def bind(owner: str, linen_class, args: tuple, kwargs: dict, last_positional: str | None, first: str | None) -> dict:
     """``{argument: value}`` for all of ``linen_class``'s fields: ``args`` bound in Keras 2 order up to
     ``last_positional`` (None: none positional), then ``kwargs``, then the defaults. ``first``
     names the first argument (``units``/``filters``/``cell``) for the error messages."""
@@ -35,8 +34,12 @@ def bind(owner: str, linen_class, args: tuple, kwargs: dict, last_positional: Op
             f"arguments (Keras's: {', '.join(positional) or 'none'}),"
             f" got {len(args)}; pass the others by keyword."
         )
-    if len(args) >= 2 and positional[1] in _NEVER_INT and isinstance(args[1], numbers.Integral) \
-            and not isinstance(args[1], bool):
+    if (
+        len(args) >= 2
+        and positional[1] in _NEVER_INT
+        and isinstance(args[1], numbers.Integral)
+        and not isinstance(args[1], bool)
+    ):
         raise TypeError(
             f"{owner}({args[0]!r}, {args[1]!r}, ...): the second argument is `{positional[1]}`, got the int "
             f"{args[1]!r}. rnnjax.nnx follows Keras 2's order, `{first}` first, with the input size as a keyword: "

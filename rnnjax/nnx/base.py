@@ -10,19 +10,22 @@ rule). ``stateful=True`` keeps the final states in ``layer.states`` (an :class:`
 at construction: pass ``batch_size``, an int or a tuple of batch axes); ``layer.reset_states()`` /
 ``layer.reset_states([h, c])``.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnjax import layers as linen_layers, regularizers
+from rnnjax import layers as linen_layers
+from rnnjax import regularizers
 from rnnjax.functional.core import check_custom_backward, check_units
 from rnnjax.layers import path
-from rnnjax.nnx import _args
 from rnnjax.layers.contract import num_feature_axes
+from rnnjax.nnx import _args
 from rnnjax.nnx.cells import StackedRNNCells, cell_program, resolve_deterministic
 from rnnjax.nnx.variables import ActivityPenalty, RNNState
 
@@ -44,12 +47,12 @@ class Recurrent(nnx.Module):
     stateful: bool
     unroll: bool
     zero_output_for_mask: bool
-    input_length: Optional[int]
+    input_length: int | None
     scan_unroll: int
     remat: bool
     custom_backward: bool
     cell: Any
-    batch_shape: Optional[tuple]
+    batch_shape: tuple | None
     states: Any  # an RNNState when stateful, else None
     activity_penalty: Any  # an ActivityPenalty with an activity_regularizer, else None
 
@@ -60,8 +63,9 @@ class Recurrent(nnx.Module):
         if self.input_length is not None:
             check_units(self.input_length, "input_length")
         self.activity_regularizer = regularizers.get(config.get("activity_regularizer"), "activity_regularizer")
-        self.activity_penalty = ActivityPenalty(jnp.zeros((), jnp.float32)) if self.activity_regularizer \
-            else nnx.data(None)
+        self.activity_penalty = (
+            ActivityPenalty(jnp.zeros((), jnp.float32)) if self.activity_regularizer else nnx.data(None)
+        )
         self.batch_shape = None if batch_size is None and not self.stateful else _batch_shape(batch_size)
         self.states = nnx.data(None)
         if self.stateful:
@@ -90,25 +94,57 @@ class Recurrent(nnx.Module):
             input_length=options.input_length,
             layout=layout or getattr(self.cell, "sequence_layout", "(*batch, timesteps, features)"),
         )
-        program = cell_program(self.cell, seq.feature_shape, seq.batch_shape, inputs.dtype,
-                               deterministic=resolve_deterministic(training, deterministic), rngs=rngs,
-                               constants=constants)
-        call = path.run_layer(program, inputs, seq, options, cell=self.cell, mask=mask, reset=reset,
-                              initial_state=initial_state, read_state=lambda template: self.states.get_value(),
-                              constants=constants)
+        program = cell_program(
+            self.cell,
+            seq.feature_shape,
+            seq.batch_shape,
+            inputs.dtype,
+            deterministic=resolve_deterministic(training, deterministic),
+            rngs=rngs,
+            constants=constants,
+        )
+        call = path.run_layer(
+            program,
+            inputs,
+            seq,
+            options,
+            cell=self.cell,
+            mask=mask,
+            reset=reset,
+            initial_state=initial_state,
+            read_state=lambda template: self.states.get_value(),
+            constants=constants,
+        )
         self._store(call.state, call.activity_penalty)
         return call.results
 
-    def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None, initial_state: Any = None,
-                 constants: Any = None, training: Optional[bool] = None, deterministic: Optional[bool] = None,
-                 rngs: Any = None, reset: Optional[jax.Array] = None):
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        initial_state: Any = None,
+        constants: Any = None,
+        training: bool | None = None,
+        deterministic: bool | None = None,
+        rngs: Any = None,
+        reset: jax.Array | None = None,
+    ):
         """``inputs (*batch, timesteps, features)``, boolean ``mask (*batch, timesteps)`` -> the output
         (``(*batch, units)``, ``(*batch, timesteps, units)`` with ``return_sequences``), then the final
         states (flat, Keras order) with ``return_state``. ``reset``: boolean ``(*batch, timesteps)``,
         True where a new sequence starts (see :class:`rnnjax.RNN`). ``training``/``deterministic``
         override the mode set by ``train()``/``eval()``; ``rngs`` overrides the cells' dropout streams."""
-        return self._run(inputs, mask=mask, initial_state=initial_state, constants=constants, training=training,
-                         deterministic=deterministic, rngs=rngs, reset=reset)
+        return self._run(
+            inputs,
+            mask=mask,
+            initial_state=initial_state,
+            constants=constants,
+            training=training,
+            deterministic=deterministic,
+            rngs=rngs,
+            reset=reset,
+        )
 
     def reset_states(self, states: Any = None):
         """Sets the stateful states to zeros, or to ``states`` (a flat list, Keras order), in place."""
@@ -116,7 +152,7 @@ class Recurrent(nnx.Module):
             raise ValueError(f"reset_states: this {type(self).__name__} is not stateful (stateful=False).")
         self.states.set_value(path.reset_value(self.states.get_value(), states))
 
-    def compute_mask(self, inputs: jax.Array, mask: Optional[jax.Array] = None):
+    def compute_mask(self, inputs: jax.Array, mask: jax.Array | None = None):
         """Keras's rule: the input mask with ``return_sequences``, else None."""
         del inputs
         return mask if self.return_sequences else None
@@ -125,8 +161,10 @@ class Recurrent(nnx.Module):
 def _batch_shape(batch_size) -> tuple:
     """``batch_size``: an int (Keras's), or a tuple of batch axes ``(*batch)``."""
     if batch_size is None:
-        raise ValueError("`batch_size`: a stateful layer keeps states for a fixed batch, created at construction "
-                         "(Keras 2's batch_input_shape); pass batch_size=<rows per batch> (or a tuple of batch axes).")
+        raise ValueError(
+            "`batch_size`: a stateful layer keeps states for a fixed batch, created at construction "
+            "(Keras 2's batch_input_shape); pass batch_size=<rows per batch> (or a tuple of batch axes)."
+        )
     if isinstance(batch_size, tuple):
         return tuple(check_units(b, "batch_size") for b in batch_size)
     return (check_units(batch_size, "batch_size"),)
@@ -150,8 +188,10 @@ class RNN(Recurrent):
         if self.from_list:
             cell = StackedRNNCells(cell)
         elif not isinstance(cell, nnx.Module):
-            raise TypeError(f"`cell`: expected an NNX cell, a list of them or StackedRNNCells, got "
-                            f"{type(cell).__name__} (linen cells go in rnnjax.RNN).")
+            raise TypeError(
+                f"`cell`: expected an NNX cell, a list of them or StackedRNNCells, got "
+                f"{type(cell).__name__} (linen cells go in rnnjax.RNN)."
+            )
         self.cell = cell
         self.input_dim = config["input_dim"]
         self._setup(config, batch_size, _feature_shape(cell, self.input_dim, config["stateful"]))
@@ -164,8 +204,8 @@ def _feature_shape(cell, input_dim, stateful):
     if input_dim is None and kernel is not None:
         input_dim = kernel.shape[-2]
     if input_dim is None and stateful:
-        raise ValueError(f"`input_dim`: a stateful RNN of a {type(first).__name__} builds its states at construction; "
-                         "pass input_dim=<features per step>.")
+        raise ValueError(
+            f"`input_dim`: a stateful RNN of a {type(first).__name__} builds its states at construction; "
+            "pass input_dim=<features per step>."
+        )
     return (input_dim,)
-
-

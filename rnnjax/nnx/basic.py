@@ -12,14 +12,16 @@ are ``nnx.Param`` under the Keras names (``embeddings``; ``kernel``, ``bias``) i
 their penalties and constraints as metadata (:func:`rnnjax.nnx.regularization_loss`,
 :func:`rnnjax.nnx.apply_constraints`).
 """
+
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnjax import layers as linen_layers, regularizers
+from rnnjax import layers as linen_layers
+from rnnjax import regularizers
 from rnnjax.functional.core import init_weight
 from rnnjax.layers.basic import dense, dropout
 from rnnjax.nnx import _args
@@ -32,8 +34,8 @@ class _Companion(nnx.Module):
     ``last_positional``), and its mask rule."""
 
     linen_class: ClassVar[type]  # set by each subclass
-    last_positional: ClassVar[Optional[str]] = None
-    first_argument: ClassVar[Optional[str]] = None
+    last_positional: ClassVar[str | None] = None
+    first_argument: ClassVar[str | None] = None
 
     def _bind(self, args, kwargs):
         owner = type(self).__name__
@@ -52,14 +54,16 @@ class _Weighted(_Companion):
 
     def _weight(self, arg: str, shape, rngs):
         spec = self.spec
-        value = init_weight(getattr(spec, f"{arg}_initializer"), rngs.params(), shape, spec.param_dtype,
-                            f"{arg}_initializer")
+        value = init_weight(
+            getattr(spec, f"{arg}_initializer"), rngs.params(), shape, spec.param_dtype, f"{arg}_initializer"
+        )
         return weight_param(value, getattr(spec, f"{arg}_regularizer"), getattr(spec, f"{arg}_constraint"), arg)
 
     def _init_activity(self):
         self.activity_regularizer = regularizers.get(self.spec.activity_regularizer, "activity_regularizer")
-        self.activity_penalty = ActivityPenalty(jnp.zeros((), jnp.float32)) if self.activity_regularizer \
-            else nnx.data(None)
+        self.activity_penalty = (
+            ActivityPenalty(jnp.zeros((), jnp.float32)) if self.activity_regularizer else nnx.data(None)
+        )
 
     def _activity(self, outputs):
         if self.activity_regularizer is not None:
@@ -138,7 +142,7 @@ class Dropout(DropoutStream, _Companion):
     def drops(self) -> bool:
         return self.spec.rate > 0
 
-    def __call__(self, inputs, *, training: Optional[bool] = None, deterministic: Optional[bool] = None, rngs=None):
+    def __call__(self, inputs, *, training: bool | None = None, deterministic: bool | None = None, rngs=None):
         keys = self.mask_keys(resolve_deterministic(training, deterministic), rngs)
         return inputs if keys is None else dropout(self.spec, inputs, keys())
 

@@ -12,9 +12,11 @@ Called directly it runs one step the Keras way::
 
     output, new_states = cell(x_t, states)       # states: list of (batch, units) arrays
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +73,7 @@ class DropoutStream:
         if deterministic is not None:
             self.deterministic = deterministic
 
-    def mask_keys(self, deterministic: Optional[bool], rngs: Any):
+    def mask_keys(self, deterministic: bool | None, rngs: Any):
         """A function returning a fresh key per mask, or None when this call does not drop out."""
         deterministic = self.deterministic if deterministic is None else deterministic
         if deterministic or not self.drops():
@@ -95,15 +97,22 @@ class NNXKerasCell(contract.CellFacts, DropoutStream, nnx.Module):
     kind: ClassVar[CellKind]  # the cell kind's record
     # set per kind by nnx_class: the linen twin, its last Keras 2 (positional) and its first argument
     linen_class: ClassVar[type]
-    last_positional: ClassVar[Optional[str]]
-    first_argument: ClassVar[Optional[str]]
+    last_positional: ClassVar[str | None]
+    first_argument: ClassVar[str | None]
     input_what = "input features"
     kernel: Any  # nnx.Param, or None for a kind without the weight (setattr in __init__)
     recurrent_kernel: Any
     bias: Any
 
-    def __init__(self, *args, input_dim: Optional[int] = None, deterministic: bool = False,
-                 rng_collection: str = "dropout", rngs: Optional[nnx.Rngs] = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        input_dim: int | None = None,
+        deterministic: bool = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs | None = None,
+        **kwargs,
+    ):
         owner, kind = type(self).__name__, self.kind
         config = _args.bind(owner, self.linen_class, args, kwargs, self.last_positional, self.first_argument)
         self.spec = self.linen_class(**config)  # the static configuration, validated by the linen twin
@@ -113,9 +122,18 @@ class NNXKerasCell(contract.CellFacts, DropoutStream, nnx.Module):
         weights = dict(contract.cell_weights(kind, self.spec))
         for name in ("kernel", "recurrent_kernel", "bias"):
             arg = weights.get(name)
-            setattr(self, name, nnx.data(None) if arg is None else weight_param(
-                getattr(values, name), getattr(self.spec, f"{arg}_regularizer", None),
-                getattr(self.spec, f"{arg}_constraint", None), arg))
+            setattr(
+                self,
+                name,
+                nnx.data(None)
+                if arg is None
+                else weight_param(
+                    getattr(values, name),
+                    getattr(self.spec, f"{arg}_regularizer", None),
+                    getattr(self.spec, f"{arg}_constraint", None),
+                    arg,
+                ),
+            )
         self._init_dropout(rngs, deterministic, rng_collection)
 
     @property
@@ -128,8 +146,16 @@ class NNXKerasCell(contract.CellFacts, DropoutStream, nnx.Module):
         weights = {name: getattr(self, name) for name in PARAM_NAMES}
         return make_params(self.core.params_class, {n: None if w is None else w[...] for n, w in weights.items()})
 
-    def program(self, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any, *,
-                deterministic: Optional[bool] = None, rngs: Any = None, constants: Any = None) -> CoreProgram:
+    def program(
+        self,
+        feature_shape: Sequence[int],
+        batch_shape: Sequence[int],
+        dtype: Any,
+        *,
+        deterministic: bool | None = None,
+        rngs: Any = None,
+        constants: Any = None,
+    ) -> CoreProgram:
         """The program of this call: parameters read once, dropout masks drawn once per sequence
         (:mod:`rnnjax.layers.contract`). ``constants`` are not taken (the step takes none)."""
         del constants
@@ -137,50 +163,80 @@ class NNXKerasCell(contract.CellFacts, DropoutStream, nnx.Module):
         shapes = contract.step_shapes(core, feature_shape, type(self).__name__)
         built = self.kernel.shape[-2]
         if shapes.input_dim != built:
-            raise ValueError(f"`inputs`: {shapes.input_dim} features per step, but {type(self).__name__} was built "
-                             f"for {built} (input_dim={built}, kernel shape {tuple(self.kernel.shape)}).")
-        masks = contract.draw_masks(core, self.mask_keys(deterministic, rngs), getattr(self.spec, "dropout", 0.0),
-                                    getattr(self.spec, "recurrent_dropout", 0.0), shapes, batch_shape, dtype)
+            raise ValueError(
+                f"`inputs`: {shapes.input_dim} features per step, but {type(self).__name__} was built "
+                f"for {built} (input_dim={built}, kernel shape {tuple(self.kernel.shape)})."
+            )
+        masks = contract.draw_masks(
+            core,
+            self.mask_keys(deterministic, rngs),
+            getattr(self.spec, "dropout", 0.0),
+            getattr(self.spec, "recurrent_dropout", 0.0),
+            shapes,
+            batch_shape,
+            dtype,
+        )
         return contract.built_cell_program(core, self.params(), shapes, batch_shape, dtype, masks)
 
-    def get_initial_state(self, batch_size: int, dtype: Any = jnp.float32, *,
-                          input_spatial_shape: Optional[tuple] = None) -> list:
+    def get_initial_state(
+        self, batch_size: int, dtype: Any = jnp.float32, *, input_spatial_shape: tuple | None = None
+    ) -> list:
         """Zero states, a flat list in Keras order (see :meth:`rnnjax.layers.KerasCell.get_initial_state`)."""
         return self.spec.get_initial_state(batch_size, dtype, input_spatial_shape=input_spatial_shape)
 
-    def __call__(self, inputs: jax.Array, states: Any, *, training: Optional[bool] = None,
-                 deterministic: Optional[bool] = None, rngs: Any = None):
+    def __call__(
+        self,
+        inputs: jax.Array,
+        states: Any,
+        *,
+        training: bool | None = None,
+        deterministic: bool | None = None,
+        rngs: Any = None,
+    ):
         """One step on ``inputs (*batch, features)``: ``(output (*batch, units), new_states list)``."""
         mode = resolve_deterministic(training, deterministic)
-        return contract.one_step(self, inputs, states,
-                                 lambda f, b, d: self.program(f, b, d, deterministic=mode, rngs=rngs))
+        return contract.one_step(
+            self, inputs, states, lambda f, b, d: self.program(f, b, d, deterministic=mode, rngs=rngs)
+        )
 
 
-def resolve_deterministic(training: Optional[bool], deterministic: Optional[bool]) -> Optional[bool]:
+def resolve_deterministic(training: bool | None, deterministic: bool | None) -> bool | None:
     """Keras's ``training=`` as NNX's ``deterministic=`` (None: the module's own attribute)."""
     if training is not None and deterministic is not None and bool(training) == bool(deterministic):
-        raise ValueError(f"`training`={training!r} and `deterministic`={deterministic!r} contradict each other; "
-                         "pass one of them.")
+        raise ValueError(
+            f"`training`={training!r} and `deterministic`={deterministic!r} contradict each other; pass one of them."
+        )
     return deterministic if training is None else not training
 
 
-def generic_program(cell: Any, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any,
-                    constants: Any = None) -> CoreProgram:
+def generic_program(
+    cell: Any, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any, constants: Any = None
+) -> CoreProgram:
     """The program of any NNX module with the Keras cell protocol: ``state_size`` (an int or a
     tuple) and ``__call__(inputs, states[, constants])`` returning ``(output, new_states)``
     (:func:`rnnjax.layers.contract.keras_cell_program`)."""
+
     def call(x_t, states, constants):
         return cell(x_t, states) if constants is None else cell(x_t, states, constants=constants)
 
     return contract.keras_cell_program(cell, call, feature_shape, batch_shape, dtype, constants)
 
 
-def cell_program(cell: Any, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any, *,
-                 deterministic: Optional[bool] = None, rngs: Any = None, constants: Any = None) -> CoreProgram:
+def cell_program(
+    cell: Any,
+    feature_shape: Sequence[int],
+    batch_shape: Sequence[int],
+    dtype: Any,
+    *,
+    deterministic: bool | None = None,
+    rngs: Any = None,
+    constants: Any = None,
+) -> CoreProgram:
     """The program of an rnnjax NNX cell, a stack (their ``program``), or any Keras-protocol NNX cell."""
     if hasattr(cell, "program"):
-        return cell.program(feature_shape, batch_shape, dtype, deterministic=deterministic, rngs=rngs,
-                            constants=constants)
+        return cell.program(
+            feature_shape, batch_shape, dtype, deterministic=deterministic, rngs=rngs, constants=constants
+        )
     return generic_program(cell, feature_shape, batch_shape, dtype, constants)
 
 
@@ -195,8 +251,10 @@ class StackedRNNCells(nnx.Module):
             raise ValueError(f"`cells`: expected a non-empty list of cells, got {cells!r}.")
         for k, cell in enumerate(cells):
             if not isinstance(cell, nnx.Module):
-                raise TypeError(f"`cells`[{k}]: expected an NNX cell (an nnx.Module), got {type(cell).__name__}; "
-                                "linen cells go in rnnjax.RNN.")
+                raise TypeError(
+                    f"`cells`[{k}]: expected an NNX cell (an nnx.Module), got {type(cell).__name__}; "
+                    "linen cells go in rnnjax.RNN."
+                )
         self.cells = nnx.List(list(cells))
         self.num_feature_axes = contract.num_feature_axes(self.cells[0])
 
@@ -204,21 +262,43 @@ class StackedRNNCells(nnx.Module):
     def state_size(self):
         return tuple(c.state_size for c in self.cells)
 
-    def program(self, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any, *,
-                deterministic: Optional[bool] = None, rngs: Any = None, constants: Any = None) -> CoreProgram:
+    def program(
+        self,
+        feature_shape: Sequence[int],
+        batch_shape: Sequence[int],
+        dtype: Any,
+        *,
+        deterministic: bool | None = None,
+        rngs: Any = None,
+        constants: Any = None,
+    ) -> CoreProgram:
         """The cells' programs in a stack (:func:`rnnjax.layers.path.stack_programs`)."""
         programs: list[CoreProgram] = []
         shape: Sequence[int] = tuple(feature_shape)
         for cell in self.cells:
-            prog = cell_program(cell, shape, batch_shape, dtype, deterministic=deterministic, rngs=rngs,
-                                constants=constants)
+            prog = cell_program(
+                cell, shape, batch_shape, dtype, deterministic=deterministic, rngs=rngs, constants=constants
+            )
             programs.append(prog)
             shape = cast(tuple, prog.output_shape)  # a cell's program always states its output shape
         return path.stack_programs(programs, tuple(batch_shape), dtype)
 
-    def __call__(self, inputs: jax.Array, states: Any, *, constants: Any = None, training: Optional[bool] = None,
-                 deterministic: Optional[bool] = None, rngs: Any = None):
+    def __call__(
+        self,
+        inputs: jax.Array,
+        states: Any,
+        *,
+        constants: Any = None,
+        training: bool | None = None,
+        deterministic: bool | None = None,
+        rngs: Any = None,
+    ):
         """One step of the stack (Keras cell protocol): ``states`` flat as in Keras."""
         mode = resolve_deterministic(training, deterministic)
-        return contract.one_step(self, inputs, states, lambda f, b, d: self.program(
-            f, b, d, deterministic=mode, rngs=rngs, constants=constants), constants)
+        return contract.one_step(
+            self,
+            inputs,
+            states,
+            lambda f, b, d: self.program(f, b, d, deterministic=mode, rngs=rngs, constants=constants),
+            constants,
+        )

@@ -13,9 +13,11 @@ linen); the cells themselves compute channels_last (a ``channels_first`` cell is
 business: use ``ConvLSTM{1,2,3}D``). A stateful layer needs ``batch_size`` and
 ``input_spatial_shape`` (the input's spatial sizes) at construction.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 
@@ -37,8 +39,10 @@ class NNXConvLSTMCell(NNXKerasCell):
     def program(self, feature_shape: Sequence[int], batch_shape: Sequence[int], dtype: Any, **mode):
         if check_data_format(self.spec.data_format) == "channels_first":
             r = self.kind.rank
-            raise ValueError(f"`data_format`: an NNX {type(self).__name__} computes channels_last; for channels_first "
-                             f"inputs use ConvLSTM{r}D(data_format='channels_first'), which transposes once.")
+            raise ValueError(
+                f"`data_format`: an NNX {type(self).__name__} computes channels_last; for channels_first "
+                f"inputs use ConvLSTM{r}D(data_format='channels_first'), which transposes once."
+            )
         return super().program(feature_shape, batch_shape, dtype, **mode)
 
     @property
@@ -51,25 +55,40 @@ class NNXConvLSTM(Recurrent):
 
     kind: ClassVar[CellKind]  # set per kind by nnx_class, as NNXKerasCell's
     linen_class: ClassVar[type]
-    last_positional: ClassVar[Optional[str]]
-    first_argument: ClassVar[Optional[str]]
+    last_positional: ClassVar[str | None]
+    first_argument: ClassVar[str | None]
 
-    def __init__(self, *args, input_dim: Optional[int] = None, batch_size: Any = None,
-                 input_spatial_shape: Optional[tuple] = None, deterministic: bool = False,
-                 rng_collection: str = "dropout", rngs: Any = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        input_dim: int | None = None,
+        batch_size: Any = None,
+        input_spatial_shape: tuple | None = None,
+        deterministic: bool = False,
+        rng_collection: str = "dropout",
+        rngs: Any = None,
+        **kwargs,
+    ):
         owner, kind = type(self).__name__, self.kind
         config = _args.bind(owner, self.linen_class, args, kwargs, self.last_positional, self.first_argument)
         self.spec = self.linen_class(**config)  # validates every argument
         self.boundary = ChannelsFirst(kind.rank, check_data_format(self.spec.data_format) == "channels_first")
         cell_arguments = set(kind.arguments("cell")) - {"data_format"}
-        self.cell = kind.nnx_cell(**{k: v for k, v in config.items() if k in cell_arguments},
-                                  data_format="channels_last", input_dim=input_dim, deterministic=deterministic,
-                                  rng_collection=rng_collection, rngs=rngs)
+        self.cell = kind.nnx_cell(
+            **{k: v for k, v in config.items() if k in cell_arguments},
+            data_format="channels_last",
+            input_dim=input_dim,
+            deterministic=deterministic,
+            rng_collection=rng_collection,
+            rngs=rngs,
+        )
         feature_shape = None
         if config["stateful"]:
             if input_spatial_shape is None:
-                raise ValueError(f"`input_spatial_shape`: a stateful {owner} builds its states at construction; pass "
-                                 f"the {kind.rank} spatial sizes of its inputs.")
+                raise ValueError(
+                    f"`input_spatial_shape`: a stateful {owner} builds its states at construction; pass "
+                    f"the {kind.rank} spatial sizes of its inputs."
+                )
             feature_shape = _spatial(input_spatial_shape, kind.rank) + (self.cell.kernel.shape[-2],)
         self._setup(config, batch_size, feature_shape)
 
@@ -82,22 +101,36 @@ class NNXConvLSTM(Recurrent):
         self,
         inputs: jax.Array,
         *,
-        mask: Optional[jax.Array] = None,
+        mask: jax.Array | None = None,
         initial_state: Any = None,
-        training: Optional[bool] = None,
-        deterministic: Optional[bool] = None,
+        training: bool | None = None,
+        deterministic: bool | None = None,
         rngs: Any = None,
-        reset: Optional[jax.Array] = None,
+        reset: jax.Array | None = None,
     ):
         """``inputs (*samples, time, *spatial, channels)`` (channels_first: ``(*samples, time, channels,
         *spatial)``) -> the output, then ``h, c`` with ``return_state`` (in the layer's data_format);
         ``reset (*samples, time)``: True where a new sequence starts (see :class:`rnnjax.RNN`)."""
-        def run(x, init, layout):
-            return self._run(x, mask=mask, initial_state=init, constants=None, training=training,
-                             deterministic=deterministic, rngs=rngs, layout=layout, reset=reset)
 
-        return self.boundary.call(run, inputs, initial_state,
-                                  lambda spatial: self.cell.core.output_spatial_shape(spatial) + (self.spec.filters,))
+        def run(x, init, layout):
+            return self._run(
+                x,
+                mask=mask,
+                initial_state=init,
+                constants=None,
+                training=training,
+                deterministic=deterministic,
+                rngs=rngs,
+                layout=layout,
+                reset=reset,
+            )
+
+        return self.boundary.call(
+            run,
+            inputs,
+            initial_state,
+            lambda spatial: self.cell.core.output_spatial_shape(spatial) + (self.spec.filters,),
+        )
 
     def reset_states(self, states: Any = None):
         """Zeroes the stateful states, or sets them to ``states`` ``[h, c]`` (the layer's data_format)."""

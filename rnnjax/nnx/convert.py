@@ -11,10 +11,11 @@ so user models that name their submodules alike convert whole; ``Sequential`` an
     variables = rnnjax.nnx.to_linen(nnx_model)        # {'params': ..., 'rnn_state': ...}
     rnnjax.nnx.from_linen(nnx_model, variables)       # in place
 """
+
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ def linen_path(model: Any, path: Sequence[Any]) -> tuple:
     out, node, keys, i = [], model, list(path), 0
     while i < len(keys):
         key = keys[i]
-        if key == "cell" and getattr(node, "from_list", False) and keys[i + 1:i + 2] == ["cells"]:
+        if key == "cell" and getattr(node, "from_list", False) and keys[i + 1 : i + 2] == ["cells"]:
             k = keys[i + 2]  # RNN([...]): linen adopts the list's cells as cell_0, cell_1, ...
             out.append(f"cell_{k}")
             node, i = node.cell.cells[k], i + 3
@@ -98,11 +99,14 @@ def from_linen(model: Any, variables: Mapping):
             problems.append(f"{'/'.join(key)}: expected {want}, got {got}")
             continue
         updates.append((var, value))
-    unused = sorted('/'.join(p) for p in flat if p not in used)
+    unused = sorted("/".join(p) for p in flat if p not in used)
     if problems or unused:
-        raise ValueError(f"from_linen: `variables` do not match the model: {problems or ''}"
-                         f"{' unused linen variables ' + str(unused) if unused else ''}")
+        raise ValueError(
+            f"from_linen: `variables` do not match the model: {problems or ''}"
+            f"{' unused linen variables ' + str(unused) if unused else ''}"
+        )
     for var, value in updates:
-        var.set_value(jax.tree_util.tree_map(lambda v, old: jnp.asarray(v, jnp.asarray(old).dtype), value,
-                                             var.get_value()))
+        var.set_value(
+            jax.tree_util.tree_map(lambda v, old: jnp.asarray(v, jnp.asarray(old).dtype), value, var.get_value())
+        )
     return model

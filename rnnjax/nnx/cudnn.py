@@ -8,9 +8,10 @@ twins'; the call is :func:`rnnjax.cudnn.path.run_cudnn_layer`'s, as in linen)::
 Parameters at the layer's top level, as in linen: ``kernel (I, G*U)``, ``recurrent_kernel (U, G*U)``,
 ``bias (2*G*U,)`` (G = 4 for the LSTM, 3 for the GRU).
 """
+
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import jax
 from flax import nnx
@@ -34,7 +35,7 @@ class NNXCuDNN(Recurrent):
     recurrent_kernel: nnx.Param
     bias: nnx.Param
 
-    def __init__(self, *args, input_dim: Optional[int] = None, batch_size: Any = None, rngs: Any = None, **kwargs):
+    def __init__(self, *args, input_dim: int | None = None, batch_size: Any = None, rngs: Any = None, **kwargs):
         owner = type(self).__name__
         config = _args.bind(owner, self.linen_class, args, kwargs, "stateful", "units")
         spec = self.spec = self.linen_class(**config)  # the static configuration, validated by the linen twin
@@ -44,8 +45,11 @@ class NNXCuDNN(Recurrent):
         keys = jax.random.split(_args.check_rngs(owner, rngs).params(), 3)
         for key, (name, arg) in zip(keys, WEIGHTS):
             value = initial_weight(spec.cudnn_kind, spec, name, key, input_dim, spec.param_dtype)
-            setattr(self, name, weight_param(value, getattr(spec, f"{arg}_regularizer"),
-                                             getattr(spec, f"{arg}_constraint"), arg))
+            setattr(
+                self,
+                name,
+                weight_param(value, getattr(spec, f"{arg}_regularizer"), getattr(spec, f"{arg}_constraint"), arg),
+            )
         self._setup(config, batch_size, None)
 
     def _state_template(self, feature_shape):
@@ -53,8 +57,10 @@ class NNXCuDNN(Recurrent):
 
     def _params(self, input_dim: int):
         if input_dim != self.kernel.shape[0]:
-            raise ValueError(f"`inputs`: {input_dim} features per step, but {type(self).__name__} was built "
-                             f"for {self.kernel.shape[0]} (input_dim={self.kernel.shape[0]}).")
+            raise ValueError(
+                f"`inputs`: {input_dim} features per step, but {type(self).__name__} was built "
+                f"for {self.kernel.shape[0]} (input_dim={self.kernel.shape[0]})."
+            )
         return make_params(self.spec.cudnn_kind.params_class, {name: getattr(self, name)[...] for name in PARAM_NAMES})
 
     # Keras's CuDNN layers take seq_lengths and no constants or dropout: a narrower call than Recurrent's.
@@ -62,11 +68,11 @@ class NNXCuDNN(Recurrent):
         self,
         inputs: jax.Array,
         *,
-        mask: Optional[jax.Array] = None,
+        mask: jax.Array | None = None,
         initial_state: Any = None,
-        seq_lengths: Optional[jax.Array] = None,
-        training: Optional[bool] = None,
-        reset: Optional[jax.Array] = None,
+        seq_lengths: jax.Array | None = None,
+        training: bool | None = None,
+        reset: jax.Array | None = None,
     ):
         """``inputs (*batch, timesteps, features)`` -> the output, then the final states with
         ``return_state``; ``mask``: right-padded boolean ``(*batch, timesteps)``, or ``seq_lengths
@@ -75,9 +81,19 @@ class NNXCuDNN(Recurrent):
         dropout)."""
         del training
         options = path.CallOptions.of(self)
-        call = run_cudnn_layer(self.spec.cudnn_kind, self.spec.units, self.spec.backend, options, self._params, inputs,
-                               mask=mask, seq_lengths=seq_lengths, reset=reset, initial_state=initial_state,
-                               read_state=lambda template: self.states.get_value())
+        call = run_cudnn_layer(
+            self.spec.cudnn_kind,
+            self.spec.units,
+            self.spec.backend,
+            options,
+            self._params,
+            inputs,
+            mask=mask,
+            seq_lengths=seq_lengths,
+            reset=reset,
+            initial_state=initial_state,
+            read_state=lambda template: self.states.get_value(),
+        )
         self._store(call.state, call.activity_penalty)
         return call.results
 

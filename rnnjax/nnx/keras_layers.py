@@ -12,6 +12,7 @@ Each takes its linen twin's arguments (Keras's, in Keras's order: :mod:`rnnjax.l
 the twin as ``spec`` and computes with it (no parameters, so nothing to convert); masks follow
 the twin's ``compute_mask``. ``rngs`` is accepted and unused.
 """
+
 from __future__ import annotations
 
 from rnnjax import layers as L
@@ -93,12 +94,22 @@ class Softmax(_Masked):
 
 def _merge(linen, doc: str) -> type:
     """The NNX twin of an element-wise merge layer (one keyword argument, ``keras_version``)."""
-    return type(linen.__name__, (_Masked,), {"__doc__": doc, "__module__": __name__, "linen_class": linen,
-                                             "last_positional": None, "first_argument": "keras_version"})
+    return type(
+        linen.__name__,
+        (_Masked,),
+        {
+            "__doc__": doc,
+            "__module__": __name__,
+            "linen_class": linen,
+            "last_positional": None,
+            "first_argument": "keras_version",
+        },
+    )
 
 
-Add = _merge(L.Add, "``Add(*, keras_version=2)``: ``[x1, x2, ...] -> x1 + x2 + ...`` (see "
-                    ":mod:`rnnjax.layers.merging`).")
+Add = _merge(
+    L.Add, "``Add(*, keras_version=2)``: ``[x1, x2, ...] -> x1 + x2 + ...`` (see :mod:`rnnjax.layers.merging`)."
+)
 Subtract = _merge(L.Subtract, "``Subtract(*, keras_version=2)``: ``[x1, x2] -> x1 - x2``.")
 Multiply = _merge(L.Multiply, "``Multiply(*, keras_version=2)``: ``[x1, x2, ...] -> x1 * x2 * ...``.")
 Average = _merge(L.Average, "``Average(*, keras_version=2)``: the element-wise mean of the inputs.")

@@ -14,10 +14,10 @@ Flax-free function (:func:`rnnjax.layers.convolutional.conv`, ``batch_norm``, ``
 statistics ``nnx.BatchStat`` (linen's ``'batch_stats'``), so :func:`rnnjax.nnx.from_linen`
 converts linen variables.
 """
+
 from __future__ import annotations
 
 import numbers
-from typing import Optional
 
 import jax.numpy as jnp
 from flax import nnx
@@ -25,7 +25,10 @@ from flax import nnx
 from rnnjax import layers as L
 from rnnjax.functional.core import init_weight
 from rnnjax.layers.attention import (
-    attention, attention_inputs, dot_attention_scores, scores_additive,
+    attention,
+    attention_inputs,
+    dot_attention_scores,
+    scores_additive,
 )
 from rnnjax.layers.convolutional import conv, kernel_shape
 from rnnjax.layers.normalization import batch_norm, layer_norm
@@ -93,8 +96,9 @@ class BatchNormalization(_Companion):
     def __call__(self, inputs):
         gamma = None if self.gamma is None else self.gamma[...]
         beta = None if self.beta is None else self.beta[...]
-        return batch_norm(inputs, self.spec.axis, self.spec.epsilon, self.moving_mean[...],
-                          self.moving_variance[...], gamma, beta)
+        return batch_norm(
+            inputs, self.spec.axis, self.spec.epsilon, self.moving_mean[...], self.moving_variance[...], gamma, beta
+        )
 
 
 class LayerNormalization(_Companion):
@@ -109,10 +113,13 @@ class LayerNormalization(_Companion):
         self._bind(args, kwargs)
         sizes = input_dim if isinstance(input_dim, (tuple, list)) else (input_dim,)
         axes = self.spec.axis if isinstance(self.spec.axis, (tuple, list)) else (self.spec.axis,)
-        if len(sizes) != len(axes) or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0
-                                          for n in sizes):
-            raise ValueError(f"`input_dim`: expected the size of each normalized axis {tuple(axes)} (positive "
-                             f"integers), got {input_dim!r}.")
+        if len(sizes) != len(axes) or any(
+            isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0 for n in sizes
+        ):
+            raise ValueError(
+                f"`input_dim`: expected the size of each normalized axis {tuple(axes)} (positive "
+                f"integers), got {input_dim!r}."
+            )
         shape = tuple(int(n) for n in sizes)
         spec = self.spec
         self.gamma = nnx.Param(jnp.ones(shape)) if spec.scale or spec.rms_scaling else nnx.data(None)
@@ -136,8 +143,16 @@ class _Attention(DropoutStream, _Companion):
 
     def _run(self, scores, v, qm, vm, training, deterministic, rngs, return_attention_scores, use_causal_mask):
         keys = self.mask_keys(resolve_deterministic(training, deterministic), rngs)
-        out = attention(scores, v, qm, vm, bool(self.spec.causal or use_causal_mask), self.spec.dropout,
-                        None if keys is None else keys(), self.spec.seed)
+        out = attention(
+            scores,
+            v,
+            qm,
+            vm,
+            bool(self.spec.causal or use_causal_mask),
+            self.spec.dropout,
+            None if keys is None else keys(),
+            self.spec.seed,
+        )
         return out if return_attention_scores else out[0]
 
 
@@ -158,11 +173,21 @@ class Attention(_Attention):
         self._init(args, kwargs, rngs, deterministic, rng_collection)
         dtype = self.spec.param_dtype
         self.scale = nnx.Param(jnp.ones((), dtype)) if self.spec.use_scale else nnx.data(None)
-        self.concat_score_weight = nnx.Param(jnp.ones((), dtype)) if self.spec.score_mode == "concat" \
-            else nnx.data(None)
+        self.concat_score_weight = (
+            nnx.Param(jnp.ones((), dtype)) if self.spec.score_mode == "concat" else nnx.data(None)
+        )
 
-    def __call__(self, inputs, *, mask=None, training=None, return_attention_scores: bool = False,
-                 use_causal_mask: bool = False, deterministic=None, rngs=None):
+    def __call__(
+        self,
+        inputs,
+        *,
+        mask=None,
+        training=None,
+        return_attention_scores: bool = False,
+        use_causal_mask: bool = False,
+        deterministic=None,
+        rngs=None,
+    ):
         q, v, k, qm, vm = attention_inputs("Attention", inputs, mask)
         scale = None if self.scale is None else self.scale[...]
         weight = None if self.concat_score_weight is None else self.concat_score_weight[...]
@@ -182,19 +207,29 @@ class AdditiveAttention(_Attention):
 
     linen_class, last_positional, first_argument = L.AdditiveAttention, "seed", "use_scale"
 
-    def __init__(self, *args, input_dim=None, deterministic: bool = False, rng_collection: str = "dropout",
-                 rngs=None, **kwargs):
+    def __init__(
+        self, *args, input_dim=None, deterministic: bool = False, rng_collection: str = "dropout", rngs=None, **kwargs
+    ):
         self._init(args, kwargs, rngs, deterministic, rng_collection)
         if self.spec.use_scale:
             n = _args.check_input_dim("AdditiveAttention", input_dim, "query features")
             key = _args.check_rngs("AdditiveAttention", rngs).params()
             scale = init_weight("glorot_uniform", key, (n,), self.spec.param_dtype, "scale")
-            self.scale: Optional[nnx.Param] = nnx.Param(scale)
+            self.scale: nnx.Param | None = nnx.Param(scale)
         else:
             self.scale = nnx.data(None)
 
-    def __call__(self, inputs, *, mask=None, training=None, return_attention_scores: bool = False,
-                 use_causal_mask: bool = False, deterministic=None, rngs=None):
+    def __call__(
+        self,
+        inputs,
+        *,
+        mask=None,
+        training=None,
+        return_attention_scores: bool = False,
+        use_causal_mask: bool = False,
+        deterministic=None,
+        rngs=None,
+    ):
         q, v, k, qm, vm = attention_inputs("AdditiveAttention", inputs, mask)
         scores = scores_additive(q, k, None if self.scale is None else self.scale[...])
         return self._run(scores, v, qm, vm, training, deterministic, rngs, return_attention_scores, use_causal_mask)

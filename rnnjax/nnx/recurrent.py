@@ -11,11 +11,12 @@ rule). ``stateful=True`` keeps the final states in ``layer.states`` (an
 :class:`~rnnjax.nnx.RNNState`, created at construction: pass ``batch_size``, an int or a tuple of
 batch axes); ``layer.reset_states()`` / ``layer.reset_states([h, c])``.
 """
+
 from __future__ import annotations
 
 import functools
 import types
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from rnnjax import kinds
 from rnnjax.layers import contract
@@ -31,25 +32,43 @@ class NNXKerasRecurrent(Recurrent):
 
     kind: ClassVar[kinds.CellKind]  # set per kind by nnx_class, as NNXKerasCell's
     linen_class: ClassVar[type]
-    last_positional: ClassVar[Optional[str]]
-    first_argument: ClassVar[Optional[str]]
+    last_positional: ClassVar[str | None]
+    first_argument: ClassVar[str | None]
 
-    def __init__(self, *args, input_dim: Optional[int] = None, batch_size: Any = None, deterministic: bool = False,
-                 rng_collection: str = "dropout", rngs: Any = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        input_dim: int | None = None,
+        batch_size: Any = None,
+        deterministic: bool = False,
+        rng_collection: str = "dropout",
+        rngs: Any = None,
+        **kwargs,
+    ):
         owner, kind = type(self).__name__, self.kind
         config = _args.bind(owner, self.linen_class, args, kwargs, self.last_positional, self.first_argument)
         if config.get("input_dim") is not None:
-            raise TypeError(f"{owner}: `input_dim` is keyword-only and required, e.g. {owner}(64, input_dim=8, "
-                            "rngs=nnx.Rngs(0)).")
+            raise TypeError(
+                f"{owner}: `input_dim` is keyword-only and required, e.g. {owner}(64, input_dim=8, rngs=nnx.Rngs(0))."
+            )
         contract.check_config(kind, types.SimpleNamespace(**config))  # the linen layer's checks and messages
         cell_arguments = set(kind.arguments("cell"))
-        self.cell = kind.nnx_cell(**{k: v for k, v in config.items() if k in cell_arguments}, input_dim=input_dim,
-                                  deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
+        self.cell = kind.nnx_cell(
+            **{k: v for k, v in config.items() if k in cell_arguments},
+            input_dim=input_dim,
+            deterministic=deterministic,
+            rng_collection=rng_collection,
+            rngs=rngs,
+        )
         self._setup(config, batch_size, (input_dim,))
 
 
-_BASES = {("cell", False): NNXKerasCell, ("cell", True): NNXConvLSTMCell,
-          ("layer", False): NNXKerasRecurrent, ("layer", True): NNXConvLSTM}
+_BASES = {
+    ("cell", False): NNXKerasCell,
+    ("cell", True): NNXConvLSTMCell,
+    ("layer", False): NNXKerasRecurrent,
+    ("layer", True): NNXConvLSTM,
+}
 
 
 @functools.cache
@@ -65,13 +84,21 @@ def nnx_class(kind: kinds.CellKind, role: str) -> type:
         f"(same arguments and numbers): ``{name}({kind.arguments(role)[0]}, ..., *, {extra}, rngs)``.{example}\n    "
     )
     arguments = kind.cell_arguments if role == "cell" else kind.layer_arguments
-    namespace = {"kind": kind, "kind_role": role, "__module__": __name__, "__qualname__": name, "__doc__": doc,
-                 "linen_class": kind.front_end_class("linen", role), "last_positional": arguments[-1],
-                 "first_argument": arguments[0]}
+    namespace = {
+        "kind": kind,
+        "kind_role": role,
+        "__module__": __name__,
+        "__qualname__": name,
+        "__doc__": doc,
+        "linen_class": kind.front_end_class("linen", role),
+        "last_positional": arguments[-1],
+        "first_argument": arguments[0],
+    }
     return type(name, (_BASES[role, bool(kind.rank)],), namespace)
 
 
 # The public classes, one per kind of rnnjax.kinds.KINDS (in its order).
 SimpleRNN, GRU, LSTM, ConvLSTM1D, ConvLSTM2D, ConvLSTM3D = (nnx_class(k, "layer") for k in kinds.KINDS)
 SimpleRNNCell, GRUCell, LSTMCell, ConvLSTM1DCell, ConvLSTM2DCell, ConvLSTM3DCell = (
-    nnx_class(k, "cell") for k in kinds.KINDS)
+    nnx_class(k, "cell") for k in kinds.KINDS
+)

@@ -6,9 +6,8 @@
                             rnx.TimeDistributed(rnx.Dense(3, input_dim=32, rngs=rngs))])
     y = model(ids)                        # ids (batch, T) -> (batch, T, 3), padding (id 0) masked
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 from flax import nnx
 
@@ -41,5 +40,5 @@ class Sequential(nnx.Module):
     def layers(self) -> list:
         return [getattr(self, name) for name in self.names]
 
-    def __call__(self, inputs, *, mask=None, training: Optional[bool] = None):
+    def __call__(self, inputs, *, mask=None, training: bool | None = None):
         return run_stack(self.names, self.layers, inputs, mask, training)

@@ -9,6 +9,7 @@
       loss = task_loss(model(x)) + rnnjax.nnx.regularization_loss(model)   # one call
       optimizer.update(model, grads); rnnjax.nnx.apply_constraints(model)  # one call
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -65,9 +66,12 @@ def apply_constraints(model: Any) -> None:
 def stateful_layers(model: Any) -> list:
     """``(path, layer)`` of every stateful rnnjax layer in ``model`` (the model itself included); a
     stateful ``Bidirectional`` counts as one (its two directions are not listed)."""
-    found = [(tuple(path), node) for path, node in nnx.iter_graph(model)
-             if getattr(node, "stateful", False) is True and hasattr(node, "reset_states")]
-    return [(p, n) for p, n in found if not any(q != p and p[:len(q)] == q for q, _ in found)]
+    found = [
+        (tuple(path), node)
+        for path, node in nnx.iter_graph(model)
+        if getattr(node, "stateful", False) is True and hasattr(node, "reset_states")
+    ]
+    return [(p, n) for p, n in found if not any(q != p and p[: len(q)] == q for q, _ in found)]
 
 
 def reset_states(model: Any, states: Any = None) -> None:

@@ -10,9 +10,8 @@ cells' parameters drawn afresh from ``rngs`` (a custom cell's keep the forward v
 variables convert with :func:`rnnjax.nnx.from_linen`. ``TimeDistributed(layer)`` holds ``layer``
 under its Keras name (``dense``), as linen's does.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +27,10 @@ _COMMON = ("stateful", "return_sequences", "return_state")
 
 def _check_recurrent(layer, argument):
     if not isinstance(layer, nnx.Module) or not all(hasattr(layer, a) for a in ("go_backwards", *_COMMON)):
-        raise ValueError(f"`{argument}`: expected an rnnjax.nnx recurrent layer (or an NNX module with go_backwards, "
-                         f"return_sequences, return_state and stateful), got {type(layer).__name__}.")
+        raise ValueError(
+            f"`{argument}`: expected an rnnjax.nnx recurrent layer (or an NNX module with go_backwards, "
+            f"return_sequences, return_state and stateful), got {type(layer).__name__}."
+        )
 
 
 def _redraw(layer, rngs):
@@ -60,12 +61,16 @@ class Bidirectional(nnx.Module):
         else:
             _check_recurrent(backward_layer, "backward_layer")
             if backward_layer.go_backwards == layer.go_backwards:
-                raise ValueError(f"`backward_layer`: it must run in the other direction: layer.go_backwards="
-                                 f"{layer.go_backwards} and backward_layer.go_backwards={backward_layer.go_backwards}.")
+                raise ValueError(
+                    f"`backward_layer`: it must run in the other direction: layer.go_backwards="
+                    f"{layer.go_backwards} and backward_layer.go_backwards={backward_layer.go_backwards}."
+                )
             for a in _COMMON:
                 if getattr(layer, a) != getattr(backward_layer, a):
-                    raise ValueError(f"`backward_layer`: expected the same `{a}` as `layer` ({getattr(layer, a)}), "
-                                     f"got {getattr(backward_layer, a)}.")
+                    raise ValueError(
+                        f"`backward_layer`: expected the same `{a}` as `layer` ({getattr(layer, a)}), "
+                        f"got {getattr(backward_layer, a)}."
+                    )
         for which in (layer, backward_layer):  # Keras forces zero outputs at masked steps with sequences
             if hasattr(which, "zero_output_for_mask"):
                 which.zero_output_for_mask = which.return_sequences
@@ -92,28 +97,37 @@ class Bidirectional(nnx.Module):
     def _halves(self, states, argument):
         given = [states] if hasattr(states, "shape") else list(jax.tree_util.tree_leaves(states))
         if len(given) % 2:
-            raise ValueError(f"`{argument}`: expected an even number of state arrays (the forward layer's, then the "
-                             f"backward layer's), got {len(given)}.")
-        return given[: len(given) // 2], given[len(given) // 2:]
+            raise ValueError(
+                f"`{argument}`: expected an even number of state arrays (the forward layer's, then the "
+                f"backward layer's), got {len(given)}."
+            )
+        return given[: len(given) // 2], given[len(given) // 2 :]
 
-    def __call__(self, inputs, *, mask=None, initial_state=None, training: Optional[bool] = None, reset=None,
-                 **kwargs):
+    def __call__(self, inputs, *, mask=None, initial_state=None, training: bool | None = None, reset=None, **kwargs):
         halves = (None, None) if initial_state is None else self._halves(initial_state, "initial_state")
         if reset is not None:
             kwargs["reset"] = reset
-        outs = [layer(inputs, mask=mask, initial_state=h, training=training, **kwargs)
-                for layer, h in zip(self.layers, halves)]
+        outs = [
+            layer(inputs, mask=mask, initial_state=h, training=training, **kwargs)
+            for layer, h in zip(self.layers, halves)
+        ]
         (y, *f_states), (y_rev, *b_states) = (o if isinstance(o, tuple) else (o,) for o in outs)
         if [s.shape for s in f_states] != [s.shape for s in b_states]:
-            raise ValueError(f"`backward_layer`: its states have shapes {[s.shape for s in b_states]}, the forward "
-                             f"layer's {[s.shape for s in f_states]}; Bidirectional needs the same in both.")
+            raise ValueError(
+                f"`backward_layer`: its states have shapes {[s.shape for s in b_states]}, the forward "
+                f"layer's {[s.shape for s in f_states]}; Bidirectional needs the same in both."
+            )
         if self.layers[0].return_sequences:
             y_rev = jnp.flip(y_rev, axis=1)
         states = (*f_states, *b_states)
         if self.merge_mode is None:
             return [y, y_rev, *states]
-        merged = {"concat": lambda: jnp.concatenate([y, y_rev], axis=-1), "sum": lambda: y + y_rev,
-                  "mul": lambda: y * y_rev, "ave": lambda: (y + y_rev) / 2}[self.merge_mode]()
+        merged = {
+            "concat": lambda: jnp.concatenate([y, y_rev], axis=-1),
+            "sum": lambda: y + y_rev,
+            "mul": lambda: y * y_rev,
+            "ave": lambda: (y + y_rev) / 2,
+        }[self.merge_mode]()
         return (merged, *states) if states else merged
 
     def reset_states(self, states=None):
@@ -149,7 +163,7 @@ class TimeDistributed(nnx.Module):
     def layer(self):
         return getattr(self, self.layer_name)
 
-    def __call__(self, inputs, *, mask=None, training: Optional[bool] = None):
+    def __call__(self, inputs, *, mask=None, training: bool | None = None):
         check_steps(inputs)
         mask = check_mask(mask, inputs, "TimeDistributed", nested=True)
         return unfold_steps(call_layer(self.layer, fold_steps(inputs), fold_steps(mask), training), inputs)

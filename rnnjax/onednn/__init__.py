@@ -14,6 +14,7 @@ it and says why not where it cannot apply; ``backend='scan'`` never uses it.
 * :func:`installed`: whether the extra's wheels are installed (nothing is built).
 * :mod:`rnnjax.onednn.ops`: the kernels as a differentiable JAX function (``fused_rnn``).
 """
+
 from rnnjax.onednn._build import OneDNNUnavailable, installed, unavailable_reason
 
 __all__ = ["OneDNNUnavailable", "installed", "unavailable_reason"]

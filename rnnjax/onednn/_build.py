@@ -13,6 +13,7 @@ concurrent processes (``pytest -n``) from compiling it twice. Nothing is downloa
 :func:`unavailable_reason` says why the kernels cannot run here (None when they can), and
 :func:`library` compiles (once), loads and registers them.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -27,7 +28,6 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
 
 RUNTIME, DEVEL = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
 INSTALL = "pip install 'rnnjax[onednn]'"
@@ -40,7 +40,7 @@ class OneDNNUnavailable(RuntimeError):
     """The oneDNN kernels cannot run here; the message says what is missing and how to get it."""
 
 
-def _wheel_file(dist_name: str, suffix: str) -> Optional[Path]:
+def _wheel_file(dist_name: str, suffix: str) -> Path | None:
     """The installed file of wheel ``dist_name`` whose path ends with ``suffix`` (None without it)."""
     try:
         files = importlib.metadata.distribution(dist_name).files or []
@@ -61,8 +61,10 @@ def _compiler() -> str:
     if explicit:
         found = shutil.which(explicit) or (explicit if os.access(explicit, os.X_OK) else None)
         if found is None:
-            raise OneDNNUnavailable(f"$CXX is {explicit!r}, which is not an executable C++ compiler: set CXX to "
-                                    "one (or unset it to use g++, c++ or clang++ from PATH)")
+            raise OneDNNUnavailable(
+                f"$CXX is {explicit!r}, which is not an executable C++ compiler: set CXX to "
+                "one (or unset it to use g++, c++ or clang++ from PATH)"
+            )
         return found
     for name in COMPILERS:
         found = shutil.which(name)
@@ -70,7 +72,8 @@ def _compiler() -> str:
             return found
     raise OneDNNUnavailable(
         f"no C++ compiler found to build rnnjax's oneDNN kernels (looked for {', '.join(COMPILERS)} on PATH): "
-        "install one (e.g. `apt-get install g++`) or set CXX")
+        "install one (e.g. `apt-get install g++`) or set CXX"
+    )
 
 
 def _cache_dir() -> Path:
@@ -94,7 +97,8 @@ class _Plan:
     def __init__(self):
         if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
             raise OneDNNUnavailable(
-                f"rnnjax's oneDNN extra runs on Linux x86-64 only (this is {sys.platform} {platform.machine()})")
+                f"rnnjax's oneDNN extra runs on Linux x86-64 only (this is {sys.platform} {platform.machine()})"
+            )
         library = _wheel_file(RUNTIME, "libdnnl.so.3")
         header = _wheel_file(DEVEL, "oneapi/dnnl/dnnl.hpp")
         if library is None or header is None:
@@ -108,13 +112,33 @@ class _Plan:
 
         self.ffi_include = Path(jax.ffi.include_dir())
         self.source = importlib.resources.files("rnnjax.onednn").joinpath(SOURCE).read_bytes()
-        key = b"\0".join([self.source, importlib.metadata.version(RUNTIME).encode(), jaxlib.__version__.encode(),
-                          _describe_compiler(self.cxx).encode(), str(self.library).encode()])
+        key = b"\0".join(
+            [
+                self.source,
+                importlib.metadata.version(RUNTIME).encode(),
+                jaxlib.__version__.encode(),
+                _describe_compiler(self.cxx).encode(),
+                str(self.library).encode(),
+            ]
+        )
         self.target = _cache_dir() / f"rnnjax_onednn-{hashlib.sha256(key).hexdigest()[:20]}.so"
 
     def command(self, source: Path, output: Path) -> list:
-        return [self.cxx, "-std=c++17", "-O2", "-shared", "-fPIC", "-w", f"-I{self.ffi_include}", f"-I{self.include}",
-                str(source), "-o", str(output), str(self.library), f"-Wl,-rpath,{self.library.parent}"]
+        return [
+            self.cxx,
+            "-std=c++17",
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-w",
+            f"-I{self.ffi_include}",
+            f"-I{self.include}",
+            str(source),
+            "-o",
+            str(output),
+            str(self.library),
+            f"-Wl,-rpath,{self.library.parent}",
+        ]
 
     def build(self) -> Path:
         """The compiled library, compiled now if the cache has none (under a file lock)."""
@@ -135,7 +159,8 @@ class _Plan:
                 partial.unlink(missing_ok=True)
                 raise OneDNNUnavailable(
                     f"compiling rnnjax's oneDNN kernels failed ({' '.join(self.command(source, partial))}):\n"
-                    + done.stderr[-3000:])
+                    + done.stderr[-3000:]
+                )
             os.replace(partial, self.target)
         return self.target
 
@@ -152,8 +177,11 @@ def _load():
     except OneDNNUnavailable as e:
         return None, str(e)
     except OSError as e:  # e.g. libgomp.so.1 missing: the onednn-cpu-gomp build links GNU OpenMP
-        hint = " (oneDNN's GNU OpenMP build needs libgomp.so.1: e.g. `apt-get install libgomp1`)" \
-            if "libgomp" in str(e) else ""
+        hint = (
+            " (oneDNN's GNU OpenMP build needs libgomp.so.1: e.g. `apt-get install libgomp1`)"
+            if "libgomp" in str(e)
+            else ""
+        )
         return None, f"loading rnnjax's oneDNN kernels failed: {e}{hint}"
     import jax.ffi
 
@@ -165,7 +193,7 @@ def _load():
     return lib, None
 
 
-def unavailable_reason() -> Optional[str]:
+def unavailable_reason() -> str | None:
     """None when rnnjax's oneDNN kernels can run in this process (compiling them on first call,
     about ten seconds, then cached per user), else what is missing and how to get it."""
     with _lock:

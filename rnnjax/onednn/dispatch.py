@@ -34,11 +34,13 @@ Two cases the trace cannot see keep the scan inside the compiled program (:mod:`
 lowers its primitives to the scan path there): ``jax.export`` and a ``jax.jit`` partitioned over
 several devices by ``in_shardings`` alone.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,14 +56,18 @@ AUTO_INFER_MIN_WORK = 8192
 AUTO_TRAIN_MIN_WORK = 16384
 
 
-def _config_reason(fused: FusedForm) -> Optional[str]:
+def _config_reason(fused: FusedForm) -> str | None:
     core = fused.core
     if type(core) not in (LSTMCore, GRUCore):
-        return (f"{type(core).__name__} has no oneDNN kernel (oneDNN runs LSTMCore and GRUCore only, not stacked "
-                "cells, ConvLSTM, SimpleRNN or custom cells)")
+        return (
+            f"{type(core).__name__} has no oneDNN kernel (oneDNN runs LSTMCore and GRUCore only, not stacked "
+            "cells, ConvLSTM, SimpleRNN or custom cells)"
+        )
     if core.recurrent_activation != "sigmoid" or core.activation != "tanh":
-        return ("oneDNN computes sigmoid gates and a tanh activation; got "
-                f"recurrent_activation={core.recurrent_activation!r}, activation={core.activation!r}")
+        return (
+            "oneDNN computes sigmoid gates and a tanh activation; got "
+            f"recurrent_activation={core.recurrent_activation!r}, activation={core.activation!r}"
+        )
     if fused.recurrent_dropout_mask is not None:
         return "recurrent dropout (oneDNN has no dropout inside its loop)"
     if per_gate_masks(fused.dropout_mask):
@@ -69,15 +75,18 @@ def _config_reason(fused: FusedForm) -> Optional[str]:
     return None
 
 
-def _options_reason(options, mask, reset, constants) -> Optional[str]:
+def _options_reason(options, mask, reset, constants) -> str | None:
     if mask is not None:
         return "a mask (oneDNN 3.2's RNN has no sequence lengths to skip masked steps)"
     if reset is not None:
         return "a reset (oneDNN cannot restart a sequence mid-row)"
     if constants is not None:
         return "constants"
-    for name, why in (("unroll", "a Python loop"), ("remat", "rematerialisation (oneDNN keeps every step)"),
-                      ("time_major", "time-major inputs")):
+    for name, why in (
+        ("unroll", "a Python loop"),
+        ("remat", "rematerialisation (oneDNN keeps every step)"),
+        ("time_major", "time-major inputs"),
+    ):
         if getattr(options, name):
             return f"{name}=True ({why})"
     if not options.custom_backward:
@@ -85,7 +94,7 @@ def _options_reason(options, mask, reset, constants) -> Optional[str]:
     return None
 
 
-def _data_reason(fused: FusedForm, inputs, initial_state) -> Optional[str]:
+def _data_reason(fused: FusedForm, inputs, initial_state) -> str | None:
     leaves = [inputs, *jax.tree_util.tree_leaves(initial_state), *jax.tree_util.tree_leaves(fused.params)]
     dtypes = sorted({str(jnp.result_type(a)) for a in leaves} - {"float32"})
     if dtypes:
@@ -106,12 +115,15 @@ def _data_reason(fused: FusedForm, inputs, initial_state) -> Optional[str]:
     return None
 
 
-def _exactness_reason(fused: FusedForm, inputs, initial_state, options, mask, reset, constants) -> Optional[str]:
-    return _config_reason(fused) or _options_reason(options, mask, reset, constants) or \
-        _data_reason(fused, inputs, initial_state)
+def _exactness_reason(fused: FusedForm, inputs, initial_state, options, mask, reset, constants) -> str | None:
+    return (
+        _config_reason(fused)
+        or _options_reason(options, mask, reset, constants)
+        or _data_reason(fused, inputs, initial_state)
+    )
 
 
-def _available() -> Optional[str]:
+def _available() -> str | None:
     from rnnjax.onednn import _build
 
     return _build.unavailable_reason()
@@ -128,12 +140,17 @@ def _warn_unavailable(reason: str) -> None:
 
     if not _warned and _build.installed():
         _warned.append(reason)
-        warnings.warn(f"rnnjax's oneDNN extra is installed but its kernels cannot run, so backend='auto' runs the "
-                      f"scan path: {reason}", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"rnnjax's oneDNN extra is installed but its kernels cannot run, so backend='auto' runs the "
+            f"scan path: {reason}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
-def run(program: CoreProgram, inputs, initial_state, options, *, scan: Callable, mask=None, reset=None,
-        constants=None) -> Optional[tuple]:
+def run(
+    program: CoreProgram, inputs, initial_state, options, *, scan: Callable, mask=None, reset=None, constants=None
+) -> tuple | None:
     """``(output, final state)`` of the call on oneDNN where it runs there (the module docstring's
     rules, the kernels' availability last, and for ``"auto"`` its sizes; ``scan(inputs,
     initial_state)`` is the scan path, for the training program of a mid-sized call); None where
@@ -148,8 +165,10 @@ def run(program: CoreProgram, inputs, initial_state, options, *, scan: Callable,
     unavailable = None if reason else _available()
     if reason or unavailable:
         if options.backend == "onednn":
-            raise ValueError(f"`backend='onednn'`: this call cannot run on oneDNN: {reason or unavailable}. Use "
-                             "backend='auto' (oneDNN where it applies) or 'scan'.")
+            raise ValueError(
+                f"`backend='onednn'`: this call cannot run on oneDNN: {reason or unavailable}. Use "
+                "backend='auto' (oneDNN where it applies) or 'scan'."
+            )
         if unavailable:
             _warn_unavailable(unavailable)
         return None
@@ -192,8 +211,9 @@ def _run(fused: FusedForm, inputs, initial_state, options) -> tuple:
     x = inputs if fused.dropout_mask is None else inputs * fused.dropout_mask[0][..., None, :]
     states = tuple(s.reshape(rows, u) for s in initial_state)
     cell, w_layer, w_iter, bias = onednn_weights(core, fused.params)
-    y, final = fused_rnn(Spec(cell, options.go_backwards), x.reshape(rows, steps, features), states, w_layer,
-                         w_iter, bias)
+    y, final = fused_rnn(
+        Spec(cell, options.go_backwards), x.reshape(rows, steps, features), states, w_layer, w_iter, bias
+    )
     final = type(initial_state)(*(s.reshape(batch_shape + (u,)) for s in final))
     if not options.return_sequences:
         return final[0], final

@@ -21,6 +21,7 @@ each device). Other platforms lower to the scan path too. ``jax.vmap`` folds the
 the batch for the inference call (one oneDNN call) and maps the training calls one slice at a time
 (their weight gradients are per slice).
 """
+
 from __future__ import annotations
 
 import functools
@@ -67,7 +68,7 @@ def _fwd_abstract(*args, cell, reverse, training):
 
 def _bwd_abstract(*args, cell, reverse):
     k = _states(cell)
-    return [jax.core.ShapedArray(a.shape, a.dtype) for a in args[:k + 4]]
+    return [jax.core.ShapedArray(a.shape, a.dtype) for a in args[: k + 4]]
 
 
 fwd_p.def_abstract_eval(_fwd_abstract)
@@ -103,14 +104,15 @@ def reference(spec: Spec, x, states, w_layer, w_iter, bias):
         b = jnp.stack([bias[:3].reshape(-1), jnp.concatenate([jnp.zeros((2 * u,), bias.dtype), bias[3]])])
     program = core_program(core, core.params_class(kernel, recurrent, b))
     init = core.initial_state((x.shape[0],), x.dtype)._make(states)
-    y, final = run_program(program, x, init, LoopOptions(go_backwards=spec.reverse, return_sequences=True,
-                                                         backend="scan"))
+    y, final = run_program(
+        program, x, init, LoopOptions(go_backwards=spec.reverse, return_sequences=True, backend="scan")
+    )
     return (jnp.flip(y, 1) if spec.reverse else y), tuple(final)
 
 
 def _fwd_reference(*args, cell, reverse, training):
     k = _states(cell)
-    x, states, (wl, wi, b) = args[0], args[1:1 + k], args[1 + k:]
+    x, states, (wl, wi, b) = args[0], args[1 : 1 + k], args[1 + k :]
     y, final = reference(Spec(cell, reverse), x, states, wl, wi, b)
     outs = [y, *final]
     if training:  # nothing to keep: the backward pass of the reference recomputes
@@ -120,14 +122,14 @@ def _fwd_reference(*args, cell, reverse, training):
 
 def _bwd_reference(*args, cell, reverse):
     k = _states(cell)
-    primals = args[:k + 4]
-    cts = args[-(k + 1):]  # dy, d final states
+    primals = args[: k + 4]
+    cts = args[-(k + 1) :]  # dy, d final states
 
     def f(x, states, wl, wi, b):
         y, final = reference(Spec(cell, reverse), x, states, wl, wi, b)
         return y, final
 
-    _, vjp = jax.vjp(f, primals[0], tuple(primals[1:1 + k]), *primals[1 + k:])
+    _, vjp = jax.vjp(f, primals[0], tuple(primals[1 : 1 + k]), *primals[1 + k :])
     dx, dstates, dwl, dwi, db = vjp((cts[0], tuple(cts[1:])))
     return [dx, *dstates, dwl, dwi, db]
 
@@ -137,8 +139,10 @@ def _needs_reference(ctx) -> bool:
     module = ctx.module_context
     if getattr(module.lowering_parameters, "for_export", False):
         return True
-    return int(getattr(module.axis_context, "num_devices", 1) or 1) > 1 or \
-        type(module.axis_context).__name__ == "SPMDAxisContext"
+    return (
+        int(getattr(module.axis_context, "num_devices", 1) or 1) > 1
+        or type(module.axis_context).__name__ == "SPMDAxisContext"
+    )
 
 
 def _lowering(target, reference_fn):
@@ -147,7 +151,8 @@ def _lowering(target, reference_fn):
     def rule(ctx, *args, cell, **params):
         if _needs_reference(ctx):
             return mlir.lower_fun(functools.partial(reference_fn, cell=cell, **params), multiple_results=True)(
-                ctx, *args)
+                ctx, *args
+            )
         return ffi_rule(ctx, *args, cell=np.int64(CELLS[cell]), **params)
 
     return rule
@@ -178,14 +183,14 @@ def _map_slices(prim, args, dims, params):
 
 def _fwd_batch(args, dims, *, cell, reverse, training):
     k = _states(cell)
-    if training or any(d is not None for d in dims[1 + k:]):
+    if training or any(d is not None for d in dims[1 + k :]):
         return _map_slices(fwd_p, args, dims, dict(cell=cell, reverse=reverse, training=training))
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
     rows = []
-    for a, d in zip(args[:1 + k], dims[:1 + k]):
+    for a, d in zip(args[: 1 + k], dims[: 1 + k]):
         a = jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
         rows.append(a.reshape((-1,) + a.shape[2:]))
-    outs = fwd_p.bind(*rows, *args[1 + k:], cell=cell, reverse=reverse, training=False)
+    outs = fwd_p.bind(*rows, *args[1 + k :], cell=cell, reverse=reverse, training=False)
     return [o.reshape((size, -1) + o.shape[1:]) for o in outs], [0] * len(outs)
 
 
@@ -214,10 +219,11 @@ def _fused_fwd(spec, x, states, w_layer, w_iter, bias):
 def _fused_bwd(spec, residuals, cts):
     x, states, w_layer, w_iter, bias, y, final, workspace = residuals
     dy, dfinal = cts
-    grads = bwd_p.bind(x, *states, w_layer, w_iter, bias, y, *final, workspace, dy, *dfinal, cell=spec.cell,
-                       reverse=spec.reverse)
+    grads = bwd_p.bind(
+        x, *states, w_layer, w_iter, bias, y, *final, workspace, dy, *dfinal, cell=spec.cell, reverse=spec.reverse
+    )
     k = len(states)
-    return grads[0], tuple(grads[1:1 + k]), grads[1 + k], grads[2 + k], grads[3 + k]
+    return grads[0], tuple(grads[1 : 1 + k]), grads[1 + k], grads[2 + k], grads[3 + k]
 
 
 fused_rnn.defvjp(_fused_fwd, _fused_bwd)
