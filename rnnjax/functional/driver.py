@@ -385,8 +385,10 @@ class _TimeMajorRun:
         if self.options.return_sequences:  # zeros made from the inputs, so that they share their sharding
             lead = raw[0][(Ellipsis,) + (0,) * self.feature_axes]  # (*batch, T) or (T, *batch)
             y_features = carry[1].shape[lead.ndim - 1 :]
-            zeros = jnp.zeros_like(lead, carry[1].dtype).reshape(lead.shape + (1,) * len(y_features))
-            out = jnp.broadcast_to(zeros, lead.shape + y_features)
+            # element-wise from the inputs (NaN-safe): jax 0.12's zeros_like and broadcast_to drop an
+            # Explicit mesh axis; a comparison and a broadcasting add keep it
+            zeros = ((lead != lead) & False).astype(carry[1].dtype)[(Ellipsis,) + (None,) * len(y_features)]
+            out = zeros + jnp.zeros(y_features, carry[1].dtype)
 
         def span(c, t0, k=chunk):
             carry, out = c
